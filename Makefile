@@ -1,0 +1,55 @@
+# clipeval: `make help` lists every target.
+PROFILE ?= offline
+CHECKPOINTS ?=
+PYTHON_BOOT ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+ENV_STAMP := $(VENV)/.clipeval-installed
+TINY := data/checkpoints/tiny-random/.built
+CHALLENGE := data/generated/challenge/pairs.csv
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help env data reproduce notebooks test test-slow bench lab clean
+
+help: ## list the targets with a one-line description
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+env: $(ENV_STAMP) ## create .venv and install the pinned packages (torch first, from pyproject.toml)
+
+$(ENV_STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $$(grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"')
+	$(PYTHON) -m pip install --quiet -e .
+	touch $@
+
+$(TINY): $(ENV_STAMP) src/clipeval/tiny_checkpoints.py
+	$(PYTHON) -m clipeval tiny-checkpoints --out $(dir $@)
+	touch $@
+
+$(CHALLENGE): $(ENV_STAMP) src/clipeval/sample_data.py
+	$(PYTHON) -m clipeval challenge-set --out $(dir $@)
+
+data: $(TINY) $(CHALLENGE) ## prepare embedded data and local checkpoints
+
+notebooks: data ## run the profile's notebooks with papermill (PROFILE=offline, CHECKPOINTS="spec ...")
+	$(PYTHON) -m clipeval run-notebooks --profile $(PROFILE) --checkpoints "$(CHECKPOINTS)"
+
+reproduce: env data notebooks ## everything: environment, data, every notebook -> outputs/$(PROFILE)/
+
+test: env ## run the test suite (fails if no test ran)
+	$(PYTHON) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
+
+test-slow: env ## run only the slow tests (real-size training and data)
+	$(PYTHON) -m pytest -m slow
+
+bench: env data ## run the benchmarks; results go to bench/results/
+	mkdir -p bench/results
+
+lab: env ## start JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean: ## remove generated outputs, data and local checkpoints (keeps .venv)
+	rm -rf outputs/*/ data/generated data/checkpoints data/cache

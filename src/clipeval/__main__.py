@@ -1,0 +1,7 @@
+"""``python -m clipeval``."""
+
+import sys
+
+from clipeval.cli import main
+
+sys.exit(main())

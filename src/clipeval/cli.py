@@ -1,0 +1,100 @@
+"""Command line: ``python -m clipeval <command> ...`` (also installed as ``clipeval``).
+
+Every command calls the same package functions the notebooks use. Expected failures (a bad
+checkpoint spec, a missing column, no network) print one ``error:`` line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from clipeval.checkpoints import CheckpointError
+from clipeval.sources import PairsTableError
+
+EXPECTED_ERRORS = (CheckpointError, PairsTableError, FileNotFoundError, ValueError)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from clipeval.manifest import update_manifest
+    from clipeval.scoring import ScoreOptions, score_to_dir
+    from clipeval.sources import read_pairs
+
+    pairs = read_pairs(args.pairs, args.image_column, args.caption_column)
+    options = ScoreOptions(image_column=args.image_column, caption_column=args.caption_column,
+                           batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device,
+                           precision=args.precision, progress=not args.no_progress)
+    run = score_to_dir(pairs, args.checkpoint, args.out, options)
+    update_manifest(Path(args.out) / "manifest.json", "score", vars(args), args.checkpoint, [args.pairs])
+    ok = int((run.results["status"] == "ok").sum())
+    print(f"scored {len(run.results)} pairs ({ok} ok) with {len(args.checkpoint)} checkpoint(s) -> {args.out}")
+
+
+def _tiny_checkpoints(args: argparse.Namespace) -> None:
+    from clipeval.tiny_checkpoints import build_tiny_checkpoints
+
+    for name, spec in build_tiny_checkpoints(Path(args.out), args.seed).items():
+        print(f"{name:<15} {spec}")
+
+
+def _challenge_set(args: argparse.Namespace) -> None:
+    from clipeval.sample_data import build_challenge_set
+
+    print(build_challenge_set(args.out))
+
+
+def _run_notebooks(args: argparse.Namespace) -> None:
+    from clipeval.pipeline import run_notebooks
+
+    for path in run_notebooks(args.profile, args.checkpoints.split() if args.checkpoints else None):
+        print(f"executed {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    from clipeval.paths import TINY_CHECKPOINTS_DIR
+    from clipeval.sample_data import CHALLENGE_DIR
+
+    parser = argparse.ArgumentParser(prog="clipeval", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="score image-caption pairs with one or more checkpoints")
+    score.add_argument("--pairs", required=True, help="CSV or Parquet pairs table")
+    score.add_argument("--checkpoint", action="append", required=True,
+                       help="checkpoint spec (repeat for several; the first is primary)")
+    score.add_argument("--out", required=True, help="run folder to write results.csv, stats... into")
+    score.add_argument("--image-column", default="image")
+    score.add_argument("--caption-column", default="caption")
+    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
+    score.add_argument("--device", default="auto")
+    score.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    score.add_argument("--no-progress", action="store_true")
+    score.set_defaults(handler=_score)
+
+    tiny = commands.add_parser("tiny-checkpoints", help="build tiny random checkpoints in the real formats")
+    tiny.add_argument("--out", default=str(TINY_CHECKPOINTS_DIR))
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_tiny_checkpoints)
+
+    challenge = commands.add_parser("challenge-set", help="write the embedded challenge set to data/")
+    challenge.add_argument("--out", default=str(CHALLENGE_DIR))
+    challenge.set_defaults(handler=_challenge_set)
+
+    notebooks = commands.add_parser("run-notebooks", help="execute a profile's notebooks with papermill")
+    notebooks.add_argument("--profile", default="offline", help="name in params/ or a YAML path")
+    notebooks.add_argument("--checkpoints", default="", help="space-separated specs overriding the profile's")
+    notebooks.set_defaults(handler=_run_notebooks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except EXPECTED_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

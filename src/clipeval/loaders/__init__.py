@@ -1,0 +1,1 @@
+"""Loaders for external model families (transformers, open_clip)."""

@@ -1,0 +1,138 @@
+"""Time and memory of every stage, per checkpoint: ``stats.json`` and a readable ``stats.log``.
+
+Each stage records wall seconds (``time.perf_counter``), CPU seconds (``time.process_time``,
+all threads of this process), the number of items it handled, peak RSS in MiB sampled by
+memory_profiler every ``interval`` seconds while the stage runs, and peak GPU memory in MiB
+(``torch.cuda.max_memory_allocated``; ``None`` on the CPU). Repeated calls for the same stage
+(one per chunk) add up; peaks take the maximum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import threading
+import time
+from importlib import metadata
+
+import torch
+from memory_profiler import memory_usage
+
+VERSIONED_PACKAGES = ("clipeval", "torch", "torchvision", "transformers", "open_clip_torch", "numpy",
+                      "pandas", "pillow")
+
+
+def package_versions(names=VERSIONED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (``None`` for a package that is not installed)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def current_rss_mib() -> float:
+    """This process's resident set size in MiB, as memory_profiler reads it."""
+    return float(memory_usage(-1, interval=0.001, max_usage=True))
+
+
+class _PeakRSS(threading.Thread):
+    """Samples RSS in the background until stopped; keeps the maximum."""
+
+    def __init__(self, interval: float):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak = current_rss_mib()
+        self._stop_event = threading.Event()
+
+    def run(self):
+        while not self._stop_event.wait(self.interval):
+            self.peak = max(self.peak, current_rss_mib())
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, current_rss_mib())
+
+
+class StageTimer:
+    """Accumulates per-stage timings for one checkpoint (or for the shared stages).
+
+    Example:
+        >>> timer = StageTimer()
+        >>> with timer.stage("image_encode", items=32):
+        ...     pass
+    """
+
+    def __init__(self, device: torch.device | None = None, interval: float = 0.05):
+        self.device = device
+        self.interval = interval
+        self.stages: dict[str, dict] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, items: int = 0):
+        """Time one run of stage ``name`` handling ``items`` items."""
+        cuda = self.device is not None and self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        sampler = _PeakRSS(self.interval)
+        sampler.start()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            peak_rss = sampler.stop()
+            peak_gpu = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
+            self._add(name, wall, cpu, items, peak_rss, peak_gpu)
+
+    def _add(self, name, wall, cpu, items, peak_rss, peak_gpu):
+        entry = self.stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0, "items": 0, "calls": 0,
+                                              "peak_rss_mib": 0.0, "peak_gpu_mib": None})
+        entry["wall_s"] += wall
+        entry["cpu_s"] += cpu
+        entry["items"] += items
+        entry["calls"] += 1
+        entry["peak_rss_mib"] = max(entry["peak_rss_mib"], peak_rss)
+        if peak_gpu is not None:
+            entry["peak_gpu_mib"] = max(entry["peak_gpu_mib"] or 0.0, peak_gpu)
+
+    def summary(self) -> dict:
+        """Stage table with items/s added, plus totals over all stages."""
+        stages = {name: {**entry, "items_per_s": entry["items"] / entry["wall_s"] if entry["wall_s"] else None}
+                  for name, entry in self.stages.items()}
+        gpu = [e["peak_gpu_mib"] for e in stages.values() if e["peak_gpu_mib"] is not None]
+        return {"stages": stages,
+                "wall_s": sum(e["wall_s"] for e in stages.values()),
+                "cpu_s": sum(e["cpu_s"] for e in stages.values()),
+                "peak_rss_mib": max((e["peak_rss_mib"] for e in stages.values()), default=None),
+                "peak_gpu_mib": max(gpu) if gpu else None}
+
+
+def format_stats_log(stats: dict) -> str:
+    """Render ``stats.json`` content as an aligned, human-readable text report."""
+    lines = [f"clipeval run stats  (pairs: {stats['pairs']}, device: {stats['device']}, "
+             f"batch size: {stats['batch_size']})", ""]
+    blocks = [("shared (all checkpoints)", stats["shared"])]
+    blocks += [(f"checkpoint {spec}", entry) for spec, entry in stats["checkpoints"].items()]
+    for title, entry in blocks:
+        lines.append(title)
+        for key in ("precision", "pairs_scored", "pairs_per_s", "captions_truncated"):
+            if key in entry:
+                value = entry[key]
+                lines.append(f"  {key:<20} {value:.2f}" if isinstance(value, float) else f"  {key:<20} {value}")
+        lines.append(f"  {'stage':<18}{'wall s':>10}{'cpu s':>10}{'items':>9}{'items/s':>11}"
+                     f"{'peak RSS MiB':>14}{'peak GPU MiB':>14}")
+        for name, s in entry["stages"].items():
+            rate = f"{s['items_per_s']:.1f}" if s["items_per_s"] else "-"
+            gpu = f"{s['peak_gpu_mib']:.0f}" if s["peak_gpu_mib"] is not None else "-"
+            lines.append(f"  {name:<18}{s['wall_s']:>10.3f}{s['cpu_s']:>10.3f}{s['items']:>9}{rate:>11}"
+                         f"{s['peak_rss_mib']:>14.0f}{gpu:>14}")
+        lines.append("")
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in stats["versions"].items()))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny random checkpoints and the challenge set, built once per session in tmp."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+
+@pytest.fixture(scope="session")
+def tiny_specs(tmp_path_factory) -> dict[str, str]:
+    """Specs of tiny random checkpoints saved in the real formats (hf-clip, hf-siglip, open_clip...)."""
+    import open_clip
+
+    from clipeval.tiny_checkpoints import build_tiny_checkpoints
+
+    root = tmp_path_factory.mktemp("tiny-random")
+    specs = build_tiny_checkpoints(root)
+    open_clip.add_model_config(root / "open_clip_arch")  # makes the tiny arch name known
+    return specs
+
+
+@pytest.fixture(scope="session")
+def challenge_csv(tmp_path_factory):
+    """The embedded challenge set written to a temporary folder."""
+    from clipeval.sample_data import build_challenge_set
+
+    return build_challenge_set(tmp_path_factory.mktemp("challenge"))

@@ -1,0 +1,67 @@
+"""Notebooks: committed stripped with a tagged parameters cell; they run under papermill."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from clipeval.paths import NOTEBOOKS_DIR
+from clipeval.pipeline import load_profile, notebook_parameters, run_notebooks
+
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert {"01_explore_data", "02_score_pairs"} <= {path.stem for path in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_are_stripped_and_parameterised(path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [cell for cell in cells if cell["cell_type"] == "code"]
+    assert all(not cell["outputs"] and cell["execution_count"] is None for cell in code)
+    assert "parameters" in code[0]["metadata"].get("tags", [])
+
+
+@pytest.mark.parametrize("profile", ["offline", "paper"])
+def test_profiles_name_existing_notebooks(profile):
+    params = load_profile(profile)
+    for name in params["notebooks"]:
+        assert (NOTEBOOKS_DIR / f"{name}.ipynb").is_file()
+    assert params["checkpoints"]
+
+
+def test_checkpoints_override_and_parameter_filtering():
+    params = load_profile("offline", checkpoints=["hf:a", "open_clip:b@c"])
+    assert params["checkpoints"] == ["hf:a", "open_clip:b@c"]
+    injected = notebook_parameters(NOTEBOOKS_DIR / "01_explore_data.ipynb", params)
+    assert "checkpoints" not in injected and injected["pairs_path"] == params["pairs_path"]
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="available: .*offline"):
+        load_profile("no-such-profile")
+
+
+def test_score_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path):
+    profile = tmp_path / "smoke.yaml"
+    profile.write_text(yaml.safe_dump({
+        "run_dir": "outputs/smoke", "pairs_path": str(challenge_csv), "image_column": "image",
+        "caption_column": "caption", "checkpoints": [tiny_specs["hf-clip"], tiny_specs["open_clip"]],
+        "batch_size": 8, "device": "cpu", "precision": "auto",
+        "notebooks": ["01_explore_data", "02_score_pairs"]}))
+    executed = run_notebooks(profile, cwd=tmp_path)
+    run_dir = tmp_path / "outputs" / "smoke"
+    assert [path.name for path in executed] == ["01_explore_data.ipynb", "02_score_pairs.ipynb"]
+    for name in ("results.csv", "scores.csv", "stats.json", "stats.log", "manifest.json"):
+        assert (run_dir / name).is_file(), name
+    for figure in ("01_sample_grid.png", "01_image_sizes.png", "01_caption_lengths.png",
+                   "02_matched_vs_mismatched.png"):
+        assert (run_dir / "figures" / figure).stat().st_size > 10_000, figure
+    assert len(pd.read_csv(run_dir / "results.csv")) == 48
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["steps"]["score"]["checkpoints"][0]["weights_sha256"]
+    executed_cells = json.loads(Path(executed[1]).read_text())["cells"]
+    assert any(cell.get("outputs") for cell in executed_cells if cell["cell_type"] == "code")

@@ -1,0 +1,133 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clipeval.checkpoints import load_encoder
+from clipeval.scoring import (RESULT_COLUMNS, SCORE_COLUMNS, ScoreOptions, score_pairs, score_to_dir,
+                              zero_shot_probs)
+from clipeval.sources import read_pairs
+
+QUIET = ScoreOptions(progress=False, device="cpu", batch_size=4, chunk_size=10)
+
+
+@pytest.fixture
+def pairs_with_problems(challenge_csv, tmp_path):
+    """The challenge set plus a broken image, a missing file and an empty caption, in the middle."""
+    pairs = pd.read_csv(challenge_csv)
+    (tmp_path / "broken.jpg").write_bytes(b"this is not a jpeg")
+    extra = pd.DataFrame({"image": [str(tmp_path / "broken.jpg"), str(tmp_path / "absent.png"),
+                                    str(challenge_csv.parent / "images" / "coffee.png")],
+                          "caption": ["a broken file", "a missing file", ""],
+                          "match": [True, True, True], "image_name": "x", "caption_source": "x"})
+    table = pd.concat([pairs.iloc[:5], extra, pairs.iloc[5:]], ignore_index=True)
+    path = tmp_path / "pairs.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_scores_equal_a_hand_computation(tiny_specs, challenge_csv):
+    pairs = read_pairs(challenge_csv)
+    run = score_pairs(pairs.iloc[:6], [tiny_specs["hf-clip"]], QUIET)
+    encoder = load_encoder(tiny_specs["hf-clip"], device="cpu")
+    model = encoder.model
+    from clipeval.images import read_image
+    expected = []
+    with torch.no_grad():
+        for _, row in pairs.iloc[:6].iterrows():
+            pixels = encoder.preprocess(read_image(row["image"], challenge_csv.parent).image)[None]
+            image = model.get_image_features(pixel_values=pixels).pooler_output[0]
+            tokens = encoder.tokenizer([row["caption"]], padding=True, return_tensors="pt")
+            text = model.get_text_features(**tokens).pooler_output[0]
+            expected.append(float(image @ text / (image.norm() * text.norm())))
+    np.testing.assert_allclose(run.results["similarity"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run.results["clip_score_100"], 100 * np.maximum(expected, 0), rtol=1e-5, atol=1e-4)
+
+
+def test_rows_keep_order_columns_and_failures(tiny_specs, pairs_with_problems):
+    pairs = read_pairs(pairs_with_problems)
+    run = score_pairs(pairs, [tiny_specs["open_clip"]], QUIET)
+    assert list(run.results.columns) == list(pairs.columns) + list(RESULT_COLUMNS)
+    pd.testing.assert_frame_equal(run.results[pairs.columns], pairs)
+    assert run.results.loc[5:7, "status"].tolist() == ["decode_error", "missing", "empty_caption"]
+    assert run.results.loc[5:7, "similarity"].isna().all()
+    assert all(run.results.loc[5:7, "error"].str.len() > 0)
+    assert (run.results.drop(index=[5, 6, 7])["status"] == "ok").all()
+    assert run.results.drop(index=[5, 6, 7])["similarity"].notna().all()
+    assert list(run.scores.columns) == list(SCORE_COLUMNS)
+
+
+def test_many_checkpoints_equal_each_alone(tiny_specs, challenge_csv):
+    pairs = read_pairs(challenge_csv).iloc[:12]
+    specs = [tiny_specs["hf-clip"], tiny_specs["open_clip"]]
+    together = score_pairs(pairs, specs, QUIET)
+    assert together.scores["checkpoint"].unique().tolist() == specs
+    assert len(together.scores) == 2 * len(pairs)
+    for spec in specs:
+        alone = score_pairs(pairs, [spec], QUIET).scores
+        mine = together.scores[together.scores["checkpoint"] == spec].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, alone)
+    assert together.stats["shared"]["stages"]["image_read"]["items"] == len(pairs)  # decoded once
+
+
+def test_stats_have_every_stage_and_field(tiny_specs, challenge_csv, tmp_path):
+    run = score_to_dir(read_pairs(challenge_csv), [tiny_specs["hf-clip"]], tmp_path, QUIET)
+    assert {"pairs", "device", "batch_size", "versions", "shared", "checkpoints", "status_counts"} <= set(run.stats)
+    entry = run.stats["checkpoints"][tiny_specs["hf-clip"]]
+    assert set(entry["stages"]) == {"model_load", "image_preprocess", "image_encode", "text_encode", "score"}
+    for stage in entry["stages"].values():
+        assert {"wall_s", "cpu_s", "items", "items_per_s", "peak_rss_mib", "peak_gpu_mib"} <= set(stage)
+        assert stage["peak_rss_mib"] > 0 and stage["peak_gpu_mib"] is None  # CPU run
+    assert entry["pairs_scored"] == 48 and entry["pairs_per_s"] > 0
+    assert entry["precision"] == "fp32"
+    for name in ("results.csv", "scores.csv", "stats.json", "stats.log"):
+        assert (tmp_path / name).is_file()
+    assert not (tmp_path / ".parts").exists()
+    assert "image_encode" in (tmp_path / "stats.log").read_text()
+
+
+def test_zero_shot_probs_are_a_softmax(tiny_specs, challenge_csv):
+    from clipeval.images import read_image
+
+    encoder = load_encoder(tiny_specs["open_clip"], device="cpu")
+    image = read_image("images/chelsea.png", challenge_csv.parent).image
+    captions = ["a cat", "a dog", "a rocket"]
+    probs = zero_shot_probs(encoder, image, captions)
+    cosine = (encoder.encode_texts(captions) @ encoder.encode_images(encoder.preprocess(image)[None]).T)[:, 0]
+    np.testing.assert_allclose(probs, torch.softmax(encoder.logit_scale * cosine, 0).numpy(), rtol=1e-5)
+    assert probs.sum() == pytest.approx(1.0)
+
+
+def _score_command(pairs, spec, out):
+    return [sys.executable, "-m", "clipeval", "score", "--pairs", str(pairs), "--checkpoint", spec,
+            "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+
+
+def test_interrupted_run_resumes_to_identical_results(tiny_specs, pairs_with_problems, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    subprocess.run(_score_command(pairs_with_problems, tiny_specs["hf-clip"], clean), check=True, env=env,
+                   capture_output=True, timeout=300)
+    process = subprocess.Popen(_score_command(pairs_with_problems, tiny_specs["hf-clip"], resumed), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list((resumed / ".parts").glob("chunk-*.csv"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list((resumed / ".parts").glob("chunk-*.csv")))
+    assert 3 <= done < 13, "the run should have been killed mid-way"
+    assert not (resumed / "results.csv").exists()
+    subprocess.run(_score_command(pairs_with_problems, tiny_specs["hf-clip"], resumed), check=True, env=env,
+                   capture_output=True, timeout=300)
+    assert (resumed / "results.csv").read_bytes() == (clean / "results.csv").read_bytes()
+    assert (resumed / "scores.csv").read_bytes() == (clean / "scores.csv").read_bytes()
+    import json
+    assert json.loads((resumed / "stats.json").read_text())["chunks_resumed"] == done
+    assert len(pd.read_csv(resumed / "results.csv")) == len(pd.read_csv(pairs_with_problems))
