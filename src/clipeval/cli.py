@@ -11,20 +11,27 @@ import sys
 from pathlib import Path
 
 from clipeval.checkpoints import CheckpointError
+from clipeval.sources import LOADERS as SOURCE_KINDS
 from clipeval.sources import PairsTableError
 
 EXPECTED_ERRORS = (CheckpointError, PairsTableError, FileNotFoundError, ValueError)
 
 
 def _score(args: argparse.Namespace) -> None:
+    from clipeval.fetch import DEFAULT_CACHE_DIR, FetchOptions
     from clipeval.manifest import update_manifest
     from clipeval.scoring import ScoreOptions, score_to_dir
     from clipeval.sources import read_pairs
 
-    pairs = read_pairs(args.pairs, args.image_column, args.caption_column)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE_DIR
+    pairs = read_pairs(args.pairs, args.image_column, args.caption_column, kind=args.source_kind,
+                       delimiter=args.delimiter, images_dir=args.images_dir, split=args.split, cache_dir=cache_dir)
+    fetch = FetchOptions(timeout=args.fetch_timeout, retries=args.fetch_retries,
+                         max_bytes=int(args.max_download_mb * 2**20), cache_dir=cache_dir)
     options = ScoreOptions(image_column=args.image_column, caption_column=args.caption_column,
                            batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device,
-                           precision=args.precision, progress=not args.no_progress)
+                           precision=args.precision, progress=not args.no_progress, workers=args.workers,
+                           fetch=fetch)
     run = score_to_dir(pairs, args.checkpoint, args.out, options)
     update_manifest(Path(args.out) / "manifest.json", "score", vars(args), args.checkpoint, [args.pairs])
     ok = int((run.results["status"] == "ok").sum())
@@ -60,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     score = commands.add_parser("score", help="score image-caption pairs with one or more checkpoints")
-    score.add_argument("--pairs", required=True, help="CSV or Parquet pairs table")
+    score.add_argument("--pairs", required=True,
+                       help="pairs table (.csv/.tsv/.parquet/.jsonl), image folder, COCO captions_*.json, "
+                            "Hugging Face save_to_disk folder, or hf:owner/name")
+    score.add_argument("--source-kind", default="auto", choices=["auto", *SOURCE_KINDS])
+    score.add_argument("--delimiter", default=None, help="field separator for delimited text: ',', ';', tab, '|'")
+    score.add_argument("--images-dir", default=None, help="folder of a COCO file's images")
+    score.add_argument("--split", default=None, help="split of a Hugging Face dataset")
     score.add_argument("--checkpoint", action="append", required=True,
                        help="checkpoint spec (repeat for several; the first is primary)")
     score.add_argument("--out", required=True, help="run folder to write results.csv, stats... into")
@@ -70,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
     score.add_argument("--device", default="auto")
     score.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    score.add_argument("--workers", type=int, default=8, help="concurrent image reads/downloads")
+    score.add_argument("--cache-dir", default=None, help="image cache root (default data/cache/images)")
+    score.add_argument("--fetch-timeout", type=float, default=10.0, help="seconds per URL request")
+    score.add_argument("--fetch-retries", type=int, default=3)
+    score.add_argument("--max-download-mb", type=float, default=50.0)
     score.add_argument("--no-progress", action="store_true")
     score.set_defaults(handler=_score)
 

@@ -28,6 +28,7 @@ from clipeval.atomic import write_csv, write_json, write_text
 from clipeval.captions import check_caption
 from clipeval.checkpoints import load_encoder
 from clipeval.encoder import Encoder, resolve_device
+from clipeval.fetch import FetchOptions
 from clipeval.images import read_images
 from clipeval.stats import StageTimer, format_stats_log, package_versions
 
@@ -58,6 +59,8 @@ class ScoreOptions:
         device: ``auto``, ``cpu``, ``cuda``...
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (autocast on CUDA only).
         progress: show a progress bar.
+        workers: concurrent image reads / downloads.
+        fetch: URL fetching options (timeout, retries, size cap, cache folder).
     """
 
     image_column: str = "image"
@@ -68,6 +71,8 @@ class ScoreOptions:
     device: str = "auto"
     precision: str = "auto"
     progress: bool = True
+    workers: int = 8
+    fetch: FetchOptions = field(default_factory=FetchOptions)
 
 
 @dataclass
@@ -94,7 +99,8 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 def _row_statuses(chunk: pd.DataFrame, options: ScoreOptions, timer: StageTimer):
     """Read the chunk's images once; return (images, statuses, errors) per row."""
     with timer.stage("image_read", items=len(chunk)):
-        loaded = read_images(chunk[options.image_column].tolist(), options.base_dir)
+        loaded = read_images(chunk[options.image_column].tolist(), options.base_dir, workers=options.workers,
+                             fetch_options=options.fetch)
     statuses, errors = [], []
     for image, caption in zip(loaded, chunk[options.caption_column]):
         status, error = (image.status, image.error) if image.status != "ok" else check_caption(caption)
