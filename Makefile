@@ -45,8 +45,8 @@ test: env ## run the test suite (fails if no test ran)
 test-slow: env ## run only the slow tests (real-size training and data)
 	$(PYTHON) -m pytest -m slow
 
-bench: env data ## run the benchmarks; results go to bench/results/
-	mkdir -p bench/results
+bench: env ## run the benchmarks; results go to bench/results/*.json
+	$(PYTHON) bench/bench_retrieval.py
 
 lab: env ## start JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/

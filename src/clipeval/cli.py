@@ -38,6 +38,33 @@ def _score(args: argparse.Namespace) -> None:
     print(f"scored {len(run.results)} pairs ({ok} ok) with {len(args.checkpoint)} checkpoint(s) -> {args.out}")
 
 
+def _retrieve(args: argparse.Namespace) -> None:
+    from clipeval.atomic import write_csv
+    from clipeval.manifest import update_manifest
+    from clipeval.retrieval_eval import evaluate_retrieval, read_retrieval_tables, retrieval_set_from_pairs
+    from clipeval.sources import read_pairs
+
+    if args.pairs:
+        pairs = read_pairs(args.pairs, args.image_column, args.caption_column, images_dir=args.images_dir)
+        dataset = retrieval_set_from_pairs(pairs, args.dataset or Path(args.pairs).stem, args.image_column,
+                                           args.caption_column)
+        data_files = [args.pairs]
+    elif args.queries and args.images and args.relevance:
+        dataset = read_retrieval_tables(args.queries, args.images, args.relevance, args.dataset,
+                                        args.caption_column, args.image_column)
+        data_files = [args.queries, args.images, args.relevance]
+    else:
+        raise ValueError("give --pairs SOURCE, or all three of --queries, --images and --relevance")
+    report = evaluate_retrieval(dataset, args.checkpoint, ks=args.k or (1, 5, 10), n_resamples=args.bootstrap, seed=args.seed,
+                                batch_size=args.batch_size, device=args.device, precision=args.precision,
+                                progress=not args.no_progress)
+    out = Path(args.out)
+    write_csv(out / "metrics.csv", report.metrics)
+    write_csv(out / "retrieval_ranks.csv", report.per_query)
+    update_manifest(out / "manifest.json", "retrieve", vars(args), args.checkpoint, data_files, seed=args.seed)
+    print(report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
+
+
 def _tiny_checkpoints(args: argparse.Namespace) -> None:
     from clipeval.tiny_checkpoints import build_tiny_checkpoints
 
@@ -90,6 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--max-download-mb", type=float, default=50.0)
     score.add_argument("--no-progress", action="store_true")
     score.set_defaults(handler=_score)
+
+    retrieve = commands.add_parser("retrieve", help="text-to-image / image-to-text retrieval metrics")
+    retrieve.add_argument("--pairs", help="any pairs source (table, COCO captions_*.json, HF dataset...): "
+                                          "distinct captions are queries, distinct images the collection, "
+                                          "rows (with match=True if that column exists) the relevance")
+    retrieve.add_argument("--queries", help="table with query_id and the caption column")
+    retrieve.add_argument("--images", help="table with image_id and the image column")
+    retrieve.add_argument("--relevance", help="table with query_id, image_id: one row per relevant pair")
+    retrieve.add_argument("--images-dir", default=None, help="folder of a COCO file's images")
+    retrieve.add_argument("--dataset", default=None, help="dataset name in metrics.csv")
+    retrieve.add_argument("--checkpoint", action="append", required=True, help="checkpoint spec (repeatable)")
+    retrieve.add_argument("--out", required=True, help="folder for metrics.csv and retrieval_ranks.csv")
+    retrieve.add_argument("--image-column", default="image")
+    retrieve.add_argument("--caption-column", default="caption")
+    retrieve.add_argument("--k", type=int, action="append", default=None, help="cut-off (repeatable; 1 5 10)")
+    retrieve.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    retrieve.add_argument("--seed", type=int, default=0)
+    retrieve.add_argument("--batch-size", type=int, default=32)
+    retrieve.add_argument("--device", default="auto")
+    retrieve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    retrieve.add_argument("--no-progress", action="store_true")
+    retrieve.set_defaults(handler=_retrieve)
 
     tiny = commands.add_parser("tiny-checkpoints", help="build tiny random checkpoints in the real formats")
     tiny.add_argument("--out", default=str(TINY_CHECKPOINTS_DIR))

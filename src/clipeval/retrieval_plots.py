@@ -1,0 +1,111 @@
+"""Figures for retrieval: metric dot plots with CIs, HitRate@k curves, query result grids."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from clipeval.compare import label_checkpoint
+from clipeval.figures import save_figure
+from clipeval.images import read_image
+
+DIRECTION_LABELS = {"text_to_image": "text → image", "image_to_text": "image → text"}
+
+
+def plot_metrics_with_ci(metrics: pd.DataFrame, k: int = 5, path: str | Path | None = None) -> plt.Figure:
+    """Dot plot of HitRate@k, Recall@k and MRR per checkpoint and direction, with 95% CI bars."""
+    rows = metrics[metrics["k"] == k]
+    names = [("hit_rate", f"HitRate@{k}"), ("recall", f"Recall@{k}"), ("mrr", "MRR")]
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 0.6 * rows["checkpoint"].nunique() + 2.2),
+                                sharey=True, squeeze=False)
+    labels = rows["checkpoint"].map(label_checkpoint)
+    order = list(dict.fromkeys(labels))
+    for ax, (column, title) in zip(axes[0], names):
+        for offset, (direction, group) in zip((-0.12, 0.12), rows.groupby("direction", sort=False)):
+            y = np.array([order.index(label) for label in group["checkpoint"].map(label_checkpoint)]) + offset
+            error = np.vstack([group[column] - group[f"{column}_ci_low"], group[f"{column}_ci_high"] - group[column]])
+            ax.errorbar(group[column], y, xerr=error, fmt="o", capsize=3, label=DIRECTION_LABELS[direction])
+        ax.set(title=title, xlabel=f"{title} (95% bootstrap CI)", xlim=(-0.02, 1.02))
+        ax.set_yticks(range(len(order)), [textwrap.fill(label, 40) for label in order], fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(title="direction", fontsize=8)
+    figure.suptitle(f"Retrieval on {', '.join(rows['dataset'].unique())}")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def hit_rate_curve(per_query: pd.DataFrame, max_k: int = 50) -> pd.DataFrame:
+    """HitRate@k for k = 1..max_k per checkpoint and direction, from each query's first relevant rank."""
+    rows = []
+    for (spec, direction), group in per_query.groupby(["checkpoint", "direction"], sort=False):
+        first = group["first_rank"].dropna().to_numpy()
+        for k in range(1, max_k + 1):
+            rows.append({"checkpoint": label_checkpoint(spec), "direction": DIRECTION_LABELS[direction], "k": k,
+                         "hit_rate": float(np.mean(first <= k)) if len(first) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def plot_hit_rate_curve(per_query: pd.DataFrame, max_k: int = 50, path: str | Path | None = None) -> plt.Figure:
+    """HitRate@k as a function of k, one line per checkpoint, one panel per direction."""
+    grid = sns.relplot(hit_rate_curve(per_query, max_k), x="k", y="hit_rate", hue="checkpoint", col="direction",
+                       kind="line", height=3.5, aspect=1.3)
+    grid.set_axis_labels("k (top-k cut-off)", "HitRate@k (any relevant item in top k)")
+    grid.set(ylim=(0, 1.02), xscale="log")
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle("HitRate@k as a function of k", y=1.03)
+    return save_figure(grid.figure, path)
+
+
+def pick_queries(per_query: pd.DataFrame, checkpoint: str, n: int = 3, direction: str = "text_to_image"):
+    """The ``n`` best and ``n`` worst queries by reciprocal rank (ties by query position)."""
+    mine = per_query[(per_query["checkpoint"] == checkpoint) & (per_query["direction"] == direction)]
+    mine = mine.dropna(subset=["reciprocal_rank"]).sort_values(["reciprocal_rank", "query"],
+                                                               ascending=[False, True], kind="stable")
+    return mine.head(n), mine.tail(n).iloc[::-1]
+
+
+def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.DataFrame, relevant: np.ndarray,
+                       base_dir: str | None, title: str, top: int = 5, captions: pd.Series | None = None,
+                       path: str | Path | None = None) -> plt.Figure:
+    """One row per query: its text, then its top images with scores; relevant ones framed green.
+
+    Args:
+        rows: per-query rows (``query``, ``top_items``, ``top_scores``, optionally ``first_rank``).
+        queries: the set's queries (``text``).
+        images: the set's images (``image``).
+        relevant: (P, 2) relevant (query, image) pairs, or an empty array when unknown.
+        base_dir: folder for relative image paths.
+        title: figure title.
+        top: images shown per query.
+        captions: optional caption per image position, shown under each image.
+        path: save the PNG there.
+    """
+    relevant_set = {tuple(pair) for pair in np.asarray(relevant).reshape(-1, 2).tolist()}
+    figure, axes = plt.subplots(len(rows), top, figsize=(2.6 * top, 3.0 * len(rows)), squeeze=False)
+    for axes_row, (_, row) in zip(axes, rows.iterrows()):
+        rank = row.get("first_rank")
+        heading = textwrap.fill(f"“{queries['text'].iloc[row['query']]}”", 60)
+        if rank is not None and not pd.isna(rank):
+            heading += f"\nfirst relevant image at rank {int(rank)}"
+        axes_row[0].set_title(heading, loc="left", fontsize=9, x=0)
+        for ax, item, score in zip(axes_row, row["top_items"][:top], row["top_scores"][:top]):
+            loaded = read_image(images["image"].iloc[item], base_dir)
+            if loaded.image is not None:
+                ax.imshow(loaded.image)
+            hit = (row["query"], item) in relevant_set
+            label = f"{score:.3f}" + (" ✓ relevant" if hit else "")
+            if captions is not None:
+                label += "\n" + textwrap.fill(str(captions.iloc[item]), 28)
+            ax.set_xlabel(label, fontsize=7, color="darkgreen" if hit else "black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set(edgecolor="green" if hit else "lightgrey", linewidth=3 if hit else 1)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return save_figure(figure, path)
