@@ -240,3 +240,31 @@ def test_mixed_local_paths_and_urls_keep_input_order(server, tmp_path):
     assert [item.status for item in loaded] == ["ok", "ok", "http_404", "missing", "ok"]
     assert loaded[0].image.size == (64, 64) and loaded[1].image.size == (8, 8)
     assert server.hits["/good.jpg?mixed"] == 1  # a repeated URL is fetched once per call
+
+
+def test_scoring_a_messy_table_keeps_every_row_with_its_status(server, tmp_path, tiny_specs):
+    """End to end: bad files, URLs and odd captions in one table; the run completes, rows in = rows out."""
+    import pandas as pd
+
+    from clipeval.scoring import ScoreOptions, score_to_dir
+    from clipeval.sources import read_pairs
+    from test_images import _bad_folder
+
+    cases = _bad_folder(tmp_path)
+    urls = {"/good.png": "ok", "/missing.png": "http_404", "/slow.png": "timeout", "/text.jpg": "decode_error",
+            "/huge-declared.png": "too_large", "/redirect": "ok"}
+    rows = [(name, "a picture", status) for name, (_, status) in cases.items()]
+    rows += [(_url(server, path), "uma foto 🙂 com legenda em português", status) for path, status in urls.items()]
+    rows += [("good.png", "   ", "empty_caption"), ("file:///etc/passwd", "a file url", "bad_scheme")]
+    table = pd.DataFrame(rows, columns=["image", "caption", "expected"])
+    table.to_csv(tmp_path / "pairs.csv", index=False)
+
+    options = ScoreOptions(device="cpu", progress=False, chunk_size=5, batch_size=3, fetch=OPTIONS)
+    run = score_to_dir(read_pairs(tmp_path / "pairs.csv"), [tiny_specs["open_clip"]], tmp_path / "run", options)
+
+    results = pd.read_csv(tmp_path / "run" / "results.csv", keep_default_na=False)
+    assert len(results) == len(table)
+    assert results["status"].tolist() == table["expected"].tolist()
+    assert results["image"].tolist() == table["image"].tolist()
+    assert (results["similarity"] != "").tolist() == (table["expected"] == "ok").tolist()
+    assert run.stats["status_counts"]["ok"] == (table["expected"] == "ok").sum()
