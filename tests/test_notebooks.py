@@ -65,3 +65,19 @@ def test_score_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path
     assert manifest["steps"]["score"]["checkpoints"][0]["weights_sha256"]
     executed_cells = json.loads(Path(executed[1]).read_text())["cells"]
     assert any(cell.get("outputs") for cell in executed_cells if cell["cell_type"] == "code")
+
+
+def test_hub_checkpoint_offline_stops_the_notebook_with_one_line(challenge_csv, tmp_path):
+    from clipeval.pipeline import NotebookFailed
+
+    profile = tmp_path / "offline-hub.yaml"
+    profile.write_text(yaml.safe_dump({"run_dir": "outputs/hub", "pairs_path": str(challenge_csv),
+                                       "checkpoints": ["hf:openai/clip-vit-base-patch32"],
+                                       "notebooks": ["02_score_pairs"]}))
+    with pytest.raises(NotebookFailed, match="cannot load hf:openai/clip-vit-base-patch32: no model hub"):
+        run_notebooks(profile, cwd=tmp_path)
+    cells = json.loads((tmp_path / "outputs" / "hub" / "notebooks" / "02_score_pairs.ipynb").read_text())["cells"]
+    errors = [out for cell in cells if cell["cell_type"] == "code" for out in cell["outputs"]
+              if out["output_type"] == "error"]
+    assert len(errors) == 1 and errors[0]["ename"] == "SystemExit"
+    assert not any("File " in line for line in errors[0]["traceback"])  # no stack trace dump

@@ -27,8 +27,8 @@ LOADERS: dict[str, str] = {
 }
 
 OFFLINE_HINT = ("no model hub is reachable; to run offline use a local checkpoint "
-                "(e.g. `make tiny-checkpoints` then hf:data/checkpoints/tiny-random/hf-clip, "
-                "or the trained dual: model) or the `offline` profile")
+                "(`make data` builds hf:data/checkpoints/tiny-random/hf-clip and others) "
+                "or the `offline` profile")
 
 
 class CheckpointError(RuntimeError):

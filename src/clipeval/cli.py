@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from clipeval.checkpoints import CheckpointError
+from clipeval.pipeline import NotebookFailed
 from clipeval.sources import LOADERS as SOURCE_KINDS
 from clipeval.sources import PairsTableError
 
-EXPECTED_ERRORS = (CheckpointError, PairsTableError, FileNotFoundError, ValueError)
+EXPECTED_ERRORS = (CheckpointError, PairsTableError, NotebookFailed, FileNotFoundError, ValueError)
 
 
 def _score(args: argparse.Namespace) -> None:

@@ -14,6 +14,10 @@ import yaml
 from clipeval.paths import NOTEBOOKS_DIR, PARAMS_DIR, PROJECT_ROOT
 
 
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names it, the error line, and the executed copy to open."""
+
+
 def load_profile(profile: str | Path, checkpoints: list[str] | None = None) -> dict:
     """Read a profile's YAML (a name in ``params/`` or a path); ``checkpoints`` overrides its list."""
     path = Path(profile)
@@ -48,6 +52,9 @@ def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
 
     Returns:
         Paths of the executed notebooks.
+
+    Raises:
+        NotebookFailed: a notebook raised; its executed copy (with the error) is kept.
     """
     import papermill
 
@@ -58,7 +65,11 @@ def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
     for name in params["notebooks"]:
         source = notebooks_dir / f"{name}.ipynb"
         target = out_dir / source.name
-        papermill.execute_notebook(str(source), str(target), parameters=notebook_parameters(source, params),
-                                   cwd=str(cwd), kernel_name="python3", progress_bar=False)
+        try:
+            papermill.execute_notebook(str(source), str(target), parameters=notebook_parameters(source, params),
+                                       cwd=str(cwd), kernel_name="python3", progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            raise NotebookFailed(f"{source.name} failed: {error.ename}: {error.evalue.strip()} "
+                                 f"(executed copy: {target})") from None
         executed.append(target)
     return executed
