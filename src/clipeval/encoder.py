@@ -49,7 +49,11 @@ class Encoder(ABC):
         logit_scale: the model's learned temperature (already exponentiated), if it has one.
         logit_bias: the model's logit bias (SigLIP), if it has one.
         context_length: the most text tokens the model reads; longer captions are truncated.
+        description: one sentence on what the model is (weights, untrained parts), shown in
+            ``stats.json``; empty when the spec says it all.
     """
+
+    description: str = ""
 
     def __init__(self, spec: str, device: torch.device, precision: str = "fp32",
                  logit_scale: float | None = None, logit_bias: float | None = None,

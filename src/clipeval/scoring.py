@@ -109,31 +109,43 @@ def _row_statuses(chunk: pd.DataFrame, options: ScoreOptions, timer: StageTimer)
     return [image.image for image in loaded], statuses, errors
 
 
-def _encode_chunk(encoder: Encoder, images, captions, statuses, errors, batch_size, timer) -> np.ndarray:
-    """Cosine per row of the chunk (NaN where the row is not ok); updates statuses in place."""
+def _encode_chunk(encoder: Encoder, refs, images, captions, statuses, errors, batch_size, timer) -> np.ndarray:
+    """Cosine per row of the chunk (NaN where the row is not ok); updates statuses in place.
+
+    Each distinct image (by reference) and each distinct caption of the chunk is encoded once,
+    however many rows share it.
+    """
+    first_row = {}
+    for i, status in enumerate(statuses):
+        if status == "ok":
+            first_row.setdefault(refs[i], i)
     pixels = {}
-    with timer.stage("image_preprocess", items=sum(s == "ok" for s in statuses)):
-        for i, image in enumerate(images):
-            if statuses[i] != "ok":
-                continue
+    with timer.stage("image_preprocess", items=len(first_row)):
+        for ref, i in first_row.items():
             try:
-                pixels[i] = encoder.preprocess(image)
+                pixels[ref] = encoder.preprocess(images[i])
             except Exception as error:  # a model's transform can reject odd images
-                statuses[i], errors[i] = "preprocess_error", f"{type(error).__name__}: {error}"
-                pixels.pop(i, None)
-    rows = [i for i in range(len(statuses)) if statuses[i] == "ok"]
+                reason = f"{type(error).__name__}: {error}"
+                for j, other in enumerate(refs):
+                    if other == ref and statuses[j] == "ok":
+                        statuses[j], errors[j] = "preprocess_error", reason
+    rows = [i for i, status in enumerate(statuses) if status == "ok"]
     cosine = np.full(len(statuses), np.nan)
     if not rows:
         return cosine
-    image_embeddings, text_embeddings = [], []
-    with timer.stage("image_encode", items=len(rows)):
-        for batch in _batches(len(rows), batch_size):
-            image_embeddings.append(encoder.encode_images(torch.stack([pixels[i] for i in rows[batch]])))
-    with timer.stage("text_encode", items=len(rows)):
-        for batch in _batches(len(rows), batch_size):
-            text_embeddings.append(encoder.encode_texts([captions[i] for i in rows[batch]]))
+    image_index = {ref: k for k, ref in enumerate(dict.fromkeys(refs[i] for i in rows))}
+    text_index = {text: k for k, text in enumerate(dict.fromkeys(captions[i] for i in rows))}
+    unique_refs, unique_texts = list(image_index), list(text_index)
+    with timer.stage("image_encode", items=len(unique_refs)):
+        image_embeddings = torch.cat([encoder.encode_images(torch.stack([pixels[ref] for ref in unique_refs[batch]]))
+                                      for batch in _batches(len(unique_refs), batch_size)])
+    with timer.stage("text_encode", items=len(unique_texts)):
+        text_embeddings = torch.cat([encoder.encode_texts(unique_texts[batch])
+                                     for batch in _batches(len(unique_texts), batch_size)])
     with timer.stage("score", items=len(rows)):
-        cosine[rows] = (torch.cat(image_embeddings) * torch.cat(text_embeddings)).sum(dim=-1).numpy()
+        pair_images = image_embeddings[[image_index[refs[i]] for i in rows]]
+        pair_texts = text_embeddings[[text_index[captions[i]] for i in rows]]
+        cosine[rows] = (pair_images * pair_texts).sum(dim=-1).numpy()
     return cosine
 
 
@@ -165,12 +177,12 @@ class _Scorer:
 
     def score_chunk(self, chunk: pd.DataFrame) -> pd.DataFrame:
         images, statuses, errors = _row_statuses(chunk, self.options, self.shared)
-        captions = chunk[self.options.caption_column].tolist()
+        refs, captions = chunk[self.options.image_column].tolist(), chunk[self.options.caption_column].tolist()
         parts = []
         for spec in self.checkpoints:
             encoder = self.encoder(spec)
             row_statuses, row_errors = list(statuses), list(errors)
-            cosine = _encode_chunk(encoder, images, captions, row_statuses, row_errors,
+            cosine = _encode_chunk(encoder, refs, images, captions, row_statuses, row_errors,
                                    self.options.batch_size, self.timers[spec])
             scored_captions = [c for c, s in zip(captions, row_statuses) if s == "ok"]
             if scored_captions:
@@ -188,6 +200,7 @@ class _Scorer:
             encoder = self.encoders.get(spec)
             per_checkpoint[spec] = {
                 "precision": encoder.precision if encoder else None,
+                "description": encoder.description if encoder else None,
                 "pairs_scored": scored,
                 "pairs_per_s": scored / work if work else None,
                 "captions_truncated": self.truncated[spec],

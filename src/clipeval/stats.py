@@ -122,8 +122,8 @@ def format_stats_log(stats: dict) -> str:
     blocks += [(f"checkpoint {spec}", entry) for spec, entry in stats["checkpoints"].items()]
     for title, entry in blocks:
         lines.append(title)
-        for key in ("precision", "pairs_scored", "pairs_per_s", "captions_truncated"):
-            if key in entry:
+        for key in ("description", "precision", "pairs_scored", "pairs_per_s", "captions_truncated"):
+            if entry.get(key) not in (None, ""):
                 value = entry[key]
                 lines.append(f"  {key:<20} {value:.2f}" if isinstance(value, float) else f"  {key:<20} {value}")
         lines.append(f"  {'stage':<18}{'wall s':>10}{'cpu s':>10}{'items':>9}{'items/s':>11}"
