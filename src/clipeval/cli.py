@@ -42,20 +42,12 @@ def _score(args: argparse.Namespace) -> None:
 def _retrieve(args: argparse.Namespace) -> None:
     from clipeval.atomic import write_csv
     from clipeval.manifest import update_manifest
-    from clipeval.retrieval_eval import evaluate_retrieval, read_retrieval_tables, retrieval_set_from_pairs
-    from clipeval.sources import read_pairs
+    from clipeval.retrieval_eval import evaluate_retrieval, load_retrieval_set
 
-    if args.pairs:
-        pairs = read_pairs(args.pairs, args.image_column, args.caption_column, images_dir=args.images_dir)
-        dataset = retrieval_set_from_pairs(pairs, args.dataset or Path(args.pairs).stem, args.image_column,
-                                           args.caption_column)
-        data_files = [args.pairs]
-    elif args.queries and args.images and args.relevance:
-        dataset = read_retrieval_tables(args.queries, args.images, args.relevance, args.dataset,
-                                        args.caption_column, args.image_column)
-        data_files = [args.queries, args.images, args.relevance]
-    else:
-        raise ValueError("give --pairs SOURCE, or all three of --queries, --images and --relevance")
+    dataset = load_retrieval_set(args.dataset or Path(args.pairs or args.queries or "retrieval").stem,
+                                 args.pairs, args.queries, args.images, args.relevance, args.image_column,
+                                 args.caption_column, args.images_dir)
+    data_files = [path for path in (args.pairs, args.queries, args.images, args.relevance) if path]
     report = evaluate_retrieval(dataset, args.checkpoint, ks=args.k or (1, 5, 10), n_resamples=args.bootstrap, seed=args.seed,
                                 batch_size=args.batch_size, device=args.device, precision=args.precision,
                                 progress=not args.no_progress)
@@ -64,6 +56,24 @@ def _retrieve(args: argparse.Namespace) -> None:
     write_csv(out / "retrieval_ranks.csv", report.per_query)
     update_manifest(out / "manifest.json", "retrieve", vars(args), args.checkpoint, data_files, seed=args.seed)
     print(report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
+
+
+def _scenes(args: argparse.Namespace) -> None:
+    from clipeval.scenes import generate_scenes
+
+    print(generate_scenes(args.out, n_train=args.train, n_val=args.val, n_test=args.test,
+                          image_size=args.image_size, seed=args.seed))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from clipeval.dual_encoder import DualEncoderConfig
+    from clipeval.train import TrainConfig, train_dual
+
+    model = DualEncoderConfig(image_size=args.image_size, pretrained=args.pretrained)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         device=args.device, progress=not args.no_progress, model=model)
+    folder = train_dual(args.scenes, args.out, config)
+    print(f"saved dual encoder -> dual:{folder}")
 
 
 def _tiny_checkpoints(args: argparse.Namespace) -> None:
@@ -140,6 +150,33 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     retrieve.add_argument("--no-progress", action="store_true")
     retrieve.set_defaults(handler=_retrieve)
+
+    from clipeval.dual_encoder import DualEncoderConfig
+    from clipeval.scenes import DEFAULT_ROOT as SCENES_DIR
+    from clipeval.train import DEFAULT_MODEL_DIR, TrainConfig
+
+    scenes = commands.add_parser("scenes", help="generate the captioned-scenes dataset (deterministic)")
+    scenes.add_argument("--out", default=str(SCENES_DIR))
+    scenes.add_argument("--train", type=int, default=5000, help="training scenes")
+    scenes.add_argument("--val", type=int, default=400, help="validation scenes")
+    scenes.add_argument("--test", type=int, default=600, help="test scenes")
+    scenes.add_argument("--image-size", type=int, default=DualEncoderConfig.image_size)
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.set_defaults(handler=_scenes)
+
+    train = commands.add_parser("train", help="train the dual encoder on the scenes; saves a dual: folder")
+    train.add_argument("--scenes", default=str(SCENES_DIR), help="folder written by `clipeval scenes`")
+    train.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--lr", type=float, default=TrainConfig.lr)
+    train.add_argument("--image-size", type=int, default=DualEncoderConfig.image_size)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--pretrained", action="store_true",
+                       help="start from distilbert-base-uncased and ImageNet EfficientNet-B0 (needs network)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(handler=_train)
 
     tiny = commands.add_parser("tiny-checkpoints", help="build tiny random checkpoints in the real formats")
     tiny.add_argument("--out", default=str(TINY_CHECKPOINTS_DIR))

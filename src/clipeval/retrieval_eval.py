@@ -100,6 +100,25 @@ def read_retrieval_tables(queries: str | Path, images: str | Path, relevance: st
                         image_table.attrs.get("base_dir"))
 
 
+def load_retrieval_set(name: str, pairs: str | Path | None = None, queries: str | Path | None = None,
+                       images: str | Path | None = None, relevance: str | Path | None = None,
+                       image_column: str = "image", caption_column: str = "caption",
+                       images_dir: str | None = None) -> RetrievalSet:
+    """Load a set from a pairs source, or from the three tables when ``relevance`` is given.
+
+    Raises:
+        ValueError: neither a pairs source nor all three tables.
+    """
+    if relevance:
+        if not (queries and images):
+            raise ValueError("--relevance needs --queries and --images too")
+        return read_retrieval_tables(queries, images, relevance, name, caption_column, image_column)
+    if not pairs:
+        raise ValueError("give a pairs source, or all three of queries, images and relevance tables")
+    table = read_pairs(pairs, image_column, caption_column, images_dir=images_dir)
+    return retrieval_set_from_pairs(table, name, image_column, caption_column)
+
+
 @dataclass
 class EmbeddedSet:
     """A set's embeddings under one checkpoint; unreadable images are absent from ``images``."""
