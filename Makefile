@@ -7,10 +7,12 @@ PYTHON := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.clipeval-installed
 TINY := data/checkpoints/tiny-random/.built
 CHALLENGE := data/generated/challenge/pairs.csv
+SCENES := data/generated/scenes/metadata.json
+DUAL := outputs/offline/models/dual/model.safetensors
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env data reproduce notebooks test test-slow bench lab clean
+.PHONY: help env data model reproduce notebooks test test-slow bench lab clean
 
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,7 +33,15 @@ $(TINY): $(ENV_STAMP) src/clipeval/tiny_checkpoints.py
 $(CHALLENGE): $(ENV_STAMP) src/clipeval/sample_data.py
 	$(PYTHON) -m clipeval challenge-set --out $(dir $@)
 
-data: $(TINY) $(CHALLENGE) ## prepare embedded data and local checkpoints
+$(SCENES): $(ENV_STAMP) src/clipeval/scenes.py
+	$(PYTHON) -m clipeval make-scenes --out $(dir $@)
+
+$(DUAL): $(SCENES) src/clipeval/dual_encoder.py src/clipeval/train.py
+	$(PYTHON) -m clipeval train --scenes $(dir $(SCENES)) --out $(dir $@)
+
+data: $(TINY) $(CHALLENGE) $(SCENES) ## prepare embedded data, the captioned scenes and local checkpoints
+
+model: $(DUAL) ## train the dual encoder once (cached in outputs/offline/models/dual)
 
 notebooks: data ## run the profile's notebooks with papermill (PROFILE=offline, CHECKPOINTS="spec ...")
 	$(PYTHON) -m clipeval run-notebooks --profile $(PROFILE) --checkpoints "$(CHECKPOINTS)"
@@ -45,11 +55,12 @@ test: env ## run the test suite (fails if no test ran)
 test-slow: env ## run only the slow tests (real-size training and data)
 	$(PYTHON) -m pytest -m slow
 
-bench: env ## run the benchmarks; results go to bench/results/*.json
+bench: env data ## run the benchmarks; results go to bench/results/*.json
 	$(PYTHON) bench/bench_retrieval.py
+	$(PYTHON) bench/bench_train_dual.py
 
 lab: env ## start JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/
 
-clean: ## remove generated outputs, data and local checkpoints (keeps .venv)
+clean: ## remove generated outputs (the trained model too), data and local checkpoints (keeps .venv)
 	rm -rf outputs/*/ data/generated data/checkpoints data/cache

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clipeval.scenes import DEFAULT_ROOT as SCENES_DIR
     from clipeval.train import DEFAULT_MODEL_DIR, TrainConfig
 
-    scenes = commands.add_parser("scenes", help="generate the captioned-scenes dataset (deterministic)")
+    scenes = commands.add_parser("make-scenes", help="generate the captioned-scenes dataset (deterministic)")
     scenes.add_argument("--out", default=str(SCENES_DIR))
     scenes.add_argument("--train", type=int, default=5000, help="training scenes")
     scenes.add_argument("--val", type=int, default=400, help="validation scenes")
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.set_defaults(handler=_scenes)
 
     train = commands.add_parser("train", help="train the dual encoder on the scenes; saves a dual: folder")
-    train.add_argument("--scenes", default=str(SCENES_DIR), help="folder written by `clipeval scenes`")
+    train.add_argument("--scenes", default=str(SCENES_DIR), help="folder written by `clipeval make-scenes`")
     train.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
     train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)

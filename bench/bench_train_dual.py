@@ -1,0 +1,78 @@
+"""Benchmark the offline default: generate the scenes, train the dual encoder, evaluate on test.
+
+Measures what issue 3's targets name: training wall time on this machine (with the load
+average, since the CPU may be shared), text->image HitRate@5 and MRR on the test split (all,
+seen and unseen combinations), matched vs mismatched cosine with the ROC AUC, and hard-negative
+accuracy per negative kind. Writes one JSON file atomically.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_train_dual.py
+
+OpenMP's default active waiting makes PyTorch crawl when other processes share the cores, so
+the script sets ``OMP_WAIT_POLICY=PASSIVE`` (before importing torch) unless it is already set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from clipeval.atomic import write_json  # noqa: E402
+from clipeval.checkpoints import load_encoder  # noqa: E402
+from clipeval.dual_encoder import read_history  # noqa: E402
+from clipeval.manifest import git_commit  # noqa: E402
+from clipeval.scenes import generate_scenes  # noqa: E402
+from clipeval.train import TrainConfig, evaluate_scenes, train_dual  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=RESULTS / "train_dual_work", help="scenes and model folder")
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_dual.json", help="result JSON")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"git_commit": git_commit(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
+              "loadavg_start": os.getloadavg()}
+
+    started, cpu = time.perf_counter(), cpu_seconds()
+    scenes = generate_scenes(args.work / "scenes")
+    result["generate"] = {"wall_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu}
+
+    started, cpu = time.perf_counter(), cpu_seconds()
+    model_dir = train_dual(scenes, args.work / "dual", TrainConfig(epochs=args.epochs))
+    result["train"] = {"wall_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu,
+                       "loadavg_end": os.getloadavg(), "history": read_history(model_dir)}
+
+    started = time.perf_counter()
+    evaluation = evaluate_scenes(load_encoder(f"dual:{model_dir}", device="cpu"), scenes, "test")
+    result["evaluate"] = {"wall_s": time.perf_counter() - started,
+                          "retrieval_text_to_image": evaluation["retrieval"].to_dict("index"),
+                          "match_scores": evaluation["match_scores"],
+                          "hard_negatives": evaluation["hard_negatives"].to_dict("records")}
+    result["loadavg_end"] = os.getloadavg()
+    write_json(args.out, result)
+    retrieval = evaluation["retrieval"]
+    print(f"train {result['train']['wall_s'] / 60:.2f} min (load {result['loadavg_start'][0]:.1f} -> "
+          f"{result['loadavg_end'][0]:.1f}); test HitRate@5 {retrieval.loc['all', 'hit_rate@5']:.3f}, "
+          f"MRR {retrieval.loc['all', 'mrr']:.3f}; AUC {evaluation['match_scores']['auc']:.3f}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
