@@ -11,6 +11,17 @@ matplotlib.use("Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on a shared 2-core machine extra OpenMP threads only contend."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_specs(tmp_path_factory) -> dict[str, str]:
     """Specs of tiny random checkpoints saved in the real formats (hf-clip, hf-siglip, open_clip...)."""

@@ -17,13 +17,7 @@ TINY = DualEncoderConfig(embed_dim=16, image_size=32, text_dim=32, text_layers=2
 CONFIG = TrainConfig(epochs=2, batch_size=16, lr=1e-3, progress=False, model=TINY)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine extra OpenMP threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
