@@ -58,21 +58,26 @@ def _retrieve(args: argparse.Namespace) -> None:
     print(report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
 
 
+def _set(**options) -> dict:
+    """The options that were given on the command line; unset ones keep the library's defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _scenes(args: argparse.Namespace) -> None:
     from clipeval.scenes import generate_scenes
 
-    print(generate_scenes(args.out, n_train=args.train, n_val=args.val, n_test=args.test,
-                          image_size=args.image_size, seed=args.seed))
+    print(generate_scenes(**_set(root=args.out, n_train=args.train, n_val=args.val, n_test=args.test,
+                                 image_size=args.image_size, seed=args.seed)))
 
 
 def _train(args: argparse.Namespace) -> None:
     from clipeval.dual_encoder import DualEncoderConfig
     from clipeval.train import TrainConfig, train_dual
 
-    model = DualEncoderConfig(image_size=args.image_size, pretrained=args.pretrained)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         device=args.device, progress=not args.no_progress, model=model)
-    folder = train_dual(args.scenes, args.out, config)
+    model = DualEncoderConfig(**_set(image_size=args.image_size), pretrained=args.pretrained)
+    config = TrainConfig(**_set(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                device=args.device), progress=not args.no_progress, model=model)
+    folder = train_dual(**_set(scenes_dir=args.scenes, output_dir=args.out), config=config)
     print(f"saved dual encoder -> dual:{folder}")
 
 
@@ -151,28 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--no-progress", action="store_true")
     retrieve.set_defaults(handler=_retrieve)
 
-    from clipeval.dual_encoder import DualEncoderConfig
-    from clipeval.scenes import DEFAULT_ROOT as SCENES_DIR
-    from clipeval.train import DEFAULT_MODEL_DIR, TrainConfig
-
     scenes = commands.add_parser("make-scenes", help="generate the captioned-scenes dataset (deterministic)")
-    scenes.add_argument("--out", default=str(SCENES_DIR))
-    scenes.add_argument("--train", type=int, default=5000, help="training scenes")
-    scenes.add_argument("--val", type=int, default=400, help="validation scenes")
-    scenes.add_argument("--test", type=int, default=600, help="test scenes")
-    scenes.add_argument("--image-size", type=int, default=DualEncoderConfig.image_size)
-    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--out", help="default data/generated/scenes")
+    scenes.add_argument("--train", type=int, help="training scenes (default 5000)")
+    scenes.add_argument("--val", type=int, help="validation scenes (default 400)")
+    scenes.add_argument("--test", type=int, help="test scenes (default 600)")
+    scenes.add_argument("--image-size", type=int, help="image side in pixels (default 64)")
+    scenes.add_argument("--seed", type=int)
     scenes.set_defaults(handler=_scenes)
 
-    train = commands.add_parser("train", help="train the dual encoder on the scenes; saves a dual: folder")
-    train.add_argument("--scenes", default=str(SCENES_DIR), help="folder written by `clipeval make-scenes`")
-    train.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
-    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    train.add_argument("--lr", type=float, default=TrainConfig.lr)
-    train.add_argument("--image-size", type=int, default=DualEncoderConfig.image_size)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto")
+    train = commands.add_parser("train", help="train the dual encoder on the scenes; saves a dual: folder "
+                                              "(unset options keep clipeval.train.TrainConfig's defaults)")
+    train.add_argument("--scenes", help="folder written by `clipeval make-scenes` (default data/generated/scenes)")
+    train.add_argument("--out", help="model folder (default outputs/offline/models/dual)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device")
     train.add_argument("--pretrained", action="store_true",
                        help="start from distilbert-base-uncased and ImageNet EfficientNet-B0 (needs network)")
     train.add_argument("--no-progress", action="store_true")
