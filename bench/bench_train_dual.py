@@ -56,7 +56,7 @@ def main() -> None:
     result["generate"] = {"wall_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu}
 
     started, cpu = time.perf_counter(), cpu_seconds()
-    model_dir = train_dual(scenes, args.work / "dual", TrainConfig(epochs=args.epochs))
+    model_dir = train_dual(scenes, args.work / "dual", TrainConfig(epochs=args.epochs, progress=False))
     result["train"] = {"wall_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu,
                        "loadavg_end": os.getloadavg(), "history": read_history(model_dir)}
 

@@ -6,6 +6,7 @@ import pytest
 
 from clipeval.checkpoints import load_encoder
 from clipeval.cli import main
+from clipeval.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -17,9 +18,10 @@ def test_make_scenes_then_train_then_load(tmp_path):
     metadata = json.loads((scenes / "metadata.json").read_text())
     assert metadata["seed"] == 3 and metadata["sizes"] == {"train": 16, "val": 8, "test": 8}
     assert main(["train", "--scenes", str(scenes), "--out", str(model), "--epochs", "1", "--batch-size", "8",
-                 "--image-size", "32", "--device", "cpu", "--no-progress"]) == 0
+                 "--image-size", "32", "--device", "cpu", "--no-progress", "--hard-negatives"]) == 0
     history = json.loads((model / "history.json").read_text())
     assert history["config"]["epochs"] == 1 and history["config"]["batch_size"] == 8
+    assert history["config"]["hard_negatives"] is True and history["config"]["lr"] == TrainConfig.lr
     assert load_encoder(f"dual:{model}", device="cpu").encode_texts(["a red circle"]).shape[0] == 1
 
 

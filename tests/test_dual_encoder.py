@@ -81,6 +81,21 @@ def test_contrastive_loss_is_symmetric_cross_entropy():
                                contrastive_loss(texts, images, torch.tensor(3.0)))
 
 
+def test_hard_negatives_join_only_the_image_to_text_side():
+    images, texts, negatives = torch.nn.functional.normalize(torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    scale = torch.tensor(5.0)
+    labels = torch.arange(4)
+    expected = (torch.nn.functional.cross_entropy(scale * images @ torch.cat([texts, negatives]).T, labels)
+                + torch.nn.functional.cross_entropy(scale * texts @ images.T, labels)) / 2
+    torch.testing.assert_close(contrastive_loss(images, texts, scale, negatives), expected)
+    # a negative that copies its image's caption makes that image's choice a coin toss
+    assert contrastive_loss(images, texts, scale, texts) > contrastive_loss(images, texts, scale)
+    # negatives far from every image change nothing
+    sharp = torch.tensor(50.0)
+    torch.testing.assert_close(contrastive_loss(torch.eye(4), torch.eye(4), sharp, -torch.eye(4)[:2]),
+                               contrastive_loss(torch.eye(4), torch.eye(4), sharp), atol=1e-6, rtol=0)
+
+
 def test_logit_scale_is_clamped_at_100(tiny):
     model, _ = tiny
     assert abs(model.temperature().item() - 1 / 0.07) < 1e-3
@@ -123,3 +138,15 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_pretrained_flag_offline_raises_the_offline_error():
     with pytest.raises(CheckpointError, match="distilbert-base-uncased.*offline"):
         build_dual_encoder(DualEncoderConfig(pretrained=True))
+
+
+def test_random_init_residual_blocks_start_as_identity(tiny):
+    from torchvision.models.efficientnet import MBConv
+
+    blocks = [m for m in tiny[0].image_trunk.modules() if isinstance(m, MBConv) and m.use_res_connect]
+    assert len(blocks) == 9
+    block = blocks[0].eval()
+    x = torch.randn(2, block.block[-1][0].out_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x)
+    assert tiny[0].text_model.config.initializer_range == TINY.text_init_std

@@ -1,5 +1,8 @@
 """Training and evaluating the dual encoder on tiny scenes (tiny model, 32 px, a few steps)."""
 
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,6 +47,32 @@ def test_one_training_step_reduces_the_loss():
     assert after < before
 
 
+def test_train_step_takes_hard_negatives_after_the_captions():
+    torch.manual_seed(0)
+    captions = ["a red circle", "two blue squares", "a green cross above a yellow circle", 'a sign that says "SALE"']
+    negatives = ["a blue circle", "three blue squares", "a green cross below a yellow circle", 'a sign that says "STOP"']
+    model, tokenizer = build_dual_encoder(TINY, captions)
+    model.train()
+    tokens = tokenizer(captions + negatives, padding=True, return_tensors="pt")
+    pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = [train_step(model, optimizer, pixels, tokens["input_ids"], tokens["attention_mask"]) for _ in range(11)]
+    assert losses[-1] < losses[0] / 2  # ten steps fit the batch: 5.3 -> 0.4 here
+
+
+def test_training_with_hard_negatives(scenes, tmp_path):
+    config = replace(CONFIG, epochs=1, hard_negatives=True)
+    history = read_history(train_dual(scenes, tmp_path / "negclip", config))
+    assert history["config"]["hard_negatives"] is True and history["n_train_hard_negatives"] > 48
+    assert np.isfinite(history["epochs"][0]["train_loss"])
+    copy = shutil.copytree(scenes, tmp_path / "scenes")
+    pairs = pd.read_csv(copy / "pairs_train.csv", keep_default_na=False)
+    first = pairs["scene_id"].iloc[0]
+    pairs[pairs["match"] | (pairs["scene_id"] != first)].to_csv(copy / "pairs_train.csv", index=False)
+    with pytest.raises(ValueError, match="1 training scenes .* no hard-negative caption"):
+        train_dual(copy, tmp_path / "dual", config)
+
+
 def test_training_writes_a_loadable_model_and_its_history(trained):
     history = read_history(trained)
     assert [epoch["epoch"] for epoch in history["epochs"]] == [1, 2]
@@ -72,6 +101,13 @@ def test_evaluate_scenes_reports_retrieval_scores_and_hard_negatives(scenes, tra
     negatives = result["hard_negatives"]
     assert set(negatives["negative_kind"]) == {"all", "colour", "count", "relation"}
     assert negatives["accuracy"].between(0, 1).all()
+
+
+def test_logged_validation_metrics_match_scoring_the_saved_model(scenes, trained):
+    last = read_history(trained)["epochs"][-1]
+    retrieval = evaluate_scenes(load_encoder(f"dual:{trained}", device="cpu"), scenes, "val")["retrieval"]
+    for key in ("hit_rate@1", "hit_rate@5", "hit_rate@10", "mrr"):
+        assert last[f"val_{key}"] == pytest.approx(retrieval.loc["all", key], abs=1e-6)
 
 
 def test_hard_negative_accuracy_compares_each_negative_with_its_twin():

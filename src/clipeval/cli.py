@@ -76,7 +76,8 @@ def _train(args: argparse.Namespace) -> None:
 
     model = DualEncoderConfig(**_set(image_size=args.image_size), pretrained=args.pretrained)
     config = TrainConfig(**_set(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                device=args.device), progress=not args.no_progress, model=model)
+                                device=args.device, hard_negatives=args.hard_negatives),
+                         progress=not args.no_progress, model=model)
     folder = train_dual(**_set(scenes_dir=args.scenes, output_dir=args.out), config=config)
     print(f"saved dual encoder -> dual:{folder}")
 
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--device")
+    train.add_argument("--hard-negatives", action="store_true", default=None,
+                       help="NegCLIP: add each image's hard-negative captions to the loss (better composition, "
+                            "worse retrieval here; see README)")
     train.add_argument("--pretrained", action="store_true",
                        help="start from distilbert-base-uncased and ImageNet EfficientNet-B0 (needs network)")
     train.add_argument("--no-progress", action="store_true")

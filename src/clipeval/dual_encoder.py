@@ -75,6 +75,10 @@ class DualEncoderConfig:
         text_heads: DistilBERT attention heads (ignored with ``pretrained``).
         text_hidden_dim: DistilBERT feed-forward size (ignored with ``pretrained``).
         text_dropout: DistilBERT dropout and attention dropout (ignored with ``pretrained``).
+        text_init_std: std of DistilBERT's random weight init (its ``initializer_range``; 0.02
+            in BERT). A small text tower needs larger weights at init: with 0.02 the
+            end-of-text token barely depends on the other words, captions that differ in one
+            word get near-identical embeddings, and training collapses to constant embeddings.
         context_length: the most tokens a caption keeps, ``[CLS]`` and ``[SEP]`` included.
         vocab_size: the most WordPiece tokens in the offline tokenizer's vocabulary.
         pool_heads: attention-pooling heads (must divide EfficientNet-B0's 1280 channels).
@@ -83,12 +87,13 @@ class DualEncoderConfig:
     """
 
     embed_dim: int = 128
-    image_size: int = 64
+    image_size: int = 48
     text_dim: int = 128
     text_layers: int = 2
     text_heads: int = 4
     text_hidden_dim: int = 512
     text_dropout: float = 0.0
+    text_init_std: float = 0.1
     context_length: int = 32
     vocab_size: int = 1000
     pool_heads: int = 8
@@ -202,20 +207,28 @@ class DualEncoderModel(nn.Module):
         return images, texts, self.temperature()
 
 
-def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor,
+                     negatives: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's symmetric cross-entropy over the batch's N x N similarity matrix.
+
+    With ``negatives`` (NegCLIP, Yuksekgonul et al. 2023), the image->text direction also
+    competes against M extra captions that match no image of the batch, so each image sees
+    N + M candidate captions; the text->image direction is unchanged.
 
     Args:
         images: ``(N, D)`` L2-normalised image embeddings; row i pairs with ``texts[i]``.
         texts: ``(N, D)`` L2-normalised text embeddings.
         logit_scale: the (exponentiated) temperature.
+        negatives: optional ``(M, D)`` L2-normalised embeddings of captions that describe none
+            of the images (hard negatives).
 
     Returns:
         The mean of the image->text and text->image cross-entropies (a scalar).
     """
     logits = logit_scale * images @ texts.T
     labels = torch.arange(len(images), device=images.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    image_to_text = logits if negatives is None else torch.cat([logits, logit_scale * images @ negatives.T], dim=1)
+    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def train_tokenizer(captions: list[str], vocab_size: int = 1000, context_length: int = 32) -> PreTrainedTokenizerFast:
@@ -271,7 +284,8 @@ def build_dual_encoder(config: DualEncoderConfig, captions: list[str] | None = N
         text_config = DistilBertConfig(
             vocab_size=len(tokenizer), dim=config.text_dim, n_layers=config.text_layers, n_heads=config.text_heads,
             hidden_dim=config.text_hidden_dim, max_position_embeddings=config.context_length,
-            dropout=config.text_dropout, attention_dropout=config.text_dropout, pad_token_id=tokenizer.pad_token_id)
+            dropout=config.text_dropout, attention_dropout=config.text_dropout, initializer_range=config.text_init_std,
+            pad_token_id=tokenizer.pad_token_id)
         return DualEncoderModel(config, text_config), tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(PRETRAINED_TEXT, model_max_length=config.context_length)

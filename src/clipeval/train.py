@@ -2,10 +2,13 @@
 
 Training (:func:`train_dual`) follows CLIP: batches of (image, caption) pairs, one caption per
 image drawn at random from its true captions each epoch, the symmetric contrastive loss over
-the batch's N x N similarity matrix, AdamW with linear warm-up and cosine decay. It is seeded
-and deterministic on the CPU (``torch.use_deterministic_algorithms``; same seed, same thread
-count, same weights). After every epoch the validation split is scored as text-to-image
-retrieval (a caption's relevant images are all scenes it truly describes) and logged.
+the batch's N x N similarity matrix, AdamW with linear warm-up and cosine decay. Optionally
+(``hard_negatives``) it follows NegCLIP: each image of a batch brings one of its hard-negative
+captions (a true caption with a colour, relation or count swapped, from ``pairs_train.csv``) as
+an extra candidate in the image-to-text direction. It is seeded and deterministic on the CPU
+(``torch.use_deterministic_algorithms``; same seed, same thread count, same weights). After
+every epoch the validation split is scored as text-to-image retrieval (a caption's relevant
+images are all scenes it truly describes) and logged.
 
 Evaluation (:func:`evaluate_scenes`) works with any :class:`~clipeval.encoder.Encoder`:
 retrieval metrics for all, seen and unseen-combination queries, matched vs mismatched cosine
@@ -27,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipeval.compare import roc_auc
-from clipeval.dual_encoder import (DualEncoder, DualEncoderConfig, DualEncoderModel, build_dual_encoder,
+from clipeval.dual_encoder import (DualEncoderConfig, DualEncoderModel, build_dual_encoder,
                                    contrastive_loss, image_transform, save_dual)
 from clipeval.encoder import Encoder, resolve_device
 from clipeval.images import read_images
@@ -51,6 +54,9 @@ class TrainConfig:
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases, norms, embeddings' gains, temperature).
         warmup_fraction: fraction of the steps with a linear learning-rate warm-up.
+        hard_negatives: add one hard-negative caption per image to the image-to-text side of
+            the loss (see :func:`clipeval.dual_encoder.contrastive_loss`); every training
+            scene must then have at least one.
         seed: seeds the model init, the batch order and the caption choice.
         device: ``auto``, ``cpu``, ``cuda``...
         eval_batch_size: batch size when encoding the validation split.
@@ -63,6 +69,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
+    hard_negatives: bool = False
     seed: int = 0
     device: str = "cpu"
     eval_batch_size: int = 256
@@ -81,17 +88,68 @@ def _deterministic(seed: int, device: torch.device):
         torch.use_deterministic_algorithms(previous)
 
 
-def load_pixels(paths: list[Path], image_size: int) -> torch.Tensor:
-    """Read and preprocess images exactly as :class:`DualEncoder` does, stacked ``(N, 3, S, S)``."""
+def load_pixels(refs: list[str | Path], image_size: int, base_dir: str | Path | None = None) -> torch.Tensor:
+    """Read and preprocess images exactly as :class:`DualEncoder` does, stacked ``(N, 3, S, S)``.
+
+    Raises:
+        ValueError: an image could not be read (the dataset folder is incomplete).
+    """
     transform = image_transform(image_size)
-    return torch.stack([transform(image.image) for image in read_images([str(path) for path in paths])])
+    loaded = read_images([str(ref) for ref in refs], Path(base_dir) if base_dir else None)
+    unreadable = [f"{ref} ({image.status})" for ref, image in zip(refs, loaded) if image.status != "ok"]
+    if unreadable:
+        raise ValueError(f"{len(unreadable)} images could not be read, e.g. {unreadable[:3]}; regenerate the scenes")
+    return torch.stack([transform(image.image) for image in loaded])
 
 
-def _training_data(scenes_dir: Path) -> tuple[list[Path], list[list[str]]]:
+@torch.inference_mode()
+def _validation_scores(model: DualEncoderModel, pixels: torch.Tensor, tokens: dict[str, torch.Tensor],
+                       batch_size: int, device: torch.device) -> np.ndarray:
+    """Cosine scores ``(queries, images)`` of the validation split, from inputs prepared once.
+
+    The same numbers as scoring through :class:`DualEncoder` (eval mode, same preprocessing and
+    tokenization), without decoding the images again every epoch.
+    """
+    model.eval()
+    images = torch.cat([model.encode_image(pixels[i:i + batch_size].to(device))
+                        for i in range(0, len(pixels), batch_size)])
+    texts = torch.cat([model.encode_text(tokens["input_ids"][i:i + batch_size].to(device),
+                                         tokens["attention_mask"][i:i + batch_size].to(device))
+                       for i in range(0, len(tokens["input_ids"]), batch_size)])
+    model.train()
+    images, texts = (torch.nn.functional.normalize(x.float(), dim=-1).cpu() for x in (images, texts))
+    return (texts @ images.T).numpy()
+
+
+@dataclass
+class TrainingScenes:
+    """The training split, one entry per scene."""
+
+    images: list[Path]
+    captions: list[list[str]]
+    negatives: list[list[str]]
+
+
+def _training_scenes(scenes_dir: Path) -> TrainingScenes:
+    """Per training scene: its image, its true captions and its hard negatives."""
     pairs = pd.read_csv(scenes_dir / "pairs_train.csv", keep_default_na=False)
-    pairs = pairs[pairs["match"]]
-    grouped = pairs.groupby("scene_id", sort=False)
-    return [scenes_dir / image for image in grouped["image"].first()], grouped["caption"].apply(list).tolist()
+    grouped = pairs[pairs["match"]].groupby("scene_id", sort=False)
+    ids = list(grouped.groups)
+    negatives = pairs[~pairs["match"]].groupby("scene_id")["caption"].apply(list).reindex(ids)
+    return TrainingScenes(images=[scenes_dir / image for image in grouped["image"].first()],
+                          captions=grouped["caption"].apply(list).tolist(),
+                          negatives=[value if isinstance(value, list) else [] for value in negatives])
+
+
+def _flatten(groups: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The strings of all groups in one list, with each group's offset and count in it."""
+    counts = torch.tensor([len(group) for group in groups])
+    return [text for group in groups for text in group], torch.cumsum(counts, 0) - counts, counts
+
+
+def _pick(offsets: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random index into each group of a flattened list (see :func:`_flatten`)."""
+    return offsets + (torch.rand(len(offsets), generator=generator) * counts).long()
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
@@ -117,13 +175,16 @@ def train_step(model: DualEncoderModel, optimizer: torch.optim.Optimizer, pixels
         model: the model, in train mode.
         optimizer: its optimizer.
         pixels: ``(N, 3, S, S)`` preprocessed images.
-        input_ids: ``(N, L)`` token ids of the N captions (right-padded).
-        attention_mask: ``(N, L)`` 1 for tokens, 0 for padding.
+        input_ids: ``(N + M, L)`` token ids (right-padded): the N captions of the images, then
+            M >= 0 hard negatives that describe none of them.
+        attention_mask: ``(N + M, L)`` 1 for tokens, 0 for padding.
 
     Returns:
         The batch's contrastive loss before the step.
     """
-    loss = contrastive_loss(*model(pixels, input_ids, attention_mask))
+    images, texts, logit_scale = model(pixels, input_ids, attention_mask)
+    n = len(images)
+    loss = contrastive_loss(images, texts[:n], logit_scale, texts[n:] if len(texts) > n else None)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -146,40 +207,51 @@ def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = D
     scenes_dir, device = Path(scenes_dir), resolve_device(config.device)
     started = time.perf_counter()
     with _deterministic(config.seed, device):
-        images, captions = _training_data(scenes_dir)
-        flat = [caption for scene in captions for caption in scene]
+        train = _training_scenes(scenes_dir)
+        if config.hard_negatives and not all(train.negatives):
+            missing = sum(not negatives for negatives in train.negatives)
+            raise ValueError(f"{missing} training scenes in {scenes_dir} have no hard-negative caption; "
+                             "regenerate the scenes or train with hard_negatives=False (--no-hard-negatives)")
+        flat, offsets, counts = _flatten(train.captions)
+        flat_negatives, negative_offsets, negative_counts = _flatten(train.negatives)
         model, tokenizer = build_dual_encoder(config.model, flat)
         model.to(device).train()
-        pixels = load_pixels(images, config.model.image_size)
-        tokens = tokenizer(flat, padding=True, truncation=True, max_length=config.model.context_length,
-                           return_tensors="pt")
-        counts = torch.tensor([len(scene) for scene in captions])
-        offsets = torch.cumsum(counts, 0) - counts
+        pixels = load_pixels(train.images, config.model.image_size)
+        tokens = tokenizer(flat + flat_negatives, padding=True, truncation=True,
+                           max_length=config.model.context_length, return_tensors="pt")
+        negative_offsets += len(flat)
         val = read_scenes_retrieval(scenes_dir, "val")
-        steps_per_epoch = len(images) // config.batch_size
+        val_pixels = load_pixels(val.images["image"].tolist(), config.model.image_size, val.base_dir)
+        val_tokens = tokenizer(val.queries["text"].tolist(), padding=True, truncation=True,
+                               max_length=config.model.context_length, return_tensors="pt")
+        steps_per_epoch = len(train.images) // config.batch_size
         optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
         generator = torch.Generator().manual_seed(config.seed)
-        history = {"config": asdict(config), "scenes_dir": str(scenes_dir), "n_train_scenes": len(images),
-                   "n_train_captions": len(flat), "n_val_queries": len(val.queries), "device": str(device),
+        history = {"config": asdict(config), "scenes_dir": str(scenes_dir), "n_train_scenes": len(train.images),
+                   "n_train_captions": len(flat), "n_train_hard_negatives": len(flat_negatives), "n_val_queries": len(val.queries), "device": str(device),
                    "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                    "epochs": []}
         bar = tqdm(total=steps_per_epoch * config.epochs, desc="train dual", unit="batch", disable=not config.progress)
         for epoch in range(1, config.epochs + 1):
-            order = torch.randperm(len(images), generator=generator)
-            choice = offsets[order] + (torch.rand(len(order), generator=generator) * counts[order]).long()
+            order = torch.randperm(len(train.images), generator=generator)
+            choice = _pick(offsets[order], counts[order], generator)
+            if config.hard_negatives:
+                negative_choice = _pick(negative_offsets[order], negative_counts[order], generator)
             losses = []
             for step in range(steps_per_epoch):
                 batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
-                mask = tokens["attention_mask"][choice[batch]]
+                rows = choice[batch]
+                if config.hard_negatives:
+                    rows = torch.cat([rows, negative_choice[batch]])
+                mask = tokens["attention_mask"][rows]
                 width = int(mask.sum(1).max())
-                ids, mask = tokens["input_ids"][choice[batch], :width].to(device), mask[:, :width].to(device)
+                ids, mask = tokens["input_ids"][rows, :width].to(device), mask[:, :width].to(device)
                 losses.append(train_step(model, optimizer, pixels[order[batch]].to(device), ids, mask))
                 scheduler.step()
                 bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
-            encoder = DualEncoder(model, tokenizer, "dual:<training>", device)
-            metrics = summarize_retrieval(score_retrieval(encoder, val, config.eval_batch_size), val).loc["all"]
-            model.train()
+            scores = _validation_scores(model, val_pixels, val_tokens, config.eval_batch_size, device)
+            metrics = summarize_retrieval(scores, val).loc["all"]
             history["epochs"].append({"epoch": epoch, "train_loss": float(np.mean(losses)),
                                       "logit_scale": model.temperature().detach().item(),
                                       "lr": scheduler.get_last_lr()[0],
