@@ -33,6 +33,14 @@ def test_profiles_name_existing_notebooks(profile):
     assert params["checkpoints"]
 
 
+@pytest.mark.parametrize("profile", ["offline", "paper"])
+def test_every_profile_value_reaches_a_notebook(profile):
+    params = load_profile(profile)
+    declared = set().union(*(notebook_parameters(NOTEBOOKS_DIR / f"{name}.ipynb", params)
+                             for name in params["notebooks"]))
+    assert set(params) - declared == {"notebooks"}  # a misspelt key would be silently ignored
+
+
 def test_checkpoints_override_and_parameter_filtering():
     params = load_profile("offline", checkpoints=["hf:a", "open_clip:b@c"])
     assert params["checkpoints"] == ["hf:a", "open_clip:b@c"]
