@@ -17,8 +17,9 @@ from clipeval.fetch import FetchOptions, cache_path, fetch_url, is_url
 from clipeval.images import read_images
 
 CAP = 50_000  # bytes; the huge bodies are 4x this
-SLOW_S = 2.0  # the slow endpoint's delay; the client timeout is 0.3 s
-OPTIONS = FetchOptions(timeout=0.3, retries=2, backoff=0.01, max_bytes=CAP, cache_dir=None)
+SLOW_S = 3.0  # the slow endpoint's delay, well above CLIENT_TIMEOUT_S even on a loaded CPU
+CLIENT_TIMEOUT_S = 1.0
+OPTIONS = FetchOptions(timeout=CLIENT_TIMEOUT_S, retries=2, backoff=0.01, max_bytes=CAP, cache_dir=None)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -140,7 +141,7 @@ def test_url_batch_every_case_gets_its_status(server):
     expected = [*cases.values(), "bad_scheme", "bad_url"]
 
     loaded = read_images(refs, None, workers=4, fetch_options=FetchOptions(
-        timeout=0.3, retries=0, backoff=0.01, max_bytes=CAP, cache_dir=None))
+        timeout=CLIENT_TIMEOUT_S, retries=0, backoff=0.01, max_bytes=CAP, cache_dir=None))
 
     assert len(loaded) == len(refs)
     assert [item.status for item in loaded] == expected
@@ -181,7 +182,7 @@ def test_client_errors_are_not_retried(server, path, status):
 
 
 def test_timeouts_are_retried_and_reported(server):
-    options = FetchOptions(timeout=0.3, retries=1, backoff=0.01, max_bytes=CAP, cache_dir=None)
+    options = FetchOptions(timeout=CLIENT_TIMEOUT_S, retries=1, backoff=0.01, max_bytes=CAP, cache_dir=None)
     result = fetch_url(_url(server, "/slow.png?timeout-test"), options)
     assert result.status == "timeout"
     assert server.hits["/slow.png?timeout-test"] == 2

@@ -86,7 +86,12 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
         path: save the PNG there.
     """
     relevant_set = {tuple(pair) for pair in np.asarray(relevant).reshape(-1, 2).tolist()}
-    figure, axes = plt.subplots(len(rows), top, figsize=(2.6 * top, 3.0 * len(rows)), squeeze=False)
+    caption_lines = 0  # rows grow with the longest caption shown, so captions never overlap the next row
+    if captions is not None:
+        shown = {item for items in rows["top_items"] for item in items[:top]}
+        caption_lines = max((textwrap.fill(str(captions.iloc[item]), 28).count("\n") + 1 for item in shown), default=0)
+    figure, axes = plt.subplots(len(rows), top, figsize=(2.6 * top, (2.6 + 0.15 * caption_lines) * len(rows)),
+                                squeeze=False)
     for axes_row, (_, row) in zip(axes, rows.iterrows()):
         rank = row.get("first_rank")
         heading = textwrap.fill(f"“{queries['text'].iloc[row['query']]}”", 60)
