@@ -64,7 +64,7 @@ class TrainConfig:
         model: the model sizes and the ``pretrained`` flag.
     """
 
-    epochs: int = 14
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
