@@ -90,7 +90,7 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
     if captions is not None:
         shown = {item for items in rows["top_items"] for item in items[:top]}
         caption_lines = max((textwrap.fill(str(captions.iloc[item]), 28).count("\n") + 1 for item in shown), default=0)
-    figure, axes = plt.subplots(len(rows), top, figsize=(2.6 * top, (2.6 + 0.15 * caption_lines) * len(rows)),
+    figure, axes = plt.subplots(len(rows), top, figsize=(2.6 * top, (2.6 + 0.22 * caption_lines) * len(rows)),
                                 squeeze=False)
     for axes_row, (_, row) in zip(axes, rows.iterrows()):
         rank = row.get("first_rank")
