@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from clipeval.checkpoints import load_encoder
-from clipeval.dual_encoder import DualEncoderConfig, build_dual_encoder, read_history
+from clipeval.dual_encoder import DualEncoderConfig, build_dual_encoder, contrastive_loss, read_history
 from clipeval.scenes import generate_scenes
 from clipeval.train import (TrainConfig, evaluate_scenes, hard_negative_accuracy, summarize_match_scores,
                             train_dual, train_step)
@@ -55,8 +55,13 @@ def test_train_step_takes_hard_negatives_after_the_captions():
     model.train()
     tokens = tokenizer(captions + negatives, padding=True, return_tensors="pt")
     pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        images, texts, scale = model(pixels, tokens["input_ids"], tokens["attention_mask"])
+    with_negatives = contrastive_loss(images, texts[:4], scale, texts[4:]).item()
+    assert with_negatives != pytest.approx(contrastive_loss(images, texts[:4], scale).item())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = [train_step(model, optimizer, pixels, tokens["input_ids"], tokens["attention_mask"]) for _ in range(11)]
+    assert losses[0] == pytest.approx(with_negatives, rel=1e-5)  # the rows after the N captions are negatives
     assert losses[-1] < losses[0] / 2  # ten steps fit the batch: 5.3 -> 0.4 here
 
 

@@ -86,10 +86,10 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
         path: save the PNG there.
     """
     relevant_set = {tuple(pair) for pair in np.asarray(relevant).reshape(-1, 2).tolist()}
-    caption_lines = 0  # rows grow with the longest caption shown, so captions never overlap the next row
-    if captions is not None:
-        shown = {item for items in rows["top_items"] for item in items[:top]}
-        caption_lines = max((textwrap.fill(str(captions.iloc[item]), 28).count("\n") + 1 for item in shown), default=0)
+    shown = {item for items in rows["top_items"] for item in items[:top]}
+    wrapped = {item: textwrap.fill(str(captions.iloc[item]), 28) for item in shown} if captions is not None else {}
+    # rows grow with the longest caption shown, so captions never overlap the next row
+    caption_lines = max((text.count("\n") + 1 for text in wrapped.values()), default=0)
     figure, axes = plt.subplots(len(rows), top, figsize=(2.6 * top, (2.6 + 0.22 * caption_lines) * len(rows)),
                                 squeeze=False)
     for axes_row, (_, row) in zip(axes, rows.iterrows()):
@@ -104,8 +104,8 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
                 ax.imshow(loaded.image)
             hit = (row["query"], item) in relevant_set
             label = f"{score:.3f}" + (" ✓ relevant" if hit else "")
-            if captions is not None:
-                label += "\n" + textwrap.fill(str(captions.iloc[item]), 28)
+            if wrapped:
+                label += "\n" + wrapped[item]
             ax.set_xlabel(label, fontsize=7, color="darkgreen" if hit else "black")
             ax.set_xticks([])
             ax.set_yticks([])

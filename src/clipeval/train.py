@@ -211,13 +211,13 @@ def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = D
         if config.hard_negatives and not all(train.negatives):
             missing = sum(not negatives for negatives in train.negatives)
             raise ValueError(f"{missing} training scenes in {scenes_dir} have no hard-negative caption; "
-                             "regenerate the scenes or train with hard_negatives=False (--no-hard-negatives)")
+                             "regenerate the scenes, or train without hard negatives (no --hard-negatives)")
         flat, offsets, counts = _flatten(train.captions)
         flat_negatives, negative_offsets, negative_counts = _flatten(train.negatives)
         model, tokenizer = build_dual_encoder(config.model, flat)
         model.to(device).train()
         pixels = load_pixels(train.images, config.model.image_size)
-        tokens = tokenizer(flat + flat_negatives, padding=True, truncation=True,
+        tokens = tokenizer(flat + (flat_negatives if config.hard_negatives else []), padding=True, truncation=True,
                            max_length=config.model.context_length, return_tensors="pt")
         negative_offsets += len(flat)
         val = read_scenes_retrieval(scenes_dir, "val")
@@ -228,7 +228,8 @@ def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = D
         optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
         generator = torch.Generator().manual_seed(config.seed)
         history = {"config": asdict(config), "scenes_dir": str(scenes_dir), "n_train_scenes": len(train.images),
-                   "n_train_captions": len(flat), "n_train_hard_negatives": len(flat_negatives), "n_val_queries": len(val.queries), "device": str(device),
+                   "n_train_captions": len(flat), "n_train_hard_negatives": len(flat_negatives),
+                   "n_val_queries": len(val.queries), "device": str(device),
                    "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                    "epochs": []}
         bar = tqdm(total=steps_per_epoch * config.epochs, desc="train dual", unit="batch", disable=not config.progress)
