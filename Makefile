@@ -12,7 +12,7 @@ DUAL := outputs/offline/models/dual/model.safetensors
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env data model reproduce notebooks test test-slow bench lab clean
+.PHONY: help env data model reproduce notebooks lint test test-slow test-network bench lab clean
 
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,17 +26,17 @@ $(ENV_STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e .
 	touch $@
 
-$(TINY): $(ENV_STAMP) src/clipeval/tiny_checkpoints.py
+$(TINY): $(ENV_STAMP) src/clipeval/models/tiny.py
 	$(PYTHON) -m clipeval tiny-checkpoints --out $(dir $@)
 	touch $@
 
-$(CHALLENGE): $(ENV_STAMP) src/clipeval/sample_data.py
+$(CHALLENGE): $(ENV_STAMP) src/clipeval/data/challenge.py
 	$(PYTHON) -m clipeval challenge-set --out $(dir $@)
 
-$(SCENES): $(ENV_STAMP) src/clipeval/scenes.py
+$(SCENES): $(ENV_STAMP) src/clipeval/data/scenes.py
 	$(PYTHON) -m clipeval make-scenes --out $(dir $@)
 
-$(DUAL): $(SCENES) src/clipeval/dual_encoder.py src/clipeval/train.py
+$(DUAL): $(SCENES) src/clipeval/models/dual.py src/clipeval/train/dual.py
 	$(PYTHON) -m clipeval train --scenes $(dir $(SCENES)) --out $(dir $@)
 
 data: $(TINY) $(CHALLENGE) $(SCENES) ## prepare embedded data, the captioned scenes and local checkpoints
@@ -51,12 +51,20 @@ notebooks: data $(PROFILE_NEEDS) ## run the profile's notebooks with papermill (
 
 reproduce: env data notebooks ## everything: environment, data, the offline model, every notebook -> outputs/$(PROFILE)/
 
-test: env ## run the test suite (fails if no test ran)
+lint: env ## ruff (style, imports, bugs) and import-linter (the package layers)
+	$(VENV)/bin/ruff check src tests bench notebooks
+	$(VENV)/bin/lint-imports
+
+test: env lint ## lint, then run the test suite (fails if no test ran)
 	$(PYTHON) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
 
-test-slow: env ## run only the slow tests (real-size training and data)
-	$(PYTHON) -m pytest -m slow
+test-slow: env ## run only the slow tests (real-size training and data; ~15 min)
+	$(PYTHON) -m pytest -m slow; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no slow tests: failing"; exit 1; fi; exit $$status
+
+test-network: env ## run only the network tests (real checkpoints vs published numbers; needs a model hub)
+	$(PYTHON) -m pytest -m network
 
 bench: env data ## run the benchmarks; results go to bench/results/*.json
 	$(PYTHON) bench/bench_retrieval.py

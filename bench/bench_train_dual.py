@@ -23,14 +23,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from clipeval.atomic import write_json  # noqa: E402
-from clipeval.checkpoints import load_encoder  # noqa: E402
-from clipeval.dual_encoder import read_history  # noqa: E402
-from clipeval.manifest import git_commit  # noqa: E402
-from clipeval.scenes import generate_scenes  # noqa: E402
-from clipeval.train import TrainConfig, evaluate_scenes, train_dual  # noqa: E402
+from clipeval.atomic import write_json
+from clipeval.data.scenes import generate_scenes
+from clipeval.eval.scenes_benchmark import evaluate_scenes
+from clipeval.models.dual import read_history
+from clipeval.models.registry import load_encoder
+from clipeval.runs.manifest import git_commit
+from clipeval.train.dual import TrainConfig, train_dual
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

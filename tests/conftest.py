@@ -27,7 +27,7 @@ def tiny_specs(tmp_path_factory) -> dict[str, str]:
     """Specs of tiny random checkpoints saved in the real formats (hf-clip, hf-siglip, open_clip...)."""
     import open_clip
 
-    from clipeval.tiny_checkpoints import build_tiny_checkpoints
+    from clipeval.models.tiny import build_tiny_checkpoints
 
     root = tmp_path_factory.mktemp("tiny-random")
     specs = build_tiny_checkpoints(root)
@@ -38,6 +38,6 @@ def tiny_specs(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def challenge_csv(tmp_path_factory):
     """The embedded challenge set written to a temporary folder."""
-    from clipeval.sample_data import build_challenge_set
+    from clipeval.data.challenge import build_challenge_set
 
     return build_challenge_set(tmp_path_factory.mktemp("challenge"))

@@ -9,9 +9,8 @@ import torch
 from PIL import Image
 from transformers import BertConfig
 
-from clipeval.baseline import (PROJECTION, BaselineEncoder, build_baseline, build_offline_tokenizer,
-                               mean_pool)
-from clipeval.checkpoints import CheckpointError, load_encoder
+from clipeval.models.baseline import PROJECTION, BaselineEncoder, build_baseline, build_offline_tokenizer, mean_pool
+from clipeval.models.registry import CheckpointError, load_encoder
 
 CPU = torch.device("cpu")
 CAPTIONS = ["A dog running on the beach.", "two cats", "Ünïcödé caption 日本語 🙂 " + "word " * 80]
@@ -97,7 +96,7 @@ def test_unknown_variant():
 
 
 def test_pretrained_offline_error_is_one_line():
-    code = ("from clipeval.checkpoints import CheckpointError, load_encoder\n"
+    code = ("from clipeval.models.registry import CheckpointError, load_encoder\n"
             "try:\n    load_encoder('baseline:bert-resnet50', device='cpu')\n"
             "except CheckpointError as error:\n    print(error)\n    raise SystemExit(3)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from clipeval.checkpoints import LOADERS, CheckpointError, load_encoder, parse_spec
+from clipeval.models.registry import CHECKPOINT_LOADERS, CheckpointError, load_encoder, parse_spec
 
 
 @pytest.mark.parametrize("spec, prefix, target", [
@@ -19,7 +19,7 @@ def test_parse_spec_splits_on_first_colon(spec, prefix, target):
     parsed = parse_spec(spec)
     assert (parsed.prefix, parsed.target) == (prefix, target)
     assert str(parsed) == spec
-    assert parsed.prefix in LOADERS
+    assert parsed.prefix in CHECKPOINT_LOADERS
 
 
 @pytest.mark.parametrize("spec", ["clip-vit", "hf:", "nosuch:model", ":x"])
@@ -45,7 +45,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "PATH": ""}
 @pytest.mark.parametrize("spec", ["hf:openai/clip-vit-base-patch32", "open_clip:ViT-B-32@openai",
                                   "open_clip:hf-hub:timm/ViT-B-16-SigLIP"])
 def test_hub_name_offline_raises_one_line_naming_the_spec(spec):
-    code = ("from clipeval.checkpoints import load_encoder, CheckpointError\n"
+    code = ("from clipeval.models.registry import load_encoder, CheckpointError\n"
             f"try:\n    load_encoder({spec!r}, device='cpu')\n"
             "except CheckpointError as e:\n    print('ERROR-LINE', e)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=OFFLINE_ENV,

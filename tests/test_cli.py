@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from clipeval.checkpoints import load_encoder
-from clipeval.cli import main
-from clipeval.train import TrainConfig
+from clipeval.models.registry import load_encoder
+from clipeval.runs.cli import main
+from clipeval.train.dual import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,8 +8,16 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from clipeval.compare import (add_percentiles, attach_match, is_random_init, label_checkpoint, load_run_scores,
-                              pivot_scores, roc_auc, spearman_matrix, summarize_scores)
+from clipeval.eval.compare import (
+    add_percentiles,
+    attach_match,
+    load_run_scores,
+    pivot_scores,
+    roc_auc,
+    spearman_matrix,
+    summarize_scores,
+)
+from clipeval.models.catalogue import is_random_init, label_checkpoint
 
 
 def long_table(scores_by_checkpoint, match, failed=()):

@@ -4,9 +4,18 @@ import pytest
 import torch
 from PIL import Image
 
-from clipeval.checkpoints import CheckpointError, load_encoder
-from clipeval.dual_encoder import (AttentionPool2d, DualEncoder, DualEncoderConfig, build_dual_encoder,
-                                   contrastive_loss, load_dual_model, save_dual, spatial_size, train_tokenizer)
+from clipeval.models.dual import (
+    AttentionPool2d,
+    DualEncoder,
+    DualEncoderConfig,
+    build_dual_encoder,
+    load_dual_model,
+    save_dual,
+    spatial_size,
+    train_tokenizer,
+)
+from clipeval.models.registry import CheckpointError, load_encoder
+from clipeval.train.dual import contrastive_loss
 
 CPU = torch.device("cpu")
 CAPTIONS = ["a red circle", "two blue squares on a white background", 'a green cross and a sign that says "SALE"',
@@ -67,7 +76,7 @@ def test_text_keeps_the_end_of_text_token_so_padding_does_not_matter(tiny):
 def test_truncation_is_counted(tiny):
     _, tokenizer = tiny
     encoder = DualEncoder(tiny[0], tokenizer, "dual:tiny", CPU)
-    assert encoder.count_truncated(CAPTIONS + ["a red circle " * 10]) == 1
+    assert encoder.count_truncated([*CAPTIONS, "a red circle " * 10]) == 1
     assert encoder.encode_texts(["a red circle " * 10]).shape == (1, 16)
 
 
@@ -82,7 +91,8 @@ def test_contrastive_loss_is_symmetric_cross_entropy():
 
 
 def test_hard_negatives_join_only_the_image_to_text_side():
-    images, texts, negatives = torch.nn.functional.normalize(torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    generator = torch.Generator().manual_seed(0)
+    images, texts, negatives = torch.nn.functional.normalize(torch.randn(3, 4, 8, generator=generator), dim=-1)
     scale = torch.tensor(5.0)
     labels = torch.arange(4)
     expected = (torch.nn.functional.cross_entropy(scale * images @ torch.cat([texts, negatives]).T, labels)
@@ -131,12 +141,12 @@ def test_save_load_round_trip_through_the_registry(tiny, tmp_path):
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match="missing config.json"):
+    with pytest.raises(CheckpointError, match=r"missing config\.json"):
         load_encoder(f"dual:{tmp_path / 'nothing'}", device="cpu")
 
 
 def test_pretrained_flag_offline_raises_the_offline_error():
-    with pytest.raises(CheckpointError, match="distilbert-base-uncased.*offline"):
+    with pytest.raises(CheckpointError, match=r"distilbert-base-uncased.*offline"):
         build_dual_encoder(DualEncoderConfig(pretrained=True))
 
 

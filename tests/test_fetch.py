@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipeval.fetch import FetchOptions, cache_path, fetch_url, is_url
-from clipeval.images import read_images
+from clipeval.data.fetch import FetchOptions, cache_path, fetch_url, is_url
+from clipeval.data.images import read_images
 
 CAP = 50_000  # bytes; the huge bodies are 4x this
 SLOW_S = 3.0  # the slow endpoint's delay, well above CLIENT_TIMEOUT_S even on a loaded CPU
@@ -38,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output quiet
         pass
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         with self.server.lock:
             self.server.hits[self.path] += 1
             hit = self.server.hits[self.path]
@@ -247,8 +247,8 @@ def test_scoring_a_messy_table_keeps_every_row_with_its_status(server, tmp_path,
     """End to end: bad files, URLs and odd captions in one table; the run completes, rows in = rows out."""
     import pandas as pd
 
-    from clipeval.scoring import ScoreOptions, score_to_dir
-    from clipeval.sources import read_pairs
+    from clipeval.data.sources import read_pairs
+    from clipeval.eval.scoring import ScoreOptions, score_to_dir
     from test_images import _bad_folder
 
     cases = _bad_folder(tmp_path)

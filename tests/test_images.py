@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipeval.images import STATUSES, LoadedImage, decode_image, read_image, read_images, to_rgb
+from clipeval.data.images import STATUSES, LoadedImage, decode_image, read_image, read_images, to_rgb
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -67,7 +67,7 @@ def _bad_folder(tmp_path: Path) -> dict[str, tuple[bytes | None, str]]:
         "palette_transparent.png": (_palette_with_transparency(), "ok"),
         "animated.gif": (_animated_gif(), "ok"),
         "huge_dimensions.png": (_png_header_only(100_000, 100_000), "too_many_pixels"),
-        "text.jpg": ("not an image, just text named .jpg\n".encode(), "decode_error"),
+        "text.jpg": (b"not an image, just text named .jpg\n", "decode_error"),
         "html.png": (b"<!doctype html><html><body>404</body></html>", "decode_error"),
         "rotated.jpg": (_exif_rotated_jpeg(), "ok"),
         "not_there.jpg": (None, "missing"),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipeval.checkpoints import load_encoder
+from clipeval.models.registry import load_encoder
 
 CAPTIONS = ["a red square", "a photo of a dog on the grass", "ünïcödé 🙂 legenda em português"]
 

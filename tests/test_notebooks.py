@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from clipeval.paths import NOTEBOOKS_DIR
-from clipeval.pipeline import load_profile, notebook_parameters, run_notebooks
+from clipeval.runs.notebooks import load_profile, notebook_parameters, run_notebooks
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 
@@ -49,7 +49,7 @@ def test_checkpoints_override_and_parameter_filtering():
 
 
 def test_unknown_profile_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="available: .*offline"):
+    with pytest.raises(FileNotFoundError, match=r"available: .*offline"):
         load_profile("no-such-profile")
 
 
@@ -76,7 +76,7 @@ def test_score_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path
 
 
 def test_hub_checkpoint_offline_stops_the_notebook_with_one_line(challenge_csv, tmp_path):
-    from clipeval.pipeline import NotebookFailed
+    from clipeval.runs.notebooks import NotebookFailed
 
     profile = tmp_path / "offline-hub.yaml"
     profile.write_text(yaml.safe_dump({"run_dir": "outputs/hub", "pairs_path": str(challenge_csv),

@@ -2,7 +2,7 @@
 
 import re
 
-from clipeval.images import STATUSES
+from clipeval.data.images import STATUSES
 from clipeval.paths import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text()

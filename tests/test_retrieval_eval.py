@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.retrieval_eval import (compare_checkpoints, evaluate_retrieval, read_retrieval_tables,
-                                     retrieval_set_from_pairs, search)
-from clipeval.retrieval_metrics import summarize
-from clipeval.sources import PairsTableError, read_pairs
+from clipeval.data.retrieval_sets import read_retrieval_tables, retrieval_set_from_pairs
+from clipeval.data.sources import PairsTableError, read_pairs
+from clipeval.eval.metrics import summarize
+from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, search
 
 
 def test_set_from_pairs_uses_matched_rows_only(challenge_csv):
@@ -47,8 +47,8 @@ def test_evaluation_matches_dense_metrics_and_reports_unreadable_images(tiny_spe
     assert row["n_images_unreadable"] == 1 and row["n_queries_without_relevant"] == 1
     assert row["hit_rate_ci_low"] <= row["hit_rate"] <= row["hit_rate_ci_high"]
     # same numbers from a dense score matrix over the readable images
-    from clipeval.checkpoints import load_encoder
-    from clipeval.retrieval_eval import embed_set
+    from clipeval.eval.embed import embed_set
+    from clipeval.models.registry import load_encoder
     embedded = embed_set(load_encoder(spec, device="cpu"), dataset, progress=False)
     scores = (embedded.texts @ embedded.images.T).numpy()
     relevance = np.zeros(scores.shape, bool)
@@ -82,7 +82,7 @@ def test_cli_retrieve_writes_metrics(tiny_specs, challenge_csv, tmp_path):
 def test_retrieval_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path):
     import yaml
 
-    from clipeval.pipeline import run_notebooks
+    from clipeval.runs.notebooks import run_notebooks
 
     profile = tmp_path / "smoke.yaml"
     profile.write_text(yaml.safe_dump({

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipeval.retrieval_metrics import (
+from clipeval.eval.metrics import (
     hit_rate_at_k,
     per_query_metrics,
     rank_both_directions,

@@ -7,9 +7,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.scenes import (BACKGROUNDS, COLOURS, COUNT_WORDS, HELD_OUT, PLURALS, RELATION_WORDS, SHAPES, SIZES,
-                             WORDS, Facts, Mention, Scene, SceneObject, caption_scene, describes, draw_scene,
-                             generate_scenes, read_scenes_retrieval, sample_scene, scene_from_row)
+from clipeval.data.scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    COUNT_WORDS,
+    HELD_OUT,
+    PLURALS,
+    RELATION_WORDS,
+    SHAPES,
+    SIZES,
+    WORDS,
+    Facts,
+    Mention,
+    Scene,
+    SceneObject,
+    caption_scene,
+    describes,
+    draw_scene,
+    generate_scenes,
+    read_scenes_retrieval,
+    sample_scene,
+    scene_from_row,
+)
 
 SIZES_ARGS = {"n_train": 40, "n_val": 16, "n_test": 24, "image_size": 64}
 

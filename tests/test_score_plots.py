@@ -4,17 +4,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import nbformat  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import papermill  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+from matplotlib import pyplot as plt
+from matplotlib.patches import Rectangle
 
-from clipeval.compare import add_percentiles, load_run_scores  # noqa: E402
-from clipeval.paths import NOTEBOOKS_DIR  # noqa: E402
-from clipeval.score_plots import plot_score_histograms, plot_spearman_heatmap  # noqa: E402
+from clipeval.eval.compare import add_percentiles, load_run_scores, pivot_scores, spearman_matrix
+from clipeval.paths import NOTEBOOKS_DIR
+from clipeval.plots.scores import plot_score_histograms, plot_spearman_heatmap
 
 CHECKPOINTS = ("dual:outputs/offline/models/dual", "baseline:bert-resnet50-random")
 
@@ -79,7 +79,7 @@ def test_percentile_histograms_three_checkpoints(tmp_path):
 
 def test_spearman_heatmap(tmp_path):
     table = load_run_scores(make_run(tmp_path))
-    figure = plot_spearman_heatmap(table, path=tmp_path / "spearman.png")
+    figure = plot_spearman_heatmap(spearman_matrix(table), len(pivot_scores(table)), path=tmp_path / "spearman.png")
     assert len(figure.axes) == 2  # heatmap + colour bar
     assert "n = 39 pairs" in figure.axes[0].get_title()
     assert any("RANDOM INIT" in label.get_text() for label in figure.axes[0].get_yticklabels())

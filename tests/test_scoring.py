@@ -9,10 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from clipeval.checkpoints import load_encoder
-from clipeval.scoring import (RESULT_COLUMNS, SCORE_COLUMNS, ScoreOptions, score_pairs, score_to_dir,
-                              zero_shot_probs)
-from clipeval.sources import read_pairs
+from clipeval.data.sources import read_pairs
+from clipeval.eval.scoring import (
+    RESULT_COLUMNS,
+    SCORE_COLUMNS,
+    ScoreOptions,
+    score_pairs,
+    score_to_dir,
+    zero_shot_probs,
+)
+from clipeval.models.registry import load_encoder
 
 QUIET = ScoreOptions(progress=False, device="cpu", batch_size=4, chunk_size=10)
 
@@ -37,7 +43,7 @@ def test_scores_equal_a_hand_computation(tiny_specs, challenge_csv):
     run = score_pairs(pairs.iloc[:6], [tiny_specs["hf-clip"]], QUIET)
     encoder = load_encoder(tiny_specs["hf-clip"], device="cpu")
     model = encoder.model
-    from clipeval.images import read_image
+    from clipeval.data.images import read_image
     expected = []
     with torch.no_grad():
         for _, row in pairs.iloc[:6].iterrows():
@@ -93,7 +99,7 @@ def test_stats_have_every_stage_and_field(tiny_specs, challenge_csv, tmp_path):
 
 
 def test_zero_shot_probs_are_a_softmax(tiny_specs, challenge_csv):
-    from clipeval.images import read_image
+    from clipeval.data.images import read_image
 
     encoder = load_encoder(tiny_specs["open_clip"], device="cpu")
     image = read_image("images/chelsea.png", challenge_csv.parent).image

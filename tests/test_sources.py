@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipeval.captions import check_caption
-from clipeval.images import read_images
-from clipeval.sources import LOADERS, PairsTableError, detect_source_kind, read_pairs
+from clipeval.data.captions import check_caption
+from clipeval.data.images import read_images
+from clipeval.data.sources import SOURCE_READERS, PairsTableError, detect_source_kind, read_pairs
 
 CAPTIONS = ["a dog on a beach 🐶🏖️", "Um gato laranja dormindo no sofá", "NA", "007", None]
 PAIRS = pd.DataFrame({
@@ -107,7 +107,7 @@ def test_unreadable_tables_raise_one_helpful_line(tmp_path, name, content, needl
 def test_unknown_kind_is_refused(tmp_path):
     with pytest.raises(PairsTableError, match="unknown source kind"):
         read_pairs(tmp_path, kind="zip")
-    assert set(LOADERS) == {"table", "folder", "coco", "hf"}
+    assert set(SOURCE_READERS) == {"table", "folder", "coco", "hf"}
 
 
 def test_image_folder_with_class_subfolders_and_caption_files(tmp_path):

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from clipeval.atomic import write_text
-from clipeval.manifest import update_manifest
-from clipeval.stats import StageTimer, format_stats_log
+from clipeval.eval.stats import StageTimer, format_stats_log
+from clipeval.runs.manifest import update_manifest
 
 
 def test_stage_timer_accumulates_calls():

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clipeval.checkpoints import load_encoder
-from clipeval.dual_encoder import DualEncoderConfig, build_dual_encoder, contrastive_loss, read_history
-from clipeval.scenes import generate_scenes
-from clipeval.train import (TrainConfig, evaluate_scenes, hard_negative_accuracy, summarize_match_scores,
-                            train_dual, train_step)
+from clipeval.data.scenes import generate_scenes
+from clipeval.eval.scenes_benchmark import evaluate_scenes, hard_negative_accuracy, summarize_match_scores
+from clipeval.models.dual import DualEncoderConfig, build_dual_encoder, read_history
+from clipeval.models.registry import load_encoder
+from clipeval.train.dual import TrainConfig, contrastive_loss, train_dual, train_step
 
 TINY = DualEncoderConfig(embed_dim=16, image_size=32, text_dim=32, text_layers=2, text_heads=2, text_hidden_dim=37,
                          pool_heads=4)
@@ -50,7 +50,8 @@ def test_one_training_step_reduces_the_loss():
 def test_train_step_takes_hard_negatives_after_the_captions():
     torch.manual_seed(0)
     captions = ["a red circle", "two blue squares", "a green cross above a yellow circle", 'a sign that says "SALE"']
-    negatives = ["a blue circle", "three blue squares", "a green cross below a yellow circle", 'a sign that says "STOP"']
+    negatives = ["a blue circle", "three blue squares", "a green cross below a yellow circle",
+                 'a sign that says "STOP"']
     model, tokenizer = build_dual_encoder(TINY, captions)
     model.train()
     tokens = tokenizer(captions + negatives, padding=True, return_tensors="pt")
@@ -74,7 +75,7 @@ def test_training_with_hard_negatives(scenes, tmp_path):
     pairs = pd.read_csv(copy / "pairs_train.csv", keep_default_na=False)
     first = pairs["scene_id"].iloc[0]
     pairs[pairs["match"] | (pairs["scene_id"] != first)].to_csv(copy / "pairs_train.csv", index=False)
-    with pytest.raises(ValueError, match="1 training scenes .* no hard-negative caption"):
+    with pytest.raises(ValueError, match=r"1 training scenes .* no hard-negative caption"):
         train_dual(copy, tmp_path / "dual", config)
 
 
@@ -99,7 +100,8 @@ def test_evaluate_scenes_reports_retrieval_scores_and_hard_negatives(scenes, tra
     result = evaluate_scenes(load_encoder(f"dual:{trained}", device="cpu"), scenes, "test")
     retrieval = result["retrieval"]
     assert list(retrieval.index) == ["all", "seen", "unseen"]
-    assert retrieval.loc["all", "n_queries"] == retrieval.loc["seen", "n_queries"] + retrieval.loc["unseen", "n_queries"]
+    seen, unseen = retrieval.loc["seen", "n_queries"], retrieval.loc["unseen", "n_queries"]
+    assert retrieval.loc["all", "n_queries"] == seen + unseen
     assert {"hit_rate@5", "mrr", "median_rank"} <= set(retrieval.columns)
     assert set(result["match_scores"]) == {"matched_mean", "mismatched_mean", "gap", "auc"}
     assert result["scores"].shape == (len(result["dataset"].queries), 16)

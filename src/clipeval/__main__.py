@@ -2,6 +2,6 @@
 
 import sys
 
-from clipeval.cli import main
+from clipeval.runs.cli import main
 
 sys.exit(main())

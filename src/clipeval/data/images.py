@@ -1,0 +1,215 @@
+"""Read and decode images into RGB, reporting failures per row instead of raising.
+
+An image reference is a local path (absolute, or relative to a base folder) or a URL
+(fetched by :mod:`clipeval.data.fetch`). Whatever the source, the bytes go through
+:func:`decode_image`, where the content decides the format (never the file extension), the
+pixel count is checked from the header before any pixel is decoded, and truncated data is an
+error rather than a silently grey image (this relies on Pillow's default
+``ImageFile.LOAD_TRUNCATED_IMAGES = False``, which nothing in the project changes). Every decoded image
+then goes through
+:func:`to_rgb`, the single documented conversion to RGB.
+
+:data:`STATUSES` lists every per-row status a run can report, with its meaning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clipeval.data.fetch import FetchOptions, fetch_url, is_url, save_to_cache
+
+MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit, made explicit
+
+STATUSES: dict[str, str] = {
+    "ok": "the image was read and the caption is usable",
+    "bad_reference": "the image cell is empty or not text",
+    "missing": "no file at the image path (relative paths are resolved against the source's base folder)",
+    "read_error": "the file exists but cannot be read (permissions, a folder, an I/O error)",
+    "empty_file": "the file or download is empty (0 bytes)",
+    "truncated": "the image data ends early (an incomplete file or download)",
+    "decode_error": "the content is not an image Pillow can decode (e.g. text or HTML named .jpg)",
+    "too_many_pixels": "width x height exceeds the pixel cap (decompression-bomb guard); checked from the header",
+    "bad_scheme": "the URL is not http/https (file:, ftp:, data:...) or redirects to one; never fetched",
+    "bad_url": "the URL is malformed (no host, invalid characters)",
+    "http_<code>": "the server answered with this HTTP error, e.g. http_404, http_403, http_503 after retries",
+    "timeout": "no complete response within the per-request timeout, after retries",
+    "connection_error": "the connection failed (DNS, refused, reset after retries, TLS)",
+    "too_large": "the download exceeds the byte cap; abandoned mid-stream",
+    "preprocess_error": "the model's image transform rejected the decoded image (set during scoring)",
+    "empty_caption": "the caption is missing, NaN, empty or only whitespace/invisible characters",
+    "bad_caption": "the caption cell is not text (e.g. a number or a list)",
+}
+
+_TO_8_BIT = {
+    # 16-bit integer greyscale: 0..65535 maps linearly onto 0..255.
+    **{mode: lambda pixels: pixels.astype(np.float32) / 257.0 for mode in ("I;16", "I;16L", "I;16B", "I;16N")},
+    # 32-bit integer greyscale: taken to hold 16-bit data (as 16-bit PNG/TIFF do); clipped.
+    "I": lambda pixels: np.clip(pixels, 0, 65535).astype(np.float32) / 257.0,
+    # 32-bit float greyscale: taken to be in [0, 1] (the float-image convention); clipped.
+    "F": lambda pixels: np.clip(np.nan_to_num(pixels), 0.0, 1.0) * 255.0,
+}
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """The outcome of reading one image.
+
+    Attributes:
+        image: the RGB image, or ``None`` when reading failed.
+        status: ``ok`` or a failure code from :data:`STATUSES`.
+        error: a human-readable reason; empty when ``status == "ok"``.
+    """
+
+    image: Image.Image | None
+    status: str
+    error: str = ""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to RGB the one documented way.
+
+    In order: the first frame of an animation; EXIF orientation applied; high-bit-depth
+    greyscale brought to 8 bits (``I;16*``: value/257; ``I``: clipped to 0..65535, then
+    value/257; ``F``: clipped to [0, 1], then x255); any transparency (alpha channel, palette
+    or colour-key ``transparency``) composited on opaque white; every other mode (``1``, ``L``,
+    ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``...) through Pillow's own conversion. ICC
+    profiles are not applied.
+
+    Args:
+        image: any PIL image (it is not modified).
+
+    Returns:
+        A new RGB image of the (oriented) size.
+    """
+    image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _TO_8_BIT:
+        pixels = _TO_8_BIT[image.mode](np.asarray(image))
+        image = Image.fromarray(np.rint(pixels).astype(np.uint8), mode="L")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Decode image bytes (content decides the format, not a file extension).
+
+    Args:
+        data: the raw file content.
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+
+    Returns:
+        A :class:`LoadedImage`; ``status`` is ``ok``, ``empty_file``, ``too_many_pixels``,
+        ``truncated`` or ``decode_error``.
+    """
+    if not data:
+        return _empty()
+    return _decode(io.BytesIO(data), max_pixels)
+
+
+def read_image(ref: str, base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
+               fetch_options: FetchOptions = FetchOptions()) -> LoadedImage:
+    """Read one image from a local path or an http(s) URL.
+
+    Args:
+        ref: a path (absolute, or relative to ``base_dir``) or a URL.
+        base_dir: the folder relative paths are resolved against.
+        max_pixels: the pixel cap passed to :func:`decode_image`.
+        fetch_options: timeout, retries, size cap and cache for URLs.
+
+    Returns:
+        A :class:`LoadedImage`; besides :func:`decode_image`'s codes, ``bad_reference`` for an
+        empty cell, ``missing`` / ``read_error`` for local files and the codes of
+        :func:`clipeval.data.fetch.fetch_url` for URLs.
+    """
+    if isinstance(ref, os.PathLike):
+        ref = os.fspath(ref)
+    if not isinstance(ref, str) or not ref.strip():
+        return LoadedImage(None, "bad_reference", f"no image reference in this row ({ref!r})")
+    if is_url(ref.strip()):
+        return _read_url(ref.strip(), max_pixels, fetch_options)
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    try:
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return _empty()
+            return _decode(handle, max_pixels)
+    except FileNotFoundError:
+        return LoadedImage(None, "missing", f"no such file: {path}")
+    except OSError as error:
+        return LoadedImage(None, "read_error", f"{type(error).__name__}: {error}")
+
+
+def read_images(refs: list[str], base_dir: Path | None = None, workers: int = 8,
+                max_pixels: int = MAX_PIXELS, fetch_options: FetchOptions = FetchOptions()) -> list[LoadedImage]:
+    """Read many images (local paths and URLs mixed) on a bounded thread pool.
+
+    Each distinct reference is read once, so repeated images (several captions per image)
+    cost one read or one download.
+
+    Args:
+        refs: image references, one per row.
+        base_dir: the folder relative paths are resolved against.
+        workers: the most reads or downloads in flight at once.
+        max_pixels: the pixel cap passed to :func:`decode_image`.
+        fetch_options: timeout, retries, size cap and cache for URLs.
+
+    Returns:
+        One :class:`LoadedImage` per reference, in input order.
+    """
+    keys = [ref if isinstance(ref, (str, os.PathLike)) else None for ref in refs]
+    unique = list(dict.fromkeys(keys))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        loaded = dict(zip(unique, pool.map(lambda ref: read_image(ref, base_dir, max_pixels, fetch_options), unique)))
+    return [loaded[key] for key in keys]
+
+
+def _read_url(url: str, max_pixels: int, options: FetchOptions) -> LoadedImage:
+    """Fetch and decode a URL; a body that decodes is stored in the cache."""
+    fetched = fetch_url(url, options)
+    if fetched.status != "ok":
+        return LoadedImage(None, fetched.status, fetched.error)
+    loaded = decode_image(fetched.data, max_pixels)
+    if loaded.status == "ok" and not fetched.from_cache and options.cache_dir is not None:
+        # the cache is an optimisation: a read-only or full disk costs a re-download only
+        with contextlib.suppress(OSError):
+            save_to_cache(url, fetched.data, options.cache_dir)
+    return loaded
+
+
+def _decode(handle: BinaryIO, max_pixels: int) -> LoadedImage:
+    """Open (header only), check the pixel count, then decode the first frame."""
+    try:
+        with Image.open(handle) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                return LoadedImage(None, "too_many_pixels",
+                                   f"{width}x{height} exceeds the {max_pixels:,}-pixel cap")
+            opened.load()
+            return LoadedImage(to_rgb(opened), "ok")
+    except Image.DecompressionBombError as error:  # PIL's own guard fires at open, above 2x its limit
+        return LoadedImage(None, "too_many_pixels", str(error))
+    except UnidentifiedImageError:
+        return LoadedImage(None, "decode_error", "not a recognised image format")
+    except Exception as error:  # noqa: BLE001 - a corrupt file may raise anything; one row must not stop a run
+        message = f"{type(error).__name__}: {error}"
+        status = "truncated" if "truncated" in message.lower() else "decode_error"
+        return LoadedImage(None, status, message)
+
+
+def _empty() -> LoadedImage:
+    return LoadedImage(None, "empty_file", "the file is empty (0 bytes)")

@@ -1,0 +1,387 @@
+"""Read a pairs table (one row per image-caption pair) from any supported source.
+
+Sources (the ``kind`` of :func:`read_pairs`, detected from the path when ``auto``):
+
+- ``table``: CSV, TSV, Parquet, JSON Lines (or a JSON list of records), optionally
+  compressed (``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``); every column is carried through.
+- ``folder``: a folder of images, searched recursively; the image's folder relative to the
+  root is the ``label`` column (the class subfolder); a same-name ``.txt`` file next to an
+  image is its caption.
+- ``coco``: a COCO captions annotation file (``captions_*.json``): one row per caption.
+- ``hf``: a Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (a folder), or a
+  hub name written ``hf:owner/name`` (needs the network). Images stored in the dataset
+  (bytes or PIL images) are written once to ``<cache_dir>/hf/`` as files named by the
+  SHA-256 of their bytes, and the image column holds those absolute paths; image columns
+  that hold paths or URLs are kept as they are.
+
+Whatever the source, the table has a fresh 0..n-1 index, the image and caption columns under
+the names asked for, and ``df.attrs["base_dir"]``, the folder relative image paths are
+resolved against. A caption cell holding a list gives one row per caption, with a
+``caption_index`` column. Missing captions and unreadable images are per-row statuses later
+(see :data:`clipeval.data.images.STATUSES`); only an unusable table raises
+:class:`PairsTableError`, whose message is one line saying what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipeval.atomic import atomic_path
+from clipeval.data.fetch import DEFAULT_CACHE_DIR
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp",
+                              ".dib", ".tif", ".tiff", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
+                              ".ico", ".jp2", ".j2k", ".qoi"})
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
+LABEL_COLUMN = "label"
+_CANDIDATE_DELIMITERS = (",", "\t", ";", "|")
+_COCO_FILE = re.compile(r"captions_(.+)\.json$")
+
+
+class PairsTableError(ValueError):
+    """The pairs table cannot be used; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What a source loader needs besides the source itself.
+
+    Attributes:
+        image_column: the column with image paths or URLs (the name the table gets for
+            folder and COCO sources).
+        caption_column: the column with captions (likewise).
+        delimiter: the field separator of a delimited text table; ``None`` picks it from the
+            suffix (``,`` for ``.csv``, tab for ``.tsv``/``.tab``). ``tab``, ``\\t``,
+            ``comma``, ``semicolon`` and ``pipe`` are accepted as names.
+        images_dir: the folder of a COCO source's images.
+        split: the split of a Hugging Face dataset with several.
+        cache_dir: the cache root; Hugging Face images are written under ``<cache_dir>/hf/``.
+    """
+
+    image_column: str = "image"
+    caption_column: str = "caption"
+    delimiter: str | None = None
+    images_dir: str | Path | None = None
+    split: str | None = None
+    cache_dir: Path = DEFAULT_CACHE_DIR
+
+
+def read_pairs(source: str | Path, image_column: str = "image", caption_column: str = "caption", *,
+               kind: str = "auto", delimiter: str | None = None, images_dir: str | Path | None = None,
+               split: str | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> pd.DataFrame:
+    """Read a pairs table from a file, a folder of images, a COCO file or a Hugging Face dataset.
+
+    Args:
+        source: the path (or ``hf:owner/name`` for a hub dataset).
+        image_column: column with image paths or URLs.
+        caption_column: column with captions.
+        kind: one of ``auto`` or :data:`SOURCE_READERS` (``table``, ``folder``, ``coco``, ``hf``).
+        delimiter: field separator of a delimited table (see :class:`SourceOptions`).
+        images_dir: where a COCO file's images are (default: ``<split>/`` beside the
+            annotations folder when it exists, else the annotation file's folder).
+        split: which split of a Hugging Face dataset to read.
+        cache_dir: the cache root for images extracted from Hugging Face datasets.
+
+    Returns:
+        The table with every input column and a 0..n-1 index; ``df.attrs["base_dir"]`` is the
+        folder relative image paths are resolved against.
+
+    Raises:
+        PairsTableError: unreadable or empty source, unknown format, wrong delimiter or a
+            missing column.
+    """
+    options = SourceOptions(image_column, caption_column, DELIMITER_NAMES.get(delimiter, delimiter),
+                            images_dir, split, Path(cache_dir))
+    kind = detect_source_kind(source) if kind == "auto" else kind
+    if kind not in SOURCE_READERS:
+        raise PairsTableError(f"unknown source kind {kind!r}; use auto or one of {', '.join(SOURCE_READERS)}")
+    table, base_dir = SOURCE_READERS[kind](str(source), options)
+    return _finish(table, Path(base_dir), str(source), options)
+
+
+def detect_source_kind(source: str | Path) -> str:
+    """Guess the source kind: ``hf:`` names and ``save_to_disk`` folders are ``hf``, other
+    folders ``folder``, ``.json`` files holding one object ``coco``, the rest ``table``."""
+    if str(source).startswith("hf:"):
+        return "hf"
+    path = Path(source)
+    if path.is_dir():
+        return "hf" if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file() else "folder"
+    if _format_suffix(path) == ".json" and path.is_file() and _first_char(path) == "{":
+        return "coco"
+    return "table"
+
+
+def load_table(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+    """Read a CSV/TSV/Parquet/JSON Lines table; image paths are relative to its folder."""
+    path = Path(source)
+    if not path.is_file():
+        raise PairsTableError(f"{path}: no such file" + (" or folder" if not path.suffix else "")
+                              + " (a Hugging Face hub dataset is written hf:owner/name)")
+    suffix = _format_suffix(path)
+    delimiter = options.delimiter or DELIMITERS.get(suffix)
+    try:
+        if delimiter is not None:
+            table = _read_delimited(path, delimiter, options)
+        elif suffix in (".parquet", ".pq"):
+            table = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            table = pd.read_json(path, lines=suffix != ".json", dtype=False)
+        else:
+            raise PairsTableError(f"{path}: unsupported table format {suffix!r}; use .csv, .tsv, .parquet, .jsonl "
+                                  f"or .json, or pass --delimiter to read it as delimited text")
+    except PairsTableError:
+        raise
+    except UnicodeDecodeError as error:
+        raise PairsTableError(f"{path}: not UTF-8 text ({_reason(error)}); re-save it as UTF-8") from error
+    except pd.errors.EmptyDataError as error:
+        raise PairsTableError(f"{path}: the file is empty; a pairs table needs a header row and at least one pair") \
+            from error
+    except Exception as error:
+        raise PairsTableError(f"{path}: cannot read the table ({_reason(error)})") from error
+    return table, path.parent.resolve()
+
+
+def load_folder(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+    """List the images under a folder (recursively, sorted, hidden entries skipped).
+
+    Each image's folder relative to the root becomes the ``label`` column (``""`` at the
+    root); the text of a same-name ``.txt`` file is its caption (missing: NaN).
+    """
+    root = Path(source)
+    if not root.is_dir():
+        raise PairsTableError(f"{root}: no such folder")
+    rows = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(files):
+            file = Path(folder) / name
+            if name.startswith(".") or file.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            label = file.parent.relative_to(root).as_posix()
+            rows.append({options.image_column: file.relative_to(root).as_posix(),
+                         options.caption_column: _read_caption_file(file.with_suffix(".txt")),
+                         LABEL_COLUMN: "" if label == "." else label})
+    if not rows:
+        raise PairsTableError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return pd.DataFrame(rows), root.resolve()
+
+
+def load_coco(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+    """Read a COCO captions file: one row per annotation, in file order.
+
+    Columns: ``image_id``, ``annotation_id``, the image column (the image's ``file_name``) and
+    the caption column. A caption whose ``image_id`` has no image entry keeps its row with an
+    empty image cell (status ``bad_reference`` later).
+    """
+    path = Path(source)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as error:
+        raise PairsTableError(f"{path}: no such file") from error
+    except (OSError, ValueError) as error:
+        raise PairsTableError(f"{path}: cannot read the COCO file ({_reason(error)})") from error
+    if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
+        raise PairsTableError(f"{path}: not a COCO captions file (needs top-level 'images' and 'annotations'); "
+                              f"for a JSON table use JSON Lines or a list of records with --source-kind table")
+    try:
+        files = {image["id"]: image["file_name"] for image in data["images"]}
+        rows = [{"image_id": note["image_id"], "annotation_id": note.get("id"),
+                 options.image_column: files.get(note["image_id"]), options.caption_column: note.get("caption")}
+                for note in data["annotations"]]
+    except (KeyError, TypeError) as error:
+        raise PairsTableError(f"{path}: malformed COCO file (an entry lacks {_reason(error)}); "
+                              f"images need id and file_name, annotations image_id and caption") from error
+    columns = ["image_id", "annotation_id", options.image_column, options.caption_column]
+    return pd.DataFrame(rows, columns=columns), _coco_images_dir(path, options.images_dir)
+
+
+def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+    """Read a Hugging Face dataset: a ``save_to_disk`` folder, or ``hf:owner/name`` from the hub.
+
+    Stored images (bytes or PIL images) are written to ``<cache_dir>/hf/<h[:2]>/<h>`` (``h``:
+    SHA-256 of the bytes) and replaced by that path; other columns are carried through.
+    """
+    import datasets  # heavy: imported only for this source
+
+    name = source.removeprefix("hf:")
+    local = Path(name)
+    if local.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(local))
+        except Exception as error:
+            raise PairsTableError(f"{local}: not a dataset saved with save_to_disk ({_reason(error)})") from error
+    else:
+        try:
+            loaded = datasets.load_dataset(name, split=options.split)
+        except Exception as error:
+            raise PairsTableError(f"cannot load Hugging Face dataset {name!r} from the hub ({_reason(error)}); "
+                                  f"without network, save it with Dataset.save_to_disk() where it can be fetched "
+                                  f"and pass that folder") from error
+    dataset = _pick_split(loaded, options.split, name)
+    _check_columns(dataset.column_names, name, options)
+    if isinstance(dataset.features[options.image_column], datasets.Image):
+        dataset = dataset.cast_column(options.image_column, datasets.Image(decode=False))
+    refs = [_save_hf_image(value, options.cache_dir)
+            for batch in dataset.select_columns([options.image_column]).iter(batch_size=256)
+            for value in batch[options.image_column]]
+    table = dataset.remove_columns([options.image_column]).to_pandas()
+    table.insert(dataset.column_names.index(options.image_column), options.image_column, refs)
+    return table, (local.resolve() if local.is_dir() else Path.cwd())
+
+
+SOURCE_READERS: dict[str, Callable[[str, SourceOptions], tuple[pd.DataFrame, Path]]] = {
+    "table": load_table,
+    "folder": load_folder,
+    "coco": load_coco,
+    "hf": load_hf_dataset,
+}
+
+
+def _finish(table: pd.DataFrame, base_dir: Path, source: str, options: SourceOptions) -> pd.DataFrame:
+    """Check the rows and columns, explode list captions, index 0..n-1, record ``base_dir``."""
+    if len(table) == 0:
+        raise PairsTableError(f"{source}: the table has no rows; a pairs table needs at least one image-caption pair")
+    _check_columns([str(column) for column in table.columns], source, options)
+    captions = table[options.caption_column]
+    if captions.map(lambda value: isinstance(value, (list, tuple, np.ndarray))).any():
+        table = table.explode(options.caption_column)
+        table.insert(table.columns.get_loc(options.caption_column) + 1, "caption_index",
+                     table.groupby(level=0).cumcount())
+    table = table.reset_index(drop=True)
+    table.attrs["base_dir"] = str(base_dir)
+    return table
+
+
+def _check_columns(found: list[str], source: str, options: SourceOptions) -> None:
+    """Raise if the image or caption column is missing, suggesting a delimiter when one fits."""
+    missing = [column for column in (options.image_column, options.caption_column) if column not in found]
+    if not missing:
+        return
+    guess = _guess_delimiter(found[0], options.delimiter or ",") if len(found) == 1 else None
+    if guess is not None:
+        raise PairsTableError(f"{source}: found one column {found[0][:80]!r}, so the file looks "
+                              f"{_delimiter_label(guess)}-separated; pass --delimiter {_delimiter_flag(guess)}")
+    raise PairsTableError(f"{source}: missing column(s) {missing}; found {found[:20]}; "
+                          f"pass --image-column/--caption-column to name them")
+
+
+def _read_delimited(path: Path, delimiter: str, options: SourceOptions) -> pd.DataFrame:
+    """Read delimited text; image and caption cells stay strings, only empty cells are NaN.
+
+    A row with more fields than the header is an error, never silently cut (pandas only warns).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, sep=delimiter, index_col=False, keep_default_na=False, na_values=[""],
+                               dtype={options.image_column: str, options.caption_column: str})
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
+        guess = _guess_delimiter(_first_line(path), delimiter)
+        hint = (f"the header looks {_delimiter_label(guess)}-separated; pass --delimiter {_delimiter_flag(guess)}"
+                if guess else "quote fields that contain the delimiter")
+        raise PairsTableError(f"{path}: some rows have more fields than the header ({_reason(error)}); {hint}") \
+            from error
+
+
+def _guess_delimiter(header: str, used: str) -> str | None:
+    """The candidate delimiter most frequent in a header line, if it is not the one used."""
+    counts = {candidate: header.count(candidate) for candidate in _CANDIDATE_DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] and best != used else None
+
+
+def _delimiter_label(delimiter: str) -> str:
+    return {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}[delimiter]
+
+
+def _delimiter_flag(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else repr(delimiter)
+
+
+def _format_suffix(path: Path) -> str:
+    """The format suffix, looking past a compression suffix (``pairs.csv.gz`` -> ``.csv``)."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def _first_char(path: Path) -> str:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
+        return handle.read(4096).lstrip()[:1]
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
+            return handle.readline()
+    except OSError:  # compressed files: no guess
+        return ""
+
+
+def _read_caption_file(path: Path) -> str | None:
+    """A caption file's text (UTF-8; undecodable bytes become U+FFFD), or ``None`` if absent."""
+    try:
+        return path.read_text(encoding="utf-8-sig", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _coco_images_dir(annotations: Path, images_dir: str | Path | None) -> Path:
+    """COCO layout: ``annotations/captions_val2017.json`` beside ``val2017/``."""
+    if images_dir is not None:
+        return Path(images_dir).resolve()
+    match = _COCO_FILE.search(annotations.name)
+    beside = annotations.resolve().parent.parent / match.group(1) if match else None
+    return beside if beside is not None and beside.is_dir() else annotations.resolve().parent
+
+
+def _pick_split(loaded, split: str | None, name: str):
+    """A Dataset as is; from a DatasetDict the named split, or its only one."""
+    if not hasattr(loaded, "keys"):
+        return loaded
+    splits = list(loaded.keys())
+    if split is None and len(splits) == 1:
+        return loaded[splits[0]]
+    if split in splits:
+        return loaded[split]
+    raise PairsTableError(f"{name}: has splits {splits}; pass --split with one of them")
+
+
+def _save_hf_image(value: object, cache_dir: Path) -> str | None:
+    """Turn one image cell of a dataset into an image reference (a path or URL)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+    elif isinstance(value, (bytes, bytearray)):
+        data, path = bytes(value), None
+    else:
+        return None
+    if data is None:
+        return path
+    digest = hashlib.sha256(data).hexdigest()
+    file = Path(cache_dir).resolve() / "hf" / digest[:2] / digest
+    if not file.is_file():
+        with atomic_path(file) as temp:
+            temp.write_bytes(data)
+    return str(file)
+
+
+def _reason(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

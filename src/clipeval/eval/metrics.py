@@ -1,0 +1,253 @@
+"""Retrieval metrics as pure functions of a score matrix and a boolean relevance matrix.
+
+``scores`` is a float matrix of shape (queries, items); ``relevance`` is a boolean matrix of
+the same shape, ``relevance[q, i]`` True when item ``i`` is a correct answer to query ``q``.
+A query may have several relevant items (COCO's five captions per image, a class label shared
+by many images) or none.
+
+Everything is computed from one representation: the 1-based **ranks** of each query's relevant
+items, sorted ascending (:func:`relevant_ranks`).
+
+Tie-breaking (deterministic): among equal scores the item with the lower index ranks first, so
+the rank of item ``i`` for query ``q`` is::
+
+    rank(q, i) = 1 + #{j : scores[q, j] > scores[q, i]}
+                   + #{j < i : scores[q, j] == scores[q, i]}
+
+Per-query metrics, for a query whose relevant items have ranks ``r_1 < r_2 < ... < r_m``:
+
+- ``first_rank = r_1``: the rank of the first (best-ranked) relevant item.
+- ``reciprocal_rank = 1 / r_1``; its mean over queries is ``mrr``.
+- ``hit_rate@k = 1 if r_1 <= k else 0``: at least one relevant item is in the top k.
+- ``recall@k = #{r_j <= k} / m``: the fraction of the relevant items found in the top k.
+
+Queries with no relevant item (``m == 0``) get NaN for every metric, are left out of every
+mean, and are counted in ``n_queries_without_relevant``; they never raise.
+
+Directions: with a (captions x images) score matrix, text-to-image retrieval ranks images for
+each caption (the matrix as is) and image-to-text ranks captions for each image (the
+transpose); see :func:`summarize_both_directions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+DIRECTIONS = ("text_to_image", "image_to_text")
+
+_PAIR_CHUNK_ELEMENTS = 4_000_000  # relevant pairs x items compared at once in relevant_ranks
+
+
+def relevant_ranks(scores: np.ndarray, relevance: np.ndarray) -> list[np.ndarray]:
+    """Rank every relevant item of every query, with the module's tie rule.
+
+    Args:
+        scores: (queries, items) finite floats; higher means more similar.
+        relevance: (queries, items) booleans; True marks a relevant item.
+
+    Returns:
+        One int64 array per query: the sorted 1-based ranks of its relevant items (empty when
+        the query has none).
+
+    Raises:
+        ValueError: shapes differ, the arrays are not 2-D, or a score is not finite.
+    """
+    scores, relevance = _check_matrices(scores, relevance)
+    n_queries, n_items = scores.shape
+    if n_queries == 0:
+        return []
+    query_of_pair, item_of_pair = np.nonzero(relevance)  # row-major: sorted by query, then item
+    ranks = np.empty(len(query_of_pair), dtype=np.int64)
+    chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(n_items, 1))
+    columns = np.arange(n_items)
+    for start in range(0, len(query_of_pair), chunk):
+        q = query_of_pair[start:start + chunk]
+        i = item_of_pair[start:start + chunk]
+        rows = scores[q]
+        own = scores[q, i][:, None]
+        higher = (rows > own).sum(axis=1)
+        tied_before = ((rows == own) & (columns[None, :] < i[:, None])).sum(axis=1)
+        ranks[start:start + chunk] = 1 + higher + tied_before
+    bounds = np.cumsum(np.bincount(query_of_pair, minlength=n_queries))[:-1]
+    return [np.sort(r) for r in np.split(ranks, bounds)]
+
+
+def first_rank(ranks: np.ndarray) -> float:
+    """The rank of the best-ranked relevant item, ``min(ranks)``; NaN with no relevant item."""
+    return float(np.min(ranks)) if len(ranks) else float("nan")
+
+
+def reciprocal_rank(ranks: np.ndarray) -> float:
+    """``1 / first_rank``: 1.0 when a relevant item is ranked first; NaN with no relevant item."""
+    return 1.0 / first_rank(ranks)
+
+
+def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
+    """1.0 if at least one relevant item is in the top ``k`` (``first_rank <= k``), else 0.0.
+
+    This is what the CLIP paper and CLIP_benchmark call "recall@k": CLIP_benchmark takes the
+    top-k item indices of each query and scores 1 if ``positive_pairs[query, topk].any()``.
+    NaN when the query has no relevant item.
+    """
+    return float(np.any(ranks <= k)) if len(ranks) else float("nan")
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """The fraction of the query's relevant items ranked in the top ``k``.
+
+    ``#{rank <= k} / #relevant``; NaN when the query has no relevant item.
+    """
+    # HitRate@k vs Recall@k: they agree when a query has exactly one relevant item. With m
+    # relevant items HitRate@k is 1 as soon as one of them is in the top k, while Recall@k
+    # is only 1 when all m are (and can never exceed k / m).
+    return float(np.mean(ranks <= k)) if len(ranks) else float("nan")
+
+
+def per_query_metrics(ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> pd.DataFrame:
+    """One row per query with every per-query metric, for best/worst-query views and bootstrap.
+
+    Args:
+        ranks: per query, the 1-based ranks of its relevant items (see :func:`relevant_ranks`).
+        ks: the cut-offs for ``hit_rate@k`` and ``recall@k``.
+
+    Returns:
+        A DataFrame indexed by query position (``query``) with columns ``n_relevant``,
+        ``first_rank``, ``reciprocal_rank`` and ``hit_rate@{k}``, ``recall@{k}`` for each k;
+        metrics are NaN for queries without a relevant item.
+    """
+    ks = _check_ks(ks)
+    table = {
+        "n_relevant": [len(r) for r in ranks],
+        "first_rank": [first_rank(r) for r in ranks],
+        "reciprocal_rank": [reciprocal_rank(r) for r in ranks],
+    }
+    for k in ks:
+        table[f"hit_rate@{k}"] = [hit_rate_at_k(r, k) for r in ranks]
+        table[f"recall@{k}"] = [recall_at_k(r, k) for r in ranks]
+    frame = pd.DataFrame(table, index=pd.RangeIndex(len(ranks), name="query"))
+    return frame.astype({"n_relevant": "int64"}).astype(dict.fromkeys(frame.columns[1:], "float64"))
+
+
+def summary_statistics(ks: Sequence[int] = (1, 5, 10)) -> dict[str, tuple[str, Callable]]:
+    """How each summary metric is computed from the per-query table.
+
+    Args:
+        ks: the cut-offs.
+
+    Returns:
+        ``{summary key: (per-query column, statistic)}`` where the statistic (``np.mean`` or
+        ``np.median``) is applied over the queries that have a relevant item:
+        ``hit_rate@k`` and ``recall@k`` are means of their columns, ``mrr`` the mean of
+        ``reciprocal_rank``, ``median_rank`` and ``mean_rank`` the median and mean of
+        ``first_rank``.
+    """
+    ks = _check_ks(ks)
+    stats: dict[str, tuple[str, Callable]] = {f"hit_rate@{k}": (f"hit_rate@{k}", np.mean) for k in ks}
+    stats.update({f"recall@{k}": (f"recall@{k}", np.mean) for k in ks})
+    stats["mrr"] = ("reciprocal_rank", np.mean)
+    stats["median_rank"] = ("first_rank", np.median)
+    stats["mean_rank"] = ("first_rank", np.mean)
+    return stats
+
+
+def summarize_ranks(ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Average the per-query metrics over the queries that have a relevant item.
+
+    Args:
+        ranks: per query, the 1-based ranks of its relevant items.
+        ks: the cut-offs.
+
+    Returns:
+        ``hit_rate@{k}`` and ``recall@{k}`` for each k, ``mrr``, ``median_rank``,
+        ``mean_rank`` (see :func:`summary_statistics`), ``n_queries`` (queries with at least
+        one relevant item: the ones averaged) and ``n_queries_without_relevant`` (queries left
+        out). Metrics are NaN when no query has a relevant item.
+    """
+    table = per_query_metrics(ranks, ks)
+    evaluated = table[table["n_relevant"] > 0]
+    summary = {
+        key: float(statistic(evaluated[column].to_numpy())) if len(evaluated) else float("nan")
+        for key, (column, statistic) in summary_statistics(ks).items()
+    }
+    summary["n_queries"] = len(evaluated)
+    summary["n_queries_without_relevant"] = len(table) - len(evaluated)
+    return summary
+
+
+def summarize(scores: np.ndarray, relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Rank, then summarize: ``summarize_ranks(relevant_ranks(scores, relevance), ks)``.
+
+    Args:
+        scores: (queries, items) finite floats.
+        relevance: (queries, items) booleans.
+        ks: the cut-offs.
+
+    Returns:
+        The dictionary of :func:`summarize_ranks`.
+    """
+    return summarize_ranks(relevant_ranks(scores, relevance), ks)
+
+
+def rank_both_directions(scores: np.ndarray, relevance: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """Relevant ranks for text-to-image and image-to-text from one (captions x images) matrix.
+
+    Args:
+        scores: (captions, images) finite floats.
+        relevance: (captions, images) booleans; True when the caption describes the image.
+
+    Returns:
+        ``{"text_to_image": ranks per caption, "image_to_text": ranks per image}``.
+    """
+    scores, relevance = _check_matrices(scores, relevance)
+    return {
+        "text_to_image": relevant_ranks(scores, relevance),
+        "image_to_text": relevant_ranks(scores.T, relevance.T),
+    }
+
+
+def summarize_both_directions(scores: np.ndarray, relevance: np.ndarray,
+                              ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+    """:func:`summarize_ranks` for both directions of one (captions x images) score matrix.
+
+    Args:
+        scores: (captions, images) finite floats.
+        relevance: (captions, images) booleans.
+        ks: the cut-offs.
+
+    Returns:
+        ``{"text_to_image": summary, "image_to_text": summary}``.
+    """
+    return {direction: summarize_ranks(ranks, ks)
+            for direction, ranks in rank_both_directions(scores, relevance).items()}
+
+
+def _check_matrices(scores: np.ndarray, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores)
+    relevance = np.asarray(relevance, dtype=bool)
+    if scores.ndim != 2 or scores.shape != relevance.shape:
+        raise ValueError(f"scores {scores.shape} and relevance {relevance.shape} must be 2-D "
+                         "matrices of the same (queries, items) shape")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite (no NaN or inf)")
+    return scores, relevance
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    return ks
+
+
+def hit_rate_curve(per_query: pd.DataFrame, max_k: int = 50) -> pd.DataFrame:
+    """HitRate@k for k = 1..max_k per checkpoint and direction, from each query's first relevant rank."""
+    rows = []
+    for (spec, direction), group in per_query.groupby(["checkpoint", "direction"], sort=False):
+        first = group["first_rank"].dropna().to_numpy()
+        for k in range(1, max_k + 1):
+            rows.append({"checkpoint": spec, "direction": direction, "k": k,
+                         "hit_rate": float(np.mean(first <= k)) if len(first) else np.nan})
+    return pd.DataFrame(rows)

@@ -1,0 +1,343 @@
+"""Pair scoring: how similar is each image to its caption, under one or more checkpoints.
+
+Rows are processed in chunks. Each chunk's images are read and decoded once and shared by
+every checkpoint; each checkpoint then preprocesses, encodes images and captions in batches,
+and scores a pair by the cosine of its two L2-normalised embeddings. A row whose image or
+caption cannot be used keeps its place with a ``status`` and ``error`` and NaN scores.
+
+:func:`score_pairs` returns everything in memory; :func:`score_to_dir` writes a run folder and
+is resumable: each finished chunk is saved atomically under ``<out>/.parts/``, and re-running
+the same command skips the chunks already there, ending with the same ``results.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from clipeval.atomic import write_csv, write_json, write_text
+from clipeval.data.captions import check_caption
+from clipeval.data.fetch import FetchOptions
+from clipeval.data.images import read_images
+from clipeval.eval.embed import batches, embed_images, embed_texts
+from clipeval.eval.stats import StageTimer, format_stats_log, package_versions
+from clipeval.models.encoder import Encoder, resolve_device
+from clipeval.models.registry import load_encoder
+
+RESULT_COLUMNS = ("similarity", "clip_score_100", "status", "error")
+SCORE_COLUMNS = ("row_id", "checkpoint", "cosine", "clip_score_100", "clip_score_2_5", "status", "error")
+
+
+def clip_score_100(cosine):
+    """torchmetrics' CLIPScore scale, per sample: ``100 * max(cos, 0)``."""
+    return 100.0 * np.maximum(cosine, 0.0)
+
+
+def clip_score_2_5(cosine):
+    """The CLIPScore paper's scale (Hessel et al. 2021): ``2.5 * max(cos, 0)``."""
+    return 2.5 * np.maximum(cosine, 0.0)
+
+
+@dataclass
+class ScoreOptions:
+    """How to read the pairs and run the models.
+
+    Attributes:
+        image_column: column with image paths (relative to ``base_dir``) or URLs.
+        caption_column: column with captions.
+        base_dir: folder relative image paths are resolved against.
+        batch_size: images / captions per forward pass.
+        chunk_size: rows read, scored and saved together (the unit of resuming).
+        device: ``auto``, ``cpu``, ``cuda``...
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (autocast on CUDA only).
+        progress: show a progress bar.
+        workers: concurrent image reads / downloads.
+        fetch: URL fetching options (timeout, retries, size cap, cache folder).
+    """
+
+    image_column: str = "image"
+    caption_column: str = "caption"
+    base_dir: str | None = None
+    batch_size: int = 32
+    chunk_size: int = 256
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+    workers: int = 8
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+
+
+@dataclass
+class ScoreRun:
+    """Output of a scoring run.
+
+    Attributes:
+        results: input rows in input order with every input column plus ``RESULT_COLUMNS``
+            for the primary (first) checkpoint.
+        scores: tidy long table, one row per pair x checkpoint, columns ``SCORE_COLUMNS``.
+        stats: per-stage time and memory (the content of ``stats.json``).
+    """
+
+    results: pd.DataFrame
+    scores: pd.DataFrame
+    stats: dict = field(default_factory=dict)
+
+
+def _row_statuses(chunk: pd.DataFrame, options: ScoreOptions, timer: StageTimer):
+    """Read the chunk's images once; return (images, statuses, errors) per row."""
+    with timer.stage("image_read", items=len(chunk)):
+        loaded = read_images(chunk[options.image_column].tolist(), options.base_dir, workers=options.workers,
+                             fetch_options=options.fetch)
+    statuses, errors = [], []
+    for image, caption in zip(loaded, chunk[options.caption_column]):
+        status, error = (image.status, image.error) if image.status != "ok" else check_caption(caption)
+        statuses.append(status)
+        errors.append(error)
+    return [image.image for image in loaded], statuses, errors
+
+
+def _score_chunk(encoder: Encoder, refs, images, captions, statuses, errors, batch_size, timer) -> np.ndarray:
+    """Cosine per row of the chunk (NaN where the row is not ok); updates statuses in place.
+
+    Rows that are not ok are skipped; an image the transform rejects marks its rows
+    ``preprocess_error``. Distinct images and captions are encoded once (see :mod:`clipeval.eval.embed`).
+    """
+    usable = [image if status == "ok" else None for image, status in zip(images, statuses)]
+    image_embeddings = embed_images(encoder, usable, keys=refs, batch_size=batch_size, timer=timer)
+    for i, reason in image_embeddings.errors.items():
+        statuses[i], errors[i] = "preprocess_error", reason
+    rows = [i for i, status in enumerate(statuses) if status == "ok"]
+    cosine = np.full(len(statuses), np.nan)
+    if not rows:
+        return cosine
+    text_embeddings = embed_texts(encoder, [captions[i] if statuses[i] == "ok" else None
+                                            for i in range(len(captions))], batch_size, timer)
+    with timer.stage("score", items=len(rows)):
+        cosine[rows] = (image_embeddings.of(rows) * text_embeddings.of(rows)).sum(dim=-1).numpy()
+    return cosine
+
+
+def _long_rows(row_ids, spec: str, cosine: np.ndarray, statuses, errors) -> pd.DataFrame:
+    return pd.DataFrame({"row_id": row_ids, "checkpoint": spec, "cosine": cosine,
+                         "clip_score_100": clip_score_100(cosine), "clip_score_2_5": clip_score_2_5(cosine),
+                         "status": statuses, "error": errors}, columns=list(SCORE_COLUMNS))
+
+
+class _Scorer:
+    """Loads each checkpoint once (lazily) and scores chunks of rows, timing every stage."""
+
+    def __init__(self, checkpoints: list[str], options: ScoreOptions):
+        if not checkpoints:
+            raise ValueError("give at least one checkpoint spec")
+        self.checkpoints = list(dict.fromkeys(checkpoints))
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.shared = StageTimer(self.device)
+        self.timers = {spec: StageTimer(self.device) for spec in self.checkpoints}
+        self.truncated = dict.fromkeys(self.checkpoints, 0)
+        self.encoders: dict[str, Encoder] = {}
+
+    def encoder(self, spec: str) -> Encoder:
+        if spec not in self.encoders:
+            with self.timers[spec].stage("model_load"):
+                self.encoders[spec] = load_encoder(spec, self.options.device, self.options.precision)
+        return self.encoders[spec]
+
+    def score_chunk(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        images, statuses, errors = _row_statuses(chunk, self.options, self.shared)
+        refs, captions = chunk[self.options.image_column].tolist(), chunk[self.options.caption_column].tolist()
+        parts = []
+        for spec in self.checkpoints:
+            encoder = self.encoder(spec)
+            row_statuses, row_errors = list(statuses), list(errors)
+            cosine = _score_chunk(encoder, refs, images, captions, row_statuses, row_errors,
+                                   self.options.batch_size, self.timers[spec])
+            scored_captions = [c for c, s in zip(captions, row_statuses) if s == "ok"]
+            if scored_captions:
+                self.truncated[spec] += encoder.count_truncated(scored_captions)
+            parts.append(_long_rows(chunk.index.to_numpy(), spec, cosine, row_statuses, row_errors))
+        return pd.concat(parts, ignore_index=True)
+
+    def stats(self, scores: pd.DataFrame, chunks_total: int, chunks_resumed: int) -> dict:
+        per_checkpoint = {}
+        shared = self.shared.summary()
+        for spec in self.checkpoints:
+            summary = self.timers[spec].summary()
+            scored = int(summary["stages"].get("score", {}).get("items", 0))
+            work = shared["wall_s"] + summary["wall_s"] - summary["stages"].get("model_load", {}).get("wall_s", 0.0)
+            encoder = self.encoders.get(spec)
+            per_checkpoint[spec] = {
+                "precision": encoder.precision if encoder else None,
+                "description": encoder.description if encoder else None,
+                "pairs_scored": scored,
+                "pairs_per_s": scored / work if work else None,
+                "captions_truncated": self.truncated[spec],
+                "context_length": encoder.context_length if encoder else None,
+                **summary,
+            }
+        status_counts = scores.drop_duplicates("row_id")["status"].value_counts().to_dict() if len(scores) else {}
+        return {"pairs": int(scores["row_id"].nunique()) if len(scores) else 0,
+                "status_counts": status_counts,
+                "device": str(self.device), "batch_size": self.options.batch_size,
+                "chunk_size": self.options.chunk_size, "chunks_total": chunks_total,
+                "chunks_resumed": chunks_resumed, "versions": package_versions(),
+                "shared": shared, "checkpoints": per_checkpoint}
+
+
+def _chunks(pairs: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    return [pairs.iloc[s] for s in batches(len(pairs), size)] if len(pairs) else []
+
+
+def _progress(total: int, enabled: bool, initial: int = 0):
+    return tqdm(total=total, initial=initial, unit="pair", desc="scoring", disable=not enabled)
+
+
+def assemble_results(pairs: pd.DataFrame, scores: pd.DataFrame, primary: str) -> pd.DataFrame:
+    """Join the primary checkpoint's scores onto the input rows, keeping order and columns."""
+    mine = scores[scores["checkpoint"] == primary].set_index("row_id").reindex(range(len(pairs)))
+    results = pairs.reset_index(drop=True).copy()
+    results["similarity"] = mine["cosine"].to_numpy()
+    results["clip_score_100"] = mine["clip_score_100"].to_numpy()
+    results["status"] = mine["status"].to_numpy()
+    results["error"] = mine["error"].fillna("").to_numpy()
+    return results
+
+
+def _check_columns(pairs: pd.DataFrame, options: ScoreOptions) -> pd.DataFrame:
+    clash = [c for c in RESULT_COLUMNS if c in pairs.columns]
+    if clash:
+        raise ValueError(f"the pairs table already has column(s) {clash}; rename them, they are outputs")
+    missing = [c for c in (options.image_column, options.caption_column) if c not in pairs.columns]
+    if missing:
+        raise ValueError(f"the pairs table has no column(s) {missing}; found {list(pairs.columns)}")
+    if options.base_dir is None:
+        options.base_dir = pairs.attrs.get("base_dir")
+    return pairs.reset_index(drop=True)
+
+
+def score_pairs(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOptions | None = None) -> ScoreRun:
+    """Score every pair under every checkpoint, in memory.
+
+    Args:
+        pairs: the pairs table (e.g. from :func:`clipeval.data.sources.read_pairs`).
+        checkpoints: checkpoint specs; the first is the primary one used in ``results``.
+        options: reading and batching options.
+
+    Returns:
+        A :class:`ScoreRun` with ``results``, the long ``scores`` table and ``stats``.
+    """
+    options = options or ScoreOptions()
+    pairs = _check_columns(pairs, options)
+    scorer = _Scorer(checkpoints, options)
+    chunks = _chunks(pairs, options.chunk_size)
+    parts = []
+    with _progress(len(pairs), options.progress) as bar:
+        for chunk in chunks:
+            parts.append(scorer.score_chunk(chunk))
+            bar.update(len(chunk))
+    scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(SCORE_COLUMNS))
+    scores = scores.sort_values(["checkpoint", "row_id"], key=_checkpoint_order(scorer.checkpoints),
+                                kind="stable", ignore_index=True)
+    return ScoreRun(assemble_results(pairs, scores, scorer.checkpoints[0]), scores,
+                    scorer.stats(scores, len(chunks), 0))
+
+
+def _checkpoint_order(checkpoints: list[str]):
+    order = {spec: i for i, spec in enumerate(checkpoints)}
+    return lambda column: column.map(order) if column.name == "checkpoint" else column
+
+
+def _fingerprint(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOptions) -> str:
+    """Identify a run's inputs, so resumed chunks are only reused for the very same run."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(pairs, index=True).to_numpy().tobytes())
+    digest.update(json.dumps([checkpoints, options.image_column, options.caption_column, options.base_dir,
+                              options.batch_size, options.chunk_size, options.precision]).encode())
+    return digest.hexdigest()
+
+
+def score_to_dir(pairs: pd.DataFrame, checkpoints: list[str], out_dir: str | Path,
+                 options: ScoreOptions | None = None) -> ScoreRun:
+    """Score pairs and write ``results.csv``, ``scores.csv``, ``stats.json`` and ``stats.log``.
+
+    Resumable: finished chunks are kept under ``<out_dir>/.parts/`` (each written atomically)
+    until the run completes; running again with the same inputs skips them. Every output file
+    is written atomically, so an interrupted run never leaves a half-written one.
+
+    Args:
+        pairs: the pairs table.
+        checkpoints: checkpoint specs, primary first.
+        out_dir: the run folder.
+        options: reading and batching options.
+
+    Returns:
+        The :class:`ScoreRun` that was written.
+    """
+    options = options or ScoreOptions()
+    pairs = _check_columns(pairs, options)
+    out_dir = Path(out_dir)
+    parts_dir = out_dir / ".parts"
+    fingerprint = _fingerprint(pairs, list(dict.fromkeys(checkpoints)), options)
+    marker = parts_dir / "fingerprint"
+    if parts_dir.exists() and (not marker.exists() or marker.read_text() != fingerprint):
+        shutil.rmtree(parts_dir)  # parts of a different run: never mix them in
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    write_text(marker, fingerprint)
+
+    scorer = _Scorer(checkpoints, options)
+    chunks = _chunks(pairs, options.chunk_size)
+    part_paths = [parts_dir / f"chunk-{i:06d}.csv" for i in range(len(chunks))]
+    resumed = sum(path.exists() for path in part_paths)
+    with _progress(len(pairs), options.progress, sum(len(c) for c, p in zip(chunks, part_paths) if p.exists())) as bar:
+        for chunk, path in zip(chunks, part_paths):
+            if not path.exists():
+                write_csv(path, scorer.score_chunk(chunk))
+                bar.update(len(chunk))
+    scores = (pd.concat([_read_part(path) for path in part_paths], ignore_index=True) if part_paths
+              else pd.DataFrame(columns=list(SCORE_COLUMNS)))
+    scores = scores.sort_values(["checkpoint", "row_id"], key=_checkpoint_order(scorer.checkpoints),
+                                kind="stable", ignore_index=True)
+    run = ScoreRun(assemble_results(pairs, scores, scorer.checkpoints[0]), scores,
+                   scorer.stats(scores, len(chunks), resumed))
+    write_csv(out_dir / "scores.csv", run.scores)
+    write_csv(out_dir / "results.csv", run.results)
+    write_json(out_dir / "stats.json", run.stats)
+    write_text(out_dir / "stats.log", format_stats_log(run.stats))
+    shutil.rmtree(parts_dir)
+    return run
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""],
+                       dtype={"checkpoint": str, "status": str, "error": str}).fillna({"error": ""})
+
+
+def zero_shot_probs(encoder: Encoder, image, captions: list[str]) -> np.ndarray:
+    """Softmax over candidate captions for one image (CLIP's zero-shot classification).
+
+    Logits are ``logit_scale * cosine`` (100 when the model has no learned scale).
+
+    Args:
+        encoder: a loaded encoder.
+        image: an RGB PIL image.
+        captions: the candidate captions.
+
+    Returns:
+        Probabilities, one per caption, summing to 1.
+
+    Raises:
+        ValueError: the model's transform rejects the image.
+    """
+    image_embedding = embed_images(encoder, [image])
+    if image_embedding.errors:
+        raise ValueError(f"cannot preprocess the image: {image_embedding.errors[0]}")
+    cosine = (embed_texts(encoder, captions).of(range(len(captions))) @ image_embedding.vectors.T).squeeze(1)
+    scale = encoder.logit_scale if encoder.logit_scale is not None else 100.0
+    return torch.softmax(scale * cosine, dim=0).numpy()

@@ -1,1 +1,0 @@
-"""Loaders for external model families (transformers, open_clip)."""

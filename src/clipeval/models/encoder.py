@@ -1,0 +1,118 @@
+"""The one encoder interface every checkpoint loader returns.
+
+A loader (see :mod:`clipeval.models.registry`) wraps a model in a subclass of :class:`Encoder`,
+which implements three hooks: ``preprocess`` (PIL image -> CHW tensor), ``_image_features``
+and ``_text_features`` (raw, unnormalised features). The base class adds what every caller
+relies on: ``torch.inference_mode``, autocast on CUDA, and L2-normalised float32 output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"`` into ``cuda`` when a GPU is present, else ``cpu``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Pick the compute precision: ``auto`` is bf16 (or fp16) on CUDA and fp32 on CPU.
+
+    Reduced precision is only used through CUDA autocast; on the CPU everything runs in fp32.
+    """
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    if device.type != "cuda":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+class Encoder(ABC):
+    """Encode images and texts into one L2-normalised embedding space.
+
+    Attributes:
+        spec: the checkpoint spec string this encoder was loaded from (its name everywhere).
+        device: where the model runs.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (the latter two via CUDA autocast).
+        logit_scale: the model's learned temperature (already exponentiated), if it has one.
+        logit_bias: the model's logit bias (SigLIP), if it has one.
+        context_length: the most text tokens the model reads; longer captions are truncated.
+        description: one sentence on what the model is (weights, untrained parts), shown in
+            ``stats.json``; empty when the spec says it all.
+    """
+
+    description: str = ""
+
+    def __init__(self, spec: str, device: torch.device, precision: str = "fp32",
+                 logit_scale: float | None = None, logit_bias: float | None = None,
+                 context_length: int = 77):
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.logit_scale = logit_scale
+        self.logit_bias = logit_bias
+        self.context_length = context_length
+
+    @property
+    def name(self) -> str:
+        """The checkpoint spec; used as the model's name in every output."""
+        return self.spec
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Turn one RGB PIL image into the model's CHW float input tensor."""
+
+    @abstractmethod
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw image features for a batch of preprocessed images already on ``device``."""
+
+    @abstractmethod
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        """Raw text features for a batch of captions (tokenise, truncate, encode)."""
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` are longer than the context and get truncated (0 if unknown)."""
+        return 0
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.precision != "fp32":
+            return torch.autocast("cuda", dtype=PRECISIONS[self.precision])
+        return contextlib.nullcontext()
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of preprocessed images.
+
+        Args:
+            pixels: ``(N, C, H, W)`` tensor from :meth:`preprocess`, on any device.
+
+        Returns:
+            ``(N, D)`` float32 CPU tensor, each row of unit L2 norm.
+        """
+        with torch.inference_mode(), self._autocast():
+            features = self._image_features(pixels.to(self.device))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embed a batch of captions.
+
+        Args:
+            texts: captions (any Unicode); longer ones are truncated to ``context_length``.
+
+        Returns:
+            ``(N, D)`` float32 CPU tensor, each row of unit L2 norm.
+        """
+        with torch.inference_mode(), self._autocast():
+            features = self._text_features(list(texts))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()

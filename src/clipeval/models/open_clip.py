@@ -1,0 +1,90 @@
+"""``open_clip:`` checkpoints.
+
+Target forms:
+    ``ARCH@TAG``             built-in architecture and pretrained tag (``ViT-B-16-SigLIP@webli``)
+    ``ARCH@/path/file.pt``   built-in architecture with a local weights file
+    ``hf-hub:org/repo``      open_clip config + weights from the Hugging Face hub
+    ``/path/to/folder``      a local folder in the hub layout (``open_clip_config.json`` + weights)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from clipeval.models.encoder import Encoder
+from clipeval.models.registry import CheckpointError, CheckpointSpec, is_local_path, offline_error
+
+
+class OpenClipEncoder(Encoder):
+    """An open_clip model with its eval transform and tokenizer."""
+
+    def __init__(self, spec, model, transform, tokenizer, device, precision):
+        self.model = model.to(device).eval()
+        self.transform = transform
+        self.tokenizer = tokenizer
+        bias = getattr(model, "logit_bias", None)
+        super().__init__(spec, device, precision,
+                         logit_scale=float(model.logit_scale.detach().exp()),
+                         logit_bias=None if bias is None else float(bias.detach()),
+                         context_length=int(tokenizer.context_length))
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    def count_truncated(self, texts) -> int:
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:  # HF-backed tokenizers (SigLIP) report no token counts here
+            return 0
+        # +2 for the start and end tokens the tokenizer adds around the text
+        return sum(len(encode(text)) + 2 > self.context_length for text in texts)
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+
+def _model_name_and_pretrained(target: str) -> tuple[str, str | None, bool]:
+    """Return (open_clip model name, pretrained tag or file, whether it is all local)."""
+    if target.startswith("hf-hub:"):
+        return target, None, False
+    if "@" in target:
+        arch, pretrained = target.split("@", 1)
+        if is_local_path(pretrained):
+            if not Path(pretrained).expanduser().is_file():
+                raise CheckpointError(f"open_clip:{target}: no such weights file {pretrained!r}")
+            return arch, str(Path(pretrained).expanduser()), True
+        return arch, pretrained, False
+    if is_local_path(target):
+        folder = Path(target).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise CheckpointError(f"open_clip:{target}: expected a folder with open_clip_config.json and weights")
+        return f"local-dir:{folder}", None, True
+    raise CheckpointError(f"open_clip:{target}: use ARCH@TAG, ARCH@/path/weights, hf-hub:org/repo or a local folder")
+
+
+def load_open_clip(spec: CheckpointSpec, device: torch.device, precision: str) -> OpenClipEncoder:
+    """Load an ``open_clip:`` checkpoint with ``open_clip.create_model_and_transforms``.
+
+    Raises:
+        CheckpointError: malformed target, missing local files, unknown architecture, or a
+            hub download with no network.
+    """
+    import open_clip
+
+    model_name, pretrained, local = _model_name_and_pretrained(spec.target)
+    arch = model_name.split("@")[0]
+    if not local and not model_name.startswith("hf-hub:") and arch not in open_clip.list_models():
+        raise CheckpointError(f"{spec}: unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except (RuntimeError, OSError) as error:
+        if local:
+            raise CheckpointError(f"{spec}: cannot load local weights ({error})") from error
+        raise offline_error(str(spec), error) from error
+    return OpenClipEncoder(str(spec), model, transform, tokenizer, device, precision)

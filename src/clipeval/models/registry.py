@@ -1,0 +1,99 @@
+"""Checkpoint specs and the registry that maps a spec's prefix to its loader.
+
+A spec is ``<prefix>:<target>``; see DESIGN.md for the grammar. Examples::
+
+    hf:openai/clip-vit-base-patch32        hf:/path/to/saved_dir
+    open_clip:ViT-B-16-SigLIP@webli        open_clip:hf-hub:timm/ViT-B-16-SigLIP
+    open_clip:ViT-B-32@/path/to/weights.pt baseline:bert-resnet50
+    dual:outputs/offline/models/dual
+
+Loaders are named as ``module:function`` strings and imported on first use, so scoring with
+one family never imports the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
+
+CHECKPOINT_LOADERS: dict[str, str] = {
+    "hf": "clipeval.models.hf:load_hf",
+    "open_clip": "clipeval.models.open_clip:load_open_clip",
+    "dual": "clipeval.models.dual:load_dual",
+    "baseline": "clipeval.models.baseline:load_baseline",
+}
+
+OFFLINE_HINT = ("no model hub is reachable; to run offline use a local checkpoint "
+                "(`make data` builds hf:data/checkpoints/tiny-random/hf-clip and others) "
+                "or the `offline` profile")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint spec could not be parsed or loaded; the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A parsed checkpoint spec.
+
+    Attributes:
+        prefix: the registry key (``hf``, ``open_clip``, ``dual``, ``baseline``).
+        target: everything after the first colon (hub name, path, ``arch@tag``...).
+    """
+
+    prefix: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.prefix}:{self.target}"
+
+
+def parse_spec(spec: str) -> CheckpointSpec:
+    """Split ``prefix:target`` and check the prefix is registered.
+
+    Raises:
+        CheckpointError: empty target or unknown prefix.
+    """
+    prefix, sep, target = spec.strip().partition(":")
+    if not sep or not target:
+        raise CheckpointError(f"checkpoint spec {spec!r} must look like PREFIX:TARGET "
+                              f"with PREFIX one of {', '.join(CHECKPOINT_LOADERS)}")
+    if prefix not in CHECKPOINT_LOADERS:
+        raise CheckpointError(f"checkpoint spec {spec!r}: unknown prefix {prefix!r}; "
+                              f"known prefixes: {', '.join(CHECKPOINT_LOADERS)}")
+    return CheckpointSpec(prefix, target)
+
+
+def is_local_path(target: str) -> bool:
+    """True when ``target`` names something on disk (a path that exists, or looks like one)."""
+    return Path(target).expanduser().exists() or target.startswith(("/", "./", "../", "~"))
+
+
+def offline_error(spec: str, cause: BaseException) -> CheckpointError:
+    """The one-line error for a hub checkpoint that cannot be fetched."""
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return CheckpointError(f"cannot load {spec}: {OFFLINE_HINT} ({type(cause).__name__}: {reason[:200]})")
+
+
+def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> Encoder:
+    """Load any registered checkpoint behind the common :class:`Encoder` interface.
+
+    Args:
+        spec: checkpoint spec string (``hf:...``, ``open_clip:...``, ``dual:...``, ``baseline:...``).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (reduced precision only on CUDA).
+
+    Returns:
+        The loaded encoder, in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: bad spec, missing local files, or a hub name with no network.
+    """
+    parsed = parse_spec(spec)
+    module_name, function_name = CHECKPOINT_LOADERS[parsed.prefix].split(":")
+    loader = getattr(importlib.import_module(module_name), function_name)
+    torch_device = resolve_device(device)
+    return loader(parsed, torch_device, resolve_precision(precision, torch_device))

@@ -1,0 +1,135 @@
+"""Build tiny, randomly initialised checkpoints in the real on-disk formats.
+
+They let tests, smoke runs and users without network exercise the real loading code
+(``from_pretrained``, ``open_clip.create_model_and_transforms``). Their scores mean nothing.
+
+Layout written under ``root`` (default ``data/checkpoints/tiny-random``)::
+
+    hf-clip/       CLIPModel.save_pretrained + CLIPTokenizer + CLIPImageProcessor  -> hf:<root>/hf-clip
+    hf-siglip/     SiglipModel.save_pretrained + tokenizer + SiglipImageProcessor -> hf:<root>/hf-siglip
+    open_clip/     open_clip_config.json + open_clip_model.safetensors           -> open_clip:<root>/open_clip
+    open_clip_arch/clipeval-tiny-ViT.json + weights.pt  (an architecture config and a bare weights
+                   file, for ``open_clip:clipeval-tiny-ViT@<root>/open_clip_arch/weights.pt`` once
+                   the folder is registered with ``open_clip.add_model_config``)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import torch
+
+from clipeval.models.catalogue import write_info_file
+from clipeval.models.constants import OPENAI_MEAN, OPENAI_STD
+from clipeval.paths import TINY_CHECKPOINTS_DIR
+
+OPEN_CLIP_TINY_ARCH = "clipeval-tiny-ViT"
+IMAGE_SIZE = 32
+
+
+def _text_config(eos_token_id: int) -> dict:
+    return dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                eos_token_id=eos_token_id, pad_token_id=49407)
+
+
+def _vision_config() -> dict:
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                image_size=IMAGE_SIZE, patch_size=8)
+
+
+def build_clip_tokenizer():
+    """The real CLIP BPE tokenizer, built from the vocabulary open_clip ships (no download)."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    with gzip.open(default_bpe()) as handle:
+        merges = handle.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)},
+                         merges=[tuple(m.split()) for m in merges],
+                         model_max_length=77)
+
+
+def build_hf_clip(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``CLIPModel`` with its tokenizer and image processor to ``folder``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(text_config=_text_config(eos_token_id=49407), vision_config=_vision_config(),
+                        projection_dim=32)
+    CLIPModel(config).save_pretrained(folder)
+    build_clip_tokenizer().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    return folder
+
+
+def build_hf_siglip(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``SiglipModel`` (with the CLIP BPE tokenizer, usable offline) to ``folder``."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(seed)
+    text = {k: v for k, v in _text_config(eos_token_id=49407).items() if k != "bos_token_id"}
+    config = SiglipConfig(text_config={**text, "max_position_embeddings": 16},
+                          vision_config=_vision_config())
+    SiglipModel(config).save_pretrained(folder)
+    build_clip_tokenizer().save_pretrained(folder)
+    SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    return folder
+
+
+def open_clip_tiny_config() -> dict:
+    """A tiny ViT open_clip model config (same schema as open_clip's ``model_configs/*.json``)."""
+    return {"embed_dim": 32,
+            "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+def build_open_clip(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Save a tiny random open_clip model twice: hub-layout folder, and arch config + weights file.
+
+    Returns:
+        (hub-layout folder, bare weights file).
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    model_config = open_clip_tiny_config()
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_config)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+
+    folder = root / "open_clip"
+    folder.mkdir(parents=True, exist_ok=True)
+    preprocess = {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "interpolation": "bicubic",
+                  "resize_mode": "shortest"}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_config, "preprocess_cfg": preprocess}, indent=2))
+    save_file(state, folder / "open_clip_model.safetensors")
+
+    arch_folder = root / "open_clip_arch"
+    arch_folder.mkdir(parents=True, exist_ok=True)
+    (arch_folder / f"{OPEN_CLIP_TINY_ARCH}.json").write_text(json.dumps(model_config, indent=2))
+    weights = arch_folder / "weights.pt"
+    torch.save(state, weights)
+    return folder, weights
+
+
+def build_tiny_checkpoints(root: Path = TINY_CHECKPOINTS_DIR, seed: int = 0) -> dict[str, str]:
+    """Build every tiny checkpoint under ``root`` and return their checkpoint specs by name."""
+    root = Path(root)
+    build_hf_clip(root / "hf-clip", seed)
+    build_hf_siglip(root / "hf-siglip", seed)
+    folder, weights = build_open_clip(root, seed)
+    for name, family in (("hf-clip", "transformers CLIP"), ("hf-siglip", "transformers SigLIP"),
+                         ("open_clip", "open_clip CLIP"), ("open_clip_arch", "open_clip CLIP")):
+        write_info_file(root / name, f"tiny randomly initialised {family} built by `make data` (seed {seed}); "
+                                     "its scores mean nothing", random_init=True)
+    return {"hf-clip": f"hf:{root / 'hf-clip'}", "hf-siglip": f"hf:{root / 'hf-siglip'}",
+            "open_clip": f"open_clip:{folder}",
+            "open_clip_arch": f"open_clip:{OPEN_CLIP_TINY_ARCH}@{weights}"}

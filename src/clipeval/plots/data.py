@@ -1,0 +1,56 @@
+"""Figures for exploring a pairs table (notebook 01)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from clipeval.data.images import read_image
+from clipeval.plots.save import save_figure
+
+
+def plot_image_sizes(info: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
+    """Scatter of image width vs height coloured by PIL mode, and a bar chart of mode counts."""
+    readable = info[info["readable"]]
+    figure, (sizes, modes) = plt.subplots(1, 2, figsize=(11, 4))
+    sns.scatterplot(data=readable, x="width", y="height", hue="mode", style="format", s=70, ax=sizes)
+    sizes.set(title="Image sizes (pixels)", xlabel="width (px)", ylabel="height (px)")
+    readable["mode"].value_counts().plot.bar(ax=modes, color="steelblue")
+    modes.set(title="Image modes", xlabel="PIL mode", ylabel="images")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_caption_lengths(lengths: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
+    """Histograms of caption length in words and in characters."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    for ax, column in zip(axes, ("words", "characters")):
+        sns.histplot(lengths[column], ax=ax, discrete=column == "words", color="slateblue")
+        ax.set(title=f"Caption length ({column})", xlabel=column, ylabel="captions")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_sample_grid(pairs: pd.DataFrame, image_column: str = "image", caption_column: str = "caption",
+                     n: int = 12, columns: int = 4, seed: int = 0, path: str | Path | None = None) -> plt.Figure:
+    """A grid of ``n`` sampled pairs: each image with its caption (and match flag when known)."""
+    sample = pairs.sample(min(n, len(pairs)), random_state=seed).sort_index()
+    rows = -(-len(sample) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, row) in zip(axes.flat, sample.iterrows()):
+        loaded = read_image(row[image_column], pairs.attrs.get("base_dir"))
+        if loaded.image is not None:
+            ax.imshow(loaded.image)
+        else:
+            ax.text(0.5, 0.5, loaded.status, ha="center", va="center", color="red")
+        label = "" if "match" not in pairs.columns else ("[match] " if row["match"] else "[mismatch] ")
+        ax.set_title(textwrap.fill(label + str(row[caption_column]), 34), fontsize=8)
+    figure.suptitle("Sample pairs", fontsize=12)
+    figure.tight_layout()
+    return save_figure(figure, path)

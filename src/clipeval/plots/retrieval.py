@@ -1,0 +1,101 @@
+"""Figures for retrieval: metric dot plots with CIs, HitRate@k curves, query result grids."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from clipeval.data.images import read_image
+from clipeval.eval.metrics import hit_rate_curve
+from clipeval.models.catalogue import label_checkpoint
+from clipeval.plots.save import save_figure
+
+DIRECTION_LABELS = {"text_to_image": "text → image", "image_to_text": "image → text"}
+
+
+def plot_metrics_with_ci(metrics: pd.DataFrame, k: int = 5, path: str | Path | None = None) -> plt.Figure:
+    """Dot plot of HitRate@k, Recall@k and MRR per checkpoint and direction, with 95% CI bars."""
+    rows = metrics[metrics["k"] == k]
+    names = [("hit_rate", f"HitRate@{k}"), ("recall", f"Recall@{k}"), ("mrr", "MRR")]
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 0.6 * rows["checkpoint"].nunique() + 2.2),
+                                sharey=True, squeeze=False)
+    labels = rows["checkpoint"].map(label_checkpoint)
+    order = list(dict.fromkeys(labels))
+    for ax, (column, title) in zip(axes[0], names):
+        for offset, (direction, group) in zip((-0.12, 0.12), rows.groupby("direction", sort=False)):
+            y = np.array([order.index(label) for label in group["checkpoint"].map(label_checkpoint)]) + offset
+            error = np.vstack([group[column] - group[f"{column}_ci_low"], group[f"{column}_ci_high"] - group[column]])
+            ax.errorbar(group[column], y, xerr=error, fmt="o", capsize=3, label=DIRECTION_LABELS[direction])
+        ax.set(title=title, xlabel=f"{title} (95% bootstrap CI)", xlim=(-0.02, 1.02))
+        ax.set_yticks(range(len(order)), [textwrap.fill(label, 40) for label in order], fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(title="direction", fontsize=8)
+    figure.suptitle(f"Retrieval on {', '.join(rows['dataset'].unique())}")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_hit_rate_curve(per_query: pd.DataFrame, max_k: int = 50, path: str | Path | None = None) -> plt.Figure:
+    """HitRate@k as a function of k, one line per checkpoint, one panel per direction."""
+    curve = hit_rate_curve(per_query, max_k)
+    curve = curve.assign(checkpoint=curve["checkpoint"].map(label_checkpoint),
+                         direction=curve["direction"].map(DIRECTION_LABELS))
+    grid = sns.relplot(curve, x="k", y="hit_rate", hue="checkpoint", col="direction",
+                       kind="line", height=3.5, aspect=1.3)
+    grid.set_axis_labels("k (top-k cut-off)", "HitRate@k (any relevant item in top k)")
+    grid.set(ylim=(0, 1.02), xscale="log")
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle("HitRate@k as a function of k", y=1.03)
+    return save_figure(grid.figure, path)
+
+
+def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.DataFrame, relevant: np.ndarray,
+                       base_dir: str | None, title: str, top: int = 5, captions: pd.Series | None = None,
+                       path: str | Path | None = None) -> plt.Figure:
+    """One row per query: its text, then its top images with scores; relevant ones framed green.
+
+    Args:
+        rows: per-query rows (``query``, ``top_items``, ``top_scores``, optionally ``first_rank``).
+        queries: the set's queries (``text``).
+        images: the set's images (``image``).
+        relevant: (P, 2) relevant (query, image) pairs, or an empty array when unknown.
+        base_dir: folder for relative image paths.
+        title: figure title.
+        top: images shown per query.
+        captions: optional caption per image position, shown under each image.
+        path: save the PNG there.
+    """
+    relevant_set = {tuple(pair) for pair in np.asarray(relevant).reshape(-1, 2).tolist()}
+    shown = {item for items in rows["top_items"] for item in items[:top]}
+    wrapped = {item: textwrap.fill(str(captions.iloc[item]), 28) for item in shown} if captions is not None else {}
+    # rows grow with the longest caption shown, so captions never overlap the next row
+    caption_lines = max((text.count("\n") + 1 for text in wrapped.values()), default=0)
+    figure, axes = plt.subplots(len(rows), top, figsize=(2.6 * top, (2.6 + 0.22 * caption_lines) * len(rows)),
+                                squeeze=False)
+    for axes_row, (_, row) in zip(axes, rows.iterrows()):
+        rank = row.get("first_rank")
+        heading = textwrap.fill(f"“{queries['text'].iloc[row['query']]}”", 60)
+        if rank is not None and not pd.isna(rank):
+            heading += f"\nfirst relevant image at rank {int(rank)}"
+        axes_row[0].set_title(heading, loc="left", fontsize=9, x=0)
+        for ax, item, score in zip(axes_row, row["top_items"][:top], row["top_scores"][:top]):
+            loaded = read_image(images["image"].iloc[item], base_dir)
+            if loaded.image is not None:
+                ax.imshow(loaded.image)
+            hit = (row["query"], item) in relevant_set
+            label = f"{score:.3f}" + (" ✓ relevant" if hit else "")
+            if wrapped:
+                label += "\n" + wrapped[item]
+            ax.set_xlabel(label, fontsize=7, color="darkgreen" if hit else "black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set(edgecolor="green" if hit else "lightgrey", linewidth=3 if hit else 1)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -1,0 +1,114 @@
+"""Figures comparing checkpoints: score histograms (matched vs mismatched) and agreement heatmaps.
+
+Every function takes the long score table with ``match`` (:func:`clipeval.eval.compare.load_run_scores`),
+returns the matplotlib ``Figure`` and, given ``path``, also saves it as a PNG atomically
+(:func:`clipeval.plots.save.save_figure`).
+Random-init checkpoints are labelled as such in every figure.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+from clipeval.eval.compare import select_ok
+from clipeval.models.catalogue import is_random_init, label_checkpoint
+from clipeval.plots.save import save_figure
+
+AXIS_LABELS = {
+    "cosine": "cosine similarity (image, caption)",
+    "percentile": "percentile of the score within its checkpoint (0-100)",
+    "clip_score_100": "CLIP score, 100·max(cos, 0)",
+    "clip_score_2_5": "CLIPScore, 2.5·max(cos, 0)",
+}
+PAIR_COLORS = {"matched": "tab:blue", "mismatched": "tab:orange"}
+RANDOM_NOTE = "random-init model:\nscores show no learned\nimage-text alignment"
+
+
+def _facet_title(checkpoint: str, group: pd.DataFrame) -> str:
+    ok = select_ok(group)
+    counts = f"{int(ok['match'].sum())} matched, {int((~ok['match']).sum())} mismatched"
+    excluded = len(group) - len(ok)
+    if excluded:
+        counts += f", {excluded} not ok (excluded)"
+    lines = textwrap.wrap(checkpoint, 40, break_on_hyphens=False)
+    if is_random_init(checkpoint):
+        lines.append("RANDOM INIT (untrained weights)")
+    return "\n".join([*lines, counts])
+
+
+def plot_score_histograms(table: pd.DataFrame, score: str = "cosine", bins: int = 30,
+                          path: str | Path | None = None) -> Figure:
+    """Histogram + KDE of matched vs mismatched scores, one facet per checkpoint, shared bins.
+
+    Each group (matched, mismatched) is normalised to unit area within its facet, so groups of
+    different sizes compare by shape. Rows with status != ok are left out; each facet title
+    says how many.
+
+    Args:
+        table: long score table with ``match`` (and ``percentile`` to plot percentiles).
+        score: column on the x axis: ``cosine``, ``percentile``, ``clip_score_100``...
+        bins: number of bins, shared by every facet (edges from all checkpoints' ok scores).
+        path: if given, save the figure there as a PNG.
+
+    Returns:
+        The figure (one axes per checkpoint).
+
+    Raises:
+        ValueError: no row has status ok.
+    """
+    ok = select_ok(table)
+    if ok.empty:
+        raise ValueError("no pair has status ok: nothing to plot")
+    checkpoints = list(pd.unique(table["checkpoint"]))
+    titles = {name: _facet_title(name, group) for name, group in table.groupby("checkpoint", sort=False)}
+    data = ok.assign(pair=np.where(ok["match"], "matched", "mismatched"), model=ok["checkpoint"].map(titles))
+    grid = sns.displot(data, x=score, hue="pair", hue_order=list(PAIR_COLORS), palette=PAIR_COLORS,
+                       col="model", col_order=[titles[name] for name in checkpoints],
+                       col_wrap=min(3, len(checkpoints)), bins=np.histogram_bin_edges(data[score], bins),
+                       stat="density", common_norm=False, kde=True, height=3.2, aspect=1.35,
+                       facet_kws={"sharey": False})
+    grid.set_titles("{col_name}", size=9)
+    grid.set_axis_labels(AXIS_LABELS.get(score, score), "density (each group integrates to 1)")
+    for name, ax in zip(checkpoints, grid.axes.flat):
+        if is_random_init(name):
+            ax.text(0.02, 0.97, RANDOM_NOTE, transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                    color="darkred", bbox={"facecolor": "white", "edgecolor": "darkred", "alpha": 0.85})
+    grid.figure.suptitle(f"Matched vs mismatched pairs: {AXIS_LABELS.get(score, score)}, per checkpoint",
+                         y=1.02)
+    grid.legend.set_title("pair type")
+    return save_figure(grid.figure, path)
+
+
+def plot_spearman_heatmap(matrix: pd.DataFrame, n_pairs: int, score: str = "cosine",
+                          path: str | Path | None = None) -> Figure:
+    """Heatmap of the Spearman correlation of pair scores between checkpoints.
+
+    Args:
+        matrix: checkpoint x checkpoint correlations (:func:`clipeval.eval.compare.spearman_matrix`).
+        n_pairs: pairs the correlations are over (those ok under every checkpoint), shown in the title.
+        score: the score column that was correlated.
+        path: if given, save the figure there as a PNG.
+
+    Returns:
+        The figure.
+    """
+    labels = ["\n".join(textwrap.wrap(label_checkpoint(name), 28, break_on_hyphens=False))
+              for name in matrix.columns]
+    size = 2.5 + 1.3 * len(labels)
+    figure, ax = plt.subplots(figsize=(size + 1.5, size))
+    sns.heatmap(matrix.set_axis(labels, axis=0).set_axis(labels, axis=1), ax=ax, vmin=-1, vmax=1,
+                cmap="vlag", annot=True, fmt=".2f", square=True, cbar_kws={"label": "Spearman ρ"})
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("checkpoint")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    ax.tick_params(axis="y", labelrotation=0, labelsize=8)
+    ax.set_title(f"Agreement between checkpoints: Spearman ρ of pair {score}\n"
+                 f"(n = {n_pairs} pairs ok under every checkpoint)", fontsize=10)
+    return save_figure(figure, path)

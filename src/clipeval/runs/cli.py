@@ -1,0 +1,209 @@
+"""Command line: ``python -m clipeval <command> ...`` (also installed as ``clipeval``).
+
+Every command calls the same package functions the notebooks use. Expected failures (a bad
+checkpoint spec, a missing column, no network) print one ``error:`` line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from clipeval.data.sources import SOURCE_READERS
+from clipeval.runs.errors import EXPECTED_ERRORS
+
+
+def _score(args: argparse.Namespace) -> None:
+    from clipeval.runs import steps
+
+    run = steps.score(args.out, args.pairs, args.checkpoint, args.image_column, args.caption_column,
+                      batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device,
+                      precision=args.precision, workers=args.workers, source_kind=args.source_kind,
+                      delimiter=args.delimiter, images_dir=args.images_dir, split=args.split,
+                      cache_dir=args.cache_dir, fetch_timeout=args.fetch_timeout, fetch_retries=args.fetch_retries,
+                      max_download_mb=args.max_download_mb, progress=not args.no_progress)
+    ok = int((run.results["status"] == "ok").sum())
+    print(f"scored {len(run.results)} pairs ({ok} ok) with {len(args.checkpoint)} checkpoint(s) -> {args.out}")
+
+
+def _retrieve(args: argparse.Namespace) -> None:
+    from clipeval.runs import steps
+
+    name = args.dataset or Path(args.pairs or args.queries or "retrieval").stem
+    run = steps.retrieve(args.out, args.checkpoint, name,
+                         args.pairs, args.queries, args.images, args.relevance, args.image_column,
+                         args.caption_column, args.images_dir, ks=args.k or (1, 5, 10), n_resamples=args.bootstrap,
+                         seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                         progress=not args.no_progress)
+    print(run.report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
+
+
+def _checkpoints(args: argparse.Namespace) -> None:
+    from clipeval.models.catalogue import CATALOGUE, describe_checkpoint
+
+    for spec in args.spec or list(CATALOGUE):
+        info = describe_checkpoint(spec)
+        cosine = (f"{info.matched_cosine[0]:.2f}-{info.matched_cosine[1]:.2f} ({info.matched_cosine_source})"
+                  if info.matched_cosine else "not known")
+        print(f"{spec}\n  family       {info.family}{'  [RANDOM INIT]' if info.random_init else ''}"
+              f"{'' if info.in_catalogue else '  (not in the catalogue)'}\n"
+              f"  description  {info.description or '-'}\n  source       {info.source or '-'}\n"
+              f"  matched cos  {cosine}")
+
+
+def _set(**options) -> dict:
+    """The options that were given on the command line; unset ones keep the library's defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _scenes(args: argparse.Namespace) -> None:
+    from clipeval.data.scenes import generate_scenes
+
+    print(generate_scenes(**_set(root=args.out, n_train=args.train, n_val=args.val, n_test=args.test,
+                                 image_size=args.image_size, seed=args.seed)))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from clipeval.models.dual import DualEncoderConfig
+    from clipeval.train.dual import TrainConfig, train_dual
+
+    model = DualEncoderConfig(**_set(image_size=args.image_size), pretrained=args.pretrained)
+    config = TrainConfig(**_set(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                device=args.device, hard_negatives=args.hard_negatives),
+                         progress=not args.no_progress, model=model)
+    folder = train_dual(**_set(scenes_dir=args.scenes, output_dir=args.out), config=config)
+    print(f"saved dual encoder -> dual:{folder}")
+
+
+def _tiny_checkpoints(args: argparse.Namespace) -> None:
+    from clipeval.models.tiny import build_tiny_checkpoints
+
+    for name, spec in build_tiny_checkpoints(Path(args.out), args.seed).items():
+        print(f"{name:<15} {spec}")
+
+
+def _challenge_set(args: argparse.Namespace) -> None:
+    from clipeval.data.challenge import build_challenge_set
+
+    print(build_challenge_set(args.out))
+
+
+def _run_notebooks(args: argparse.Namespace) -> None:
+    from clipeval.runs.notebooks import run_notebooks
+
+    for path in run_notebooks(args.profile, args.checkpoints.split() if args.checkpoints else None):
+        print(f"executed {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    from clipeval.data.challenge import CHALLENGE_DIR
+    from clipeval.paths import TINY_CHECKPOINTS_DIR
+
+    parser = argparse.ArgumentParser(prog="clipeval", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="score image-caption pairs with one or more checkpoints")
+    score.add_argument("--pairs", required=True,
+                       help="pairs table (.csv/.tsv/.parquet/.jsonl), image folder, COCO captions_*.json, "
+                            "Hugging Face save_to_disk folder, or hf:owner/name")
+    score.add_argument("--source-kind", default="auto", choices=["auto", *SOURCE_READERS])
+    score.add_argument("--delimiter", default=None, help="field separator for delimited text: ',', ';', tab, '|'")
+    score.add_argument("--images-dir", default=None, help="folder of a COCO file's images")
+    score.add_argument("--split", default=None, help="split of a Hugging Face dataset")
+    score.add_argument("--checkpoint", action="append", required=True,
+                       help="checkpoint spec (repeat for several; the first is primary)")
+    score.add_argument("--out", required=True, help="run folder to write results.csv, stats... into")
+    score.add_argument("--image-column", default="image")
+    score.add_argument("--caption-column", default="caption")
+    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
+    score.add_argument("--device", default="auto")
+    score.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    score.add_argument("--workers", type=int, default=8, help="concurrent image reads/downloads")
+    score.add_argument("--cache-dir", default=None, help="image cache root (default data/cache/images)")
+    score.add_argument("--fetch-timeout", type=float, default=10.0, help="seconds per URL request")
+    score.add_argument("--fetch-retries", type=int, default=3)
+    score.add_argument("--max-download-mb", type=float, default=50.0)
+    score.add_argument("--no-progress", action="store_true")
+    score.set_defaults(handler=_score)
+
+    retrieve = commands.add_parser("retrieve", help="text-to-image / image-to-text retrieval metrics")
+    retrieve.add_argument("--pairs", help="any pairs source (table, COCO captions_*.json, HF dataset...): "
+                                          "distinct captions are queries, distinct images the collection, "
+                                          "rows (with match=True if that column exists) the relevance")
+    retrieve.add_argument("--queries", help="table with query_id and the caption column")
+    retrieve.add_argument("--images", help="table with image_id and the image column")
+    retrieve.add_argument("--relevance", help="table with query_id, image_id: one row per relevant pair")
+    retrieve.add_argument("--images-dir", default=None, help="folder of a COCO file's images")
+    retrieve.add_argument("--dataset", default=None, help="dataset name in metrics.csv")
+    retrieve.add_argument("--checkpoint", action="append", required=True, help="checkpoint spec (repeatable)")
+    retrieve.add_argument("--out", required=True, help="folder for metrics.csv and retrieval_ranks.csv")
+    retrieve.add_argument("--image-column", default="image")
+    retrieve.add_argument("--caption-column", default="caption")
+    retrieve.add_argument("--k", type=int, action="append", default=None, help="cut-off (repeatable; 1 5 10)")
+    retrieve.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    retrieve.add_argument("--seed", type=int, default=0)
+    retrieve.add_argument("--batch-size", type=int, default=32)
+    retrieve.add_argument("--device", default="auto")
+    retrieve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    retrieve.add_argument("--no-progress", action="store_true")
+    retrieve.set_defaults(handler=_retrieve)
+
+    scenes = commands.add_parser("make-scenes", help="generate the captioned-scenes dataset (deterministic)")
+    scenes.add_argument("--out", help="default data/generated/scenes")
+    scenes.add_argument("--train", type=int, help="training scenes (default 5000)")
+    scenes.add_argument("--val", type=int, help="validation scenes (default 400)")
+    scenes.add_argument("--test", type=int, help="test scenes (default 600)")
+    scenes.add_argument("--image-size", type=int, help="image side in pixels (default 64)")
+    scenes.add_argument("--seed", type=int)
+    scenes.set_defaults(handler=_scenes)
+
+    train = commands.add_parser("train", help="train the dual encoder on the scenes; saves a dual: folder "
+                                              "(unset options keep clipeval.train.dual.TrainConfig's defaults)")
+    train.add_argument("--scenes", help="folder written by `clipeval make-scenes` (default data/generated/scenes)")
+    train.add_argument("--out", help="model folder (default outputs/offline/models/dual)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device")
+    train.add_argument("--hard-negatives", action="store_true", default=None,
+                       help="NegCLIP: add each image's hard-negative captions to the loss (better composition, "
+                            "worse retrieval here; see README)")
+    train.add_argument("--pretrained", action="store_true",
+                       help="start from distilbert-base-uncased and ImageNet EfficientNet-B0 (needs network)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(handler=_train)
+
+    catalogue = commands.add_parser("checkpoints", help="print the checkpoint catalogue (or what is known of SPEC)")
+    catalogue.add_argument("spec", nargs="*", help="checkpoint specs to describe (default: the whole catalogue)")
+    catalogue.set_defaults(handler=_checkpoints)
+
+    tiny = commands.add_parser("tiny-checkpoints", help="build tiny random checkpoints in the real formats")
+    tiny.add_argument("--out", default=str(TINY_CHECKPOINTS_DIR))
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_tiny_checkpoints)
+
+    challenge = commands.add_parser("challenge-set", help="write the embedded challenge set to data/")
+    challenge.add_argument("--out", default=str(CHALLENGE_DIR))
+    challenge.set_defaults(handler=_challenge_set)
+
+    notebooks = commands.add_parser("run-notebooks", help="execute a profile's notebooks with papermill")
+    notebooks.add_argument("--profile", default="offline", help="name in params/ or a YAML path")
+    notebooks.add_argument("--checkpoints", default="", help="space-separated specs overriding the profile's")
+    notebooks.set_defaults(handler=_run_notebooks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except EXPECTED_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

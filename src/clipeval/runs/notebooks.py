@@ -1,0 +1,72 @@
+"""Run the narrative notebooks headlessly with papermill for one profile (``params/<profile>.yaml``).
+
+Each notebook receives the profile's values for the parameters its tagged ``parameters`` cell
+declares (others are not injected) and is saved, executed, under ``<run_dir>/notebooks/``.
+Relative paths in a profile are resolved from the project root, where the notebooks run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from clipeval.paths import NOTEBOOKS_DIR, PARAMS_DIR, PROJECT_ROOT
+from clipeval.runs.errors import NotebookFailed
+
+
+def load_profile(profile: str | Path, checkpoints: list[str] | None = None) -> dict:
+    """Read a profile's YAML (a name in ``params/`` or a path); ``checkpoints`` overrides its list."""
+    path = Path(profile)
+    if not path.suffix:
+        path = PARAMS_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"no profile {profile!r} ({path}); available: {available}")
+    params = yaml.safe_load(path.read_text())
+    if checkpoints:
+        params["checkpoints"] = list(checkpoints)
+    return params
+
+
+def notebook_parameters(notebook: Path, params: dict) -> dict:
+    """The subset of ``params`` that ``notebook``'s tagged parameters cell declares."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    return {name: value for name, value in params.items() if name in declared}
+
+
+def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
+                  notebooks_dir: Path = NOTEBOOKS_DIR, cwd: Path = PROJECT_ROOT) -> list[Path]:
+    """Execute the profile's notebooks in order; stop at the first failure.
+
+    Args:
+        profile: profile name (``offline``, ``paper``) or path to a YAML file.
+        checkpoints: optional override of the profile's checkpoint list.
+        notebooks_dir: where the source notebooks are.
+        cwd: working directory the notebooks run in (relative paths resolve from it).
+
+    Returns:
+        Paths of the executed notebooks.
+
+    Raises:
+        NotebookFailed: a notebook raised; its executed copy (with the error) is kept.
+    """
+    import papermill
+
+    params = load_profile(profile, checkpoints)
+    out_dir = Path(cwd) / params["run_dir"] / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for name in params["notebooks"]:
+        source = notebooks_dir / f"{name}.ipynb"
+        target = out_dir / source.name
+        try:
+            papermill.execute_notebook(str(source), str(target), parameters=notebook_parameters(source, params),
+                                       cwd=str(cwd), kernel_name="python3", progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            raise NotebookFailed(f"{source.name} failed: {error.ename}: {error.evalue.strip()} "
+                                 f"(executed copy: {target})") from None
+        executed.append(target)
+    return executed

@@ -1,0 +1,205 @@
+"""One step per notebook job: read the inputs, compute, write the run folder's files and manifest entry.
+
+The notebooks and the command line call the same steps, so a run folder is the same whichever
+started it. Each step takes the profile's parameters (flat values, as in a notebook's
+``parameters`` cell) and returns what the notebook displays; figures are drawn by the notebook
+from the returned tables with :mod:`clipeval.plots`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.atomic import write_csv, write_json
+from clipeval.data.fetch import DEFAULT_CACHE_DIR, FetchOptions
+from clipeval.data.retrieval_sets import RetrievalSet, load_retrieval_set, retrieval_set_from_pairs
+from clipeval.data.scenes import read_scenes_retrieval
+from clipeval.data.sources import read_pairs
+from clipeval.data.summary import caption_lengths, count_pairs, describe_images
+from clipeval.eval.compare import load_run_scores, pivot_scores, spearman_matrix, summarize_scores
+from clipeval.eval.retrieval import RetrievalReport, evaluate_retrieval, paired_differences
+from clipeval.eval.retrieval import search as search_images
+from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
+from clipeval.eval.scoring import ScoreOptions, ScoreRun, score_to_dir
+from clipeval.models.dual import read_history
+from clipeval.models.encoder import Encoder
+from clipeval.models.registry import load_encoder
+from clipeval.runs.manifest import update_manifest
+
+
+@dataclass
+class Explored:
+    """A pairs table described without a model: ``counts``, per-image ``images``, caption ``lengths``."""
+
+    pairs: pd.DataFrame
+    counts: pd.Series
+    images: pd.DataFrame
+    lengths: pd.DataFrame
+
+
+def explore(pairs_path: str, image_column: str = "image", caption_column: str = "caption") -> Explored:
+    """Read a pairs table and describe it: counts, image sizes and modes, caption lengths."""
+    pairs = read_pairs(pairs_path, image_column, caption_column)
+    return Explored(pairs, count_pairs(pairs, image_column, caption_column), describe_images(pairs, image_column),
+                    caption_lengths(pairs, caption_column))
+
+
+def score(run_dir: str | Path, pairs_path: str, checkpoints: Sequence[str], image_column: str = "image",
+          caption_column: str = "caption", batch_size: int = 32, chunk_size: int = 256, device: str = "auto",
+          precision: str = "auto", workers: int = 8, source_kind: str = "auto", delimiter: str | None = None,
+          images_dir: str | None = None, split: str | None = None, cache_dir: str | None = None,
+          fetch_timeout: float = 10.0, fetch_retries: int = 3, max_download_mb: float = 50.0,
+          progress: bool = True) -> ScoreRun:
+    """Score every pair under every checkpoint into ``run_dir`` (results.csv, scores.csv, stats).
+
+    Args:
+        run_dir: the run folder.
+        pairs_path: any pairs source :func:`clipeval.data.sources.read_pairs` reads.
+        checkpoints: checkpoint specs; the first is the primary one in ``results.csv``.
+        image_column, caption_column, source_kind, delimiter, images_dir, split: how to read the source.
+        batch_size, chunk_size, device, precision, workers: how to run (see :class:`ScoreOptions`).
+        cache_dir, fetch_timeout, fetch_retries, max_download_mb: how URLs are fetched.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`~clipeval.eval.scoring.ScoreRun` written.
+    """
+    params = {key: value for key, value in locals().items() if key != "run_dir"}
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    pairs = read_pairs(pairs_path, image_column, caption_column, kind=source_kind, delimiter=delimiter,
+                       images_dir=images_dir, split=split, cache_dir=cache)
+    fetch = FetchOptions(timeout=fetch_timeout, retries=fetch_retries, max_bytes=int(max_download_mb * 2**20),
+                         cache_dir=cache)
+    options = ScoreOptions(image_column=image_column, caption_column=caption_column, batch_size=batch_size,
+                           chunk_size=chunk_size, device=device, precision=precision, progress=progress,
+                           workers=workers, fetch=fetch)
+    run = score_to_dir(pairs, list(checkpoints), run_dir, options)
+    update_manifest(Path(run_dir) / "manifest.json", "score", params, list(checkpoints), [pairs_path])
+    return run
+
+
+@dataclass
+class Comparison:
+    """Checkpoints compared on the same pairs.
+
+    Attributes:
+        table: the long score table with ``match``.
+        summary: :func:`~clipeval.eval.compare.summarize_scores` (also ``score_summary.csv``).
+        spearman: checkpoint x checkpoint Spearman correlation of the cosines.
+        n_pairs: pairs ok under every checkpoint (those ``spearman`` is over).
+    """
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    spearman: pd.DataFrame
+    n_pairs: int
+
+
+def compare(run_dir: str | Path) -> Comparison:
+    """Compare the checkpoints of a scored run folder; writes ``score_summary.csv``.
+
+    Raises:
+        ValueError: ``results.csv`` has no usable ``match`` column.
+    """
+    table = load_run_scores(run_dir)
+    summary = summarize_scores(table)
+    write_csv(Path(run_dir) / "score_summary.csv", summary.reset_index())
+    return Comparison(table, summary, spearman_matrix(table), len(pivot_scores(table)))
+
+
+@dataclass
+class Retrieval:
+    """A retrieval run: the set, the report (metrics and per-query table) and paired differences."""
+
+    dataset: RetrievalSet
+    report: RetrievalReport
+    differences: pd.DataFrame
+
+
+def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str = "retrieval",
+             pairs_path: str | None = None, queries_path: str | None = None, images_path: str | None = None,
+             relevance_path: str | None = None, image_column: str = "image", caption_column: str = "caption",
+             images_dir: str | None = None, ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000, seed: int = 0,
+             batch_size: int = 32, device: str = "auto", precision: str = "auto",
+             progress: bool = True) -> Retrieval:
+    """Evaluate text->image and image->text retrieval; writes ``metrics.csv`` and ``retrieval_ranks.csv``.
+
+    The set comes from a pairs source, or from queries / images / relevance tables when
+    ``relevance_path`` is given (see :func:`clipeval.data.retrieval_sets.load_retrieval_set`).
+
+    Returns:
+        The :class:`Retrieval`; ``differences`` compares every checkpoint with the first
+        (paired bootstrap of the text->image reciprocal rank).
+    """
+    params = {key: value for key, value in locals().items() if key != "run_dir"}
+    dataset = load_retrieval_set(dataset_name, pairs_path or None, queries_path or None, images_path or None,
+                                 relevance_path or None, image_column, caption_column, images_dir)
+    report = evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
+                                batch_size=batch_size, device=device, precision=precision, progress=progress)
+    out = Path(run_dir)
+    write_csv(out / "metrics.csv", report.metrics)
+    write_csv(out / "retrieval_ranks.csv", report.per_query)
+    data_files = [path for path in (pairs_path, queries_path, images_path, relevance_path) if path]
+    update_manifest(out / "manifest.json", "retrieve", params, list(checkpoints), data_files, seed=seed)
+    differences = paired_differences(report.per_query, list(checkpoints), n_resamples=n_resamples, seed=seed)
+    return Retrieval(dataset, report, differences)
+
+
+@dataclass
+class Search:
+    """Free-text search results: the collection, the queries, the top items, each image's caption."""
+
+    dataset: RetrievalSet
+    queries: pd.DataFrame
+    results: pd.DataFrame
+    captions: pd.Series
+
+
+def search(pairs_path: str, queries: Sequence[str], checkpoints: Sequence[str], dataset_name: str = "search",
+           image_column: str = "image", caption_column: str = "caption", top: int = 5, batch_size: int = 32,
+           device: str = "auto", precision: str = "auto") -> Search:
+    """The ``top`` images of a pairs source's collection for each free-text query, per checkpoint."""
+    pairs = read_pairs(pairs_path, image_column, caption_column)
+    dataset = retrieval_set_from_pairs(pairs, dataset_name, image_column, caption_column)
+    matched = pairs[pairs["match"].astype(bool)] if "match" in pairs else pairs
+    caption_of = matched.drop_duplicates(image_column).set_index(image_column)[caption_column]
+    captions = dataset.images["image"].map(caption_of)
+    results = search_images(dataset, list(checkpoints), list(queries), top=top, batch_size=batch_size,
+                            device=device, precision=precision)
+    return Search(dataset, pd.DataFrame({"text": list(queries)}), results, captions)
+
+
+@dataclass
+class ScenesBenchmark:
+    """The dual encoder's notebook: the model, its training history, the dataset and the benchmark."""
+
+    encoder: Encoder
+    history: dict
+    metadata: dict
+    result: dict
+    batch: tuple
+
+
+def scenes_benchmark(run_dir: str | Path, model_dir: str, scenes_dir: str, device: str = "auto",
+                     batch_size: int = 256, n_samples: int = 8, seed: int = 0,
+                     split: str = "test") -> ScenesBenchmark:
+    """Benchmark a trained dual encoder on the scenes; writes ``dual_encoder_eval.json``.
+
+    Returns:
+        The encoder, its ``history.json``, the dataset's ``metadata.json``, the benchmark of
+        :func:`~clipeval.eval.scenes_benchmark.evaluate_scenes` and a validation batch's
+        similarity matrix (:func:`~clipeval.eval.scenes_benchmark.similarity_batch`).
+    """
+    encoder = load_encoder(f"dual:{model_dir}", device=device)
+    result = evaluate_scenes(encoder, scenes_dir, split, batch_size)
+    summary = {"checkpoint": encoder.name, "split": split, "retrieval": result["retrieval"].to_dict("index"),
+               "match_scores": result["match_scores"], "hard_negatives": result["hard_negatives"].to_dict("records")}
+    write_json(Path(run_dir) / "dual_encoder_eval.json", summary)
+    batch = similarity_batch(encoder, read_scenes_retrieval(scenes_dir, "val"), n_samples, seed)
+    metadata = json.loads((Path(scenes_dir) / "metadata.json").read_text())
+    return ScenesBenchmark(encoder, read_history(model_dir), metadata, result, batch)

@@ -1,0 +1,272 @@
+"""Train the dual encoder on the captioned scenes (the training loop only).
+
+Training (:func:`train_dual`) follows CLIP: batches of (image, caption) pairs, one caption per
+image drawn at random from its true captions each epoch, the symmetric contrastive loss over
+the batch's N x N similarity matrix (:func:`contrastive_loss`), AdamW with linear warm-up and
+cosine decay. Optionally (``hard_negatives``) it follows NegCLIP: each image of a batch brings
+one of its hard-negative captions (a true caption with a colour, relation or count swapped, from
+``pairs_train.csv``) as an extra candidate in the image-to-text direction. It is seeded and
+deterministic on the CPU (``torch.use_deterministic_algorithms``; same seed, same thread count,
+same weights). After every epoch the validation split is scored as text-to-image retrieval (a
+caption's relevant images are all scenes it truly describes) through the same embedding path
+as any evaluation (:mod:`clipeval.eval.embed`) and logged. The benchmark of a trained model is
+:func:`clipeval.eval.scenes_benchmark.evaluate_scenes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from clipeval.data.retrieval_sets import RetrievalSet
+from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
+from clipeval.eval.embed import embed_texts, encode_pixels, prepare_pixels
+from clipeval.eval.scenes_benchmark import KS, summarize_retrieval
+from clipeval.models.dual import (
+    DualEncoder,
+    DualEncoderConfig,
+    DualEncoderModel,
+    build_dual_encoder,
+    image_transform,
+    save_dual,
+)
+from clipeval.models.encoder import resolve_device
+from clipeval.paths import OUTPUTS_DIR
+
+DEFAULT_MODEL_DIR = OUTPUTS_DIR / "offline" / "models" / "dual"
+
+
+@dataclass
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+        epochs: passes over the training scenes.
+        batch_size: pairs per batch (the contrastive matrix is batch_size x batch_size).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases, norms, embeddings' gains, temperature).
+        warmup_fraction: fraction of the steps with a linear learning-rate warm-up.
+        hard_negatives: add one hard-negative caption per image to the image-to-text side of
+            the loss (see :func:`clipeval.models.dual.contrastive_loss`); every training
+            scene must then have at least one.
+        seed: seeds the model init, the batch order and the caption choice.
+        device: ``auto``, ``cpu``, ``cuda``...
+        eval_batch_size: batch size when encoding the validation split.
+        progress: show a tqdm progress bar.
+        model: the model sizes and the ``pretrained`` flag.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    hard_negatives: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 256
+    progress: bool = True
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int, device: torch.device):
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@torch.inference_mode()
+def _validation_scores(model: DualEncoderModel, tokenizer, pixels: torch.Tensor, val: RetrievalSet,
+                       batch_size: int, device: torch.device) -> np.ndarray:
+    """Cosine scores ``(queries, images)`` of the validation split, images preprocessed once.
+
+    The model is wrapped as the :class:`~clipeval.models.dual.DualEncoder` that ``dual:``
+    loads and encoded through :mod:`clipeval.eval.embed`, so the numbers are those of scoring
+    the saved model (eval mode); it is put back in train mode afterwards.
+    """
+    encoder = DualEncoder(model, tokenizer, "dual:<training>", device)
+    images = encode_pixels(encoder, pixels, batch_size)
+    texts = embed_texts(encoder, val.queries["text"].tolist(), batch_size)
+    model.train()
+    return (texts.of(np.arange(len(val.queries))) @ images.T).numpy()
+
+
+def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor,
+                     negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over the batch's N x N similarity matrix.
+
+    With ``negatives`` (NegCLIP, Yuksekgonul et al. 2023), the image->text direction also
+    competes against M extra captions that match no image of the batch, so each image sees
+    N + M candidate captions; the text->image direction is unchanged.
+
+    Args:
+        images: ``(N, D)`` L2-normalised image embeddings; row i pairs with ``texts[i]``.
+        texts: ``(N, D)`` L2-normalised text embeddings.
+        logit_scale: the (exponentiated) temperature.
+        negatives: optional ``(M, D)`` L2-normalised embeddings of captions that describe none
+            of the images (hard negatives).
+
+    Returns:
+        The mean of the image->text and text->image cross-entropies (a scalar).
+    """
+    logits = logit_scale * images @ texts.T
+    labels = torch.arange(len(images), device=images.device)
+    image_to_text = logits if negatives is None else torch.cat([logits, logit_scale * images @ negatives.T], dim=1)
+    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+@dataclass
+class TrainingScenes:
+    """The training split, one entry per scene."""
+
+    images: list[Path]
+    captions: list[list[str]]
+    negatives: list[list[str]]
+
+
+def _training_scenes(scenes_dir: Path) -> TrainingScenes:
+    """Per training scene: its image, its true captions and its hard negatives."""
+    pairs = pd.read_csv(scenes_dir / "pairs_train.csv", keep_default_na=False)
+    grouped = pairs[pairs["match"]].groupby("scene_id", sort=False)
+    ids = list(grouped.groups)
+    negatives = pairs[~pairs["match"]].groupby("scene_id")["caption"].apply(list).reindex(ids)
+    return TrainingScenes(images=[scenes_dir / image for image in grouped["image"].first()],
+                          captions=grouped["caption"].apply(list).tolist(),
+                          negatives=[value if isinstance(value, list) else [] for value in negatives])
+
+
+def _flatten(groups: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The strings of all groups in one list, with each group's offset and count in it."""
+    counts = torch.tensor([len(group) for group in groups])
+    return [text for group in groups for text in group], torch.cumsum(counts, 0) - counts, counts
+
+
+def _pick(offsets: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random index into each group of a flattened list (see :func:`_flatten`)."""
+    return offsets + (torch.rand(len(offsets), generator=generator) * counts).long()
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    warmup = max(1, round(config.warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_step(model: DualEncoderModel, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
+               input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """One optimisation step on a batch of matching (image, caption) pairs.
+
+    Args:
+        model: the model, in train mode.
+        optimizer: its optimizer.
+        pixels: ``(N, 3, S, S)`` preprocessed images.
+        input_ids: ``(N + M, L)`` token ids (right-padded): the N captions of the images, then
+            M >= 0 hard negatives that describe none of them.
+        attention_mask: ``(N + M, L)`` 1 for tokens, 0 for padding.
+
+    Returns:
+        The batch's contrastive loss before the step.
+    """
+    images, texts, logit_scale = model(pixels, input_ids, attention_mask)
+    n = len(images)
+    loss = contrastive_loss(images, texts[:n], logit_scale, texts[n:] if len(texts) > n else None)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = DEFAULT_MODEL_DIR,
+               config: TrainConfig | None = None) -> Path:
+    """Train a dual encoder on the scenes' training split and save it as a ``dual:`` folder.
+
+    Args:
+        scenes_dir: dataset folder from :func:`clipeval.data.scenes.generate_scenes`.
+        output_dir: model folder to write (replaced atomically at the end).
+        config: the run; defaults to :class:`TrainConfig`.
+
+    Returns:
+        ``output_dir``; load it with ``load_encoder(f"dual:{output_dir}")``.
+    """
+    config = config or TrainConfig()
+    scenes_dir, device = Path(scenes_dir), resolve_device(config.device)
+    started = time.perf_counter()
+    with _deterministic(config.seed, device):
+        train = _training_scenes(scenes_dir)
+        if config.hard_negatives and not all(train.negatives):
+            missing = sum(not negatives for negatives in train.negatives)
+            raise ValueError(f"{missing} training scenes in {scenes_dir} have no hard-negative caption; "
+                             "regenerate the scenes, or train without hard negatives (no --hard-negatives)")
+        flat, offsets, counts = _flatten(train.captions)
+        flat_negatives, negative_offsets, negative_counts = _flatten(train.negatives)
+        model, tokenizer = build_dual_encoder(config.model, flat)
+        model.to(device).train()
+        pixels = prepare_pixels(train.images, image_transform(config.model.image_size))
+        tokens = tokenizer(flat + (flat_negatives if config.hard_negatives else []), padding=True, truncation=True,
+                           max_length=config.model.context_length, return_tensors="pt")
+        negative_offsets += len(flat)
+        val = read_scenes_retrieval(scenes_dir, "val")
+        val_pixels = prepare_pixels(val.images["image"].tolist(), image_transform(config.model.image_size),
+                                    val.base_dir)
+        steps_per_epoch = len(train.images) // config.batch_size
+        optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
+        generator = torch.Generator().manual_seed(config.seed)
+        history = {"config": asdict(config), "scenes_dir": str(scenes_dir), "n_train_scenes": len(train.images),
+                   "n_train_captions": len(flat), "n_train_hard_negatives": len(flat_negatives),
+                   "n_val_queries": len(val.queries), "device": str(device),
+                   "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                   "epochs": []}
+        bar = tqdm(total=steps_per_epoch * config.epochs, desc="train dual", unit="batch", disable=not config.progress)
+        for epoch in range(1, config.epochs + 1):
+            order = torch.randperm(len(train.images), generator=generator)
+            choice = _pick(offsets[order], counts[order], generator)
+            if config.hard_negatives:
+                negative_choice = _pick(negative_offsets[order], negative_counts[order], generator)
+            losses = []
+            for step in range(steps_per_epoch):
+                batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
+                rows = choice[batch]
+                if config.hard_negatives:
+                    rows = torch.cat([rows, negative_choice[batch]])
+                mask = tokens["attention_mask"][rows]
+                width = int(mask.sum(1).max())
+                ids, mask = tokens["input_ids"][rows, :width].to(device), mask[:, :width].to(device)
+                losses.append(train_step(model, optimizer, pixels[order[batch]].to(device), ids, mask))
+                scheduler.step()
+                bar.update()
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
+            scores = _validation_scores(model, tokenizer, val_pixels, val, config.eval_batch_size, device)
+            metrics = summarize_retrieval(scores, val).loc["all"]
+            history["epochs"].append({"epoch": epoch, "train_loss": float(np.mean(losses)),
+                                      "logit_scale": model.temperature().detach().item(),
+                                      "lr": scheduler.get_last_lr()[0],
+                                      **{f"val_{key}": float(metrics[key])
+                                         for key in (*[f"hit_rate@{k}" for k in KS], "mrr")},
+                                      "seconds": time.perf_counter() - started})
+        bar.close()
+        history["train_seconds"] = time.perf_counter() - started
+        return save_dual(model.cpu().eval(), tokenizer, output_dir, history)

@@ -1,0 +1,38 @@
+"""Full-size runs (marker ``slow``; ``make test-slow``, about 12 minutes on 2 cores).
+
+The default scenes and the default training run must reproduce the numbers the README states:
+test MRR 0.639 and HitRate@5 0.869 for the 20-epoch dual encoder (measured with 2 threads;
+another thread count changes the floating-point summation order, hence the tolerance).
+"""
+
+import pandas as pd
+import pytest
+
+from clipeval.data.scenes import generate_scenes
+from clipeval.eval.scenes_benchmark import evaluate_scenes
+from clipeval.models.registry import load_encoder
+from clipeval.train.dual import TrainConfig, train_dual
+
+pytestmark = pytest.mark.slow
+
+README_TEST_MRR, README_TEST_HIT_RATE_5 = 0.639, 0.869
+TOLERANCE = 0.03
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return generate_scenes(tmp_path_factory.mktemp("scenes"))
+
+
+def test_default_scenes_have_the_documented_sizes(scenes):
+    assert len(pd.read_csv(scenes / "pairs_test.csv")) == 3862
+    assert len(pd.read_csv(scenes / "queries_test.csv")) == 2091
+    assert len(pd.read_csv(scenes / "images_test.csv")) == 600
+    assert len(list((scenes / "images" / "train").glob("*.png"))) == 5000
+
+
+def test_default_training_reaches_the_readme_metrics(scenes, tmp_path):
+    folder = train_dual(scenes, tmp_path / "dual", TrainConfig(progress=False))
+    retrieval = evaluate_scenes(load_encoder(f"dual:{folder}", device="cpu"), scenes, "test")["retrieval"]
+    assert retrieval.loc["all", "mrr"] == pytest.approx(README_TEST_MRR, abs=TOLERANCE)
+    assert retrieval.loc["all", "hit_rate@5"] == pytest.approx(README_TEST_HIT_RATE_5, abs=TOLERANCE)
