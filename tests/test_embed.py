@@ -1,0 +1,98 @@
+"""The one embedding path: deduplication, skipped inputs, preprocess failures, and that nothing else encodes."""
+
+import ast
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from clipeval.data.retrieval_sets import RetrievalSet
+from clipeval.eval.embed import embed_images, embed_set, embed_texts, encode_pixels
+from clipeval.models.registry import load_encoder
+from clipeval.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_specs):
+    return load_encoder(tiny_specs["hf-clip"], device="cpu")
+
+
+def _images(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_duplicates_are_encoded_once_and_equal_encoding_each(encoder):
+    images = _images(3)
+    keys = ["a", "b", "a", "c", "b"]
+    inputs = [images[0], images[1], images[0], images[2], images[1]]
+    embedded = embed_images(encoder, inputs, keys=keys, batch_size=2)
+    assert embedded.vectors.shape[0] == 3 and embedded.rows.tolist() == [0, 1, 0, 2, 1]
+    each = encode_pixels(encoder, torch.stack([encoder.preprocess(image) for image in inputs]), batch_size=1)
+    torch.testing.assert_close(embedded.of(range(5)), each, rtol=1e-5, atol=1e-6)
+    texts = embed_texts(encoder, ["a cat", "a dog", "a cat", None])
+    assert texts.vectors.shape[0] == 2 and texts.rows.tolist() == [0, 1, 0, -1]
+    torch.testing.assert_close(texts.of([0, 1, 2]), encoder.encode_texts(["a cat", "a dog", "a cat"]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_skipped_and_rejected_images_get_no_embedding(encoder):
+    class Picky:  # a transform that rejects one image, as real transforms reject odd sizes
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def preprocess(self, image):
+            if image.width == 7:
+                raise ValueError("width 7 is not supported")
+            return self.inner.preprocess(image)
+
+    odd = Image.new("RGB", (7, 30))
+    embedded = embed_images(Picky(encoder), [_images(1)[0], None, odd, odd], keys=["x", "y", "odd", "odd"])
+    assert embedded.rows.tolist() == [0, -1, -1, -1]
+    assert set(embedded.errors) == {2, 3} and "width 7" in embedded.errors[2]
+    with pytest.raises(ValueError, match="has none"):
+        embedded.of([1])
+
+
+def test_retrieval_set_reports_preprocess_failures(encoder, tmp_path):
+    for name, size in (("good.png", (40, 40)), ("thin.png", (7, 30))):
+        Image.new("RGB", size, (200, 10, 10)).save(tmp_path / name)
+    dataset = RetrievalSet("t", pd.DataFrame({"text": ["red", "blue"]}),
+                           pd.DataFrame({"image": ["good.png", "thin.png", "absent.png"]}),
+                           np.array([[0, 0], [1, 1]]), str(tmp_path))
+
+    class Picky:
+        def __getattr__(self, name):
+            return getattr(encoder, name)
+
+        def preprocess(self, image):
+            if image.width == 7:
+                raise ValueError("too thin")
+            return encoder.preprocess(image)
+
+    embedded = embed_set(Picky(), dataset, progress=False)
+    assert embedded.image_status == ["ok", "preprocess_error", "missing"]
+    assert "too thin" in embedded.image_error[1]
+    assert embedded.image_positions.tolist() == [0] and embedded.images.shape[0] == 1
+    assert embedded.texts.shape[0] == 2
+
+
+def test_no_module_outside_embed_encodes_images_or_captions():
+    """Only eval/embed calls an encoder's preprocess / encode methods (models define them)."""
+    calls = {"preprocess", "encode_images", "encode_texts"}
+    offenders = []
+    for path in sorted((PROJECT_ROOT / "src" / "clipeval").rglob("*.py")):
+        relative = path.relative_to(PROJECT_ROOT / "src" / "clipeval").as_posix()
+        if relative == "eval/embed.py" or relative.startswith("models/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in calls:
+                offenders.append(f"{relative}:{node.lineno} {node.func.attr}")
+    assert not offenders, offenders
