@@ -28,3 +28,12 @@ def test_make_scenes_then_train_then_load(tmp_path):
 def test_bad_arguments_are_one_error_line(tmp_path, capsys):
     assert main(["retrieve", "--checkpoint", "hf:x", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_retrieve_accepts_several_cut_offs_after_one_flag():
+    from clipeval.runs.cli import build_parser
+
+    base = ["retrieve", "--pairs", "p.csv", "--checkpoint", "hf:x", "--out", "o"]
+    assert build_parser().parse_args([*base, "--k", "1", "5", "10"]).k == [1, 5, 10]
+    assert build_parser().parse_args([*base, "--k", "1", "--k", "5"]).k == [1, 5]
+    assert build_parser().parse_args(base).k is None

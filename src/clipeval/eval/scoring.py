@@ -211,7 +211,8 @@ def assemble_results(pairs: pd.DataFrame, scores: pd.DataFrame, primary: str) ->
     return results
 
 
-def _check_columns(pairs: pd.DataFrame, options: ScoreOptions) -> pd.DataFrame:
+def _prepare_pairs(pairs: pd.DataFrame, options: ScoreOptions) -> pd.DataFrame:
+    """Refuse output-column clashes and missing columns; take ``base_dir`` from the table; index 0..n-1."""
     clash = [c for c in RESULT_COLUMNS if c in pairs.columns]
     if clash:
         raise ValueError(f"the pairs table already has column(s) {clash}; rename them, they are outputs")
@@ -235,7 +236,7 @@ def score_pairs(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOptio
         A :class:`ScoreRun` with ``results``, the long ``scores`` table and ``stats``.
     """
     options = options or ScoreOptions()
-    pairs = _check_columns(pairs, options)
+    pairs = _prepare_pairs(pairs, options)
     scorer = _Scorer(checkpoints, options)
     chunks = _chunks(pairs, options.chunk_size)
     parts = []
@@ -281,7 +282,7 @@ def score_to_dir(pairs: pd.DataFrame, checkpoints: list[str], out_dir: str | Pat
         The :class:`ScoreRun` that was written.
     """
     options = options or ScoreOptions()
-    pairs = _check_columns(pairs, options)
+    pairs = _prepare_pairs(pairs, options)
     out_dir = Path(out_dir)
     parts_dir = out_dir / ".parts"
     fingerprint = _fingerprint(pairs, list(dict.fromkeys(checkpoints)), options)

@@ -11,6 +11,9 @@ Layout written under ``root`` (default ``data/checkpoints/tiny-random``)::
     open_clip_arch/clipeval-tiny-ViT.json + weights.pt  (an architecture config and a bare weights
                    file, for ``open_clip:clipeval-tiny-ViT@<root>/open_clip_arch/weights.pt`` once
                    the folder is registered with ``open_clip.add_model_config``)
+
+Each folder also holds ``clipeval_checkpoint.json`` (:func:`clipeval.models.catalogue.write_info_file`),
+so the catalogue marks them random-init wherever they are saved.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--out", required=True, help="folder for metrics.csv and retrieval_ranks.csv")
     retrieve.add_argument("--image-column", default="image")
     retrieve.add_argument("--caption-column", default="caption")
-    retrieve.add_argument("--k", type=int, action="append", default=None, help="cut-off (repeatable; 1 5 10)")
+    retrieve.add_argument("--k", type=int, nargs="+", action="extend", default=None,
+                          help="cut-offs for HitRate@k and Recall@k: --k 1 5 10 (or --k 1 --k 5; default 1 5 10)")
     retrieve.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     retrieve.add_argument("--seed", type=int, default=0)
     retrieve.add_argument("--batch-size", type=int, default=32)
