@@ -59,7 +59,7 @@ test: env lint ## lint, then run the test suite (fails if no test ran)
 	$(PYTHON) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
 
-test-slow: env ## run only the slow tests (real-size training and data; ~15 min)
+test-slow: env ## run only the slow tests (real-size training and data; about 10 min)
 	$(PYTHON) -m pytest -m slow; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no slow tests: failing"; exit 1; fi; exit $$status
 

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import resource
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -31,9 +30,10 @@ import numpy as np
 import psutil
 import torch
 
+from clipeval.atomic import write_json
 from clipeval.eval.metrics import summarize_ranks
 from clipeval.eval.ranking import ITEM_BLOCK, QUERY_BLOCK, retrieve
-from clipeval.paths import PROJECT_ROOT
+from clipeval.paths import PROJECT_ROOT, project_relative
 
 FULL_MATRIX_HEADROOM = 1.3  # run the full reference only if available memory >= this x its size
 REFERENCE_ROW_CHUNK = 4096
@@ -88,13 +88,6 @@ def ranks_in_full_matrix(scores: np.ndarray, relevant_item: np.ndarray) -> np.nd
     return ranks
 
 
-def write_json_atomically(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(handle.name, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=25_000)
@@ -114,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = np.stack([np.arange(args.queries),
                       torch.randint(args.items, (args.queries,), generator=generator).numpy()], axis=1)
     report = {
-        "config": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
+        "config": vars(args),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
                     "memory_total_bytes": psutil.virtual_memory().total,
@@ -154,8 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
         np.mean((np.sort(reference_indices, axis=1) == np.sort(result.topk_indices, axis=1)).all(axis=1)))
     report["process_ru_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     report["machine"]["loadavg_end"] = os.getloadavg()
-    write_json_atomically(report, args.out)
-    print(json.dumps(report, indent=2))
+    report = project_relative(report)
+    write_json(args.out, report)
+    print(json.dumps(report, indent=2, default=str))
     return report
 
 

@@ -30,6 +30,7 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.eval.scenes_benchmark import evaluate_scenes
 from clipeval.models.dual import read_history
 from clipeval.models.registry import load_encoder
+from clipeval.paths import project_relative
 from clipeval.runs.manifest import git_commit
 from clipeval.train.dual import TrainConfig, train_dual
 
@@ -69,7 +70,7 @@ def main() -> None:
                           "match_scores": evaluation["match_scores"],
                           "hard_negatives": evaluation["hard_negatives"].to_dict("records")}
     result["loadavg_end"] = os.getloadavg()
-    write_json(args.out, result)
+    write_json(args.out, project_relative(result))
     retrieval = evaluation["retrieval"]
     print(f"train {result['train']['wall_s'] / 60:.2f} min (load {result['loadavg_start'][0]:.1f} -> "
           f"{result['loadavg_end'][0]:.1f}); test HitRate@5 {retrieval.loc['all', 'hit_rate@5']:.3f}, "

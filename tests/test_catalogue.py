@@ -36,6 +36,12 @@ def test_tiny_checkpoints_say_they_are_random_wherever_they_are_saved(tiny_specs
         assert label_checkpoint(spec).endswith("[RANDOM INIT]")
 
 
+def test_hub_names_never_read_an_info_file_from_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clipeval_checkpoint.json").write_text('{"random_init": true}')
+    assert not is_random_init("open_clip:ViT-L-14@laion2b_s32b_b82k") and not is_random_init("hf:someone/model")
+
+
 def test_unknown_specs_still_describe_from_their_prefix():
     info = describe_checkpoint("open_clip:ViT-L-14@laion2b_s32b_b82k")
     assert info.family == "open_clip" and not info.random_init and not info.in_catalogue

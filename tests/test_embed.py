@@ -40,19 +40,22 @@ def test_duplicates_are_encoded_once_and_equal_encoding_each(encoder):
                                rtol=1e-5, atol=1e-6)
 
 
+class Picky:
+    """An encoder whose transform rejects 7-pixel-wide images, as real transforms reject odd sizes."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def preprocess(self, image):
+        if image.width == 7:
+            raise ValueError("width 7 is not supported")
+        return self.inner.preprocess(image)
+
+
 def test_skipped_and_rejected_images_get_no_embedding(encoder):
-    class Picky:  # a transform that rejects one image, as real transforms reject odd sizes
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def preprocess(self, image):
-            if image.width == 7:
-                raise ValueError("width 7 is not supported")
-            return self.inner.preprocess(image)
-
     odd = Image.new("RGB", (7, 30))
     embedded = embed_images(Picky(encoder), [_images(1)[0], None, odd, odd], keys=["x", "y", "odd", "odd"])
     assert embedded.rows.tolist() == [0, -1, -1, -1]
@@ -67,19 +70,9 @@ def test_retrieval_set_reports_preprocess_failures(encoder, tmp_path):
     dataset = RetrievalSet("t", pd.DataFrame({"text": ["red", "blue"]}),
                            pd.DataFrame({"image": ["good.png", "thin.png", "absent.png"]}),
                            np.array([[0, 0], [1, 1]]), str(tmp_path))
-
-    class Picky:
-        def __getattr__(self, name):
-            return getattr(encoder, name)
-
-        def preprocess(self, image):
-            if image.width == 7:
-                raise ValueError("too thin")
-            return encoder.preprocess(image)
-
-    embedded = embed_set(Picky(), dataset, progress=False)
+    embedded = embed_set(Picky(encoder), dataset, progress=False)
     assert embedded.image_status == ["ok", "preprocess_error", "missing"]
-    assert "too thin" in embedded.image_error[1]
+    assert "width 7" in embedded.image_error[1]
     assert embedded.image_positions.tolist() == [0] and embedded.images.shape[0] == 1
     assert embedded.texts.shape[0] == 2
 

@@ -1,4 +1,4 @@
-"""Full-size runs (marker ``slow``; ``make test-slow``, about 12 minutes on 2 cores).
+"""Full-size runs (marker ``slow``; ``make test-slow``: the training alone took 9.5 min in the benchmark).
 
 The default scenes and the default training run must reproduce the numbers the README states:
 test MRR 0.639 and HitRate@5 0.869 for the 20-epoch dual encoder (measured with 2 threads;

@@ -58,3 +58,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     write_text(tmp_path / "a.txt", "hello")
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
     assert (tmp_path / "a.txt").stat().st_mode & 0o044  # readable by others, not 0600
+
+
+def test_project_relative_removes_this_checkout_from_shared_results(tmp_path):
+    from pathlib import Path
+
+    from clipeval.paths import PROJECT_ROOT, project_relative
+
+    inside = PROJECT_ROOT / "bench" / "results" / "x.json"
+    result = project_relative({"out": inside, "runs": [str(inside), ("a", 3)], "other": str(tmp_path),
+                               "text": "not a path"})
+    assert result == {"out": "bench/results/x.json", "runs": ["bench/results/x.json", ("a", 3)],
+                      "other": str(tmp_path), "text": "not a path"}
+    assert project_relative(Path("relative/already")) == Path("relative/already")

@@ -159,7 +159,7 @@ class _Scorer:
             encoder = self.encoder(spec)
             row_statuses, row_errors = list(statuses), list(errors)
             cosine = _score_chunk(encoder, refs, images, captions, row_statuses, row_errors,
-                                   self.options.batch_size, self.timers[spec])
+                                  self.options.batch_size, self.timers[spec])
             scored_captions = [c for c, s in zip(captions, row_statuses) if s == "ok"]
             if scored_captions:
                 self.truncated[spec] += encoder.count_truncated(scored_captions)

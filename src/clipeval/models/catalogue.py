@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipeval.atomic import write_text
+
 CHECKPOINT_INFO_FILE = "clipeval_checkpoint.json"
 
 FAMILIES = {"hf": "transformers", "open_clip": "open_clip", "baseline": "BERT + ResNet-50 baseline",
@@ -47,8 +49,6 @@ class CheckpointInfo:
 
 
 CLIP_PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
-_CLIP_B32_RANGE = ((0.25, 0.35), "typical for web and COCO captions; LAION-400M kept pairs with cosine >= 0.30 "
-                                 "(Schuhmann et al. 2021)")
 
 CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
     CheckpointInfo("dual:outputs/offline/models/dual", "dual encoder",
@@ -68,12 +68,12 @@ CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
                    "pretrained bert-base-uncased + torchvision ResNet-50 IMAGENET1K_V1, joined by an "
                    "untrained fixed projection (no learned image-text alignment)",
                    source="Devlin et al. 2019 (BERT); He et al. 2016 (ResNet)"),
-    CheckpointInfo("hf:openai/clip-vit-base-patch32", "CLIP", "OpenAI CLIP ViT-B/32 (transformers)",
-                   source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch32",
-                   matched_cosine=_CLIP_B32_RANGE[0], matched_cosine_source=_CLIP_B32_RANGE[1]),
-    CheckpointInfo("open_clip:ViT-B-32@openai", "CLIP", "OpenAI CLIP ViT-B/32 (open_clip)",
-                   source=f"{CLIP_PAPER}; open_clip pretrained tag openai",
-                   matched_cosine=_CLIP_B32_RANGE[0], matched_cosine_source=_CLIP_B32_RANGE[1]),
+    CheckpointInfo("hf:openai/clip-vit-base-patch32", "CLIP",
+                   "OpenAI CLIP ViT-B/32 (transformers); LAION-400M kept pairs with its cosine >= 0.30",
+                   source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch32"),
+    CheckpointInfo("open_clip:ViT-B-32@openai", "CLIP",
+                   "OpenAI CLIP ViT-B/32 (open_clip); LAION-400M kept pairs with its cosine >= 0.30",
+                   source=f"{CLIP_PAPER}; open_clip pretrained tag openai"),
     CheckpointInfo("hf:openai/clip-vit-base-patch16", "CLIP", "OpenAI CLIP ViT-B/16 (transformers)",
                    source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch16"),
     CheckpointInfo("open_clip:RN50@openai", "CLIP", "OpenAI CLIP ResNet-50 (open_clip)",
@@ -89,19 +89,20 @@ CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
 
 
 def _info_file(spec: str) -> Path | None:
-    """The ``clipeval_checkpoint.json`` of a local checkpoint (in its folder or beside its file)."""
-    target = spec.partition(":")[2].split("@", 1)[-1]
-    path = Path(target).expanduser()
-    for candidate in (path / CHECKPOINT_INFO_FILE, path.parent / CHECKPOINT_INFO_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The ``clipeval_checkpoint.json`` of a local checkpoint: in its folder, or beside its weights file.
+
+    Hub names (no such folder or file here) have none.
+    """
+    path = Path(spec.partition(":")[2].split("@", 1)[-1]).expanduser()
+    folder = path if path.is_dir() else path.parent if path.is_file() else None
+    candidate = folder / CHECKPOINT_INFO_FILE if folder is not None else None
+    return candidate if candidate is not None and candidate.is_file() else None
 
 
 def write_info_file(folder: str | Path, description: str, random_init: bool) -> Path:
     """Record what a checkpoint the project builds is, next to its files (read by :func:`describe_checkpoint`)."""
     path = Path(folder) / CHECKPOINT_INFO_FILE
-    path.write_text(json.dumps({"description": description, "random_init": random_init}, indent=2) + "\n")
+    write_text(path, json.dumps({"description": description, "random_init": random_init}, indent=2) + "\n")
     return path
 
 
