@@ -11,6 +11,18 @@ matplotlib.use("Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache_in_tmp(tmp_path_factory):
+    """Runs in tests cache embeddings in a session folder, never in the checkout's outputs/."""
+    previous = os.environ.get("CLIPEVAL_EMBEDDING_CACHE")
+    os.environ["CLIPEVAL_EMBEDDING_CACHE"] = str(tmp_path_factory.mktemp("embedding-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CLIPEVAL_EMBEDDING_CACHE")
+    else:
+        os.environ["CLIPEVAL_EMBEDDING_CACHE"] = previous
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on a shared 2-core machine extra OpenMP threads only contend."""

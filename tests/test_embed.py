@@ -59,7 +59,8 @@ def test_skipped_and_rejected_images_get_no_embedding(encoder):
     odd = Image.new("RGB", (7, 30))
     embedded = embed_images(Picky(encoder), [_images(1)[0], None, odd, odd], keys=["x", "y", "odd", "odd"])
     assert embedded.rows.tolist() == [0, -1, -1, -1]
-    assert set(embedded.errors) == {2, 3} and "width 7" in embedded.errors[2]
+    assert set(embedded.errors) == {2, 3} and embedded.errors[2][0] == "preprocess_error"
+    assert "width 7" in embedded.errors[2][1]
     with pytest.raises(ValueError, match="has none"):
         embedded.of([1])
 

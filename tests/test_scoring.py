@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import signal
 import subprocess
@@ -79,14 +80,15 @@ def test_many_checkpoints_equal_each_alone(tiny_specs, challenge_csv):
         alone = score_pairs(pairs, [spec], QUIET).scores
         mine = together.scores[together.scores["checkpoint"] == spec].reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, alone)
-    assert together.stats["shared"]["stages"]["image_read"]["items"] == len(pairs)  # decoded once
+    assert together.stats["shared"]["stages"]["image_read"]["items"] == len(pairs)  # read once
 
 
 def test_stats_have_every_stage_and_field(tiny_specs, challenge_csv, tmp_path):
-    run = score_to_dir(read_pairs(challenge_csv), [tiny_specs["hf-clip"]], tmp_path, QUIET)
+    cold = dataclasses.replace(QUIET, embedding_cache_dir=tmp_path / "cache")  # every stage runs
+    run = score_to_dir(read_pairs(challenge_csv), [tiny_specs["hf-clip"]], tmp_path, cold)
     assert {"pairs", "device", "batch_size", "versions", "shared", "checkpoints", "status_counts"} <= set(run.stats)
     entry = run.stats["checkpoints"][tiny_specs["hf-clip"]]
-    assert set(entry["stages"]) == {"model_load", "image_preprocess", "image_encode", "text_encode", "score"}
+    assert set(entry["stages"]) == {"model_load", "cache", "image_decode", "image_encode", "text_encode", "score"}
     for stage in entry["stages"].values():
         assert {"wall_s", "cpu_s", "items", "items_per_s", "peak_rss_mib", "peak_gpu_mib"} <= set(stage)
         assert stage["peak_rss_mib"] > 0 and stage["peak_gpu_mib"] is None  # CPU run

@@ -9,18 +9,26 @@ error rather than a silently grey image (this relies on Pillow's default
 then goes through
 :func:`to_rgb`, the single documented conversion to RGB.
 
+Reading is split in two so that an embedding cache can skip the expensive half:
+:func:`read_image_bytes` gets a file's bytes and their SHA-256 (the image's content key), and
+:func:`decode_image` turns bytes into pixels. With ``min_side``, a JPEG is decoded at a reduced
+scale (libjpeg's DCT scaling, Pillow's ``draft``) while its short side stays at least
+``min_side``: several times faster for photos much larger than a model's input, with the
+deviation measured in ``bench/bench_pipeline.py`` (see the README).
+
 :data:`STATUSES` lists every per-row status a run can report, with its meaning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -75,6 +83,23 @@ class LoadedImage:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class RawImage:
+    """An image file's bytes, before decoding.
+
+    Attributes:
+        data: the file content, or ``None`` when it could not be read.
+        status: ``ok`` or a failure code from :data:`STATUSES`.
+        error: a human-readable reason; empty when ``status == "ok"``.
+        digest: SHA-256 of ``data`` (hex), the image's content key; empty when not read.
+    """
+
+    data: bytes | None
+    status: str
+    error: str = ""
+    digest: str = ""
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL image to RGB the one documented way.
 
@@ -103,12 +128,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> LoadedImage:
     """Decode image bytes (content decides the format, not a file extension).
 
     Args:
         data: the raw file content.
         max_pixels: refuse images with more pixels than this (decompression bombs).
+        min_side: if given, decode a JPEG at the smallest of 1/2, 1/4 or 1/8 scale whose
+            short side is still at least ``min_side`` (other formats decode at full size).
 
     Returns:
         A :class:`LoadedImage`; ``status`` is ``ok``, ``empty_file``, ``too_many_pixels``,
@@ -116,12 +143,52 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """
     if not data:
         return _empty()
-    return _decode(io.BytesIO(data), max_pixels)
+    return _decode(io.BytesIO(data), max_pixels, min_side)
+
+
+def read_image_bytes(ref: str, base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
+                     fetch_options: FetchOptions = FetchOptions()) -> RawImage:
+    """Read one image's bytes from a local path or an http(s) URL, with their SHA-256.
+
+    Args:
+        ref: a path (absolute, or relative to ``base_dir``) or a URL.
+        base_dir: the folder relative paths are resolved against.
+        max_pixels: the pixel cap used to check a downloaded body before it is cached.
+        fetch_options: timeout, retries, size cap and cache for URLs.
+
+    Returns:
+        A :class:`RawImage`: ``bad_reference`` for an empty cell, ``missing`` / ``read_error``
+        / ``empty_file`` for local files, the codes of
+        :func:`clipeval.data.fetch.fetch_url` for URLs, and (for a new download, which is
+        decoded once before it is cached) :func:`decode_image`'s codes.
+    """
+    if isinstance(ref, os.PathLike):
+        ref = os.fspath(ref)
+    if not isinstance(ref, str) or not ref.strip():
+        return RawImage(None, "bad_reference", f"no image reference in this row ({ref!r})")
+    if is_url(ref.strip()):
+        return _read_url(ref.strip(), max_pixels, fetch_options)
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return RawImage(None, "missing", f"no such file: {path}")
+    except OSError as error:
+        return RawImage(None, "read_error", f"{type(error).__name__}: {error}")
+    return _raw(data)
+
+
+def read_many_bytes(refs: list[str], base_dir: Path | None = None, workers: int = 8,
+                    max_pixels: int = MAX_PIXELS, fetch_options: FetchOptions = FetchOptions()) -> list[RawImage]:
+    """:func:`read_image_bytes` for many references on a bounded thread pool; each distinct one read once."""
+    return _each_distinct(refs, lambda ref: read_image_bytes(ref, base_dir, max_pixels, fetch_options), workers)
 
 
 def read_image(ref: str, base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
                fetch_options: FetchOptions = FetchOptions()) -> LoadedImage:
-    """Read one image from a local path or an http(s) URL.
+    """Read and decode one image from a local path or an http(s) URL.
 
     Args:
         ref: a path (absolute, or relative to ``base_dir``) or a URL.
@@ -130,28 +197,12 @@ def read_image(ref: str, base_dir: Path | None = None, max_pixels: int = MAX_PIX
         fetch_options: timeout, retries, size cap and cache for URLs.
 
     Returns:
-        A :class:`LoadedImage`; besides :func:`decode_image`'s codes, ``bad_reference`` for an
-        empty cell, ``missing`` / ``read_error`` for local files and the codes of
-        :func:`clipeval.data.fetch.fetch_url` for URLs.
+        A :class:`LoadedImage` with the codes of :func:`read_image_bytes` and :func:`decode_image`.
     """
-    if isinstance(ref, os.PathLike):
-        ref = os.fspath(ref)
-    if not isinstance(ref, str) or not ref.strip():
-        return LoadedImage(None, "bad_reference", f"no image reference in this row ({ref!r})")
-    if is_url(ref.strip()):
-        return _read_url(ref.strip(), max_pixels, fetch_options)
-    path = Path(ref).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    try:
-        with path.open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                return _empty()
-            return _decode(handle, max_pixels)
-    except FileNotFoundError:
-        return LoadedImage(None, "missing", f"no such file: {path}")
-    except OSError as error:
-        return LoadedImage(None, "read_error", f"{type(error).__name__}: {error}")
+    raw = read_image_bytes(ref, base_dir, max_pixels, fetch_options)
+    if raw.status != "ok":
+        return LoadedImage(None, raw.status, raw.error)
+    return decode_image(raw.data, max_pixels)
 
 
 def read_images(refs: list[str], base_dir: Path | None = None, workers: int = 8,
@@ -171,27 +222,39 @@ def read_images(refs: list[str], base_dir: Path | None = None, workers: int = 8,
     Returns:
         One :class:`LoadedImage` per reference, in input order.
     """
+    return _each_distinct(refs, lambda ref: read_image(ref, base_dir, max_pixels, fetch_options), workers)
+
+
+def _each_distinct(refs: list[str], read, workers: int) -> list:
     keys = [ref if isinstance(ref, (str, os.PathLike)) else None for ref in refs]
     unique = list(dict.fromkeys(keys))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        loaded = dict(zip(unique, pool.map(lambda ref: read_image(ref, base_dir, max_pixels, fetch_options), unique)))
+        loaded = dict(zip(unique, pool.map(read, unique)))
     return [loaded[key] for key in keys]
 
 
-def _read_url(url: str, max_pixels: int, options: FetchOptions) -> LoadedImage:
-    """Fetch and decode a URL; a body that decodes is stored in the cache."""
+def _raw(data: bytes) -> RawImage:
+    if not data:
+        return RawImage(None, "empty_file", "the file is empty (0 bytes)")
+    return RawImage(data, "ok", digest=hashlib.sha256(data).hexdigest())
+
+
+def _read_url(url: str, max_pixels: int, options: FetchOptions) -> RawImage:
+    """Fetch a URL; a new body is stored in the cache only if it decodes."""
     fetched = fetch_url(url, options)
     if fetched.status != "ok":
-        return LoadedImage(None, fetched.status, fetched.error)
-    loaded = decode_image(fetched.data, max_pixels)
-    if loaded.status == "ok" and not fetched.from_cache and options.cache_dir is not None:
+        return RawImage(None, fetched.status, fetched.error)
+    if not fetched.from_cache and options.cache_dir is not None and fetched.data:
+        checked = decode_image(fetched.data, max_pixels)
+        if checked.status != "ok":
+            return RawImage(None, checked.status, checked.error)
         # the cache is an optimisation: a read-only or full disk costs a re-download only
         with contextlib.suppress(OSError):
             save_to_cache(url, fetched.data, options.cache_dir)
-    return loaded
+    return _raw(fetched.data)
 
 
-def _decode(handle: BinaryIO, max_pixels: int) -> LoadedImage:
+def _decode(handle: io.BytesIO, max_pixels: int, min_side: int | None = None) -> LoadedImage:
     """Open (header only), check the pixel count, then decode the first frame."""
     try:
         with Image.open(handle) as opened:
@@ -199,6 +262,9 @@ def _decode(handle: BinaryIO, max_pixels: int) -> LoadedImage:
             if width * height > max_pixels:
                 return LoadedImage(None, "too_many_pixels",
                                    f"{width}x{height} exceeds the {max_pixels:,}-pixel cap")
+            if min_side and opened.format == "JPEG" and min(width, height) >= 2 * min_side:
+                scale = min_side / min(width, height)
+                opened.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
             opened.load()
             return LoadedImage(to_rgb(opened), "ok")
     except Image.DecompressionBombError as error:  # PIL's own guard fires at open, above 2x its limit

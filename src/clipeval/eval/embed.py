@@ -1,23 +1,38 @@
-"""The one read → preprocess → encode path: every embedding the project computes comes from here.
+"""The one read → decode → preprocess → encode path: every embedding the project computes comes from here.
 
-Scoring, retrieval, the scenes benchmark and the dual encoder's validation all call these
-functions, so a preprocessing failure, a duplicate input or a stage timing is handled the same
-way everywhere:
+Scoring, retrieval, the scenes benchmark and the dual encoder's validation all call this
+module, so a preprocessing failure, a duplicate input, the cache and the stage timings are
+handled the same way everywhere:
 
-* each distinct image (by reference) and each distinct caption is preprocessed and encoded
-  once, however many inputs share it;
-* an image the model's transform rejects gets the status ``preprocess_error`` with the reason,
-  never an exception (images that could not be read keep the status ``read_images`` gave them);
-* with a :class:`~clipeval.eval.stats.StageTimer`, the ``image_preprocess``, ``image_encode``
-  and ``text_encode`` stages are timed with their item counts;
-* inputs are encoded in batches of ``batch_size`` in order of first appearance, so the same
+* each distinct image (by the SHA-256 of its bytes) and each distinct caption is decoded,
+  preprocessed and encoded once, however many inputs share it;
+* with an :class:`~clipeval.eval.cache.EmbeddingCache`, vectors already computed for the same
+  model key (:func:`model_key`) are read from disk instead: a re-run encodes nothing, and a
+  new checkpoint encodes only for itself;
+* an image that cannot be decoded keeps :func:`~clipeval.data.images.decode_image`'s status
+  and one the model's transform rejects gets ``preprocess_error``, never an exception;
+* decoding and preprocessing run in ``decode_workers`` single-threaded worker processes
+  (forked, so the model's transform needs no pickling) while the main process encodes; a
+  bounded queue (two batches per worker) keeps memory flat. On the CPU the encoder's thread
+  count is set to the cores the workers leave; on CUDA pixel batches are pinned and copied
+  without blocking;
+* with a :class:`~clipeval.eval.stats.StageTimer`, stages are timed with their item counts:
+  ``image_decode`` (the encoder's wait for decoded batches, ≈0 when the workers keep up),
+  ``image_encode``, ``text_encode`` and ``cache`` (look-ups and writes);
+* misses are encoded in batches of ``batch_size`` in order of first appearance, so the same
   inputs always form the same batches (batch composition can move the last bit of a float).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable, Sequence
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +42,42 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from clipeval.data.fetch import FetchOptions
-from clipeval.data.images import read_images
+from clipeval.data.images import MAX_PIXELS, RawImage, decode_image, read_images, read_many_bytes
 from clipeval.data.retrieval_sets import RetrievalSet
+from clipeval.eval.cache import EmbeddingCache, default_cache_dir
 from clipeval.eval.stats import StageTimer
-from clipeval.models.encoder import Encoder
+from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
+from clipeval.models.registry import load_encoder, weights_identity
+
+EMBEDDING_VERSION = 1  # bump when a change here alters the vectors, so old cache entries stop matching
+FAST_DECODE_FACTOR = 2  # the fast path keeps a decoded short side of at least this x the model's resize side
+
+
+@dataclass
+class EmbedOptions:
+    """How images are read and decoded, how inputs are batched, and where vectors are cached.
+
+    Attributes:
+        batch_size: images / captions per forward pass.
+        workers: concurrent image reads and downloads (threads).
+        decode_workers: processes that decode and preprocess images while the model encodes;
+            0 does it in this process; ``None`` picks by device: on CUDA one per spare core
+            (at most 8), on the CPU 0 (measured fastest on a 2-core machine; see README).
+        fast_decode: decode large JPEGs at reduced scale (``draft``) before the exact resize.
+        cache: read and write the embedding cache.
+        cache_dir: the cache folder; ``None`` = :func:`clipeval.eval.cache.default_cache_dir`.
+        fetch: URL fetching options.
+        max_pixels: pixel cap of a decoded image.
+    """
+
+    batch_size: int = 32
+    workers: int = 8
+    decode_workers: int | None = None
+    fast_decode: bool = False
+    cache: bool = True
+    cache_dir: str | Path | None = None
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
@@ -41,13 +88,15 @@ class Embeddings:
         vectors: ``(U, D)`` float32 L2-normalised rows, one per distinct usable input
             (``(0, 0)`` when none was usable).
         rows: ``(N,)`` int64: for each input, its row in ``vectors``; -1 when the input was
-            skipped (``None``) or failed to preprocess.
-        errors: input position -> reason, for inputs that failed to preprocess.
+            skipped (``None``) or failed.
+        errors: input position -> (status, reason), for inputs that failed to decode or preprocess.
+        truncated: captions only: for each input, whether the model truncated it.
     """
 
     vectors: torch.Tensor
     rows: np.ndarray
-    errors: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+    truncated: np.ndarray | None = None
 
     def of(self, positions: Sequence[int] | np.ndarray) -> torch.Tensor:
         """The embeddings of the inputs at ``positions`` (all of which must be usable)."""
@@ -67,9 +116,313 @@ def batches(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def text_key(text: str) -> str:
+    """A caption's content key: the SHA-256 of its UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_decode_workers(decode_workers: int | None, device: torch.device) -> int:
+    """The number of decode processes: as given, or the device's default (see :class:`EmbedOptions`)."""
+    if decode_workers is not None:
+        if decode_workers < 0:
+            raise ValueError(f"decode_workers must be 0 or more, got {decode_workers}")
+        return decode_workers
+    return min(8, cpu_cores() - 1) if device.type == "cuda" else 0
+
+
+def model_key(encoder: Encoder, fast_decode: bool) -> tuple[str, dict]:
+    """The cache's model key and what it stands for.
+
+    The key changes when the spec, the loaded weights, the image preprocessing, the decode
+    mode, the precision, the device type, the text context length or this module's
+    :data:`EMBEDDING_VERSION` change.
+    """
+    description = {"spec": encoder.spec, "weights_sha256": encoder.weights_digest(),
+                   "preprocess": encoder.preprocess_id(),
+                   "decode": f"draft>={FAST_DECODE_FACTOR}x{encoder.input_side()}" if fast_decode else "exact",
+                   "precision": encoder.precision, "device": encoder.device.type,
+                   "context_length": encoder.context_length, "version": EMBEDDING_VERSION}
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40], description
+
+
+def load_identity(spec: str, device: torch.device, precision: str, fast_decode: bool) -> str | None:
+    """What decides a model key without loading the model (``None`` for hub checkpoints)."""
+    identity = weights_identity(spec)
+    if identity is None:
+        return None
+    settings = {"weights": identity, "device": device.type, "precision": precision, "fast_decode": fast_decode,
+                "version": EMBEDDING_VERSION}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+class LazyEncoder:
+    """A checkpoint that is loaded only when something has to be encoded.
+
+    Attributes:
+        spec: the checkpoint spec.
+        device: the resolved device.
+        precision: the resolved precision.
+        encoder: the loaded :class:`Encoder`, or ``None`` while not loaded.
+    """
+
+    def __init__(self, spec: str, device: str = "auto", precision: str = "auto", timer: StageTimer | None = None):
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.timer = timer
+        self.encoder: Encoder | None = None
+
+    def load(self) -> Encoder:
+        if self.encoder is None:
+            with _stage(self.timer, "model_load", 0):
+                self.encoder = load_encoder(self.spec, str(self.device), self.precision)
+        return self.encoder
+
+
+# --- decoding and preprocessing (in worker processes or inline) -------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(preprocess, min_side, max_pixels) -> None:
+    torch.set_num_threads(1)
+    _WORKER.update(preprocess=preprocess, min_side=min_side, max_pixels=max_pixels)
+
+
+def _decode_batch(datas: list[bytes], preprocess, min_side: int | None, max_pixels: int):
+    """Decode and preprocess a batch; returns (stacked pixels of the ok ones or None, [(status, error)])."""
+    pixels, outcomes = [], []
+    for data in datas:
+        loaded = decode_image(data, max_pixels, min_side)
+        if loaded.status != "ok":
+            outcomes.append((loaded.status, loaded.error))
+            continue
+        try:
+            pixels.append(preprocess(loaded.image))
+            outcomes.append(("ok", ""))
+        except Exception as error:  # noqa: BLE001 - a model's transform can reject odd images
+            outcomes.append(("preprocess_error", f"{type(error).__name__}: {error}"))
+    return (torch.stack(pixels).numpy() if pixels else None), outcomes
+
+
+def _decode_in_worker(datas: list[bytes]):
+    return _decode_batch(datas, **_WORKER)
+
+
+class _Decoder:
+    """Decodes batches of image bytes in worker processes (or inline), a bounded number ahead."""
+
+    def __init__(self, encoder: Encoder, workers: int, fast_decode: bool, max_pixels: int):
+        side = encoder.input_side()
+        self.encoder, self.workers, self.max_pixels = encoder, workers, max_pixels
+        self.min_side = FAST_DECODE_FACTOR * side if fast_decode and side else None
+        self.pool: ProcessPoolExecutor | None = None
+
+    def map(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
+        if not self.workers:
+            for datas in batches_of_bytes:
+                yield _decode_batch(datas, self.encoder.preprocess, self.min_side, self.max_pixels)
+            return
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_init_worker,
+                                            initargs=(self.encoder.preprocess, self.min_side, self.max_pixels))
+        pending, todo = deque(), iter(batches_of_bytes)
+        for datas in todo:
+            pending.append(self.pool.submit(_decode_in_worker, datas))
+            if len(pending) >= 2 * self.workers:
+                break
+        while pending:
+            yield pending.popleft().result()
+            for datas in todo:
+                pending.append(self.pool.submit(_decode_in_worker, datas))
+                break
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+class Embedder:
+    """One checkpoint's embedding pipeline: cache look-ups, decode workers, batched encoding.
+
+    Use it as a context manager (it owns worker processes and sets the encoder's thread count
+    for its lifetime)::
+
+        with Embedder(LazyEncoder(spec), EmbedOptions(), timer) as embedder:
+            images = embedder.images(read_many_bytes(refs))
+            texts = embedder.texts(captions)
+
+    Given a :class:`LazyEncoder`, the model is loaded only when an input is not in the cache
+    (or when its model key is not yet known: a hub checkpoint, or a first run).
+
+    Attributes:
+        cache: the open cache (``None`` when disabled).
+        workers: decode worker processes.
+    """
+
+    def __init__(self, encoder: Encoder | LazyEncoder, options: EmbedOptions | None = None,
+                 timer: StageTimer | None = None):
+        self.lazy = encoder if isinstance(encoder, LazyEncoder) else None
+        self._encoder = None if self.lazy else encoder
+        self.spec, self.device = encoder.spec, encoder.device
+        self.options = options or EmbedOptions()
+        self.timer = timer
+        self.workers = resolve_decode_workers(self.options.decode_workers, self.device)
+        self._decoder: _Decoder | None = None
+        folder = (self.options.cache_dir or default_cache_dir()) if self.options.cache else None
+        self.cache = EmbeddingCache(folder) if folder is not None else None
+        self._key: str | None = None
+        self._threads = None
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model (loaded now if it was lazy and not loaded yet)."""
+        if self._encoder is None:
+            self._encoder = self.lazy.load()
+        return self._encoder
+
+    @property
+    def loaded(self) -> Encoder | None:
+        """The model if it has been loaded, else ``None``."""
+        return self._encoder
+
+    @property
+    def key(self) -> str | None:
+        """The model key vectors are cached under (``None`` without a cache)."""
+        if self.cache is None or self._key is not None:
+            return self._key
+        identity = (load_identity(self.spec, self.device, self.lazy.precision, self.options.fast_decode)
+                    if self.lazy else None)
+        self._key = self.cache.model_for(identity) if identity else None
+        if self._key is None:
+            self._key, description = model_key(self.encoder, self.options.fast_decode)
+            self.cache.describe(self._key, description)
+            if identity:
+                self.cache.remember_model(identity, self._key)
+        return self._key
+
+    @property
+    def decoder(self) -> _Decoder:
+        if self._decoder is None:
+            self._decoder = _Decoder(self.encoder, self.workers, self.options.fast_decode, self.options.max_pixels)
+        return self._decoder
+
+    def __enter__(self) -> Embedder:
+        if self.device.type == "cpu" and self.workers:
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, cpu_cores() - self.workers))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        if self.cache is not None:
+            self.cache.close()
+
+    def cache_counts(self) -> dict[str, int] | None:
+        """This run's cache hits and misses for images and texts (``None`` without a cache)."""
+        if self.cache is None:
+            return None
+        empty = {"image_hits": 0, "image_misses": 0, "text_hits": 0, "text_misses": 0}
+        return self.cache.counts.get(self._key, empty) if self._key else empty
+
+    def _cached(self, kind: str, keys: list[str]) -> dict[str, tuple[np.ndarray, bool]]:
+        if self.cache is None or not keys:
+            return {}
+        key = self.key
+        with _stage(self.timer, "cache", len(keys)):
+            return self.cache.get_flagged(key, kind, keys)
+
+    def _store(self, kind: str, vectors: dict[str, np.ndarray], flags: dict[str, bool] | None = None) -> None:
+        if self.cache is not None and vectors:
+            with _stage(self.timer, "cache", len(vectors)):
+                self.cache.put(self.key, kind, vectors, flags)
+
+    def images(self, raws: Sequence[RawImage | None]) -> Embeddings:
+        """Embed images from their bytes; equal bytes (equal digests) share one embedding.
+
+        Args:
+            raws: one per input; ``None`` or a non-ok :class:`RawImage` is skipped (its
+                status is the caller's).
+
+        Returns:
+            The :class:`Embeddings`; inputs that fail to decode or preprocess are in ``errors``.
+        """
+        usable = [raw if raw is not None and raw.status == "ok" else None for raw in raws]
+        first: dict[str, bytes] = {}
+        for raw in usable:
+            if raw is not None:
+                first.setdefault(raw.digest, raw.data)
+        found = {key: vector for key, (vector, _) in self._cached("image", list(first)).items()}
+        missing = [digest for digest in first if digest not in found]
+        failed: dict[str, tuple[str, str]] = {}
+        slices = list(batches(len(missing), self.options.batch_size))
+        decoded = self.decoder.map([[first[digest] for digest in missing[part]] for part in slices]) if slices else None
+        for part in slices:
+            with _stage(self.timer, "image_decode", part.stop - part.start):
+                pixels, outcomes = next(decoded)
+            ok = [digest for digest, (status, _) in zip(missing[part], outcomes) if status == "ok"]
+            failed.update((digest, outcome) for digest, outcome in zip(missing[part], outcomes) if outcome[0] != "ok")
+            if not ok:
+                continue
+            batch = torch.from_numpy(pixels)
+            if self.encoder.device.type == "cuda":
+                batch = batch.pin_memory()
+            with _stage(self.timer, "image_encode", len(ok)):
+                vectors = self.encoder.encode_images(batch).numpy()
+            new = dict(zip(ok, vectors))
+            found.update(new)
+            self._store("image", new)
+        return _assemble([raw.digest if raw is not None else None for raw in usable], found, failed)
+
+    def texts(self, texts: Sequence[str | None]) -> Embeddings:
+        """Embed captions; each distinct text once (the encoder tokenises and truncates)."""
+        keys = [text_key(text) if text is not None else None for text in texts]
+        first = dict(zip(keys, texts))
+        first.pop(None, None)
+        cached = self._cached("text", list(first))
+        found = {key: vector for key, (vector, _) in cached.items()}
+        truncated = {key: flag for key, (_, flag) in cached.items()}
+        missing = [key for key in first if key not in found]
+        for part in batches(len(missing), self.options.batch_size):
+            batch = [first[key] for key in missing[part]]
+            with _stage(self.timer, "text_encode", len(batch)):
+                vectors = self.encoder.encode_texts(batch).numpy()
+                flags = dict(zip(missing[part], self.encoder.truncated(batch)))
+            new = dict(zip(missing[part], vectors))
+            found.update(new)
+            truncated.update(flags)
+            self._store("text", new, flags)
+        embedded = _assemble(keys, found, {})
+        embedded.truncated = np.array([truncated.get(key, False) for key in keys], dtype=bool)
+        return embedded
+
+
+def _assemble(keys: list[str | None], found: dict[str, np.ndarray], failed: dict[str, tuple[str, str]]) -> Embeddings:
+    """Embeddings with one row per distinct usable key, in order of first appearance."""
+    index: dict[str, int] = {}
+    for key in keys:
+        if key is not None and key in found:
+            index.setdefault(key, len(index))
+    rows = np.array([index.get(key, -1) if key is not None else -1 for key in keys], dtype=np.int64)
+    errors = {position: failed[key] for position, key in enumerate(keys) if key is not None and key in failed}
+    if not index:
+        return Embeddings(torch.empty((0, 0)), rows, errors)
+    return Embeddings(torch.from_numpy(np.stack([found[key] for key in index])), rows, errors)
+
+
 def encode_pixels(encoder: Encoder, pixels: torch.Tensor | Sequence[torch.Tensor],
                   batch_size: int = 32) -> torch.Tensor:
-    """Encode preprocessed images in batches.
+    """Encode already preprocessed images in batches (a training set's tensors).
 
     Args:
         encoder: the model.
@@ -87,70 +440,44 @@ def encode_pixels(encoder: Encoder, pixels: torch.Tensor | Sequence[torch.Tensor
 
 
 def embed_images(encoder: Encoder, images: Sequence[Image.Image | None], keys: Sequence[Hashable] | None = None,
-                 batch_size: int = 32, timer: StageTimer | None = None) -> Embeddings:
-    """Preprocess and encode decoded images; each distinct key once.
+                 batch_size: int = 32) -> Embeddings:
+    """Preprocess and encode already decoded images (no cache: there are no bytes to key on).
 
     Args:
         encoder: the model.
-        images: RGB images; ``None`` for an input to skip (its status is the caller's).
-        keys: identity of each image (e.g. its reference); inputs with equal keys share one
-            embedding. Default: every input is distinct.
+        images: RGB images; ``None`` for an input to skip.
+        keys: identity of each image; inputs with equal keys share one embedding. Default:
+            every input is distinct.
         batch_size: images per forward pass.
-        timer: optional stage timer (``image_preprocess``, ``image_encode``).
 
     Returns:
-        The :class:`Embeddings`; inputs the transform rejects are listed in ``errors``.
+        The :class:`Embeddings`; inputs the transform rejects are in ``errors`` (``preprocess_error``).
     """
-    keys = list(range(len(images))) if keys is None else list(keys)
-    first: dict[Hashable, int] = {}
-    for position, image in enumerate(images):
+    keys = [str(key) for key in (range(len(images)) if keys is None else keys)]
+    first: dict[str, Image.Image] = {}
+    for key, image in zip(keys, images):
         if image is not None:
-            first.setdefault(keys[position], position)
-    pixels: dict[Hashable, torch.Tensor] = {}
-    failed: dict[Hashable, str] = {}
-    with _stage(timer, "image_preprocess", len(first)):
-        for key, position in first.items():
-            try:
-                pixels[key] = encoder.preprocess(images[position])
-            except Exception as error:  # noqa: BLE001 - a model's transform can reject odd images
-                failed[key] = f"{type(error).__name__}: {error}"
-    index = {key: row for row, key in enumerate(pixels)}
-    rows = np.array([index.get(key, -1) if image is not None else -1 for key, image in zip(keys, images)],
-                    dtype=np.int64)
-    errors = {position: failed[key] for position, (key, image) in enumerate(zip(keys, images))
-              if image is not None and key in failed}
-    if not pixels:
-        return Embeddings(torch.empty((0, 0)), rows, errors)
-    with _stage(timer, "image_encode", len(pixels)):
-        vectors = encode_pixels(encoder, list(pixels.values()), batch_size)
-    return Embeddings(vectors, rows, errors)
+            first.setdefault(key, image)
+    pixels, found, failed = [], {}, {}
+    for key, image in first.items():
+        try:
+            pixels.append((key, encoder.preprocess(image)))
+        except Exception as error:  # noqa: BLE001 - a model's transform can reject odd images
+            failed[key] = ("preprocess_error", f"{type(error).__name__}: {error}")
+    if pixels:
+        vectors = encode_pixels(encoder, [tensor for _, tensor in pixels], batch_size).numpy()
+        found = {key: vector for (key, _), vector in zip(pixels, vectors)}
+    return _assemble([key if image is not None else None for key, image in zip(keys, images)], found, failed)
 
 
-def embed_texts(encoder: Encoder, texts: Sequence[str | None], batch_size: int = 32,
-                timer: StageTimer | None = None) -> Embeddings:
-    """Encode captions; each distinct text once.
-
-    Args:
-        encoder: the model (it tokenises and truncates to its context).
-        texts: captions; ``None`` for an input to skip.
-        batch_size: captions per forward pass.
-        timer: optional stage timer (``text_encode``).
-
-    Returns:
-        The :class:`Embeddings` (no text fails: any string is encoded).
-    """
-    index = {text: row for row, text in enumerate(dict.fromkeys(text for text in texts if text is not None))}
-    rows = np.array([index[text] if text is not None else -1 for text in texts], dtype=np.int64)
-    if not index:
-        return Embeddings(torch.empty((0, 0)), rows)
-    unique = list(index)
-    with _stage(timer, "text_encode", len(unique)):
-        vectors = torch.cat([encoder.encode_texts(unique[batch]) for batch in batches(len(unique), batch_size)])
-    return Embeddings(vectors, rows)
+def embed_texts(encoder: Encoder, texts: Sequence[str | None], batch_size: int = 32) -> Embeddings:
+    """Encode captions, each distinct text once, without a cache (a model being trained)."""
+    with Embedder(encoder, EmbedOptions(batch_size=batch_size, cache=False, decode_workers=0)) as embedder:
+        return embedder.texts(texts)
 
 
-def prepare_pixels(refs: Sequence[str | Path], preprocess: Callable[[Image.Image], torch.Tensor],
-                   base_dir: str | Path | None = None, workers: int = 8) -> torch.Tensor:
+def prepare_pixels(refs: Sequence[str | Path], preprocess, base_dir: str | Path | None = None,
+                   workers: int = 8) -> torch.Tensor:
     """Read and preprocess images that must all be readable (a training set), stacked ``(N, C, H, W)``.
 
     Raises:
@@ -171,8 +498,9 @@ class EmbeddedSet:
         texts: ``(Q, D)`` query embeddings, in the order of the set's queries.
         images: ``(M, D)`` embeddings of the usable images, in collection order.
         image_positions: positions in ``RetrievalSet.images`` of those M images.
-        image_status: per collection image: ``ok``, a read failure code or ``preprocess_error``.
+        image_status: per collection image: ``ok``, a read or decode failure code or ``preprocess_error``.
         image_error: per collection image: the reason (empty when ok).
+        cache: cache hits and misses (``None`` without a cache).
     """
 
     texts: torch.Tensor
@@ -180,42 +508,47 @@ class EmbeddedSet:
     image_positions: np.ndarray
     image_status: list[str]
     image_error: list[str]
+    cache: dict | None = None
 
 
-def embed_set(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 32, workers: int = 8,
-              fetch_options: FetchOptions = FetchOptions(), progress: bool = True) -> EmbeddedSet:
+def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: EmbedOptions | None = None,
+              progress: bool = True, timer: StageTimer | None = None, block: int = 512) -> EmbeddedSet:
     """Embed every query and every usable image of a retrieval set.
 
-    Images are read ``batch_size`` at a time (so memory holds one batch of decoded images);
-    unreadable ones and ones the transform rejects are left out and given a status.
+    Images are read ``block`` at a time (memory holds one block of image bytes, never the
+    whole collection); unreadable ones and ones that fail to decode or preprocess are left
+    out and given a status.
 
     Args:
-        encoder: the model.
+        encoder: the model, or a :class:`LazyEncoder` (loaded only if something is not cached).
         dataset: queries, images and relevance.
-        batch_size: images / queries per forward pass.
-        workers: concurrent image reads / downloads.
-        fetch_options: URL fetching options.
+        options: batching, decoding, cache and fetch options.
         progress: show a progress bar over the images.
+        timer: optional stage timer.
+        block: images read per step.
 
     Returns:
         The :class:`EmbeddedSet`.
     """
+    options = options or EmbedOptions()
     refs = dataset.images["image"].tolist()
     statuses, errors, vectors, positions = [], [], [], []
-    for batch in tqdm(list(batches(len(refs), batch_size)), desc=f"images {encoder.name}", disable=not progress):
-        loaded = read_images(refs[batch], dataset.base_dir, workers=workers, fetch_options=fetch_options)
-        embedded = embed_images(encoder, [image.image for image in loaded], keys=refs[batch], batch_size=batch_size)
-        for offset, image in enumerate(loaded):
-            status, error = image.status, image.error
-            if offset in embedded.errors:
-                status, error = "preprocess_error", embedded.errors[offset]
-            statuses.append(status)
-            errors.append(error)
-        usable = np.flatnonzero(embedded.rows >= 0)
-        if len(usable):
-            vectors.append(embedded.of(usable))
-            positions += (batch.start + usable).tolist()
-    texts = embed_texts(encoder, dataset.queries["text"].tolist(), batch_size)
+    with Embedder(encoder, options, timer) as embedder:
+        for part in tqdm(list(batches(len(refs), block)), desc=f"images {encoder.spec}", disable=not progress):
+            with _stage(timer, "image_read", part.stop - part.start):
+                raws = read_many_bytes(refs[part], dataset.base_dir, options.workers, options.max_pixels,
+                                       options.fetch)
+            embedded = embedder.images(raws)
+            for offset, raw in enumerate(raws):
+                status, error = embedded.errors.get(offset, (raw.status, raw.error))
+                statuses.append(status)
+                errors.append(error)
+            usable = np.flatnonzero(embedded.rows >= 0)
+            if len(usable):
+                vectors.append(embedded.of(usable))
+                positions += (part.start + usable).tolist()
+        texts = embedder.texts(dataset.queries["text"].tolist())
+        counts = embedder.cache_counts()
     images = torch.cat(vectors) if vectors else torch.empty((0, texts.vectors.shape[1]))
     return EmbeddedSet(texts.of(np.arange(len(dataset.queries))), images, np.asarray(positions, dtype=np.int64),
-                       statuses, errors)
+                       statuses, errors, counts)

@@ -17,10 +17,9 @@ import pandas as pd
 
 from clipeval.data.retrieval_sets import RetrievalSet
 from clipeval.eval.bootstrap import bootstrap_summary, paired_bootstrap
-from clipeval.eval.embed import embed_set
+from clipeval.eval.embed import EmbedOptions, LazyEncoder, embed_set
 from clipeval.eval.metrics import per_query_metrics
 from clipeval.eval.ranking import retrieve, retrieve_both_directions
-from clipeval.models.registry import load_encoder
 
 
 @dataclass
@@ -54,8 +53,9 @@ def _metric_rows(table: pd.DataFrame, ks, spec, dataset, direction, n_resamples,
 
 
 def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Sequence[int] = (1, 5, 10),
-                       top_k: int = 10, n_resamples: int = 1000, seed: int = 0, batch_size: int = 32,
-                       device: str = "auto", precision: str = "auto", progress: bool = True) -> RetrievalReport:
+                       top_k: int = 10, n_resamples: int = 1000, seed: int = 0, device: str = "auto",
+                       precision: str = "auto", progress: bool = True,
+                       options: EmbedOptions | None = None) -> RetrievalReport:
     """Evaluate text->image and image->text retrieval for each checkpoint.
 
     Args:
@@ -65,8 +65,9 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Se
         top_k: length of the stored top-k lists (at least ``max(ks)``).
         n_resamples: bootstrap resamples for the 95% CIs (over queries).
         seed: bootstrap seed.
-        batch_size, device, precision: as for scoring.
+        device, precision: as for scoring.
         progress: progress bars.
+        options: batching, image reading, decoding and embedding-cache options.
 
     Returns:
         A :class:`RetrievalReport`.
@@ -74,8 +75,8 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Se
     top_k = max(top_k, *ks)
     metrics, per_query = [], []
     for spec in checkpoints:
-        encoder = load_encoder(spec, device, precision)
-        embedded = embed_set(encoder, dataset, batch_size, progress=progress)
+        encoder = LazyEncoder(spec, device, precision)
+        embedded = embed_set(encoder, dataset, options, progress=progress)
         # relevance restricted to readable images, re-indexed into the embedded collection
         new_position = pd.Series(np.arange(len(embedded.image_positions)), index=embedded.image_positions)
         keep = np.isin(dataset.relevant[:, 1], embedded.image_positions)
@@ -129,7 +130,8 @@ def paired_differences(per_query: pd.DataFrame, checkpoints: Sequence[str], metr
 
 
 def search(dataset: RetrievalSet, checkpoints: Sequence[str], texts: Sequence[str], top: int = 5,
-           batch_size: int = 32, device: str = "auto", precision: str = "auto", progress: bool = True) -> pd.DataFrame:
+           device: str = "auto", precision: str = "auto", progress: bool = True,
+           options: EmbedOptions | None = None) -> pd.DataFrame:
     """Free-text search: the ``top`` images of ``dataset`` for each of ``texts``, per checkpoint.
 
     Returns:
@@ -138,10 +140,10 @@ def search(dataset: RetrievalSet, checkpoints: Sequence[str], texts: Sequence[st
     """
     rows = []
     for spec in checkpoints:
-        encoder = load_encoder(spec, device, precision)
+        encoder = LazyEncoder(spec, device, precision)
         embedded = embed_set(encoder, RetrievalSet(dataset.name, pd.DataFrame({"text": list(texts)}),
                                                    dataset.images, np.empty((0, 2), np.int64), dataset.base_dir),
-                             batch_size, progress=progress)
+                             options, progress=progress)
         result = retrieve(embedded.texts, embedded.images, np.empty((0, 2), np.int64), k=top)
         positions = embedded.image_positions
         rows += [{"checkpoint": spec, "query": q, "top_items": positions[result.topk_indices[q]].tolist(),

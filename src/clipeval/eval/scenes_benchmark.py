@@ -18,7 +18,7 @@ from clipeval.data.retrieval_sets import RetrievalSet, relevance_matrix, retriev
 from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
 from clipeval.data.sources import read_pairs
 from clipeval.eval.compare import roc_auc
-from clipeval.eval.embed import embed_set
+from clipeval.eval.embed import EmbedOptions, embed_set
 from clipeval.eval.metrics import summarize
 from clipeval.models.encoder import Encoder
 
@@ -35,7 +35,7 @@ def embed_scenes(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 256)
     Raises:
         ValueError: an image could not be read (the dataset folder is incomplete).
     """
-    embedded = embed_set(encoder, dataset, batch_size, progress=False)
+    embedded = embed_set(encoder, dataset, EmbedOptions(batch_size=batch_size), progress=False)
     if len(embedded.image_positions) != len(dataset.images):
         unreadable = [status for status in embedded.image_status if status != "ok"]
         raise ValueError(f"{dataset.name}: {len(unreadable)} images could not be read ({unreadable[:3]}...); "

@@ -1,13 +1,16 @@
 """Pair scoring: how similar is each image to its caption, under one or more checkpoints.
 
-Rows are processed in chunks. Each chunk's images are read and decoded once and shared by
-every checkpoint; each checkpoint then preprocesses, encodes images and captions in batches,
+Rows are processed in chunks. Each chunk's image files are read once (bytes and their
+SHA-256) and shared by every checkpoint; each checkpoint then embeds them through its
+:class:`~clipeval.eval.embed.Embedder` (embedding cache, decode workers, batched encoding)
 and scores a pair by the cosine of its two L2-normalised embeddings. A row whose image or
 caption cannot be used keeps its place with a ``status`` and ``error`` and NaN scores.
 
 :func:`score_pairs` returns everything in memory; :func:`score_to_dir` writes a run folder and
 is resumable: each finished chunk is saved atomically under ``<out>/.parts/``, and re-running
-the same command skips the chunks already there, ending with the same ``results.csv``.
+the same command skips the chunks already there (and says how many), ending with the same
+``results.csv``. A folder holding a run with other inputs, checkpoints or options is refused
+(:class:`RunFolderMismatch`) unless ``overwrite`` is set, so two runs are never mixed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +30,10 @@ from tqdm.auto import tqdm
 from clipeval.atomic import write_csv, write_json, write_text
 from clipeval.data.captions import check_caption
 from clipeval.data.fetch import FetchOptions
-from clipeval.data.images import read_images
-from clipeval.eval.embed import batches, embed_images, embed_texts
+from clipeval.data.images import read_many_bytes
+from clipeval.eval.embed import Embedder, EmbedOptions, LazyEncoder, batches, embed_images, embed_texts
 from clipeval.eval.stats import StageTimer, format_stats_log, package_versions
 from clipeval.models.encoder import Encoder, resolve_device
-from clipeval.models.registry import load_encoder
 
 RESULT_COLUMNS = ("similarity", "clip_score_100", "status", "error")
 SCORE_COLUMNS = ("row_id", "checkpoint", "cosine", "clip_score_100", "clip_score_2_5", "status", "error")
@@ -61,6 +64,12 @@ class ScoreOptions:
         progress: show a progress bar.
         workers: concurrent image reads / downloads.
         fetch: URL fetching options (timeout, retries, size cap, cache folder).
+        decode_workers: processes decoding and preprocessing images while the model encodes
+            (``None``: the device's default, see :class:`~clipeval.eval.embed.EmbedOptions`).
+        fast_decode: decode large JPEGs at reduced scale first (see README, "Speed").
+        embedding_cache: read and write the embedding cache.
+        embedding_cache_dir: its folder (``None``: ``$CLIPEVAL_EMBEDDING_CACHE`` or
+            ``outputs/cache/embeddings``).
     """
 
     image_column: str = "image"
@@ -73,6 +82,20 @@ class ScoreOptions:
     progress: bool = True
     workers: int = 8
     fetch: FetchOptions = field(default_factory=FetchOptions)
+    decode_workers: int | None = None
+    fast_decode: bool = False
+    embedding_cache: bool = True
+    embedding_cache_dir: str | Path | None = None
+
+    def embed_options(self) -> EmbedOptions:
+        """The embedding pipeline's share of these options."""
+        return EmbedOptions(batch_size=self.batch_size, workers=self.workers, decode_workers=self.decode_workers,
+                            fast_decode=self.fast_decode, cache=self.embedding_cache,
+                            cache_dir=self.embedding_cache_dir, fetch=self.fetch)
+
+
+class RunFolderMismatch(ValueError):
+    """The output folder holds a run with other inputs, checkpoints or options."""
 
 
 @dataclass
@@ -92,37 +115,36 @@ class ScoreRun:
 
 
 def _row_statuses(chunk: pd.DataFrame, options: ScoreOptions, timer: StageTimer):
-    """Read the chunk's images once; return (images, statuses, errors) per row."""
+    """Read the chunk's image files once; return (raw images, statuses, errors) per row."""
     with timer.stage("image_read", items=len(chunk)):
-        loaded = read_images(chunk[options.image_column].tolist(), options.base_dir, workers=options.workers,
-                             fetch_options=options.fetch)
+        raws = read_many_bytes(chunk[options.image_column].tolist(), options.base_dir, workers=options.workers,
+                               fetch_options=options.fetch)
     statuses, errors = [], []
-    for image, caption in zip(loaded, chunk[options.caption_column]):
-        status, error = (image.status, image.error) if image.status != "ok" else check_caption(caption)
+    for raw, caption in zip(raws, chunk[options.caption_column]):
+        status, error = (raw.status, raw.error) if raw.status != "ok" else check_caption(caption)
         statuses.append(status)
         errors.append(error)
-    return [image.image for image in loaded], statuses, errors
+    return raws, statuses, errors
 
 
-def _score_chunk(encoder: Encoder, refs, images, captions, statuses, errors, batch_size, timer) -> np.ndarray:
-    """Cosine per row of the chunk (NaN where the row is not ok); updates statuses in place.
+def _score_chunk(embedder: Embedder, raws, captions, statuses, errors) -> tuple[np.ndarray, int]:
+    """Cosine per row of the chunk (NaN where the row is not ok) and how many scored captions were
+    truncated; updates statuses in place.
 
-    Rows that are not ok are skipped; an image the transform rejects marks its rows
-    ``preprocess_error``. Distinct images and captions are encoded once (see :mod:`clipeval.eval.embed`).
+    Rows that are not ok are skipped; an image that fails to decode or that the transform
+    rejects gives its rows that status. Distinct images and captions are embedded once.
     """
-    usable = [image if status == "ok" else None for image, status in zip(images, statuses)]
-    image_embeddings = embed_images(encoder, usable, keys=refs, batch_size=batch_size, timer=timer)
-    for i, reason in image_embeddings.errors.items():
-        statuses[i], errors[i] = "preprocess_error", reason
+    image_embeddings = embedder.images([raw if status == "ok" else None for raw, status in zip(raws, statuses)])
+    for i, (status, reason) in image_embeddings.errors.items():
+        statuses[i], errors[i] = status, reason
     rows = [i for i, status in enumerate(statuses) if status == "ok"]
     cosine = np.full(len(statuses), np.nan)
     if not rows:
-        return cosine
-    text_embeddings = embed_texts(encoder, [captions[i] if statuses[i] == "ok" else None
-                                            for i in range(len(captions))], batch_size, timer)
-    with timer.stage("score", items=len(rows)):
+        return cosine, 0
+    text_embeddings = embedder.texts([captions[i] if statuses[i] == "ok" else None for i in range(len(captions))])
+    with embedder.timer.stage("score", items=len(rows)):
         cosine[rows] = (image_embeddings.of(rows) * text_embeddings.of(rows)).sum(dim=-1).numpy()
-    return cosine
+    return cosine, int(text_embeddings.truncated[rows].sum())
 
 
 def _long_rows(row_ids, spec: str, cosine: np.ndarray, statuses, errors) -> pd.DataFrame:
@@ -132,7 +154,11 @@ def _long_rows(row_ids, spec: str, cosine: np.ndarray, statuses, errors) -> pd.D
 
 
 class _Scorer:
-    """Loads each checkpoint once (lazily) and scores chunks of rows, timing every stage."""
+    """Loads each checkpoint once (lazily) and scores chunks of rows, timing every stage.
+
+    Use as a context manager: each checkpoint's :class:`Embedder` (its decode workers and
+    cache connection) lives until the end of the run.
+    """
 
     def __init__(self, checkpoints: list[str], options: ScoreOptions):
         if not checkpoints:
@@ -143,26 +169,30 @@ class _Scorer:
         self.shared = StageTimer(self.device)
         self.timers = {spec: StageTimer(self.device) for spec in self.checkpoints}
         self.truncated = dict.fromkeys(self.checkpoints, 0)
-        self.encoders: dict[str, Encoder] = {}
+        self.embedders: dict[str, Embedder] = {}
 
-    def encoder(self, spec: str) -> Encoder:
-        if spec not in self.encoders:
-            with self.timers[spec].stage("model_load"):
-                self.encoders[spec] = load_encoder(spec, self.options.device, self.options.precision)
-        return self.encoders[spec]
+    def __enter__(self) -> _Scorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for embedder in self.embedders.values():
+            embedder.__exit__(*exc)
+
+    def embedder(self, spec: str) -> Embedder:
+        if spec not in self.embedders:
+            lazy = LazyEncoder(spec, self.options.device, self.options.precision, self.timers[spec])
+            self.embedders[spec] = Embedder(lazy, self.options.embed_options(), self.timers[spec]).__enter__()
+        return self.embedders[spec]
 
     def score_chunk(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        images, statuses, errors = _row_statuses(chunk, self.options, self.shared)
-        refs, captions = chunk[self.options.image_column].tolist(), chunk[self.options.caption_column].tolist()
+        raws, statuses, errors = _row_statuses(chunk, self.options, self.shared)
+        captions = chunk[self.options.caption_column].tolist()
         parts = []
         for spec in self.checkpoints:
-            encoder = self.encoder(spec)
+            embedder = self.embedder(spec)
             row_statuses, row_errors = list(statuses), list(errors)
-            cosine = _score_chunk(encoder, refs, images, captions, row_statuses, row_errors,
-                                  self.options.batch_size, self.timers[spec])
-            scored_captions = [c for c, s in zip(captions, row_statuses) if s == "ok"]
-            if scored_captions:
-                self.truncated[spec] += encoder.count_truncated(scored_captions)
+            cosine, truncated = _score_chunk(embedder, raws, captions, row_statuses, row_errors)
+            self.truncated[spec] += truncated
             parts.append(_long_rows(chunk.index.to_numpy(), spec, cosine, row_statuses, row_errors))
         return pd.concat(parts, ignore_index=True)
 
@@ -173,14 +203,18 @@ class _Scorer:
             summary = self.timers[spec].summary()
             scored = int(summary["stages"].get("score", {}).get("items", 0))
             work = shared["wall_s"] + summary["wall_s"] - summary["stages"].get("model_load", {}).get("wall_s", 0.0)
-            encoder = self.encoders.get(spec)
+            embedder = self.embedders.get(spec)
+            encoder = embedder.loaded if embedder else None
             per_checkpoint[spec] = {
-                "precision": encoder.precision if encoder else None,
+                "model_loaded": encoder is not None,
+                "precision": embedder.lazy.precision if embedder else None,
                 "description": encoder.description if encoder else None,
                 "pairs_scored": scored,
                 "pairs_per_s": scored / work if work else None,
                 "captions_truncated": self.truncated[spec],
                 "context_length": encoder.context_length if encoder else None,
+                "decode_workers": embedder.workers if embedder else None,
+                "cache": embedder.cache_counts() if embedder else None,
                 **summary,
             }
         status_counts = scores.drop_duplicates("row_id")["status"].value_counts().to_dict() if len(scores) else {}
@@ -188,7 +222,10 @@ class _Scorer:
                 "status_counts": status_counts,
                 "device": str(self.device), "batch_size": self.options.batch_size,
                 "chunk_size": self.options.chunk_size, "chunks_total": chunks_total,
-                "chunks_resumed": chunks_resumed, "versions": package_versions(),
+                "chunks_resumed": chunks_resumed, "fast_decode": self.options.fast_decode,
+                "embedding_cache": (str(self.embedders[self.checkpoints[0]].cache.folder)
+                                    if self.embedders and self.embedders[self.checkpoints[0]].cache else None),
+                "versions": package_versions(),
                 "shared": shared, "checkpoints": per_checkpoint}
 
 
@@ -237,10 +274,9 @@ def score_pairs(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOptio
     """
     options = options or ScoreOptions()
     pairs = _prepare_pairs(pairs, options)
-    scorer = _Scorer(checkpoints, options)
     chunks = _chunks(pairs, options.chunk_size)
     parts = []
-    with _progress(len(pairs), options.progress) as bar:
+    with _Scorer(checkpoints, options) as scorer, _progress(len(pairs), options.progress) as bar:
         for chunk in chunks:
             parts.append(scorer.score_chunk(chunk))
             bar.update(len(chunk))
@@ -256,47 +292,81 @@ def _checkpoint_order(checkpoints: list[str]):
     return lambda column: column.map(order) if column.name == "checkpoint" else column
 
 
-def _fingerprint(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOptions) -> str:
-    """Identify a run's inputs, so resumed chunks are only reused for the very same run."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(pairs, index=True).to_numpy().tobytes())
-    digest.update(json.dumps([checkpoints, options.image_column, options.caption_column, options.base_dir,
-                              options.batch_size, options.chunk_size, options.precision]).encode())
-    return digest.hexdigest()
+def _fingerprint(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOptions) -> dict:
+    """What identifies a run: its input, its checkpoints and the options that change its rows."""
+    table = hashlib.sha256(pd.util.hash_pandas_object(pairs, index=True).to_numpy().tobytes()).hexdigest()
+    return {"input_sha256": table, "checkpoints": checkpoints,
+            "options": {"image_column": options.image_column, "caption_column": options.caption_column,
+                        "base_dir": str(options.base_dir) if options.base_dir else None,
+                        "batch_size": options.batch_size, "chunk_size": options.chunk_size,
+                        "precision": options.precision, "fast_decode": options.fast_decode}}
+
+
+def _differences(earlier: dict, now: dict) -> list[str]:
+    names = {"input_sha256": "the input table", "checkpoints": "the checkpoints"}
+    differ = [names[key] for key in names if earlier.get(key) != now[key]]
+    options = earlier.get("options", {})
+    differ += [f"{key} ({options.get(key)!r} then, {value!r} now)" for key, value in now["options"].items()
+               if options.get(key) != value]
+    return differ
+
+
+def _check_run_folder(out_dir: Path, fingerprint: dict, overwrite: bool) -> None:
+    """Refuse a folder whose earlier run (finished or not) had other inputs, checkpoints or options."""
+    for path in (out_dir / ".parts" / "fingerprint.json", out_dir / "run.json"):
+        if not path.exists():
+            continue
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            earlier = {}
+        differ = _differences(earlier, fingerprint)
+        if differ and not overwrite:
+            raise RunFolderMismatch(f"{out_dir} holds an earlier run with different {', '.join(differ)}; "
+                                    "use a new --out folder, or --overwrite to discard the earlier run")
+        if differ:
+            shutil.rmtree(out_dir / ".parts", ignore_errors=True)
 
 
 def score_to_dir(pairs: pd.DataFrame, checkpoints: list[str], out_dir: str | Path,
-                 options: ScoreOptions | None = None) -> ScoreRun:
-    """Score pairs and write ``results.csv``, ``scores.csv``, ``stats.json`` and ``stats.log``.
+                 options: ScoreOptions | None = None, overwrite: bool = False) -> ScoreRun:
+    """Score pairs and write ``results.csv``, ``scores.csv``, ``stats.json``, ``stats.log`` and ``run.json``.
 
     Resumable: finished chunks are kept under ``<out_dir>/.parts/`` (each written atomically)
-    until the run completes; running again with the same inputs skips them. Every output file
-    is written atomically, so an interrupted run never leaves a half-written one.
+    until the run completes; running again with the same inputs skips them and prints how
+    many it reused. Every output file is written atomically, so an interrupted run never
+    leaves a half-written one.
 
     Args:
         pairs: the pairs table.
         checkpoints: checkpoint specs, primary first.
         out_dir: the run folder.
         options: reading and batching options.
+        overwrite: discard an earlier run in ``out_dir`` that had other inputs, checkpoints or options.
 
     Returns:
         The :class:`ScoreRun` that was written.
+
+    Raises:
+        RunFolderMismatch: ``out_dir`` holds such an earlier run and ``overwrite`` is not set.
     """
     options = options or ScoreOptions()
     pairs = _prepare_pairs(pairs, options)
     out_dir = Path(out_dir)
     parts_dir = out_dir / ".parts"
     fingerprint = _fingerprint(pairs, list(dict.fromkeys(checkpoints)), options)
-    marker = parts_dir / "fingerprint"
-    if parts_dir.exists() and (not marker.exists() or marker.read_text() != fingerprint):
-        shutil.rmtree(parts_dir)  # parts of a different run: never mix them in
+    _check_run_folder(out_dir, fingerprint, overwrite)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    write_text(marker, fingerprint)
+    write_json(parts_dir / "fingerprint.json", fingerprint)
 
-    scorer = _Scorer(checkpoints, options)
     chunks = _chunks(pairs, options.chunk_size)
     part_paths = [parts_dir / f"chunk-{i:06d}.csv" for i in range(len(chunks))]
     resumed = sum(path.exists() for path in part_paths)
-    with _progress(len(pairs), options.progress, sum(len(c) for c, p in zip(chunks, part_paths) if p.exists())) as bar:
+    if resumed:
+        print(f"resuming {out_dir}: {resumed} of {len(chunks)} chunks reused from an interrupted run "
+              f"with the same inputs", file=sys.stderr)
+    done = sum(len(c) for c, p in zip(chunks, part_paths) if p.exists())
+    with _Scorer(checkpoints, options) as scorer, _progress(len(pairs), options.progress, done) as bar:
         for chunk, path in zip(chunks, part_paths):
             if not path.exists():
                 write_csv(path, scorer.score_chunk(chunk))
@@ -311,6 +381,7 @@ def score_to_dir(pairs: pd.DataFrame, checkpoints: list[str], out_dir: str | Pat
     write_csv(out_dir / "results.csv", run.results)
     write_json(out_dir / "stats.json", run.stats)
     write_text(out_dir / "stats.log", format_stats_log(run.stats))
+    write_json(out_dir / "run.json", fingerprint)
     shutil.rmtree(parts_dir)
     return run
 
@@ -338,7 +409,7 @@ def zero_shot_probs(encoder: Encoder, image, captions: list[str]) -> np.ndarray:
     """
     image_embedding = embed_images(encoder, [image])
     if image_embedding.errors:
-        raise ValueError(f"cannot preprocess the image: {image_embedding.errors[0]}")
+        raise ValueError(f"cannot preprocess the image: {image_embedding.errors[0][1]}")
     cosine = (embed_texts(encoder, captions).of(range(len(captions))) @ image_embedding.vectors.T).squeeze(1)
     scale = encoder.logit_scale if encoder.logit_scale is not None else 100.0
     return torch.softmax(scale * cosine, dim=0).numpy()

@@ -184,9 +184,9 @@ class BaselineEncoder(Encoder):
                                return_tensors="pt").to(self.device)
         return self.model.encode_text(batch["input_ids"], batch["attention_mask"])
 
-    def count_truncated(self, texts: Sequence[str]) -> int:
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
         lengths = self.tokenizer(list(texts), truncation=False)["input_ids"]
-        return sum(len(ids) > self.context_length for ids in lengths)
+        return [len(ids) > self.context_length for ids in lengths]
 
 
 def _load_pretrained(spec: str) -> tuple[BaselineModel, BertTokenizer]:

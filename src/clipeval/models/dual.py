@@ -317,10 +317,9 @@ class DualEncoder(Encoder):
         tokens = self.tokenize(texts)
         return self.model.encode_text(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
 
-    def count_truncated(self, texts) -> int:
-        """How many captions have more than ``context_length`` tokens."""
-        lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
-        return sum(length > self.context_length for length in lengths)
+    def truncated(self, texts) -> list[bool]:
+        """For each caption, whether it has more than ``context_length`` tokens."""
+        return [len(ids) > self.context_length for ids in self.tokenizer(list(texts))["input_ids"]]
 
 
 def save_dual(model: DualEncoderModel, tokenizer, folder: str | Path, history: dict | None = None) -> Path:

@@ -1,14 +1,17 @@
 """The one encoder interface every checkpoint loader returns.
 
 A loader (see :mod:`clipeval.models.registry`) wraps a model in a subclass of :class:`Encoder`,
-which implements three hooks: ``preprocess`` (PIL image -> CHW tensor), ``_image_features``
-and ``_text_features`` (raw, unnormalised features). The base class adds what every caller
-relies on: ``torch.inference_mode``, autocast on CUDA, and L2-normalised float32 output.
+which sets ``self.model`` (the ``nn.Module``) and implements three hooks: ``preprocess`` (PIL
+image -> CHW tensor), ``_image_features`` and ``_text_features`` (raw, unnormalised features).
+The base class adds what every caller relies on: ``torch.inference_mode``, autocast on CUDA,
+L2-normalised float32 output, and what an embedding cache needs to tell models apart
+(:meth:`Encoder.weights_digest`, :meth:`Encoder.preprocess_id`, :meth:`Encoder.input_side`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -82,9 +85,38 @@ class Encoder(ABC):
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         """Raw text features for a batch of captions (tokenise, truncate, encode)."""
 
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """For each text, whether it is longer than the context and gets truncated (False if unknown)."""
+        return [False] * len(texts)
+
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` are longer than the context and get truncated (0 if unknown)."""
-        return 0
+        return sum(self.truncated(texts))
+
+    def weights_digest(self) -> str:
+        """SHA-256 over the loaded weights (every state-dict tensor's name, dtype, shape and bytes).
+
+        Identifies the weights whatever their source (a hub name, a local file, a seeded random
+        init), so a retrained model or a changed file never matches an older cache entry.
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        return digest.hexdigest()
+
+    def preprocess_id(self) -> str:
+        """A description of the image transform; equal descriptions mean equal preprocessing."""
+        return repr(self.transform)
+
+    def input_side(self) -> int | None:
+        """The side the image transform resizes to (its first ``size``), ``None`` when unknown."""
+        for step in getattr(self.transform, "transforms", ()):
+            size = getattr(step, "size", None)
+            if size is not None:
+                return int(max(size)) if isinstance(size, (tuple, list)) else int(size)
+        return None
 
     def _autocast(self):
         if self.device.type == "cuda" and self.precision != "fp32":
@@ -101,7 +133,7 @@ class Encoder(ABC):
             ``(N, D)`` float32 CPU tensor, each row of unit L2 norm.
         """
         with torch.inference_mode(), self._autocast():
-            features = self._image_features(pixels.to(self.device))
+            features = self._image_features(pixels.to(self.device, non_blocking=True))
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

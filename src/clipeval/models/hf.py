@@ -33,15 +33,22 @@ class HFEncoder(Encoder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
+    def preprocess_id(self) -> str:
+        return self.image_processor.to_json_string()
+
+    def input_side(self) -> int | None:
+        size = self.image_processor.size
+        return int(size.get("shortest_edge") or max(size.get("height", 0), size.get("width", 0))) or None
+
     def _tokenize(self, texts: list[str]):
         # SigLIP was trained on max_length padding and pools the last position, so it needs it too.
         padding = "max_length" if self.is_siglip else True
         return self.tokenizer(texts, padding=padding, truncation=True, max_length=self.context_length,
                               return_tensors="pt")
 
-    def count_truncated(self, texts) -> int:
+    def truncated(self, texts) -> list[bool]:
         lengths = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
-        return sum(len(ids) > self.context_length for ids in lengths)
+        return [len(ids) > self.context_length for ids in lengths]
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=pixels))

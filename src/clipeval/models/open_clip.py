@@ -34,12 +34,12 @@ class OpenClipEncoder(Encoder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
-    def count_truncated(self, texts) -> int:
+    def truncated(self, texts) -> list[bool]:
         encode = getattr(self.tokenizer, "encode", None)
         if encode is None:  # HF-backed tokenizers (SigLIP) report no token counts here
-            return 0
+            return [False] * len(texts)
         # +2 for the start and end tokens the tokenizer adds around the text
-        return sum(len(encode(text)) + 2 > self.context_length for text in texts)
+        return [len(encode(text)) + 2 > self.context_length for text in texts]
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)

@@ -13,8 +13,11 @@ one family never imports the others.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
@@ -29,6 +32,9 @@ CHECKPOINT_LOADERS: dict[str, str] = {
 OFFLINE_HINT = ("no model hub is reachable; to run offline use a local checkpoint "
                 "(`make data` builds hf:data/checkpoints/tiny-random/hf-clip and others) "
                 "or the `offline` profile")
+
+
+MODEL_PACKAGES = ("clipeval", "torch", "torchvision", "transformers", "open_clip_torch")
 
 
 class CheckpointError(RuntimeError):
@@ -76,6 +82,43 @@ def offline_error(spec: str, cause: BaseException) -> CheckpointError:
     """The one-line error for a hub checkpoint that cannot be fetched."""
     reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     return CheckpointError(f"cannot load {spec}: {OFFLINE_HINT} ({type(cause).__name__}: {reason[:200]})")
+
+
+def _files_under(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(item for item in path.rglob("*") if item.is_file())
+
+
+def weights_identity(spec: str) -> dict | None:
+    """What decides the weights a spec loads, read without loading them; ``None`` when unknowable.
+
+    * a spec naming local files (a folder, a weights file): every file's path, size and
+      modification time (so a retrained or replaced checkpoint gets a new identity);
+    * a spec whose weights are a seeded random init in code (``baseline:*-random``): the
+      loader module's source hash;
+    * a hub name: ``None`` (the hub repo may change; the weights must be loaded and hashed).
+
+    Both known forms also carry the versions of the packages that build the model.
+    """
+    parsed = parse_spec(spec)
+    module = CHECKPOINT_LOADERS[parsed.prefix].split(":")[0]
+    versions = {name: _version(name) for name in MODEL_PACKAGES}
+    local = [Path(part).expanduser() for part in parsed.target.split("@")
+             if is_local_path(part) and Path(part).expanduser().exists()]
+    if local:
+        files = [[str(item.resolve()), item.stat().st_size, item.stat().st_mtime_ns]
+                 for path in local for item in _files_under(path)]
+        return {"spec": spec, "files": files, "versions": versions}
+    if parsed.prefix == "baseline" and parsed.target.endswith("-random"):
+        source = Path(importlib.util.find_spec(module).origin).read_bytes()
+        return {"spec": spec, "code_sha256": hashlib.sha256(source).hexdigest(), "versions": versions}
+    return None
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> Encoder:

@@ -22,7 +22,9 @@ def _score(args: argparse.Namespace) -> None:
                       precision=args.precision, workers=args.workers, source_kind=args.source_kind,
                       delimiter=args.delimiter, images_dir=args.images_dir, split=args.split,
                       cache_dir=args.cache_dir, fetch_timeout=args.fetch_timeout, fetch_retries=args.fetch_retries,
-                      max_download_mb=args.max_download_mb, progress=not args.no_progress)
+                      max_download_mb=args.max_download_mb, progress=not args.no_progress,
+                      decode_workers=args.decode_workers, fast_decode=args.fast_decode,
+                      embedding_cache=not args.no_embedding_cache, overwrite=args.overwrite)
     ok = int((run.results["status"] == "ok").sum())
     print(f"scored {len(run.results)} pairs ({ok} ok) with {len(args.checkpoint)} checkpoint(s) -> {args.out}")
 
@@ -35,7 +37,8 @@ def _retrieve(args: argparse.Namespace) -> None:
                          args.pairs, args.queries, args.images, args.relevance, args.image_column,
                          args.caption_column, args.images_dir, ks=args.k or (1, 5, 10), n_resamples=args.bootstrap,
                          seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, decode_workers=args.decode_workers,
+                         fast_decode=args.fast_decode, embedding_cache=not args.no_embedding_cache)
     print(run.report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
 
 
@@ -96,6 +99,17 @@ def _run_notebooks(args: argparse.Namespace) -> None:
         print(f"executed {path}")
 
 
+def _add_pipeline_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--decode-workers", type=int, default=None,
+                         help="processes decoding images while the model encodes (default: 0 on the CPU, "
+                              "spare cores up to 8 on CUDA)")
+    command.add_argument("--fast-decode", action="store_true",
+                         help="decode large JPEGs at reduced scale before the exact resize (see README, Speed)")
+    command.add_argument("--no-embedding-cache", action="store_true",
+                         help="neither read nor write the embedding cache ($CLIPEVAL_EMBEDDING_CACHE, "
+                              "default outputs/cache/embeddings)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from clipeval.data.challenge import CHALLENGE_DIR
@@ -126,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--fetch-timeout", type=float, default=10.0, help="seconds per URL request")
     score.add_argument("--fetch-retries", type=int, default=3)
     score.add_argument("--max-download-mb", type=float, default=50.0)
+    score.add_argument("--overwrite", action="store_true",
+                       help="discard an earlier run in --out that had other inputs, checkpoints or options")
     score.add_argument("--no-progress", action="store_true")
+    _add_pipeline_options(score)
     score.set_defaults(handler=_score)
 
     retrieve = commands.add_parser("retrieve", help="text-to-image / image-to-text retrieval metrics")
@@ -150,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--device", default="auto")
     retrieve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     retrieve.add_argument("--no-progress", action="store_true")
+    _add_pipeline_options(retrieve)
     retrieve.set_defaults(handler=_retrieve)
 
     scenes = commands.add_parser("make-scenes", help="generate the captioned-scenes dataset (deterministic)")

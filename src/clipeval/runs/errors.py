@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from clipeval.data.sources import PairsTableError
+from clipeval.eval.scoring import RunFolderMismatch
 from clipeval.models.registry import CheckpointError
 
 
@@ -17,8 +18,8 @@ class NotebookFailed(RuntimeError):
     """A notebook raised; the message names it, the error line, and the executed copy to open."""
 
 
-# What stops a notebook with one line: the user's input, not a bug, is at fault.
-NOTEBOOK_STOPS = (CheckpointError, PairsTableError)
+# What stops a notebook with one line: the user's input (or output folder), not a bug, is at fault.
+NOTEBOOK_STOPS = (CheckpointError, PairsTableError, RunFolderMismatch)
 # The command line also reports bad arguments and missing files in one line.
 EXPECTED_ERRORS = (*NOTEBOOK_STOPS, NotebookFailed, FileNotFoundError, ValueError)
 

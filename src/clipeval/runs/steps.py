@@ -22,6 +22,7 @@ from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, count_pairs, describe_images
 from clipeval.eval.compare import load_run_scores, pivot_scores, spearman_matrix, summarize_scores
+from clipeval.eval.embed import EmbedOptions
 from clipeval.eval.retrieval import RetrievalReport, evaluate_retrieval, paired_differences
 from clipeval.eval.retrieval import search as search_images
 from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
@@ -54,7 +55,8 @@ def score(run_dir: str | Path, pairs_path: str, checkpoints: Sequence[str], imag
           precision: str = "auto", workers: int = 8, source_kind: str = "auto", delimiter: str | None = None,
           images_dir: str | None = None, split: str | None = None, cache_dir: str | None = None,
           fetch_timeout: float = 10.0, fetch_retries: int = 3, max_download_mb: float = 50.0,
-          progress: bool = True) -> ScoreRun:
+          progress: bool = True, decode_workers: int | None = None, fast_decode: bool = False,
+          embedding_cache: bool = True, overwrite: bool = False) -> ScoreRun:
     """Score every pair under every checkpoint into ``run_dir`` (results.csv, scores.csv, stats).
 
     Args:
@@ -65,6 +67,8 @@ def score(run_dir: str | Path, pairs_path: str, checkpoints: Sequence[str], imag
         batch_size, chunk_size, device, precision, workers: how to run (see :class:`ScoreOptions`).
         cache_dir, fetch_timeout, fetch_retries, max_download_mb: how URLs are fetched.
         progress: show a progress bar.
+        decode_workers, fast_decode, embedding_cache: the embedding pipeline (see :class:`ScoreOptions`).
+        overwrite: discard an earlier run in ``run_dir`` with other inputs, checkpoints or options.
 
     Returns:
         The :class:`~clipeval.eval.scoring.ScoreRun` written.
@@ -77,8 +81,9 @@ def score(run_dir: str | Path, pairs_path: str, checkpoints: Sequence[str], imag
                          cache_dir=cache)
     options = ScoreOptions(image_column=image_column, caption_column=caption_column, batch_size=batch_size,
                            chunk_size=chunk_size, device=device, precision=precision, progress=progress,
-                           workers=workers, fetch=fetch)
-    run = score_to_dir(pairs, list(checkpoints), run_dir, options)
+                           workers=workers, fetch=fetch, decode_workers=decode_workers, fast_decode=fast_decode,
+                           embedding_cache=embedding_cache)
+    run = score_to_dir(pairs, list(checkpoints), run_dir, options, overwrite=overwrite)
     update_manifest(Path(run_dir) / "manifest.json", "score", params, list(checkpoints), [pairs_path])
     return run
 
@@ -126,7 +131,8 @@ def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str 
              relevance_path: str | None = None, image_column: str = "image", caption_column: str = "caption",
              images_dir: str | None = None, ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000, seed: int = 0,
              batch_size: int = 32, device: str = "auto", precision: str = "auto",
-             progress: bool = True) -> Retrieval:
+             progress: bool = True, decode_workers: int | None = None, fast_decode: bool = False,
+             embedding_cache: bool = True) -> Retrieval:
     """Evaluate text->image and image->text retrieval; writes ``metrics.csv`` and ``retrieval_ranks.csv``.
 
     The set comes from a pairs source, or from queries / images / relevance tables when
@@ -139,8 +145,10 @@ def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str 
     params = {key: value for key, value in locals().items() if key != "run_dir"}
     dataset = load_retrieval_set(dataset_name, pairs_path or None, queries_path or None, images_path or None,
                                  relevance_path or None, image_column, caption_column, images_dir)
+    options = EmbedOptions(batch_size=batch_size, decode_workers=decode_workers, fast_decode=fast_decode,
+                           cache=embedding_cache)
     report = evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
-                                batch_size=batch_size, device=device, precision=precision, progress=progress)
+                                device=device, precision=precision, progress=progress, options=options)
     out = Path(run_dir)
     write_csv(out / "metrics.csv", report.metrics)
     write_csv(out / "retrieval_ranks.csv", report.per_query)
@@ -162,15 +170,15 @@ class Search:
 
 def search(pairs_path: str, queries: Sequence[str], checkpoints: Sequence[str], dataset_name: str = "search",
            image_column: str = "image", caption_column: str = "caption", top: int = 5, batch_size: int = 32,
-           device: str = "auto", precision: str = "auto") -> Search:
+           device: str = "auto", precision: str = "auto", embedding_cache: bool = True) -> Search:
     """The ``top`` images of a pairs source's collection for each free-text query, per checkpoint."""
     pairs = read_pairs(pairs_path, image_column, caption_column)
     dataset = retrieval_set_from_pairs(pairs, dataset_name, image_column, caption_column)
     matched = pairs[pairs["match"].astype(bool)] if "match" in pairs else pairs
     caption_of = matched.drop_duplicates(image_column).set_index(image_column)[caption_column]
     captions = dataset.images["image"].map(caption_of)
-    results = search_images(dataset, list(checkpoints), list(queries), top=top, batch_size=batch_size,
-                            device=device, precision=precision)
+    results = search_images(dataset, list(checkpoints), list(queries), top=top, device=device, precision=precision,
+                            options=EmbedOptions(batch_size=batch_size, cache=embedding_cache))
     return Search(dataset, pd.DataFrame({"text": list(queries)}), results, captions)
 
 

@@ -1,0 +1,154 @@
+"""An on-disk embedding cache shared by every run: re-running a notebook encodes nothing new.
+
+One SQLite database (``embeddings.sqlite`` in the cache folder) holds every vector, keyed by
+
+* the **model key**: a hash of the checkpoint spec, the digest of its loaded weights, the
+  image preprocessing (the transform's description and the decode mode), the precision and
+  the device type (see :func:`clipeval.eval.embed.model_key`);
+* the **kind** (``image`` or ``text``);
+* the **content key**: the SHA-256 of the image file's bytes, or of the caption's UTF-8 text.
+
+So the same photo under two names is encoded once, a re-encoded copy of it is a new entry,
+and a retrained model (new weights) or another preprocessing never reads stale vectors.
+
+Why SQLite: one file holds millions of vectors (not one file per vector), each write is a
+transaction (an interrupted run leaves the database as it was before the unfinished write,
+never a corrupt entry), and several processes can read and write it at once (write-ahead
+log; a writer waits up to ``timeout`` seconds for another's lock, and ``INSERT OR IGNORE``
+makes a vector written by two runs at once land once). It needs a local disk: SQLite's
+locking is not reliable on network file systems.
+
+A caption's entry also records whether the model truncated it. A ``loads`` table remembers
+which model key a checkpoint had, by its weights identity
+(:func:`clipeval.models.registry.weights_identity`: local files' sizes and times, or the code
+of a seeded random init), so a run whose inputs are all cached never loads the model. Hub
+checkpoints have no such identity and are always loaded (and their weights hashed).
+
+Per-model hit and miss counts of this process are kept in :attr:`EmbeddingCache.counts`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clipeval.paths import OUTPUTS_DIR
+
+CACHE_ENV = "CLIPEVAL_EMBEDDING_CACHE"
+DEFAULT_CACHE_DIR = OUTPUTS_DIR / "cache" / "embeddings"
+DATABASE = "embeddings.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vectors (
+    model TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, vector BLOB NOT NULL, flag INTEGER,
+    PRIMARY KEY (model, kind, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS models (model TEXT PRIMARY KEY, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS loads (identity TEXT PRIMARY KEY, model TEXT NOT NULL);
+"""
+_LOOKUP_BATCH = 500  # keys per SELECT (SQLite caps the number of bound parameters)
+
+
+def default_cache_dir() -> Path | None:
+    """The cache folder: ``$CLIPEVAL_EMBEDDING_CACHE`` if set (``off`` disables), else ``outputs/cache/embeddings``."""
+    value = os.environ.get(CACHE_ENV)
+    if value is None:
+        return DEFAULT_CACHE_DIR
+    return None if value.strip().lower() in ("", "off", "none", "0") else Path(value).expanduser()
+
+
+class EmbeddingCache:
+    """Vectors on disk by (model key, kind, content key).
+
+    Args:
+        folder: where ``embeddings.sqlite`` lives (created if missing).
+        timeout: seconds a write waits for another process's lock before failing.
+
+    Example:
+        >>> cache = EmbeddingCache(tmp_folder)                        # doctest: +SKIP
+        >>> cache.put("m", "text", {"k": np.ones(4, np.float32)})     # doctest: +SKIP
+        >>> cache.get("m", "text", ["k", "other"])                    # doctest: +SKIP
+        {'k': array([1., 1., 1., 1.], dtype=float32)}
+    """
+
+    def __init__(self, folder: str | Path, timeout: float = 120.0):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / DATABASE
+        self.timeout = timeout
+        self.counts: dict[str, dict[str, int]] = {}
+        self._connection: sqlite3.Connection | None = None
+        self._pid: int | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        """One connection per process (a connection must not cross a fork)."""
+        if self._connection is None or self._pid != os.getpid():
+            connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+            self._connection, self._pid = connection, os.getpid()
+        return self._connection
+
+    def describe(self, model: str, description: dict) -> None:
+        """Record what a model key stands for (spec, weights digest...), for people reading the database."""
+        self._connect().execute("INSERT OR IGNORE INTO models VALUES (?, ?)",
+                                (model, json.dumps(description, sort_keys=True)))
+
+    def remember_model(self, identity: str, model: str) -> None:
+        """Remember the model key a checkpoint with this weights identity had, so a warm run need not load it."""
+        self._connect().execute("INSERT OR REPLACE INTO loads VALUES (?, ?)", (identity, model))
+
+    def model_for(self, identity: str) -> str | None:
+        """The model key remembered for a weights identity, if any."""
+        row = self._connect().execute("SELECT model FROM loads WHERE identity = ?", (identity,)).fetchone()
+        return row[0] if row else None
+
+    def get(self, model: str, kind: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among ``keys`` (float32, 1-D); counts hits and misses."""
+        return {key: vector for key, (vector, _) in self.get_flagged(model, kind, keys).items()}
+
+    def get_flagged(self, model: str, kind: str, keys: Sequence[str]) -> dict[str, tuple[np.ndarray, bool]]:
+        """The cached vectors among ``keys`` with their flag (a caption's truncation); counts hits and misses."""
+        found: dict[str, tuple[np.ndarray, bool]] = {}
+        distinct = list(dict.fromkeys(keys))
+        connection = self._connect()
+        for start in range(0, len(distinct), _LOOKUP_BATCH):
+            part = distinct[start:start + _LOOKUP_BATCH]
+            marks = ",".join("?" * len(part))
+            rows = connection.execute(f"SELECT key, vector, flag FROM vectors WHERE model = ? AND kind = ? "
+                                      f"AND key IN ({marks})", (model, kind, *part))
+            found.update((key, (np.frombuffer(blob, dtype=np.float32), bool(flag))) for key, blob, flag in rows)
+        count = self.counts.setdefault(model, {"image_hits": 0, "image_misses": 0, "text_hits": 0, "text_misses": 0})
+        count[f"{kind}_hits"] += len(found)
+        count[f"{kind}_misses"] += len(distinct) - len(found)
+        return found
+
+    def put(self, model: str, kind: str, vectors: dict[str, np.ndarray], flags: dict[str, bool] | None = None) -> None:
+        """Store vectors (and optional flags) in one transaction, all or none; keys already present stay as they are."""
+        if not vectors:
+            return
+        flags = flags or {}
+        rows = [(model, kind, key, np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
+                 int(flags[key]) if key in flags else None) for key, vector in vectors.items()]
+        connection = self._connect()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def size(self) -> int:
+        """How many vectors the database holds (all models)."""
+        return int(self._connect().execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+
+    def close(self) -> None:
+        """Close this process's connection (it reopens on the next use)."""
+        if self._connection is not None and self._pid == os.getpid():
+            self._connection.close()
+        self._connection = None
