@@ -12,7 +12,7 @@ DUAL := outputs/offline/models/dual/model.safetensors
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env data model reproduce notebooks lint test test-slow test-network bench lab clean
+.PHONY: help env data model reproduce notebooks lint test test-slow test-network bench bench-train clear-cache lab clean
 
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -66,9 +66,22 @@ test-slow: env ## run only the slow tests (real-size training and data; about 10
 test-network: env ## run only the network tests (real checkpoints vs published numbers; needs a model hub)
 	$(PYTHON) -m pytest -m network
 
-bench: env data ## run the benchmarks; results go to bench/results/*.json
+BENCH_PEERS := $(VENV)/.bench-peers-installed
+
+$(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
+	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
+	touch $@
+
+bench: env data $(BENCH_PEERS) ## pipeline and retrieval benchmarks (about 10 min); JSON in bench/results/, a table printed
+	$(PYTHON) bench/bench_pipeline.py
 	$(PYTHON) bench/bench_retrieval.py
+
+bench-train: env ## the dual encoder's training benchmark (about 10 min) -> bench/results/train_dual.json
 	$(PYTHON) bench/bench_train_dual.py
+
+clear-cache: env ## delete the embedding cache (outputs/cache/embeddings, or the folder CLIPEVAL_EMBEDDING_CACHE names)
+	$(PYTHON) -c "import shutil; from clipeval.eval.cache import default_cache_dir; folder = default_cache_dir(); \
+	folder and shutil.rmtree(folder, ignore_errors=True); print('removed embedding cache:', folder)"
 
 lab: env ## start JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/
