@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.data.retrieval_sets import read_retrieval_tables, retrieval_set_from_pairs
+from clipeval.data.retrieval_sets import load_retrieval_set, read_retrieval_tables, retrieval_set_from_pairs
 from clipeval.data.sources import PairsTableError, read_pairs
 from clipeval.eval.metrics import summarize
 from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, search
@@ -16,6 +16,36 @@ def test_set_from_pairs_uses_matched_rows_only(challenge_csv):
     dataset = retrieval_set_from_pairs(read_pairs(challenge_csv), "challenge")
     assert len(dataset.queries) == 16 and len(dataset.images) == 16
     assert len(dataset.relevant) == 16  # one matched caption per image; mismatched rows add no relevance
+
+
+def write_coco(path, captions):
+    """A COCO captions file: ``captions`` is a list of (image file name, caption) annotations."""
+    files = list(dict.fromkeys(name for name, _ in captions))
+    path.write_text(json.dumps({
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(files)],
+        "annotations": [{"id": 100 + a, "image_id": files.index(name), "caption": caption}
+                        for a, (name, caption) in enumerate(captions)]}))
+    return path
+
+
+def test_every_coco_caption_row_is_a_query(tmp_path):
+    coco = write_coco(tmp_path / "captions_val.json", [("a.jpg", "A cat."), ("b.jpg", "A cat."), ("b.jpg", "A dog.")])
+    dataset = load_retrieval_set("coco", coco)
+    assert dataset.queries["text"].tolist() == ["A cat.", "A cat.", "A dog."]
+    assert dataset.queries["row_id"].tolist() == [0, 1, 2]
+    assert dataset.relevant.tolist() == [[0, 0], [1, 1], [2, 1]]  # each annotation: its own image only
+    merged = load_retrieval_set("coco", coco, distinct_captions=True)
+    assert merged.queries["text"].tolist() == ["A cat.", "A dog."]
+    assert merged.relevant.tolist() == [[0, 0], [0, 1], [1, 1]]
+
+
+def test_mismatched_captions_are_distractors_not_queries_with_relevance():
+    pairs = pd.DataFrame({"image": ["a", "a", "b", "b", "c"], "caption": ["x", "y", "y", "x", "z"],
+                          "match": [True, False, True, False, False]})
+    dataset = retrieval_set_from_pairs(pairs, "t")
+    assert dataset.queries["text"].tolist() == ["x", "y", "z"] and dataset.queries["row_id"].tolist() == [0, 2, 4]
+    assert dataset.images["image"].tolist() == ["a", "b", "c"]
+    assert dataset.relevant.tolist() == [[0, 0], [1, 1]]  # "z" is a query with no relevant image
 
 
 def test_tables_with_multi_relevant_queries(tmp_path, challenge_csv):

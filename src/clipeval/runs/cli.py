@@ -35,7 +35,7 @@ def _retrieve(args: argparse.Namespace) -> None:
                          args.pairs, args.queries, args.images, args.relevance, args.image_column,
                          args.caption_column, args.images_dir, ks=args.k or (1, 5, 10), n_resamples=args.bootstrap,
                          seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, distinct_captions=args.distinct_captions)
     print(run.report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
 
 
@@ -131,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrieve = commands.add_parser("retrieve", help="text-to-image / image-to-text retrieval metrics")
     retrieve.add_argument("--pairs", help="any pairs source (table, COCO captions_*.json, HF dataset...): "
-                                          "distinct captions are queries, distinct images the collection, "
-                                          "rows (with match=True if that column exists) the relevance")
+                                          "every row (with match=True if that column exists) is a query "
+                                          "relevant to its own image; distinct images are the collection")
+    retrieve.add_argument("--distinct-captions", action="store_true",
+                          help="with --pairs: one query per distinct caption string, relevant to every "
+                               "image it is matched with (default: one query per row, as in COCO's protocol)")
     retrieve.add_argument("--queries", help="table with query_id and the caption column")
     retrieve.add_argument("--images", help="table with image_id and the image column")
     retrieve.add_argument("--relevance", help="table with query_id, image_id: one row per relevant pair")

@@ -126,11 +126,13 @@ def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str 
              relevance_path: str | None = None, image_column: str = "image", caption_column: str = "caption",
              images_dir: str | None = None, ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000, seed: int = 0,
              batch_size: int = 32, device: str = "auto", precision: str = "auto",
-             progress: bool = True) -> Retrieval:
+             progress: bool = True, distinct_captions: bool = False) -> Retrieval:
     """Evaluate text->image and image->text retrieval; writes ``metrics.csv`` and ``retrieval_ranks.csv``.
 
     The set comes from a pairs source, or from queries / images / relevance tables when
     ``relevance_path`` is given (see :func:`clipeval.data.retrieval_sets.load_retrieval_set`).
+    From a pairs source each matched row is a query; ``distinct_captions`` makes each distinct
+    caption string one query instead.
 
     Returns:
         The :class:`Retrieval`; ``differences`` compares every checkpoint with the first
@@ -138,7 +140,8 @@ def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str 
     """
     params = {key: value for key, value in locals().items() if key != "run_dir"}
     dataset = load_retrieval_set(dataset_name, pairs_path or None, queries_path or None, images_path or None,
-                                 relevance_path or None, image_column, caption_column, images_dir)
+                                 relevance_path or None, image_column, caption_column, images_dir,
+                                 distinct_captions=distinct_captions)
     report = evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
                                 batch_size=batch_size, device=device, precision=precision, progress=progress)
     out = Path(run_dir)
