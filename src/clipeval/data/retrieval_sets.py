@@ -9,14 +9,21 @@ query per distinct caption string).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clipeval.data.fetch import DEFAULT_CACHE_DIR
+from clipeval.data.fetch import DEFAULT_CACHE_DIR, is_url
 from clipeval.data.sources import PairsTableError, read_pairs
+
+MIN_FOUND_FRACTION = 0.5  # below this share of local images found, a run stops before loading a model
+
+
+class ImagesNotFoundError(PairsTableError):
+    """Too few of a retrieval set's image files exist: the image folder or column is wrong."""
 
 
 @dataclass
@@ -43,6 +50,44 @@ def relevance_matrix(dataset: RetrievalSet) -> np.ndarray:
     relevance = np.zeros((len(dataset.queries), len(dataset.images)), dtype=bool)
     relevance[dataset.relevant[:, 0], dataset.relevant[:, 1]] = True
     return relevance
+
+
+def check_images_found(dataset: RetrievalSet, allow_missing: bool = False) -> int:
+    """Stop early when the set's local image references do not resolve to files.
+
+    Run before any model is loaded: a wrong ``--images-dir`` would otherwise cost a full
+    caption encoding before failing. Relative paths are resolved against ``dataset.base_dir``;
+    URLs are not checked here (fetching them is the run's job, with statuses per image).
+
+    Args:
+        dataset: the retrieval set.
+        allow_missing: go on when at least one image is found, however few.
+
+    Returns:
+        The number of local images found.
+
+    Raises:
+        ImagesNotFoundError: no local image was found, or fewer than :data:`MIN_FOUND_FRACTION`
+            of them and not ``allow_missing``; the message says how many were found, in which
+            folder, and one path that was tried.
+    """
+    base = Path(dataset.base_dir) if dataset.base_dir else None
+    paths = [_local_path(ref, base) for ref in dataset.images["image"].astype(str) if not is_url(ref.strip())]
+    missing = [path for path in paths if not path.is_file()]
+    found = len(paths) - len(missing)
+    if missing and (found == 0 or (found < MIN_FOUND_FRACTION * len(paths) and not allow_missing)):
+        folder = Counter(path.parent for path in missing).most_common(1)[0][0]
+        hint = "" if found == 0 else " (or --allow-missing-images to evaluate the ones found)"
+        raise ImagesNotFoundError(
+            f"{dataset.name}: found {found} of {len(paths)} images; looked in {folder} (e.g. {missing[0]}); "
+            f"pass --images-dir with the folder that holds them, or fix the image paths{hint}")
+    return found
+
+
+def _local_path(ref: str, base: Path | None) -> Path:
+    """Where :func:`clipeval.data.images.read_image` looks for a local reference."""
+    path = Path(ref).expanduser()
+    return base / path if base is not None and not path.is_absolute() else path
 
 
 def retrieval_set_from_pairs(pairs: pd.DataFrame, name: str, image_column: str = "image",

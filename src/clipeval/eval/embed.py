@@ -183,7 +183,8 @@ class EmbeddedSet:
 
 
 def embed_set(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 32, workers: int = 8,
-              fetch_options: FetchOptions = FetchOptions(), progress: bool = True) -> EmbeddedSet:
+              fetch_options: FetchOptions = FetchOptions(), progress: bool = True,
+              timer: StageTimer | None = None) -> EmbeddedSet:
     """Embed every query and every usable image of a retrieval set.
 
     Images are read ``batch_size`` at a time (so memory holds one batch of decoded images);
@@ -196,6 +197,8 @@ def embed_set(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 32, wor
         workers: concurrent image reads / downloads.
         fetch_options: URL fetching options.
         progress: show a progress bar over the images.
+        timer: optional stage timer (``image_read``, ``image_preprocess``, ``image_encode``,
+            ``text_encode``).
 
     Returns:
         The :class:`EmbeddedSet`.
@@ -203,8 +206,10 @@ def embed_set(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 32, wor
     refs = dataset.images["image"].tolist()
     statuses, errors, vectors, positions = [], [], [], []
     for batch in tqdm(list(batches(len(refs), batch_size)), desc=f"images {encoder.name}", disable=not progress):
-        loaded = read_images(refs[batch], dataset.base_dir, workers=workers, fetch_options=fetch_options)
-        embedded = embed_images(encoder, [image.image for image in loaded], keys=refs[batch], batch_size=batch_size)
+        with _stage(timer, "image_read", len(refs[batch])):
+            loaded = read_images(refs[batch], dataset.base_dir, workers=workers, fetch_options=fetch_options)
+        embedded = embed_images(encoder, [image.image for image in loaded], keys=refs[batch], batch_size=batch_size,
+                                timer=timer)
         for offset, image in enumerate(loaded):
             status, error = image.status, image.error
             if offset in embedded.errors:
@@ -215,7 +220,7 @@ def embed_set(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 32, wor
         if len(usable):
             vectors.append(embedded.of(usable))
             positions += (batch.start + usable).tolist()
-    texts = embed_texts(encoder, dataset.queries["text"].tolist(), batch_size)
+    texts = embed_texts(encoder, dataset.queries["text"].tolist(), batch_size, timer)
     images = torch.cat(vectors) if vectors else torch.empty((0, texts.vectors.shape[1]))
     return EmbeddedSet(texts.of(np.arange(len(dataset.queries))), images, np.asarray(positions, dtype=np.int64),
                        statuses, errors)

@@ -7,10 +7,12 @@ checkpoint spec, a missing column, no network) print one ``error:`` line and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from clipeval.data.sources import SOURCE_READERS
+from clipeval.models.registry import quiet_progress_bars
 from clipeval.runs.errors import EXPECTED_ERRORS
 
 
@@ -35,8 +37,15 @@ def _retrieve(args: argparse.Namespace) -> None:
                          args.pairs, args.queries, args.images, args.relevance, args.image_column,
                          args.caption_column, args.images_dir, ks=args.k or (1, 5, 10), n_resamples=args.bootstrap,
                          seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
-                         progress=not args.no_progress, distinct_captions=args.distinct_captions)
-    print(run.report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
+                         progress=not args.no_progress, distinct_captions=args.distinct_captions,
+                         workers=args.workers, cache_dir=args.cache_dir, fetch_timeout=args.fetch_timeout,
+                         fetch_retries=args.fetch_retries, max_download_mb=args.max_download_mb,
+                         allow_missing_images=args.allow_missing_images)
+    columns = ["direction", "k", "hit_rate", "hit_rate_chance", "recall", "recall_chance", "mrr", "mrr_chance"]
+    for spec, rows in run.report.metrics.groupby("checkpoint", sort=False):
+        print(f"checkpoint {spec}\n{rows[columns].round(4).to_string(index=False)}\n")
+    print(f"{len(run.dataset.queries)} queries, {len(run.dataset.images)} images -> {args.out} "
+          "(metrics.csv, retrieval_ranks.csv, retrieval_stats.json, retrieval_stats.log)")
 
 
 def _checkpoints(args: argparse.Namespace) -> None:
@@ -96,6 +105,15 @@ def _run_notebooks(args: argparse.Namespace) -> None:
         print(f"executed {path}")
 
 
+def _add_fetch_options(command: argparse.ArgumentParser) -> None:
+    """The image reading and URL fetching options ``score`` and ``retrieve`` share."""
+    command.add_argument("--workers", type=int, default=8, help="concurrent image reads/downloads")
+    command.add_argument("--cache-dir", default=None, help="image cache root (default data/cache/images)")
+    command.add_argument("--fetch-timeout", type=float, default=10.0, help="seconds per URL request")
+    command.add_argument("--fetch-retries", type=int, default=3)
+    command.add_argument("--max-download-mb", type=float, default=50.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from clipeval.data.challenge import CHALLENGE_DIR
@@ -121,11 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
     score.add_argument("--device", default="auto")
     score.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    score.add_argument("--workers", type=int, default=8, help="concurrent image reads/downloads")
-    score.add_argument("--cache-dir", default=None, help="image cache root (default data/cache/images)")
-    score.add_argument("--fetch-timeout", type=float, default=10.0, help="seconds per URL request")
-    score.add_argument("--fetch-retries", type=int, default=3)
-    score.add_argument("--max-download-mb", type=float, default=50.0)
+    _add_fetch_options(score)
     score.add_argument("--no-progress", action="store_true")
     score.set_defaults(handler=_score)
 
@@ -152,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--batch-size", type=int, default=32)
     retrieve.add_argument("--device", default="auto")
     retrieve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    retrieve.add_argument("--allow-missing-images", action="store_true",
+                          help="go on when fewer than half the local image files are found (default: stop)")
+    _add_fetch_options(retrieve)
     retrieve.add_argument("--no-progress", action="store_true")
     retrieve.set_defaults(handler=_retrieve)
 
@@ -206,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        # quiet means quiet: the model libraries' bars too (transformers' "Loading weights")
+        with quiet_progress_bars() if getattr(args, "no_progress", False) else contextlib.nullcontext():
+            args.handler(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
