@@ -184,7 +184,7 @@ def test_resuming_says_so_and_a_different_run_is_refused(tiny_specs, challenge_c
         _interrupt_after_first_chunk(patch)
         with pytest.raises(KeyboardInterrupt):
             score_to_dir(pairs, [tiny_specs["hf-clip"]], tmp_path, options)
-    with pytest.raises(RunFolderMismatch, match="different the checkpoints.*--overwrite"):
+    with pytest.raises(RunFolderMismatch, match=r"different the checkpoints.*--overwrite"):
         score_to_dir(pairs, [tiny_specs["open_clip"]], tmp_path, options)
     run = score_to_dir(pairs, [tiny_specs["hf-clip"]], tmp_path, options)
     assert "1 of 3 chunks reused" in capsys.readouterr().err and run.stats["chunks_resumed"] == 1

@@ -49,6 +49,9 @@ class Picky:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def preprocess_id(self):  # another transform: its vectors must not share the inner model's cache entries
+        return self.inner.preprocess_id() + " | rejects width 7"
+
     def preprocess(self, image):
         if image.width == 7:
             raise ValueError("width 7 is not supported")

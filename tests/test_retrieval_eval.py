@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -6,16 +7,48 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.data.retrieval_sets import read_retrieval_tables, retrieval_set_from_pairs
+from clipeval.data.retrieval_sets import load_retrieval_set, read_retrieval_tables, retrieval_set_from_pairs
 from clipeval.data.sources import PairsTableError, read_pairs
+from clipeval.eval.embed import EmbedOptions
 from clipeval.eval.metrics import summarize
-from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, search
+from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, hub_items, search
+from clipeval.runs.cli import main
 
 
 def test_set_from_pairs_uses_matched_rows_only(challenge_csv):
     dataset = retrieval_set_from_pairs(read_pairs(challenge_csv), "challenge")
     assert len(dataset.queries) == 16 and len(dataset.images) == 16
     assert len(dataset.relevant) == 16  # one matched caption per image; mismatched rows add no relevance
+
+
+def write_coco(path, captions):
+    """A COCO captions file: ``captions`` is a list of (image file name, caption) annotations."""
+    files = list(dict.fromkeys(name for name, _ in captions))
+    path.write_text(json.dumps({
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(files)],
+        "annotations": [{"id": 100 + a, "image_id": files.index(name), "caption": caption}
+                        for a, (name, caption) in enumerate(captions)]}))
+    return path
+
+
+def test_every_coco_caption_row_is_a_query(tmp_path):
+    coco = write_coco(tmp_path / "captions_val.json", [("a.jpg", "A cat."), ("b.jpg", "A cat."), ("b.jpg", "A dog.")])
+    dataset = load_retrieval_set("coco", coco)
+    assert dataset.queries["text"].tolist() == ["A cat.", "A cat.", "A dog."]
+    assert dataset.queries["row_id"].tolist() == [0, 1, 2]
+    assert dataset.relevant.tolist() == [[0, 0], [1, 1], [2, 1]]  # each annotation: its own image only
+    merged = load_retrieval_set("coco", coco, distinct_captions=True)
+    assert merged.queries["text"].tolist() == ["A cat.", "A dog."]
+    assert merged.relevant.tolist() == [[0, 0], [0, 1], [1, 1]]
+
+
+def test_mismatched_captions_are_distractors_not_queries_with_relevance():
+    pairs = pd.DataFrame({"image": ["a", "a", "b", "b", "c"], "caption": ["x", "y", "y", "x", "z"],
+                          "match": [True, False, True, False, False]})
+    dataset = retrieval_set_from_pairs(pairs, "t")
+    assert dataset.queries["text"].tolist() == ["x", "y", "z"] and dataset.queries["row_id"].tolist() == [0, 2, 4]
+    assert dataset.images["image"].tolist() == ["a", "b", "c"]
+    assert dataset.relevant.tolist() == [[0, 0], [1, 1]]  # "z" is a query with no relevant image
 
 
 def test_tables_with_multi_relevant_queries(tmp_path, challenge_csv):
@@ -41,7 +74,8 @@ def test_evaluation_matches_dense_metrics_and_reports_unreadable_images(tiny_spe
     table.attrs = pairs.attrs
     dataset = retrieval_set_from_pairs(table, "challenge")
     spec = tiny_specs["open_clip"]
-    report = evaluate_retrieval(dataset, [spec], ks=(1, 5), n_resamples=50, progress=False)
+    cold = EmbedOptions(cache_dir=tmp_path / "cache")  # a cold cache: every stage runs
+    report = evaluate_retrieval(dataset, [spec], ks=(1, 5), n_resamples=50, progress=False, options=cold)
     assert set(report.metrics["direction"]) == {"text_to_image", "image_to_text"}
     row = report.metrics[(report.metrics["direction"] == "text_to_image") & (report.metrics["k"] == 5)].iloc[0]
     assert row["n_images_unreadable"] == 1 and row["n_queries_without_relevant"] == 1
@@ -61,6 +95,20 @@ def test_evaluation_matches_dense_metrics_and_reports_unreadable_images(tiny_spe
     assert row["mrr"] == pytest.approx(dense["mrr"])
     same = compare_checkpoints(report.per_query.assign(checkpoint="x"), "x", "x", n_resamples=20)
     assert same.difference == 0
+    # every row names its query and its top items, not only their positions
+    texts, refs = dataset.queries["text"], dataset.images["image"]
+    for line in report.per_query.itertuples():
+        query_names, item_names = (texts, refs) if line.direction == "text_to_image" else (refs, texts)
+        assert line.query_name == query_names.iloc[line.query]
+        assert line.top_names == item_names.iloc[line.top_items].tolist()
+    assert str(tmp_path / "missing.png") not in set(report.per_query["query_name"])  # unreadable: not a query
+    assert row["hit_rate_chance"] == pytest.approx(1 - 11 / 16)  # 1 relevant of 16 readable images, top 5
+    assert row["recall_chance"] == pytest.approx(5 / 16)
+    assert row["mrr_chance"] == pytest.approx(np.mean(1 / np.arange(1, 17)))
+    stats = report.stats["checkpoints"][spec]
+    assert set(stats["stages"]) == {"model_load", "image_read", "cache", "image_decode", "image_encode", "text_encode",
+                                    "rank", "metrics"}
+    assert stats["stages"]["image_read"]["items"] == 17 and stats["images_unreadable"] == 1
 
 
 def test_search_returns_top_images_per_query(tiny_specs, challenge_csv):
@@ -71,28 +119,72 @@ def test_search_returns_top_images_per_query(tiny_specs, challenge_csv):
 
 
 def test_cli_retrieve_writes_metrics(tiny_specs, challenge_csv, tmp_path):
-    subprocess.run([sys.executable, "-m", "clipeval", "retrieve", "--pairs", str(challenge_csv), "--checkpoint",
-                    tiny_specs["hf-clip"], "--out", str(tmp_path), "--bootstrap", "20", "--no-progress",
-                    "--k", "1", "--k", "3"], check=True, capture_output=True, timeout=300)
+    spec = tiny_specs["hf-clip"]
+    command = [sys.executable, "-m", "clipeval", "retrieve", "--pairs", str(challenge_csv), "--checkpoint", spec,
+               "--out", str(tmp_path), "--bootstrap", "20", "--no-progress", "--workers", "2", "--fetch-timeout", "5",
+               "--k", "1", "--k", "3"]
+    env = {**os.environ, "CLIPEVAL_EMBEDDING_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300, env=env)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert len(metrics) == 4 and set(metrics["k"]) == {1, 3}
-    assert "retrieve" in json.loads((tmp_path / "manifest.json").read_text())["steps"]
+    assert {"hit_rate_chance", "recall_chance", "mrr_chance", "median_rank_chance"} <= set(metrics.columns)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["steps"]["retrieve"]
+    assert manifest["params"]["workers"] == 2 and manifest["params"]["fetch_timeout"] == 5
+    stats = json.loads((tmp_path / "retrieval_stats.json").read_text())
+    assert stats["queries"] == 16 and stats["workers"] == 2 and "text_encode" in stats["checkpoints"][spec]["stages"]
+    assert "image_encode" in (tmp_path / "retrieval_stats.log").read_text()
+    assert done.stdout.count(spec) == 1  # the checkpoint once, not on every row of the table
+    assert "Loading weights" not in done.stderr
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300, env=env)  # warm: from the cache
+    warm = json.loads((tmp_path / "retrieval_stats.json").read_text())["checkpoints"][spec]
+    assert not warm["model_loaded"] and warm["cache"] == {"image_hits": 16, "image_misses": 0,
+                                                           "text_hits": 16, "text_misses": 0}
+    assert pd.read_csv(tmp_path / "metrics.csv").equals(metrics)
 
 
-def test_retrieval_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path):
-    import yaml
+def test_no_progress_hides_the_model_libraries_bars(tiny_specs, challenge_csv, tmp_path, capfd):
+    base = ["retrieve", "--pairs", str(challenge_csv), "--checkpoint", tiny_specs["hf-clip"], "--bootstrap", "10",
+            "--no-embedding-cache"]  # so that both runs load the model
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert "Loading weights" in capfd.readouterr().err  # the bar this test is about does show by default
+    assert main([*base, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert capfd.readouterr().err == ""
+    from transformers.utils import logging
+    assert logging.is_progress_bar_enabled()  # quiet was scoped to the run
 
-    from clipeval.runs.notebooks import run_notebooks
 
-    profile = tmp_path / "smoke.yaml"
-    profile.write_text(yaml.safe_dump({
-        "run_dir": "outputs/smoke", "retrieval_pairs_path": str(challenge_csv), "retrieval_dataset": "challenge",
-        "search_pairs_path": str(challenge_csv), "search_dataset": "challenge", "n_resamples": 50,
-        "checkpoints": [tiny_specs["hf-clip"], tiny_specs["open_clip"]], "device": "cpu",
-        "notebooks": ["04_retrieval_eval", "05_retrieval_appendix"]}))
-    run_notebooks(profile, cwd=tmp_path)
-    figures = tmp_path / "outputs" / "smoke" / "figures"
-    for name in ("04_retrieval_metrics.png", "04_hit_rate_curve.png", "04_best_queries_0.png",
-                 "04_worst_queries_1.png", "05_search_0.png", "05_search_1.png"):
-        assert (figures / name).stat().st_size > 10_000, name
-    assert len(pd.read_csv(tmp_path / "outputs" / "smoke" / "metrics.csv")) == 2 * 2 * 3
+def test_no_model_is_loaded_when_the_images_are_not_found(tmp_path, monkeypatch, capsys):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("clipeval.eval.embed.load_encoder", no_loading)
+    (tmp_path / "val").mkdir()
+    coco = write_coco(tmp_path / "captions_val.json", [("a.jpg", "A cat."), ("b.jpg", "A dog."), ("c.jpg", "A cow.")])
+    base = ["retrieve", "--pairs", str(coco), "--checkpoint", "hf:x", "--out", str(tmp_path / "out")]
+    assert main([*base, "--images-dir", str(tmp_path / "val")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "found 0 of 3 images" in error
+    assert f"looked in {tmp_path / 'val'} " in error and str(tmp_path / "val" / "a.jpg") in error
+    (tmp_path / "val" / "b.jpg").write_bytes(b"")  # 1 of 3 found: too few, unless asked to go on
+    assert main([*base, "--images-dir", str(tmp_path / "val")]) == 2
+    assert "found 1 of 3 images" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main([*base, "--images-dir", str(tmp_path / "val"), "--allow-missing-images"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_items_flags_an_item_first_for_many_queries():
+    # image->text: 40 images ranking 200 captions; caption 7 comes first for 30 of them
+    tops = [7] * 30 + list(range(100, 110))
+    image_to_text = pd.DataFrame({"direction": "image_to_text", "query": range(40), "n_items": 200, "n_relevant": 1,
+                                  "top_items": [[t, 0] for t in tops], "top_names": [[f"caption {t}"] for t in tops]})
+    # text->image: 25 captions ranking the 40 images, each a different first image (4% each: no hub)
+    text_to_image = pd.DataFrame({"direction": "text_to_image", "query": range(25), "n_items": 40,
+                                  "n_relevant": [4 if q == 7 else 1 for q in range(25)],
+                                  "top_items": [[q] for q in range(25)],
+                                  "top_names": [[f"{q}.jpg"] for q in range(25)]})
+    hubs = hub_items(pd.concat([image_to_text, text_to_image], ignore_index=True).assign(checkpoint="m"))
+    assert hubs[["direction", "item", "name", "top1_queries"]].values.tolist() == [
+        ["image_to_text", 7, "caption 7", 30]]
+    assert hubs["top1_share"].iloc[0] == 0.75 and hubs["fair_share"].iloc[0] == 1 / 200
+    assert hubs["relevant_share"].iloc[0] == 0.1  # caption 7 truly describes 4 of the 40 images

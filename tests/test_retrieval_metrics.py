@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
+from math import comb
 
 import numpy as np
 import pytest
 import torch
 
 from clipeval.eval.metrics import (
+    chance_levels,
     hit_rate_at_k,
     per_query_metrics,
     rank_both_directions,
@@ -199,3 +202,55 @@ def test_invalid_inputs_raise(bad):
             summarize(scores, relevance)
         else:
             summarize(scores, relevance, ks=(0,))
+
+
+def test_chance_levels_exact_over_every_permutation():
+    """N = 6 items: every one of the 720 orders, for queries with 1, 2, 3 and 6 relevant items."""
+    n_items, n_relevant, ks = 6, [1, 2, 2, 3, 6], (1, 2, 4, 6, 10)
+    first_ranks, sums = [], None
+    for order in itertools.permutations(range(n_items)):
+        scores = np.tile(-np.asarray(order, dtype=float), (len(n_relevant), 1))  # item order[0] ranked first
+        relevance = np.arange(n_items)[None, :] < np.asarray(n_relevant)[:, None]
+        ranks = relevant_ranks(scores, relevance)
+        summary = summarize_ranks(ranks, ks)
+        first_ranks += [r[0] for r in ranks]
+        sums = summary if sums is None else {key: sums[key] + summary[key] for key in sums}
+    chance = chance_levels(n_relevant, n_items, ks)
+    for key, value in chance.items():
+        if key != "median_rank":
+            assert value == pytest.approx(sums[key] / 720, abs=1e-12), key
+    assert chance["median_rank"] == sorted(first_ranks)[(len(first_ranks) - 1) // 2]  # lower median, pooled
+    assert chance["hit_rate@2"] == pytest.approx(np.mean([1 - comb(6 - r, 2) / comb(6, 2) for r in n_relevant]))
+    assert chance["mean_rank"] == pytest.approx(np.mean([7 / (r + 1) for r in n_relevant]))
+
+
+def test_chance_levels_against_simulated_random_rankings():
+    """A larger case by simulation: 400 seeded runs of uniformly random scores.
+
+    Each metric's simulated mean has a standard error s / sqrt(400) (s: its spread over runs);
+    4 standard errors is a two-sided tolerance a correct formula passes with probability
+    > 0.9999, while a wrong one (e.g. recall@k = r k / N, or MRR = 1 / E[rank]) misses by far more.
+    """
+    rng = np.random.default_rng(0)
+    n_items, ks = 40, (1, 5, 10)
+    n_relevant = rng.choice([0, 1, 1, 2, 3, 8, 40], size=60)
+    relevance = np.zeros((60, n_items), dtype=bool)
+    for q, r in enumerate(n_relevant):
+        relevance[q, rng.choice(n_items, r, replace=False)] = True
+    runs = [summarize(rng.random((60, n_items)), relevance, ks) for _ in range(400)]
+    chance = chance_levels(n_relevant, n_items, ks)
+    for key in chance:
+        if key == "median_rank":
+            continue
+        values = np.array([run[key] for run in runs])
+        assert abs(values.mean() - chance[key]) <= 4 * values.std() / np.sqrt(len(values)) + 1e-12, key
+    pooled = np.sort(np.concatenate([[rank[0] for rank in relevant_ranks(rng.random((60, n_items)), relevance)
+                                      if len(rank)] for _ in range(400)]))
+    assert chance["median_rank"] == pooled[(len(pooled) - 1) // 2]
+
+
+def test_chance_levels_leave_out_queries_without_relevant_items():
+    assert chance_levels([0, 1], 10, (1,)) == chance_levels([1], 10, (1,))
+    assert np.isnan(chance_levels([0, 0], 10, (1,))["mrr"])
+    with pytest.raises(ValueError, match="relevant items but only"):
+        chance_levels([11], 10, (1,))

@@ -170,17 +170,20 @@ class LazyEncoder:
         encoder: the loaded :class:`Encoder`, or ``None`` while not loaded.
     """
 
-    def __init__(self, spec: str, device: str = "auto", precision: str = "auto", timer: StageTimer | None = None):
+    def __init__(self, spec: str, device: str = "auto", precision: str = "auto", timer: StageTimer | None = None,
+                 progress: bool = True):
         self.spec = spec
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.timer = timer
+        self.progress = progress
         self.encoder: Encoder | None = None
 
     def load(self) -> Encoder:
+        """The model, loaded (and its ``model_load`` stage timed) on the first call."""
         if self.encoder is None:
             with _stage(self.timer, "model_load", 0):
-                self.encoder = load_encoder(self.spec, str(self.device), self.precision)
+                self.encoder = load_encoder(self.spec, str(self.device), self.precision, progress=self.progress)
         return self.encoder
 
 
@@ -500,6 +503,7 @@ class EmbeddedSet:
         image_positions: positions in ``RetrievalSet.images`` of those M images.
         image_status: per collection image: ``ok``, a read or decode failure code or ``preprocess_error``.
         image_error: per collection image: the reason (empty when ok).
+        queries_truncated: how many queries the model truncated.
         cache: cache hits and misses (``None`` without a cache).
     """
 
@@ -508,6 +512,7 @@ class EmbeddedSet:
     image_positions: np.ndarray
     image_status: list[str]
     image_error: list[str]
+    queries_truncated: int = 0
     cache: dict | None = None
 
 
@@ -551,4 +556,4 @@ def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: Em
         counts = embedder.cache_counts()
     images = torch.cat(vectors) if vectors else torch.empty((0, texts.vectors.shape[1]))
     return EmbeddedSet(texts.of(np.arange(len(dataset.queries))), images, np.asarray(positions, dtype=np.int64),
-                       statuses, errors, counts)
+                       statuses, errors, int(texts.truncated.sum()), counts)

@@ -191,6 +191,61 @@ def summarize(scores: np.ndarray, relevance: np.ndarray, ks: Sequence[int] = (1,
     return summarize_ranks(relevant_ranks(scores, relevance), ks)
 
 
+def chance_levels(n_relevant: Sequence[int] | np.ndarray, n_items: int,
+                  ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """The exact value of each summary metric under a uniformly random ranking.
+
+    What a model with no signal gets on average, given the relevance structure: a query with
+    ``r`` of ``N`` items relevant, its items in a uniformly random order, has its first
+    relevant item at rank ``j`` with probability ``P(j) = S(j-1) - S(j)``, where
+    ``S(j) = C(N-r, j) / C(N, j)`` is the chance that none of the top ``j`` is relevant. Then
+
+    - ``hit_rate@k = 1 - S(k) = 1 - C(N-r, k) / C(N, k)``;
+    - ``recall@k = min(k, N) / N`` (each relevant item lands in the top k with that chance);
+    - ``mrr = sum_j P(j) / j``;
+    - ``mean_rank = sum_j j P(j) = (N + 1) / (r + 1)``;
+
+    each the expectation per query, averaged over the queries (as the metrics are).
+    ``median_rank`` is the median of the first rank pooled over the queries (the smallest
+    ``m`` with ``mean over queries of (1 - S(m)) >= 1/2``): what the median of a large random
+    run approaches.
+
+    Args:
+        n_relevant: per query, its number of relevant items; queries with none are left out,
+            as in :func:`summarize_ranks`.
+        n_items: N, the number of items ranked.
+        ks: the cut-offs.
+
+    Returns:
+        The keys of :func:`summarize_ranks`' metrics (``hit_rate@{k}``, ``recall@{k}``, ``mrr``,
+        ``median_rank``, ``mean_rank``); NaN when no query has a relevant item.
+
+    Raises:
+        ValueError: a query has more relevant items than there are items.
+    """
+    ks = _check_ks(ks)
+    counts = pd.Series(np.asarray(n_relevant, dtype=np.int64)).value_counts()
+    counts = counts[counts.index > 0]
+    if counts.empty:
+        return {key: float("nan") for key in summary_statistics(ks)}
+    if counts.index.max() > n_items:
+        raise ValueError(f"a query has {counts.index.max()} relevant items but only {n_items} items are ranked")
+    weights = counts.to_numpy() / counts.sum()
+    step = np.arange(n_items)
+    # survival[a, j] = S(j) for the a-th distinct r: the top j items are all irrelevant
+    survival = np.array([np.concatenate([[1.0], np.cumprod(np.clip(n_items - r - step, 0, None) / (n_items - step))])
+                         for r in counts.index])
+    first = survival[:, :-1] - survival[:, 1:]  # first[a, j - 1] = P(first relevant at rank j)
+    ranks = np.arange(1, n_items + 1)
+    levels = {f"hit_rate@{k}": float(weights @ (1.0 - survival[:, min(k, n_items)])) for k in ks}
+    levels.update({f"recall@{k}": min(k, n_items) / n_items for k in ks})
+    levels["mrr"] = float(weights @ (first @ (1.0 / ranks)))
+    pooled = weights @ (1.0 - survival[:, 1:])  # pooled[j - 1] = mean over queries of P(first <= j)
+    levels["median_rank"] = float(ranks[np.argmax(pooled >= 0.5 - 1e-12)])
+    levels["mean_rank"] = float(weights @ (first @ ranks))
+    return {key: levels[key] for key in summary_statistics(ks)}
+
+
 def rank_both_directions(scores: np.ndarray, relevance: np.ndarray) -> dict[str, list[np.ndarray]]:
     """Relevant ranks for text-to-image and image-to-text from one (captions x images) matrix.
 
@@ -243,11 +298,18 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 
 
 def hit_rate_curve(per_query: pd.DataFrame, max_k: int = 50) -> pd.DataFrame:
-    """HitRate@k for k = 1..max_k per checkpoint and direction, from each query's first relevant rank."""
+    """HitRate@k for k = 1..max_k per checkpoint and direction, from each query's first relevant rank.
+
+    With an ``n_items`` column (as :func:`clipeval.eval.retrieval.evaluate_retrieval` writes),
+    a ``chance`` column holds HitRate@k under a random ranking (:func:`chance_levels`).
+    """
     rows = []
     for (spec, direction), group in per_query.groupby(["checkpoint", "direction"], sort=False):
         first = group["first_rank"].dropna().to_numpy()
+        chance = (chance_levels(group["n_relevant"], int(group["n_items"].iloc[0]), range(1, max_k + 1))
+                  if "n_items" in group else {})
         for k in range(1, max_k + 1):
             rows.append({"checkpoint": spec, "direction": direction, "k": k,
-                         "hit_rate": float(np.mean(first <= k)) if len(first) else np.nan})
+                         "hit_rate": float(np.mean(first <= k)) if len(first) else np.nan,
+                         "chance": chance.get(f"hit_rate@{k}", np.nan)})
     return pd.DataFrame(rows)

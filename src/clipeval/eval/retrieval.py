@@ -2,24 +2,29 @@
 
 For each checkpoint the images and queries are embedded once (:func:`clipeval.eval.embed.embed_set`),
 ranked with the block-wise :func:`clipeval.eval.ranking.retrieve_both_directions`, and
-summarised with bootstrap CIs. Images that cannot be read (or that the model's transform
-rejects) are left out of the collection and counted; a query whose relevant images are all
-unusable counts as a query without a relevant item.
+summarised with bootstrap CIs and the chance level of each metric (its exact value under a
+random ranking, :func:`clipeval.eval.metrics.chance_levels`). Images that cannot be read (or
+that the model's transform rejects) are left out of the collection and counted; a query whose
+relevant images are all unusable counts as a query without a relevant item. Every stage of
+every checkpoint is timed (:class:`clipeval.eval.stats.StageTimer`), and :func:`hub_items`
+lists the items that come first for many queries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from clipeval.data.retrieval_sets import RetrievalSet
+from clipeval.data.retrieval_sets import RetrievalSet, check_images_found
 from clipeval.eval.bootstrap import bootstrap_summary, paired_bootstrap
 from clipeval.eval.embed import EmbedOptions, LazyEncoder, embed_set
-from clipeval.eval.metrics import per_query_metrics
+from clipeval.eval.metrics import chance_levels, per_query_metrics
 from clipeval.eval.ranking import retrieve, retrieve_both_directions
+from clipeval.eval.stats import StageTimer, package_versions
+from clipeval.models.encoder import resolve_device
 
 
 @dataclass
@@ -27,18 +32,26 @@ class RetrievalReport:
     """Everything a retrieval run produces.
 
     Attributes:
-        metrics: ``metrics.csv``: one row per checkpoint x dataset x direction x k.
-        per_query: one row per checkpoint x direction x query: first rank, reciprocal rank,
-            hit/recall@k, and the query's top-k item positions and scores (positions in the
-            set's ``images`` table for text->image, in its ``queries`` table for image->text).
+        metrics: ``metrics.csv``: one row per checkpoint x dataset x direction x k, each metric
+            with its bootstrap CI and its chance level (``<metric>_chance``, see
+            :func:`clipeval.eval.metrics.chance_levels`).
+        per_query: ``retrieval_ranks.csv``: one row per checkpoint x direction x query: first
+            rank, reciprocal rank, hit/recall@k, ``n_items`` ranked, the query's position
+            (``query``) and what it is (``query_name``: the caption for text->image, the image
+            reference for image->text), its top-k item positions (``top_items``: in the set's
+            ``images`` table for text->image, its ``queries`` table for image->text), their
+            names (``top_names``: image references, or captions) and scores.
+        stats: time and memory per checkpoint and stage (the content of ``stats.json``).
     """
 
     metrics: pd.DataFrame
     per_query: pd.DataFrame
+    stats: dict = field(default_factory=dict)
 
 
 def _metric_rows(table: pd.DataFrame, ks, spec, dataset, direction, n_resamples, seed, extra) -> list[dict]:
     summary = bootstrap_summary(table, ks, n_resamples=n_resamples, seed=seed).set_index("metric")
+    chance = chance_levels(table["n_relevant"], int(table["n_items"].iloc[0]) if len(table) else 0, ks)
     rows = []
     for k in ks:
         row = {"checkpoint": spec, "dataset": dataset, "direction": direction, "k": k}
@@ -47,16 +60,35 @@ def _metric_rows(table: pd.DataFrame, ks, spec, dataset, direction, n_resamples,
             row[column] = summary.loc[name, "estimate"]
             row[f"{column}_ci_low"] = summary.loc[name, "ci_low"]
             row[f"{column}_ci_high"] = summary.loc[name, "ci_high"]
+            row[f"{column}_chance"] = chance[name]
         rows.append({**row, **extra, "n_queries_without_relevant": int(table["n_relevant"].eq(0).sum()),
                      "n_queries": len(table)})
     return rows
 
 
+def _per_query_rows(table: pd.DataFrame, result, spec: str, direction: str, dataset: RetrievalSet,
+                    image_positions: np.ndarray) -> pd.DataFrame:
+    """The per-query table of one direction with positions and names of the query and its top items."""
+    texts, refs = dataset.queries["text"].astype(str).to_numpy(), dataset.images["image"].astype(str).to_numpy()
+    if direction == "text_to_image":
+        queries, query_names, items, item_names = np.arange(len(texts)), texts, image_positions, refs
+    else:
+        queries, query_names, items, item_names = image_positions, refs[image_positions], np.arange(len(texts)), texts
+    top = [items[row] for row in result.topk_indices]
+    return table.reset_index().assign(
+        checkpoint=spec, direction=direction, query=queries, query_name=query_names,
+        top_items=[row.tolist() for row in top], top_names=[item_names[row].tolist() for row in top],
+        top_scores=[row.tolist() for row in result.topk_scores])
+
+
 def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Sequence[int] = (1, 5, 10),
                        top_k: int = 10, n_resamples: int = 1000, seed: int = 0, device: str = "auto",
-                       precision: str = "auto", progress: bool = True,
-                       options: EmbedOptions | None = None) -> RetrievalReport:
+                       precision: str = "auto", progress: bool = True, options: EmbedOptions | None = None,
+                       allow_missing_images: bool = False) -> RetrievalReport:
     """Evaluate text->image and image->text retrieval for each checkpoint.
+
+    Before any model is loaded, the set's local image files are checked
+    (:func:`clipeval.data.retrieval_sets.check_images_found`).
 
     Args:
         dataset: queries, images and relevance.
@@ -66,34 +98,87 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Se
         n_resamples: bootstrap resamples for the 95% CIs (over queries).
         seed: bootstrap seed.
         device, precision: as for scoring.
-        progress: progress bars.
-        options: batching, image reading, decoding and embedding-cache options.
+        progress: progress bars (also the model libraries' loading bars).
+        options: batching, image reading and fetching, decoding and embedding-cache options.
+        allow_missing_images: go on when fewer than half the local images are found.
 
     Returns:
         A :class:`RetrievalReport`.
+
+    Raises:
+        ImagesNotFoundError: no local image found, or too few (see ``allow_missing_images``).
     """
+    check_images_found(dataset, allow_missing_images)
+    options = options or EmbedOptions()
     top_k = max(top_k, *ks)
-    metrics, per_query = [], []
+    torch_device = resolve_device(device)
+    metrics, per_query, stats = [], [], {}
     for spec in checkpoints:
-        encoder = LazyEncoder(spec, device, precision)
-        embedded = embed_set(encoder, dataset, options, progress=progress)
+        timer = StageTimer(torch_device)
+        encoder = LazyEncoder(spec, device, precision, timer, progress)
+        embedded = embed_set(encoder, dataset, options, progress=progress, timer=timer)
         # relevance restricted to readable images, re-indexed into the embedded collection
         new_position = pd.Series(np.arange(len(embedded.image_positions)), index=embedded.image_positions)
         keep = np.isin(dataset.relevant[:, 1], embedded.image_positions)
         pairs = np.stack([dataset.relevant[keep, 0], new_position[dataset.relevant[keep, 1]].to_numpy()], axis=1)
-        results = retrieve_both_directions(embedded.texts, embedded.images, pairs, k=top_k, progress=progress)
+        with timer.stage("rank", items=len(dataset.queries) + len(embedded.images)):
+            results = retrieve_both_directions(embedded.texts, embedded.images, pairs, k=top_k, progress=progress)
         extra = {"n_images": len(dataset.images), "n_images_unreadable": len(dataset.images) - len(embedded.images),
                  "n_texts": len(dataset.queries)}
-        for direction, result in results.items():
-            table = per_query_metrics(result.ranks, ks)
-            metrics += _metric_rows(table, ks, spec, dataset.name, direction, n_resamples, seed, extra)
-            items = embedded.image_positions if direction == "text_to_image" else np.arange(len(dataset.queries))
-            queries = np.arange(len(dataset.queries)) if direction == "text_to_image" else embedded.image_positions
-            per_query.append(table.reset_index().assign(
-                checkpoint=spec, direction=direction, query=queries,
-                top_items=[items[row].tolist() for row in result.topk_indices],
-                top_scores=[row.tolist() for row in result.topk_scores]))
-    return RetrievalReport(pd.DataFrame(metrics), pd.concat(per_query, ignore_index=True))
+        with timer.stage("metrics", items=len(dataset.queries) + len(embedded.images)):
+            for direction, result in results.items():
+                n_items = len(embedded.images) if direction == "text_to_image" else len(dataset.queries)
+                table = per_query_metrics(result.ranks, ks).assign(n_items=n_items)
+                metrics += _metric_rows(table, ks, spec, dataset.name, direction, n_resamples, seed, extra)
+                per_query.append(_per_query_rows(table, result, spec, direction, dataset, embedded.image_positions))
+        loaded = encoder.encoder
+        stats[spec] = {"model_loaded": loaded is not None, "precision": encoder.precision,
+                       "description": loaded.description if loaded else None,
+                       "images_embedded": len(embedded.images), "images_unreadable": extra["n_images_unreadable"],
+                       "captions_truncated": embedded.queries_truncated,
+                       "context_length": loaded.context_length if loaded else None, "cache": embedded.cache,
+                       **timer.summary()}
+    run_stats = {"queries": len(dataset.queries), "images": len(dataset.images),
+                 "relevant_pairs": len(dataset.relevant), "device": str(torch_device),
+                 "batch_size": options.batch_size, "workers": options.workers,
+                 "decode_workers": options.decode_workers, "fast_decode": options.fast_decode,
+                 "versions": package_versions(), "checkpoints": stats}
+    return RetrievalReport(pd.DataFrame(metrics), pd.concat(per_query, ignore_index=True), run_stats)
+
+
+def hub_items(per_query: pd.DataFrame, min_share: float = 0.05, min_ratio: float = 5.0) -> pd.DataFrame:
+    """Items that come first for many queries: hubs, which can inflate HitRate@1 far above chance.
+
+    An item is a hub for a checkpoint and direction when it is the top-1 result of more than
+    ``min_share`` of the queries and of more than ``min_ratio`` times its fair share (1 / number
+    of items ranked). A hub that is relevant to many queries (a short, generic caption that
+    truly describes many images) scores hits without the model telling the queries apart.
+
+    Args:
+        per_query: :attr:`RetrievalReport.per_query`.
+        min_share: smallest share of the queries.
+        min_ratio: smallest multiple of the fair share.
+
+    Returns:
+        One row per hub, most frequent first: ``checkpoint``, ``direction``, ``item`` (its
+        position, as in ``top_items``), ``name``, ``top1_queries``, ``top1_share`` (of the
+        direction's queries), ``fair_share`` and ``relevant_share`` (share of the queries the
+        item is relevant to).
+    """
+    rows = []
+    for (spec, direction), group in per_query.groupby(["checkpoint", "direction"], sort=False):
+        other = per_query[(per_query["checkpoint"] == spec) & (per_query["direction"] != direction)]
+        relevant_to = other.set_index("query")["n_relevant"]
+        fair = 1.0 / int(group["n_items"].iloc[0])
+        top1 = pd.DataFrame({"item": group["top_items"].str[0], "name": group["top_names"].str[0]})
+        counts = top1.groupby(["item", "name"], sort=False).size().rename("top1_queries").reset_index()
+        counts["top1_share"] = counts["top1_queries"] / len(group)
+        hubs = counts[(counts["top1_share"] > min_share) & (counts["top1_share"] > min_ratio * fair)]
+        rows += [{"checkpoint": spec, "direction": direction, **hub, "fair_share": fair,
+                  "relevant_share": relevant_to.get(hub["item"], 0) / len(group)} for hub in hubs.to_dict("records")]
+    columns = ["checkpoint", "direction", "item", "name", "top1_queries", "top1_share", "fair_share", "relevant_share"]
+    return pd.DataFrame(rows, columns=columns).sort_values("top1_queries", ascending=False, kind="stable",
+                                                          ignore_index=True)
 
 
 def compare_checkpoints(per_query: pd.DataFrame, checkpoint_a: str, checkpoint_b: str,

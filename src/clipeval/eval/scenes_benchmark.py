@@ -81,7 +81,7 @@ def summarize_match_scores(scores: np.ndarray, relevance: np.ndarray) -> dict[st
 def score_pairs_table(encoder: Encoder, scenes_dir: str | Path, split: str, batch_size: int = 256) -> pd.DataFrame:
     """The split's pairs table (true captions and hard negatives) with a ``cosine`` column."""
     pairs = read_pairs(Path(scenes_dir) / f"pairs_{split}.csv")
-    dataset = retrieval_set_from_pairs(pairs, f"scenes-{split}-pairs")
+    dataset = retrieval_set_from_pairs(pairs, f"scenes-{split}-pairs", distinct_captions=True)  # each text once
     texts, images = embed_scenes(encoder, dataset, batch_size)
     text_index = pd.Index(dataset.queries["text"]).get_indexer(pairs["caption"].astype(str))
     image_index = pd.Index(dataset.images["image"]).get_indexer(pairs["image"].astype(str))

@@ -115,14 +115,16 @@ class StageTimer:
 
 
 def format_stats_log(stats: dict) -> str:
-    """Render ``stats.json`` content as an aligned, human-readable text report."""
-    lines = [f"clipeval run stats  (pairs: {stats['pairs']}, device: {stats['device']}, "
+    """Render ``stats.json`` content (of a scoring or a retrieval run) as an aligned text report."""
+    counts = [f"{key}: {stats[key]}" for key in ("pairs", "queries", "images") if key in stats]
+    lines = [f"clipeval run stats  ({', '.join(counts)}, device: {stats['device']}, "
              f"batch size: {stats['batch_size']})", ""]
-    blocks = [("shared (all checkpoints)", stats["shared"])]
+    blocks = [("shared (all checkpoints)", stats["shared"])] if "shared" in stats else []
     blocks += [(f"checkpoint {spec}", entry) for spec, entry in stats["checkpoints"].items()]
     for title, entry in blocks:
         lines.append(title)
-        for key in ("description", "precision", "pairs_scored", "pairs_per_s", "captions_truncated"):
+        for key in ("description", "precision", "pairs_scored", "pairs_per_s", "images_embedded",
+                    "images_unreadable", "captions_truncated"):
             if entry.get(key) not in (None, ""):
                 value = entry[key]
                 lines.append(f"  {key:<20} {value:.2f}" if isinstance(value, float) else f"  {key:<20} {value}")

@@ -13,6 +13,7 @@ one family never imports the others.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -121,13 +122,31 @@ def _version(name: str) -> str | None:
         return None
 
 
-def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> Encoder:
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """Hide transformers' and the Hub client's progress bars (``Loading weights``...) inside the block.
+
+    The previous setting is restored on exit, so quiet stays scoped to one run.
+    """
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progress: bool = True) -> Encoder:
     """Load any registered checkpoint behind the common :class:`Encoder` interface.
 
     Args:
         spec: checkpoint spec string (``hf:...``, ``open_clip:...``, ``dual:...``, ``baseline:...``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (reduced precision only on CUDA).
+        progress: show the model libraries' loading progress bars.
 
     Returns:
         The loaded encoder, in eval mode on ``device``.
@@ -139,4 +158,5 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> En
     module_name, function_name = CHECKPOINT_LOADERS[parsed.prefix].split(":")
     loader = getattr(importlib.import_module(module_name), function_name)
     torch_device = resolve_device(device)
-    return loader(parsed, torch_device, resolve_precision(precision, torch_device))
+    with contextlib.nullcontext() if progress else quiet_progress_bars():
+        return loader(parsed, torch_device, resolve_precision(precision, torch_device))

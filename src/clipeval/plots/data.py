@@ -37,20 +37,26 @@ def plot_caption_lengths(lengths: pd.DataFrame, path: str | Path | None = None) 
 
 def plot_sample_grid(pairs: pd.DataFrame, image_column: str = "image", caption_column: str = "caption",
                      n: int = 12, columns: int = 4, seed: int = 0, path: str | Path | None = None) -> plt.Figure:
-    """A grid of ``n`` sampled pairs: each image with its caption (and match flag when known)."""
+    """A grid of ``n`` sampled pairs: each image with its caption (and match flag when known).
+
+    Rows grow with the longest wrapped caption, so a caption never runs into the image above it.
+    """
     sample = pairs.sample(min(n, len(pairs)), random_state=seed).sort_index()
     rows = -(-len(sample) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    flags = (sample["match"].map({True: "[match] ", False: "[mismatch] "}) if "match" in sample.columns
+             else pd.Series("", index=sample.index))
+    titles = [textwrap.fill(flag + str(caption), 34) for flag, caption in zip(flags, sample[caption_column])]
+    caption_lines = max((title.count("\n") + 1 for title in titles), default=1)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, (3.0 + 0.16 * caption_lines) * rows + 0.5),
+                                squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (_, row) in zip(axes.flat, sample.iterrows()):
-        loaded = read_image(row[image_column], pairs.attrs.get("base_dir"))
+    for ax, title, ref in zip(axes.flat, titles, sample[image_column]):
+        loaded = read_image(ref, pairs.attrs.get("base_dir"))
         if loaded.image is not None:
             ax.imshow(loaded.image)
         else:
             ax.text(0.5, 0.5, loaded.status, ha="center", va="center", color="red")
-        label = "" if "match" not in pairs.columns else ("[match] " if row["match"] else "[mismatch] ")
-        ax.set_title(textwrap.fill(label + str(row[caption_column]), 34), fontsize=8)
+        ax.set_title(title, fontsize=8)
     figure.suptitle("Sample pairs", fontsize=12)
-    figure.tight_layout()
     return save_figure(figure, path)

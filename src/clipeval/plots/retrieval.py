@@ -19,7 +19,11 @@ DIRECTION_LABELS = {"text_to_image": "text â†’ image", "image_to_text": "image â
 
 
 def plot_metrics_with_ci(metrics: pd.DataFrame, k: int = 5, path: str | Path | None = None) -> plt.Figure:
-    """Dot plot of HitRate@k, Recall@k and MRR per checkpoint and direction, with 95% CI bars."""
+    """Dot plot of HitRate@k, Recall@k and MRR per checkpoint and direction, with 95% CI bars.
+
+    Each dot has its chance level beside it (a grey bar: the metric's value under a random
+    ranking, the ``<metric>_chance`` columns of ``metrics.csv``).
+    """
     rows = metrics[metrics["k"] == k]
     names = [("hit_rate", f"HitRate@{k}"), ("recall", f"Recall@{k}"), ("mrr", "MRR")]
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 0.6 * rows["checkpoint"].nunique() + 2.2),
@@ -31,6 +35,8 @@ def plot_metrics_with_ci(metrics: pd.DataFrame, k: int = 5, path: str | Path | N
             y = np.array([order.index(label) for label in group["checkpoint"].map(label_checkpoint)]) + offset
             error = np.vstack([group[column] - group[f"{column}_ci_low"], group[f"{column}_ci_high"] - group[column]])
             ax.errorbar(group[column], y, xerr=error, fmt="o", capsize=3, label=DIRECTION_LABELS[direction])
+            ax.scatter(group[f"{column}_chance"], y, marker="|", s=160, linewidths=2, color="grey", zorder=3,
+                       label="chance (random ranking)" if offset < 0 else None)
         ax.set(title=title, xlabel=f"{title} (95% bootstrap CI)", xlim=(-0.02, 1.02))
         ax.set_yticks(range(len(order)), [textwrap.fill(label, 40) for label in order], fontsize=8)
         ax.grid(axis="x", alpha=0.3)
@@ -41,12 +47,22 @@ def plot_metrics_with_ci(metrics: pd.DataFrame, k: int = 5, path: str | Path | N
 
 
 def plot_hit_rate_curve(per_query: pd.DataFrame, max_k: int = 50, path: str | Path | None = None) -> plt.Figure:
-    """HitRate@k as a function of k, one line per checkpoint, one panel per direction."""
+    """HitRate@k as a function of k, one line per checkpoint, one panel per direction.
+
+    A dashed grey line is HitRate@k under a random ranking (when ``per_query`` has ``n_items``).
+    """
     curve = hit_rate_curve(per_query, max_k)
     curve = curve.assign(checkpoint=curve["checkpoint"].map(label_checkpoint),
                          direction=curve["direction"].map(DIRECTION_LABELS))
     grid = sns.relplot(curve, x="k", y="hit_rate", hue="checkpoint", col="direction",
                        kind="line", height=3.5, aspect=1.3)
+    for direction, ax in grid.axes_dict.items():
+        # one dashed line per distinct chance curve (checkpoints share it unless their unreadable images differ)
+        chance = curve[curve["direction"] == direction].drop_duplicates(["k", "chance"]).dropna(subset="chance")
+        lines = [ax.plot(line["k"], line["chance"], linestyle="--", color="grey")[0]
+                 for _, line in chance.groupby("checkpoint", sort=False)]
+        if lines:
+            ax.legend(lines[:1], ["chance (random ranking)"], loc="lower right", fontsize=8)
     grid.set_axis_labels("k (top-k cut-off)", "HitRate@k (any relevant item in top k)")
     grid.set(ylim=(0, 1.02), xscale="log")
     grid.set_titles("{col_name}")

@@ -36,26 +36,29 @@ def plot_scene_samples(scenes_dir: str | Path, split: str = "val", n: int = 8, s
     scenes_dir = Path(scenes_dir)
     pairs = pd.read_csv(scenes_dir / f"pairs_{split}.csv", keep_default_na=False)
     chosen = pd.Series(pairs["scene_id"].unique()).sample(n, random_state=seed)
-    columns = min(4, n)
-    figure, axes = plt.subplots(-(-n // columns), columns, figsize=(3.4 * columns, 4.0 * -(-n // columns)),
-                                squeeze=False)
-    for ax, scene_id in zip(axes.flat, chosen):
+    panels = []
+    for scene_id in chosen:
         rows = pairs[pairs["scene_id"] == scene_id]
-        ax.imshow(Image.open(scenes_dir / rows["image"].iloc[0]), interpolation="nearest")
-        true = rows[rows["match"]]["caption"].iloc[0]
         negatives = rows[~rows["match"]]
-        label = "\n".join(textwrap.wrap(f"✓ {true}", 36))
-        ax.set_title(label, fontsize=8, color="darkgreen", loc="left")
-        if len(negatives):
-            negative = negatives.iloc[0]
-            ax.set_xlabel("\n".join(textwrap.wrap(f"✗ ({negative['negative_kind']}) {negative['caption']}", 36)),
-                          fontsize=8, color="darkred", loc="left")
+        negative = (textwrap.fill(f"✗ ({negatives['negative_kind'].iloc[0]}) {negatives['caption'].iloc[0]}", 36)
+                    if len(negatives) else "")
+        panels.append((rows["image"].iloc[0], textwrap.fill(f"✓ {rows[rows['match']]['caption'].iloc[0]}", 36),
+                       negative))
+    # rows grow with the longest caption above and below an image, so no caption reaches the next row
+    lines = max(above.count("\n") + below.count("\n") + 2 for _, above, below in panels)
+    columns, n_rows = min(4, n), -(-n // min(4, n))
+    figure, axes = plt.subplots(n_rows, columns, figsize=(3.4 * columns, (2.9 + 0.15 * lines) * n_rows + 0.4),
+                                squeeze=False, layout="constrained")
+    figure.get_layout_engine().set(h_pad=0.1)  # inches between rows: room for the caption glyphs' full height
+    for ax, (image, above, below) in zip(axes.flat, panels):
+        ax.imshow(Image.open(scenes_dir / image), interpolation="nearest")
+        ax.set_title(above, fontsize=8, color="darkgreen", loc="left")
+        ax.set_xlabel(below, fontsize=8, color="darkred", loc="left")
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     figure.suptitle(f"Captioned scenes ({split} split): a true caption above, a hard negative below")
-    figure.tight_layout()
     return save_figure(figure, path)
 
 
@@ -165,9 +168,10 @@ def plot_hard_negative_accuracy(table: pd.DataFrame, path: str | Path | None = N
     """
     figure, ax = plt.subplots(figsize=(8, 3.8))
     sns.barplot(table, x="negative_kind", y="accuracy", hue="subset", ax=ax)
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.2f", fontsize=7)
-    ax.axhline(0.5, color="gray", linestyle="--", label="chance (0.5)")
+    for container in ax.containers:  # opaque labels: a value near 0.5 stays legible over the chance line
+        ax.bar_label(container, fmt="%.2f", fontsize=7, padding=2, zorder=4,
+                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+    ax.axhline(0.5, color="gray", linestyle="--", label="chance (0.5)", zorder=3)
     ax.set(ylim=(0, 1.08), xlabel="what the negative changes", ylabel="accuracy: true caption scores higher",
            title="Hard negatives: does the true caption beat its swapped twin?")
     ax.legend(fontsize=8)

@@ -7,10 +7,12 @@ checkpoint spec, a missing column, no network) print one ``error:`` line and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from clipeval.data.sources import SOURCE_READERS
+from clipeval.models.registry import quiet_progress_bars
 from clipeval.runs.errors import EXPECTED_ERRORS
 
 
@@ -37,9 +39,16 @@ def _retrieve(args: argparse.Namespace) -> None:
                          args.pairs, args.queries, args.images, args.relevance, args.image_column,
                          args.caption_column, args.images_dir, ks=args.k or (1, 5, 10), n_resamples=args.bootstrap,
                          seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
-                         progress=not args.no_progress, decode_workers=args.decode_workers,
+                         progress=not args.no_progress, distinct_captions=args.distinct_captions,
+                         workers=args.workers, cache_dir=args.cache_dir, fetch_timeout=args.fetch_timeout,
+                         fetch_retries=args.fetch_retries, max_download_mb=args.max_download_mb,
+                         allow_missing_images=args.allow_missing_images, decode_workers=args.decode_workers,
                          fast_decode=args.fast_decode, embedding_cache=not args.no_embedding_cache)
-    print(run.report.metrics[["checkpoint", "direction", "k", "hit_rate", "recall", "mrr"]].to_string(index=False))
+    columns = ["direction", "k", "hit_rate", "hit_rate_chance", "recall", "recall_chance", "mrr", "mrr_chance"]
+    for spec, rows in run.report.metrics.groupby("checkpoint", sort=False):
+        print(f"checkpoint {spec}\n{rows[columns].round(4).to_string(index=False)}\n")
+    print(f"{len(run.dataset.queries)} queries, {len(run.dataset.images)} images -> {args.out} "
+          "(metrics.csv, retrieval_ranks.csv, retrieval_stats.json, retrieval_stats.log)")
 
 
 def _checkpoints(args: argparse.Namespace) -> None:
@@ -100,6 +109,7 @@ def _run_notebooks(args: argparse.Namespace) -> None:
 
 
 def _add_pipeline_options(command: argparse.ArgumentParser) -> None:
+    """The embedding pipeline's options ``score`` and ``retrieve`` share."""
     command.add_argument("--decode-workers", type=int, default=None,
                          help="processes decoding images while the model encodes (default: 0 on the CPU, "
                               "spare cores up to 8 on CUDA)")
@@ -108,6 +118,13 @@ def _add_pipeline_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-embedding-cache", action="store_true",
                          help="neither read nor write the embedding cache ($CLIPEVAL_EMBEDDING_CACHE, "
                               "default outputs/cache/embeddings)")
+def _add_fetch_options(command: argparse.ArgumentParser) -> None:
+    """The image reading and URL fetching options ``score`` and ``retrieve`` share."""
+    command.add_argument("--workers", type=int, default=8, help="concurrent image reads/downloads")
+    command.add_argument("--cache-dir", default=None, help="image cache root (default data/cache/images)")
+    command.add_argument("--fetch-timeout", type=float, default=10.0, help="seconds per URL request")
+    command.add_argument("--fetch-retries", type=int, default=3)
+    command.add_argument("--max-download-mb", type=float, default=50.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,11 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
     score.add_argument("--device", default="auto")
     score.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    score.add_argument("--workers", type=int, default=8, help="concurrent image reads/downloads")
-    score.add_argument("--cache-dir", default=None, help="image cache root (default data/cache/images)")
-    score.add_argument("--fetch-timeout", type=float, default=10.0, help="seconds per URL request")
-    score.add_argument("--fetch-retries", type=int, default=3)
-    score.add_argument("--max-download-mb", type=float, default=50.0)
+    _add_fetch_options(score)
     score.add_argument("--overwrite", action="store_true",
                        help="discard an earlier run in --out that had other inputs, checkpoints or options")
     score.add_argument("--no-progress", action="store_true")
@@ -148,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrieve = commands.add_parser("retrieve", help="text-to-image / image-to-text retrieval metrics")
     retrieve.add_argument("--pairs", help="any pairs source (table, COCO captions_*.json, HF dataset...): "
-                                          "distinct captions are queries, distinct images the collection, "
-                                          "rows (with match=True if that column exists) the relevance")
+                                          "every row (with match=True if that column exists) is a query "
+                                          "relevant to its own image; distinct images are the collection")
+    retrieve.add_argument("--distinct-captions", action="store_true",
+                          help="with --pairs: one query per distinct caption string, relevant to every "
+                               "image it is matched with (default: one query per row, as in COCO's protocol)")
     retrieve.add_argument("--queries", help="table with query_id and the caption column")
     retrieve.add_argument("--images", help="table with image_id and the image column")
     retrieve.add_argument("--relevance", help="table with query_id, image_id: one row per relevant pair")
@@ -166,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--batch-size", type=int, default=32)
     retrieve.add_argument("--device", default="auto")
     retrieve.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    retrieve.add_argument("--allow-missing-images", action="store_true",
+                          help="go on when fewer than half the local image files are found (default: stop)")
+    _add_fetch_options(retrieve)
     retrieve.add_argument("--no-progress", action="store_true")
     _add_pipeline_options(retrieve)
     retrieve.set_defaults(handler=_retrieve)
@@ -221,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        # quiet means quiet: the model libraries' bars too (transformers' "Loading weights")
+        with quiet_progress_bars() if getattr(args, "no_progress", False) else contextlib.nullcontext():
+            args.handler(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

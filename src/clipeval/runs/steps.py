@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipeval.atomic import write_csv, write_json
+from clipeval.atomic import write_csv, write_json, write_text
 from clipeval.data.fetch import DEFAULT_CACHE_DIR, FetchOptions
 from clipeval.data.retrieval_sets import RetrievalSet, load_retrieval_set, retrieval_set_from_pairs
 from clipeval.data.scenes import read_scenes_retrieval
@@ -27,6 +27,7 @@ from clipeval.eval.retrieval import RetrievalReport, evaluate_retrieval, paired_
 from clipeval.eval.retrieval import search as search_images
 from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
 from clipeval.eval.scoring import ScoreOptions, ScoreRun, score_to_dir
+from clipeval.eval.stats import format_stats_log
 from clipeval.models.dual import read_history
 from clipeval.models.encoder import Encoder
 from clipeval.models.registry import load_encoder
@@ -131,27 +132,47 @@ def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str 
              relevance_path: str | None = None, image_column: str = "image", caption_column: str = "caption",
              images_dir: str | None = None, ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000, seed: int = 0,
              batch_size: int = 32, device: str = "auto", precision: str = "auto",
-             progress: bool = True, decode_workers: int | None = None, fast_decode: bool = False,
-             embedding_cache: bool = True) -> Retrieval:
-    """Evaluate text->image and image->text retrieval; writes ``metrics.csv`` and ``retrieval_ranks.csv``.
+             progress: bool = True, distinct_captions: bool = False, workers: int = 8,
+             cache_dir: str | None = None, fetch_timeout: float = 10.0, fetch_retries: int = 3,
+             max_download_mb: float = 50.0, allow_missing_images: bool = False, decode_workers: int | None = None,
+             fast_decode: bool = False, embedding_cache: bool = True) -> Retrieval:
+    """Evaluate text->image and image->text retrieval into ``run_dir``.
 
-    The set comes from a pairs source, or from queries / images / relevance tables when
+    Writes ``metrics.csv``, ``retrieval_ranks.csv``, ``retrieval_stats.json`` and
+    ``retrieval_stats.log`` (time and memory per checkpoint and stage, as scoring's stats). The set
+    comes from a pairs source, or from queries / images / relevance tables when
     ``relevance_path`` is given (see :func:`clipeval.data.retrieval_sets.load_retrieval_set`).
+    From a pairs source each matched row is a query; ``distinct_captions`` makes each distinct
+    caption string one query instead. When too few image files are found the step stops
+    before loading a model (``allow_missing_images`` goes on with the ones found).
+
+    Args:
+        batch_size, device, precision, workers: how to run (as for :func:`score`).
+        cache_dir, fetch_timeout, fetch_retries, max_download_mb: how URLs are fetched.
+        decode_workers, fast_decode, embedding_cache: the embedding pipeline (as for :func:`score`).
 
     Returns:
         The :class:`Retrieval`; ``differences`` compares every checkpoint with the first
         (paired bootstrap of the text->image reciprocal rank).
     """
     params = {key: value for key, value in locals().items() if key != "run_dir"}
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
     dataset = load_retrieval_set(dataset_name, pairs_path or None, queries_path or None, images_path or None,
-                                 relevance_path or None, image_column, caption_column, images_dir)
-    options = EmbedOptions(batch_size=batch_size, decode_workers=decode_workers, fast_decode=fast_decode,
-                           cache=embedding_cache)
+                                 relevance_path or None, image_column, caption_column, images_dir,
+                                 distinct_captions=distinct_captions, cache_dir=cache)
+    fetch = FetchOptions(timeout=fetch_timeout, retries=fetch_retries, max_bytes=int(max_download_mb * 2**20),
+                         cache_dir=cache)
+    options = EmbedOptions(batch_size=batch_size, workers=workers, decode_workers=decode_workers,
+                           fast_decode=fast_decode, cache=embedding_cache, fetch=fetch)
     report = evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
-                                device=device, precision=precision, progress=progress, options=options)
+                                device=device, precision=precision, progress=progress, options=options,
+                                allow_missing_images=allow_missing_images)
     out = Path(run_dir)
     write_csv(out / "metrics.csv", report.metrics)
     write_csv(out / "retrieval_ranks.csv", report.per_query)
+    # not stats.json: a profile's run folder holds the scoring step's stats too
+    write_json(out / "retrieval_stats.json", report.stats)
+    write_text(out / "retrieval_stats.log", format_stats_log(report.stats))
     data_files = [path for path in (pairs_path, queries_path, images_path, relevance_path) if path]
     update_manifest(out / "manifest.json", "retrieve", params, list(checkpoints), data_files, seed=seed)
     differences = paired_differences(report.per_query, list(checkpoints), n_resamples=n_resamples, seed=seed)

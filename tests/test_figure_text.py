@@ -1,0 +1,244 @@
+"""Text in figures never overlaps: every figure the plotting functions make, rendered on fixture
+data with the longest captions the generators produce, is checked with the renderer's extents.
+
+A figure fails when two drawn texts overlap, when a text overlaps an image drawn in an axes
+(``imshow`` images and image thumbnails), or when a text covers data: a filled bar, or a
+plotted line (unless the text sits on an opaque box drawn above the line).
+"""
+
+import inspect
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import pyplot as plt
+from matplotlib.image import AxesImage
+from matplotlib.offsetbox import AnnotationBbox
+from matplotlib.patches import Rectangle
+from matplotlib.text import Text
+
+from clipeval.data.challenge import build_challenge_set
+from clipeval.data.scenes import generate_scenes
+from clipeval.data.sources import read_pairs
+from clipeval.data.summary import caption_lengths, describe_images
+from clipeval.eval.compare import spearman_matrix
+from clipeval.plots import data, retrieval, scenes, scores
+
+PLOT_MODULES = (data, scores, retrieval, scenes)
+TOLERANCE_PX = 1.0  # extents may touch (a label set on a bar's top) but not overlap by more than a pixel
+CHECKPOINTS = ("dual:outputs/offline/models/dual", "baseline:bert-resnet50-random")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """Challenge images and scenes, with the longest captions either generator writes."""
+    root = tmp_path_factory.mktemp("figures")
+    challenge = read_pairs(build_challenge_set(root / "challenge"))
+    scenes_dir = generate_scenes(root / "scenes", n_train=4, n_val=8, n_test=300, image_size=64, seed=0)
+    scene_pairs = pd.read_csv(scenes_dir / "pairs_test.csv", keep_default_na=False)
+    captions = pd.concat([challenge["caption"], scene_pairs["caption"]]).drop_duplicates()
+    longest = captions[captions.str.len().sort_values(ascending=False, kind="stable").index].tolist()
+    images = challenge.drop_duplicates("image").reset_index(drop=True)
+    pairs = pd.DataFrame({"image": images["image"], "caption": longest[:len(images)],
+                          "match": np.arange(len(images)) % 3 != 2})
+    pairs.attrs = challenge.attrs
+    return {"pairs": pairs, "longest": longest, "scenes_dir": scenes_dir, "scene_pairs": scene_pairs}
+
+
+def score_table(n_pairs=600, seed=0):
+    """A long score table shaped like the offline run's: a trained model and a random-init one."""
+    rng = np.random.default_rng(seed)
+    match = np.arange(n_pairs) % 3 != 0
+    trained = np.where(match, rng.normal(0.9, 0.04, n_pairs), rng.uniform(-0.08, 0.96, n_pairs))
+    random_init = rng.normal(0.042, 0.007, n_pairs)  # a narrow peak at the left of the shared bins
+    rows = [pd.DataFrame({"row_id": np.arange(n_pairs), "checkpoint": spec, "cosine": cosine, "match": match,
+                          "status": "ok"}) for spec, cosine in zip(CHECKPOINTS, (trained, random_init))]
+    return pd.concat(rows, ignore_index=True)
+
+
+def retrieval_tables(n_queries=40, n_items=30):
+    rng = np.random.default_rng(0)
+    metrics, per_query = [], []
+    for spec, direction in itertools.product(CHECKPOINTS, ("text_to_image", "image_to_text")):
+        for k in (1, 5, 10):
+            row = {"checkpoint": spec, "dataset": "scenes-test", "direction": direction, "k": k}
+            for column in ("hit_rate", "recall", "mrr"):
+                value = rng.uniform(0.1, 0.9)
+                row |= {column: value, f"{column}_ci_low": value - 0.05, f"{column}_ci_high": value + 0.05,
+                        f"{column}_chance": value / 5}
+            metrics.append(row)
+        per_query.append(pd.DataFrame({"checkpoint": spec, "direction": direction, "query": range(n_queries),
+                                       "n_items": n_items, "n_relevant": rng.integers(1, 4, n_queries),
+                                       "first_rank": rng.integers(1, n_items, n_queries).astype(float)}))
+    return pd.DataFrame(metrics), pd.concat(per_query, ignore_index=True)
+
+
+def render_all(fixtures):
+    """Every figure of every plotting function, as the notebooks make them (name -> figure)."""
+    pairs, longest, scenes_dir = fixtures["pairs"], fixtures["longest"], fixtures["scenes_dir"]
+    table = score_table()
+    metrics, per_query = retrieval_tables()
+    images = pairs[["image"]]
+    queries = pd.DataFrame({"text": longest[:3]})
+    rows = pd.DataFrame({"query": [0, 1, 2], "top_items": [[0, 1, 2, 3, 4]] * 3, "first_rank": [1.0, 4.0, 9.0],
+                         "top_scores": [[0.9, 0.8, 0.7, 0.6, 0.5]] * 3})
+    scene_files = [scenes_dir / name for name in fixtures["scene_pairs"]["image"].unique()[:8]]
+    relevance = np.eye(8, dtype=bool)
+    history = {"epochs": [{"epoch": e, "train_loss": 4 / e, "val_hit_rate@1": 0.1 * e, "val_hit_rate@5": 0.15 * e,
+                           "val_hit_rate@10": 0.18 * e, "val_mrr": 0.12 * e} for e in range(1, 6)],
+               "config": {"batch_size": 64}, "n_train_scenes": 5000, "train_seconds": 573.0, "device": "cpu"}
+    subsets = pd.DataFrame({"hit_rate@1": [0.47, 0.46, 0.49], "hit_rate@5": [0.87, 0.86, 0.88],
+                            "hit_rate@10": [0.96, 0.96, 0.96], "mrr": [0.64, 0.63, 0.65],
+                            "n_queries": [2091, 1123, 968]}, index=pd.Index(["all", "seen", "unseen"], name="queries"))
+    negatives = pd.DataFrame([{"negative_kind": kind, "subset": subset, "accuracy": accuracy}
+                              for kind, accuracy in (("all", 0.82), ("colour", 0.80), ("count", 0.99),
+                                                     ("relation", 0.47))
+                              for subset in ("all", "seen", "unseen")])
+    return {
+        "plot_image_sizes": data.plot_image_sizes(describe_images(pairs)),
+        "plot_caption_lengths": data.plot_caption_lengths(caption_lengths(pairs)),
+        "plot_sample_grid": data.plot_sample_grid(pairs, n=12),
+        "plot_score_histograms": scores.plot_score_histograms(table, "cosine"),
+        "plot_spearman_heatmap": scores.plot_spearman_heatmap(spearman_matrix(table), 600),
+        "plot_metrics_with_ci": retrieval.plot_metrics_with_ci(metrics, k=5),
+        "plot_hit_rate_curve": retrieval.plot_hit_rate_curve(per_query, max_k=30),
+        "plot_query_results": retrieval.plot_query_results(rows, queries, images, np.array([[0, 0], [1, 3]]),
+                                                           pairs.attrs["base_dir"], "best queries",
+                                                           captions=pd.Series(longest[:len(images)])),
+        "plot_scene_samples": scenes.plot_scene_samples(scenes_dir, "test", n=8),
+        "plot_training_history": scenes.plot_training_history(history),
+        "plot_similarity_heatmap": scenes.plot_similarity_heatmap(np.eye(8) * 0.5, longest[:8], scene_files,
+                                                                  relevance),
+        "plot_retrieval_subsets": scenes.plot_retrieval_subsets(subsets),
+        "plot_match_histogram": scenes.plot_match_histogram(np.eye(8) * 0.5 + 0.1, relevance),
+        "plot_hard_negative_accuracy": scenes.plot_hard_negative_accuracy(negatives),
+    }
+
+
+def drawn_texts(figure) -> list[Text]:
+    """The texts the renderer actually draws (visible, non-empty, in view), recorded while drawing."""
+    drawn = []
+    original = Text.draw
+
+    def record(self, renderer):
+        original(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append(self)
+
+    Text.draw = record
+    try:
+        figure.canvas.draw()
+    finally:
+        Text.draw = original
+    return drawn
+
+
+def extent(text: Text, renderer):
+    """A text's extent, including its box when it has one."""
+    box = text.get_bbox_patch()
+    return box.get_window_extent(renderer) if box is not None else text.get_window_extent(renderer)
+
+
+def hides(text: Text, line_zorder: float) -> bool:
+    """A text on a fully opaque box drawn above a line hides it, so the line does not cross the letters."""
+    box = text.get_bbox_patch()
+    return (box is not None and box.get_fill() and box.get_facecolor()[3] == 1.0
+            and text.get_zorder() > line_zorder)
+
+
+def overlap(a, b) -> bool:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width > TOLERANCE_PX and height > TOLERANCE_PX
+
+
+def densify(points: np.ndarray, step: float = 2.0) -> np.ndarray:
+    """Points along a polyline at most ``step`` pixels apart (its segments, not only its vertices)."""
+    points = points[np.isfinite(points).all(axis=1)]
+    pieces = [np.linspace(a, b, int(np.ceil(np.hypot(*(b - a)) / step)) + 1) for a, b in itertools.pairwise(points)]
+    return np.concatenate(pieces) if pieces else points
+
+
+def line_points(figure) -> list[tuple[str, float, np.ndarray]]:
+    """Name, zorder and points (display coordinates, inside the axes) along every data line."""
+    found = []
+    for ax in figure.axes:
+        for line in ax.lines if ax.get_visible() else []:
+            points = densify(line.get_transform().transform(np.asarray(line.get_xydata(), float).reshape(-1, 2)))
+            box = ax.bbox
+            inside = (points[:, 0] >= box.x0) & (points[:, 0] <= box.x1) & (points[:, 1] >= box.y0) & (
+                points[:, 1] <= box.y1)
+            found.append((f"line {line.get_label()[:20]!r}", line.get_zorder(), points[inside]))
+    return found
+
+
+def crosses(box, points: np.ndarray) -> bool:
+    return bool(((points[:, 0] > box.x0 + TOLERANCE_PX) & (points[:, 0] < box.x1 - TOLERANCE_PX)
+                 & (points[:, 1] > box.y0 + TOLERANCE_PX) & (points[:, 1] < box.y1 - TOLERANCE_PX)).any())
+
+
+def obstacles(figure, renderer) -> list[tuple[str, object]]:
+    """Images (imshow and thumbnails) and filled bars of every visible axes, clipped to the axes."""
+    found = []
+    for ax in figure.axes:
+        if not ax.get_visible():
+            continue
+        for artist in [*ax.images, *ax.artists, *ax.patches]:
+            if isinstance(artist, AxesImage | AnnotationBbox):
+                found.append((f"image in axes '{ax.get_title()[:30]}'", artist.get_window_extent(renderer)))
+            elif isinstance(artist, Rectangle) and artist.get_fill() and artist.get_visible():
+                bbox = artist.get_window_extent(renderer)
+                if bbox.width > 0 and bbox.height > 0:
+                    clipped = bbox.intersection(bbox, ax.bbox) if ax.bbox.overlaps(bbox) else None
+                    if clipped is not None:
+                        found.append(("bar", clipped))
+    return found
+
+
+def overlaps(figure) -> list[str]:
+    """Every pair of overlapping drawn texts, and every text over an image or a bar."""
+    texts = drawn_texts(figure)
+    renderer = figure.canvas.get_renderer()
+    boxes = [(text, extent(text, renderer)) for text in texts]
+    found = [f"text {a.get_text()[:40]!r} overlaps text {b.get_text()[:40]!r}"
+             for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if overlap(box_a, box_b)]
+    found += [f"text {text.get_text()[:40]!r} overlaps {what}"
+              for text, box in boxes for what, other in obstacles(figure, renderer) if overlap(box, other)]
+    found += [f"text {text.get_text()[:40]!r} covers {what}"
+              for text, box in boxes for what, zorder, points in line_points(figure)
+              if not hides(text, zorder) and crosses(box, points)]
+    return found
+
+
+def test_every_plot_function_is_rendered(fixtures):
+    names = {name for module in PLOT_MODULES for name, function in inspect.getmembers(module, inspect.isfunction)
+             if name.startswith("plot_") and function.__module__ == module.__name__}
+    assert names == set(render_all(fixtures))
+
+
+def test_no_text_overlaps_text_images_or_bars(fixtures):
+    problems = {name: found for name, figure in render_all(fixtures).items() if (found := overlaps(figure))}
+    assert not problems, "\n".join(f"{name}: {found[:5]} ({len(found)} in all)" for name, found in problems.items())
+
+
+def test_the_check_sees_an_overlap():
+    figure, ax = plt.subplots()
+    ax.imshow(np.zeros((4, 4)))
+    ax.text(1.5, 1.5, "on the image")
+    ax.text(1.5, 1.6, "on the text")
+    ax.plot([0, 3], [0.5, 0.5])
+    ax.text(0.2, 0.5, "on the line", va="center")
+    found = overlaps(figure)
+    assert any("overlaps text" in line for line in found) and any("overlaps image" in line for line in found)
+    assert any("'on the line' covers line" in line for line in found)
