@@ -227,3 +227,15 @@ def test_a_changed_checkpoint_file_is_loaded_again_under_a_new_key(tmp_path, cha
     entry = again.stats["checkpoints"][spec]
     assert entry["model_loaded"] and entry["cache"]["image_misses"] == pairs["image"].nunique()
     assert not np.allclose(again.results["similarity"], first.results["similarity"])
+
+
+def test_a_warm_run_keeps_failures_without_loading_the_model(tiny_specs, tmp_path):
+    refs = _photos(tmp_path, n=2)
+    (tmp_path / "text.jpg").write_text("not an image")
+    pairs = pd.DataFrame({"image": [*refs, str(tmp_path / "text.jpg")], "caption": ["a", "b", "c"]})
+    options = ScoreOptions(progress=False, device="cpu", embedding_cache_dir=tmp_path / "cache")
+    spec = tiny_specs["open_clip"]
+    cold, warm = score_pairs(pairs, [spec], options), score_pairs(pairs, [spec], options)
+    assert cold.results["status"].tolist() == warm.results["status"].tolist() == ["ok", "ok", "decode_error"]
+    assert warm.results["error"].tolist() == cold.results["error"].tolist()
+    assert not warm.stats["checkpoints"][spec]["model_loaded"]

@@ -97,7 +97,8 @@ def test_stats_have_every_stage_and_field(tiny_specs, challenge_csv, tmp_path):
     for name in ("results.csv", "scores.csv", "stats.json", "stats.log"):
         assert (tmp_path / name).is_file()
     assert not (tmp_path / ".parts").exists()
-    assert "image_encode" in (tmp_path / "stats.log").read_text()
+    log = (tmp_path / "stats.log").read_text()
+    assert "image_encode" in log and "model_loaded         True" in log and "image_misses 16" in log
 
 
 def test_zero_shot_probs_are_a_softmax(tiny_specs, challenge_csv):

@@ -18,7 +18,8 @@ log; a writer waits up to ``timeout`` seconds for another's lock, and ``INSERT O
 makes a vector written by two runs at once land once). It needs a local disk: SQLite's
 locking is not reliable on network file systems.
 
-A caption's entry also records whether the model truncated it. A ``loads`` table remembers
+A caption's entry also records whether the model truncated it, and images that failed to
+decode or preprocess are remembered with their status, so a warm run need not decode them. A ``loads`` table remembers
 which model key a checkpoint had, by its weights identity
 (:func:`clipeval.models.registry.weights_identity`: local files' sizes and times, or the code
 of a seeded random init), so a run whose inputs are all cached never loads the model. Hub
@@ -48,6 +49,9 @@ CREATE TABLE IF NOT EXISTS vectors (
     PRIMARY KEY (model, kind, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS models (model TEXT PRIMARY KEY, description TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS loads (identity TEXT PRIMARY KEY, model TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (
+    model TEXT NOT NULL, key TEXT NOT NULL, status TEXT NOT NULL, error TEXT NOT NULL,
+    PRIMARY KEY (model, key)) WITHOUT ROWID;
 """
 _LOOKUP_BATCH = 500  # keys per SELECT (SQLite caps the number of bound parameters)
 
@@ -142,6 +146,23 @@ class EmbeddingCache:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+
+    def put_failures(self, model: str, failures: dict[str, tuple[str, str]]) -> None:
+        """Remember images that failed to decode or preprocess under a model, with (status, error)."""
+        if failures:
+            self._connect().executemany("INSERT OR IGNORE INTO failures VALUES (?, ?, ?, ?)",
+                                        [(model, key, *outcome) for key, outcome in failures.items()])
+
+    def get_failures(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """The remembered failures among ``keys``: key -> (status, error)."""
+        found: dict[str, tuple[str, str]] = {}
+        distinct = list(dict.fromkeys(keys))
+        for start in range(0, len(distinct), _LOOKUP_BATCH):
+            part = distinct[start:start + _LOOKUP_BATCH]
+            rows = self._connect().execute(f"SELECT key, status, error FROM failures WHERE model = ? "
+                                           f"AND key IN ({','.join('?' * len(part))})", (model, *part))
+            found.update((key, (status, error)) for key, status, error in rows)
+        return found
 
     def size(self) -> int:
         """How many vectors the database holds (all models)."""

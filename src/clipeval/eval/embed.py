@@ -367,14 +367,18 @@ class Embedder:
                 first.setdefault(raw.digest, raw.data)
         found = {key: vector for key, (vector, _) in self._cached("image", list(first)).items()}
         missing = [digest for digest in first if digest not in found]
-        failed: dict[str, tuple[str, str]] = {}
+        failed = self.cache.get_failures(self.key, missing) if self.cache is not None and missing else {}
+        missing = [digest for digest in missing if digest not in failed]
         slices = list(batches(len(missing), self.options.batch_size))
         decoded = self.decoder.map([[first[digest] for digest in missing[part]] for part in slices]) if slices else None
         for part in slices:
             with _stage(self.timer, "image_decode", part.stop - part.start):
                 pixels, outcomes = next(decoded)
             ok = [digest for digest, (status, _) in zip(missing[part], outcomes) if status == "ok"]
-            failed.update((digest, outcome) for digest, outcome in zip(missing[part], outcomes) if outcome[0] != "ok")
+            new_failures = {digest: outcome for digest, outcome in zip(missing[part], outcomes) if outcome[0] != "ok"}
+            failed.update(new_failures)
+            if self.cache is not None:
+                self.cache.put_failures(self.key, new_failures)
             if not ok:
                 continue
             batch = torch.from_numpy(pixels)

@@ -225,7 +225,7 @@ def search(dataset: RetrievalSet, checkpoints: Sequence[str], texts: Sequence[st
     """
     rows = []
     for spec in checkpoints:
-        encoder = LazyEncoder(spec, device, precision)
+        encoder = LazyEncoder(spec, device, precision, progress=progress)
         embedded = embed_set(encoder, RetrievalSet(dataset.name, pd.DataFrame({"text": list(texts)}),
                                                    dataset.images, np.empty((0, 2), np.int64), dataset.base_dir),
                              options, progress=progress)

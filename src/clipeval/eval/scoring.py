@@ -180,7 +180,8 @@ class _Scorer:
 
     def embedder(self, spec: str) -> Embedder:
         if spec not in self.embedders:
-            lazy = LazyEncoder(spec, self.options.device, self.options.precision, self.timers[spec])
+            options = self.options
+            lazy = LazyEncoder(spec, options.device, options.precision, self.timers[spec], options.progress)
             self.embedders[spec] = Embedder(lazy, self.options.embed_options(), self.timers[spec]).__enter__()
         return self.embedders[spec]
 

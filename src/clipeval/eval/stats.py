@@ -123,11 +123,13 @@ def format_stats_log(stats: dict) -> str:
     blocks += [(f"checkpoint {spec}", entry) for spec, entry in stats["checkpoints"].items()]
     for title, entry in blocks:
         lines.append(title)
-        for key in ("description", "precision", "pairs_scored", "pairs_per_s", "images_embedded",
-                    "images_unreadable", "captions_truncated"):
+        for key in ("description", "precision", "model_loaded", "decode_workers", "pairs_scored", "pairs_per_s",
+                    "images_embedded", "images_unreadable", "captions_truncated"):
             if entry.get(key) not in (None, ""):
                 value = entry[key]
                 lines.append(f"  {key:<20} {value:.2f}" if isinstance(value, float) else f"  {key:<20} {value}")
+        if entry.get("cache"):
+            lines.append(f"  {'cache':<20} " + ", ".join(f"{name} {count}" for name, count in entry["cache"].items()))
         lines.append(f"  {'stage':<18}{'wall s':>10}{'cpu s':>10}{'items':>9}{'items/s':>11}"
                      f"{'peak RSS MiB':>14}{'peak GPU MiB':>14}")
         for name, s in entry["stages"].items():
