@@ -185,7 +185,7 @@ class BaselineEncoder(Encoder):
         return self.model.encode_text(batch["input_ids"], batch["attention_mask"])
 
     def truncated(self, texts: Sequence[str]) -> list[bool]:
-        lengths = self.tokenizer(list(texts), truncation=False)["input_ids"]
+        lengths = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
         return [len(ids) > self.context_length for ids in lengths]
 
 

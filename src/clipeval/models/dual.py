@@ -319,7 +319,8 @@ class DualEncoder(Encoder):
 
     def truncated(self, texts) -> list[bool]:
         """For each caption, whether it has more than ``context_length`` tokens."""
-        return [len(ids) > self.context_length for ids in self.tokenizer(list(texts))["input_ids"]]
+        lengths = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+        return [len(ids) > self.context_length for ids in lengths]
 
 
 def save_dual(model: DualEncoderModel, tokenizer, folder: str | Path, history: dict | None = None) -> Path:
