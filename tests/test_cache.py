@@ -19,7 +19,7 @@ from PIL import Image
 from clipeval.data.images import decode_image, read_many_bytes
 from clipeval.data.sources import read_pairs
 from clipeval.eval.cache import EmbeddingCache
-from clipeval.eval.embed import Embedder, EmbedOptions, model_key
+from clipeval.eval.embed import Embedder, EmbedOptions, cpu_cores, model_key
 from clipeval.eval.scoring import RunFolderMismatch, ScoreOptions, score_pairs, score_to_dir
 from clipeval.models.registry import load_encoder
 
@@ -239,3 +239,17 @@ def test_a_warm_run_keeps_failures_without_loading_the_model(tiny_specs, tmp_pat
     assert cold.results["status"].tolist() == warm.results["status"].tolist() == ["ok", "ok", "decode_error"]
     assert warm.results["error"].tolist() == cold.results["error"].tolist()
     assert not warm.stats["checkpoints"][spec]["model_loaded"]
+
+
+@pytest.mark.skipif(cpu_cores() < 2, reason="needs 2 cores for a decode worker to take one from the encoder")
+def test_decode_workers_give_the_encoder_its_threads_back(tiny_specs, challenge_csv, tmp_path):
+    pairs = read_pairs(challenge_csv).iloc[:4]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = score_pairs(pairs, [tiny_specs["open_clip"], tiny_specs["hf-clip"]],
+                          ScoreOptions(progress=False, device="cpu", decode_workers=1, embedding_cache=False))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert run.stats["checkpoints"][tiny_specs["hf-clip"]]["decode_workers"] == 1

@@ -227,14 +227,19 @@ class _Decoder:
         self.pool: ProcessPoolExecutor | None = None
 
     def map(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
+        """Decoded batches in order. The worker pool is started here, outside any timed stage,
+        so no stage's memory-sampling thread is running when the workers are forked."""
         if not self.workers:
-            for datas in batches_of_bytes:
-                yield _decode_batch(datas, self.encoder.preprocess, self.min_side, self.max_pixels)
-            return
+            return (_decode_batch(datas, self.encoder.preprocess, self.min_side, self.max_pixels)
+                    for datas in batches_of_bytes)
         if self.pool is None:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_init_worker,
                                             initargs=(self.encoder.preprocess, self.min_side, self.max_pixels))
+            self.pool.submit(int).result()  # fork the workers now (a fork-context pool starts them on first use)
+        return self._in_workers(batches_of_bytes)
+
+    def _in_workers(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
         pending, todo = deque(), iter(batches_of_bytes)
         for datas in todo:
             pending.append(self.pool.submit(_decode_in_worker, datas))

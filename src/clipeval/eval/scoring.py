@@ -175,7 +175,7 @@ class _Scorer:
         return self
 
     def __exit__(self, *exc) -> None:
-        for embedder in self.embedders.values():
+        for embedder in reversed(list(self.embedders.values())):  # reverse: thread counts restored in order
             embedder.__exit__(*exc)
 
     def embedder(self, spec: str) -> Embedder:
