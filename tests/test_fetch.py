@@ -15,6 +15,7 @@ from PIL import Image
 
 from clipeval.data.fetch import FetchOptions, cache_path, fetch_url, is_url
 from clipeval.data.images import read_images
+from http_stub import serving
 
 CAP = 50_000  # bytes; the huge bodies are 4x this
 SLOW_S = 3.0  # the slow endpoint's delay, well above CLIENT_TIMEOUT_S even on a loaded CPU
@@ -102,11 +103,8 @@ class _Server(ThreadingHTTPServer):
 def server():
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.hits, httpd.lock = Counter(), threading.Lock()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(httpd):
+        yield httpd
 
 
 @pytest.fixture(autouse=True)

@@ -27,9 +27,9 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, describe_images
 from clipeval.eval.compare import spearman_matrix
-from clipeval.plots import data, retrieval, scenes, scores
+from clipeval.plots import data, labels, retrieval, scenes, scores
 
-PLOT_MODULES = (data, scores, retrieval, scenes)
+PLOT_MODULES = (data, scores, retrieval, scenes, labels)
 TOLERANCE_PX = 1.0  # extents may touch (a label set on a bar's top) but not overlap by more than a pixel
 CHECKPOINTS = ("dual:outputs/offline/models/dual", "baseline:bert-resnet50-random")
 
@@ -105,7 +105,24 @@ def render_all(fixtures):
                               for kind, accuracy in (("all", 0.82), ("colour", 0.80), ("count", 0.99),
                                                      ("relation", 0.47))
                               for subset in ("all", "seen", "unseen")])
+    rng = np.random.default_rng(0)
+    sources = ("zero-shot dual encoder", "scene classifier (timm)")
+    thresholds = dict(zip(sources, (0.5, 0.85)))
+    confidences = pd.DataFrame({"source": np.repeat(sources, 200), "confidence": rng.uniform(0, 1, 400)})
+    sweep = pd.DataFrame([{"source": source, "threshold": t, "precision": t, "recall": 1 - t, "coverage": 1 - t / 2}
+                          for source in sources for t in np.arange(0, 1, 0.05)])
+    examples = pd.DataFrame([{"image": ref, "source": source, "labels": "; ".join(longest[i:i + 3]),
+                              "truth": "; ".join(longest[i + 1:i + 4])}
+                             for i, ref in enumerate(pairs["image"][:8]) for source in sources])
+    label_metrics = pd.DataFrame([{"source": source, "checkpoint": spec, "direction": direction, "k": 5, "set": kind,
+                                   "hit_rate": rng.uniform()}
+                                  for source in sources for spec in CHECKPOINTS
+                                  for direction in ("text_to_image", "image_to_text") for kind in ("pseudo", "true")])
     return {
+        "plot_confidence_histograms": labels.plot_confidence_histograms(confidences, thresholds),
+        "plot_threshold_tradeoff": labels.plot_threshold_tradeoff(sweep, thresholds),
+        "plot_labelled_examples": labels.plot_labelled_examples(examples, pairs.attrs["base_dir"]),
+        "plot_pseudo_vs_true": labels.plot_pseudo_vs_true(label_metrics),
         "plot_image_sizes": data.plot_image_sizes(describe_images(pairs)),
         "plot_caption_lengths": data.plot_caption_lengths(caption_lengths(pairs)),
         "plot_sample_grid": data.plot_sample_grid(pairs, n=12),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,25 @@ def atomic_path(path: str | Path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path):
+    """Yield a temporary sibling folder; on success it replaces ``path`` (an existing folder is removed first).
+
+    A crash inside the block leaves ``path`` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        staging.chmod(0o755)
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

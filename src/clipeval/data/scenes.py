@@ -559,3 +559,34 @@ def read_scenes_retrieval(root: str | Path, split: str) -> RetrievalSet:
     root = Path(root)
     return read_retrieval_tables(root / f"queries_{split}.csv", root / f"images_{split}.csv",
                                  root / f"relevance_{split}.csv", name=f"scenes-{split}")
+
+
+# --- object classes: the vocabulary of the pseudo-labelling study (notebook 07) ---------------------------------
+
+def class_name(colour: str, shape: str) -> str:
+    """An object class as the captions write it: ``"a red circle"``, ``"an orange square"``."""
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
+
+
+SCENE_CLASSES = tuple(class_name(colour, shape) for colour in COLOURS for shape in SHAPES)
+
+
+def scene_classes(scene: Scene) -> set[str]:
+    """The classes of :data:`SCENE_CLASSES` present in a scene (one per distinct colour and shape drawn)."""
+    return {class_name(obj.colour, obj.shape) for obj in scene.objects}
+
+
+def scene_class_judge(root: str | Path = DEFAULT_ROOT):
+    """The truth for class queries: ``judge(text, image)`` is whether that scene holds that class.
+
+    ``image`` is a reference as ``scenes.csv`` writes it (``images/<split>/<id>.png``), absolute or
+    relative; only its split folder and file name are used.
+    """
+    table = pd.read_csv(Path(root) / "scenes.csv", keep_default_na=False)
+    classes = {"/".join(Path(row["image"]).parts[-2:]): scene_classes(scene_from_row(row))
+               for row in table.to_dict("records")}
+
+    def judge(text: str, image: str) -> bool:
+        return text in classes.get("/".join(Path(str(image)).parts[-2:]), set())
+
+    return judge

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,11 +92,25 @@ class EmbeddingCache:
         """One connection per process (a connection must not cross a fork)."""
         if self._connection is None or self._pid != os.getpid():
             connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(_SCHEMA)
+            self._set_up(connection)
             self._connection, self._pid = connection, os.getpid()
         return self._connection
+
+    def _set_up(self, connection: sqlite3.Connection) -> None:
+        """WAL mode and the tables. Switching the journal mode can report "locked" at once, without
+        waiting, while another process is setting up too: retry until ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def describe(self, model: str, description: dict) -> None:
         """Record what a model key stands for (spec, weights digest...), for people reading the database."""

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import string
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -52,6 +50,7 @@ from torchvision import transforms
 from torchvision.models.efficientnet import MBConv
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, PreTrainedTokenizerFast
 
+from clipeval.atomic import atomic_folder
 from clipeval.models.constants import IMAGENET_MEAN, IMAGENET_STD
 from clipeval.models.encoder import Encoder
 from clipeval.models.registry import CheckpointError, CheckpointSpec, offline_error
@@ -336,10 +335,7 @@ def save_dual(model: DualEncoderModel, tokenizer, folder: str | Path, history: d
         ``folder`` as a :class:`Path`.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        staging.chmod(0o755)
+    with atomic_folder(folder) as staging:
         config = {**asdict(model.config), "text_config": model.text_model.config.to_dict()}
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -347,11 +343,6 @@ def save_dual(model: DualEncoderModel, tokenizer, folder: str | Path, history: d
         tokenizer.save_pretrained(staging)
         if history is not None:
             (staging / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

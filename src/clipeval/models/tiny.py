@@ -136,3 +136,61 @@ def build_tiny_checkpoints(root: Path = TINY_CHECKPOINTS_DIR, seed: int = 0) -> 
     return {"hf-clip": f"hf:{root / 'hf-clip'}", "hf-siglip": f"hf:{root / 'hf-siglip'}",
             "open_clip": f"open_clip:{folder}",
             "open_clip_arch": f"open_clip:{OPEN_CLIP_TINY_ARCH}@{weights}"}
+
+
+def build_tiny_captioner(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random ViT + GPT-2 ``VisionEncoderDecoderModel`` captioner to ``folder``.
+
+    The layout of ``nlpconnect/vit-gpt2-image-captioning`` (model, tokenizer, ``ViTImageProcessor``),
+    with the CLIP BPE tokenizer so that nothing is downloaded. Its captions are random tokens, but
+    greedy decoding gives each image its own.
+
+    Returns:
+        ``folder``, loadable by :class:`clipeval.labels.captioner.Captioner`.
+    """
+    from transformers import (
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer()
+    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+    # A wider initialisation than the default 0.02, so that the random captions differ from image to image.
+    encoder = ViTConfig(**_vision_config(), initializer_range=0.5)
+    decoder = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                         initializer_range=0.5, bos_token_id=start, eos_token_id=end, pad_token_id=end,
+                         add_cross_attention=True, is_decoder=True)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = start, end, end
+    model = VisionEncoderDecoderModel(config)
+    model.generation_config.update(decoder_start_token_id=start, bos_token_id=start, eos_token_id=end,
+                                   pad_token_id=end)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    write_info_file(folder, f"tiny randomly initialised transformers ViT-GPT2 captioner (seed {seed}); "
+                            "its captions mean nothing", random_init=True)
+    return Path(folder)
+
+
+def build_tiny_classifier(folder: Path, label_names: list[str], multi_label: bool = False, seed: int = 0) -> Path:
+    """Save a tiny random timm classifier (``test_efficientnet``, 32-pixel input) in timm's Hugging Face layout.
+
+    Returns:
+        ``folder``, loadable by :class:`clipeval.labels.classifier.Classifier`.
+    """
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=len(label_names))
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, IMAGE_SIZE, IMAGE_SIZE), "crop_pct": 1.0,
+                            "label_names": list(label_names)}
+    save_for_hf(model, folder, model_config={"label_names": list(label_names), "multi_label": multi_label})
+    write_info_file(folder, f"tiny randomly initialised timm classifier (seed {seed}); its labels mean nothing",
+                    random_init=True)
+    return Path(folder)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from clipeval.data.sources import SOURCE_READERS
+from clipeval.labels.registry import LABELLERS
 from clipeval.models.registry import quiet_progress_bars
 from clipeval.runs.errors import EXPECTED_ERRORS
 
@@ -86,6 +87,30 @@ def _train(args: argparse.Namespace) -> None:
                          progress=not args.no_progress, model=model)
     folder = train_dual(**_set(scenes_dir=args.scenes, output_dir=args.out), config=config)
     print(f"saved dual encoder -> dual:{folder}")
+
+
+def _build_evalset(args: argparse.Namespace) -> None:
+    from clipeval.runs.evalsets import build_evalset
+
+    vocabulary = [line.strip() for line in Path(args.vocabulary).read_text().splitlines() if line.strip()] \
+        if args.vocabulary else []
+    built = build_evalset(args.out, args.images, args.labeller, args.model, args.threshold, args.top_k, vocabulary,
+                          args.device, args.batch_size, args.rebuild, progress=not args.no_progress)
+    dataset = built.dataset
+    print(f"{'reused' if built.reused else 'built'} {built.folder}: {len(dataset.queries)} queries, "
+          f"{len(dataset.images)} images, {len(dataset.relevant)} relevant pairs, "
+          f"{built.labels['image'].nunique()} images labelled")
+    print(f"evaluate it: python -m clipeval retrieve --queries {built.folder}/queries.csv "
+          f"--images {built.folder}/images.csv --relevance {built.folder}/relevance.csv --checkpoint SPEC --out DIR")
+
+
+def _train_scene_classifier(args: argparse.Namespace) -> None:
+    from clipeval.train.scene_classifier import ClassifierConfig, train_scene_classifier
+
+    config = ClassifierConfig(**_set(epochs=args.epochs, seed=args.seed, device=args.device))
+    folder = train_scene_classifier(**_set(scenes_dir=args.scenes, out_dir=args.out), config=config,
+                                    progress=not args.no_progress)
+    print(f"saved scene classifier -> {folder}")
 
 
 def _tiny_checkpoints(args: argparse.Namespace) -> None:
@@ -215,6 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from distilbert-base-uncased and ImageNet EfficientNet-B0 (needs network)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(handler=_train)
+
+    evalset = commands.add_parser("build-evalset", help="pseudo-label a folder of images into a retrieval eval set")
+    evalset.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    evalset.add_argument("--labeller", default="classifier", choices=list(LABELLERS),
+                         help="classifier (timm), zero-shot (a checkpoint over --vocabulary), captioner "
+                              "(transformers image-to-text) or api (OpenAI-compatible; CLIPEVAL_LABEL_API_* variables)")
+    evalset.add_argument("--model", default=None, help="timm name or folder, checkpoint spec, captioning model or "
+                                                      "API model (default: the labeller's)")
+    evalset.add_argument("--threshold", type=float, default=None,
+                         help="smallest confidence kept (classifier default 0.85, zero-shot 0.5, captioner 0)")
+    evalset.add_argument("--top-k", type=int, default=1, help="most probable classes an image may get")
+    evalset.add_argument("--vocabulary", default=None, help="text file, one zero-shot class per line")
+    evalset.add_argument("--out", required=True, help="eval-set folder (queries.csv, images.csv, relevance.csv...)")
+    evalset.add_argument("--device", default="auto")
+    evalset.add_argument("--batch-size", type=int, default=16)
+    evalset.add_argument("--rebuild", action="store_true", help="label again even if --out holds the same build")
+    evalset.add_argument("--no-progress", action="store_true")
+    evalset.set_defaults(handler=_build_evalset)
+
+    classifier = commands.add_parser("train-scene-classifier",
+                                     help="train the small timm classifier of the scenes (a labeller for notebook 07)")
+    classifier.add_argument("--scenes", help="default data/generated/scenes")
+    classifier.add_argument("--out", help="default outputs/offline/models/scene-classifier")
+    classifier.add_argument("--epochs", type=int)
+    classifier.add_argument("--seed", type=int)
+    classifier.add_argument("--device")
+    classifier.add_argument("--no-progress", action="store_true")
+    classifier.set_defaults(handler=_train_scene_classifier)
 
     catalogue = commands.add_parser("checkpoints", help="print the checkpoint catalogue (or what is known of SPEC)")
     catalogue.add_argument("spec", nargs="*", help="checkpoint specs to describe (default: the whole catalogue)")

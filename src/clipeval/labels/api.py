@@ -1,0 +1,319 @@
+"""Caption images with an OpenAI-compatible chat API (a vision-language model), each caption becoming a query.
+
+Off by default. It is configured by environment variables, read when an :class:`ApiCaptioner`
+is made (constructor arguments override them):
+
+- ``CLIPEVAL_LABEL_API_BASE``: the API root, e.g. ``https://api.openai.com/v1``; requests go to
+  ``<base>/chat/completions``.
+- ``CLIPEVAL_LABEL_API_MODEL``: the model name (default ``gpt-4o-mini``).
+- ``CLIPEVAL_LABEL_API_KEY``: the key, sent as ``Authorization: Bearer <key>``; never written to
+  stats, logs or the cache.
+
+Without a base or a key nothing is sent: every readable image gets the status ``api_off``,
+``stats["api_off"]`` is true and one warning says how to turn it on. Images given as URLs are
+then not fetched either, so an ``api_off`` run makes no network request at all.
+
+Each image is sent as it is stored (base64 in a ``data:`` URL; JPEG, PNG, WebP and GIF as they
+are, any other format re-encoded to PNG) with one instruction, and the reply's
+``choices[0].message.content`` (whitespace collapsed) is the caption. A per-image failure is a
+status of :data:`API_STATUSES` (or the image's read status of
+:data:`clipeval.data.images.STATUSES`), never an exception. HTTP 408, 429 and 5xx, timeouts and
+dropped connections are retried with exponential backoff. At most ``concurrency`` requests are
+in flight. Only the standard library (:mod:`urllib`) speaks HTTP.
+
+Successful replies are cached on disk, one JSON file per (image SHA-256, model, prompt,
+max_tokens) under ``<cache_dir>/<k[:2]>/<k>.json`` with ``k`` the SHA-256 of that key; a cached
+image makes no request. Failures and empty captions are not cached, so a re-run asks again.
+Delete the folder to caption everything afresh.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import io
+import json
+import math
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from clipeval import __version__
+from clipeval.atomic import write_json
+from clipeval.data.fetch import is_url
+from clipeval.data.images import decode_image, read_image_bytes
+from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
+from clipeval.paths import DATA_DIR
+
+BASE_ENV, MODEL_ENV, KEY_ENV = "CLIPEVAL_LABEL_API_BASE", "CLIPEVAL_LABEL_API_MODEL", "CLIPEVAL_LABEL_API_KEY"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_PROMPT = ("Write one concise, factual caption of this image: a single sentence describing what is "
+                  "visible. Reply with the caption only, no preamble.")
+DEFAULT_CACHE_DIR = DATA_DIR / "cache" / "label_api"
+OFF_REASON = f"set {BASE_ENV} and {KEY_ENV} to caption with an API"
+TRANSIENT_HTTP_CODES = frozenset({408, 429})  # plus every 5xx
+SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+
+API_STATUSES: dict[str, str] = {
+    "api_off": f"no API is configured ({BASE_ENV} or {KEY_ENV} unset); nothing was sent",
+    "api_error": "the API answered with an HTTP error (429 and 5xx after retries), or could not be reached",
+    "api_timeout": "no complete reply within the timeout, after retries",
+    "api_bad_response": "the reply is not JSON or has no choices[0].message.content text",
+}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What happened to one image: its status, reason, caption, and the requests it cost."""
+
+    status: str
+    error: str = ""
+    caption: str = ""
+    requests: int = 0
+    cache_hit: bool = False
+
+
+class ApiCaptioner:
+    """An OpenAI-compatible chat API as a labeller: one caption per image (see the module docstring).
+
+    Args:
+        base: the API root (``<base>/chat/completions`` is called); default ``$CLIPEVAL_LABEL_API_BASE``.
+        model: the API model; default ``$CLIPEVAL_LABEL_API_MODEL``, else ``gpt-4o-mini``.
+        key: the API key; default ``$CLIPEVAL_LABEL_API_KEY``.
+        prompt: the instruction sent with every image.
+        max_tokens: the longest reply allowed.
+        timeout: seconds allowed for each socket operation of a request (connect, each read).
+        retries: extra attempts after HTTP 408/429/5xx, a timeout or a dropped connection.
+        backoff: seconds before the first retry; doubled before each further one.
+        concurrency: the most requests in flight at once.
+        cache_dir: where replies are cached; ``None`` disables the cache.
+        progress: show a progress bar.
+    """
+
+    name = "api"
+
+    def __init__(self, base: str | None = None, model: str | None = None, key: str | None = None,
+                 prompt: str = DEFAULT_PROMPT, max_tokens: int = 60, timeout: float = 30.0, retries: int = 2,
+                 backoff: float = 0.5, concurrency: int = 4, cache_dir: Path | None = DEFAULT_CACHE_DIR,
+                 progress: bool = True):
+        self.base = (base if base is not None else os.environ.get(BASE_ENV, "")).strip().rstrip("/")
+        self.model = model or os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+        self._key = (key if key is not None else os.environ.get(KEY_ENV, "")).strip()
+        self.prompt, self.max_tokens, self.timeout = prompt, max_tokens, timeout
+        self.retries, self.backoff, self.concurrency = retries, backoff, max(1, concurrency)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.progress = progress
+
+    @property
+    def enabled(self) -> bool:
+        """Whether both an API base and a key are set, so that requests will be sent."""
+        return bool(self.base and self._key)
+
+    def label(self, refs: list[str], base_dir: Path | None = None) -> LabelRun:
+        """Caption each readable image; an empty caption leaves the image without a label.
+
+        Args:
+            refs: image paths (absolute, or relative to ``base_dir``) or URLs.
+            base_dir: the folder relative paths are resolved against.
+
+        Returns:
+            A :class:`~clipeval.labels.base.LabelRun`: at most one label per distinct image,
+            ``confidence`` and ``threshold`` NaN; image statuses from :data:`API_STATUSES` or
+            the read statuses; stats add ``api_off``, ``requests_made`` and ``cache_hits``.
+        """
+        started = time.perf_counter()
+        refs = list(refs)
+        unique = list(dict.fromkeys(refs))
+        if self.enabled:
+            outcomes = self._caption_all(unique, base_dir)
+        else:
+            warnings.warn(f"API captioner is off: {OFF_REASON}; no captions were made", stacklevel=2)
+            outcomes = {ref: _off_outcome(ref, base_dir) for ref in unique}
+        labels = self._labels(unique, outcomes)
+        images = image_table(refs, [outcomes[ref].status for ref in refs], [outcomes[ref].error for ref in refs],
+                             labels)
+        self._warn_failures(images)
+        stats = run_stats(labels, images, **self.settings(), api_off=not self.enabled,
+                          requests_made=sum(o.requests for o in outcomes.values()),
+                          cache_hits=sum(o.cache_hit for o in outcomes.values()), seconds=time.perf_counter() - started)
+        return LabelRun(labels, images, stats)
+
+    def settings(self) -> dict:
+        """The labeller's parameters, as recorded in stats (the key is never included)."""
+        return {"labeller": self.name, "model": self.model, "base": self.base, "prompt": self.prompt,
+                "max_tokens": self.max_tokens, "timeout": self.timeout, "retries": self.retries,
+                "concurrency": self.concurrency, "cache_dir": None if self.cache_dir is None else str(self.cache_dir)}
+
+    def _caption_all(self, refs: list, base_dir: Path | None) -> dict:
+        """Caption distinct images on a bounded thread pool; returns ``{ref: _Outcome}``."""
+        outcomes = {}
+        with (ThreadPoolExecutor(max_workers=self.concurrency) as pool,
+              tqdm(total=len(refs), desc=f"caption {self.model}", unit="image", disable=not self.progress) as bar):
+            futures = {pool.submit(self._caption_one, ref, base_dir): ref for ref in refs}
+            for future in as_completed(futures):
+                outcomes[futures[future]] = future.result()
+                bar.update()
+        return outcomes
+
+    def _caption_one(self, ref, base_dir: Path | None) -> _Outcome:
+        """Read one image, then take its caption from the cache or ask the API."""
+        raw = read_image_bytes(ref, base_dir)
+        if raw.status != "ok":
+            return _Outcome(raw.status, raw.error)
+        cache_file = self._cache_file(raw.digest)
+        cached = _read_cached(cache_file)
+        if cached:
+            return _Outcome("ok", caption=cached, cache_hit=True)
+        payload = _image_payload(raw.data)
+        if isinstance(payload, _Outcome):
+            return payload
+        outcome = self._ask(self._request(*payload))
+        if cache_file is not None and outcome.caption:
+            with contextlib.suppress(OSError):  # the cache is an optimisation: a full disk costs a re-ask only
+                write_json(cache_file, {"model": self.model, "prompt": self.prompt, "max_tokens": self.max_tokens,
+                                        "image_sha256": raw.digest, "caption": outcome.caption})
+        return outcome
+
+    def _cache_file(self, digest: str) -> Path | None:
+        """The cache file of an image's reply under this model, prompt and token limit (``None``: no cache)."""
+        if self.cache_dir is None:
+            return None
+        key = json.dumps([digest, self.model, self.prompt, self.max_tokens])
+        name = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return self.cache_dir / name[:2] / f"{name}.json"
+
+    def _request(self, mime: str, data: bytes) -> Request:
+        """The chat-completions request for one image."""
+        image_url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        body = {"model": self.model, "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": self.prompt},
+                                                          {"type": "image_url", "image_url": {"url": image_url}}]}]}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._key}",
+                   "User-Agent": f"clipeval/{__version__} (Python urllib)"}
+        return Request(f"{self.base}/chat/completions", data=json.dumps(body).encode("utf-8"), headers=headers,
+                       method="POST")
+
+    def _ask(self, request: Request) -> _Outcome:
+        """Send a request, retrying transient failures with exponential backoff."""
+        attempt = 0
+        while True:
+            outcome, transient = self._post(request)
+            if not transient or attempt >= self.retries:
+                return _Outcome(outcome.status, outcome.error, outcome.caption, requests=attempt + 1)
+            time.sleep(self.backoff * 2**attempt)
+            attempt += 1
+
+    def _post(self, request: Request) -> tuple[_Outcome, bool]:
+        """One attempt; returns the outcome and whether a retry might succeed."""
+        try:
+            with urlopen(request, timeout=self.timeout) as response:
+                body = response.read()
+        except HTTPError as error:
+            transient = error.code in TRANSIENT_HTTP_CODES or error.code >= 500
+            return _Outcome("api_error", _http_reason(error)), transient
+        except TimeoutError:
+            return _timeout(self.timeout), True
+        except URLError as error:
+            if isinstance(error.reason, TimeoutError):
+                return _timeout(self.timeout), True
+            return _Outcome("api_error", _one_line(f"cannot reach {self.base}: {error.reason}")), False
+        except (http.client.HTTPException, OSError) as error:
+            transient = isinstance(error, (ConnectionResetError, ConnectionAbortedError, http.client.IncompleteRead))
+            return _Outcome("api_error", _one_line(f"{type(error).__name__}: {error}")), transient
+        except ValueError as error:  # urllib's verdict on a malformed base URL
+            return _Outcome("api_error", _one_line(f"bad API URL {request.full_url[:200]}: {error}")), False
+        except Exception as error:  # noqa: BLE001 - one odd reply must not stop a run
+            return _Outcome("api_error", _one_line(f"{type(error).__name__}: {error}")), False
+        return _parse_reply(body), False
+
+    def _labels(self, refs: list, outcomes: dict) -> pd.DataFrame:
+        """One label row per image with a non-empty caption, in input order."""
+        rows = [{"image": ref, "text": outcomes[ref].caption, "confidence": math.nan, "labeller": self.name,
+                 "model": self.model, "threshold": math.nan} for ref in refs if outcomes[ref].caption]
+        return pd.DataFrame(rows, columns=list(LABEL_COLUMNS)) if rows else empty_labels()
+
+    def _warn_failures(self, images: pd.DataFrame) -> None:
+        """One warning when requests failed, with the counts per status and the first reason."""
+        failed = images[images["status"].isin(["api_error", "api_timeout", "api_bad_response"])]
+        if len(failed):
+            counts = ", ".join(f"{status}: {n}" for status, n in failed["status"].value_counts().items())
+            warnings.warn(f"API captioner ({self.model} at {self.base}): {len(failed)} of {len(images)} images "
+                          f"got no caption ({counts}); first: {failed['error'].iloc[0]}", stacklevel=3)
+
+
+def _off_outcome(ref, base_dir: Path | None) -> _Outcome:
+    """An image's outcome when the API is off: its read status, or ``api_off`` (URLs are not fetched)."""
+    if not (isinstance(ref, str) and is_url(ref.strip())):
+        raw = read_image_bytes(ref, base_dir)
+        if raw.status != "ok":
+            return _Outcome(raw.status, raw.error)
+    return _Outcome("api_off", OFF_REASON)
+
+
+def _read_cached(path: Path | None) -> str:
+    """The caption cached in ``path``; empty when there is no cache, no file or an unreadable one."""
+    if path is None:
+        return ""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        return str(json.loads(path.read_text(encoding="utf-8")).get("caption") or "")
+    return ""
+
+
+def _image_payload(data: bytes) -> tuple[str, bytes] | _Outcome:
+    """The MIME type and bytes to send: the file as is when the API takes its format, else a PNG.
+
+    An image that does not decode gets its decode status instead (nothing is sent for it).
+    """
+    loaded = decode_image(data)
+    if loaded.status != "ok":
+        return _Outcome(loaded.status, loaded.error)
+    with Image.open(io.BytesIO(data)) as opened:
+        fmt = opened.format
+    if fmt in SENT_AS_IS:
+        return SENT_AS_IS[fmt], data
+    buffer = io.BytesIO()
+    loaded.image.save(buffer, "PNG")
+    return "image/png", buffer.getvalue()
+
+
+def _parse_reply(body: bytes) -> _Outcome:
+    """The caption in a chat-completions reply, or ``api_bad_response`` saying what is wrong."""
+    try:
+        content = json.loads(body)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        return _Outcome("api_bad_response", _one_line(f"no choices[0].message.content in the reply "
+                                                      f"({type(error).__name__}: {error}): {body[:120]!r}"))
+    if isinstance(content, list):  # content parts, as some compatible servers reply
+        content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    if content is not None and not isinstance(content, str):
+        return _Outcome("api_bad_response", f"message content is {type(content).__name__}, not text")
+    caption = " ".join((content or "").split())
+    return _Outcome("ok", "" if caption else "the API returned an empty caption", caption)
+
+
+def _http_reason(error: HTTPError) -> str:
+    """``HTTP <code> <reason>``, plus the API's own error message when the body has one."""
+    with error, contextlib.suppress(OSError, ValueError, LookupError, TypeError):
+        detail = json.loads(error.read(4096))["error"]["message"]
+        return _one_line(f"HTTP {error.code} {error.reason}: {detail}")
+    return _one_line(f"HTTP {error.code} {error.reason}")
+
+
+def _timeout(seconds: float) -> _Outcome:
+    return _Outcome("api_timeout", f"no reply within {seconds:g} s")
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace (server messages may hold newlines) and cap the length."""
+    return " ".join(str(text).split())[:300]

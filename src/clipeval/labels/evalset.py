@@ -1,0 +1,109 @@
+"""Eval-set files from pseudo-labels, in the three-table format the retrieval evaluation reads.
+
+A folder written by :func:`write_evalset` holds:
+
+* ``queries.csv``: ``query_id``, ``caption`` (the query text), the provenance ``labeller``,
+  ``model``, ``threshold``, and ``confidence`` (mean over the query's labels), ``n_relevant``;
+* ``images.csv``: ``image_id``, ``image`` (relative to the folder when possible), and the
+  labelling ``status`` / ``error`` / ``n_labels`` of every input image: images with no label
+  stay in the collection (they are what a real search would also have to rank);
+* ``relevance.csv``: ``query_id``, ``image_id``, ``confidence``: one row per pseudo-relevant pair;
+* ``labels.csv``: every label the labeller kept (:data:`clipeval.labels.base.LABEL_COLUMNS`);
+* ``evalset.json``: the labeller's stats and settings, and the fingerprint that lets a
+  later build with the same images and settings reuse the folder.
+
+``python -m clipeval retrieve --queries .../queries.csv --images .../images.csv --relevance
+.../relevance.csv`` evaluates checkpoints on it.
+
+Classifier labels (a class name for many images) become one query per distinct text,
+relevant to every image labelled with it; caption labels become one query per label, relevant
+to its own image (the COCO protocol: two images with the same caption are two queries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.atomic import write_csv, write_json
+from clipeval.labels.base import LabelRun
+
+SHARED_TEXT_LABELLERS = ("classifier", "zero-shot")
+FILES = ("queries.csv", "images.csv", "relevance.csv", "labels.csv", "evalset.json")
+
+
+def _portable(ref: str, base_dir: Path | None, out_dir: Path) -> str:
+    """An image reference as the eval set stores it: relative to ``out_dir`` when it is a local file."""
+    path = Path(ref) if base_dir is None or Path(ref).is_absolute() else Path(base_dir) / ref
+    if "://" in ref or not path.exists():
+        return ref
+    return os.path.relpath(path.resolve(), out_dir.resolve())
+
+
+def evalset_tables(run: LabelRun, distinct_texts: bool | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The queries, images and relevance tables of a labelling run (paths as given).
+
+    Args:
+        run: the labeller's output.
+        distinct_texts: one query per distinct text (``True``) or per label (``False``);
+            default: by labeller (classifier and zero-shot labels share texts, captions do not).
+    """
+    labels = run.labels.reset_index(drop=True)
+    labeller = labels["labeller"].iloc[0] if len(labels) else ""
+    if distinct_texts is None:
+        distinct_texts = labeller in SHARED_TEXT_LABELLERS
+    images = run.images.assign(image_id=[f"i{i:06d}" for i in range(len(run.images))])
+    image_id = dict(zip(images["image"], images["image_id"]))
+    group = labels["text"] if distinct_texts else pd.Series(range(len(labels)), index=labels.index)
+    codes, _ = pd.factorize(group)
+    labels = labels.assign(query_id=[f"q{code:06d}" for code in codes], image_id=labels["image"].map(image_id))
+    queries = (labels.groupby("query_id", sort=False)
+               .agg(caption=("text", "first"), labeller=("labeller", "first"), model=("model", "first"),
+                    threshold=("threshold", "first"), confidence=("confidence", "mean"),
+                    n_relevant=("image_id", "nunique"))
+               .reset_index())
+    relevance = labels[["query_id", "image_id", "confidence"]].drop_duplicates(["query_id", "image_id"])
+    return queries, images[["image_id", "image", "status", "error", "n_labels"]], relevance
+
+
+def write_evalset(run: LabelRun, out_dir: str | Path, base_dir: str | Path | None = None,
+                  distinct_texts: bool | None = None, fingerprint: dict | None = None) -> Path:
+    """Write the eval-set folder (see the module docstring); every file atomically.
+
+    Args:
+        run: the labeller's output.
+        out_dir: the folder.
+        base_dir: the folder the run's relative image references are relative to.
+        distinct_texts: see :func:`evalset_tables`.
+        fingerprint: what identifies the build (images and settings), stored for reuse.
+
+    Returns:
+        ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    queries, images, relevance = evalset_tables(run, distinct_texts)
+    images = images.assign(image=[_portable(ref, Path(base_dir) if base_dir else None, out_dir)
+                                  for ref in images["image"]])
+    write_csv(out_dir / "queries.csv", queries)
+    write_csv(out_dir / "images.csv", images)
+    write_csv(out_dir / "relevance.csv", relevance)
+    write_csv(out_dir / "labels.csv", run.labels)
+    write_json(out_dir / "evalset.json", {"stats": run.stats, "fingerprint": fingerprint or {},
+                                          "queries": len(queries), "relevant_pairs": len(relevance)})
+    return out_dir
+
+
+def existing_evalset(out_dir: str | Path, fingerprint: dict) -> bool:
+    """Whether ``out_dir`` already holds a complete eval set built with this fingerprint."""
+    out_dir = Path(out_dir)
+    if not all((out_dir / name).is_file() for name in FILES):
+        return False
+    try:
+        return json.loads((out_dir / "evalset.json").read_text()).get("fingerprint") == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False

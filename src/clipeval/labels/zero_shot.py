@@ -1,0 +1,69 @@
+"""Label images with a dual encoder used as a zero-shot classifier over a fixed vocabulary.
+
+Each image's probability over the vocabulary is CLIP's zero-shot softmax,
+``softmax(logit_scale * cos(image, text))``; the most probable ``top_k`` texts at or above
+``threshold`` become its labels. Any checkpoint spec works (offline: the dual encoder trained
+here, over the scenes' object classes); images and texts go through the one embedding path,
+so they are cached like every other embedding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipeval.data.images import read_many_bytes
+from clipeval.eval.embed import Embedder, EmbedOptions, LazyEncoder
+from clipeval.labels.base import LabelRun, empty_labels, image_table, run_stats
+from clipeval.labels.classifier import labels_from_probabilities
+
+
+class ZeroShot:
+    """A checkpoint's zero-shot classification as a labeller.
+
+    Args:
+        checkpoint: the checkpoint spec.
+        vocabulary: the texts an image may be labelled with (they are the queries).
+        threshold: the smallest probability kept.
+        top_k: how many of the most probable texts may become labels.
+        device: ``auto``, ``cpu``, ``cuda``...
+        options: batching and cache options of the embedding path.
+    """
+
+    name = "zero-shot"
+
+    def __init__(self, checkpoint: str, vocabulary: Sequence[str], threshold: float = 0.5, top_k: int = 1,
+                 device: str = "auto", options: EmbedOptions | None = None):
+        if not vocabulary:
+            raise ValueError("the zero-shot labeller needs a vocabulary")
+        self.model, self.vocabulary, self.threshold, self.top_k = checkpoint, list(vocabulary), threshold, top_k
+        self.device, self.options = device, options or EmbedOptions()
+
+    def label(self, refs: list[str], base_dir: Path | None = None) -> LabelRun:
+        """Label each readable image with its most probable vocabulary texts."""
+        started = time.perf_counter()
+        raws = read_many_bytes(list(refs), base_dir, self.options.workers, fetch_options=self.options.fetch)
+        with Embedder(LazyEncoder(self.model, self.device, progress=False), self.options) as embedder:
+            images = embedder.images(raws)
+            texts = embedder.texts(self.vocabulary).of(range(len(self.vocabulary)))
+            usable = np.flatnonzero(images.rows >= 0)
+            scale = (embedder.encoder.logit_scale or 100.0) if len(usable) else 100.0  # CLIP's fixed 100 if none
+        statuses = [images.errors.get(i, (raw.status, raw.error))[0] for i, raw in enumerate(raws)]
+        errors = [images.errors.get(i, (raw.status, raw.error))[1] for i, raw in enumerate(raws)]
+        labels = empty_labels()
+        if len(usable):
+            probabilities = torch.softmax(scale * images.of(usable) @ texts.T, dim=1).numpy()
+            kept = labels_from_probabilities([refs[i] for i in usable], probabilities, self.vocabulary,
+                                             self.threshold, self.top_k)
+            if len(kept):
+                labels = kept.assign(labeller=self.name, model=self.model, threshold=self.threshold)
+        table = image_table(list(refs), statuses, errors, labels)
+        return LabelRun(labels.reset_index(drop=True), table,
+                        run_stats(labels, table, labeller=self.name, model=self.model, threshold=self.threshold,
+                                  top_k=self.top_k, vocabulary=len(self.vocabulary),
+                                  seconds=time.perf_counter() - started))
+
