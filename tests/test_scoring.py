@@ -114,8 +114,10 @@ def test_zero_shot_probs_are_a_softmax(tiny_specs, challenge_csv):
 
 
 def _score_command(pairs, spec, out):
+    # no embedding cache: a run warmed by the first one would finish before it can be killed mid-way
     return [sys.executable, "-m", "clipeval", "score", "--pairs", str(pairs), "--checkpoint", spec,
-            "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+            "--out", str(out), "--chunk-size", "4", "--batch-size", "2", "--device", "cpu", "--no-progress",
+            "--no-embedding-cache"]
 
 
 def test_interrupted_run_resumes_to_identical_results(tiny_specs, pairs_with_problems, tmp_path):
@@ -140,3 +142,27 @@ def test_interrupted_run_resumes_to_identical_results(tiny_specs, pairs_with_pro
     import json
     assert json.loads((resumed / "stats.json").read_text())["chunks_resumed"] == done
     assert len(pd.read_csv(resumed / "results.csv")) == len(pd.read_csv(pairs_with_problems))
+
+
+def test_each_row_records_caption_truncation_and_the_image_header_size(tiny_specs, challenge_csv, tmp_path):
+    """The tiny CLIP reads 77 tokens with its start and end tokens: 75 words fit, 76 are truncated."""
+    from clipeval.models.registry import load_encoder
+
+    encoder = load_encoder(tiny_specs["hf-clip"], device="cpu")
+    fits, over = " ".join(["cat"] * 75), " ".join(["cat"] * 76)
+    assert [len(ids) for ids in encoder.tokenizer([fits, over])["input_ids"]] == [77, 78]
+    pairs = read_pairs(challenge_csv).iloc[:3].copy()
+    pairs["caption"] = [fits, over, "a cat"]
+    pairs.loc[2, "image"] = "images/absent.png"
+    run = score_to_dir(pairs, [tiny_specs["hf-clip"]], tmp_path, QUIET)
+    assert run.results["caption_truncated"].tolist()[:2] == [False, True]
+    assert run.results["caption_truncated"].isna().tolist() == [False, False, True]  # not scored: unknown
+    assert run.stats["checkpoints"][tiny_specs["hf-clip"]]["captions_truncated"] == 1
+    from pathlib import Path
+
+    from PIL import Image
+    with Image.open(Path(pairs.attrs["base_dir"]) / pairs["image"].iloc[0]) as image:
+        assert (run.results["image_width"].iloc[0], run.results["image_height"].iloc[0]) == image.size
+    assert run.results["image_width"].isna().tolist() == [False, False, True]
+    written = pd.read_csv(tmp_path / "scores.csv", keep_default_na=False, na_values=[""])
+    assert written["caption_truncated"].tolist()[:2] == [False, True]

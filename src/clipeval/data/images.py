@@ -186,6 +186,21 @@ def read_many_bytes(refs: list[str], base_dir: Path | None = None, workers: int 
     return _each_distinct(refs, lambda ref: read_image_bytes(ref, base_dir, max_pixels, fetch_options), workers)
 
 
+def header_size(data: bytes | None) -> tuple[int, int] | None:
+    """``(width, height)`` read from an image's header (nothing decoded); ``None`` when unreadable.
+
+    The stored size, before any EXIF rotation (which swaps width and height but changes neither
+    the short side nor the aspect ratio).
+    """
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return opened.size
+    except Exception:  # noqa: BLE001 - any unreadable header simply has no size
+        return None
+
+
 def read_image(ref: str, base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
                fetch_options: FetchOptions = FetchOptions()) -> LoadedImage:
     """Read and decode one image from a local path or an http(s) URL.

@@ -30,13 +30,14 @@ from tqdm.auto import tqdm
 from clipeval.atomic import write_csv, write_json, write_text
 from clipeval.data.captions import check_caption
 from clipeval.data.fetch import FetchOptions
-from clipeval.data.images import read_many_bytes
+from clipeval.data.images import header_size, read_many_bytes
 from clipeval.eval.embed import Embedder, EmbedOptions, LazyEncoder, batches, embed_images, embed_texts
 from clipeval.eval.stats import StageTimer, format_stats_log, package_versions
 from clipeval.models.encoder import Encoder, resolve_device
 
-RESULT_COLUMNS = ("similarity", "clip_score_100", "status", "error")
-SCORE_COLUMNS = ("row_id", "checkpoint", "cosine", "clip_score_100", "clip_score_2_5", "status", "error")
+RESULT_COLUMNS = ("similarity", "clip_score_100", "caption_truncated", "image_width", "image_height", "status", "error")
+SCORE_COLUMNS = ("row_id", "checkpoint", "cosine", "clip_score_100", "clip_score_2_5", "caption_truncated",
+                 "image_width", "image_height", "status", "error")
 
 
 def clip_score_100(cosine):
@@ -115,21 +116,22 @@ class ScoreRun:
 
 
 def _row_statuses(chunk: pd.DataFrame, options: ScoreOptions, timer: StageTimer):
-    """Read the chunk's image files once; return (raw images, statuses, errors) per row."""
+    """Read the chunk's image files once; return (raw images, statuses, errors, header sizes) per row."""
     with timer.stage("image_read", items=len(chunk)):
         raws = read_many_bytes(chunk[options.image_column].tolist(), options.base_dir, workers=options.workers,
                                fetch_options=options.fetch)
+        sizes = [header_size(raw.data) for raw in raws]
     statuses, errors = [], []
     for raw, caption in zip(raws, chunk[options.caption_column]):
         status, error = (raw.status, raw.error) if raw.status != "ok" else check_caption(caption)
         statuses.append(status)
         errors.append(error)
-    return raws, statuses, errors
+    return raws, statuses, errors, sizes
 
 
-def _score_chunk(embedder: Embedder, raws, captions, statuses, errors) -> tuple[np.ndarray, int]:
-    """Cosine per row of the chunk (NaN where the row is not ok) and how many scored captions were
-    truncated; updates statuses in place.
+def _score_chunk(embedder: Embedder, raws, captions, statuses, errors) -> tuple[np.ndarray, pd.array]:
+    """Cosine per row of the chunk (NaN where the row is not ok) and whether the model truncated
+    each scored caption (missing where the row is not ok); updates statuses in place.
 
     Rows that are not ok are skipped; an image that fails to decode or that the transform
     rejects gives its rows that status. Distinct images and captions are embedded once.
@@ -139,17 +141,22 @@ def _score_chunk(embedder: Embedder, raws, captions, statuses, errors) -> tuple[
         statuses[i], errors[i] = status, reason
     rows = [i for i, status in enumerate(statuses) if status == "ok"]
     cosine = np.full(len(statuses), np.nan)
+    truncated = pd.array([pd.NA] * len(statuses), dtype="boolean")
     if not rows:
-        return cosine, 0
+        return cosine, truncated
     text_embeddings = embedder.texts([captions[i] if statuses[i] == "ok" else None for i in range(len(captions))])
     with embedder.timer.stage("score", items=len(rows)):
         cosine[rows] = (image_embeddings.of(rows) * text_embeddings.of(rows)).sum(dim=-1).numpy()
-    return cosine, int(text_embeddings.truncated[rows].sum())
+    truncated[rows] = text_embeddings.truncated[rows]
+    return cosine, truncated
 
 
-def _long_rows(row_ids, spec: str, cosine: np.ndarray, statuses, errors) -> pd.DataFrame:
+def _long_rows(row_ids, spec: str, cosine: np.ndarray, truncated, sizes, statuses, errors) -> pd.DataFrame:
     return pd.DataFrame({"row_id": row_ids, "checkpoint": spec, "cosine": cosine,
                          "clip_score_100": clip_score_100(cosine), "clip_score_2_5": clip_score_2_5(cosine),
+                         "caption_truncated": truncated,
+                         "image_width": pd.array([size[0] if size else None for size in sizes], dtype="Int64"),
+                         "image_height": pd.array([size[1] if size else None for size in sizes], dtype="Int64"),
                          "status": statuses, "error": errors}, columns=list(SCORE_COLUMNS))
 
 
@@ -186,15 +193,15 @@ class _Scorer:
         return self.embedders[spec]
 
     def score_chunk(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        raws, statuses, errors = _row_statuses(chunk, self.options, self.shared)
+        raws, statuses, errors, sizes = _row_statuses(chunk, self.options, self.shared)
         captions = chunk[self.options.caption_column].tolist()
         parts = []
         for spec in self.checkpoints:
             embedder = self.embedder(spec)
             row_statuses, row_errors = list(statuses), list(errors)
             cosine, truncated = _score_chunk(embedder, raws, captions, row_statuses, row_errors)
-            self.truncated[spec] += truncated
-            parts.append(_long_rows(chunk.index.to_numpy(), spec, cosine, row_statuses, row_errors))
+            self.truncated[spec] += int(truncated.sum())
+            parts.append(_long_rows(chunk.index.to_numpy(), spec, cosine, truncated, sizes, row_statuses, row_errors))
         return pd.concat(parts, ignore_index=True)
 
     def stats(self, scores: pd.DataFrame, chunks_total: int, chunks_resumed: int) -> dict:
@@ -244,6 +251,8 @@ def assemble_results(pairs: pd.DataFrame, scores: pd.DataFrame, primary: str) ->
     results = pairs.reset_index(drop=True).copy()
     results["similarity"] = mine["cosine"].to_numpy()
     results["clip_score_100"] = mine["clip_score_100"].to_numpy()
+    for column in ("caption_truncated", "image_width", "image_height"):
+        results[column] = mine[column].array
     results["status"] = mine["status"].to_numpy()
     results["error"] = mine["error"].fillna("").to_numpy()
     return results
@@ -300,7 +309,8 @@ def _fingerprint(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOpti
             "options": {"image_column": options.image_column, "caption_column": options.caption_column,
                         "base_dir": str(options.base_dir) if options.base_dir else None,
                         "batch_size": options.batch_size, "chunk_size": options.chunk_size,
-                        "precision": options.precision, "fast_decode": options.fast_decode}}
+                        "precision": options.precision, "fast_decode": options.fast_decode,
+                        "columns": list(SCORE_COLUMNS)}}
 
 
 def _differences(earlier: dict, now: dict) -> list[str]:
@@ -389,7 +399,8 @@ def score_to_dir(pairs: pd.DataFrame, checkpoints: list[str], out_dir: str | Pat
 
 def _read_part(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""],
-                       dtype={"checkpoint": str, "status": str, "error": str}).fillna({"error": ""})
+                       dtype={"checkpoint": str, "status": str, "error": str, "caption_truncated": "boolean",
+                              "image_width": "Int64", "image_height": "Int64"}).fillna({"error": ""})
 
 
 def zero_shot_probs(encoder: Encoder, image, captions: list[str]) -> np.ndarray:
