@@ -27,9 +27,10 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, describe_images
 from clipeval.eval.compare import spearman_matrix
-from clipeval.plots import data, labels, retrieval, scenes, scores
+from clipeval.plots import curation, data, labels, retrieval, scenes, scores
 
-PLOT_MODULES = (data, scores, retrieval, scenes, labels)
+PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation)
+matplotlib.rcParams["figure.max_open_warning"] = 60  # every plot function renders at once
 TOLERANCE_PX = 1.0  # extents may touch (a label set on a bar's top) but not overlap by more than a pixel
 CHECKPOINTS = ("dual:outputs/offline/models/dual", "baseline:bert-resnet50-random")
 
@@ -118,7 +119,24 @@ def render_all(fixtures):
                                    "hit_rate": rng.uniform()}
                                   for source in sources for spec in CHECKPOINTS
                                   for direction in ("text_to_image", "image_to_text") for kind in ("pseudo", "true")])
+    specs = list(CHECKPOINTS)
+    curve = pd.DataFrame([{"checkpoint": spec, "threshold": t, "kept_fraction": 1 - t} for spec in specs
+                          for t in np.linspace(0, 1, 21)])
+    scored = pd.DataFrame({"image": pairs["image"], "caption": longest[:len(pairs)],
+                           "score": rng.uniform(0, 1, len(pairs))})
+    groups = {f"decile {d}": scored.iloc[d:d + 4] for d in range(1, 4)}
+    pr = pd.DataFrame([{"checkpoint": spec, "fraction": f, "precision": 1 - f / 2, "recall": f} for spec in specs
+                       for f in np.linspace(0.05, 1, 20)])
+    marks = pd.DataFrame([{"checkpoint": spec, "name": name, "precision": 0.8, "recall": share}
+                          for spec in specs for name, share in (("laion400m", 0.2), ("laion2b", 0.3))])
+    dropped = pd.DataFrame({"reason": ["status:missing", "basic filter: caption > 2 words and > 5 characters, "
+                                       "image short side >= 200 px, aspect ratio <= 3"] * 3})
     return {
+        "plot_kept_fraction": curation.plot_kept_fraction(curve),
+        "plot_curation_examples": curation.plot_curation_examples(groups, "score", pairs.attrs["base_dir"]),
+        "plot_drop_reasons": curation.plot_drop_reasons(dropped),
+        "plot_kept_overlap": curation.plot_kept_overlap(pd.DataFrame(np.eye(2), index=specs, columns=specs)),
+        "plot_precision_recall": curation.plot_precision_recall(pr, marks),
         "plot_confidence_histograms": labels.plot_confidence_histograms(confidences, thresholds),
         "plot_threshold_tradeoff": labels.plot_threshold_tradeoff(sweep, thresholds),
         "plot_labelled_examples": labels.plot_labelled_examples(examples, pairs.attrs["base_dir"]),

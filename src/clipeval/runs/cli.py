@@ -89,6 +89,17 @@ def _train(args: argparse.Namespace) -> None:
     print(f"saved dual encoder -> dual:{folder}")
 
 
+def _curate(args: argparse.Namespace) -> None:
+    from clipeval.runs import steps
+
+    result = steps.curate(args.scores, args.rule, args.out, args.caption_column, args.image_column)
+    print(result.steps[["step", "rule", "rows_in", "kept", "dropped"]].to_string(index=False))
+    for note in result.steps["note"]:
+        if note:
+            print(f"note: {note}")
+    print(f"kept {len(result.kept)} of {result.steps['rows_in'].iloc[0]} rows -> {args.out}")
+
+
 def _build_evalset(args: argparse.Namespace) -> None:
     from clipeval.runs.evalsets import build_evalset
 
@@ -240,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from distilbert-base-uncased and ImageNet EfficientNet-B0 (needs network)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(handler=_train)
+
+    curation = commands.add_parser("curate", help="keep the pairs a rule selects by their scores (curation)")
+    curation.add_argument("--scores", required=True, help="a scored run folder (results.csv and scores.csv)")
+    curation.add_argument("--rule", action="append", required=True,
+                          help="applied in order: 'cosine[SPEC]>=0.3', 'cosine[SPEC]>0.28', 'top:0.3[SPEC]', "
+                               "'percentile:70[SPEC]', 'basic', 'preset:NAME[SPEC]' (laion400m, laion2b, "
+                               "datacomp-l14-30pct; 'preset:datacomp-basic'), or alternatives 'A | B'")
+    curation.add_argument("--out", required=True, help="folder for kept.csv, dropped.csv, curated.csv, summary.csv")
+    curation.add_argument("--caption-column", default="caption")
+    curation.add_argument("--image-column", default="image")
+    curation.set_defaults(handler=_curate)
 
     evalset = commands.add_parser("build-evalset", help="pseudo-label a folder of images into a retrieval eval set")
     evalset.add_argument("--images", required=True, help="folder of images (searched recursively)")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clipeval.atomic import write_csv, write_json, write_text
@@ -22,11 +23,23 @@ from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, count_pairs, describe_images
 from clipeval.eval.compare import load_run_scores, pivot_scores, spearman_matrix, summarize_scores
+from clipeval.eval.curation import (
+    PRESET_FRACTIONS,
+    Curation,
+    TopFraction,
+    jaccard,
+    kept_fraction_curve,
+    parse_rule,
+    precision_recall_curve,
+    rule_quality,
+    wide_scores,
+)
+from clipeval.eval.curation import curate as curate_rows
 from clipeval.eval.embed import EmbedOptions
 from clipeval.eval.retrieval import RetrievalReport, evaluate_retrieval, paired_differences
 from clipeval.eval.retrieval import search as search_images
 from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
-from clipeval.eval.scoring import ScoreOptions, ScoreRun, score_to_dir
+from clipeval.eval.scoring import RESULT_COLUMNS, ScoreOptions, ScoreRun, score_to_dir
 from clipeval.eval.stats import format_stats_log
 from clipeval.models.dual import read_history
 from clipeval.models.encoder import Encoder
@@ -232,3 +245,84 @@ def scenes_benchmark(run_dir: str | Path, model_dir: str, scenes_dir: str, devic
     batch = similarity_batch(encoder, read_scenes_retrieval(scenes_dir, "val"), n_samples, seed)
     metadata = json.loads((Path(scenes_dir) / "metadata.json").read_text())
     return ScenesBenchmark(encoder, read_history(model_dir), metadata, result, batch)
+
+
+def curate(run_dir: str | Path, rules: Sequence[str], out_dir: str | Path, caption_column: str = "caption",
+           image_column: str = "image") -> Curation:
+    """Apply curation rules (their command-line form, :func:`clipeval.eval.curation.parse_rule`) to a scored run.
+
+    Writes to ``out_dir``: ``kept.csv`` (``row_id``), ``dropped.csv`` (``row_id``, ``step``,
+    ``reason``), ``curated.csv`` (the kept rows of the input table, every input column, input
+    order, with ``row_id``), ``summary.csv`` (rows in, kept and dropped per step) and the manifest.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    result = curate_rows(wide_scores(run_dir, caption_column, image_column), [parse_rule(rule) for rule in rules])
+    results = pd.read_csv(run_dir / "results.csv", keep_default_na=False, na_values=[""])
+    inputs = results.drop(columns=[column for column in RESULT_COLUMNS if column in results.columns])
+    write_csv(out_dir / "kept.csv", pd.DataFrame({"row_id": result.kept}))
+    write_csv(out_dir / "dropped.csv", result.dropped)
+    write_csv(out_dir / "curated.csv", inputs.loc[result.kept].rename_axis("row_id").reset_index())
+    write_csv(out_dir / "summary.csv", result.steps)
+    update_manifest(out_dir / "manifest.json", "curate", {"run_dir": str(run_dir), "rules": list(rules)}, [],
+                    [run_dir / "scores.csv", run_dir / "results.csv"])
+    return result
+
+
+@dataclass
+class CurationStudy:
+    """Notebook 08: what curation rules keep on a scored run, and how well they keep matched pairs.
+
+    Attributes:
+        table: the run's :func:`~clipeval.eval.curation.wide_scores` table.
+        curve: kept fraction against the cosine threshold, per checkpoint.
+        rules: per checkpoint x rule (the presets carried over as the share of pairs they kept,
+            :data:`~clipeval.eval.curation.PRESET_FRACTIONS`): kept, precision, recall.
+        pr: precision and recall of matched pairs against the kept fraction, per checkpoint.
+        overlap: Jaccard overlap of the checkpoints' top-``fraction`` kept sets.
+        cut: the first checkpoint's cosine at the top-``fraction`` cut (for the examples).
+        challenge: the challenge set's curation with the basic filter and a top-``fraction`` rule.
+    """
+
+    table: pd.DataFrame
+    curve: pd.DataFrame
+    rules: pd.DataFrame
+    pr: pd.DataFrame
+    overlap: pd.DataFrame
+    cut: float
+    challenge: Curation
+
+
+def curation_study(run_dir: str | Path, challenge_path: str, checkpoints: Sequence[str], fraction: float = 0.3,
+                   device: str = "auto", batch_size: int = 32) -> CurationStudy:
+    """Study curation on ``run_dir``'s scored pairs (they need a ``match`` column) and on the challenge set.
+
+    Writes ``curation_rules.csv`` and ``curation_precision_recall.csv`` to ``run_dir``, and the
+    challenge set's scores and curation under ``run_dir/curation/challenge``.
+    """
+    run_dir = Path(run_dir)
+    table = wide_scores(run_dir)
+    if "match" not in table:
+        raise ValueError(f"{run_dir / 'results.csv'} has no match column: precision and recall need known pairs")
+    specs = [spec for spec in checkpoints if f"cosine[{spec}]" in table]
+    rules, kept_sets, curves = [], {}, []
+    for spec in specs:
+        shares = dict(PRESET_FRACTIONS)
+        if fraction not in shares.values():
+            shares[f"top {fraction:.0%}"] = fraction
+        for name, share in shares.items():
+            kept = curate_rows(table, [TopFraction(spec, share)]).kept
+            rules.append({"checkpoint": spec, "rule": name, "fraction": share,
+                          **rule_quality(table, kept, table["match"])})
+        kept_sets[spec] = curate_rows(table, [TopFraction(spec, fraction)]).kept
+        curves.append(precision_recall_curve(table, spec, table["match"], np.round(np.arange(0.05, 1.0001, 0.05), 2)))
+    first = table.loc[kept_sets[specs[0]], f"cosine[{specs[0]}]"]
+    challenge_dir = run_dir / "curation" / "challenge"
+    score(challenge_dir, challenge_path, specs, device=device, batch_size=batch_size, progress=False,
+          overwrite=True)
+    challenge = curate(challenge_dir, ["basic", f"top:{fraction}[{specs[0]}]"], challenge_dir / "curated")
+    study = CurationStudy(table, kept_fraction_curve(table, np.round(np.linspace(-0.2, 1.0, 61), 3)),
+                          pd.DataFrame(rules), pd.concat(curves, ignore_index=True), jaccard(kept_sets),
+                          float(first.min()), challenge)
+    write_csv(run_dir / "curation_rules.csv", study.rules)
+    write_csv(run_dir / "curation_precision_recall.csv", study.pr)
+    return study
