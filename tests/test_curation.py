@@ -136,3 +136,12 @@ def test_the_curate_command_prints_the_steps_and_refuses_unknown_checkpoints(tin
     assert main(["curate", "--scores", str(tmp_path / "run"), "--rule", "top:0.5[hf:other]", "--out",
                  str(tmp_path / "x")]) == 2
     assert "no scores for hf:other" in capsys.readouterr().err
+
+
+def test_agreement_counts_both_keep_and_both_drop():
+    from clipeval.eval.curation import agreement, jaccard
+
+    rows = pd.RangeIndex(10)
+    kept = {"a": pd.Index([0, 1, 2, 3]), "b": pd.Index([2, 3, 4, 5])}
+    assert jaccard(kept).loc["a", "b"] == pytest.approx(2 / 6)
+    assert agreement(kept, rows).loc["a", "b"] == pytest.approx(6 / 10)  # 2 both kept + 4 both dropped

@@ -383,6 +383,14 @@ def jaccard(kept_sets: dict[str, pd.Index]) -> pd.DataFrame:
                           for b in names] for a in names], index=names, columns=names)
 
 
+def agreement(kept_sets: dict[str, pd.Index], rows: pd.Index) -> pd.DataFrame:
+    """Share of ``rows`` on which two kept sets make the same decision (both keep or both drop)."""
+    names = list(kept_sets)
+    decisions = {name: rows.isin(kept_sets[name]) for name in names}
+    return pd.DataFrame([[float((decisions[a] == decisions[b]).mean()) if len(rows) else math.nan for b in names]
+                         for a in names], index=names, columns=names)
+
+
 def examples_around(table: pd.DataFrame, spec: str, cut: float, n: int = 4) -> dict[str, pd.DataFrame]:
     """Rows to look at when choosing a cut: ``n`` per score decile, and the ``n`` just above and below ``cut``."""
     column = score_column(spec)

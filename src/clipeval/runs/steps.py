@@ -27,6 +27,7 @@ from clipeval.eval.curation import (
     PRESET_FRACTIONS,
     Curation,
     TopFraction,
+    agreement,
     jaccard,
     kept_fraction_curve,
     parse_rule,
@@ -279,6 +280,7 @@ class CurationStudy:
             :data:`~clipeval.eval.curation.PRESET_FRACTIONS`): kept, precision, recall.
         pr: precision and recall of matched pairs against the kept fraction, per checkpoint.
         overlap: Jaccard overlap of the checkpoints' top-``fraction`` kept sets.
+        agreement: share of pairs on which two checkpoints' top-``fraction`` decisions agree.
         cut: the first checkpoint's cosine at the top-``fraction`` cut (for the examples).
         challenge: the challenge set's curation with the basic filter and a top-``fraction`` rule.
     """
@@ -288,6 +290,7 @@ class CurationStudy:
     rules: pd.DataFrame
     pr: pd.DataFrame
     overlap: pd.DataFrame
+    agreement: pd.DataFrame
     cut: float
     challenge: Curation
 
@@ -322,7 +325,7 @@ def curation_study(run_dir: str | Path, challenge_path: str, checkpoints: Sequen
     challenge = curate(challenge_dir, ["basic", f"top:{fraction}[{specs[0]}]"], challenge_dir / "curated")
     study = CurationStudy(table, kept_fraction_curve(table, np.round(np.linspace(-0.2, 1.0, 61), 3)),
                           pd.DataFrame(rules), pd.concat(curves, ignore_index=True), jaccard(kept_sets),
-                          float(first.min()), challenge)
+                          agreement(kept_sets, table.index), float(first.min()), challenge)
     write_csv(run_dir / "curation_rules.csv", study.rules)
     write_csv(run_dir / "curation_precision_recall.csv", study.pr)
     return study
