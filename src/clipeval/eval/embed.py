@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from clipeval.data.fetch import FetchOptions
 from clipeval.data.images import MAX_PIXELS, RawImage, decode_image, read_images, read_many_bytes
@@ -48,6 +47,7 @@ from clipeval.eval.cache import EmbeddingCache, default_cache_dir
 from clipeval.eval.stats import StageTimer
 from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
 from clipeval.models.registry import load_encoder, weights_identity
+from clipeval.progress import progress_bar
 
 EMBEDDING_VERSION = 1  # bump when a change here alters the vectors, so old cache entries stop matching
 FAST_DECODE_FACTOR = 2  # the fast path keeps a decoded short side of at least this x the model's resize side
@@ -548,7 +548,7 @@ def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: Em
     refs = dataset.images["image"].tolist()
     statuses, errors, vectors, positions = [], [], [], []
     with Embedder(encoder, options, timer) as embedder:
-        for part in tqdm(list(batches(len(refs), block)), desc=f"images {encoder.spec}", disable=not progress):
+        for part in progress_bar(list(batches(len(refs), block)), desc=f"images {encoder.spec}", disable=not progress):
             with _stage(timer, "image_read", part.stop - part.start):
                 raws = read_many_bytes(refs[part], dataset.base_dir, options.workers, options.max_pixels,
                                        options.fetch)

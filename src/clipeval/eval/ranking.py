@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from clipeval.progress import progress_bar
 
 QUERY_BLOCK = 1024
 ITEM_BLOCK = 32768
@@ -91,7 +92,8 @@ def retrieve(queries: torch.Tensor, items: torch.Tensor, relevant_pairs: np.ndar
     topk_indices = np.empty((n_queries, k), dtype=np.int64)
     topk_scores = np.empty((n_queries, k), dtype=np.float32)
     ranks = np.empty(len(relevant_items), dtype=np.int64)
-    with torch.inference_mode(), tqdm(total=n_queries, unit="query", desc="retrieve", disable=not progress) as bar:
+    bar = progress_bar(total=n_queries, unit="query", desc="retrieve", disable=not progress)
+    with torch.inference_mode(), bar:
         for q0, q1 in blocks:
             p0, p1 = indptr[q0], indptr[q1]
             topk_scores[q0:q1], topk_indices[q0:q1], ranks[p0:p1] = _retrieve_block(

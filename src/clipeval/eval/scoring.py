@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from clipeval.atomic import write_csv, write_json, write_text
 from clipeval.data.captions import check_caption
@@ -34,6 +33,7 @@ from clipeval.data.images import header_size, read_many_bytes
 from clipeval.eval.embed import Embedder, EmbedOptions, LazyEncoder, batches, embed_images, embed_texts
 from clipeval.eval.stats import StageTimer, format_stats_log, package_versions
 from clipeval.models.encoder import Encoder, resolve_device
+from clipeval.progress import progress_bar
 
 RESULT_COLUMNS = ("similarity", "clip_score_100", "caption_truncated", "image_width", "image_height", "status", "error")
 SCORE_COLUMNS = ("row_id", "checkpoint", "cosine", "clip_score_100", "clip_score_2_5", "caption_truncated",
@@ -242,7 +242,7 @@ def _chunks(pairs: pd.DataFrame, size: int) -> list[pd.DataFrame]:
 
 
 def _progress(total: int, enabled: bool, initial: int = 0):
-    return tqdm(total=total, initial=initial, unit="pair", desc="scoring", disable=not enabled)
+    return progress_bar(total=total, initial=initial, unit="pair", desc="scoring", disable=not enabled)
 
 
 def assemble_results(pairs: pd.DataFrame, scores: pd.DataFrame, primary: str) -> pd.DataFrame:

@@ -47,7 +47,6 @@ from urllib.request import Request, urlopen
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from clipeval import __version__
 from clipeval.atomic import write_json
@@ -55,6 +54,7 @@ from clipeval.data.fetch import is_url
 from clipeval.data.images import decode_image, read_image_bytes
 from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
 from clipeval.paths import DATA_DIR
+from clipeval.progress import progress_bar
 
 BASE_ENV, MODEL_ENV, KEY_ENV = "CLIPEVAL_LABEL_API_BASE", "CLIPEVAL_LABEL_API_MODEL", "CLIPEVAL_LABEL_API_KEY"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -159,7 +159,8 @@ class ApiCaptioner:
         """Caption distinct images on a bounded thread pool; returns ``{ref: _Outcome}``."""
         outcomes = {}
         with (ThreadPoolExecutor(max_workers=self.concurrency) as pool,
-              tqdm(total=len(refs), desc=f"caption {self.model}", unit="image", disable=not self.progress) as bar):
+              progress_bar(total=len(refs), desc=f"caption {self.model}", unit="image",
+                           disable=not self.progress) as bar):
             futures = {pool.submit(self._caption_one, ref, base_dir): ref for ref in refs}
             for future in as_completed(futures):
                 outcomes[futures[future]] = future.result()

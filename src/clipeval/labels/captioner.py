@@ -22,13 +22,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from clipeval.data.images import read_images
 from clipeval.eval.embed import batches
 from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
 from clipeval.models.encoder import resolve_device
 from clipeval.models.registry import CheckpointError, is_local_path, offline_error, quiet_progress_bars
+from clipeval.progress import progress_bar
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 DEFAULT_GENERATE_KWARGS = {"max_new_tokens": 30, "num_beams": 1}
@@ -169,7 +169,7 @@ class Captioner:
                 first.setdefault(ref, position)
         readable = list(first)
         rows = []
-        for part in tqdm(list(batches(len(readable), self.batch_size)), desc=f"caption {self.model}",
+        for part in progress_bar(list(batches(len(readable), self.batch_size)), desc=f"caption {self.model}",
                          disable=not self.progress):
             captions = self.caption([loaded[first[ref]].image for ref in readable[part]])
             rows += [{"image": ref, "text": text, "confidence": confidence}

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from clipeval.data.images import read_images
 from clipeval.eval.embed import batches
 from clipeval.labels.base import LabelRun, empty_labels, image_table, run_stats
 from clipeval.models.encoder import resolve_device
 from clipeval.models.registry import CheckpointError, offline_error
+from clipeval.progress import progress_bar
 
 DEFAULT_MODEL = "efficientnet_b4.ns_jft_in1k"
 DEFAULT_THRESHOLD = 0.85
@@ -134,7 +134,7 @@ class Classifier:
         loaded = read_images(list(refs), base_dir)
         readable = [i for i, image in enumerate(loaded) if image.status == "ok"]
         parts = []
-        for part in tqdm(list(batches(len(readable), self.batch_size)), desc=f"classify {self.model}",
+        for part in progress_bar(list(batches(len(readable), self.batch_size)), desc=f"classify {self.model}",
                          disable=not self.progress):
             positions = readable[part]
             probabilities = self.probabilities([loaded[i].image for i in positions])

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from clipeval.data.retrieval_sets import RetrievalSet
 from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
@@ -42,6 +41,7 @@ from clipeval.models.dual import (
 )
 from clipeval.models.encoder import resolve_device
 from clipeval.paths import OUTPUTS_DIR
+from clipeval.progress import progress_bar
 
 DEFAULT_MODEL_DIR = OUTPUTS_DIR / "offline" / "models" / "dual"
 
@@ -240,7 +240,8 @@ def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = D
                    "n_val_queries": len(val.queries), "device": str(device),
                    "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                    "epochs": []}
-        bar = tqdm(total=steps_per_epoch * config.epochs, desc="train dual", unit="batch", disable=not config.progress)
+        bar = progress_bar(total=steps_per_epoch * config.epochs, desc="train dual", unit="batch",
+                           disable=not config.progress)
         for epoch in range(1, config.epochs + 1):
             order = torch.randperm(len(train.images), generator=generator)
             choice = _pick(offsets[order], counts[order], generator)

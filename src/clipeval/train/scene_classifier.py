@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from clipeval.atomic import atomic_folder, write_json
 from clipeval.data.scenes import DEFAULT_ROOT, SCENE_CLASSES, scene_classes, scene_from_row
 from clipeval.eval.embed import prepare_pixels
 from clipeval.models.encoder import resolve_device
 from clipeval.paths import OUTPUTS_DIR
+from clipeval.progress import progress_bar
 
 DEFAULT_OUT = OUTPUTS_DIR / "offline" / "models" / "scene-classifier"
 
@@ -89,7 +89,7 @@ def train_scene_classifier(scenes_dir: str | Path = DEFAULT_ROOT, out_dir: str |
         model.train()
         order = torch.randperm(len(pixels["train"]), generator=generator)
         losses = []
-        for start in tqdm(range(0, len(order), config.batch_size), desc=f"scene classifier epoch {epoch}",
+        for start in progress_bar(range(0, len(order), config.batch_size), desc=f"scene classifier epoch {epoch}",
                           disable=not progress):
             batch = order[start:start + config.batch_size]
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
