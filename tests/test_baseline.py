@@ -53,7 +53,7 @@ def test_mean_pool_ignores_padding(tiny_encoder):
 
 def test_truncation_counted(tiny_encoder):
     assert tiny_encoder.context_length == 64
-    assert tiny_encoder.count_truncated(CAPTIONS) == 1
+    assert tiny_encoder.truncated(CAPTIONS).count(True) == 1
 
 
 def test_offline_tokenizer_is_fixed_and_total():

@@ -202,11 +202,17 @@ def test_the_cache_is_per_process_safe_across_fork(tmp_path):
     """A connection opened before a fork is never reused in the child (SQLite forbids it)."""
     cache = EmbeddingCache(tmp_path)
     cache.put("m", "text", {"a": np.ones(3, np.float32)})
-    context = multiprocessing.get_context("fork")
-    child = context.Process(target=lambda: cache.put("m", "text", {"b": np.zeros(3, np.float32)}))
+    inherited = cache._connection
+
+    def child_writes():
+        cache.put("m", "text", {"b": np.zeros(3, np.float32)})
+        os._exit(0 if cache._connection is not inherited and cache._pid == os.getpid() else 1)
+
+    child = multiprocessing.get_context("fork").Process(target=child_writes)
     child.start()
     child.join(60)
-    assert child.exitcode == 0 and set(cache.get("m", "text", ["a", "b"])) == {"a", "b"}
+    assert child.exitcode == 0, "the child wrote through the connection it inherited"
+    assert set(cache.get("m", "text", ["a", "b"])) == {"a", "b"}
 
 
 def test_a_changed_checkpoint_file_is_loaded_again_under_a_new_key(tmp_path, challenge_csv):

@@ -76,7 +76,7 @@ def test_text_keeps_the_end_of_text_token_so_padding_does_not_matter(tiny):
 def test_truncation_is_counted(tiny):
     _, tokenizer = tiny
     encoder = DualEncoder(tiny[0], tokenizer, "dual:tiny", CPU)
-    assert encoder.count_truncated([*CAPTIONS, "a red circle " * 10]) == 1
+    assert encoder.truncated([*CAPTIONS, "a red circle " * 10]).count(True) == 1
     assert encoder.encode_texts(["a red circle " * 10]).shape == (1, 16)
 
 

@@ -55,4 +55,4 @@ def test_siglip_reports_bias_and_truncation(tiny_specs):
     encoder = load_encoder(tiny_specs["hf-siglip"], device="cpu")
     assert encoder.logit_bias is not None
     assert encoder.context_length == 16
-    assert encoder.count_truncated(["short", "word " * 40]) == 1
+    assert encoder.truncated(["short", "word " * 40]).count(True) == 1

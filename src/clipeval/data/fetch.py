@@ -131,7 +131,7 @@ def fetch_url(url: str, options: FetchOptions = FetchOptions()) -> Fetched:
     try:
         scheme = urlsplit(url).scheme.lower()
     except ValueError as error:
-        return Fetched(None, "bad_url", _one_line(f"{type(error).__name__}: {error}"))
+        return Fetched(None, "bad_url", one_line(f"{type(error).__name__}: {error}"))
     if scheme not in ALLOWED_SCHEMES:
         return Fetched(None, "bad_scheme", f"only http and https URLs are fetched, not {scheme}: ({url[:200]})")
     if options.cache_dir is not None:
@@ -168,19 +168,19 @@ def _fetch_once(url: str, options: FetchOptions) -> tuple[Fetched, bool]:
     except HTTPError as error:
         error.close()
         transient = error.code in TRANSIENT_HTTP_CODES or error.code >= 500
-        return Fetched(None, f"http_{error.code}", _one_line(f"HTTP {error.code} {error.reason}")), transient
+        return Fetched(None, f"http_{error.code}", one_line(f"HTTP {error.code} {error.reason}")), transient
     except TimeoutError:
         return Fetched(None, "timeout", f"no response within {options.timeout:g} s"), True
     except URLError as error:
         if isinstance(error.reason, BaseException):
             return _from_os_error(error.reason)
-        return Fetched(None, "bad_url", _one_line(f"URLError: {error.reason}")), False
+        return Fetched(None, "bad_url", one_line(f"URLError: {error.reason}")), False
     except (http.client.InvalidURL, ValueError) as error:  # urllib's verdict on a malformed URL
-        return Fetched(None, "bad_url", _one_line(f"{type(error).__name__}: {error}")), False
+        return Fetched(None, "bad_url", one_line(f"{type(error).__name__}: {error}")), False
     except (http.client.HTTPException, OSError) as error:
         return _from_os_error(error)
     except Exception as error:  # noqa: BLE001 - one odd response must not stop a run
-        return Fetched(None, "connection_error", _one_line(f"{type(error).__name__}: {error}")), False
+        return Fetched(None, "connection_error", one_line(f"{type(error).__name__}: {error}")), False
 
 
 def _from_os_error(error: BaseException) -> tuple[Fetched, bool]:
@@ -188,12 +188,12 @@ def _from_os_error(error: BaseException) -> tuple[Fetched, bool]:
     if isinstance(error, TimeoutError):
         return Fetched(None, "timeout", f"no response in time ({error})"), True
     transient = isinstance(error, (ConnectionResetError, ConnectionAbortedError, http.client.IncompleteRead))
-    return Fetched(None, "connection_error", _one_line(f"{type(error).__name__}: {error}")), transient
+    return Fetched(None, "connection_error", one_line(f"{type(error).__name__}: {error}")), transient
 
 
-def _one_line(text: str) -> str:
+def one_line(text) -> str:
     """Collapse whitespace (server reasons may hold newlines) and cap the length."""
-    return " ".join(text.split())[:300]
+    return " ".join(str(text).split())[:300]
 
 
 def _too_large(options: FetchOptions, detail: str) -> Fetched:

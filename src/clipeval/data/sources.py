@@ -154,6 +154,16 @@ def load_table(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]
     return table, path.parent.resolve()
 
 
+def image_files(root: Path) -> list[Path]:
+    """Every image file under ``root`` (by extension), recursively, sorted; hidden files and folders skipped."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found += [Path(folder) / name for name in sorted(files)
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+    return found
+
+
 def load_folder(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
     """List the images under a folder (recursively, sorted, hidden entries skipped).
 
@@ -164,16 +174,11 @@ def load_folder(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path
     if not root.is_dir():
         raise PairsTableError(f"{root}: no such folder")
     rows = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in sorted(files):
-            file = Path(folder) / name
-            if name.startswith(".") or file.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            label = file.parent.relative_to(root).as_posix()
-            rows.append({options.image_column: file.relative_to(root).as_posix(),
-                         options.caption_column: _read_caption_file(file.with_suffix(".txt")),
-                         LABEL_COLUMN: "" if label == "." else label})
+    for file in image_files(root):
+        label = file.parent.relative_to(root).as_posix()
+        rows.append({options.image_column: file.relative_to(root).as_posix(),
+                     options.caption_column: _read_caption_file(file.with_suffix(".txt")),
+                     LABEL_COLUMN: "" if label == "." else label})
     if not rows:
         raise PairsTableError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return pd.DataFrame(rows), root.resolve()

@@ -150,41 +150,43 @@ class Percentile(Rule):
 
 
 @dataclass
-class AnyOf(Rule):
-    """Keep a row when any of ``rules`` keeps it."""
+class _Combination(Rule):
+    """Several rules judged on the same rows; subclasses say how their kept sets combine."""
 
     rules: list[Rule]
+    word = ""
 
     def checkpoints(self) -> list[str]:
         return list(dict.fromkeys(spec for rule in self.rules for spec in rule.checkpoints()))
 
     def describe(self) -> str:
-        return " or ".join(f"({rule.describe()})" for rule in self.rules)
+        return f" {self.word} ".join(f"({rule.describe()})" for rule in self.rules)
 
     def keep(self, table, rows):
-        kept = set()
-        for rule in self.rules:
-            kept |= set(rule.keep(table, rows)[0])
-        return pd.Index(sorted(kept)), ""
+        kept = [set(rule.keep(table, rows)[0]) for rule in self.rules]
+        return pd.Index(sorted(self.combine(kept))), ""
 
 
 @dataclass
-class AllOf(Rule):
+class AnyOf(_Combination):
+    """Keep a row when any of ``rules`` keeps it."""
+
+    word = "or"
+
+    @staticmethod
+    def combine(kept: list[set]) -> set:
+        return set().union(*kept)
+
+
+@dataclass
+class AllOf(_Combination):
     """Keep a row when every one of ``rules`` keeps it (each judged on the same rows)."""
 
-    rules: list[Rule]
+    word = "and"
 
-    def checkpoints(self) -> list[str]:
-        return list(dict.fromkeys(spec for rule in self.rules for spec in rule.checkpoints()))
-
-    def describe(self) -> str:
-        return " and ".join(f"({rule.describe()})" for rule in self.rules)
-
-    def keep(self, table, rows):
-        kept = set(rows)
-        for rule in self.rules:
-            kept &= set(rule.keep(table, rows)[0])
-        return pd.Index(sorted(kept)), ""
+    @staticmethod
+    def combine(kept: list[set]) -> set:
+        return set.intersection(*kept) if kept else set()
 
 
 @dataclass
@@ -280,7 +282,7 @@ def curate(table: pd.DataFrame, rules: list[Rule]) -> Curation:
     for spec in checkpoints:
         column = score_column(spec, "status")
         if column not in table:
-            raise ValueError(f"the run has no scores for {spec}; it has {_specs(table)}")
+            raise ValueError(f"the run has no scores for {spec}; it has {checkpoints_of(table)}")
         bad = table.loc[rows, column].ne("ok")
         dropped += [{"row_id": row, "step": 0, "reason": f"status:{status}"}
                     for row, status in table.loc[rows[bad], column].items()]
@@ -297,10 +299,6 @@ def curate(table: pd.DataFrame, rules: list[Rule]) -> Curation:
     dropped_table = pd.DataFrame(dropped, columns=["row_id", "step", "reason"]).sort_values("row_id",
                                                                                          ignore_index=True)
     return Curation(rows, dropped_table, pd.DataFrame(steps))
-
-
-def _specs(table: pd.DataFrame) -> list[str]:
-    return [column[len("status["):-1] for column in table.columns if column.startswith("status[")]
 
 
 def parse_rule(text: str) -> Rule:
@@ -344,7 +342,7 @@ PRESET_FRACTIONS = {"laion400m": 0.20, "laion2b": 0.30, "datacomp-l14-30pct": 0.
 
 def checkpoints_of(table: pd.DataFrame) -> list[str]:
     """The checkpoints a :func:`wide_scores` table holds scores for."""
-    return _specs(table)
+    return [column[len("status["):-1] for column in table.columns if column.startswith("status[")]
 
 
 def kept_fraction_curve(table: pd.DataFrame, thresholds) -> pd.DataFrame:

@@ -387,7 +387,7 @@ class Embedder:
             if not ok:
                 continue
             batch = torch.from_numpy(pixels)
-            if self.encoder.device.type == "cuda":
+            if self.device.type == "cuda":
                 batch = batch.pin_memory()
             with _stage(self.timer, "image_encode", len(ok)):
                 vectors = self.encoder.encode_images(batch).numpy()

@@ -50,7 +50,7 @@ from PIL import Image
 
 from clipeval import __version__
 from clipeval.atomic import write_json
-from clipeval.data.fetch import is_url
+from clipeval.data.fetch import TRANSIENT_HTTP_CODES, is_url, one_line
 from clipeval.data.images import decode_image, read_image_bytes
 from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
 from clipeval.paths import DATA_DIR
@@ -62,7 +62,6 @@ DEFAULT_PROMPT = ("Write one concise, factual caption of this image: a single se
                   "visible. Reply with the caption only, no preamble.")
 DEFAULT_CACHE_DIR = DATA_DIR / "cache" / "label_api"
 OFF_REASON = f"set {BASE_ENV} and {KEY_ENV} to caption with an API"
-TRANSIENT_HTTP_CODES = frozenset({408, 429})  # plus every 5xx
 SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 
 API_STATUSES: dict[str, str] = {
@@ -228,14 +227,14 @@ class ApiCaptioner:
         except URLError as error:
             if isinstance(error.reason, TimeoutError):
                 return _timeout(self.timeout), True
-            return _Outcome("api_error", _one_line(f"cannot reach {self.base}: {error.reason}")), False
+            return _Outcome("api_error", one_line(f"cannot reach {self.base}: {error.reason}")), False
         except (http.client.HTTPException, OSError) as error:
             transient = isinstance(error, (ConnectionResetError, ConnectionAbortedError, http.client.IncompleteRead))
-            return _Outcome("api_error", _one_line(f"{type(error).__name__}: {error}")), transient
+            return _Outcome("api_error", one_line(f"{type(error).__name__}: {error}")), transient
         except ValueError as error:  # urllib's verdict on a malformed base URL
-            return _Outcome("api_error", _one_line(f"bad API URL {request.full_url[:200]}: {error}")), False
+            return _Outcome("api_error", one_line(f"bad API URL {request.full_url[:200]}: {error}")), False
         except Exception as error:  # noqa: BLE001 - one odd reply must not stop a run
-            return _Outcome("api_error", _one_line(f"{type(error).__name__}: {error}")), False
+            return _Outcome("api_error", one_line(f"{type(error).__name__}: {error}")), False
         return _parse_reply(body), False
 
     def _labels(self, refs: list, outcomes: dict) -> pd.DataFrame:
@@ -293,7 +292,7 @@ def _parse_reply(body: bytes) -> _Outcome:
     try:
         content = json.loads(body)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as error:
-        return _Outcome("api_bad_response", _one_line(f"no choices[0].message.content in the reply "
+        return _Outcome("api_bad_response", one_line(f"no choices[0].message.content in the reply "
                                                       f"({type(error).__name__}: {error}): {body[:120]!r}"))
     if isinstance(content, list):  # content parts, as some compatible servers reply
         content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
@@ -307,14 +306,10 @@ def _http_reason(error: HTTPError) -> str:
     """``HTTP <code> <reason>``, plus the API's own error message when the body has one."""
     with error, contextlib.suppress(OSError, ValueError, LookupError, TypeError):
         detail = json.loads(error.read(4096))["error"]["message"]
-        return _one_line(f"HTTP {error.code} {error.reason}: {detail}")
-    return _one_line(f"HTTP {error.code} {error.reason}")
+        return one_line(f"HTTP {error.code} {error.reason}: {detail}")
+    return one_line(f"HTTP {error.code} {error.reason}")
 
 
 def _timeout(seconds: float) -> _Outcome:
     return _Outcome("api_timeout", f"no reply within {seconds:g} s")
 
-
-def _one_line(text: str) -> str:
-    """Collapse whitespace (server messages may hold newlines) and cap the length."""
-    return " ".join(str(text).split())[:300]

@@ -27,7 +27,7 @@ from clipeval.data.images import read_images
 from clipeval.eval.embed import batches
 from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
 from clipeval.models.encoder import resolve_device
-from clipeval.models.registry import CheckpointError, is_local_path, offline_error, quiet_progress_bars
+from clipeval.models.registry import CheckpointError, local_folder, offline_error, quiet_progress_bars
 from clipeval.progress import progress_bar
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
@@ -84,12 +84,8 @@ class Captioner:
         self._network = self._processor = self._tokenizer = None
 
     def _load(self) -> None:
-        target = self.model
-        local = is_local_path(target)
-        if local:
-            if not Path(target).expanduser().is_dir():
-                raise CheckpointError(f"{self.model}: no such directory (expected a save_pretrained folder)")
-            target = str(Path(target).expanduser())
+        folder = local_folder(self.model, self.model)
+        local, target = folder is not None, folder or self.model
         try:
             with contextlib.nullcontext() if self.progress else quiet_progress_bars():
                 self._load_parts(target)

@@ -52,8 +52,7 @@ class ZeroShot:
             texts = embedder.texts(self.vocabulary).of(range(len(self.vocabulary)))
             usable = np.flatnonzero(images.rows >= 0)
             scale = (embedder.encoder.logit_scale or 100.0) if len(usable) else 100.0  # CLIP's fixed 100 if none
-        statuses = [images.errors.get(i, (raw.status, raw.error))[0] for i, raw in enumerate(raws)]
-        errors = [images.errors.get(i, (raw.status, raw.error))[1] for i, raw in enumerate(raws)]
+        statuses, errors = zip(*(images.errors.get(i, (raw.status, raw.error)) for i, raw in enumerate(raws)))
         labels = empty_labels()
         if len(usable):
             probabilities = torch.softmax(scale * images.of(usable) @ texts.T, dim=1).numpy()
@@ -61,7 +60,7 @@ class ZeroShot:
                                              self.threshold, self.top_k)
             if len(kept):
                 labels = kept.assign(labeller=self.name, model=self.model, threshold=self.threshold)
-        table = image_table(list(refs), statuses, errors, labels)
+        table = image_table(list(refs), list(statuses), list(errors), labels)
         return LabelRun(labels.reset_index(drop=True), table,
                         run_stats(labels, table, labeller=self.name, model=self.model, threshold=self.threshold,
                                   top_k=self.top_k, vocabulary=len(self.vocabulary),

@@ -89,10 +89,6 @@ class Encoder(ABC):
         """For each text, whether it is longer than the context and gets truncated (False if unknown)."""
         return [False] * len(texts)
 
-    def count_truncated(self, texts: Sequence[str]) -> int:
-        """How many of ``texts`` are longer than the context and get truncated (0 if unknown)."""
-        return sum(self.truncated(texts))
-
     def weights_digest(self) -> str:
         """SHA-256 over the loaded weights (every state-dict tensor's name, dtype, shape and bytes).
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from PIL import Image
 
 from clipeval.models.encoder import Encoder
-from clipeval.models.registry import CheckpointError, CheckpointSpec, is_local_path, offline_error
+from clipeval.models.registry import CheckpointError, CheckpointSpec, local_folder, offline_error
 
 
 def _features(output) -> torch.Tensor:
@@ -66,12 +64,8 @@ def load_hf(spec: CheckpointSpec, device: torch.device, precision: str) -> HFEnc
     """
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    target = spec.target
-    local = is_local_path(target)
-    if local:
-        if not Path(target).expanduser().is_dir():
-            raise CheckpointError(f"{spec}: no such directory {target!r} (expected a save_pretrained folder)")
-        target = str(Path(target).expanduser())
+    folder = local_folder(spec.target, str(spec))
+    local, target = folder is not None, folder or spec.target
     try:
         model = AutoModel.from_pretrained(target)
         tokenizer = AutoTokenizer.from_pretrained(target)

@@ -79,6 +79,19 @@ def is_local_path(target: str) -> bool:
     return Path(target).expanduser().exists() or target.startswith(("/", "./", "../", "~"))
 
 
+def local_folder(target: str, spec: str) -> str | None:
+    """``target`` as a folder path when it names something local (``None`` for a hub name).
+
+    Raises:
+        CheckpointError: it looks local but is no folder (a ``save_pretrained`` folder is expected).
+    """
+    if not is_local_path(target):
+        return None
+    if not Path(target).expanduser().is_dir():
+        raise CheckpointError(f"{spec}: no such directory {target!r} (expected a save_pretrained folder)")
+    return str(Path(target).expanduser())
+
+
 def offline_error(spec: str, cause: BaseException) -> CheckpointError:
     """The one-line error for a hub checkpoint that cannot be fetched."""
     reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__

@@ -20,7 +20,7 @@ import pandas as pd
 from clipeval.atomic import write_csv
 from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables
 from clipeval.data.scenes import SCENE_CLASSES, scene_class_judge
-from clipeval.data.sources import IMAGE_EXTENSIONS
+from clipeval.data.sources import IMAGE_EXTENSIONS, image_files
 from clipeval.eval.embed import EmbedOptions
 from clipeval.eval.retrieval import evaluate_retrieval
 from clipeval.labels.base import LabelRun, image_table, run_stats
@@ -31,12 +31,11 @@ from clipeval.runs.manifest import update_manifest
 
 
 def list_images(folder: str | Path) -> list[str]:
-    """Every image file under ``folder`` (recursively, by extension), as sorted relative paths."""
+    """Every image file under ``folder`` (:func:`clipeval.data.sources.image_files`), as relative paths."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"no image folder {root}")
-    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*")
-                  if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
+    return [path.relative_to(root).as_posix() for path in image_files(root)]
 
 
 @dataclass
