@@ -166,7 +166,7 @@ def test_fast_decode_reads_large_jpegs_at_reduced_scale():
 def _interrupt_after_first_chunk(monkeypatch):
     from clipeval.eval import scoring
 
-    original, calls = scoring._Scorer.score_chunk, []
+    original, calls = scoring.ChunkScorer.score_chunk, []
 
     def flaky(self, chunk):
         if calls:
@@ -174,7 +174,7 @@ def _interrupt_after_first_chunk(monkeypatch):
         calls.append(1)
         return original(self, chunk)
 
-    monkeypatch.setattr(scoring._Scorer, "score_chunk", flaky)
+    monkeypatch.setattr(scoring.ChunkScorer, "score_chunk", flaky)
 
 
 def test_resuming_says_so_and_a_different_run_is_refused(tiny_specs, challenge_csv, tmp_path, monkeypatch, capsys):

@@ -146,12 +146,13 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int | None
     return _decode(io.BytesIO(data), max_pixels, min_side)
 
 
-def read_image_bytes(ref: str, base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
+def read_image_bytes(ref: str | bytes, base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
                      fetch_options: FetchOptions = FetchOptions()) -> RawImage:
     """Read one image's bytes from a local path or an http(s) URL, with their SHA-256.
 
     Args:
-        ref: a path (absolute, or relative to ``base_dir``) or a URL.
+        ref: a path (absolute, or relative to ``base_dir``), a URL, or the image's bytes
+            themselves (a shard that stores images inline).
         base_dir: the folder relative paths are resolved against.
         max_pixels: the pixel cap used to check a downloaded body before it is cached.
         fetch_options: timeout, retries, size cap and cache for URLs.
@@ -164,6 +165,8 @@ def read_image_bytes(ref: str, base_dir: Path | None = None, max_pixels: int = M
     """
     if isinstance(ref, os.PathLike):
         ref = os.fspath(ref)
+    if isinstance(ref, bytes):
+        return _raw(ref)
     if not isinstance(ref, str) or not ref.strip():
         return RawImage(None, "bad_reference", f"no image reference in this row ({ref!r})")
     if is_url(ref.strip()):
@@ -241,7 +244,7 @@ def read_images(refs: list[str], base_dir: Path | None = None, workers: int = 8,
 
 
 def _each_distinct(refs: list[str], read, workers: int) -> list:
-    keys = [ref if isinstance(ref, (str, os.PathLike)) else None for ref in refs]
+    keys = [ref if isinstance(ref, (str, bytes, os.PathLike)) else None for ref in refs]
     unique = list(dict.fromkeys(keys))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         loaded = dict(zip(unique, pool.map(read, unique)))

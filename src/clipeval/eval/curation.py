@@ -150,7 +150,7 @@ class Percentile(Rule):
 
 
 @dataclass
-class _Combination(Rule):
+class Combination(Rule):
     """Several rules judged on the same rows; subclasses say how their kept sets combine."""
 
     rules: list[Rule]
@@ -168,7 +168,7 @@ class _Combination(Rule):
 
 
 @dataclass
-class AnyOf(_Combination):
+class AnyOf(Combination):
     """Keep a row when any of ``rules`` keeps it."""
 
     word = "or"
@@ -179,7 +179,7 @@ class AnyOf(_Combination):
 
 
 @dataclass
-class AllOf(_Combination):
+class AllOf(Combination):
     """Keep a row when every one of ``rules`` keeps it (each judged on the same rows)."""
 
     word = "and"

@@ -160,7 +160,7 @@ def _long_rows(row_ids, spec: str, cosine: np.ndarray, truncated, sizes, statuse
                          "status": statuses, "error": errors}, columns=list(SCORE_COLUMNS))
 
 
-class _Scorer:
+class ChunkScorer:
     """Loads each checkpoint once (lazily) and scores chunks of rows, timing every stage.
 
     Use as a context manager: each checkpoint's :class:`Embedder` (its decode workers and
@@ -178,7 +178,7 @@ class _Scorer:
         self.truncated = dict.fromkeys(self.checkpoints, 0)
         self.embedders: dict[str, Embedder] = {}
 
-    def __enter__(self) -> _Scorer:
+    def __enter__(self) -> ChunkScorer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -286,7 +286,7 @@ def score_pairs(pairs: pd.DataFrame, checkpoints: list[str], options: ScoreOptio
     pairs = _prepare_pairs(pairs, options)
     chunks = _chunks(pairs, options.chunk_size)
     parts = []
-    with _Scorer(checkpoints, options) as scorer, _progress(len(pairs), options.progress) as bar:
+    with ChunkScorer(checkpoints, options) as scorer, _progress(len(pairs), options.progress) as bar:
         for chunk in chunks:
             parts.append(scorer.score_chunk(chunk))
             bar.update(len(chunk))
@@ -377,7 +377,7 @@ def score_to_dir(pairs: pd.DataFrame, checkpoints: list[str], out_dir: str | Pat
         print(f"resuming {out_dir}: {resumed} of {len(chunks)} chunks reused from an interrupted run "
               f"with the same inputs", file=sys.stderr)
     done = sum(len(c) for c, p in zip(chunks, part_paths) if p.exists())
-    with _Scorer(checkpoints, options) as scorer, _progress(len(pairs), options.progress, done) as bar:
+    with ChunkScorer(checkpoints, options) as scorer, _progress(len(pairs), options.progress, done) as bar:
         for chunk, path in zip(chunks, part_paths):
             if not path.exists():
                 write_csv(path, scorer.score_chunk(chunk))

@@ -144,6 +144,49 @@ def _run_notebooks(args: argparse.Namespace) -> None:
         print(f"executed {path}")
 
 
+def _score_shards(args: argparse.Namespace) -> int:
+    from clipeval.runs.sharded import score_shards
+
+    run = score_shards(args.out, args.shards, args.checkpoint, executor=args.executor, num_workers=args.num_workers,
+                       cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                       address=args.address, image_column=args.image_column, caption_column=args.caption_column,
+                       uid_column=args.uid_column, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                       device=args.device, precision=args.precision, workers=args.workers, cache_dir=args.cache_dir,
+                       fetch_timeout=args.fetch_timeout, fetch_retries=args.fetch_retries,
+                       max_download_mb=args.max_download_mb, decode_workers=args.decode_workers,
+                       fast_decode=args.fast_decode, embedding_cache=args.embedding_cache, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    stats = run.stats
+    rate = f", {stats['rows_per_s']:.1f} rows/s" if stats["rows_per_s"] else ""
+    print(f"{stats['shards_done']} of {stats['shards']} shards done ({stats['shards_this_run']} scored now: "
+          f"{stats['rows_this_run']} rows in {stats['wall_s']:.1f} s{rate}, executor {stats['executor']}) "
+          f"-> {args.out}")
+    for failed in run.failed.itertuples():
+        print(f"shard {failed.shard}: {failed.state}: {failed.error}", file=sys.stderr)
+    if len(run.failed):
+        print(f"{len(run.failed)} shard(s) not done; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _curate_shards(args: argparse.Namespace) -> None:
+    from clipeval.runs.sharded import curate_shards
+
+    result = curate_shards(args.scores, args.rule, args.out, exact_limit=args.exact_limit,
+                           write_filtered=args.write_filtered, progress=not args.no_progress)
+    print(result.summary.to_string(index=False))
+    print(f"kept {result.kept} of {result.rows} rows ({'exact' if result.exact else 'sketch'} cuts) -> {args.out}")
+
+
+def _make_shards(args: argparse.Namespace) -> None:
+    from clipeval.data.shards import write_shards
+    from clipeval.data.sources import read_pairs
+
+    pairs = read_pairs(args.pairs, args.image_column, args.caption_column)
+    for path in write_shards(pairs, args.out, args.shards, args.format, args.image_column, args.caption_column):
+        print(path)
+
+
 def _add_pipeline_options(command: argparse.ArgumentParser) -> None:
     """The embedding pipeline's options ``score`` and ``retrieve`` share."""
     command.add_argument("--decode-workers", type=int, default=None,
@@ -263,6 +306,59 @@ def build_parser() -> argparse.ArgumentParser:
     curation.add_argument("--image-column", default="image")
     curation.set_defaults(handler=_curate)
 
+    sharded = commands.add_parser("score-shards", help="score shards (tar/parquet/csv) into one parquet per shard; "
+                                                       "resumable; --executor local or ray")
+    sharded.add_argument("--shards", action="append", required=True,
+                         help="shard files, a folder, a glob or a brace pattern like 'shard-{00000..00099}.tar' "
+                              "(quote it; repeat for several)")
+    sharded.add_argument("--checkpoint", action="append", required=True, help="checkpoint spec (repeat for several)")
+    sharded.add_argument("--out", required=True, help="run folder: shards/<name>.parquet and .done.json per shard")
+    sharded.add_argument("--executor", default="local", choices=["local", "ray"])
+    sharded.add_argument("--num-workers", type=int, default=2, help="ray: actors in the pool (each loads the models)")
+    sharded.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs reserved per actor")
+    sharded.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor (1 on a GPU box)")
+    sharded.add_argument("--address", default=None, help="ray: cluster to join (auto, ray://host:10001); "
+                                                        "default: start a local Ray")
+    sharded.add_argument("--image-column", default="image")
+    sharded.add_argument("--caption-column", default="caption")
+    sharded.add_argument("--uid-column", default="uid", help="the shards' unique-id column, if they have one")
+    sharded.add_argument("--batch-size", type=int, default=32)
+    sharded.add_argument("--chunk-size", type=int, default=256, help="rows read and scored together in a shard")
+    sharded.add_argument("--device", default="auto")
+    sharded.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    _add_fetch_options(sharded)
+    sharded.add_argument("--decode-workers", type=int, default=None,
+                         help="processes decoding images while the model encodes, per worker")
+    sharded.add_argument("--fast-decode", action="store_true", help="decode large JPEGs at reduced scale first")
+    sharded.add_argument("--embedding-cache", action="store_true",
+                         help="read and write the embedding cache (off for shards: at scale it would fill the disk)")
+    sharded.add_argument("--overwrite", action="store_true",
+                         help="discard shards an earlier run in --out scored with other checkpoints or options")
+    sharded.add_argument("--no-progress", action="store_true")
+    sharded.set_defaults(handler=_score_shards)
+
+    shard_curation = commands.add_parser("curate-shards", help="apply curation rules over a sharded run's shards")
+    shard_curation.add_argument("--scores", required=True, help="a score-shards run folder")
+    shard_curation.add_argument("--rule", action="append", required=True, help="as for curate (applied in order)")
+    shard_curation.add_argument("--out", required=True,
+                                help="folder for kept_uids.parquet, decisions/, summary.csv (and filtered/)")
+    shard_curation.add_argument("--exact-limit", type=int, default=50_000_000,
+                                help="most rows for exact top-fraction/percentile cuts; above it a histogram "
+                                     "sketch with its error bound")
+    shard_curation.add_argument("--write-filtered", action="store_true",
+                                help="also write each input shard filtered to its kept samples, same format")
+    shard_curation.add_argument("--no-progress", action="store_true")
+    shard_curation.set_defaults(handler=_curate_shards)
+
+    make_shards = commands.add_parser("make-shards", help="split a pairs table into shard files (tar/parquet/csv)")
+    make_shards.add_argument("--pairs", required=True, help="a pairs table whose image column holds local paths")
+    make_shards.add_argument("--out", required=True)
+    make_shards.add_argument("--shards", type=int, default=4, help="how many shards")
+    make_shards.add_argument("--format", default="tar", choices=["tar", "parquet", "csv"])
+    make_shards.add_argument("--image-column", default="image")
+    make_shards.add_argument("--caption-column", default="caption")
+    make_shards.set_defaults(handler=_make_shards)
+
     evalset = commands.add_parser("build-evalset", help="pseudo-label a folder of images into a retrieval eval set")
     evalset.add_argument("--images", required=True, help="folder of images (searched recursively)")
     evalset.add_argument("--labeller", default="classifier", choices=list(LABELLERS),
@@ -317,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # quiet means quiet: the model libraries' bars too (transformers' "Loading weights")
         with quiet_progress_bars() if getattr(args, "no_progress", False) else contextlib.nullcontext():
-            args.handler(args)
+            code = args.handler(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0

@@ -1,0 +1,165 @@
+"""Sharded steps: score a list of shards with an executor, and curate the scored shards.
+
+``score_shards`` is resumable by shard (README: Sharded runs): shards whose done-marker exists
+are skipped, the rest (new, failed or interrupted) are scored. ``curate_shards`` applies the
+curation rules over the scored shards (:mod:`clipeval.eval.shard_curation`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.atomic import write_csv, write_json
+from clipeval.data.fetch import DEFAULT_CACHE_DIR, FetchOptions
+from clipeval.data.shards import list_shards, shard_name
+from clipeval.eval.curation import parse_rule
+from clipeval.eval.scoring import ScoreOptions
+from clipeval.eval.shard_curation import EXACT_LIMIT, ShardCuration, curate_scored_shards
+from clipeval.eval.sharded import (
+    check_shard_names,
+    fingerprint,
+    is_done,
+    prepare_run_folder,
+    read_markers,
+    scored_shards,
+)
+from clipeval.progress import progress_bar
+from clipeval.runs.executors import EXECUTORS, RayOptions, ShardTask, run_local, run_ray
+from clipeval.runs.manifest import update_manifest
+
+
+@dataclass
+class ShardedRun:
+    """A sharded scoring run.
+
+    Attributes:
+        shards: one row per input shard, input order: ``name``, ``shard``, ``state`` (``done``,
+            ``failed``), ``this_run`` (scored by this call, not skipped), rows, seconds...
+        stats: the run's totals (also ``sharded_stats.json``).
+    """
+
+    shards: pd.DataFrame
+    stats: dict
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.shards[self.shards["state"] != "done"]
+
+
+def score_shards(run_dir: str | Path, shards: Sequence[str] | str, checkpoints: Sequence[str],
+                 executor: str = "local", num_workers: int = 2, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0, address: str | None = None, image_column: str = "image",
+                 caption_column: str = "caption", uid_column: str = "uid", batch_size: int = 32,
+                 chunk_size: int = 256, device: str = "auto", precision: str = "auto", workers: int = 8,
+                 cache_dir: str | None = None, fetch_timeout: float = 10.0, fetch_retries: int = 3,
+                 max_download_mb: float = 50.0, decode_workers: int | None = None, fast_decode: bool = False,
+                 embedding_cache: bool = False, overwrite: bool = False, progress: bool = True) -> ShardedRun:
+    """Score every pending shard into ``run_dir/shards/`` and write ``shards.csv`` and ``sharded_stats.json``.
+
+    Args:
+        run_dir: the run folder.
+        shards: shard files, folders, globs or brace patterns (:func:`clipeval.data.shards.list_shards`).
+        checkpoints: checkpoint specs.
+        executor: ``local`` or ``ray`` (:mod:`clipeval.runs.executors`).
+        num_workers, cpus_per_worker, gpus_per_worker, address: the Ray executor's pool and cluster.
+        image_column, caption_column, uid_column: the shards' columns.
+        batch_size, chunk_size, device, precision, workers, decode_workers, fast_decode: as for scoring.
+        cache_dir, fetch_timeout, fetch_retries, max_download_mb: how URLs are fetched.
+        embedding_cache: use the embedding cache (off by default: at scale every pair is new and the
+            vectors would fill the disk).
+        overwrite: discard the shards of an earlier run with other checkpoints or options.
+        progress: a progress bar over shards.
+
+    Returns:
+        The :class:`ShardedRun`.
+
+    Raises:
+        ValueError: an unknown executor, no shard, or two shards with the same output name.
+        RunFolderMismatch: ``run_dir`` holds a run with another fingerprint and not ``overwrite``.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    params = {key: value for key, value in locals().items() if key != "run_dir"}
+    paths = list_shards(list(shards) if not isinstance(shards, str) else shards)
+    check_shard_names(paths)
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    options = ScoreOptions(image_column=image_column, caption_column=caption_column, batch_size=batch_size,
+                           chunk_size=chunk_size, device=device, precision=precision, progress=False,
+                           workers=workers, decode_workers=decode_workers, fast_decode=fast_decode,
+                           embedding_cache=embedding_cache,
+                           fetch=FetchOptions(timeout=fetch_timeout, retries=fetch_retries,
+                                              max_bytes=int(max_download_mb * 2**20), cache_dir=cache))
+    run_dir = Path(run_dir)
+    prepare_run_folder(run_dir, fingerprint(list(checkpoints), options, uid_column), overwrite)
+    pending = [path for path in paths if not is_done(run_dir, path)]
+    if len(pending) < len(paths):
+        print(f"resuming {run_dir}: {len(paths) - len(pending)} of {len(paths)} shards already done, "
+              f"{len(pending)} to score", file=sys.stderr)
+    task = ShardTask(list(checkpoints), str(run_dir), options, uid_column)
+    records = (run_local(pending, task) if executor == "local" else
+               run_ray(pending, task, RayOptions(num_workers, cpus_per_worker, gpus_per_worker, address)))
+    started = time.perf_counter()
+    this_run, rows = set(), 0
+    with progress_bar(total=len(pending), unit="shard", desc=f"scoring shards ({executor})",
+                      disable=not progress) as bar:
+        for record in records:
+            this_run.add(record["name"])
+            rows += record["rows"]
+            bar.set_postfix(rows=rows, rows_per_s=f"{rows / (time.perf_counter() - started):.1f}")
+            bar.update(1)
+    wall = time.perf_counter() - started
+    table = _shard_table(run_dir, paths, this_run)
+    stats = _run_stats(table, executor, num_workers if executor == "ray" else 1, wall)
+    write_csv(run_dir / "shards.csv", table)
+    write_json(run_dir / "sharded_stats.json", stats)
+    update_manifest(run_dir / "manifest.json", "score_shards", params, list(checkpoints), [str(p) for p in paths])
+    return ShardedRun(table, stats)
+
+
+def _shard_table(run_dir: Path, paths: list[Path], this_run: set[str]) -> pd.DataFrame:
+    markers = read_markers(run_dir)
+    markers = markers.set_index("name") if len(markers) else pd.DataFrame(index=pd.Index([], name="name"))
+    rows = []
+    for path in paths:
+        name = shard_name(path)
+        marker = markers.loc[name].to_dict() if name in markers.index else {"state": "not run"}
+        rows.append({"name": name, "shard": str(path), "this_run": name in this_run,
+                     **{key: marker.get(key) for key in ("state", "rows", "seconds", "rows_per_s", "host", "pid",
+                                                         "error")}})
+    return pd.DataFrame(rows)
+
+
+def _run_stats(table: pd.DataFrame, executor: str, workers: int, wall: float) -> dict:
+    ran = table[table["this_run"] & (table["state"] == "done")]
+    rows = int(ran["rows"].sum()) if len(ran) else 0
+    return {"executor": executor, "workers": workers, "shards": len(table),
+            "shards_done": int((table["state"] == "done").sum()), "shards_failed": int((table["state"] == "failed")
+                                                                                     .sum()),
+            "shards_this_run": int(table["this_run"].sum()), "rows_this_run": rows, "wall_s": wall,
+            "rows_per_s": rows / wall if wall and rows else None,
+            "shard_seconds": ran["seconds"].astype(float).describe().to_dict() if len(ran) else {}}
+
+
+def curate_shards(run_dir: str | Path, rules: Sequence[str], out_dir: str | Path, exact_limit: int = EXACT_LIMIT,
+                  write_filtered: bool = False, progress: bool = True) -> ShardCuration:
+    """Apply curation rules (their command-line form) to a sharded run's scored shards.
+
+    Writes ``kept_uids.parquet``, one ``decisions/<shard>.parquet`` per shard (every row: kept
+    or the step and reason that dropped it), ``summary.csv`` (rows in, kept and dropped per
+    step, the cut and whether it is exact) and, with ``write_filtered``, each input shard
+    filtered to its kept samples in its own format under ``filtered/``.
+    """
+    params = {key: value for key, value in locals().items() if key != "out_dir"}
+    caption_column = json.loads((Path(run_dir) / "run.json").read_text())["caption_column"]
+    curation = curate_scored_shards(scored_shards(run_dir), [parse_rule(rule) for rule in rules], out_dir,
+                                    exact_limit=exact_limit, write_filtered=write_filtered,
+                                    caption_column=caption_column, progress=progress)
+    update_manifest(Path(out_dir) / "manifest.json", "curate_shards", params, [], [str(run_dir)])
+    return curation
