@@ -27,9 +27,9 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, describe_images
 from clipeval.eval.compare import spearman_matrix
-from clipeval.plots import curation, data, labels, retrieval, scenes, scores
+from clipeval.plots import curation, data, labels, retrieval, scenes, scores, sharded
 
-PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation)
+PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation, sharded)
 matplotlib.rcParams["figure.max_open_warning"] = 60  # every plot function renders at once
 TOLERANCE_PX = 1.0  # extents may touch (a label set on a bar's top) but not overlap by more than a pixel
 CHECKPOINTS = ("dual:outputs/offline/models/dual", "baseline:bert-resnet50-random")
@@ -131,7 +131,10 @@ def render_all(fixtures):
                           for spec in specs for name, share in (("laion400m", 0.2), ("laion2b", 0.3))])
     dropped = pd.DataFrame({"reason": ["status:missing", "basic filter: caption > 2 words and > 5 characters, "
                                        "image short side >= 200 px, aspect ratio <= 3"] * 3})
+    shards = pd.DataFrame([{"executor": executor, "name": f"shard-{i:05d}", "rows_per_s": rng.uniform(50, 300)}
+                           for executor in ("local", "ray") for i in range(8)])
     return {
+        "plot_shard_throughput": sharded.plot_shard_throughput(shards),
         "plot_kept_fraction": curation.plot_kept_fraction(curve),
         "plot_curation_examples": curation.plot_curation_examples(groups, "score", pairs.attrs["base_dir"]),
         "plot_drop_reasons": curation.plot_drop_reasons(dropped),

@@ -8,6 +8,7 @@ curation rules over the scored shards (:mod:`clipeval.eval.shard_curation`).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -18,8 +19,9 @@ import pandas as pd
 
 from clipeval.atomic import write_csv, write_json
 from clipeval.data.fetch import DEFAULT_CACHE_DIR, FetchOptions
-from clipeval.data.shards import list_shards, shard_name
-from clipeval.eval.curation import parse_rule
+from clipeval.data.shards import list_shards, shard_name, write_shards
+from clipeval.data.sources import read_pairs
+from clipeval.eval.curation import curate, parse_rule, score_column
 from clipeval.eval.scoring import ScoreOptions
 from clipeval.eval.shard_curation import EXACT_LIMIT, ShardCuration, curate_scored_shards
 from clipeval.eval.sharded import (
@@ -29,6 +31,7 @@ from clipeval.eval.sharded import (
     prepare_run_folder,
     read_markers,
     scored_shards,
+    shard_files,
 )
 from clipeval.progress import progress_bar
 from clipeval.runs.executors import EXECUTORS, RayOptions, ShardTask, run_local, run_ray
@@ -163,3 +166,64 @@ def curate_shards(run_dir: str | Path, rules: Sequence[str], out_dir: str | Path
                                     caption_column=caption_column, progress=progress)
     update_manifest(Path(out_dir) / "manifest.json", "curate_shards", params, [], [str(run_dir)])
     return curation
+
+
+@dataclass
+class ShardedStudy:
+    """Notebook 09: the same pairs scored in shards by each executor, a resumed run and curation at scale.
+
+    Attributes:
+        shards: every executor's ``shards.csv`` rows, with ``executor``.
+        stats: ``sharded_stats.json`` per executor.
+        max_difference: the largest |cosine difference| of a row between the executors (0 for one).
+        resume: the resumed run's ``shards.csv``: which shards it skipped and which it scored.
+        curation: the rule over the shards, and ``same_as_one_table``: whether it keeps exactly
+            the rows :func:`~clipeval.eval.curation.curate` keeps on the concatenated table.
+    """
+
+    shards: pd.DataFrame
+    stats: dict
+    max_difference: float
+    resume: pd.DataFrame
+    curation: ShardCuration
+    same_as_one_table: bool
+
+
+def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shards: int = 8,
+                  executors: Sequence[str] = ("local", "ray"), num_workers: int = 2, rule: str = "top:0.3[{spec}]",
+                  batch_size: int = 32, device: str = "auto", interrupted: int = 2) -> ShardedStudy:
+    """Split ``pairs_path`` into webdataset shards and run the sharded pipeline on them (notebook 09).
+
+    Each executor scores every shard into a fresh ``<run_dir>/sharded/<executor>``; then the first
+    executor's run is "interrupted" (the done-markers of its last ``interrupted`` shards removed)
+    and run again, which rescores those shards only; then ``rule`` (``{spec}``: the checkpoint)
+    curates its shards into ``<run_dir>/sharded/curated``.
+    """
+    root = Path(run_dir) / "sharded"
+    shutil.rmtree(root, ignore_errors=True)
+    pairs = read_pairs(pairs_path)
+    inputs = write_shards(pairs, root / "input", n_shards, "tar")
+    tables, stats = [], {}
+    for executor in executors:
+        run = score_shards(root / executor, [str(path) for path in inputs], [checkpoint], executor=executor,
+                           num_workers=num_workers, batch_size=batch_size, device=device)
+        tables.append(run.shards.assign(executor=executor))
+        stats[executor] = run.stats
+    scores = {executor: _concat_scores(root / executor) for executor in executors}
+    column = score_column(checkpoint)
+    first = scores[executors[0]]
+    max_difference = max(float((first[column] - table[column]).abs().max()) for table in scores.values())
+    for path in inputs[-interrupted:]:
+        shard_files(root / executors[0], path).done.unlink()
+    resumed = score_shards(root / executors[0], [str(path) for path in inputs], [checkpoint],
+                           executor=executors[0], num_workers=num_workers, batch_size=batch_size, device=device)
+    rules = [parse_rule(rule.format(spec=checkpoint))]
+    curation = curate_shards(root / executors[0], [rule.format(spec=checkpoint)], root / "curated")
+    expected = curate(first.reset_index(drop=True).rename_axis("row_id"), rules)
+    kept = pd.read_parquet(root / "curated" / "kept_uids.parquet")["uid"]
+    same = kept.tolist() == first["uid"].iloc[expected.kept].tolist()
+    return ShardedStudy(pd.concat(tables, ignore_index=True), stats, max_difference, resumed.shards, curation, same)
+
+
+def _concat_scores(run_dir: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(path) for path in scored_shards(run_dir)], ignore_index=True)
