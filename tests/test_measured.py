@@ -8,6 +8,7 @@ import pytest
 from clipeval.runs.cli import main
 from clipeval.runs.measured import (
     BENCH_RESULTS_DIR,
+    BLOCK,
     README_PATH,
     RENDERERS,
     SNAPSHOT_FILES,
@@ -32,6 +33,14 @@ def test_readme_measured_blocks_agree_with_the_committed_files():
 
 def test_every_renderer_has_one_block_in_the_readme():
     assert set(read_blocks(README)) == set(RENDERERS)
+
+
+def test_phrases_do_not_start_a_line():
+    """A line that starts with a comment is an HTML block in Markdown: the phrase would show unformatted."""
+    for match in BLOCK.finditer(README):
+        if not match["body"].startswith("\n"):
+            line = README[README.rfind("\n", 0, match.start()) + 1:match.start()]
+            assert line.strip(" -*0123456789."), f"{match['name']} starts a line"
 
 
 def test_the_snapshot_holds_the_files_the_tables_read():

@@ -2,8 +2,9 @@
 
 The README holds blocks between markers, ``<!-- measured:NAME -->`` ... ``<!-- /measured -->``:
 a table on its own lines (the opening marker ends its line) or a phrase inside a sentence (both
-markers on one line). Each NAME has a renderer here that reads only committed files, so a fresh
-clone can check them (``tests/test_measured.py``):
+markers on one line, never at the start of a line, where Markdown would take the comment for
+an HTML block and show the phrase unformatted). Each NAME (lower case) has a renderer here that
+reads only committed files, so a fresh clone can check them (``tests/test_measured.py``):
 
 * ``bench/results/*.json``: the benchmarks (``make bench``, ``make bench-train``);
 * ``results/offline/``: a snapshot of the offline run's small tables (:data:`SNAPSHOT_FILES`),
@@ -174,7 +175,7 @@ def render_dual_training(sources: Sources) -> str:
     """The training time of ``make bench-train`` (a phrase)."""
     result = _train_dual(sources)
     train = result["train"]
-    return (f"**Training: {train['wall_s'] / 60:.1f} min** ({train['wall_s']:,.0f} s wall, "
+    return (f"{train['wall_s'] / 60:.1f} min ({train['wall_s']:,.0f} s wall, "
             f"{train['cpu_s']:,.0f} s CPU); generating the scenes: {result['generate']['wall_s']:.1f} s")
 
 
