@@ -13,7 +13,7 @@ SCENE_CLASSIFIER := outputs/offline/models/scene-classifier/config.json
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env data model reproduce notebooks lint test test-slow test-network bench bench-train clear-cache lab clean
+.PHONY: help env data model reproduce notebooks report measured lint test test-slow test-network bench bench-train clear-cache lab clean
 
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,7 +53,14 @@ PROFILE_NEEDS := $(if $(filter offline,$(PROFILE)),model)
 notebooks: data $(PROFILE_NEEDS) ## run the profile's notebooks with papermill (PROFILE=offline, CHECKPOINTS="spec ...")
 	$(PYTHON) -m clipeval run-notebooks --profile $(PROFILE) --checkpoints "$(CHECKPOINTS)"
 
-reproduce: env data notebooks ## everything: environment, data, the offline model, every notebook -> outputs/$(PROFILE)/
+reproduce: env data notebooks ## everything: environment, data, the offline model, every notebook, the report -> outputs/$(PROFILE)/
+	@$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+
+report: env ## write outputs/$(PROFILE)/report/index.html: the run's tables, figures and notebooks on one page
+	$(PYTHON) -m clipeval report --profile $(PROFILE)
+
+measured: env ## copy outputs/offline's measured files to bench/results/offline/ and regenerate the README's measured tables
+	$(PYTHON) -m clipeval measured --from-run outputs/offline
 
 lint: env ## ruff (style, imports, bugs) and import-linter (the package layers)
 	$(VENV)/bin/ruff check src tests bench notebooks

@@ -187,6 +187,31 @@ def _make_shards(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from clipeval.runs.report import build_profile_report
+
+    report = build_profile_report(args.profile, args.run_dir)
+    missing = sum(len(section.missing) for section in report.sections)
+    print(f"report -> {report.index} ({len(report.figures)} figures, {len(report.notebooks)} notebooks, "
+          f"{missing} file(s) missing)")
+    for page in report.failed_notebooks:
+        print(f"warning: {page.name} holds an error output: {'; '.join(page.errors)}", file=sys.stderr)
+    return 1 if report.failed_notebooks else 0
+
+
+def _measured(args: argparse.Namespace) -> int:
+    from clipeval.runs.measured import README_PATH, read_blocks, render_blocks, stale_blocks, update_readme
+
+    if args.check:
+        stale = stale_blocks(README_PATH.read_text(), render_blocks())
+        print(f"stale README measured blocks: {', '.join(stale)}; run make measured" if stale
+              else f"the README's {len(read_blocks(README_PATH.read_text()))} measured blocks are up to date")
+        return 1 if stale else 0
+    changed = update_readme(from_run=args.from_run)
+    print(f"rewrote README measured blocks: {', '.join(changed)}" if changed else "README measured blocks unchanged")
+    return 0
+
+
 def _add_pipeline_options(command: argparse.ArgumentParser) -> None:
     """The embedding pipeline's options ``score`` and ``retrieve`` share."""
     command.add_argument("--decode-workers", type=int, default=None,
@@ -404,6 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
     notebooks.add_argument("--profile", default="offline", help="name in params/ or a YAML path")
     notebooks.add_argument("--checkpoints", default="", help="space-separated specs overriding the profile's")
     notebooks.set_defaults(handler=_run_notebooks)
+
+    report = commands.add_parser("report", help="write <run_dir>/report/index.html: the run's tables, figures and "
+                                                "notebooks as one self-contained page")
+    report.add_argument("--profile", default="offline", help="name in params/ or a YAML path")
+    report.add_argument("--run-dir", default=None, help="run folder (default: the profile's run_dir)")
+    report.set_defaults(handler=_report)
+
+    measured = commands.add_parser("measured", help="rewrite the README's measured blocks from bench/results/ and "
+                                                    "bench/results/offline/ (see README, The run report)")
+    measured.add_argument("--from-run", default=None,
+                          help="first copy this run folder's measured files into bench/results/offline/ "
+                               "(make measured: outputs/offline)")
+    measured.add_argument("--check", action="store_true", help="only say which blocks differ (exit 1 if any)")
+    measured.set_defaults(handler=_measured)
     return parser
 
 
@@ -413,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # quiet means quiet: the model libraries' bars too (transformers' "Loading weights")
         with quiet_progress_bars() if getattr(args, "no_progress", False) else contextlib.nullcontext():
-            code = args.handler(args)
+            status = args.handler(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return code or 0
+    return status or 0

@@ -1,0 +1,401 @@
+"""The README's measured numbers, generated from committed files instead of typed by hand.
+
+The README holds blocks between markers, ``<!-- measured:NAME -->`` ... ``<!-- /measured -->``:
+a table on its own lines (the opening marker ends its line) or a phrase inside a sentence (both
+markers on one line, never at the start of a line, where Markdown would take the comment for
+an HTML block and show the phrase unformatted). Each NAME (lower case) has a renderer here that
+reads only committed files, so a fresh clone can check them (``tests/test_measured.py``):
+
+* ``bench/results/*.json``: the benchmarks (``make bench``, ``make bench-train``);
+* ``bench/results/offline/``: a snapshot of the offline run's small tables (:data:`SNAPSHOT_FILES`),
+  copied from ``outputs/offline/`` by ``make measured`` (``outputs/`` is not committed).
+
+``make measured`` (``python -m clipeval measured --from-run outputs/offline``) refreshes the
+snapshot and rewrites the blocks; without ``--from-run`` it re-renders from the committed files
+(after ``make bench``); ``--check`` only says which blocks differ.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.atomic import atomic_path, write_text
+from clipeval.models.catalogue import is_random_init
+from clipeval.paths import PROJECT_ROOT
+
+README_PATH = PROJECT_ROOT / "README.md"
+BENCH_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+SNAPSHOTS_DIR = BENCH_RESULTS_DIR  # run snapshots sit beside the benchmark JSONs
+# The offline run's files the README quotes; small enough to commit.
+SNAPSHOT_FILES = ("score_summary.csv", "metrics.csv", "label_quality.csv", "label_metric_bias.csv")
+BLOCK = re.compile(r"<!-- measured:(?P<name>[a-z][a-z0-9_]*) -->(?P<body>.*?)<!-- /measured -->", flags=re.DOTALL)
+MINUS = "\u2212"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the renderers read: the benchmark results and the run snapshot."""
+
+    bench_dir: Path = BENCH_RESULTS_DIR
+    snapshot_dir: Path = SNAPSHOTS_DIR / "offline"
+
+    def bench(self, name: str) -> dict:
+        """``bench/results/<name>.json``."""
+        return json.loads((self.bench_dir / f"{name}.json").read_text())
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A CSV of the run snapshot."""
+        return pd.read_csv(self.snapshot_dir / name)
+
+
+def snapshot_run(run_dir: str | Path, snapshot_dir: str | Path) -> list[Path]:
+    """Copy the run's :data:`SNAPSHOT_FILES` into ``snapshot_dir`` (each file atomically).
+
+    Raises:
+        FileNotFoundError: the run folder lacks some of them (nothing is copied).
+    """
+    run_dir, snapshot_dir = Path(run_dir), Path(snapshot_dir)
+    missing = [name for name in SNAPSHOT_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} lacks {', '.join(missing)}: run its notebooks first (make notebooks)")
+    copied = []
+    for name in SNAPSHOT_FILES:
+        with atomic_path(snapshot_dir / name) as temp:
+            shutil.copyfile(run_dir / name, temp)
+        copied.append(snapshot_dir / name)
+    return copied
+
+
+def snapshot_differences(run_dir: str | Path, snapshot_dir: str | Path) -> list[str]:
+    """The :data:`SNAPSHOT_FILES` whose bytes differ between the run and the snapshot (or are missing in one)."""
+    run_dir, snapshot_dir = Path(run_dir), Path(snapshot_dir)
+    different = []
+    for name in SNAPSHOT_FILES:
+        ours, theirs = run_dir / name, snapshot_dir / name
+        if not (ours.is_file() and theirs.is_file()) or ours.read_bytes() != theirs.read_bytes():
+            different.append(name)
+    return different
+
+
+def _num(value: float) -> str:
+    """Three decimals, or two significant digits below 0.01 (chance levels, tiny gaps)."""
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.2g}".replace("-", MINUS)
+    return f"{value:.3f}".replace("-", MINUS)
+
+
+def _signed(value: float, digits: int = 2) -> str:
+    """``+0.32``, ``−0.20``, ``0.00``."""
+    text = f"{abs(value):.{digits}f}"
+    if float(text) == 0:
+        return text
+    return ("+" if value > 0 else MINUS) + text
+
+
+def _exponent(value: float) -> str:
+    """``2.2e-7`` (no zero padding of the exponent)."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _checkpoint_label(spec: str) -> str:
+    return f"`{spec}` (RANDOM INIT)" if is_random_init(spec) else f"`{spec}`"
+
+
+def _source_note(*files: str) -> str:
+    return f"<sub>Generated from {', '.join(f'`{name}`' for name in files)} by `make measured`.</sub>"
+
+
+def render_score_summary(sources: Sources) -> str:
+    """Notebook 03's matched vs mismatched cosine per checkpoint (``score_summary.csv``)."""
+    summary = sources.table("score_summary.csv")
+    rows = [[_checkpoint_label(row.checkpoint), _num(row.matched_mean), _num(row.mismatched_mean), _num(row.auc),
+             _num(row.gap)] for row in summary.itertuples()]
+    table = _markdown_table(["checkpoint", "matched mean", "mismatched mean", "AUC", "gap"], rows)
+    return f"{table}\n\n{_source_note('bench/results/offline/score_summary.csv')}"
+
+
+def render_retrieval_metrics(sources: Sources) -> str:
+    """Notebook 04's retrieval metrics per checkpoint and direction, each beside its chance level."""
+    metrics = sources.table("metrics.csv")
+    rows = []
+    for (spec, dataset, direction), group in metrics.groupby(["checkpoint", "dataset", "direction"], sort=False):
+        by_k = group.set_index("k")
+        first = by_k.iloc[0]
+        hit_rates = [f"{_num(by_k.loc[k, 'hit_rate'])} ({_num(by_k.loc[k, 'hit_rate_chance'])})" for k in by_k.index]
+        rows.append([_checkpoint_label(spec), dataset, direction.replace("_", " "), f"{int(first.n_queries):,}",
+                     *hit_rates, f"{_num(first.mrr)} ({_num(first.mrr_chance)})",
+                     f"{first.median_rank:g} ({first.median_rank_chance:g})"])
+    ks = metrics["k"].drop_duplicates().tolist()
+    header = ["checkpoint", "dataset", "direction", "queries", *[f"HitRate@{k} (chance)" for k in ks],
+              "MRR (chance)", "median rank (chance)"]
+    return f"{_markdown_table(header, rows)}\n\n{_source_note('bench/results/offline/metrics.csv')}"
+
+
+def render_label_quality(sources: Sources) -> str:
+    """Notebook 07's label quality per label source, and the primary checkpoint's metric bias."""
+    quality = sources.table("label_quality.csv")
+    bias = sources.table("label_metric_bias.csv")
+    primary = bias["checkpoint"].iloc[0]
+
+    def pseudo_vs_true(source: str, direction: str, metric: str, k: int | None) -> str:
+        rows = bias[(bias["source"] == source) & (bias["checkpoint"] == primary) & (bias["direction"] == direction)
+                    & (bias["metric"] == metric)]
+        row = (rows[rows["k"] == k] if k is not None else rows).iloc[0]
+        return f"{row.pseudo:.2f} vs {row.true:.2f} ({_signed(row.bias)})"
+
+    rows = [[row.source, f"{row.threshold:g}", f"{row.coverage:.2f}", f"{int(row.queries_with_a_true_image)}",
+             f"{row.precision:.2f}", f"{row.recall:.2f}",
+             pseudo_vs_true(row.source, "text_to_image", "hit_rate", 5),
+             pseudo_vs_true(row.source, "image_to_text", "mrr", None)] for row in quality.itertuples()]
+    header = ["label source", "threshold", "coverage", "queries with a true image", "precision", "recall",
+              "text → image HitRate@5, pseudo vs true (bias)", "image → text MRR, pseudo vs true (bias)"]
+    note = _source_note("bench/results/offline/label_quality.csv", "bench/results/offline/label_metric_bias.csv")
+    return f"{_markdown_table(header, rows)}\n\nThe metrics are `{primary}`'s. {note}"
+
+
+def _train_dual(sources: Sources) -> dict:
+    return sources.bench("train_dual")
+
+
+def render_dual_training(sources: Sources) -> str:
+    """The training time of ``make bench-train`` (a phrase)."""
+    result = _train_dual(sources)
+    train = result["train"]
+    return (f"{train['wall_s'] / 60:.1f} min ({train['wall_s']:,.0f} s wall, "
+            f"{train['cpu_s']:,.0f} s CPU); generating the scenes: {result['generate']['wall_s']:.1f} s")
+
+
+def render_dual_test_retrieval(sources: Sources) -> str:
+    """The trained dual encoder's test text → image retrieval, all / seen / unseen combinations."""
+    retrieval = _train_dual(sources)["evaluate"]["retrieval_text_to_image"]
+    labels = {"all": "all", "seen": "seen combinations", "unseen": "unseen combinations"}
+    rows = []
+    for subset, label in labels.items():
+        values = retrieval[subset]
+        bold = (lambda text: f"**{text}**") if subset == "all" else (lambda text: text)
+        name = label if subset == "all" else f"{label} ({values['n_queries']:,})"
+        rows.append([name, _num(values["hit_rate@1"]), bold(_num(values["hit_rate@5"])),
+                     _num(values["hit_rate@10"]), _num(values["recall@5"]), bold(_num(values["mrr"])),
+                     f"{values['median_rank']:g}"])
+    header = ["queries", "HitRate@1", "HitRate@5", "HitRate@10", "Recall@5", "MRR", "median rank"]
+    return f"{_markdown_table(header, rows)}\n\n{_source_note('bench/results/train_dual.json')}"
+
+
+def render_dual_validation(sources: Sources) -> str:
+    """The validation retrieval after the last epoch (a phrase)."""
+    history = _train_dual(sources)["train"]["history"]
+    last = history["epochs"][-1]
+    return (f"HitRate@5 {last['val_hit_rate@5']:.3f}, MRR {last['val_mrr']:.3f} "
+            f"(epoch {last['epoch']}, {history['n_val_queries']:,} validation queries)")
+
+
+def render_dual_match(sources: Sources) -> str:
+    """Matched vs mismatched cosine over the test caption × image matrix (a phrase)."""
+    scores = _train_dual(sources)["evaluate"]["match_scores"]
+    return f"means {_num(scores['matched_mean'])} vs {_num(scores['mismatched_mean'])}, AUC {_num(scores['auc'])}"
+
+
+def render_dual_hard_negatives(sources: Sources) -> str:
+    """Hard-negative accuracy by kind, for all scenes and for seen / unseen colour–shape combinations."""
+    table = pd.DataFrame(_train_dual(sources)["evaluate"]["hard_negatives"])
+    subsets = table["subset"].drop_duplicates().tolist()
+    rows = []
+    for kind, group in table.groupby("negative_kind", sort=False):
+        by_subset = group.set_index("subset")
+        rows.append([kind, *[f"{_num(by_subset.loc[s, 'accuracy'])} ({int(by_subset.loc[s, 'n']):,})"
+                             for s in subsets]])
+    header = ["negative kind", *[f"{subset} scenes (pairs)" for subset in subsets]]
+    return f"{_markdown_table(header, rows)}\n\n{_source_note('bench/results/train_dual.json')}"
+
+
+PIPELINE_TARGETS = {"vit_b32": "≥ 0.9", "dual_encoder": "(reported)", "naive_loop": "≥ 3×",
+                    "torchmetrics": "≥ 1×", "clip_benchmark": "≥ 1×", "cache": "≥ 20×",
+                    "memory": "≤ 200 MiB", "large_jpeg": "≥ 3×"}
+
+
+def render_bench_pipeline(sources: Sources) -> str:
+    """``make bench``'s pipeline ratios (``bench/results/pipeline.json``) beside issue targets."""
+    result = sources.bench("pipeline")
+    rows = []
+    for config in result["model_limit"]["vit_b32"]["configs"].values():
+        workers, threads = config["decode_workers"], config["encoder_threads"]
+        rows.append([f"scoring ÷ model-only limit, ViT-B/32 size, {workers} decode worker{'' if workers == 1 else 's'} "
+                     f"({threads} encoder thread{'' if threads == 1 else 's'})",
+                     f"{config['ratio_pipeline_over_model_only']:.2f} ({config['pipeline_pairs_per_s']:.1f} vs "
+                     f"{config['model_only_pairs_per_s']:.1f} pairs/s)", PIPELINE_TARGETS["vit_b32"]])
+    dual = list(result["model_limit"]["dual_encoder"]["configs"].values())
+    setups = " / ".join(f"{c['decode_workers']}{' + fast decode' if c['fast_decode'] else ''}" for c in dual)
+    ratios = " / ".join(f"{c['ratio_pipeline_over_model_only']:.2f}" for c in dual)
+    speeds = " / ".join(f"{c['pipeline_pairs_per_s']:.0f}" for c in dual)
+    rows.append([f"scoring ÷ model-only limit, dual encoder, decode workers {setups}", f"{ratios} ({speeds} pairs/s)",
+                 PIPELINE_TARGETS["dual_encoder"]])
+    naive = result["naive_loop"]
+    rows.append([f"scoring ÷ naive per-row loop, ViT-B/32, {naive['captions_per_image']} captions per image",
+                 f"{naive['speedup_pipeline_over_naive']:.1f}× ({naive['pipeline_pairs_per_s']:.1f} vs "
+                 f"{naive['naive_pairs_per_s']:.1f} pairs/s)", PIPELINE_TARGETS["naive_loop"]])
+    metrics = result["torchmetrics"]
+    agree = "agree" if metrics["scores_agree_1e-3"] else "DISAGREE"
+    rows.append([f"scoring ÷ torchmetrics `CLIPScore`, same transformers ViT-B/32 and {metrics['pairs']} pairs",
+                 f"{metrics['speedup_pipeline_over_torchmetrics']:.1f}× ({metrics['pipeline_pairs_per_s']:.1f} vs "
+                 f"{metrics['torchmetrics_pairs_per_s']:.1f} pairs/s); per-sample scores {agree} to "
+                 f"{_exponent(metrics['max_abs_difference_100cos'])} (100·cos)", PIPELINE_TARGETS["torchmetrics"]])
+    bench = result["clip_benchmark"]
+    agree = "agree to 1e-6" if bench["metrics_agree_1e-6"] else "DISAGREE beyond 1e-6"
+    rows.append([f"retrieval ÷ CLIP_benchmark `zeroshot_retrieval`, same open_clip ViT-B/32, {bench['images']} "
+                 f"images × {bench['texts'] // bench['images']} captions",
+                 f"{bench['speedup_pipeline_over_clip_benchmark']:.2f}× "
+                 f"({bench['pipeline_wall_s_including_decode']:.1f} s, decoding included, vs "
+                 f"{bench['clip_benchmark_wall_s_excluding_decode']:.1f} s without); HitRate@1/5/10 both directions "
+                 f"{agree}", PIPELINE_TARGETS["clip_benchmark"]])
+    cache = result["cache"]
+    misses = sum(c["image_misses"] + c["text_misses"] for c in cache["warm_cache_counts"])
+    rows.append([f"warm ÷ cold: the offline notebooks' scoring + retrieval work ({cache['pairs']} pairs, "
+                 f"{' + '.join(cache['checkpoints'])})",
+                 f"{cache['speedup_warm_over_cold']:.0f}× ({cache['cold_wall_s']:.1f} s → "
+                 f"{cache['warm_wall_s']:.2f} s; "
+                 f"{'identical' if cache['outputs_identical'] else 'DIFFERENT'} outputs; {misses} cache misses warm)",
+                 PIPELINE_TARGETS["cache"]])
+    memory = result["memory"]
+    small, large = sorted(memory["peak_rss_bytes"], key=int)
+    mib = {size: memory["peak_rss_bytes"][size] / 2**20 for size in (small, large)}
+    rows.append([f"peak RSS of a {int(large) // 1000}k-pair minus a {int(small) // 1000}k-pair scoring run "
+                 f"(fresh processes, cache off, the {memory['spec']} checkpoint, so the table is what grows)",
+                 f"+{memory['peak_rss_increase_mib']:.1f} MiB ({mib[small]:.0f} → {mib[large]:.0f} MiB)",
+                 PIPELINE_TARGETS["memory"]])
+    jpeg = result["large_jpeg"]["paths"]
+    rows.append([f"large-JPEG decode + preprocess, fast ÷ exact ({result['large_jpeg']['size']})",
+                 f"{jpeg['fast_2x']['speedup_over_exact']:.1f}× ({jpeg['fast_1x']['speedup_over_exact']:.1f}× at 1× "
+                 "the resize side)", PIPELINE_TARGETS["large_jpeg"]])
+    table = _markdown_table(["measure", "measured", "target"], rows)
+    return f"{table}\n\n{_source_note('bench/results/pipeline.json')}"
+
+
+def render_bench_retrieval(sources: Sources) -> str:
+    """``make bench``'s block-wise retrieval against the full matrix (a phrase)."""
+    result = sources.bench("retrieval")
+    blockwise, reference = result["blockwise"], result["reference"]
+    gib = 2**30
+    agreed = result["ranks_identical_fraction"] == 1 and result["topk_lists_identical_fraction"] == 1
+    return (f"({result['machine']['cpu_count']} cores, load average {result['machine']['loadavg_start'][0]:.1f}): "
+            f"block-wise {blockwise['wall_s']:.1f} s wall / {blockwise['cpu_s']:.1f} s CPU with "
+            f"+{blockwise['peak_rss_increase_bytes'] / gib:.2f} GiB peak RSS; the full matrix "
+            f"{reference['wall_s']:.1f} s / {reference['cpu_s']:.1f} s with "
+            f"+{reference['peak_rss_increase_bytes'] / gib:.1f} GiB; ratio "
+            f"{result['time_ratio_blockwise_over_reference']:.2f} (wall) / "
+            f"{result['cpu_time_ratio_blockwise_over_reference']:.2f} (CPU). Top-k lists and ranks "
+            f"{'agreed' if agreed else 'did NOT all agree'} with the full matrix on "
+            + (f"all {result['config']['queries']:,} queries" if agreed else
+               f"{result['ranks_identical_fraction']:.1%} of the {result['config']['queries']:,} queries"))
+
+
+RENDERERS: dict[str, Callable[[Sources], str]] = {
+    "score_summary": render_score_summary,
+    "retrieval_metrics": render_retrieval_metrics,
+    "label_quality": render_label_quality,
+    "dual_training": render_dual_training,
+    "dual_test_retrieval": render_dual_test_retrieval,
+    "dual_validation": render_dual_validation,
+    "dual_match": render_dual_match,
+    "dual_hard_negatives": render_dual_hard_negatives,
+    "bench_pipeline": render_bench_pipeline,
+    "bench_retrieval": render_bench_retrieval,
+}
+
+
+def render_blocks(sources: Sources | None = None) -> dict[str, str]:
+    """Every measured block, rendered from ``sources`` (default: the committed files)."""
+    sources = sources or Sources()
+    return {name: render(sources) for name, render in RENDERERS.items()}
+
+
+def read_blocks(text: str) -> dict[str, str]:
+    """The measured blocks of a README as they stand, by name (body with the block's indentation removed).
+
+    Raises:
+        ValueError: a name occurs twice.
+    """
+    blocks: dict[str, str] = {}
+    for match in BLOCK.finditer(text):
+        name = match["name"]
+        if name in blocks:
+            raise ValueError(f"measured block {name!r} occurs twice")
+        blocks[name] = _unindent(match["body"], _indent_before(text, match.start()))
+    return blocks
+
+
+def _indent_before(text: str, position: int) -> str:
+    line = text[text.rfind("\n", 0, position) + 1:position]
+    return line if not line.strip() else ""
+
+
+def _unindent(body: str, indent: str) -> str:
+    if not body.startswith("\n"):
+        return body
+    lines = [line.removeprefix(indent) for line in body.split("\n")]
+    return "\n".join(lines).strip("\n ")
+
+
+def _layout(body: str, inline: bool, indent: str) -> str:
+    if inline:
+        return body
+    lines = [f"{indent}{line}" if line else "" for line in body.split("\n")]
+    return "\n\n" + "\n".join(lines) + "\n\n" + indent
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with each measured block's body replaced by ``blocks[name]``.
+
+    A block stays a table (lines, indented like its opening marker) or a phrase (inline) as it was.
+
+    Raises:
+        ValueError: the text has a block with no renderer, or lacks a rendered block.
+    """
+    found = read_blocks(text)
+    unknown, absent = sorted(set(found) - set(blocks)), sorted(set(blocks) - set(found))
+    if unknown or absent:
+        raise ValueError(f"README measured blocks: unknown {unknown or 'none'}, missing {absent or 'none'}")
+
+    def substitute(match: re.Match) -> str:
+        inline = not match["body"].startswith("\n")
+        body = _layout(blocks[match["name"]], inline, _indent_before(text, match.start()))
+        return f"<!-- measured:{match['name']} -->{body}<!-- /measured -->"
+
+    return BLOCK.sub(substitute, text)
+
+
+def stale_blocks(text: str, blocks: dict[str, str]) -> list[str]:
+    """Names of the blocks whose text in ``text`` differs from ``blocks`` (missing ones included)."""
+    found = read_blocks(text)
+    return sorted(name for name in set(found) | set(blocks) if found.get(name) != blocks.get(name))
+
+
+def update_readme(readme: str | Path = README_PATH, sources: Sources | None = None,
+                  from_run: str | Path | None = None) -> list[str]:
+    """Refresh the snapshot from ``from_run`` (if given) and rewrite the README's measured blocks.
+
+    Returns:
+        The names of the blocks that changed.
+    """
+    sources = sources or Sources()
+    if from_run is not None:
+        snapshot_run(from_run, sources.snapshot_dir)
+    text = Path(readme).read_text()
+    blocks = render_blocks(sources)
+    changed = stale_blocks(text, blocks)
+    if changed:
+        write_text(readme, replace_blocks(text, blocks))
+    return changed

@@ -1,0 +1,461 @@
+"""The run report: one self-contained HTML page per run folder, ``<run_dir>/report/index.html``.
+
+The page shows what the run found, generated from the run folder's own files: the manifest, row
+statuses, the score summary, retrieval metrics with chance levels, the dual encoder's benchmark,
+time and memory, the pseudo-label study, curation, every figure, and a link to each executed
+notebook rendered to HTML. Everything it needs is inside ``report/``: figures are copied into
+``report/figures/``, notebooks rendered into ``report/notebooks/``, the CSS is inline, and no
+page loads anything from the network (the notebook pages are nbconvert's ``lab`` template with
+its require.js, MathJax, mermaid and widget scripts, all fetched from CDNs, left out).
+
+A file the run folder lacks leaves its section in place, saying what is missing and which
+notebook writes it (or that the profile does not run that notebook). A notebook holding an
+error output is still rendered, so its traceback can be read, but it is flagged: marked in the
+notebook list, named in a warning at the top of the page, and listed in :attr:`Report.failed_notebooks`
+(the CLI prints a warning and exits with 1). The folder is written in one rename
+(:func:`clipeval.atomic.atomic_folder`): a crash leaves the previous report as it was.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.atomic import atomic_folder, write_text
+from clipeval.models.catalogue import is_random_init
+from clipeval.paths import PROJECT_ROOT
+from clipeval.runs.measured import SNAPSHOTS_DIR, snapshot_differences
+from clipeval.runs.notebooks import load_profile
+
+REPORT_DIR = "report"
+NOTEBOOK_TEMPLATE = """{%- extends "index.html.j2" -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
+       max-width: 1240px; margin: 0 auto; padding: 0 1.2rem 3rem; }
+h1 { font-size: 1.6rem; margin: 1.2rem 0 0.3rem; } h2 { font-size: 1.25rem; margin: 2rem 0 0.5rem;
+     border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; } h3 { font-size: 1.02rem; margin: 1.2rem 0 0.4rem; }
+nav { font-size: 0.92rem; margin: 0.6rem 0 1rem; display: flex; flex-wrap: wrap; gap: 0.2rem 1rem; }
+nav a { white-space: nowrap; }
+a { color: #0b5cad; } code { font-size: 0.9em; background: #f3f3f5; padding: 0 0.2em; border-radius: 3px; }
+.meta { color: #555; font-size: 0.92rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.88rem; margin: 0.3rem 0 0.8rem; }
+th, td { border: 1px solid #ddd; padding: 0.22rem 0.5rem; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; } td.text { white-space: normal; min-width: 8rem; max-width: 30rem; }
+th { background: #f3f3f5; } td.text, th.text { text-align: left; } tr:nth-child(even) td { background: #fafafa; }
+.missing { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.4rem 0.7rem; margin: 0.4rem 0; }
+.warning { background: #fdecea; border-left: 4px solid #c62828; padding: 0.5rem 0.8rem; margin: 0.8rem 0; }
+.badge { font-size: 0.78rem; padding: 0.05rem 0.4rem; border-radius: 3px; background: #c62828; color: #fff; }
+.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 1rem; }
+figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.85rem; color: #555; }
+"""
+
+
+@dataclass
+class Part:
+    """One piece of a section: a file of the run folder and how to show it.
+
+    Attributes:
+        file: path relative to the run folder.
+        render: turns the file into HTML.
+        notebook: the notebook whose step writes the file (for the missing-file note).
+    """
+
+    file: str
+    render: Callable[[Path], str]
+    notebook: str
+
+
+@dataclass
+class Section:
+    """A titled section of the report: its HTML and what was missing."""
+
+    key: str
+    title: str
+    body: str
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NotebookPage:
+    """An executed notebook rendered into the report: its page and its error outputs (``ename: evalue``)."""
+
+    name: str
+    page: str
+    errors: list[str]
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote."""
+
+    folder: Path
+    sections: list[Section]
+    figures: list[str]
+    notebooks: list[NotebookPage]
+
+    @property
+    def index(self) -> Path:
+        """The report's page."""
+        return self.folder / "index.html"
+
+    @property
+    def failed_notebooks(self) -> list[NotebookPage]:
+        """The notebooks holding an error output."""
+        return [page for page in self.notebooks if page.errors]
+
+
+def format_value(value) -> str:
+    """A table cell: integers with thousands separators, floats to 3 decimals (2 significant digits below 0.01)."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return ""
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) < 0.01:
+            return f"{value:.2g}"
+        return f"{value:.3f}"
+    return str(value)
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    """An escaped HTML table of ``frame`` (no index); text columns left-aligned, numbers right-aligned."""
+    frame = frame.reset_index(drop=True)
+    text = {column for column in frame.columns if not pd.api.types.is_numeric_dtype(frame[column])}
+    head = "".join(f'<th class="{"text" if c in text else "num"}">{html.escape(str(c).replace("_", " "))}</th>'
+                   for c in frame.columns)
+    rows = []
+    for record in frame.itertuples(index=False):
+        cells = "".join(f'<td class="{"text" if c in text else "num"}">{html.escape(format_value(_plain(v)))}</td>'
+                        for c, v in zip(frame.columns, record, strict=True))
+        rows.append(f"<tr>{cells}</tr>")
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _plain(value):
+    """numpy scalars as Python ones, so :func:`format_value` sees ints and floats."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _checkpoint(spec: str) -> str:
+    return f"{spec} (RANDOM INIT)" if is_random_init(spec) else spec
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def render_manifest(path: Path) -> str:
+    """The manifest: commit, steps with their checkpoints and data files, package versions."""
+    manifest = _json(path)
+    rows = []
+    for step, entry in manifest.get("steps", {}).items():
+        checkpoints = ", ".join(c["spec"] for c in entry.get("checkpoints", [])) or "-"
+        data = ", ".join(d["path"] for d in entry.get("data", [])) or "-"
+        rows.append({"step": step, "seed": entry.get("seed"), "checkpoints": checkpoints, "data": data})
+    versions = ", ".join(f"{name} {version}" for name, version in manifest.get("versions", {}).items())
+    details = (f'<p class="meta">git commit <code>{html.escape(str(manifest.get("git_commit")))}</code>, '
+               f'last step {html.escape(str(manifest.get("created_utc")))}; {html.escape(versions)}</p>')
+    return details + html_table(pd.DataFrame(rows, columns=["step", "seed", "checkpoints", "data"]))
+
+
+def render_results(path: Path) -> str:
+    """Row count and status counts of ``results.csv`` (the primary checkpoint's rows)."""
+    results = pd.read_csv(path, usecols=lambda column: column in {"status", "similarity"},
+                          keep_default_na=False, na_values=[""])
+    counts = results["status"].value_counts().rename_axis("status").reset_index(name="rows")
+    return (f"<p>{len(results):,} rows; the primary checkpoint's mean cosine over ok rows "
+            f"{format_value(float(results['similarity'].mean()))}.</p>" + html_table(counts))
+
+
+def render_score_summary(path: Path) -> str:
+    """Matched vs mismatched cosine per checkpoint, with AUC and gap."""
+    summary = pd.read_csv(path)
+    summary["checkpoint"] = summary["checkpoint"].map(_checkpoint)
+    columns = ["checkpoint", "n_ok", "n_excluded", "matched_count", "matched_mean", "matched_q05", "matched_q95",
+               "mismatched_count", "mismatched_mean", "mismatched_q05", "mismatched_q95", "auc", "gap"]
+    return html_table(summary[[c for c in columns if c in summary.columns]])
+
+
+def render_metrics(path: Path) -> str:
+    """Retrieval metrics per checkpoint, dataset, direction and k, each beside its chance level and CI."""
+    metrics = pd.read_csv(path)
+    table = metrics[["checkpoint", "dataset", "direction", "k", "n_queries", "n_images"]].copy()
+    table["checkpoint"] = table["checkpoint"].map(_checkpoint)
+    for metric in ("hit_rate", "recall", "mrr", "median_rank"):
+        table[metric] = metrics[metric]
+        if metric in ("hit_rate", "mrr"):
+            table[f"{metric} 95% CI"] = [f"{format_value(low)}–{format_value(high)}" for low, high
+                                         in zip(metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"], strict=True)]
+        table[f"{metric} chance"] = metrics[f"{metric}_chance"]
+    return html_table(table)
+
+
+def render_dual_encoder(path: Path) -> str:
+    """The dual encoder's scenes benchmark: retrieval by subset, match scores, hard negatives."""
+    summary = _json(path)
+    retrieval = pd.DataFrame(summary["retrieval"]).T.rename_axis("queries").reset_index()
+    hard = pd.DataFrame(summary["hard_negatives"]).pivot(index="negative_kind", columns="subset", values="accuracy")
+    match = pd.DataFrame([summary["match_scores"]])
+    return (f'<p class="meta">{html.escape(summary.get("checkpoint", ""))}, '
+            f'split {html.escape(summary.get("split", ""))}</p>'
+            f"<h3>Text → image retrieval</h3>{html_table(retrieval)}"
+            f"<h3>Matched vs mismatched cosine</h3>{html_table(match)}"
+            f"<h3>Hard-negative accuracy (true caption beats its one-attribute twin)</h3>"
+            f"{html_table(hard.rename_axis(None, axis=1).reset_index())}")
+
+
+def _stats_rows(stats: dict) -> pd.DataFrame:
+    rows = []
+    for spec, entry in stats.get("checkpoints", {}).items():
+        for stage, values in entry.get("stages", {}).items():
+            rows.append({"checkpoint": _checkpoint(spec), "stage": stage, **{k: values.get(k) for k in
+                         ("wall_s", "cpu_s", "items", "items_per_s", "peak_rss_mib", "peak_gpu_mib")}})
+    return pd.DataFrame(rows)
+
+
+def render_stats(path: Path) -> str:
+    """Time and memory per checkpoint and stage (``stats.json`` or ``retrieval_stats.json``)."""
+    stats = _json(path)
+    keys = [k for k in ("pairs", "device", "batch_size", "status_counts") if k in stats]
+    meta = "; ".join(f"{key} {html.escape(str(stats[key]))}" for key in keys)
+    per_checkpoint = pd.DataFrame([{"checkpoint": _checkpoint(spec), "model_loaded": entry.get("model_loaded"),
+                                    "pairs_per_s": entry.get("pairs_per_s"), "wall_s": entry.get("wall_s"),
+                                    "peak_rss_mib": entry.get("peak_rss_mib"), "cache": json.dumps(entry.get("cache"))}
+                                   for spec, entry in stats.get("checkpoints", {}).items()]).dropna(axis=1, how="all")
+    return f'<p class="meta">{meta}</p>{html_table(per_checkpoint)}{html_table(_stats_rows(stats))}'
+
+
+def render_label_quality(path: Path) -> str:
+    """Precision, recall and coverage of each label source at its threshold."""
+    return html_table(pd.read_csv(path))
+
+
+def render_label_bias(path: Path) -> str:
+    """Each checkpoint's metrics on the pseudo-labelled set beside its true twin (@k metrics at k = 5)."""
+    bias = pd.read_csv(path)
+    at_k = bias["metric"].isin(["hit_rate", "recall"])
+    bias = bias[at_k & (bias["k"] == 5) | ~at_k & (bias["k"] == bias["k"].min())]
+    bias = bias.assign(checkpoint=bias["checkpoint"].map(_checkpoint))
+    return html_table(bias[["source", "checkpoint", "direction", "metric", "k", "pseudo", "true", "bias"]])
+
+
+def render_curation_rules(path: Path) -> str:
+    """Each preset's share carried to every checkpoint: precision and recall of keeping matched pairs."""
+    rules = pd.read_csv(path)
+    return html_table(rules.assign(checkpoint=rules["checkpoint"].map(_checkpoint)))
+
+
+def render_curation_summary(path: Path) -> str:
+    """The challenge set's curation: rows in, kept and dropped per rule."""
+    return html_table(pd.read_csv(path, keep_default_na=False))
+
+
+SECTIONS: list[tuple[str, str, list[Part]]] = [
+    ("run", "The run", [Part("manifest.json", render_manifest, "02_score_pairs")]),
+    ("scores", "Pair scores", [Part("results.csv", render_results, "02_score_pairs"),
+                               Part("score_summary.csv", render_score_summary, "03_score_histograms")]),
+    ("retrieval", "Retrieval metrics", [Part("metrics.csv", render_metrics, "04_retrieval_eval")]),
+    ("dual", "The dual encoder's benchmark", [Part("dual_encoder_eval.json", render_dual_encoder,
+                                                   "06_train_dual_encoder")]),
+    ("labels", "Pseudo-labelled eval sets", [Part("label_quality.csv", render_label_quality, "07_build_eval_sets"),
+                                             Part("label_metric_bias.csv", render_label_bias, "07_build_eval_sets")]),
+    ("curation", "Curation", [Part("curation_rules.csv", render_curation_rules, "08_curation"),
+                              Part("curation/challenge/curated/summary.csv", render_curation_summary, "08_curation")]),
+    ("stats", "Time and memory", [Part("stats.json", render_stats, "02_score_pairs"),
+                                  Part("retrieval_stats.json", render_stats, "04_retrieval_eval")]),
+]
+
+
+def _missing_note(file: str, notebook: str, profile_notebooks: list[str] | None) -> str:
+    if profile_notebooks is not None and notebook not in profile_notebooks:
+        return f"{file}: not in this run; the profile does not run notebook {notebook}"
+    return f"{file} is missing: notebook {notebook} writes it (make notebooks)"
+
+
+def collect_section(run_dir: Path, key: str, title: str, parts: list[Part],
+                    profile_notebooks: list[str] | None = None) -> Section:
+    """One section from the run folder; a missing or unreadable file becomes a note, never an exception."""
+    bodies, missing = [], []
+    for part in parts:
+        path = run_dir / part.file
+        if not path.is_file():
+            missing.append(_missing_note(part.file, part.notebook, profile_notebooks))
+            continue
+        try:
+            body = part.render(path)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # a damaged or older-format file
+            missing.append(f"{part.file} could not be read: {type(error).__name__}: {error}")
+            continue
+        bodies.append(f'<h3><code>{html.escape(part.file)}</code></h3>{body}' if len(parts) > 1 else body)
+    notes = "".join(f'<p class="missing">{html.escape(note)}</p>' for note in missing)
+    return Section(key, title, notes + "".join(bodies), missing)
+
+
+def collect_sections(run_dir: str | Path, profile_notebooks: list[str] | None = None) -> list[Section]:
+    """Every table section of :data:`SECTIONS` from ``run_dir``."""
+    return [collect_section(Path(run_dir), key, title, parts, profile_notebooks) for key, title, parts in SECTIONS]
+
+
+def notebook_errors(notebook) -> list[str]:
+    """The error outputs of an executed notebook (nbformat node), as ``cell N: ename: evalue``."""
+    return [f"cell {index}: {output.get('ename', '')}: {output.get('evalue', '')}".strip()
+            for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"
+            for output in cell.get("outputs", []) if output.get("output_type") == "error"]
+
+
+def _notebook_exporter():
+    import jinja2
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"offline.html.j2": NOTEBOOK_TEMPLATE})],
+                        template_file="offline.html.j2")
+
+
+def render_notebooks(notebooks: list[Path], out_dir: Path) -> list[NotebookPage]:
+    """Render executed notebooks to standalone HTML pages in ``out_dir`` (images inline, no network)."""
+    import nbformat
+
+    if not notebooks:
+        return []
+    exporter = _notebook_exporter()
+    pages = []
+    for path in notebooks:
+        notebook = nbformat.read(path, as_version=4)
+        body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": path.stem}})
+        write_text(out_dir / f"{path.stem}.html", body)
+        pages.append(NotebookPage(path.stem, f"notebooks/{path.stem}.html", notebook_errors(notebook)))
+    return pages
+
+
+def copy_figures(figures: list[Path], out_dir: Path) -> list[str]:
+    """Copy the figures into ``out_dir``; returns their paths relative to the report folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in figures:
+        shutil.copyfile(path, out_dir / path.name)
+    return [f"{out_dir.name}/{path.name}" for path in figures]
+
+
+def _figures_html(figures: list[str], notebooks: list[str]) -> str:
+    if not figures:
+        return '<p class="missing">figures/ holds no PNG: the notebooks save their figures there (make notebooks)</p>'
+    by_prefix = {name.split("_", 1)[0]: name for name in notebooks}
+    groups: dict[str, list[str]] = {}
+    for figure in figures:
+        prefix = Path(figure).name.split("_", 1)[0]
+        group = by_prefix.get(prefix, prefix if prefix.isdigit() else "figures without a notebook number")
+        groups.setdefault(group, []).append(figure)
+    parts = []
+    for group, items in groups.items():
+        cells = "".join(f'<figure><img src="{html.escape(item)}" alt="{html.escape(Path(item).stem)}">'
+                        f"<figcaption>{html.escape(Path(item).name)}</figcaption></figure>" for item in items)
+        parts.append(f'<h3>{html.escape(group)}</h3><div class="figures">{cells}</div>')
+    return "".join(parts)
+
+
+def _notebooks_html(pages: list[NotebookPage]) -> str:
+    if not pages:
+        return '<p class="missing">notebooks/ holds no executed notebook (make notebooks)</p>'
+    items = []
+    for page in pages:
+        flag = (f' <span class="badge">error output</span> {html.escape("; ".join(page.errors))}'
+                if page.errors else "")
+        items.append(f'<li><a href="{html.escape(page.page)}">{html.escape(page.name)}</a>{flag}</li>')
+    return f"<ul>{''.join(items)}</ul>"
+
+
+def render_index(title: str, run_dir: Path, sections: list[Section], figures: list[str],
+                 pages: list[NotebookPage], extra: list[Section]) -> str:
+    """The report's ``index.html``."""
+    every = [*sections, *extra, Section("figures", "Figures", _figures_html(figures, [p.name for p in pages])),
+             Section("notebooks", "Executed notebooks", _notebooks_html(pages))]
+    nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in every)
+    failed = [page for page in pages if page.errors]
+    warning = (f'<p class="warning">{len(failed)} notebook(s) hold an error output: '
+               f'{html.escape(", ".join(page.name for page in failed))}. Their numbers may be stale or missing.</p>'
+               if failed else "")
+    missing = sum(len(section.missing) for section in sections)
+    built = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = "".join(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{s.body}</section>' for s in every)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p class=\"meta\">run folder <code>{html.escape(str(run_dir))}</code>; "
+            f"built {built}; {missing} file(s) absent (see the sections)</p>{warning}<nav>{nav}</nav>{body}"
+            "</body></html>\n")
+
+
+def build_report(run_dir: str | Path, title: str | None = None, profile_notebooks: list[str] | None = None,
+                 extra_sections: list[Section] | None = None) -> Report:
+    """Write ``<run_dir>/report/``: ``index.html``, ``figures/`` and ``notebooks/`` (one rename).
+
+    Args:
+        run_dir: the run folder (``outputs/<profile>``).
+        title: the page title (default: the run folder's name).
+        profile_notebooks: the notebooks the run's profile runs; a missing file written by
+            another notebook is reported as not part of this run rather than missing.
+        extra_sections: sections to show after the tables (e.g. the README's agreement).
+
+    Returns:
+        The :class:`Report` written.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder {run_dir}: run the profile's notebooks first (make notebooks)")
+    title = title or f"clipeval run: {run_dir.name}"
+    sections = collect_sections(run_dir, profile_notebooks)
+    folder = run_dir / REPORT_DIR
+    with atomic_folder(folder) as staging:
+        figures = copy_figures(sorted((run_dir / "figures").glob("*.png")), staging / "figures")
+        pages = render_notebooks(sorted((run_dir / "notebooks").glob("*.ipynb")), staging / "notebooks")
+        write_text(staging / "index.html", render_index(title, run_dir, sections, figures, pages,
+                                                        extra_sections or []))
+    return Report(folder, sections, figures, pages)
+
+
+def readme_section(run_dir: Path, snapshot_dir: Path) -> Section:
+    """Whether the README's measured tables come from this run (its snapshot in ``results/<profile>/``)."""
+    if not snapshot_dir.is_dir():
+        return Section("readme", "README's measured tables",
+                       f"<p>The README quotes no run of this profile (no "
+                       f"<code>{html.escape(str(snapshot_dir))}</code>).</p>")
+    different = snapshot_differences(run_dir, snapshot_dir)
+    if not different:
+        text = (f"<p>The README's measured tables of this profile come from this run: every file of "
+                f"<code>{html.escape(str(snapshot_dir))}</code> equals the run's.</p>")
+    else:
+        text = (f'<p class="missing">The README quotes another run: {html.escape(", ".join(different))} differ '
+                f"from <code>{html.escape(str(snapshot_dir))}</code>. <code>make measured</code> copies this run's "
+                "files there and rewrites the README's tables.</p>")
+    return Section("readme", "README's measured tables", text)
+
+
+def build_profile_report(profile: str | Path, run_dir: str | Path | None = None) -> Report:
+    """Build the report of a profile's run folder (``outputs/<profile>/`` unless ``run_dir`` is given)."""
+    params = load_profile(profile)
+    name = Path(profile).stem
+    run_dir = Path(run_dir) if run_dir is not None else PROJECT_ROOT / params["run_dir"]
+    extra = [readme_section(run_dir, SNAPSHOTS_DIR / name)]
+    return build_report(run_dir, f"clipeval run: {name} profile", params.get("notebooks"), extra)
