@@ -83,9 +83,10 @@ $(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
 	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
 	touch $@
 
-bench: env data $(BENCH_PEERS) ## pipeline and retrieval benchmarks (about 6 min); JSON in bench/results/, a table printed
+bench: env data $(BENCH_PEERS) ## pipeline, retrieval and sharded-run benchmarks (about 8 min); JSON in bench/results/, a table printed
 	$(PYTHON) bench/bench_pipeline.py
 	$(PYTHON) bench/bench_retrieval.py
+	$(PYTHON) bench/bench_sharded.py
 
 bench-train: env ## the dual encoder's training benchmark (about 10 min) -> bench/results/train_dual.json
 	$(PYTHON) bench/bench_train_dual.py

@@ -302,6 +302,24 @@ def render_bench_retrieval(sources: Sources) -> str:
                f"{result['ranks_identical_fraction']:.1%} of the {result['config']['queries']:,} queries"))
 
 
+def render_bench_sharded(sources: Sources) -> str:
+    """``make bench``'s sharded scoring: local vs Ray per shard count, and the fitted fixed and per-shard costs."""
+    result = sources.bench("sharded")
+    rows = [[str(local["shards"]), f"{local['wall_s']:.1f}", f"{ray['wall_s']:.1f}", f"{local['samples_per_s']:.0f}",
+             f"{ray['samples_per_s']:.0f}"] for local, ray in zip(result["local"]["runs"], result["ray"]["runs"])]
+    table = _markdown_table(["shards", "local wall (s)", "ray wall (s)", "local samples/s", "ray samples/s"], rows)
+    fits = "; ".join(
+        f"{name}: {fit['fixed_s']:.1f} s fixed + {fit['per_shard_s']:.2f} s per shard, of which "
+        f"{fit['in_shard_s_mean']:.2f} s in-shard work on {fit['parallel_workers']} worker(s), an overhead of "
+        f"{_signed(fit['overhead_per_shard_s'])} s per shard"
+        for name, fit in ((name, result[name]["fit"]) for name in ("local", "ray")))
+    machine = result["machine"]
+    return (f"{table}\n\nRay ÷ local samples/s at {result['local']['runs'][-1]['shards']} shards: "
+            f"**{result['ray_over_local_at_8']:.2f}**; Ray's own start-up {result['ray_init_s']:.1f} s (not in the "
+            f"walls above). Least-squares lines of wall time over shards: {fits}. {machine['cpu_count']} cores, load "
+            f"average {machine['loadavg_start'][0]:.1f} at the start.\n\n{_source_note('bench/results/sharded.json')}")
+
+
 RENDERERS: dict[str, Callable[[Sources], str]] = {
     "score_summary": render_score_summary,
     "retrieval_metrics": render_retrieval_metrics,
@@ -313,6 +331,7 @@ RENDERERS: dict[str, Callable[[Sources], str]] = {
     "dual_hard_negatives": render_dual_hard_negatives,
     "bench_pipeline": render_bench_pipeline,
     "bench_retrieval": render_bench_retrieval,
+    "bench_sharded": render_bench_sharded,
 }
 
 
