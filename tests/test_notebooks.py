@@ -89,3 +89,31 @@ def test_hub_checkpoint_offline_stops_the_notebook_with_one_line(challenge_csv, 
               if out["output_type"] == "error"]
     assert len(errors) == 1 and errors[0]["ename"] == "SystemExit"
     assert not any("File " in line for line in errors[0]["traceback"])  # no stack trace dump
+
+
+@pytest.mark.parametrize("with_benchmark", [False, True], ids=["no-benchmarks", "tiny-benchmark"])
+def test_retrieval_notebook_compares_with_published_numbers_or_says_why_not(tiny_specs, challenge_csv, tmp_path,
+                                                                             with_benchmark):
+    from test_benchmarks import _wds
+
+    params = {"run_dir": "outputs/nb04", "retrieval_pairs_path": str(challenge_csv), "retrieval_dataset": "challenge",
+              "checkpoints": [tiny_specs["hf-clip"]], "n_resamples": 20, "batch_size": 16, "device": "cpu",
+              "notebooks": ["04_retrieval_eval"]}
+    if with_benchmark:  # a tiny set in CLIP_benchmark's webdataset format (not the benchmark's size: unchecked)
+        root = _wds(tmp_path / "wds_flickr30k", n_images=4)
+        params["benchmarks"] = {"flickr30k-1k": {"kind": "wds", "path": str(root), "check_size": False}}
+    profile = tmp_path / "nb04.yaml"
+    profile.write_text(yaml.safe_dump(params))
+    executed = run_notebooks(profile, cwd=tmp_path)
+    cells = json.loads(Path(executed[0]).read_text())["cells"]
+    text = "".join(str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
+                   for cell in cells if cell["cell_type"] == "code" for out in cell["outputs"])
+    run_dir = tmp_path / "outputs" / "nb04"
+    if with_benchmark:  # a tiny random checkpoint has no published numbers: measured, nothing to compare
+        assert "Nothing to compare: no checkpoint of this run" in text
+        assert (run_dir / "benchmarks" / "flickr30k-1k" / "metrics.csv").is_file()
+        assert set(pd.read_csv(run_dir / "published_comparison.csv")["status"]) == {"no published number"}
+    else:
+        assert "Nothing to compare: this profile names no standard benchmark" in text
+        assert not (run_dir / "published_comparison.csv").exists()
+    assert (run_dir / "metrics.csv").is_file()

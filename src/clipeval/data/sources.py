@@ -8,8 +8,9 @@ Sources (the ``kind`` of :func:`read_pairs`, detected from the path when ``auto`
   root is the ``label`` column (the class subfolder); a same-name ``.txt`` file next to an
   image is its caption.
 - ``coco``: a COCO captions annotation file (``captions_*.json``): one row per caption.
-- ``hf``: a Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (a folder), or a
-  hub name written ``hf:owner/name`` (needs the network). Images stored in the dataset
+- ``hf``: a Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (a folder), its
+  Parquet files (a ``.parquet`` file, or a folder of them in the hub's ``data/<split>-*.parquet``
+  layout), or a hub name written ``hf:owner/name`` (needs the network). Images stored in the dataset
   (bytes or PIL images) are written once to ``<cache_dir>/hf/`` as files named by the
   SHA-256 of their bytes, and the image column holds those absolute paths; image columns
   that hold paths or URLs are kept as they are.
@@ -223,7 +224,15 @@ def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, 
 
     name = source.removeprefix("hf:")
     local = Path(name)
-    if local.is_dir():
+    if local.exists() and _parquet_files(local):
+        try:
+            loaded = datasets.load_dataset(str(local) if local.is_dir() else "parquet",
+                                           data_files=None if local.is_dir() else str(local),
+                                           split=None if local.is_dir() else "train",
+                                           cache_dir=str(Path(options.cache_dir) / "hf-datasets"))
+        except Exception as error:
+            raise PairsTableError(f"{local}: cannot read its Parquet files as a dataset ({_reason(error)})") from error
+    elif local.is_dir():
         try:
             loaded = datasets.load_from_disk(str(local))
         except Exception as error:
@@ -244,7 +253,16 @@ def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, 
             for value in batch[options.image_column]]
     table = dataset.remove_columns([options.image_column]).to_pandas()
     table.insert(dataset.column_names.index(options.image_column), options.image_column, refs)
-    return table, (local.resolve() if local.is_dir() else Path.cwd())
+    return table, (local.resolve() if local.is_dir() else local.resolve().parent if local.is_file() else Path.cwd())
+
+
+def _parquet_files(local: Path) -> list[Path]:
+    """The Parquet files of a local dataset: the file itself, or a folder's (none for a ``save_to_disk`` folder)."""
+    if local.is_file():
+        return [local] if _format_suffix(local) in (".parquet", ".pq") else []
+    if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
+        return []
+    return sorted(local.rglob("*.parquet"))
 
 
 SOURCE_READERS: dict[str, Callable[[str, SourceOptions], tuple[pd.DataFrame, Path]]] = {
@@ -378,8 +396,17 @@ def _save_hf_image(value: object, cache_dir: Path) -> str | None:
         return None
     if data is None:
         return path
+    return save_image_bytes(data, cache_dir, "hf")
+
+
+def save_image_bytes(data: bytes, cache_dir: str | Path, folder: str) -> str:
+    """Write image bytes once to ``<cache_dir>/<folder>/<h[:2]>/<h>`` (``h``: their SHA-256); return that path.
+
+    For images stored inside a dataset (Hugging Face, webdataset tars): the file's name is its
+    content, so a re-run writes nothing and equal images share one file.
+    """
     digest = hashlib.sha256(data).hexdigest()
-    file = Path(cache_dir).resolve() / "hf" / digest[:2] / digest
+    file = Path(cache_dir).resolve() / folder / digest[:2] / digest
     if not file.is_file():
         with atomic_path(file) as temp:
             temp.write_bytes(data)

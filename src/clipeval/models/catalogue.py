@@ -2,7 +2,11 @@
 
 In the spirit of open_clip's ``pretrained.py``: one entry per checkpoint spec with its family,
 a one-line description, whether its weights are random-init, where it comes from (paper or
-model card) and, where known, the typical cosine range of matched image-caption pairs.
+model card), where known the typical cosine range of matched image-caption pairs and, for real
+checkpoints, their published zero-shot retrieval numbers on the standard benchmarks
+(:data:`clipeval.data.benchmarks.BENCHMARKS`) with their source (:class:`PublishedRetrieval`,
+:func:`published_retrieval`). Only numbers found in a named source are recorded; a checkpoint
+without any (the BERT + ResNet-50 baseline) has none.
 Plot labels and the RANDOM INIT marks read it (:func:`label_checkpoint`). A spec that is not
 in the catalogue still loads and scores; it is described from its prefix, or from the
 ``clipeval_checkpoint.json`` that the project writes beside checkpoints it builds (the tiny
@@ -15,12 +19,70 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from clipeval.atomic import write_text
+from clipeval.data.benchmarks import COCO_5K, FLICKR_1K
 
 CHECKPOINT_INFO_FILE = "clipeval_checkpoint.json"
 
 FAMILIES = {"hf": "transformers", "open_clip": "open_clip", "baseline": "BERT + ResNet-50 baseline",
             "dual": "dual encoder trained here"}
+
+
+PUBLISHED_KS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class PublishedRetrieval:
+    """A checkpoint's published HitRate@1/5/10 on one benchmark and direction, in percent.
+
+    HitRate@k is what the CLIP paper, CLIP_benchmark and open_clip call recall@k: the share
+    of queries with a relevant item in the top k (text->image: the caption's image; image->text:
+    any of the image's captions).
+
+    Attributes:
+        benchmark: a key of :data:`clipeval.data.benchmarks.BENCHMARKS`.
+        direction: ``text_to_image`` or ``image_to_text``.
+        hit_rate: HitRate@1, @5 and @10 (percent), as published.
+        source: where the numbers are published (document, table and row).
+    """
+
+    benchmark: str
+    direction: str
+    hit_rate: tuple[float, float, float]
+    source: str
+
+
+# open_clip's retrieval results table, measured with CLIP_benchmark on the Karpathy test splits.
+# Its "image retr." columns are text->image, its "text retr." columns image->text; values are
+# fractions there, percent here (x 100, nothing rounded away).
+OPEN_CLIP_TABLE = ("open_clip docs/openclip_retrieval_results.csv (github.com/mlfoundations/open_clip, "
+                   "commit 05e7db4987eda177906dc164b4c3ebeb39a9991a; CLIP_benchmark zero-shot retrieval)")
+
+
+def _open_clip_row(row: str, coco_t2i, coco_i2t, flickr_t2i, flickr_i2t, note: str = "") -> tuple:
+    """The four published rows of one line of open_clip's retrieval table."""
+    source = f"{OPEN_CLIP_TABLE}, row {row}{note}"
+    return (PublishedRetrieval(COCO_5K, "text_to_image", coco_t2i, source),
+            PublishedRetrieval(COCO_5K, "image_to_text", coco_i2t, source),
+            PublishedRetrieval(FLICKR_1K, "text_to_image", flickr_t2i, source),
+            PublishedRetrieval(FLICKR_1K, "image_to_text", flickr_i2t, source))
+
+
+SAME_WEIGHTS = "; the transformers checkpoint holds the same OpenAI weights"
+VIT_B_32_OPENAI = ("ViT-B-32,openai", (30.44, 55.94, 66.87), (50.12, 75.00, 83.52),
+                   (58.78, 83.56, 90.02), (78.90, 94.90, 98.20))
+VIT_B_16_OPENAI = ("ViT-B-16,openai", (33.09, 58.42, 68.99), (52.42, 76.70, 84.62),
+                   (62.16, 85.72, 91.92), (82.20, 96.60, 99.00))
+RN50_OPENAI = ("RN50,openai", (28.54, 52.91, 64.59), (48.84, 72.78, 82.12),
+               (57.36, 83.18, 90.04), (80.00, 95.00, 97.90))
+VIT_L_14_OPENAI = ("ViT-L-14,openai", (36.51, 61.06, 71.13), (56.34, 79.38, 86.60),
+                   (64.96, 87.24, 92.04), (85.20, 97.40, 99.20))
+VIT_L_14_336_OPENAI = ("ViT-L-14-336,openai", (37.09, 61.62, 71.47), (57.94, 81.20, 87.92),
+                       (66.90, 89.00, 93.34), (87.70, 98.50, 99.40))
+VIT_B_16_SIGLIP_WEBLI = ("ViT-B-16-SigLIP,webli", (47.78, 72.44, 81.00), (65.74, 85.42, 91.26),
+                         (74.68, 92.30, 95.62), (89.10, 98.00, 99.30))
 
 
 @dataclass(frozen=True)
@@ -35,6 +97,7 @@ class CheckpointInfo:
         source: the paper or model card it comes from.
         matched_cosine: typical (low, high) cosine of matched pairs, or None when not known.
         matched_cosine_source: where that range comes from.
+        published: its published retrieval numbers (none where no source has them).
         in_catalogue: False for a spec described only from its prefix or its info file.
     """
 
@@ -45,6 +108,7 @@ class CheckpointInfo:
     source: str = ""
     matched_cosine: tuple[float, float] | None = None
     matched_cosine_source: str = ""
+    published: tuple[PublishedRetrieval, ...] = ()
     in_catalogue: bool = True
 
 
@@ -70,21 +134,28 @@ CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
                    source="Devlin et al. 2019 (BERT); He et al. 2016 (ResNet)"),
     CheckpointInfo("hf:openai/clip-vit-base-patch32", "CLIP",
                    "OpenAI CLIP ViT-B/32 (transformers); LAION-400M kept pairs with its cosine >= 0.30",
-                   source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch32"),
+                   source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch32",
+                   published=_open_clip_row(*VIT_B_32_OPENAI, note=SAME_WEIGHTS)),
     CheckpointInfo("open_clip:ViT-B-32@openai", "CLIP",
                    "OpenAI CLIP ViT-B/32 (open_clip); LAION-400M kept pairs with its cosine >= 0.30",
-                   source=f"{CLIP_PAPER}; open_clip pretrained tag openai"),
+                   source=f"{CLIP_PAPER}; open_clip pretrained tag openai",
+                   published=_open_clip_row(*VIT_B_32_OPENAI)),
     CheckpointInfo("hf:openai/clip-vit-base-patch16", "CLIP", "OpenAI CLIP ViT-B/16 (transformers)",
-                   source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch16"),
+                   source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch16",
+                   published=_open_clip_row(*VIT_B_16_OPENAI, note=SAME_WEIGHTS)),
     CheckpointInfo("open_clip:RN50@openai", "CLIP", "OpenAI CLIP ResNet-50 (open_clip)",
-                   source=f"{CLIP_PAPER}; open_clip pretrained tag openai"),
+                   source=f"{CLIP_PAPER}; open_clip pretrained tag openai",
+                   published=_open_clip_row(*RN50_OPENAI)),
     CheckpointInfo("hf:openai/clip-vit-large-patch14", "CLIP", "OpenAI CLIP ViT-L/14 at 224 px (transformers)",
-                   source=f"{CLIP_PAPER}; model card openai/clip-vit-large-patch14"),
+                   source=f"{CLIP_PAPER}; model card openai/clip-vit-large-patch14",
+                   published=_open_clip_row(*VIT_L_14_OPENAI, note=SAME_WEIGHTS)),
     CheckpointInfo("hf:openai/clip-vit-large-patch14-336", "CLIP", "OpenAI CLIP ViT-L/14 at 336 px (transformers)",
-                   source=f"{CLIP_PAPER}; model card openai/clip-vit-large-patch14-336"),
+                   source=f"{CLIP_PAPER}; model card openai/clip-vit-large-patch14-336",
+                   published=_open_clip_row(*VIT_L_14_336_OPENAI, note=SAME_WEIGHTS)),
     CheckpointInfo("open_clip:ViT-B-16-SigLIP@webli", "SigLIP",
                    "SigLIP ViT-B/16 trained on WebLI with a sigmoid loss and a learned logit bias (open_clip)",
-                   source="Zhai et al. 2023, Sigmoid Loss for Language Image Pre-Training; open_clip tag webli"),
+                   source="Zhai et al. 2023, Sigmoid Loss for Language Image Pre-Training; open_clip tag webli",
+                   published=_open_clip_row(*VIT_B_16_SIGLIP_WEBLI)),
 )}
 
 
@@ -135,3 +206,18 @@ def is_random_init(spec: str) -> bool:
 def label_checkpoint(spec: str) -> str:
     """The checkpoint's name as shown in tables and plots; random-init ones say so."""
     return f"{spec} [RANDOM INIT]" if is_random_init(spec) else spec
+
+
+def published_retrieval(specs: list[str] | None = None) -> pd.DataFrame:
+    """The catalogue's published retrieval numbers as a long table (all checkpoints, or ``specs``).
+
+    Returns:
+        One row per checkpoint x benchmark x direction x k: ``checkpoint``, ``dataset`` (the
+        benchmark), ``direction``, ``k``, ``published`` (HitRate@k in percent) and ``source``.
+    """
+    specs = list(CATALOGUE) if specs is None else specs
+    rows = [{"checkpoint": spec, "dataset": entry.benchmark, "direction": entry.direction, "k": k,
+             "published": value, "source": entry.source}
+            for spec in specs for entry in describe_checkpoint(spec).published
+            for k, value in zip(PUBLISHED_KS, entry.hit_rate, strict=True)]
+    return pd.DataFrame(rows, columns=["checkpoint", "dataset", "direction", "k", "published", "source"])

@@ -1,4 +1,5 @@
-"""Figures for retrieval: metric dot plots with CIs, HitRate@k curves, query result grids."""
+"""Figures for retrieval: metric dot plots with CIs, HitRate@k curves, query result grids, and the
+measured-vs-published table of the standard benchmarks (flagged deviations in red)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from clipeval.data.benchmarks import BENCHMARKS
 from clipeval.data.images import read_image
 from clipeval.eval.metrics import hit_rate_curve
 from clipeval.models.catalogue import label_checkpoint
@@ -115,3 +117,67 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     return save_figure(figure, path)
+
+
+FLAG_STYLE = "background-color: #f8d0d0; color: #a00000; font-weight: bold"
+
+
+def published_side_by_side(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Measured vs published HitRate@k, one row per benchmark x checkpoint x direction.
+
+    Args:
+        comparison: :func:`clipeval.eval.published.compare_with_published`.
+
+    Returns:
+        Rows indexed by ``benchmark`` (its title: the split and captions per image), ``checkpoint``
+        and ``direction``; for each k the columns ``R@k measured``, ``R@k 95% CI``,
+        ``R@k published`` (percent) and ``R@k flagged``, then ``status`` (the deviating ks, ``ok``
+        or ``no published number``).
+    """
+    if comparison.empty:
+        return pd.DataFrame()
+    table = comparison.assign(
+        benchmark=comparison["dataset"].map(lambda name: BENCHMARKS[name].title if name in BENCHMARKS else name),
+        checkpoint=comparison["checkpoint"].map(label_checkpoint),
+        direction=comparison["direction"].map(DIRECTION_LABELS),
+        ci=[f"[{low:.1f}, {high:.1f}]" for low, high in zip(comparison["ci_low"], comparison["ci_high"])])
+    index = ["benchmark", "checkpoint", "direction"]
+    wide = table.pivot_table(index=index, columns="k", values=["measured", "ci", "published", "flagged"],
+                             aggfunc="first", sort=False, dropna=False)
+    columns = {}
+    for k in sorted(table["k"].unique()):
+        columns[f"R@{k} measured"] = wide[("measured", k)].astype(float)
+        columns[f"R@{k} 95% CI"] = wide[("ci", k)]
+        columns[f"R@{k} published"] = wide[("published", k)].astype(float)
+        columns[f"R@{k} flagged"] = wide[("flagged", k)].astype(bool)
+    side = pd.DataFrame(columns, index=wide.index)
+    flagged = {k: side[f"R@{k} flagged"] for k in sorted(table["k"].unique())}
+    has_number = table.groupby(index, sort=False)["published"].apply(lambda values: values.notna().any())
+    side["status"] = [", ".join(f"DEVIATES at R@{k}" for k, flags in flagged.items() if flags.iloc[row])
+                      or ("ok" if has_number.loc[key] else "no published number")
+                      for row, key in enumerate(side.index)]
+    return side
+
+
+def style_published(comparison: pd.DataFrame):
+    """:func:`published_side_by_side` as a pandas Styler: flagged deviations in red, one decimal.
+
+    The ``R@k flagged`` columns are hidden; a flagged k colours its measured and published cells.
+    """
+    side = published_side_by_side(comparison)
+    if side.empty:
+        return side.style
+    flag_columns = [column for column in side.columns if column.endswith(" flagged")]
+
+    def colour(frame: pd.DataFrame) -> pd.DataFrame:
+        styles = pd.DataFrame("", index=frame.index, columns=frame.columns)
+        for flag in flag_columns:
+            prefix = flag.removesuffix(" flagged")
+            for column in (f"{prefix} measured", f"{prefix} published"):
+                styles.loc[side[flag].to_numpy(), column] = FLAG_STYLE
+        styles.loc[side["status"].str.startswith("DEVIATES").to_numpy(), "status"] = FLAG_STYLE
+        return styles
+
+    numbers = [column for column in side.columns if column.endswith((" measured", " published"))]
+    return (side.style.apply(colour, axis=None).format("{:.1f}", subset=numbers, na_rep="—")
+            .hide(flag_columns, axis="columns"))

@@ -63,6 +63,11 @@ def _checkpoints(args: argparse.Namespace) -> None:
               f"{'' if info.in_catalogue else '  (not in the catalogue)'}\n"
               f"  description  {info.description or '-'}\n  source       {info.source or '-'}\n"
               f"  matched cos  {cosine}")
+        for entry in info.published:  # published retrieval HitRate@1/5/10 (percent), with their source
+            values = " / ".join(f"{value:.1f}" for value in entry.hit_rate)
+            print(f"  published    {entry.benchmark} {entry.direction} R@1/5/10 {values}")
+        if info.published:
+            print(f"  published by {info.published[0].source}")
 
 
 def _set(**options) -> dict:

@@ -9,7 +9,7 @@ from the returned tables with :mod:`clipeval.plots`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +17,14 @@ import numpy as np
 import pandas as pd
 
 from clipeval.atomic import write_csv, write_json, write_text
+from clipeval.data.benchmarks import describe_benchmark, load_benchmark
 from clipeval.data.fetch import DEFAULT_CACHE_DIR, FetchOptions
-from clipeval.data.retrieval_sets import RetrievalSet, load_retrieval_set, retrieval_set_from_pairs
+from clipeval.data.retrieval_sets import (
+    RetrievalSet,
+    check_images_found,
+    load_retrieval_set,
+    retrieval_set_from_pairs,
+)
 from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, count_pairs, describe_images
@@ -37,11 +43,13 @@ from clipeval.eval.curation import (
 )
 from clipeval.eval.curation import curate as curate_rows
 from clipeval.eval.embed import EmbedOptions
+from clipeval.eval.published import DEFAULT_TOLERANCE, compare_with_published, nothing_to_compare
 from clipeval.eval.retrieval import RetrievalReport, evaluate_retrieval, paired_differences
 from clipeval.eval.retrieval import search as search_images
 from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
 from clipeval.eval.scoring import RESULT_COLUMNS, ScoreOptions, ScoreRun, score_to_dir
 from clipeval.eval.stats import format_stats_log
+from clipeval.models.catalogue import published_retrieval
 from clipeval.models.dual import read_history
 from clipeval.models.encoder import Encoder
 from clipeval.models.registry import load_encoder
@@ -182,15 +190,101 @@ def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str 
                                 device=device, precision=precision, progress=progress, options=options,
                                 allow_missing_images=allow_missing_images)
     out = Path(run_dir)
+    _write_retrieval(out, report)
+    data_files = [path for path in (pairs_path, queries_path, images_path, relevance_path) if path]
+    update_manifest(out / "manifest.json", "retrieve", params, list(checkpoints), data_files, seed=seed)
+    differences = paired_differences(report.per_query, list(checkpoints), n_resamples=n_resamples, seed=seed)
+    return Retrieval(dataset, report, differences)
+
+
+def _write_retrieval(out: Path, report: RetrievalReport) -> None:
+    """A retrieval report's files: metrics.csv, retrieval_ranks.csv, retrieval_stats.json and .log."""
     write_csv(out / "metrics.csv", report.metrics)
     write_csv(out / "retrieval_ranks.csv", report.per_query)
     # not stats.json: a profile's run folder holds the scoring step's stats too
     write_json(out / "retrieval_stats.json", report.stats)
     write_text(out / "retrieval_stats.log", format_stats_log(report.stats))
-    data_files = [path for path in (pairs_path, queries_path, images_path, relevance_path) if path]
-    update_manifest(out / "manifest.json", "retrieve", params, list(checkpoints), data_files, seed=seed)
-    differences = paired_differences(report.per_query, list(checkpoints), n_resamples=n_resamples, seed=seed)
-    return Retrieval(dataset, report, differences)
+
+
+@dataclass
+class BenchmarkRun:
+    """The standard benchmarks of a profile, measured and set beside the published numbers.
+
+    Attributes:
+        sets: each benchmark's retrieval set, by name.
+        summary: one row per benchmark (:func:`~clipeval.data.benchmarks.describe_benchmark`).
+        metrics: every benchmark's ``metrics.csv`` rows (the ``dataset`` column names the benchmark).
+        comparison: :func:`~clipeval.eval.published.compare_with_published` of ``metrics``.
+        tolerance: the deviation tolerance used (points).
+        reason: why there is nothing to compare (no benchmark, or no published numbers), or None.
+    """
+
+    sets: dict[str, RetrievalSet]
+    summary: pd.DataFrame
+    metrics: pd.DataFrame
+    comparison: pd.DataFrame
+    tolerance: float
+    reason: str | None
+
+
+def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchmarks: Mapping[str, Mapping],
+                        ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000, seed: int = 0,
+                        batch_size: int = 32, device: str = "auto", precision: str = "auto",
+                        tolerance: float = DEFAULT_TOLERANCE, progress: bool = True, workers: int = 8,
+                        cache_dir: str | None = None, fetch_timeout: float = 10.0, fetch_retries: int = 3,
+                        max_download_mb: float = 50.0, allow_missing_images: bool = False,
+                        decode_workers: int | None = None, fast_decode: bool = False,
+                        embedding_cache: bool = True) -> BenchmarkRun:
+    """Evaluate the standard benchmarks (COCO 5k, Flickr30k 1k) and compare with the published numbers.
+
+    Every benchmark is loaded and its image files checked before any model is loaded
+    (:func:`~clipeval.data.benchmarks.load_benchmark`,
+    :func:`~clipeval.data.retrieval_sets.check_images_found`), then evaluated as :func:`retrieve`
+    does into ``<run_dir>/benchmarks/<name>/`` (metrics.csv, retrieval_ranks.csv, retrieval_stats).
+    Writes ``<run_dir>/benchmark_metrics.csv`` (all benchmarks) and
+    ``<run_dir>/published_comparison.csv``, and a ``benchmarks`` manifest entry. With no
+    benchmark it does nothing and says why.
+
+    Args:
+        benchmarks: benchmark name -> source (``kind`` and its options, see
+            :data:`~clipeval.data.benchmarks.SOURCE_OPTIONS`).
+        tolerance: points beyond the bootstrap CI before a deviation is flagged
+            (:data:`~clipeval.eval.published.DEVIATION_RULE`).
+        The others: as for :func:`retrieve`.
+    """
+    params = {key: value for key, value in locals().items() if key != "run_dir"}
+    published = published_retrieval(list(checkpoints))
+    reason = nothing_to_compare(list(checkpoints), list(benchmarks or {}), published)
+    if not benchmarks:
+        empty = compare_with_published(pd.DataFrame(columns=["checkpoint", "dataset", "direction", "k", "hit_rate",
+                                                             "hit_rate_ci_low", "hit_rate_ci_high"]),
+                                       published, tolerance)
+        return BenchmarkRun({}, pd.DataFrame(), pd.DataFrame(), empty, tolerance, reason)
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    sets = {name: load_benchmark(name, source, cache) for name, source in benchmarks.items()}
+    for dataset in sets.values():
+        check_images_found(dataset, allow_missing_images)
+    fetch = FetchOptions(timeout=fetch_timeout, retries=fetch_retries, max_bytes=int(max_download_mb * 2**20),
+                         cache_dir=cache)
+    options = EmbedOptions(batch_size=batch_size, workers=workers, decode_workers=decode_workers,
+                           fast_decode=fast_decode, cache=embedding_cache, fetch=fetch)
+    out = Path(run_dir)
+    metrics = []
+    for name, dataset in sets.items():
+        report = evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
+                                    device=device, precision=precision, progress=progress, options=options,
+                                    allow_missing_images=allow_missing_images)
+        _write_retrieval(out / "benchmarks" / name, report)
+        metrics.append(report.metrics)
+    metrics = pd.concat(metrics, ignore_index=True)
+    comparison = compare_with_published(metrics, published, tolerance)
+    write_csv(out / "benchmark_metrics.csv", metrics)
+    write_csv(out / "published_comparison.csv", comparison)
+    # the annotation files and local datasets (not a Karpathy images folder, nor hub names)
+    data_files = [source["path"] for source in benchmarks.values() if not str(source["path"]).startswith("hf:")]
+    update_manifest(out / "manifest.json", "benchmarks", params, list(checkpoints), data_files, seed=seed)
+    summary = pd.DataFrame([describe_benchmark(dataset) for dataset in sets.values()])
+    return BenchmarkRun(sets, summary, metrics, comparison, tolerance, reason)
 
 
 @dataclass
