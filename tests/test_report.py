@@ -187,3 +187,25 @@ def test_cli_builds_a_profile_report_and_fails_on_an_error_output(tmp_path, caps
                                              (20343.03, "20,343"), (float("nan"), ""), (None, ""), ("ok", "ok")])
 def test_format_value(value, text):
     assert format_value(value) == text
+
+
+def test_benchmark_deviations_are_flagged_with_their_hint(tmp_path):
+    from clipeval.eval.published import HINT_BELOW, compare_with_published
+
+    run = _make_run(tmp_path / "run")
+    measured = pd.DataFrame({"checkpoint": "hf:openai/clip-vit-base-patch32", "dataset": "coco-5k",
+                             "direction": "text_to_image", "k": [1, 5], "hit_rate": [0.12, 0.556],
+                             "hit_rate_ci_low": [0.11, 0.55], "hit_rate_ci_high": [0.13, 0.562]})
+    published = pd.DataFrame({"checkpoint": "hf:openai/clip-vit-base-patch32", "dataset": "coco-5k",
+                              "direction": "text_to_image", "k": [1, 5], "published": [30.4, 55.9],
+                              "source": "open_clip retrieval results"})
+    compare_with_published(measured, published).to_csv(run / "published_comparison.csv", index=False)
+    page = build_report(run).index.read_text()
+    assert "1 deviate" in page and "measured 12.0, published 30.4" in page
+    assert HINT_BELOW.split(":")[0] in page
+    assert page.index("DEVIATES") < page.index("within tolerance")  # flagged rows first
+
+
+def test_a_profile_without_benchmarks_says_so(tmp_path):
+    page = build_report(_make_run(tmp_path / "run"), profile_notebooks=["04_retrieval_eval"]).index.read_text()
+    assert "published_comparison.csv: not in this run; the profile names no standard benchmark" in page

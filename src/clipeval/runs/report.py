@@ -72,11 +72,14 @@ class Part:
         file: path relative to the run folder.
         render: turns the file into HTML.
         notebook: the notebook whose step writes the file (for the missing-file note).
+        absent: the note when the file is missing because the profile asked for nothing to write
+            (instead of "notebook N writes it").
     """
 
     file: str
     render: Callable[[Path], str]
     notebook: str
+    absent: str = ""
 
 
 @dataclass
@@ -270,26 +273,60 @@ def render_curation_summary(path: Path) -> str:
     return html_table(pd.read_csv(path, keep_default_na=False))
 
 
+def render_published(path: Path) -> str:
+    """Measured HitRate@k on the standard benchmarks beside the published values; deviations first, with hints."""
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    flagged = table["flagged"].astype(str).str.lower().eq("true")
+    table = table.assign(checkpoint=table["checkpoint"].map(_checkpoint))
+    columns = ["status", "checkpoint", "dataset", "direction", "k", "measured", "ci_low", "ci_high", "published",
+               "difference", "tolerance", "source"]
+    if not flagged.any():
+        return ('<p class="meta">No measured value deviates from a published one beyond the tolerance.</p>'
+                + html_table(table[columns]))
+    hints = []
+    for row in table[flagged].itertuples():
+        line = (f"{row.checkpoint}, {row.dataset} {row.direction} @{row.k}: measured {row.measured:.1f}, "
+                f"published {row.published:.1f}. {row.hint}")
+        hints.append(f"<li>{html.escape(line)}</li>")
+    head = (f'<div class="warning"><span class="badge">{int(flagged.sum())} deviate</span> beyond the tolerance '
+            f"and the bootstrap CI:<ul>{''.join(hints)}</ul></div>")
+    return head + html_table(pd.concat([table[flagged], table[~flagged]])[columns])
+
+
+def render_sharded(path: Path) -> str:
+    """The sharded study: each executor's shards, rows, wall time and rows/s, and the executors' agreement."""
+    return html_table(pd.read_csv(path))
+
+
 SECTIONS: list[tuple[str, str, list[Part]]] = [
     ("run", "The run", [Part("manifest.json", render_manifest, "02_score_pairs")]),
     ("scores", "Pair scores", [Part("results.csv", render_results, "02_score_pairs"),
                                Part("score_summary.csv", render_score_summary, "03_score_histograms")]),
     ("retrieval", "Retrieval metrics", [Part("metrics.csv", render_metrics, "04_retrieval_eval")]),
+    ("benchmarks", "Standard benchmarks against published numbers", [
+        Part("published_comparison.csv", render_published, "04_retrieval_eval",
+             "the profile names no standard benchmark (`benchmarks` in its params file)"),
+        Part("benchmark_metrics.csv", render_metrics, "04_retrieval_eval",
+             "the profile names no standard benchmark (`benchmarks` in its params file)")]),
     ("dual", "The dual encoder's benchmark", [Part("dual_encoder_eval.json", render_dual_encoder,
                                                    "06_train_dual_encoder")]),
     ("labels", "Pseudo-labelled eval sets", [Part("label_quality.csv", render_label_quality, "07_build_eval_sets"),
                                              Part("label_metric_bias.csv", render_label_bias, "07_build_eval_sets")]),
     ("curation", "Curation", [Part("curation_rules.csv", render_curation_rules, "08_curation"),
                               Part("curation/challenge/curated/summary.csv", render_curation_summary, "08_curation")]),
+    ("sharded", "Sharded runs", [Part("sharded/executors.csv", render_sharded, "09_sharded_runs"),
+                                 Part("sharded/curated/summary.csv", render_curation_summary, "09_sharded_runs")]),
     ("stats", "Time and memory", [Part("stats.json", render_stats, "02_score_pairs"),
                                   Part("retrieval_stats.json", render_stats, "04_retrieval_eval")]),
 ]
 
 
-def _missing_note(file: str, notebook: str, profile_notebooks: list[str] | None) -> str:
-    if profile_notebooks is not None and notebook not in profile_notebooks:
-        return f"{file}: not in this run; the profile does not run notebook {notebook}"
-    return f"{file} is missing: notebook {notebook} writes it (make notebooks)"
+def _missing_note(part: Part, profile_notebooks: list[str] | None) -> str:
+    if profile_notebooks is not None and part.notebook not in profile_notebooks:
+        return f"{part.file}: not in this run; the profile does not run notebook {part.notebook}"
+    if part.absent:
+        return f"{part.file}: not in this run; {part.absent}"
+    return f"{part.file} is missing: notebook {part.notebook} writes it (make notebooks)"
 
 
 def collect_section(run_dir: Path, key: str, title: str, parts: list[Part],
@@ -299,7 +336,7 @@ def collect_section(run_dir: Path, key: str, title: str, parts: list[Part],
     for part in parts:
         path = run_dir / part.file
         if not path.is_file():
-            missing.append(_missing_note(part.file, part.notebook, profile_notebooks))
+            missing.append(_missing_note(part, profile_notebooks))
             continue
         try:
             body = part.render(path)

@@ -197,7 +197,8 @@ def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shard
     Each executor scores every shard into a fresh ``<run_dir>/sharded/<executor>``; then the first
     executor's run is "interrupted" (the done-markers of its last ``interrupted`` shards removed)
     and run again, which rescores those shards only; then ``rule`` (``{spec}``: the checkpoint)
-    curates its shards into ``<run_dir>/sharded/curated``.
+    curates its shards into ``<run_dir>/sharded/curated``. ``<run_dir>/sharded/executors.csv``
+    sums it up for the run report.
     """
     root = Path(run_dir) / "sharded"
     shutil.rmtree(root, ignore_errors=True)
@@ -222,6 +223,9 @@ def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shard
     expected = curate(first.reset_index(drop=True).rename_axis("row_id"), rules)
     kept = pd.read_parquet(root / "curated" / "kept_uids.parquet")["uid"]
     same = kept.tolist() == first["uid"].iloc[expected.kept].tolist()
+    summary = pd.DataFrame(stats).T[["shards", "rows_this_run", "wall_s", "rows_per_s", "workers"]]
+    write_csv(root / "executors.csv", summary.rename_axis("executor").reset_index().assign(
+        max_cosine_difference=max_difference, curation_same_as_one_table=same))
     return ShardedStudy(pd.concat(tables, ignore_index=True), stats, max_difference, resumed.shards, curation, same)
 
 
