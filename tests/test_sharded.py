@@ -24,6 +24,7 @@ from clipeval.eval.scoring import RunFolderMismatch
 from clipeval.eval.shard_curation import ScoreHistogram, curate_scored_shards
 from clipeval.eval.sharded import ShardScorer
 from clipeval.runs.cli import main
+from clipeval.runs.executors import RayOptions
 from clipeval.runs.sharded import curate_shards, score_shards
 
 SPEC = "hf:tiny"  # the checkpoint name of the hand-made scored shards
@@ -269,6 +270,12 @@ def test_the_sketch_cut_is_within_its_stated_bound(tmp_path):
     assert set(uids[everything >= cut + width]) <= kept
     assert not set(uids[everything < cut - width]) & kept
     assert abs(sketch.kept - exact.kept) <= 2  # rows of one bin of width 1.9e-6 among 15,000 normal values
+
+
+def test_ray_actors_decode_with_their_own_cpus_only():
+    assert RayOptions(cpus_per_worker=1).decode_workers(None) == 0  # the model's thread only
+    assert RayOptions(cpus_per_worker=4, gpus_per_worker=1).decode_workers(None) == 3
+    assert RayOptions(cpus_per_worker=4).decode_workers(1) == 1  # as asked
 
 
 def test_histograms_merge():

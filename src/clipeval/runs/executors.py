@@ -51,6 +51,14 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     address: str | None = None
 
+    def decode_workers(self, requested: int | None) -> int | None:
+        """Decode processes per actor: as requested, else the actor's CPUs but one (the model's thread).
+
+        An actor sees the whole node's cores, so the pipeline's own default (spare cores up to 8 on
+        CUDA) would start that many in every actor of a node; the actor's reservation is its share.
+        """
+        return requested if requested is not None else max(0, int(self.cpus_per_worker) - 1)
+
 
 def run_local(shards: list[Path], task: ShardTask) -> Iterator[dict]:
     """Score the shards in this process, in order."""

@@ -93,6 +93,9 @@ def score_shards(run_dir: str | Path, shards: Sequence[str] | str, checkpoints: 
     paths = list_shards(list(shards) if not isinstance(shards, str) else shards)
     check_shard_names(paths)
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    ray_options = RayOptions(num_workers, cpus_per_worker, gpus_per_worker, address)
+    if executor == "ray":
+        decode_workers = ray_options.decode_workers(decode_workers)
     options = ScoreOptions(image_column=image_column, caption_column=caption_column, batch_size=batch_size,
                            chunk_size=chunk_size, device=device, precision=precision, progress=False,
                            workers=workers, decode_workers=decode_workers, fast_decode=fast_decode,
@@ -107,7 +110,7 @@ def score_shards(run_dir: str | Path, shards: Sequence[str] | str, checkpoints: 
               f"{len(pending)} to score", file=sys.stderr)
     task = ShardTask(list(checkpoints), str(run_dir), options, uid_column)
     records = (run_local(pending, task) if executor == "local" else
-               run_ray(pending, task, RayOptions(num_workers, cpus_per_worker, gpus_per_worker, address)))
+               run_ray(pending, task, ray_options))
     started = time.perf_counter()
     this_run, rows = set(), 0
     with progress_bar(total=len(pending), unit="shard", desc=f"scoring shards ({executor})",
