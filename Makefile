@@ -83,7 +83,7 @@ $(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
 	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
 	touch $@
 
-bench: env data $(BENCH_PEERS) ## pipeline, retrieval and sharded-run benchmarks (about 8 min); JSON in bench/results/, a table printed
+bench: env data $(BENCH_PEERS) ## pipeline, retrieval and sharded-run benchmarks (about 6 min + 100 s); JSON in bench/results/, a table printed
 	$(PYTHON) bench/bench_pipeline.py
 	$(PYTHON) bench/bench_retrieval.py
 	$(PYTHON) bench/bench_sharded.py

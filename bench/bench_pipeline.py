@@ -394,16 +394,30 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def machine_info() -> dict:
+    """What a benchmark JSON records of the machine; ``loadavg_start`` now (the machine may be shared)."""
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.platform(), "loadavg_start": os.getloadavg()}
+
+
+def save_report(report: dict, out: Path, started: float, table) -> dict:
+    """Add the wall time and end load, write ``out`` atomically (paths project-relative), print ``table(report)``."""
+    report["wall_s"] = time.perf_counter() - started
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    report = project_relative(report)
+    write_json(out, report)
+    print(table(report))
+    print(f"-> {project_relative(out)}  ({report['wall_s']:.0f} s)")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=96, help="pairs for the model-limit ratio at ViT-B/32 size")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args(argv)
-    report = {"config": vars(args),
-              "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "platform": platform.platform(),
-                          "loadavg_start": os.getloadavg()}}
+    report = {"config": vars(args), "machine": machine_info()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
@@ -425,13 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         (temp / "memory").mkdir()
         report["memory"] = peak_memory(temp / "memory", f"open_clip:{tiny_folder}")
         report["large_jpeg"] = large_jpeg(temp, hf_b32, 12)
-    report["wall_s"] = time.perf_counter() - started
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report = project_relative(report)
-    write_json(args.out, report)
-    print(table(report))
-    print(f"-> {project_relative(args.out)}  ({report['wall_s']:.0f} s)")
-    return report
+    return save_report(report, args.out, started, table)
 
 
 if __name__ == "__main__":

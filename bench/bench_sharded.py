@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,13 +30,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import build_dual, pairs_table, photos
-from clipeval.atomic import write_json
+from bench_pipeline import build_dual, machine_info, pairs_table, photos, save_report
 from clipeval.data.shards import write_shards
-from clipeval.paths import PROJECT_ROOT, project_relative
+from clipeval.paths import PROJECT_ROOT
 from clipeval.runs.sharded import score_shards
 
 SHARD_COUNTS = (1, 2, 4, 8)
@@ -96,9 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     report = {"config": {**vars(args), "shard_counts": SHARD_COUNTS, "ray_workers": RAY_WORKERS,
                          "model": "dual encoder architecture, random init", "images": "640x480 JPEG, 4 captions each"},
-              "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "platform": platform.platform(),
-                          "loadavg_start": os.getloadavg()}}
+              "machine": machine_info()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
@@ -123,13 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["ray"]["fit"] = fit(report["ray"]["runs"], RAY_WORKERS)
     report["ray_over_local_at_8"] = report["ray"]["runs"][-1]["samples_per_s"] / report["local"]["runs"][-1][
         "samples_per_s"]
-    report["wall_s"] = time.perf_counter() - started
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    report = project_relative(report)
-    write_json(args.out, report)
-    print(table(report))
-    print(f"-> {project_relative(args.out)}  ({report['wall_s']:.0f} s)")
-    return report
+    return save_report(report, args.out, started, table)
 
 
 if __name__ == "__main__":

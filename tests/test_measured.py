@@ -12,7 +12,6 @@ from clipeval.runs.measured import (
     README_PATH,
     RENDERERS,
     SNAPSHOT_FILES,
-    SNAPSHOTS_DIR,
     Sources,
     read_blocks,
     render_blocks,
@@ -44,12 +43,12 @@ def test_phrases_do_not_start_a_line():
 
 
 def test_the_snapshot_holds_the_files_the_tables_read():
-    assert all((SNAPSHOTS_DIR / "offline" / name).is_file() for name in SNAPSHOT_FILES)
+    assert all((BENCH_RESULTS_DIR / "offline" / name).is_file() for name in SNAPSHOT_FILES)
 
 
 def _sources(tmp_path):
     """A copy of the committed sources that a test may change."""
-    shutil.copytree(SNAPSHOTS_DIR / "offline", tmp_path / "snapshot")
+    shutil.copytree(BENCH_RESULTS_DIR / "offline", tmp_path / "snapshot")
     shutil.copytree(BENCH_RESULTS_DIR, tmp_path / "bench", ignore=shutil.ignore_patterns("*_work"))
     return Sources(bench_dir=tmp_path / "bench", snapshot_dir=tmp_path / "snapshot")
 

@@ -48,7 +48,8 @@ import pandas as pd
 
 from clipeval.data.fetch import DEFAULT_CACHE_DIR
 from clipeval.data.retrieval_sets import RetrievalSet
-from clipeval.data.sources import PairsTableError, read_pairs, save_image_bytes
+from clipeval.data.shards import IMAGE_EXTENSIONS, iter_tar_samples
+from clipeval.data.sources import PairsTableError, error_reason, read_pairs, save_image_bytes
 from clipeval.progress import progress_bar
 
 COCO_5K = "coco-5k"
@@ -56,7 +57,6 @@ FLICKR_1K = "flickr30k-1k"
 CAPTIONS_PER_IMAGE = 5
 COCO_IMAGES_URL = "http://images.cocodataset.org"
 KARPATHY_SPLITS_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
-WDS_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 
 
 class BenchmarkError(PairsTableError):
@@ -180,7 +180,7 @@ def read_karpathy(path: str | Path, name: str, images: str | Path | None, split:
         raise BenchmarkError(f"{path}: no such file; Karpathy's split files (dataset_coco.json, "
                              f"dataset_flickr30k.json) are in {KARPATHY_SPLITS_URL}") from error
     except (OSError, ValueError) as error:
-        raise BenchmarkError(f"{path}: cannot read the Karpathy split file ({_reason(error)})") from error
+        raise BenchmarkError(f"{path}: cannot read the Karpathy split file ({error_reason(error)})") from error
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise BenchmarkError(f"{path}: not a Karpathy split file (needs a top-level object with 'images': a list of "
                              "{filename, split, sentences: [{raw, tokens}]}, as in dataset_coco.json)")
@@ -259,10 +259,10 @@ def read_wds(path: str | Path, name: str, split: str = "test", captions_per_imag
     rows = []
     for shard in _wds_shards(root, split):
         for key, sample in progress_bar(_wds_samples(shard), desc=f"{name}: {shard.name}", unit="image"):
-            image = next((sample[ext] for ext in WDS_IMAGE_EXTENSIONS if ext in sample), None)
+            image = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
             if image is None or "txt" not in sample:
                 raise BenchmarkError(f"{shard}: sample {key} has {sorted(sample) or 'no files'}; a retrieval sample "
-                                     f"needs an image ({', '.join(WDS_IMAGE_EXTENSIONS)}) and a .txt of captions")
+                                     f"needs an image ({', '.join(IMAGE_EXTENSIONS)}) and a .txt of captions")
             ref = save_image_bytes(image, cache_dir, "wds")
             captions = sample["txt"].decode("utf-8", errors="replace").splitlines()
             rows += [{"image": ref, "caption": caption, "image_id": key} for caption in captions]
@@ -279,7 +279,7 @@ def _download_wds(repo: str, split: str) -> Path:
         return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[f"{split}/*", "dataset_type.txt"]))
     except Exception as error:
         raise BenchmarkError(
-            f"cannot download the webdataset {repo} from the Hugging Face hub ({_reason(error)}); where there is "
+            f"cannot download the webdataset {repo} from the Hugging Face hub ({error_reason(error)}); where there is "
             f"network run: hf download {repo} --repo-type dataset --include '{split}/*' dataset_type.txt "
             f"--local-dir <folder>, and set path to that folder") from error
 
@@ -321,28 +321,12 @@ def _wds_shards(root: Path, split: str) -> list[Path]:
 
 
 def _wds_samples(shard: Path):
-    """``(key, {extension: bytes})`` per sample of a shard, in order (webdataset's key: the name
-    up to the first dot of its last path part)."""
+    """:func:`~clipeval.data.shards.iter_tar_samples`, a read failure as a :class:`BenchmarkError`."""
     try:
-        with tarfile.open(shard, "r:*") as archive:
-            key, sample = None, {}
-            for member in archive:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, dot, extension = base.partition(".")
-                if not dot:
-                    continue
-                member_key = f"{folder}/{stem}" if folder else stem
-                if member_key != key and sample:
-                    yield key, sample
-                    sample = {}
-                key = member_key
-                sample[extension.lower()] = archive.extractfile(member).read()
-            if sample:
-                yield key, sample
+        yield from iter_tar_samples(shard)
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise BenchmarkError(f"{shard}: cannot read the shard ({_reason(error)}); download it again") from error
+        raise BenchmarkError(f"{shard}: cannot read the shard ({error_reason(error)}); download it "
+                             "again") from error
 
 
 def read_hf_captions(path: str, name: str, split: str = "test", hf_split: str | None = None,
@@ -474,9 +458,3 @@ def _image_source(dataset: RetrievalSet) -> str:
     if re.match(r"^https?://", first):
         return "URL (fetched and cached)"
     return dataset.base_dir or str(Path(first).parent.parent)
-
-
-def _reason(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-

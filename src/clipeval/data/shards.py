@@ -6,7 +6,7 @@ run (README: Sharded runs):
 * **parquet** or **CSV/TSV**: one row per sample. The image column holds a path (relative to
   the shard's folder), a URL, the image bytes, or a Hugging Face ``{"bytes", "path"}`` record;
 * **webdataset tar**: files grouped by key (the name up to the first dot of the basename): an
-  image (``jpg``, ``jpeg``, ``png``, ``webp``, ...), the caption in ``txt`` (or ``caption`` /
+  image (``jpg``, ``png``, ``webp``...: :data:`IMAGE_EXTENSIONS`), the caption in ``txt`` (or ``caption`` /
   ``text``), and any ``json`` fields, which become columns.
 
 Every sample becomes a row, in file order, with a ``uid``: the shard's own ``uid`` column (or
@@ -23,16 +23,19 @@ import itertools
 import json
 import re
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from clipeval.atomic import atomic_path
+from clipeval.data.sources import IMAGE_EXTENSIONS as FOLDER_IMAGE_EXTENSIONS
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
 TAR_SUFFIXES = (".tar",)
 SHARD_SUFFIXES = TABLE_SUFFIXES + TAR_SUFFIXES
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# a sample's image: any extension a folder source takes as an image
+IMAGE_EXTENSIONS = tuple(sorted(extension.lstrip(".") for extension in FOLDER_IMAGE_EXTENSIONS))
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
@@ -165,29 +168,46 @@ def _image_cell(value: object) -> str | bytes | None:
     return None
 
 
-def _sample_key(member: str) -> tuple[str, str]:
-    """webdataset's split of a member name: (key, extension); the extension is lower-cased."""
-    folder, _, base = member.rpartition("/")
-    stem, _, extension = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), extension.lower()
+def _tar_members(archive: tarfile.TarFile) -> Iterator[tuple[int, str, str, tarfile.TarInfo]]:
+    """webdataset's grouping of a tar: ``(sample number, key, extension, member)`` per file.
+
+    A sample is a run of consecutive files sharing a key, the member name up to the first dot
+    of its last path part; the extension (the rest) is lower-cased. Directories and files with
+    no extension are skipped.
+    """
+    number, key = -1, None
+    for member in archive:
+        folder, _, base = member.name.rpartition("/")
+        stem, dot, extension = base.partition(".")
+        if not member.isfile() or not dot:
+            continue
+        member_key = f"{folder}/{stem}" if folder else stem
+        if member_key != key:
+            number, key = number + 1, member_key
+        yield number, member_key, extension.lower(), member
 
 
-def _tar_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
-    """The tar's samples in file order: (key, {extension: content}); directories skipped."""
-    samples: dict[str, dict[str, bytes]] = {}
+def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A webdataset tar's samples in file order, one at a time: ``(key, {extension: content})``.
+
+    Raises:
+        tarfile.TarError, OSError, EOFError: the tar cannot be read.
+    """
     with tarfile.open(path, mode="r:*") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, extension = _sample_key(member.name)
-            handle = archive.extractfile(member)
-            samples.setdefault(key, {})[extension] = handle.read() if handle else b""
-    return list(samples.items())
+        key, sample = None, {}
+        for _, member_key, extension, member in _tar_members(archive):
+            if member_key != key and sample:
+                yield key, sample
+                sample = {}
+            key = member_key
+            sample[extension] = archive.extractfile(member).read()
+        if sample:
+            yield key, sample
 
 
 def _read_webdataset(path: Path, image_column: str, caption_column: str) -> pd.DataFrame:
     rows = []
-    for key, files in _tar_samples(path):
+    for key, files in iter_tar_samples(path):
         row: dict[str, object] = {"__key__": key}
         if "json" in files:
             try:
@@ -283,10 +303,9 @@ def write_filtered_shard(path: str | Path, keep_rows: list[int], out_path: str |
     keep = set(keep_rows)
     with atomic_path(out_path) as tmp:
         if path.suffix.lower() in TAR_SUFFIXES:
-            kept_keys = {key for row, (key, _) in enumerate(_tar_samples(path)) if row in keep}
             with tarfile.open(path, mode="r:*") as source, tarfile.open(tmp, "w") as target:
-                for member in source:
-                    if member.isfile() and _sample_key(member.name)[0] in kept_keys:
+                for number, _, _, member in _tar_members(source):
+                    if number in keep:
                         target.addfile(member, source.extractfile(member))
         elif path.suffix.lower() == ".parquet":
             pd.read_parquet(path).iloc[sorted(keep)].to_parquet(tmp, index=False)

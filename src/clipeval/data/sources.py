@@ -146,12 +146,12 @@ def load_table(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]
     except PairsTableError:
         raise
     except UnicodeDecodeError as error:
-        raise PairsTableError(f"{path}: not UTF-8 text ({_reason(error)}); re-save it as UTF-8") from error
+        raise PairsTableError(f"{path}: not UTF-8 text ({error_reason(error)}); re-save it as UTF-8") from error
     except pd.errors.EmptyDataError as error:
         raise PairsTableError(f"{path}: the file is empty; a pairs table needs a header row and at least one pair") \
             from error
     except Exception as error:
-        raise PairsTableError(f"{path}: cannot read the table ({_reason(error)})") from error
+        raise PairsTableError(f"{path}: cannot read the table ({error_reason(error)})") from error
     return table, path.parent.resolve()
 
 
@@ -198,7 +198,7 @@ def load_coco(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
     except FileNotFoundError as error:
         raise PairsTableError(f"{path}: no such file") from error
     except (OSError, ValueError) as error:
-        raise PairsTableError(f"{path}: cannot read the COCO file ({_reason(error)})") from error
+        raise PairsTableError(f"{path}: cannot read the COCO file ({error_reason(error)})") from error
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
         raise PairsTableError(f"{path}: not a COCO captions file (needs top-level 'images' and 'annotations'); "
                               f"for a JSON table use JSON Lines or a list of records with --source-kind table")
@@ -208,7 +208,7 @@ def load_coco(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
                  options.image_column: files.get(note["image_id"]), options.caption_column: note.get("caption")}
                 for note in data["annotations"]]
     except (KeyError, TypeError) as error:
-        raise PairsTableError(f"{path}: malformed COCO file (an entry lacks {_reason(error)}); "
+        raise PairsTableError(f"{path}: malformed COCO file (an entry lacks {error_reason(error)}); "
                               f"images need id and file_name, annotations image_id and caption") from error
     columns = ["image_id", "annotation_id", options.image_column, options.caption_column]
     return pd.DataFrame(rows, columns=columns), _coco_images_dir(path, options.images_dir)
@@ -231,17 +231,18 @@ def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, 
                                            split=None if local.is_dir() else "train",
                                            cache_dir=str(Path(options.cache_dir) / "hf-datasets"))
         except Exception as error:
-            raise PairsTableError(f"{local}: cannot read its Parquet files as a dataset ({_reason(error)})") from error
+            raise PairsTableError(f"{local}: cannot read its Parquet files as a dataset "
+                                  f"({error_reason(error)})") from error
     elif local.is_dir():
         try:
             loaded = datasets.load_from_disk(str(local))
         except Exception as error:
-            raise PairsTableError(f"{local}: not a dataset saved with save_to_disk ({_reason(error)})") from error
+            raise PairsTableError(f"{local}: not a dataset saved with save_to_disk ({error_reason(error)})") from error
     else:
         try:
             loaded = datasets.load_dataset(name, split=options.split)
         except Exception as error:
-            raise PairsTableError(f"cannot load Hugging Face dataset {name!r} from the hub ({_reason(error)}); "
+            raise PairsTableError(f"cannot load Hugging Face dataset {name!r} from the hub ({error_reason(error)}); "
                                   f"without network, save it with Dataset.save_to_disk() where it can be fetched "
                                   f"and pass that folder") from error
     dataset = _pick_split(loaded, options.split, name)
@@ -315,7 +316,7 @@ def _read_delimited(path: Path, delimiter: str, options: SourceOptions) -> pd.Da
         guess = _guess_delimiter(_first_line(path), delimiter)
         hint = (f"the header looks {_delimiter_label(guess)}-separated; pass --delimiter {_delimiter_flag(guess)}"
                 if guess else "quote fields that contain the delimiter")
-        raise PairsTableError(f"{path}: some rows have more fields than the header ({_reason(error)}); {hint}") \
+        raise PairsTableError(f"{path}: some rows have more fields than the header ({error_reason(error)}); {hint}") \
             from error
 
 
@@ -413,7 +414,7 @@ def save_image_bytes(data: bytes, cache_dir: str | Path, folder: str) -> str:
     return str(file)
 
 
-def _reason(error: BaseException) -> str:
+def error_reason(error: BaseException) -> str:
     """``Type: first line of the message`` (at most 200 characters), for one-line errors."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

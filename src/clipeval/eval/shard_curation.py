@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from clipeval.atomic import atomic_path, write_csv
 from clipeval.data.shards import write_filtered_shard
@@ -175,18 +176,18 @@ def _resolve_sketch(leaf: Rule, histogram: ScoreHistogram) -> tuple[Rule, str]:
         f"rows in the cut bin)")
 
 
-def _apply_status(table: pd.DataFrame, checkpoints: list[str], decisions: pd.DataFrame) -> pd.Index:
-    rows = table.index
+def _status_ok(table: pd.DataFrame, checkpoints: list[str]) -> tuple[pd.Index, pd.Series]:
+    """The rows ok under every checkpoint the rules use, and ``status:<code>`` for each other row."""
+    rows, reasons = table.index, []
     for spec in checkpoints:
         column = score_column(spec, "status")
         if column not in table:
             raise ValueError(f"the scored shards have no scores for {spec}; they have "
                              f"{[c[len('status['):-1] for c in table.columns if c.startswith('status[')]}")
         bad = table.loc[rows, column].ne("ok").to_numpy()
-        decisions.loc[rows[bad], "step"] = 0
-        decisions.loc[rows[bad], "reason"] = "status:" + table.loc[rows[bad], column].astype(str)
+        reasons.append("status:" + table.loc[rows[bad], column].astype(str))
         rows = rows[~bad]
-    return rows
+    return rows, pd.concat(reasons) if reasons else pd.Series(dtype=str)
 
 
 @dataclass
@@ -208,8 +209,12 @@ class ShardCuration:
     out_dir: Path
 
 
-def _read(path: Path, columns_needed: list[str] | None, caption_column: str) -> pd.DataFrame:
-    table = pd.read_parquet(path, columns=columns_needed)
+def _read(path: Path, checkpoints: list[str], caption_column: str) -> pd.DataFrame:
+    """What the rules read of a scored shard: ids, caption, image size and the rules' checkpoints' columns."""
+    wanted = {"uid", "row", caption_column, "image_width", "image_height"}
+    names = pq.read_schema(path).names
+    table = pd.read_parquet(path, columns=[name for name in names if name in wanted
+                                           or any(name.endswith(f"[{spec}]") for spec in checkpoints)])
     if caption_column != "caption" and caption_column in table and "caption" not in table:
         table = table.rename(columns={caption_column: "caption"})
     return table
@@ -239,7 +244,7 @@ def curate_scored_shards(paths: list[Path], rules: list[Rule], out_dir: str | Pa
         raise ValueError("no scored shard to curate: score the shards first (clipeval score-shards)")
     out_dir = Path(out_dir)
     checkpoints = list(dict.fromkeys(spec for rule in rules for spec in rule.checkpoints()))
-    total = sum(pd.read_parquet(path, columns=["uid"]).shape[0] for path in paths)
+    total = sum(pq.read_metadata(path).num_rows for path in paths)
     exact = total <= exact_limit
     resolved: list[Rule] = []
     notes: list[str] = []
@@ -261,9 +266,7 @@ def curate_scored_shards(paths: list[Path], rules: list[Rule], out_dir: str | Pa
 
 
 def _rows_in(table: pd.DataFrame, resolved: list[Rule], checkpoints: list[str]) -> pd.Index:
-    decisions = pd.DataFrame({"step": pd.array([pd.NA] * len(table), dtype="Int64"), "reason": None},
-                             index=table.index)
-    rows = _apply_status(table, checkpoints, decisions)
+    rows = _status_ok(table, checkpoints)[0]
     for rule in resolved:
         rows = _keep(rule, table, rows)
     return rows
@@ -283,7 +286,7 @@ def _gather(paths, resolved, checkpoints, leaves, exact, caption_column, progres
         parts = [ScoreHistogram(*SCORE_RANGES[leaf.score]) for leaf in leaves]
     for path in progress_bar(paths, unit="shard", desc=f"curation step {number}: score distribution",
                              disable=not progress):
-        table = _read(path, None, caption_column)
+        table = _read(path, checkpoints, caption_column)
         rows = _rows_in(table, resolved, checkpoints)
         for part, leaf in zip(parts, leaves):
             values = table.loc[rows, score_column(leaf.checkpoint, leaf.score)].to_numpy(dtype=np.float64)
@@ -297,12 +300,14 @@ def _final_pass(paths, rules, resolved, notes, checkpoints, out_dir, write_filte
     counts = np.zeros((len(rules) + 1, 2), dtype=np.int64)  # per step: rows in, kept
     kept_parts = []
     for path in progress_bar(paths, unit="shard", desc="curation: decisions", disable=not progress):
-        table = _read(path, None, caption_column)
+        table = _read(path, checkpoints, caption_column)
         decisions = pd.DataFrame({"uid": table["uid"], "row": table["row"], "kept": False,
                                   "step": pd.array([pd.NA] * len(table), dtype="Int64"), "reason": None},
                                  index=table.index)
         counts[0, 0] += len(table)
-        rows = _apply_status(table, checkpoints, decisions)
+        rows, reasons = _status_ok(table, checkpoints)
+        decisions.loc[reasons.index, "step"] = 0
+        decisions.loc[reasons.index, "reason"] = reasons
         counts[0, 1] += len(rows)
         for number, (rule, applied) in enumerate(zip(rules, resolved), start=1):
             kept = _keep(applied, table, rows)

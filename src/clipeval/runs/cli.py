@@ -217,16 +217,23 @@ def _measured(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_pipeline_options(command: argparse.ArgumentParser) -> None:
-    """The embedding pipeline's options ``score`` and ``retrieve`` share."""
+def _add_decode_options(command: argparse.ArgumentParser) -> None:
+    """How images are decoded: ``score``, ``retrieve`` and ``score-shards`` share it."""
     command.add_argument("--decode-workers", type=int, default=None,
                          help="processes decoding images while the model encodes (default: 0 on the CPU, "
-                              "spare cores up to 8 on CUDA)")
+                              "spare cores up to 8 on CUDA; a Ray worker of score-shards: its CPUs but one)")
     command.add_argument("--fast-decode", action="store_true",
                          help="decode large JPEGs at reduced scale before the exact resize (see README, Speed)")
+
+
+def _add_pipeline_options(command: argparse.ArgumentParser) -> None:
+    """The embedding pipeline's options ``score`` and ``retrieve`` share: decoding and the embedding cache."""
+    _add_decode_options(command)
     command.add_argument("--no-embedding-cache", action="store_true",
                          help="neither read nor write the embedding cache ($CLIPEVAL_EMBEDDING_CACHE, "
                               "default outputs/cache/embeddings)")
+
+
 def _add_fetch_options(command: argparse.ArgumentParser) -> None:
     """The image reading and URL fetching options ``score`` and ``retrieve`` share."""
     command.add_argument("--workers", type=int, default=8, help="concurrent image reads/downloads")
@@ -357,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sharded.add_argument("--device", default="auto")
     sharded.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     _add_fetch_options(sharded)
-    sharded.add_argument("--decode-workers", type=int, default=None,
-                         help="processes decoding images while the model encodes, per worker")
-    sharded.add_argument("--fast-decode", action="store_true", help="decode large JPEGs at reduced scale first")
+    _add_decode_options(sharded)
     sharded.add_argument("--embedding-cache", action="store_true",
                          help="read and write the embedding cache (off for shards: at scale it would fill the disk)")
     sharded.add_argument("--overwrite", action="store_true",

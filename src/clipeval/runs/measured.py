@@ -32,7 +32,6 @@ from clipeval.paths import PROJECT_ROOT
 
 README_PATH = PROJECT_ROOT / "README.md"
 BENCH_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-SNAPSHOTS_DIR = BENCH_RESULTS_DIR  # run snapshots sit beside the benchmark JSONs
 # The offline run's files the README quotes; small enough to commit.
 SNAPSHOT_FILES = ("score_summary.csv", "metrics.csv", "label_quality.csv", "label_metric_bias.csv")
 BLOCK = re.compile(r"<!-- measured:(?P<name>[a-z][a-z0-9_]*) -->(?P<body>.*?)<!-- /measured -->", flags=re.DOTALL)
@@ -44,7 +43,7 @@ class Sources:
     """Where the renderers read: the benchmark results and the run snapshot."""
 
     bench_dir: Path = BENCH_RESULTS_DIR
-    snapshot_dir: Path = SNAPSHOTS_DIR / "offline"
+    snapshot_dir: Path = BENCH_RESULTS_DIR / "offline"
 
     def bench(self, name: str) -> dict:
         """``bench/results/<name>.json``."""

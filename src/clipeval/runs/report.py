@@ -31,7 +31,7 @@ import pandas as pd
 from clipeval.atomic import atomic_folder, write_text
 from clipeval.models.catalogue import is_random_init
 from clipeval.paths import PROJECT_ROOT
-from clipeval.runs.measured import SNAPSHOTS_DIR, snapshot_differences
+from clipeval.runs.measured import BENCH_RESULTS_DIR, snapshot_differences
 from clipeval.runs.notebooks import load_profile
 
 REPORT_DIR = "report"
@@ -494,5 +494,5 @@ def build_profile_report(profile: str | Path, run_dir: str | Path | None = None)
     params = load_profile(profile)
     name = Path(profile).stem
     run_dir = Path(run_dir) if run_dir is not None else PROJECT_ROOT / params["run_dir"]
-    extra = [readme_section(run_dir, SNAPSHOTS_DIR / name)]
+    extra = [readme_section(run_dir, BENCH_RESULTS_DIR / name)]
     return build_report(run_dir, f"clipeval run: {name} profile", params.get("notebooks"), extra)

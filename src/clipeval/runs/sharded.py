@@ -145,9 +145,9 @@ def _shard_table(run_dir: Path, paths: list[Path], this_run: set[str]) -> pd.Dat
 def _run_stats(table: pd.DataFrame, executor: str, workers: int, wall: float) -> dict:
     ran = table[table["this_run"] & (table["state"] == "done")]
     rows = int(ran["rows"].sum()) if len(ran) else 0
+    states = table["state"].value_counts()
     return {"executor": executor, "workers": workers, "shards": len(table),
-            "shards_done": int((table["state"] == "done").sum()), "shards_failed": int((table["state"] == "failed")
-                                                                                     .sum()),
+            "shards_done": int(states.get("done", 0)), "shards_failed": int(states.get("failed", 0)),
             "shards_this_run": int(table["this_run"].sum()), "rows_this_run": rows, "wall_s": wall,
             "rows_per_s": rows / wall if wall and rows else None,
             "shard_seconds": ran["seconds"].astype(float).describe().to_dict() if len(ran) else {}}
@@ -221,9 +221,9 @@ def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shard
         shard_files(root / executors[0], path).done.unlink()
     resumed = score_shards(root / executors[0], [str(path) for path in inputs], [checkpoint],
                            executor=executors[0], num_workers=num_workers, batch_size=batch_size, device=device)
-    rules = [parse_rule(rule.format(spec=checkpoint))]
-    curation = curate_shards(root / executors[0], [rule.format(spec=checkpoint)], root / "curated")
-    expected = curate(first.reset_index(drop=True).rename_axis("row_id"), rules)
+    rule = rule.format(spec=checkpoint)
+    curation = curate_shards(root / executors[0], [rule], root / "curated")
+    expected = curate(first.reset_index(drop=True).rename_axis("row_id"), [parse_rule(rule)])
     kept = pd.read_parquet(root / "curated" / "kept_uids.parquet")["uid"]
     same = kept.tolist() == first["uid"].iloc[expected.kept].tolist()
     summary = pd.DataFrame(stats).T[["shards", "rows_this_run", "wall_s", "rows_per_s", "workers"]]
