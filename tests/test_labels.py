@@ -188,3 +188,34 @@ def test_the_label_study_writes_its_tables_and_judges_every_miss(tiny_specs, tmp
     assert quality["precision"].between(0, 1).all() and (tmp_path / "run" / "evalsets" / "classifier").is_dir()
     for name in ("label_threshold_sweep.csv", "label_metric_bias.csv", "manifest.json"):
         assert (tmp_path / "run" / name).is_file()
+
+
+def test_a_source_with_no_label_at_its_threshold_is_reported_not_evaluated(tiny_specs, tmp_path):
+    from clipeval.data.scenes import generate_scenes
+    from clipeval.runs.evalsets import label_study
+
+    root = generate_scenes(tmp_path / "scenes", n_train=0, n_val=0, n_test=6, image_size=32)
+    sources = {"never sure": {"kind": "zero-shot", "model": tiny_specs["open_clip"], "threshold": 1.0}}
+    [study] = label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], ks=(1,), n_resamples=10,
+                          thresholds=(0.0, 1.0), device="cpu", progress=False)
+    assert len(study.run.labels) == 6 and len(study.pseudo.queries) == 0 and len(study.pseudo.images) == 6
+    assert study.metrics.empty and study.bias.empty and study.per_query.empty
+    assert study.quality["coverage"] == 0 and study.quality["pseudo_pairs"] == 0
+    assert study.unlabelled.startswith("never sure: no label reached its threshold 1 (its most confident label: ")
+    quality = pd.read_csv(tmp_path / "run" / "label_quality.csv")
+    assert quality["coverage"].tolist() == [0.0]
+    assert list(pd.read_csv(tmp_path / "run" / "label_metric_bias.csv").columns)[:3] == ["checkpoint", "direction", "k"]
+
+
+def test_build_evalset_with_no_label_at_the_threshold_says_so(tmp_path, capsys):
+    from clipeval.runs.cli import main
+
+    (tmp_path / "photos").mkdir()
+    _images(tmp_path / "photos", 2)
+    folder = build_tiny_classifier(tmp_path / "clf", ["a cat", "a dog"])
+    command = ["build-evalset", "--images", str(tmp_path / "photos"), "--labeller", "classifier", "--model",
+               str(folder), "--threshold", "1", "--out", str(tmp_path / "set"), "--device", "cpu", "--no-progress"]
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "no image of" in error and "got a label at threshold 1.0" in error and "lower --threshold" in error
+    assert (tmp_path / "set" / "images.csv").is_file()  # written, for a look at what was labelled

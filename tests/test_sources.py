@@ -257,7 +257,8 @@ def test_hf_hub_name_offline_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(PairsTableError) as raised:
         read_pairs("hf:someone/no-such-dataset", "image", "text", cache_dir=tmp_path / "cache")
     message = str(raised.value)
-    assert "someone/no-such-dataset" in message and "save_to_disk" in message and "\n" not in message
+    assert "hf download someone/no-such-dataset --repo-type dataset --local-dir <folder>" in message
+    assert "\n" not in message
 
 
 def test_gzip_table_is_read_with_its_inner_format(tmp_path):

@@ -215,36 +215,36 @@ def load_coco(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
 
 
 def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
-    """Read a Hugging Face dataset: a ``save_to_disk`` folder, or ``hf:owner/name`` from the hub.
+    """Read a Hugging Face dataset: a ``save_to_disk`` folder, data files, or ``hf:owner/name`` from the hub.
 
-    Stored images (bytes or PIL images) are written to ``<cache_dir>/hf/<h[:2]>/<h>`` (``h``:
-    SHA-256 of the bytes) and replaced by that path; other columns are carried through.
+    A hub dataset is downloaded with ``huggingface_hub.snapshot_download`` (or found in its cache:
+    offline, a dataset downloaded before still loads) and read from that folder by
+    ``datasets.load_dataset``, which follows the dataset card's configuration. Stored images
+    (bytes or PIL images) are written to ``<cache_dir>/hf/<h[:2]>/<h>`` (``h``: SHA-256 of the
+    bytes) and replaced by that path; other columns are carried through.
     """
     import datasets  # heavy: imported only for this source
 
     name = source.removeprefix("hf:")
     local = Path(name)
-    if local.exists() and _parquet_files(local):
+    from_hub = source.startswith("hf:") and not local.exists()
+    if from_hub:
+        local = _hub_dataset_snapshot(name)
+    arrow_cache = str(Path(options.cache_dir) / "hf-datasets")
+    if from_hub or (local.exists() and _parquet_files(local)):
         try:
             loaded = datasets.load_dataset(str(local) if local.is_dir() else "parquet",
                                            data_files=None if local.is_dir() else str(local),
-                                           split=None if local.is_dir() else "train",
-                                           cache_dir=str(Path(options.cache_dir) / "hf-datasets"))
+                                           split=None if local.is_dir() else "train", cache_dir=arrow_cache)
         except Exception as error:
-            raise PairsTableError(f"{local}: cannot read its Parquet files as a dataset "
-                                  f"({error_reason(error)})") from error
+            raise PairsTableError(f"{name}: cannot read its data files as a dataset ({error_reason(error)})") from error
     elif local.is_dir():
         try:
             loaded = datasets.load_from_disk(str(local))
         except Exception as error:
             raise PairsTableError(f"{local}: not a dataset saved with save_to_disk ({error_reason(error)})") from error
     else:
-        try:
-            loaded = datasets.load_dataset(name, split=options.split)
-        except Exception as error:
-            raise PairsTableError(f"cannot load Hugging Face dataset {name!r} from the hub ({error_reason(error)}); "
-                                  f"without network, save it with Dataset.save_to_disk() where it can be fetched "
-                                  f"and pass that folder") from error
+        raise PairsTableError(f"{local}: no such folder or file (a Hugging Face hub dataset is written hf:owner/name)")
     dataset = _pick_split(loaded, options.split, name)
     _check_columns(dataset.column_names, name, options)
     if isinstance(dataset.features[options.image_column], datasets.Image):
@@ -254,7 +254,23 @@ def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, 
             for value in batch[options.image_column]]
     table = dataset.remove_columns([options.image_column]).to_pandas()
     table.insert(dataset.column_names.index(options.image_column), options.image_column, refs)
-    return table, (local.resolve() if local.is_dir() else local.resolve().parent if local.is_file() else Path.cwd())
+    return table, (local.resolve() if local.is_dir() else local.resolve().parent)
+
+
+def _hub_dataset_snapshot(name: str) -> Path:
+    """The folder of a hub dataset's files: downloaded, or from the hub cache when offline.
+
+    Raises:
+        PairsTableError: it can be neither downloaded nor found in the cache.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, repo_type="dataset"))
+    except Exception as error:
+        raise PairsTableError(f"cannot load Hugging Face dataset {name!r} from the hub ({error_reason(error)}); "
+                              f"where there is network: hf download {name} --repo-type dataset --local-dir <folder>, "
+                              "and pass that folder") from error
 
 
 def _parquet_files(local: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """Label images with an image classifier's confident classes (timm), class names becoming queries.
 
-The original pseudo-labelling recipe: run an ImageNet classifier (the study used timm's
-``efficientnet_b4.ns_jft_in1k``) over every image and keep a label only when the classifier
+The original pseudo-labelling recipe: run an ImageNet classifier (the study used the NoisyStudent
+EfficientNet-B4, which timm names ``tf_efficientnet_b4.ns_jft_in1k``: ``efficientnet_b4.ns_jft_in1k``
+is no timm model) over every image and keep a label only when the classifier
 is confident (probability >= ``threshold``, e.g. 0.85); each kept class name is a query whose
 relevant images are all the images with that label. ImageNet class descriptions list synonyms
 (``"tabby, tabby cat"``): the first one is the query, and classes whose first synonyms
@@ -31,7 +32,7 @@ from clipeval.models.encoder import resolve_device
 from clipeval.models.registry import CheckpointError, offline_error
 from clipeval.progress import progress_bar
 
-DEFAULT_MODEL = "efficientnet_b4.ns_jft_in1k"
+DEFAULT_MODEL = "tf_efficientnet_b4.ns_jft_in1k"
 DEFAULT_THRESHOLD = 0.85
 
 

@@ -57,7 +57,7 @@ def label_precision_recall(pseudo: RetrievalSet, truth: RetrievalSet) -> dict:
     return {"precision": correct / labelled.sum() if labelled.sum() else float("nan"),
             "recall": correct / true.sum() if true.sum() else float("nan"),
             "pseudo_pairs": int(labelled.sum()), "true_pairs": int(true.sum()), "correct_pairs": correct,
-            "coverage": float(labelled.any(axis=0).mean()) if labelled.size else float("nan"),
+            "coverage": float(labelled.any(axis=0).mean()) if labelled.shape[1] else float("nan"),
             "queries_with_a_true_image": int(true.any(axis=1).sum())}
 
 

@@ -35,11 +35,13 @@ class OpenClipEncoder(Encoder):
         return self.transform(image)
 
     def truncated(self, texts) -> list[bool]:
-        encode = getattr(self.tokenizer, "encode", None)
-        if encode is None:  # HF-backed tokenizers (SigLIP) report no token counts here
-            return [False] * len(texts)
+        backend = getattr(self.tokenizer, "tokenizer", None)
+        if backend is not None:  # open_clip's HFTokenizer (SigLIP): its transformers tokenizer, after its cleaning
+            cleaned = [self.tokenizer.clean_fn(text) for text in texts]
+            lengths = backend(cleaned, truncation=False, verbose=False)["input_ids"]
+            return [len(ids) > self.context_length for ids in lengths]
         # +2 for the start and end tokens the tokenizer adds around the text
-        return [len(encode(text)) + 2 > self.context_length for text in texts]
+        return [len(self.tokenizer.encode(text)) + 2 > self.context_length for text in texts]
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
@@ -80,8 +82,12 @@ def load_open_clip(spec: CheckpointSpec, device: torch.device, precision: str) -
     arch = model_name.split("@")[0]
     if not local and not model_name.startswith("hf-hub:") and arch not in open_clip.list_models():
         raise CheckpointError(f"{spec}: unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+    # OpenAI's weights were trained with QuickGELU; open_clip 3 builds the plain name with GELU and only warns
+    # ("QuickGELU mismatch"), which silently costs accuracy: take the activation from the tag's own config.
+    quick_gelu = bool(pretrained and not local and open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu"))
     try:
-        model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
+                                                                    force_quick_gelu=quick_gelu)
         tokenizer = open_clip.get_tokenizer(model_name)
     except (RuntimeError, OSError) as error:
         if local:

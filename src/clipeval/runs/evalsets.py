@@ -68,7 +68,8 @@ def build_evalset(out_dir: str | Path, images_dir: str | Path, labeller: str = "
 
     Raises:
         FileNotFoundError: ``images_dir`` is not a folder.
-        ValueError: no image file in it, or a bad labeller setting.
+        ValueError: no image file in it, a bad labeller setting, or no label at the threshold (the
+            files are written all the same, ``labels.csv`` empty, for a look at what was labelled).
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     refs = list_images(images_dir)
@@ -84,9 +85,13 @@ def build_evalset(out_dir: str | Path, images_dir: str | Path, labeller: str = "
         write_evalset(run, out_dir, images_dir, fingerprint=fingerprint)
         update_manifest(out_dir / "manifest.json", "build-evalset", {**settings, "images_dir": str(images_dir)},
                         [], [])
+    labels = pd.read_csv(out_dir / "labels.csv", keep_default_na=False, na_values=[""])
+    if labels.empty:
+        raise ValueError(f"no image of {images_dir} got a label at threshold {threshold} from the {labeller} labeller "
+                         f"({len(refs)} images; {out_dir / 'images.csv'} says why for each): the eval set has no "
+                         "query; lower --threshold, or use another labeller or model")
     dataset = read_retrieval_tables(out_dir / "queries.csv", out_dir / "images.csv", out_dir / "relevance.csv",
                                     name=out_dir.name)
-    labels = pd.read_csv(out_dir / "labels.csv", keep_default_na=False, na_values=[""])
     return BuiltEvalset(out_dir, dataset, labels, reused)
 
 
@@ -118,6 +123,25 @@ class LabelStudy:
     metrics: pd.DataFrame
     bias: pd.DataFrame
     per_query: pd.DataFrame
+
+    @property
+    def unlabelled(self) -> str | None:
+        """Why the source has no eval set to evaluate (no label reached its threshold), or None."""
+        if len(self.pseudo.queries):
+            return None
+        best = self.run.labels["confidence"].max() if len(self.run.labels) else float("nan")
+        return (f"{self.name}: no label reached its threshold {self.threshold:g} (its most confident label: "
+                f"{best:.3g}), so its eval set has no query and no checkpoint is evaluated on it")
+
+
+PER_QUERY_COLUMNS = ["checkpoint", "direction", "query", "query_name", "n_relevant", "first_rank", "reciprocal_rank",
+                     "judgement"]
+
+
+def _without_queries(name: str, kept: LabelRun, base_dir: Path) -> RetrievalSet:
+    """The pseudo set of a source whose labels all fell below its threshold: every image, no query."""
+    return RetrievalSet(f"{name} (pseudo)", pd.DataFrame({"query_id": [], "text": []}),
+                        kept.images[["image"]].reset_index(drop=True), np.empty((0, 2), dtype=np.int64), str(base_dir))
 
 
 def _at_threshold(run: LabelRun, threshold: float) -> LabelRun:
@@ -183,21 +207,26 @@ def label_study(run_dir: str | Path, scenes_dir: str | Path, sources: dict[str, 
                                     **settings).label(refs, scenes_dir)
         kept = _at_threshold(everything, threshold)
         folder = write_evalset(kept, run_dir / "evalsets" / name, scenes_dir)
-        pseudo = read_retrieval_tables(folder / "queries.csv", folder / "images.csv", folder / "relevance.csv",
-                                       name=f"{name} (pseudo)")
+        if kept.labels.empty:  # nothing to evaluate: the study still reports the labels and the sweep
+            pseudo = _without_queries(name, kept, scenes_dir)
+            metrics = pd.DataFrame(columns=["checkpoint", "dataset", "direction", "k", "set"])
+            bias, per_query = metric_bias(metrics, metrics), pd.DataFrame(columns=PER_QUERY_COLUMNS)
+        else:
+            pseudo = read_retrieval_tables(folder / "queries.csv", folder / "images.csv", folder / "relevance.csv",
+                                           name=f"{name} (pseudo)")
+            reports = {kind: evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples,
+                                                seed=seed, device=device, progress=progress, options=EmbedOptions())
+                       for kind, dataset in (("pseudo", pseudo), ("true", judged_set(pseudo, judge)))}
+            per_query = reports["pseudo"].per_query
+            per_query = per_query[per_query["direction"] == "text_to_image"].copy()
+            per_query["judgement"] = judge_queries(per_query, pseudo, judge)
+            metrics = pd.concat([report.metrics.assign(set=kind) for kind, report in reports.items()],
+                                ignore_index=True)
+            bias = metric_bias(reports["pseudo"].metrics, reports["true"].metrics)
         truth = judged_set(pseudo, judge)
-        options = EmbedOptions()
-        reports = {kind: evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
-                                            device=device, progress=progress, options=options)
-                   for kind, dataset in (("pseudo", pseudo), ("true", truth))}
-        per_query = reports["pseudo"].per_query
-        per_query = per_query[per_query["direction"] == "text_to_image"].copy()
-        per_query["judgement"] = judge_queries(per_query, pseudo, judge)
-        studies.append(LabelStudy(
-            name, everything, threshold, pseudo, truth, label_precision_recall(pseudo, truth),
-            precision_recall_by_threshold(everything.labels, judge, refs, thresholds),
-            pd.concat([report.metrics.assign(set=kind) for kind, report in reports.items()], ignore_index=True),
-            metric_bias(reports["pseudo"].metrics, reports["true"].metrics), per_query))
+        studies.append(LabelStudy(name, everything, threshold, pseudo, truth, label_precision_recall(pseudo, truth),
+                                  precision_recall_by_threshold(everything.labels, judge, refs, thresholds),
+                                  metrics, bias, per_query))
     write_csv(run_dir / "label_quality.csv", pd.DataFrame([{"source": s.name, "threshold": s.threshold, **s.quality}
                                                            for s in studies]))
     write_csv(run_dir / "label_threshold_sweep.csv", pd.concat([s.sweep.assign(source=s.name) for s in studies]))
