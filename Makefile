@@ -10,10 +10,11 @@ CHALLENGE := data/generated/challenge/pairs.csv
 SCENES := data/generated/scenes/metadata.json
 DUAL := outputs/offline/models/dual/model.safetensors
 SCENE_CLASSIFIER := outputs/offline/models/scene-classifier/config.json
+REHEARSAL_HUB := data/rehearsal-hub/hf/clipeval_mirror.json
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env data model reproduce notebooks report measured lint test test-slow test-network bench bench-train clear-cache lab clean
+.PHONY: help env data model reproduce notebooks report rehearsal-hub rehearse gpu-check measured lint test test-slow test-network bench bench-rehearsal bench-train clear-cache lab clean
 
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +60,18 @@ reproduce: env data notebooks ## everything: environment, data, the offline mode
 report: env ## write outputs/$(PROFILE)/report/index.html: the run's tables, figures and notebooks on one page
 	$(PYTHON) -m clipeval report --profile $(PROFILE)
 
+$(REHEARSAL_HUB): $(ENV_STAMP) $(wildcard src/clipeval/rehearsal/*.py)
+	$(PYTHON) -m clipeval rehearsal-hub --out data/rehearsal-hub
+
+rehearsal-hub: $(REHEARSAL_HUB) ## build the hub mirror: the paper profile's repositories, random, under real names (data/rehearsal-hub)
+
+rehearse: env data $(REHEARSAL_HUB) ## the paper profile, offline on the hub mirror (params/rehearsal.yaml) -> outputs/rehearsal/
+	$(PYTHON) -m clipeval run-notebooks --profile rehearsal
+	@$(MAKE) --no-print-directory report PROFILE=rehearsal
+
+gpu-check: env ## on a CUDA machine: the reduced rehearsal in fp32/fp16/bf16 and the pipeline on CUDA -> bench/results/gpu_check.json
+	$(PYTHON) bench/gpu_check.py
+
 measured: env ## copy outputs/offline's measured files to bench/results/offline/ and regenerate the README's measured tables
 	$(PYTHON) -m clipeval measured --from-run outputs/offline
 
@@ -74,8 +87,9 @@ test-slow: env ## run only the slow tests (real-size training and data; about 10
 	$(PYTHON) -m pytest -m slow; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no slow tests: failing"; exit 1; fi; exit $$status
 
-test-network: env ## run only the network tests (real checkpoints vs published numbers; needs a model hub)
-	$(PYTHON) -m pytest -m network
+test-network: env ## run only the network tests (real checkpoints vs published numbers; fail without a model hub)
+	$(PYTHON) -m pytest -m network; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no network tests: failing"; exit 1; fi; exit $$status
 
 BENCH_PEERS := $(VENV)/.bench-peers-installed
 
@@ -88,6 +102,9 @@ bench: env data $(BENCH_PEERS) ## pipeline, retrieval and sharded-run benchmarks
 	$(PYTHON) bench/bench_retrieval.py
 	$(PYTHON) bench/bench_sharded.py
 
+bench-rehearsal: env data ## time make rehearsal-hub and make rehearse, cold, from the shell (about 15 min) -> bench/results/rehearsal.json
+	$(PYTHON) bench/bench_rehearsal.py
+
 bench-train: env ## the dual encoder's training benchmark (about 10 min) -> bench/results/train_dual.json
 	$(PYTHON) bench/bench_train_dual.py
 
@@ -98,5 +115,5 @@ clear-cache: env ## delete the embedding cache (outputs/cache/embeddings, or the
 lab: env ## start JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/
 
-clean: ## remove generated outputs (the trained model too), data and local checkpoints (keeps .venv)
-	rm -rf outputs/*/ data/generated data/checkpoints data/cache
+clean: ## remove generated outputs (the trained model too), data, local checkpoints and the hub mirror (keeps .venv)
+	rm -rf outputs/*/ data/generated data/checkpoints data/cache data/rehearsal-hub

@@ -130,7 +130,7 @@ def build_dual(folder: Path) -> str:
 # --- measurements --------------------------------------------------------------------------------------------------
 
 def quiet(**overrides) -> ScoreOptions:
-    return ScoreOptions(progress=False, device="cpu", **{"embedding_cache": False, **overrides})
+    return ScoreOptions(**{"progress": False, "device": "cpu", "embedding_cache": False, **overrides})
 
 
 def timed_score(pairs: pd.DataFrame, spec: str, options: ScoreOptions):
@@ -158,15 +158,17 @@ def model_only_seconds(encoder, pairs: pd.DataFrame, batch_size: int, repeats: i
     return min(walls)
 
 
-def model_limit(spec: str, pairs: pd.DataFrame, batch_size: int, configs=((0, False), (1, False))) -> dict:
+def model_limit(spec: str, pairs: pd.DataFrame, batch_size: int, configs=((0, False), (1, False)),
+                device: str = "cpu") -> dict:
     """Per (decode workers, fast decode): the pipeline's pairs/s over the model-only limit at the same threads."""
-    result = {"spec_kind": spec.split(":")[0], "pairs": len(pairs), "batch_size": batch_size, "configs": {}}
+    result = {"spec_kind": spec.split(":")[0], "device": device, "pairs": len(pairs), "batch_size": batch_size,
+              "configs": {}}
     threads = torch.get_num_threads()
     for workers, fast in configs:
         torch.set_num_threads(max(1, threads - workers))
-        limit = model_only_seconds(load_encoder(spec, device="cpu", progress=False), pairs, batch_size)
+        limit = model_only_seconds(load_encoder(spec, device=device, progress=False), pairs, batch_size)
         torch.set_num_threads(threads)
-        options = quiet(batch_size=batch_size, decode_workers=workers, fast_decode=fast)
+        options = quiet(batch_size=batch_size, decode_workers=workers, fast_decode=fast, device=device)
         timed_score(pairs.iloc[:batch_size], spec, options)  # warm-up
         pipeline = min(timed_score(pairs, spec, options)[1] for _ in range(2))  # best of 2, as the limit
         result["configs"][f"{workers} decode worker(s){', fast decode' if fast else ''}"] = {

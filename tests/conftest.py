@@ -1,14 +1,55 @@
-"""Shared fixtures: tiny random checkpoints and the challenge set, built once per session in tmp."""
+"""Shared fixtures: tiny random checkpoints and the challenge set, built once per session in tmp.
+
+Tests never touch the network, so the hub libraries are put offline (``HF_HUB_OFFLINE=1``) for
+every run, except a run that selects the ``network`` tests (``make test-network``): those need the
+real hub, and fail, never skip, when it cannot be reached.
+"""
 
 from __future__ import annotations
 
 import os
+import urllib.request
 
 import matplotlib
 import pytest
+from _pytest.mark.expression import Expression
 
 matplotlib.use("Agg")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+HUB_PROBE_TIMEOUT_S = 10
+
+
+def selects_network_tests(markexpr: str) -> bool:
+    """Whether a ``-m`` expression selects the tests marked ``network`` alone (``network``, ``not slow``...)."""
+    return bool(markexpr) and Expression.compile(markexpr).evaluate(lambda name, **_: name == "network")
+
+
+def pytest_configure(config):
+    if not selects_network_tests(config.getoption("markexpr")):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before any test module imports huggingface_hub
+
+
+@pytest.fixture(scope="session")
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be used from here, or None when it answers."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return "HF_HUB_OFFLINE is set in the environment"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{endpoint}/api/models/openai/clip-vit-base-patch32",
+                                    timeout=HUB_PROBE_TIMEOUT_S):
+            return None
+    except OSError as error:
+        return f"{endpoint} did not answer ({type(error).__name__}: {error})"
+
+
+@pytest.fixture(autouse=True)
+def network_tests_need_the_hub(request):
+    """A ``network`` test fails at once, saying why, when the hub cannot be used: it never skips."""
+    if request.node.get_closest_marker("network") is not None:
+        reason = request.getfixturevalue("hub_unreachable")
+        if reason is not None:
+            pytest.fail(f"network test needs the Hugging Face hub: {reason}", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

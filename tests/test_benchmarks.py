@@ -15,6 +15,7 @@ from clipeval.data.benchmarks import (
     BENCHMARKS,
     COCO_5K,
     FLICKR_1K,
+    POKEMON,
     BenchmarkError,
     captions_set,
     describe_benchmark,
@@ -343,9 +344,72 @@ def test_load_benchmark_option_errors(name, source, message):
 
 
 def test_benchmarks_are_described_with_their_split_and_captions_per_image():
-    for info in BENCHMARKS.values():
+    for name in (COCO_5K, FLICKR_1K):
+        info = BENCHMARKS[name]
         assert "Karpathy split, 5 captions per image" in info.title and info.n_captions == 5 * info.n_images
     assert (BENCHMARKS[COCO_5K].n_images, BENCHMARKS[FLICKR_1K].n_images) == (5000, 1000)
+    pokemon = BENCHMARKS[POKEMON]
+    assert (pokemon.n_images, pokemon.n_captions) == (833, 833) and "6 of 833" in pokemon.reference
+    for info in BENCHMARKS.values():  # each default source is a valid profile entry
+        assert bench.benchmark_options(info.name, info.hub_source)["path"].startswith("hf:")
+
+
+def test_max_images_evaluates_the_first_images_of_the_checked_set(tmp_path):
+    root = _wds(tmp_path / "wds", n_images=3)
+    source = {"kind": "wds", "path": str(root), "check_size": False, "max_images": 2}
+    dataset = load_benchmark(FLICKR_1K, source, tmp_path / "cache")
+    assert dataset.images["image_id"].tolist() == ["s0000000", "s0000001"] and len(dataset.queries) == 10
+    assert dataset.queries["text"].iloc[5] == "image 1 caption 0"
+    assert np.array_equal(relevance_matrix(dataset).sum(axis=0), [5, 5])
+    assert len(load_benchmark(FLICKR_1K, {**source, "max_images": 50}, tmp_path / "cache").images) == 3
+    with pytest.raises(BenchmarkError, match="max_images must be a whole number >= 1, not 0"):
+        load_benchmark(FLICKR_1K, {**source, "max_images": 0}, tmp_path / "cache")
+
+
+def test_two_samples_with_the_same_image_bytes_stay_two_images(tmp_path):
+    image = _image_bytes((5, 5, 5))
+    (tmp_path / "wds" / "test").mkdir(parents=True)
+    _write_shard(tmp_path / "wds" / "test" / "0.tar", [(f"s{i}", {"png": image, "txt": f"caption {i}".encode()})
+                                                       for i in range(3)])
+    dataset = read_wds(tmp_path / "wds", FLICKR_1K, cache_dir=tmp_path / "cache")
+    assert dataset.images["image_id"].tolist() == ["s0", "s1", "s2"] and dataset.images["image"].nunique() == 1
+    assert dataset.relevant.tolist() == [[0, 0], [1, 1], [2, 2]]
+
+
+def _pokemon_layout(folder):
+    """The Pokémon captions as the hub holds them: data/train-*.parquet (image, text) and a dataset card."""
+    import datasets
+
+    (folder / "data").mkdir(parents=True)
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": [{"bytes": _image_bytes((i * 50, 0, 0)), "path": None} for i in range(4)],
+                                "text": [f"a pokemon {i}" for i in range(4)]}, features=features).to_parquet(
+        str(folder / "data" / "train-00000-of-00001.parquet"))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                      "    path: data/train-*\n---\n")
+    return folder
+
+
+def test_pokemon_from_the_hub_through_its_snapshot(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    snapshot = _pokemon_layout(tmp_path / "snapshot")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(snapshot))
+    source = {**BENCHMARKS[POKEMON].hub_source, "check_size": False}
+    dataset = load_benchmark(POKEMON, source, tmp_path / "cache")
+    assert len(dataset.images) == len(dataset.queries) == 4 and dataset.queries["text"].iloc[3] == "a pokemon 3"
+    assert np.array_equal(relevance_matrix(dataset), np.eye(4, dtype=bool))
+
+
+def test_a_hub_dataset_that_cannot_be_fetched_says_how_to_download(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(bench.PairsTableError, match=r"hf download reach-vb/pokemon-blip-captions --repo-type dataset"):
+        load_benchmark(POKEMON, BENCHMARKS[POKEMON].hub_source)
 
 
 # --- the benchmark step: loaders feed the existing retrieval evaluation unchanged -------------------

@@ -3,8 +3,8 @@
 import pytest
 
 from clipeval.models.catalogue import CATALOGUE, describe_checkpoint, is_random_init, label_checkpoint
+from clipeval.profiles import load_profile
 from clipeval.runs.cli import main
-from clipeval.runs.notebooks import load_profile
 
 
 @pytest.mark.parametrize("profile", ["offline", "paper"])

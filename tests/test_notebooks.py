@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from clipeval.paths import NOTEBOOKS_DIR
-from clipeval.runs.notebooks import load_profile, notebook_parameters, run_notebooks
+from clipeval.profiles import load_profile
+from clipeval.runs.notebooks import RUN_KEYS, notebook_parameters, run_notebooks
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 
@@ -25,7 +26,10 @@ def test_committed_notebooks_are_stripped_and_parameterised(path):
     assert "parameters" in code[0]["metadata"].get("tags", [])
 
 
-@pytest.mark.parametrize("profile", ["offline", "paper"])
+PROFILES = ["offline", "paper", "rehearsal"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_name_existing_notebooks(profile):
     params = load_profile(profile)
     for name in params["notebooks"]:
@@ -33,12 +37,12 @@ def test_profiles_name_existing_notebooks(profile):
     assert params["checkpoints"]
 
 
-@pytest.mark.parametrize("profile", ["offline", "paper"])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_value_reaches_a_notebook(profile):
     params = load_profile(profile)
     declared = set().union(*(notebook_parameters(NOTEBOOKS_DIR / f"{name}.ipynb", params)
                              for name in params["notebooks"]))
-    assert set(params) - declared == {"notebooks"}  # a misspelt key would be silently ignored
+    assert set(params) - declared <= set(RUN_KEYS)  # a misspelt key would be silently ignored
 
 
 def test_checkpoints_override_and_parameter_filtering():
@@ -117,3 +121,36 @@ def test_retrieval_notebook_compares_with_published_numbers_or_says_why_not(tiny
         assert "Nothing to compare: this profile names no standard benchmark" in text
         assert not (run_dir / "published_comparison.csv").exists()
     assert (run_dir / "metrics.csv").is_file()
+
+
+def test_a_profile_extends_another_with_only_what_differs(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"a": 1, "m": {"x": {"k": 1, "j": 2}, "y": 3}, "l": [1, 2]}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "a": 2, "m": {"x": {"k": 5}},
+                                                         "l": [3]}))
+    assert load_profile(tmp_path / "child.yaml") == {"a": 2, "m": {"x": {"k": 5, "j": 2}, "y": 3}, "l": [3]}
+
+
+def test_profiles_extending_each_other_in_a_loop_are_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="extend each other in a loop"):
+        load_profile(tmp_path / "a.yaml")
+
+
+def test_the_rehearsal_is_the_paper_profile_on_the_mirror_with_fewer_images_and_no_label_threshold():
+    paper, rehearsal = load_profile("paper"), load_profile("rehearsal")
+    assert {key for key in rehearsal if rehearsal[key] != paper.get(key)} == {"run_dir", "hub_mirror", "benchmarks",
+                                                                               "label_sources"}
+    assert rehearsal["run_dir"] == "outputs/rehearsal"
+    for name, source in paper["benchmarks"].items():
+        assert rehearsal["benchmarks"][name] == {**source, "max_images": 100}
+    for name, source in paper["label_sources"].items():
+        assert rehearsal["label_sources"][name] == {**source, "threshold": 0.0}
+
+
+def test_a_profile_on_a_mirror_that_is_not_built_says_how_to_build_it(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump({"extends": "rehearsal", "run_dir": str(tmp_path / "run"),
+                                       "hub_mirror": str(tmp_path / "no-mirror")}))
+    with pytest.raises(FileNotFoundError, match=r"no rehearsal hub mirror .* make rehearsal-hub"):
+        run_notebooks(profile, cwd=tmp_path)

@@ -17,7 +17,7 @@ from clipeval.eval.published import (
 )
 from clipeval.models.catalogue import CATALOGUE, PUBLISHED_KS, published_retrieval
 from clipeval.plots.retrieval import FLAG_STYLE, published_side_by_side, style_published
-from clipeval.runs.notebooks import load_profile
+from clipeval.profiles import load_profile
 
 B32 = "open_clip:ViT-B-32@openai"
 

@@ -188,3 +188,15 @@ def test_hub_items_flags_an_item_first_for_many_queries():
         ["image_to_text", 7, "caption 7", 30]]
     assert hubs["top1_share"].iloc[0] == 0.75 and hubs["fair_share"].iloc[0] == 1 / 200
     assert hubs["relevant_share"].iloc[0] == 0.1  # caption 7 truly describes 4 of the 40 images
+
+
+def test_hit_counts_are_hits_in_the_top_k_beside_chance():
+    from clipeval.eval.retrieval import hit_counts
+
+    metrics = pd.DataFrame({"checkpoint": ["a", "a", "a"], "dataset": ["pokemon-blip"] * 3,
+                            "direction": ["text_to_image", "text_to_image", "image_to_text"], "k": [5, 1, 5],
+                            "n_queries": [833, 833, 833], "n_queries_without_relevant": [0, 0, 0],
+                            "hit_rate": [6 / 833, 0.001, 0.5], "hit_rate_chance": [5 / 833, 1 / 833, 0.1]})
+    counts = hit_counts(metrics, "text_to_image", k=5)
+    assert counts.to_dict("records") == [{"checkpoint": "a", "dataset": "pokemon-blip", "queries": 833, "hits": 6,
+                                          "hits_chance": 5.0, "hit_rate": pytest.approx(100 * 6 / 833)}]

@@ -10,6 +10,7 @@ OUTPUTS_DIR = PROJECT_ROOT / "outputs"
 PARAMS_DIR = PROJECT_ROOT / "params"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 TINY_CHECKPOINTS_DIR = DATA_DIR / "checkpoints" / "tiny-random"
+REHEARSAL_HUB_DIR = DATA_DIR / "rehearsal-hub"
 
 
 def project_relative(value):

@@ -1,9 +1,11 @@
-"""Standard retrieval benchmarks: COCO 2014 5k test and Flickr30k 1k test (Karpathy splits).
+"""Standard retrieval benchmarks: COCO 2014 5k test and Flickr30k 1k test (Karpathy splits), and the Pokémon set.
 
 The published zero-shot retrieval numbers of CLIP-family checkpoints (the CLIP paper, open_clip's
 results table, CLIP_benchmark) are measured on Karpathy's test splits with every caption of an
 image as a query: COCO 2014 5k test (5,000 images, 25,000 captions) and Flickr30k 1k test
-(1,000 images, 5,000 captions), 5 captions per image. Each benchmark is read into a
+(1,000 images, 5,000 captions), 5 captions per image. The Pokémon BLIP captions (833 images, one
+BLIP caption each, :data:`POKEMON`) are the retrieval write-up's set: it counted text->image hits
+in the top 5 over all 833 queries. Each benchmark is read into a
 :class:`~clipeval.data.retrieval_sets.RetrievalSet` with one query per caption, relevant to its
 own image only, so text->image HitRate@k asks whether the caption's image is in the top k and
 image->text HitRate@k whether any of the image's 5 captions is (the standard protocol).
@@ -31,7 +33,9 @@ The data comes from where its users get it (:func:`load_benchmark`'s ``kind``):
 Every source keeps the first ``captions_per_image`` (5) captions of each image, in file order (a
 few COCO images have 6 or 7). :func:`load_benchmark` also checks the set's size against the
 benchmark's (a wrong split or file is the common silent error: CLIP_benchmark #48 scored Flickr8k
-on the wrong split) and stops with :class:`BenchmarkError` when it differs.
+on the wrong split) and stops with :class:`BenchmarkError` when it differs. ``max_images`` then
+keeps only the first images of a checked set (a rehearsal or a smoke run: the set is read and
+checked whole, the models see a part, and the numbers are not comparable with published ones).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from clipeval.progress import progress_bar
 
 COCO_5K = "coco-5k"
 FLICKR_1K = "flickr30k-1k"
+POKEMON = "pokemon-blip"
 CAPTIONS_PER_IMAGE = 5
 COCO_IMAGES_URL = "http://images.cocodataset.org"
 KARPATHY_SPLITS_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
@@ -70,38 +75,48 @@ class Benchmark:
     Attributes:
         name: its id: the ``dataset`` column of ``metrics.csv`` and the catalogue's key.
         title: what the tables call it (names the split and the captions per image).
-        karpathy_dataset: the ``dataset`` field of its Karpathy split file.
+        karpathy_dataset: the ``dataset`` field of its Karpathy split file (None: it has none).
         n_images: images in its test split.
         captions_per_image: captions kept per image (queries = images x this).
-        wds_repo: CLIP_benchmark's webdataset copy on the Hugging Face hub.
+        hub_source: its usual source on the Hugging Face hub (a ``benchmarks`` entry of a profile).
+        reference: what an earlier write-up reported on it, where no published table has it.
     """
 
     name: str
     title: str
-    karpathy_dataset: str
+    karpathy_dataset: str | None
     n_images: int
     captions_per_image: int
-    wds_repo: str
+    hub_source: dict
+    reference: str = ""
 
     @property
     def n_captions(self) -> int:
         return self.n_images * self.captions_per_image
 
 
+# The Pokémon set's repository: lambdalabs/pokemon-blip-captions was taken down; copies remain.
+POKEMON_REPO = "reach-vb/pokemon-blip-captions"
+
 BENCHMARKS: dict[str, Benchmark] = {info.name: info for info in (
     Benchmark(COCO_5K, "COCO 2014 5k test (Karpathy split, 5 captions per image)", "coco", 5000,
-              CAPTIONS_PER_IMAGE, "clip-benchmark/wds_mscoco_captions"),
+              CAPTIONS_PER_IMAGE, {"kind": "wds", "path": "hf:clip-benchmark/wds_mscoco_captions"}),
     Benchmark(FLICKR_1K, "Flickr30k 1k test (Karpathy split, 5 captions per image)", "flickr30k", 1000,
-              CAPTIONS_PER_IMAGE, "clip-benchmark/wds_flickr30k"),
+              CAPTIONS_PER_IMAGE, {"kind": "wds", "path": "hf:clip-benchmark/wds_flickr30k"}),
+    Benchmark(POKEMON, "Pokémon BLIP captions (833 images, one BLIP caption each)", None, 833, 1,
+              {"kind": "hf", "path": f"hf:{POKEMON_REPO}", "hf_split": "train", "caption_column": "text",
+               "captions_per_image": 1},
+              reference="the retrieval write-up: the BERT + ResNet-50 baseline put the right image in the top 5 "
+                        "for 6 of 833 captions (text->image HitRate@5 0.72%; chance is 5/833 = 0.60%)"),
 )}
 
 # The options each source kind takes (besides ``kind``); a misspelt one is an error, never ignored.
+COMMON_OPTIONS: dict[str, object] = {"captions_per_image": CAPTIONS_PER_IMAGE, "check_size": True, "max_images": None}
 SOURCE_OPTIONS: dict[str, dict[str, object]] = {
-    "karpathy": {"path": None, "images": None, "split": "test", "captions_per_image": CAPTIONS_PER_IMAGE,
-                 "check_size": True},
-    "wds": {"path": None, "split": "test", "captions_per_image": CAPTIONS_PER_IMAGE, "check_size": True},
+    "karpathy": {"path": None, "images": None, "split": "test", **COMMON_OPTIONS},
+    "wds": {"path": None, "split": "test", **COMMON_OPTIONS},
     "hf": {"path": None, "split": "test", "hf_split": None, "image_column": "image", "caption_column": "caption",
-           "split_column": "split", "captions_per_image": CAPTIONS_PER_IMAGE, "check_size": True},
+           "split_column": "split", **COMMON_OPTIONS},
 }
 
 
@@ -112,8 +127,9 @@ def captions_set(name: str, rows: pd.DataFrame, base_dir: str | None = None,
     Args:
         name: the set's name.
         rows: one row per caption, in file order: ``image`` (reference), ``caption`` and
-            optionally ``image_id``. A row without an image reference cannot be placed and is
-            left out (the benchmark's size check then fails).
+            optionally ``image_id``, which tells the images apart (default: the reference). A row
+            without an image reference cannot be placed and is left out (the benchmark's size
+            check then fails).
         base_dir: folder relative image references are resolved against.
         captions_per_image: keep the first this many non-empty captions of each image (None: all).
 
@@ -130,17 +146,18 @@ def captions_set(name: str, rows: pd.DataFrame, base_dir: str | None = None,
     rows = rows.assign(image=rows["image"].astype(str), caption=rows["caption"].astype("string").str.strip())
     if "image_id" not in rows:
         rows["image_id"] = rows["image"]
-    positions, refs = pd.factorize(rows["image"], sort=False)
+    # an image is its id (a sample key, a COCO id), not its file: two samples with the same bytes stay two images
+    positions, ids = pd.factorize(rows["image_id"], sort=False)
     usable = (rows["caption"].notna() & rows["caption"].ne("")).to_numpy(dtype=bool)
-    caption_index = rows[usable].groupby("image", sort=False).cumcount().to_numpy()
+    caption_index = rows[usable].groupby("image_id", sort=False).cumcount().to_numpy()
     keep = usable.copy()
     if captions_per_image is not None:
         keep[usable] = caption_index < captions_per_image
     if not keep.any():
         raise BenchmarkError(f"{name}: no image with a non-empty caption")
-    kept = np.bincount(positions[keep], minlength=len(refs))
-    images = pd.DataFrame({"image": refs.to_numpy(), "image_id": rows.drop_duplicates("image")["image_id"].to_numpy(),
-                           "n_captions": kept, "n_captions_left_out": np.bincount(positions, minlength=len(refs))
+    kept = np.bincount(positions[keep], minlength=len(ids))
+    images = pd.DataFrame({"image": rows.drop_duplicates("image_id")["image"].to_numpy(), "image_id": ids.to_numpy(),
+                           "n_captions": kept, "n_captions_left_out": np.bincount(positions, minlength=len(ids))
                            - kept})
     queries = pd.DataFrame({"text": rows["caption"][keep].astype(str).to_numpy(),
                             "image_id": rows["image_id"][keep].to_numpy(),
@@ -358,10 +375,20 @@ def read_hf_captions(path: str, name: str, split: str = "test", hf_split: str | 
             found = ", ".join(sorted(values.unique())[:10])
             raise BenchmarkError(f"{path}: no row with {split_column} = {split!r}; found {found}")
         table = table[values.eq(split)]
-    id_column = next((column for column in ("img_id", "image_id", "cocoid", "filename") if column in table), None)
     rows = pd.DataFrame({"image": table[image_column].to_numpy(), "caption": table[caption_column].to_numpy(),
-                         "image_id": (table[id_column] if id_column else table[image_column]).to_numpy()})
+                         "image_id": _hf_image_ids(table, image_column)})
     return captions_set(name, rows, table.attrs.get("base_dir"), captions_per_image)
+
+
+def _hf_image_ids(table: pd.DataFrame, image_column: str) -> np.ndarray:
+    """What tells a dataset's images apart: its id column; else its rows, when each held a list of
+    captions (read one per row, ``caption_index`` 0 starting each); else the image reference."""
+    id_column = next((column for column in ("img_id", "image_id", "cocoid", "filename") if column in table), None)
+    if id_column is not None:
+        return table[id_column].to_numpy()
+    if "caption_index" in table:
+        return np.cumsum(table["caption_index"].to_numpy() == 0)
+    return table[image_column].to_numpy()
 
 
 def benchmark_options(name: str, source: Mapping) -> dict:
@@ -392,18 +419,19 @@ def load_benchmark(name: str, source: Mapping, cache_dir: str | Path = DEFAULT_C
     """Read a benchmark from its source and check that it is the benchmark's test split.
 
     Args:
-        name: a key of :data:`BENCHMARKS` (``coco-5k``, ``flickr30k-1k``).
+        name: a key of :data:`BENCHMARKS` (``coco-5k``, ``flickr30k-1k``, ``pokemon-blip``).
         source: ``kind`` (``karpathy``, ``wds`` or ``hf``) and that kind's options
-            (:data:`SOURCE_OPTIONS`); ``check_size: false`` evaluates a set of another size
-            (its numbers are then not comparable with the published ones).
+            (:data:`SOURCE_OPTIONS`); ``check_size: false`` evaluates a set of another size and
+            ``max_images: N`` the first N images of the checked set (the numbers of either are
+            then not comparable with the published ones).
         cache_dir: the image cache root (URL downloads, images stored in datasets).
 
     Returns:
         The :class:`RetrievalSet`, named ``name``.
 
     Raises:
-        BenchmarkError: a bad source (see the readers), or a set whose images or captions differ
-            in number from the benchmark's.
+        BenchmarkError: a bad source (see the readers), a set whose images or captions differ
+            in number from the benchmark's, or a ``max_images`` below 1.
     """
     options = benchmark_options(name, source)
     info = BENCHMARKS[name]
@@ -422,7 +450,28 @@ def load_benchmark(name: str, source: Mapping, cache_dir: str | Path = DEFAULT_C
         if problem:
             raise BenchmarkError(f"{name} from {options['path']}: {problem}; a different split or file? "
                                  "(check_size: false evaluates it anyway, not comparable with published numbers)")
+    if options["max_images"] is not None:
+        dataset = first_images(dataset, options["max_images"])
     return dataset
+
+
+def first_images(dataset: RetrievalSet, n: int) -> RetrievalSet:
+    """The set cut to its first ``n`` images and the queries relevant to them.
+
+    Raises:
+        BenchmarkError: ``n`` is not a whole number >= 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise BenchmarkError(f"{dataset.name}: max_images must be a whole number >= 1, not {n!r}")
+    if n >= len(dataset.images):
+        return dataset
+    keep = dataset.relevant[:, 1] < n
+    queries = np.unique(dataset.relevant[keep, 0])
+    position = np.full(len(dataset.queries), -1, dtype=np.int64)
+    position[queries] = np.arange(len(queries))
+    relevant = np.stack([position[dataset.relevant[keep, 0]], dataset.relevant[keep, 1]], axis=1)
+    return RetrievalSet(dataset.name, dataset.queries.iloc[queries].reset_index(drop=True),
+                        dataset.images.iloc[:n].reset_index(drop=True), relevant, dataset.base_dir)
 
 
 def size_problem(dataset: RetrievalSet, info: Benchmark) -> str | None:

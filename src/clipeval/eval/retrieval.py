@@ -146,6 +146,28 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Se
     return RetrievalReport(pd.DataFrame(metrics), pd.concat(per_query, ignore_index=True), run_stats)
 
 
+def hit_counts(metrics: pd.DataFrame, direction: str = "text_to_image", k: int = 5) -> pd.DataFrame:
+    """How many queries found a relevant item in the top ``k``, per checkpoint and dataset (and by chance).
+
+    The count the retrieval write-up reported ("6 of 833"): ``hits`` = HitRate@k x queries,
+    beside ``hits_chance``, the count expected from a random ranking.
+
+    Args:
+        metrics: rows of ``metrics.csv``.
+        direction: ``text_to_image`` or ``image_to_text``.
+        k: the cut-off (a ``k`` of ``metrics``).
+
+    Returns:
+        ``checkpoint``, ``dataset``, ``queries``, ``hits``, ``hits_chance``, ``hit_rate`` (percent).
+    """
+    rows = metrics[(metrics["direction"] == direction) & (metrics["k"] == k)]
+    queries = rows["n_queries"] - rows["n_queries_without_relevant"]
+    return pd.DataFrame({"checkpoint": rows["checkpoint"], "dataset": rows["dataset"], "queries": queries,
+                         "hits": (rows["hit_rate"] * queries).round().astype(int),
+                         "hits_chance": (rows["hit_rate_chance"] * queries).round(1),
+                         "hit_rate": rows["hit_rate"] * 100}).reset_index(drop=True)
+
+
 def hub_items(per_query: pd.DataFrame, min_share: float = 0.05, min_ratio: float = 5.0) -> pd.DataFrame:
     """Items that come first for many queries: hubs, which can inflate HitRate@1 far above chance.
 

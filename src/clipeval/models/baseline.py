@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -189,13 +191,31 @@ class BaselineEncoder(Encoder):
         return [len(ids) > self.context_length for ids in lengths]
 
 
+def resnet_weights_file() -> str:
+    """The file name torchvision caches the pretrained ResNet-50 under (``$TORCH_HOME/hub/checkpoints/``)."""
+    weights = torchvision.models.get_model_weights("resnet50")[PRETRAINED_IMAGE_WEIGHTS]
+    return Path(urlparse(weights.url).path).name
+
+
 def _load_pretrained(spec: str) -> tuple[BaselineModel, BertTokenizer]:
+    """The pretrained parts. ``bert-base-uncased`` holds BERT's pre-training heads too (``cls.*``), which the
+    encoder leaves out: transformers' load report of them is silenced, and a missing encoder weight is an error."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(PRETRAINED_TEXT)
-        text_encoder = BertModel.from_pretrained(PRETRAINED_TEXT, add_pooling_layer=False)
+        text_encoder, loading = BertModel.from_pretrained(PRETRAINED_TEXT, add_pooling_layer=False,
+                                                          output_loading_info=True)
         image_encoder = torchvision.models.resnet50(weights=PRETRAINED_IMAGE_WEIGHTS)
     except OSError as error:  # no hub / no network: HF raises OSError, torchvision URLError
         raise offline_error(spec, error) from error
+    finally:
+        logging.set_verbosity(verbosity)
+    if loading["missing_keys"]:
+        raise CheckpointError(f"{spec}: {PRETRAINED_TEXT} lacks encoder weights "
+                              f"{sorted(loading['missing_keys'])[:5]}; its download may be damaged")
     return BaselineModel(text_encoder, image_encoder, SEED), tokenizer
 
 

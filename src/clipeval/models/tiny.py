@@ -38,9 +38,9 @@ def _text_config(eos_token_id: int) -> dict:
                 eos_token_id=eos_token_id, pad_token_id=49407)
 
 
-def _vision_config() -> dict:
+def _vision_config(image_size: int = IMAGE_SIZE, patch_size: int = 8) -> dict:
     return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                image_size=IMAGE_SIZE, patch_size=8)
+                image_size=image_size, patch_size=patch_size)
 
 
 def build_clip_tokenizer():
@@ -58,17 +58,27 @@ def build_clip_tokenizer():
                          model_max_length=77)
 
 
-def build_hf_clip(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``CLIPModel`` with its tokenizer and image processor to ``folder``."""
+def build_hf_clip(folder: Path, seed: int = 0, image_size: int = IMAGE_SIZE, patch_size: int = 8,
+                  hidden_act: str = "quick_gelu") -> Path:
+    """Save a tiny random ``CLIPModel`` with its tokenizer and image processor to ``folder``.
+
+    Args:
+        folder: where ``save_pretrained`` writes.
+        seed: the weights' seed.
+        image_size, patch_size: the vision tower's input side and patch side (and the image
+            processor's resize and crop side): a real checkpoint's, to preprocess as it does.
+        hidden_act: both towers' activation (OpenAI's and MetaCLIP's checkpoints use ``quick_gelu``).
+    """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(seed)
-    config = CLIPConfig(text_config=_text_config(eos_token_id=49407), vision_config=_vision_config(),
+    config = CLIPConfig(text_config={**_text_config(eos_token_id=49407), "hidden_act": hidden_act},
+                        vision_config={**_vision_config(image_size, patch_size), "hidden_act": hidden_act},
                         projection_dim=32)
     CLIPModel(config).save_pretrained(folder)
     build_clip_tokenizer().save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
 
 
@@ -138,12 +148,19 @@ def build_tiny_checkpoints(root: Path = TINY_CHECKPOINTS_DIR, seed: int = 0) -> 
             "open_clip_arch": f"open_clip:{OPEN_CLIP_TINY_ARCH}@{weights}"}
 
 
-def build_tiny_captioner(folder: Path, seed: int = 0) -> Path:
+def build_tiny_captioner(folder: Path, seed: int = 0, tokenizer=None, image_size: int = IMAGE_SIZE,
+                         patch_size: int = 8) -> Path:
     """Save a tiny random ViT + GPT-2 ``VisionEncoderDecoderModel`` captioner to ``folder``.
 
-    The layout of ``nlpconnect/vit-gpt2-image-captioning`` (model, tokenizer, ``ViTImageProcessor``),
-    with the CLIP BPE tokenizer so that nothing is downloaded. Its captions are random tokens, but
-    greedy decoding gives each image its own.
+    The layout of ``nlpconnect/vit-gpt2-image-captioning`` (model, tokenizer, ``ViTImageProcessor``).
+    Its captions are random tokens, but greedy decoding gives each image its own.
+
+    Args:
+        folder: where ``save_pretrained`` writes.
+        seed: the weights' seed.
+        tokenizer: a transformers tokenizer with start and end tokens (default: the CLIP BPE
+            tokenizer, built with no download).
+        image_size, patch_size: the ViT's input side and patch side (and the image processor's size).
 
     Returns:
         ``folder``, loadable by :class:`clipeval.labels.captioner.Captioner`.
@@ -157,10 +174,10 @@ def build_tiny_captioner(folder: Path, seed: int = 0) -> Path:
     )
 
     torch.manual_seed(seed)
-    tokenizer = build_clip_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_clip_tokenizer()
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     # A wider initialisation than the default 0.02, so that the random captions differ from image to image.
-    encoder = ViTConfig(**_vision_config(), initializer_range=0.5)
+    encoder = ViTConfig(**_vision_config(image_size, patch_size), initializer_range=0.5)
     decoder = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
                          initializer_range=0.5, bos_token_id=start, eos_token_id=end, pad_token_id=end,
                          add_cross_attention=True, is_decoder=True)
@@ -171,7 +188,7 @@ def build_tiny_captioner(folder: Path, seed: int = 0) -> Path:
                                    pad_token_id=end)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
     write_info_file(folder, f"tiny randomly initialised transformers ViT-GPT2 captioner (seed {seed}); "
                             "its captions mean nothing", random_init=True)
     return Path(folder)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 
 from clipeval.data.sources import SOURCE_READERS
 from clipeval.labels.registry import LABELLERS
+from clipeval.models.hub_mirror import MIRROR_FILE
 from clipeval.models.registry import quiet_progress_bars
 from clipeval.runs.errors import EXPECTED_ERRORS
 
@@ -136,6 +138,17 @@ def _tiny_checkpoints(args: argparse.Namespace) -> None:
         print(f"{name:<15} {spec}")
 
 
+def _rehearsal_hub(args: argparse.Namespace) -> None:
+    from clipeval.models.hub_mirror import mirror_env
+    from clipeval.rehearsal.mirror import build_mirror
+
+    out = build_mirror(args.out, only=args.only, progress=not args.no_progress)
+    held = json.loads((out / "hf" / MIRROR_FILE).read_text())
+    print(f"rehearsal hub mirror -> {out}: {len(held['models'])} models, {len(held['datasets'])} datasets, "
+          f"{len(held['torch_files'])} torch weight file(s); random weights under real names")
+    print("use it: " + " ".join(f"{name}={value}" for name, value in mirror_env(out).items()))
+
+
 def _challenge_set(args: argparse.Namespace) -> None:
     from clipeval.data.challenge import build_challenge_set
 
@@ -246,7 +259,7 @@ def _add_fetch_options(command: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from clipeval.data.challenge import CHALLENGE_DIR
-    from clipeval.paths import TINY_CHECKPOINTS_DIR
+    from clipeval.paths import REHEARSAL_HUB_DIR, TINY_CHECKPOINTS_DIR
 
     parser = argparse.ArgumentParser(prog="clipeval", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -430,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", default=str(TINY_CHECKPOINTS_DIR))
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_tiny_checkpoints)
+
+    rehearsal = commands.add_parser("rehearsal-hub", help="build the rehearsal hub mirror: every repository the "
+                                                          "paper profile needs, random, under its real name")
+    rehearsal.add_argument("--out", default=str(REHEARSAL_HUB_DIR), help="mirror folder (hf/ and torch/ inside)")
+    rehearsal.add_argument("--only", action="append", default=None,
+                           help="build only this repository or torch file (repeatable; default: all)")
+    rehearsal.add_argument("--no-progress", action="store_true")
+    rehearsal.set_defaults(handler=_rehearsal_hub)
 
     challenge = commands.add_parser("challenge-set", help="write the embedded challenge set to data/")
     challenge.add_argument("--out", default=str(CHALLENGE_DIR))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 from clipeval.atomic import write_json
 from clipeval.eval.stats import package_versions
+from clipeval.models.catalogue import is_random_init
+from clipeval.models.hub_mirror import active_mirror
 from clipeval.models.registry import is_local_path, parse_spec
 from clipeval.paths import PROJECT_ROOT
 
@@ -64,15 +67,18 @@ def hash_checkpoint(spec: str) -> str | None:
 
 
 def build_manifest(params: dict, checkpoints: list[str], data_files: list[str | Path], seed: int | None) -> dict:
-    """Collect the manifest fields for a run."""
+    """Collect the manifest fields for a run (``hub_mirror`` when it ran on the rehearsal mirror)."""
+    mirror = active_mirror()
     return {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "params": params,
         "seed": seed,
-        "checkpoints": [{"spec": spec, "weights_sha256": hash_checkpoint(spec)} for spec in checkpoints],
+        "checkpoints": [{"spec": spec, "weights_sha256": hash_checkpoint(spec), "random_init": is_random_init(spec)}
+                        for spec in checkpoints],
         "data": [{"path": str(path), "sha256": hash_path(path)} for path in data_files],
         "versions": package_versions(),
+        "hub_mirror": None if mirror is None else {"path": os.environ.get("HF_HOME"), "note": mirror["note"]},
     }
 
 
@@ -86,7 +92,7 @@ def update_manifest(path: str | Path, step: str, params: dict, checkpoints: list
     path = Path(path)
     manifest = json.loads(path.read_text()) if path.exists() else {"steps": {}}
     entry = build_manifest(params, checkpoints, data_files, seed)
-    manifest.update({key: entry[key] for key in ("created_utc", "git_commit", "versions")})
+    manifest.update({key: entry[key] for key in ("created_utc", "git_commit", "versions", "hub_mirror")})
     manifest["steps"][step] = {key: entry[key] for key in ("params", "seed", "checkpoints", "data")}
     write_json(path, manifest)
     return manifest

@@ -319,6 +319,25 @@ def render_bench_sharded(sources: Sources) -> str:
             f"average {machine['loadavg_start'][0]:.1f} at the start.\n\n{_source_note('bench/results/sharded.json')}")
 
 
+def _duration(seconds: float) -> str:
+    """``36 s`` below two minutes, else ``13 min 32 s``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{int(seconds // 60)} min {round(seconds % 60):d} s"
+
+
+def render_bench_rehearsal(sources: Sources) -> str:
+    """``make bench-rehearsal``: the cold ``make rehearsal-hub`` and ``make rehearse``, and each notebook's share."""
+    result = sources.bench("rehearsal")
+    mirror = f"{_duration(result['mirror_build_s'])} ({result['mirror_bytes'] / 2**30:.1f} GiB)"
+    rows = [["`make rehearsal-hub`", mirror],
+            ["`make rehearse` (empty embedding cache)", _duration(result["rehearse_s"])]]
+    rows += [[f"notebook {name}", _duration(seconds)] for name, seconds in result["notebooks"].items()]
+    rows.append(["the report", _duration(result["report_s"])])
+    machine = result["machine"]
+    return (f"{_markdown_table(['step', 'took'], rows)}\n\nPublished numbers flagged as deviating: "
+            f"{result['flagged']} of {result['compared']}. {machine['cpu_count']} cores, load average "
+            f"{machine['loadavg_start'][0]:.1f} at the start.\n\n{_source_note('bench/results/rehearsal.json')}")
+
+
 RENDERERS: dict[str, Callable[[Sources], str]] = {
     "score_summary": render_score_summary,
     "retrieval_metrics": render_retrieval_metrics,
@@ -331,6 +350,7 @@ RENDERERS: dict[str, Callable[[Sources], str]] = {
     "bench_pipeline": render_bench_pipeline,
     "bench_retrieval": render_bench_retrieval,
     "bench_sharded": render_bench_sharded,
+    "bench_rehearsal": render_bench_rehearsal,
 }
 
 

@@ -7,26 +7,16 @@ Relative paths in a profile are resolved from the project root, where the notebo
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-import yaml
-
-from clipeval.paths import NOTEBOOKS_DIR, PARAMS_DIR, PROJECT_ROOT
+from clipeval.models.hub_mirror import using_mirror
+from clipeval.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+from clipeval.profiles import load_profile
 from clipeval.runs.errors import NotebookFailed
 
-
-def load_profile(profile: str | Path, checkpoints: list[str] | None = None) -> dict:
-    """Read a profile's YAML (a name in ``params/`` or a path); ``checkpoints`` overrides its list."""
-    path = Path(profile)
-    if not path.suffix:
-        path = PARAMS_DIR / f"{profile}.yaml"
-    if not path.is_file():
-        available = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"no profile {profile!r} ({path}); available: {available}")
-    params = yaml.safe_load(path.read_text())
-    if checkpoints:
-        params["checkpoints"] = list(checkpoints)
-    return params
+# Profile keys for the run itself, not for a notebook: the notebooks to run, and the hub mirror to run them on.
+RUN_KEYS = ("notebooks", "hub_mirror")
 
 
 def notebook_parameters(notebook: Path, params: dict) -> dict:
@@ -41,6 +31,9 @@ def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
                   notebooks_dir: Path = NOTEBOOKS_DIR, cwd: Path = PROJECT_ROOT) -> list[Path]:
     """Execute the profile's notebooks in order; stop at the first failure.
 
+    A profile with ``hub_mirror`` (the rehearsal) runs every notebook against that mirror, offline
+    (:func:`clipeval.models.hub_mirror.using_mirror`).
+
     Args:
         profile: profile name (``offline``, ``paper``) or path to a YAML file.
         checkpoints: optional override of the profile's checkpoint list.
@@ -52,12 +45,19 @@ def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
 
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the error) is kept.
+        FileNotFoundError: the profile names a ``hub_mirror`` that is not built.
     """
-    import papermill
-
     params = load_profile(profile, checkpoints)
     out_dir = Path(cwd) / params["run_dir"] / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    mirror = params.get("hub_mirror")
+    with using_mirror(Path(cwd) / mirror) if mirror else contextlib.nullcontext():
+        return _execute(params, notebooks_dir, out_dir, cwd)
+
+
+def _execute(params: dict, notebooks_dir: Path, out_dir: Path, cwd: Path) -> list[Path]:
+    import papermill
+
     executed = []
     for name in params["notebooks"]:
         source = notebooks_dir / f"{name}.ipynb"

@@ -18,6 +18,7 @@ notebook list, named in a warning at the top of the page, and listed in :attr:`R
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import shutil
@@ -30,9 +31,10 @@ import pandas as pd
 
 from clipeval.atomic import atomic_folder, write_text
 from clipeval.models.catalogue import is_random_init
+from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, using_mirror
 from clipeval.paths import PROJECT_ROOT
+from clipeval.profiles import load_profile
 from clipeval.runs.measured import BENCH_RESULTS_DIR, snapshot_differences
-from clipeval.runs.notebooks import load_profile
 
 REPORT_DIR = "report"
 NOTEBOOK_TEMPLATE = """{%- extends "index.html.j2" -%}
@@ -420,6 +422,22 @@ def _notebooks_html(pages: list[NotebookPage]) -> str:
     return f"<ul>{''.join(items)}</ul>"
 
 
+def _mirror_banner(run_dir: Path) -> str:
+    """A warning at the top when the run's manifest says it ran on the rehearsal hub mirror."""
+    manifest = run_dir / "manifest.json"
+    try:
+        mirror = _json(manifest).get("hub_mirror") if manifest.is_file() else None
+    except ValueError:
+        return ""  # a damaged manifest: its own section says so
+    if not mirror:
+        return ""
+    note = html.escape(mirror.get("note", MIRROR_NOTE))
+    return (f'<p class="warning"><span class="badge">{note}</span> This run used the rehearsal hub mirror'
+            f' (<code>{html.escape(str(mirror.get("path")))}</code>): every checkpoint and '
+            "dataset with a hub name holds random weights or synthetic images, so no number on this page says "
+            "anything about the real models. It shows that the profile runs end to end.</p>")
+
+
 def render_index(title: str, run_dir: Path, sections: list[Section], figures: list[str],
                  pages: list[NotebookPage], extra: list[Section]) -> str:
     """The report's ``index.html``."""
@@ -430,6 +448,7 @@ def render_index(title: str, run_dir: Path, sections: list[Section], figures: li
     warning = (f'<p class="warning">{len(failed)} notebook(s) hold an error output: '
                f'{html.escape(", ".join(page.name for page in failed))}. Their numbers may be stale or missing.</p>'
                if failed else "")
+    warning += _mirror_banner(run_dir)
     missing = sum(len(section.missing) for section in sections)
     built = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{s.body}</section>' for s in every)
@@ -495,4 +514,8 @@ def build_profile_report(profile: str | Path, run_dir: str | Path | None = None)
     name = Path(profile).stem
     run_dir = Path(run_dir) if run_dir is not None else PROJECT_ROOT / params["run_dir"]
     extra = [readme_section(run_dir, BENCH_RESULTS_DIR / name)]
-    return build_report(run_dir, f"clipeval run: {name} profile", params.get("notebooks"), extra)
+    mirror = PROJECT_ROOT / params["hub_mirror"] if params.get("hub_mirror") else None
+    # under its mirror, the catalogue marks the rehearsal's hub checkpoints random-init in every table
+    with using_mirror(mirror) if mirror is not None and (mirror / "hf" / MIRROR_FILE).is_file() \
+            else contextlib.nullcontext():
+        return build_report(run_dir, f"clipeval run: {name} profile", params.get("notebooks"), extra)

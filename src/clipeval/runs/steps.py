@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval.atomic import write_csv, write_json, write_text
-from clipeval.data.benchmarks import describe_benchmark, load_benchmark
+from clipeval.data.benchmarks import BENCHMARKS, benchmark_options, describe_benchmark, load_benchmark
 from clipeval.data.fetch import DEFAULT_CACHE_DIR, FetchOptions
 from clipeval.data.retrieval_sets import (
     RetrievalSet,
@@ -212,7 +212,8 @@ class BenchmarkRun:
 
     Attributes:
         sets: each benchmark's retrieval set, by name.
-        summary: one row per benchmark (:func:`~clipeval.data.benchmarks.describe_benchmark`).
+        summary: one row per benchmark (:func:`~clipeval.data.benchmarks.describe_benchmark`), with
+            ``evaluated``: ``all`` or which part ``max_images`` kept (then not comparable).
         metrics: every benchmark's ``metrics.csv`` rows (the ``dataset`` column names the benchmark).
         comparison: :func:`~clipeval.eval.published.compare_with_published` of ``metrics``.
         tolerance: the deviation tolerance used (points).
@@ -225,6 +226,13 @@ class BenchmarkRun:
     comparison: pd.DataFrame
     tolerance: float
     reason: str | None
+
+    @property
+    def partial(self) -> list[str]:
+        """Lines naming each benchmark evaluated on part of its images (numbers not comparable)."""
+        cut = self.summary[self.summary["evaluated"] != "all"] if len(self.summary) else self.summary
+        return [f"{row.benchmark}: {row.evaluated}; its numbers are not comparable with published ones"
+                for row in cut.itertuples()]
 
 
 def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchmarks: Mapping[str, Mapping],
@@ -283,8 +291,16 @@ def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchma
     # the annotation files and local datasets (not a Karpathy images folder, nor hub names)
     data_files = [source["path"] for source in benchmarks.values() if not str(source["path"]).startswith("hf:")]
     update_manifest(out / "manifest.json", "benchmarks", params, list(checkpoints), data_files, seed=seed)
-    summary = pd.DataFrame([describe_benchmark(dataset) for dataset in sets.values()])
+    summary = pd.DataFrame([{**describe_benchmark(dataset), "evaluated": _evaluated(name, source, dataset)}
+                            for (name, source), dataset in zip(benchmarks.items(), sets.values(), strict=True)])
     return BenchmarkRun(sets, summary, metrics, comparison, tolerance, reason)
+
+
+def _evaluated(name: str, source: Mapping, dataset: RetrievalSet) -> str:
+    """``all``, or the part of a benchmark its ``max_images`` option kept."""
+    if benchmark_options(name, source)["max_images"] is None:
+        return "all"
+    return f"first {len(dataset.images):,} images (max_images) of the {BENCHMARKS[name].n_images:,} checked"
 
 
 @dataclass

@@ -1,0 +1,110 @@
+"""Build the rehearsal hub mirror: every repository the paper profile needs, random, under its real name.
+
+``<out>/hf`` is a ``HF_HOME`` (its ``hub/`` in huggingface_hub's layout, :mod:`.hub_cache`) and
+``<out>/torch`` a ``TORCH_HOME``; :func:`clipeval.models.hub_mirror.mirror_env` points the
+libraries at them, offline. ``<out>/hf/clipeval_mirror.json`` lists what the mirror holds, says
+that its weights are random, and is what the catalogue and the report read to mark outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from clipeval.atomic import write_text
+from clipeval.data.benchmarks import POKEMON_REPO
+from clipeval.models.baseline import resnet_weights_file
+from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE
+from clipeval.models.registry import quiet_progress_bars
+from clipeval.progress import progress_bar
+from clipeval.rehearsal import dataset_repos, model_repos
+from clipeval.rehearsal.hub_cache import add_repo
+
+COCO_WDS = "clip-benchmark/wds_mscoco_captions"
+FLICKR_WDS = "clip-benchmark/wds_flickr30k"
+
+
+def dataset_builders(rows: int | None = None) -> dict[str, Callable[[Path], None]]:
+    """Every dataset repository: hub ``org/name`` -> builder; ``rows`` shrinks each to that many images (tests)."""
+    return {COCO_WDS: partial(dataset_repos.wds_retrieval, n_images=rows or 5000),
+            FLICKR_WDS: partial(dataset_repos.wds_retrieval, n_images=rows or 1000, seed=1),
+            POKEMON_REPO: partial(dataset_repos.pokemon_captions, n_rows=rows or 833)}
+
+
+def torch_builders() -> dict[str, Callable[[Path], None]]:
+    """Every torchvision weight file: its file name -> builder of that file."""
+    return {resnet_weights_file(): model_repos.torchvision_resnet50}
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """The libraries' own bars and notes, once per repository, say nothing here: transformers' "Writing
+    model shards", datasets' "Creating parquet", open_clip's "No pretrained weights loaded" (the point)."""
+    import datasets
+
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with quiet_progress_bars():
+            yield
+    finally:
+        logging.disable(previous)
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def mirror_contents() -> dict[str, list[str]]:
+    """What a full mirror holds: ``models``, ``datasets`` (hub repositories) and ``torch_files``."""
+    return {"models": sorted(model_repos.model_builders()), "datasets": sorted(dataset_builders()),
+            "torch_files": sorted(torch_builders())}
+
+
+def build_mirror(out: str | Path, only: list[str] | None = None, dataset_rows: int | None = None,
+                 progress: bool = True) -> Path:
+    """Write the mirror into ``out`` (added to what a mirror there already holds).
+
+    Args:
+        out: the mirror folder (``hf/`` and ``torch/`` are made inside).
+        only: build just these repositories or torch files (default: all of :func:`mirror_contents`).
+        dataset_rows: build each dataset with this many images instead of its real size (tests).
+        progress: show a progress bar over the repositories.
+
+    Returns:
+        ``out`` as a path.
+
+    Raises:
+        ValueError: ``only`` names something the mirror does not hold.
+    """
+    out = Path(out)
+    models, datasets, torch_files = model_repos.model_builders(), dataset_builders(dataset_rows), torch_builders()
+    everything = {**models, **datasets, **torch_files}
+    wanted = list(everything) if only is None else list(only)
+    unknown = sorted(set(wanted) - set(everything))
+    if unknown:
+        raise ValueError(f"the mirror holds no {', '.join(unknown)}; it holds {', '.join(sorted(everything))}")
+    hub = out / "hf" / "hub"
+    marker = out / "hf" / MIRROR_FILE
+    held = json.loads(marker.read_text()) if marker.is_file() else {"models": [], "datasets": [], "torch_files": []}
+    for name in progress_bar(wanted, desc="rehearsal hub mirror", unit="repo", disable=not progress):
+        if name in torch_files:
+            torch_files[name](out / "torch" / "hub" / "checkpoints" / name)
+            kind = "torch_files"
+        else:
+            with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as staging, \
+                    _quiet_libraries():
+                everything[name](Path(staging))
+                add_repo(hub, name, staging, "dataset" if name in datasets else "model")
+            kind = "datasets" if name in datasets else "models"
+        held[kind] = sorted(set(held[kind]) | {name})
+    write_text(marker, json.dumps({**held, "note": MIRROR_NOTE, "dataset_rows": dataset_rows,
+                                   "built_utc": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2) + "\n")
+    return out
+

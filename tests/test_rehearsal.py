@@ -1,0 +1,188 @@
+"""The GPU box rehearsed here: the hub mirror's layout and coverage, and a reduced rehearsal of the paper profile.
+
+The reduced rehearsal is ``make rehearse`` through the same mechanism (``params/rehearsal.yaml`` extended
+again, ``run_notebooks`` on its ``hub_mirror``) on a mirror with a few repositories and small datasets:
+one ``hf:`` CLIP, open_clip's SigLIP (its hub tokenizer), the pretrained baseline (torchvision's weight
+file), the three benchmarks with the size check off, and the two labellers through ``build-evalset``;
+k = 1 only, where random weights are far from every published number even on 12 images.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clipeval.data.benchmarks import BENCHMARKS, POKEMON_REPO
+from clipeval.labels.captioner import DEFAULT_MODEL as CAPTIONER
+from clipeval.labels.classifier import DEFAULT_MODEL as CLASSIFIER
+from clipeval.models.baseline import resnet_weights_file
+from clipeval.models.catalogue import CATALOGUE
+from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, mirror_env, spec_repos
+from clipeval.paths import PARAMS_DIR, PROJECT_ROOT
+from clipeval.profiles import load_profile
+from clipeval.rehearsal.hub_cache import add_repo, etag, repo_folder
+from clipeval.rehearsal.mirror import COCO_WDS, build_mirror, mirror_contents
+from clipeval.rehearsal.model_repos import timm_repo
+from clipeval.rehearsal.reduced import reduced_rehearsal
+from clipeval.runs.notebooks import run_notebooks
+from clipeval.runs.report import build_profile_report
+
+CHECKPOINTS = ["hf:openai/clip-vit-base-patch32", "open_clip:ViT-B-16-SigLIP@webli", "baseline:bert-resnet50"]
+ROWS = 12  # images per mirrored dataset
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    """The reduced rehearsal (:func:`clipeval.rehearsal.reduced.reduced_rehearsal`), run once: its profile and run."""
+    root = tmp_path_factory.mktemp("rehearsal")
+    profile = reduced_rehearsal(root, CHECKPOINTS, rows=ROWS, extra_repos=(timm_repo(CLASSIFIER), CAPTIONER))
+    return profile, root / "run", run_notebooks(profile, cwd=PROJECT_ROOT)
+
+
+@pytest.fixture(scope="module")
+def mirror(rehearsal):
+    return Path(rehearsal[0]).parent / "mirror"
+
+
+def _snapshot(mirror: Path, repo: str, repo_type: str = "model") -> Path:
+    folder = repo_folder(mirror / "hf" / "hub", repo, repo_type)
+    return folder / "snapshots" / (folder / "refs" / "main").read_text()
+
+
+def test_add_repo_writes_huggingface_hubs_layout(tmp_path):
+    source = tmp_path / "saved"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "sub" / "weights.safetensors").write_bytes(b"\0" * 64)
+    tags = {"config.json": etag(source / "config.json"), "sub/weights.safetensors": etag(source / "sub" /
+                                                                                          "weights.safetensors")}
+    assert tags["config.json"] == "9e26dfeeb6e641a33dae4961196235bdb965b21b"  # git hash-object of "{}"
+    assert len(tags["sub/weights.safetensors"]) == 64  # an LFS file: its SHA-256
+    snapshot = add_repo(tmp_path / "hub", "org/name", source, absent=("config.json", "tokenizer.json"))
+    folder = tmp_path / "hub" / "models--org--name"
+    assert snapshot.parent.parent == folder and (folder / "refs" / "main").read_text() == snapshot.name
+    for name, tag in tags.items():
+        link = snapshot / name
+        assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()
+        assert link.resolve() == (folder / "blobs" / tag).resolve()
+    assert (folder / ".no_exist" / snapshot.name / "tokenizer.json").is_file()  # asked for, absent
+    assert not (folder / ".no_exist" / snapshot.name / "config.json").exists()  # present
+
+
+def _names_a_hub_repository(spec: str) -> bool:
+    """A spec written in the docs that downloads: not a local path, not the ``hf:owner/name`` placeholder."""
+    target = spec.partition(":")[2]
+    local = target.startswith("/") or any(part in target for part in ("/path/", "tiny-random", "outputs/"))
+    return not local and spec != "hf:owner/name" and (not spec.startswith("hf:") or "/" in target)
+
+
+def test_the_mirror_holds_every_repository_the_paper_profile_catalogue_and_docs_name():
+    held = set().union(*mirror_contents().values())
+    paper = load_profile("paper")
+    specs = set(paper["checkpoints"]) | set(CATALOGUE)
+    specs |= {source["model"] for source in paper["label_sources"].values()}
+    docs = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md")), PARAMS_DIR / "paper.yaml"]
+    specs |= {spec for path in docs for spec in re.findall(r"(?:hf|open_clip|baseline):[\w./@:-]*\w", path.read_text())
+              if _names_a_hub_repository(spec)}
+    needed = {repo for spec in specs for repo in spec_repos(spec)}
+    needed |= {str(source["path"]).removeprefix("hf:") for source in paper["benchmarks"].values()
+               if str(source["path"]).startswith("hf:")}
+    needed |= {timm_repo(CLASSIFIER), CAPTIONER}
+    assert {"timm/ViT-B-16-SigLIP", "bert-base-uncased", resnet_weights_file(), POKEMON_REPO} <= needed
+    assert needed <= held, sorted(needed - held)
+
+
+def test_the_mirror_has_the_files_real_downloads_have(mirror):
+    clip = _snapshot(mirror, "openai/clip-vit-base-patch32")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+            "vocab.json", "merges.txt"} <= {path.name for path in clip.iterdir()}
+    assert len(json.loads((clip / "vocab.json").read_text())) == 49408  # CLIP's real BPE
+    assert json.loads((clip / "preprocessor_config.json").read_text())["crop_size"] == {"height": 224, "width": 224}
+    siglip = _snapshot(mirror, "timm/ViT-B-16-SigLIP")
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "spiece.model"} <= {path.name for path in siglip.iterdir()}
+    assert (siglip.parent.parent / ".no_exist" / siglip.name / "config.json").is_file()
+    assert (mirror / "torch" / "hub" / "checkpoints" / resnet_weights_file()).stat().st_size > 90e6  # full size
+    coco = _snapshot(mirror, COCO_WDS, "dataset")
+    assert (coco / "dataset_type.txt").read_text().strip() == "retrieval"
+    assert (coco / "test" / "nshards.txt").read_text().strip() == "1" and (coco / "test" / "0.tar").is_file()
+    assert (_snapshot(mirror, POKEMON_REPO, "dataset") / "data" / "train-00000-of-00001.parquet").is_file()
+    held = json.loads((mirror / "hf" / MIRROR_FILE).read_text())
+    assert held["note"] == MIRROR_NOTE and resnet_weights_file() in held["torch_files"]
+
+
+def test_open_clip_openai_tags_load_with_quick_gelu(tmp_path):
+    """OpenAI's weights were trained with QuickGELU; open_clip 3 builds ``RN50`` with GELU unless told."""
+    mirror = build_mirror(tmp_path / "mirror", only=[spec_repos("open_clip:RN50@openai")[0]], progress=False)
+    script = ("import warnings; warnings.simplefilter('error')\n"
+              "from clipeval.models.registry import load_encoder\n"
+              "encoder = load_encoder('open_clip:RN50@openai', device='cpu', progress=False)\n"
+              "print(sorted({type(m).__name__ for m in encoder.model.modules() if 'GELU' in type(m).__name__}))")
+    run = subprocess.run([sys.executable, "-c", script], env={**os.environ, **mirror_env(mirror)},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "['QuickGELU']"
+
+
+def test_the_reduced_rehearsal_runs_every_paper_notebook(rehearsal):
+    _, run_dir, executed = rehearsal
+    assert [path.stem for path in executed] == load_profile("paper")["notebooks"]
+    for path in executed:
+        outputs = [output for cell in json.loads(path.read_text())["cells"] for output in cell.get("outputs", [])]
+        assert not [output for output in outputs if output.get("output_type") == "error"], path.name
+    scores = pd.read_csv(run_dir / "scores.csv")
+    assert set(scores["checkpoint"]) == set(CHECKPOINTS) and (scores["status"] == "ok").all()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["hub_mirror"]["note"] == MIRROR_NOTE
+    assert all(entry["random_init"] for entry in manifest["steps"]["score"]["checkpoints"])
+
+
+def test_every_published_number_deviates_and_the_report_says_rehearsal(rehearsal):
+    profile, run_dir, _ = rehearsal
+    metrics = pd.read_csv(run_dir / "benchmark_metrics.csv")
+    assert set(metrics["dataset"]) == set(BENCHMARKS) and set(metrics["checkpoint"]) == set(CHECKPOINTS)
+    comparison = pd.read_csv(run_dir / "published_comparison.csv")
+    compared = comparison[comparison["published"].notna()]
+    assert len(compared) == 2 * 2 * 2  # two published checkpoints x two benchmarks x two directions, k = 1
+    assert compared["flagged"].all()  # random weights cannot reach a published number
+    report = build_profile_report(profile)
+    page = report.index.read_text()
+    assert MIRROR_NOTE in page and f"{len(compared)} deviate" in page
+    assert "hf:openai/clip-vit-base-patch32 (RANDOM INIT)" in page
+    assert not report.failed_notebooks
+
+
+@pytest.mark.parametrize(("labeller", "model"), [("classifier", CLASSIFIER), ("captioner", CAPTIONER)])
+def test_build_evalset_with_the_real_labellers_names(mirror, tmp_path, labeller, model):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(3):
+        Image.new("RGB", (120, 90), (40 * index, 90, 200 - 40 * index)).save(images / f"{index}.jpg")
+    run = subprocess.run([sys.executable, "-m", "clipeval", "build-evalset", "--images", str(images), "--labeller",
+                          labeller, "--threshold", "0", "--out", str(tmp_path / "set"), "--no-progress"],
+                         env={**os.environ, **mirror_env(mirror)}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    labels = pd.read_csv(tmp_path / "set" / "labels.csv")
+    assert len(labels) >= 3 and set(labels["model"]) == {model}
+
+
+def test_siglip_tokenizes_and_reports_truncation_as_open_clip_does(mirror):
+    """SigLIP's hub tokenizer: ``</s>`` (id 1) pads and ends every text at 64 tokens; truncation is reported."""
+    script = ("from clipeval.models.registry import load_encoder\n"
+              "from clipeval.models.catalogue import describe_checkpoint\n"
+              "spec = 'open_clip:ViT-B-16-SigLIP@webli'\n"
+              "encoder = load_encoder(spec, device='cpu', progress=False)\n"
+              "ids = encoder.tokenizer(['a red circle'])[0].tolist()\n"
+              "print(len(ids), ids[3:6], encoder.truncated(['word ' * 100, 'a red circle']),"
+              " describe_checkpoint(spec).random_init)")
+    run = subprocess.run([sys.executable, "-c", script], env={**os.environ, **mirror_env(mirror)},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "64 [1, 1, 1] [True, False] True"
