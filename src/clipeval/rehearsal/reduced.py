@@ -49,6 +49,6 @@ def reduced_rehearsal(root: str | Path, checkpoints: list[str], rows: int = 12, 
     profile.write_text(yaml.safe_dump({
         "extends": str(PARAMS_DIR / "rehearsal.yaml"), "run_dir": str(root / "run"), "hub_mirror": str(mirror),
         "checkpoints": list(checkpoints), "pairs_path": challenge, "retrieval_pairs_path": challenge,
-        "search_pairs_path": challenge, "scenes_dir": scenes, "batch_size": 16, "ks": [1], "n_resamples": 200,
+        "search_pairs_path": challenge, "scenes_dir": scenes, "batch_size": 16, "ks": [1], "n_resamples": 50,
         "benchmarks": {name: {"check_size": False} for name in BENCHMARKS}, **params}))
     return profile
