@@ -19,13 +19,13 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-env: $(ENV_STAMP) ## create .venv and install the pinned packages (torch first, from pyproject.toml)
+env: $(ENV_STAMP) ## create .venv: the package (editable) with every extra (notebooks, ray, dev), pinned; torch first
 
 $(ENV_STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $$(grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"')
-	$(PYTHON) -m pip install --quiet -e .
+	$(PYTHON) -m pip install --quiet -e ".[notebooks,ray,dev]"
 	touch $@
 
 $(TINY): $(ENV_STAMP) src/clipeval/models/tiny.py
@@ -72,8 +72,8 @@ rehearse: env data $(REHEARSAL_HUB) ## the paper profile, offline on the hub mir
 gpu-check: env ## on a CUDA machine: the reduced rehearsal in fp32/fp16/bf16 and the pipeline on CUDA -> bench/results/gpu_check.json
 	$(PYTHON) bench/gpu_check.py
 
-measured: env ## copy outputs/offline's measured files to bench/results/offline/ and regenerate the README's measured tables
-	$(PYTHON) -m clipeval measured --from-run outputs/offline
+measured: env ## copy outputs/offline's measured files to bench/results/offline/ and regenerate the docs' measured tables
+	$(PYTHON) bench/measured.py --from-run outputs/offline
 
 lint: env ## ruff (style, imports, bugs) and import-linter (the package layers)
 	$(VENV)/bin/ruff check src tests bench notebooks
@@ -109,7 +109,7 @@ bench-train: env ## the dual encoder's training benchmark (about 10 min) -> benc
 	$(PYTHON) bench/bench_train_dual.py
 
 clear-cache: env ## delete the embedding cache (outputs/cache/embeddings, or the folder CLIPEVAL_EMBEDDING_CACHE names)
-	$(PYTHON) -c "import shutil; from clipeval.eval.cache import default_cache_dir; folder = default_cache_dir(); \
+	$(PYTHON) -c "import shutil; from clipeval.embed.cache import default_cache_dir; folder = default_cache_dir(); \
 	folder and shutil.rmtree(folder, ignore_errors=True); print('removed embedding cache:', folder)"
 
 lab: env ## start JupyterLab on the notebooks

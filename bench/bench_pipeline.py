@@ -4,15 +4,15 @@
 
 Sections (each on the same data and model as its reference, built in a temporary folder):
 
-* ``model_limit``: scoring pairs/s (``score_pairs``, cache off, model load excluded; best of
+* ``model_limit``: scoring pairs/s (``score --pairs``'s one-shard run, cache off, model load excluded; best of
   two runs) over the model-only limit (best of two): the same distinct images, preprocessed
   beforehand, and the same captions through the same encoder, batch size and torch threads.
   At ViT-B/32's real size (random init, transformers format) and on the dual encoder's
-  architecture (random init), with 0 decode workers (the CPU default: decode in this
-  process, the model gets every core) and 1 worker (the model gets the cores left); the dual
+  architecture (random init), with 0 decode processes (the CPU default: decode in this
+  process, the model gets every core) and 1 process (the model gets the cores left); the dual
   encoder also with the fast decode.
 * ``naive_loop``: a per-row loop (read, decode, preprocess, encode one pair at a time) vs
-  ``score_pairs`` on COCO-shaped pairs (5 captions per image), ViT-B/32.
+  the one-shard run on COCO-shaped pairs (5 captions per image), ViT-B/32.
 * ``torchmetrics``: torchmetrics' ``CLIPScore`` on the same transformers model and pairs, the
   per-sample scores (before its clamp at 0 and mean) checked against ours.
 * ``clip_benchmark``: CLIP_benchmark's ``zeroshot_retrieval.evaluate`` on the same open_clip
@@ -52,10 +52,13 @@ from skimage import data as sample_images
 
 from clipeval.atomic import write_json
 from clipeval.data.images import decode_image, read_image
-from clipeval.eval.embed import batches, encode_pixels
-from clipeval.eval.scoring import ScoreOptions, score_pairs
+from clipeval.embed.engine import batches, encode_pixels
+from clipeval.embed.options import EmbedOptions
+from clipeval.eval.options import RetrievalOptions
 from clipeval.models.registry import load_encoder
 from clipeval.paths import DATA_DIR, PROJECT_ROOT, project_relative
+from clipeval.pipeline.options import ShardOptions
+from clipeval.pipeline.run import score_pairs_table
 
 SOURCES = ("astronaut", "chelsea", "coffee")
 WORDS = ("a", "red", "small", "photo", "of", "cat", "astronaut", "cup", "near", "the", "window", "table", "two",
@@ -129,15 +132,17 @@ def build_dual(folder: Path) -> str:
 
 # --- measurements --------------------------------------------------------------------------------------------------
 
-def quiet(**overrides) -> ScoreOptions:
-    return ScoreOptions(**{"progress": False, "device": "cpu", "embedding_cache": False, **overrides})
+def quiet(**overrides) -> EmbedOptions:
+    return EmbedOptions(**{"progress": False, "device": "cpu", "embedding_cache": False, **overrides})
 
 
-def timed_score(pairs: pd.DataFrame, spec: str, options: ScoreOptions):
-    """``score_pairs`` wall seconds without the model load (which the stats time separately)."""
-    start = time.perf_counter()
-    run = score_pairs(pairs, [spec], options)
-    wall = time.perf_counter() - start
+def timed_score(pairs: pd.DataFrame, spec: str, options: EmbedOptions):
+    """``score --pairs``'s wall seconds (a one-shard run into a fresh folder, its files written) without the model
+    load (which the stats time separately)."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        run = score_pairs_table(run_dir, pairs, [spec], ShardOptions(), options)
+        wall = time.perf_counter() - start
     return run, wall - run.stats["checkpoints"][spec]["stages"]["model_load"]["wall_s"]
 
 
@@ -160,19 +165,19 @@ def model_only_seconds(encoder, pairs: pd.DataFrame, batch_size: int, repeats: i
 
 def model_limit(spec: str, pairs: pd.DataFrame, batch_size: int, configs=((0, False), (1, False)),
                 device: str = "cpu") -> dict:
-    """Per (decode workers, fast decode): the pipeline's pairs/s over the model-only limit at the same threads."""
+    """Per (decode processes, fast decode): the pipeline's pairs/s over the model-only limit at the same threads."""
     result = {"spec_kind": spec.split(":")[0], "device": device, "pairs": len(pairs), "batch_size": batch_size,
               "configs": {}}
     threads = torch.get_num_threads()
-    for workers, fast in configs:
-        torch.set_num_threads(max(1, threads - workers))
+    for processes, fast in configs:
+        torch.set_num_threads(max(1, threads - processes))
         limit = model_only_seconds(load_encoder(spec, device=device, progress=False), pairs, batch_size)
         torch.set_num_threads(threads)
-        options = quiet(batch_size=batch_size, decode_workers=workers, fast_decode=fast, device=device)
+        options = quiet(batch_size=batch_size, decode_processes=processes, fast_decode=fast, device=device)
         timed_score(pairs.iloc[:batch_size], spec, options)  # warm-up
         pipeline = min(timed_score(pairs, spec, options)[1] for _ in range(2))  # best of 2, as the limit
-        result["configs"][f"{workers} decode worker(s){', fast decode' if fast else ''}"] = {
-            "decode_workers": workers, "fast_decode": fast, "encoder_threads": max(1, threads - workers),
+        result["configs"][f"{processes} decode process(es){', fast decode' if fast else ''}"] = {
+            "decode_processes": processes, "fast_decode": fast, "encoder_threads": max(1, threads - processes),
             "model_only_pairs_per_s": len(pairs) / limit, "pipeline_pairs_per_s": len(pairs) / pipeline,
             "ratio_pipeline_over_model_only": limit / pipeline}
     return result
@@ -237,10 +242,10 @@ def clip_benchmark_retrieval(spec: str, refs: list[str], per_image: int, batch_s
     from clip_benchmark.metrics import zeroshot_retrieval
 
     from clipeval.data.retrieval_sets import retrieval_set_from_pairs
-    from clipeval.eval.embed import EmbedOptions, embed_set
-    from clipeval.eval.metrics import per_query_metrics
-    from clipeval.eval.ranking import retrieve_both_directions
+    from clipeval.embed.engine import embed_set
     from clipeval.eval.retrieval import evaluate_retrieval
+    from clipeval.metrics.ranking import retrieve_both_directions
+    from clipeval.metrics.retrieval import per_query_metrics
 
     pairs = pairs_table(refs, per_image, seed=1)
     model_name, weights = spec.removeprefix("open_clip:").split("@")
@@ -256,12 +261,12 @@ def clip_benchmark_retrieval(spec: str, refs: list[str], per_image: int, batch_s
     dataset = retrieval_set_from_pairs(pairs, "bench")
     encoder = load_encoder(spec, device="cpu", progress=False)
     start = time.perf_counter()  # the same work: embed (decode included), rank, metrics; no model load
-    embedded = embed_set(encoder, dataset, EmbedOptions(batch_size=batch_size, cache=False), progress=False)
+    embedded = embed_set(encoder, dataset, EmbedOptions(batch_size=batch_size, embedding_cache=False, progress=False))
     for result in retrieve_both_directions(embedded.texts, embedded.images, dataset.relevant, k=10).values():
         per_query_metrics(result.ranks, (1, 5, 10))
     ours_wall = time.perf_counter() - start
-    report = evaluate_retrieval(dataset, [spec], n_resamples=10, device="cpu", progress=False,
-                                options=EmbedOptions(batch_size=batch_size, cache=False))
+    report = evaluate_retrieval(dataset, [spec], RetrievalOptions(n_resamples=10),
+                                quiet(batch_size=batch_size))
     metrics = report.metrics.set_index(["direction", "k"])["hit_rate"]
     agreement = {}
     for k in (1, 5, 10):
@@ -276,6 +281,7 @@ def clip_benchmark_retrieval(spec: str, refs: list[str], per_image: int, batch_s
 
 
 def cache_cold_vs_warm(folder: Path, dual_spec: str, n_pairs: int) -> dict:
+    from clipeval.data.retrieval_sets import RetrievalSource
     from clipeval.runs import steps
 
     scenes = DATA_DIR / "generated" / "scenes"
@@ -283,16 +289,17 @@ def cache_cold_vs_warm(folder: Path, dual_spec: str, n_pairs: int) -> dict:
     subset["image"] = [str(scenes / ref) for ref in subset["image"]]
     subset.to_csv(folder / "pairs.csv", index=False)
     checkpoints = [dual_spec, "baseline:bert-resnet50-random"]
+    embed = EmbedOptions(device="cpu", progress=False)
+    source = RetrievalSource("scenes", pairs=str(folder / "pairs.csv"))
     env_before = os.environ.get("CLIPEVAL_EMBEDDING_CACHE")
     os.environ["CLIPEVAL_EMBEDDING_CACHE"] = str(folder / "cache")
     walls = {}
     try:
         for attempt in ("cold", "warm"):
             start = time.perf_counter()
-            steps.score(folder / attempt / "score", str(folder / "pairs.csv"), checkpoints, device="cpu",
-                        progress=False)
-            steps.retrieve(folder / attempt / "retrieve", checkpoints, "scenes", pairs_path=str(folder / "pairs.csv"),
-                           device="cpu", progress=False, n_resamples=200)
+            steps.score(folder / attempt / "score", str(folder / "pairs.csv"), checkpoints, embed=embed)
+            steps.retrieve(folder / attempt / "retrieve", checkpoints, source,
+                           options=RetrievalOptions(n_resamples=200), embed=embed)
             walls[attempt] = time.perf_counter() - start
     finally:
         if env_before is None:
@@ -311,10 +318,12 @@ def cache_cold_vs_warm(folder: Path, dual_spec: str, n_pairs: int) -> dict:
 _MEMORY_RUN = r"""
 import re, sys, pandas as pd
 from pathlib import Path
-from clipeval.eval.scoring import ScoreOptions, score_to_dir
+from clipeval.embed.options import EmbedOptions
+from clipeval.pipeline.options import ShardOptions
+from clipeval.pipeline.run import score_pairs_table
 pairs = pd.read_csv(sys.argv[1]).head(int(sys.argv[2]))
-score_to_dir(pairs, [sys.argv[3]], sys.argv[4], ScoreOptions(progress=False, device="cpu", chunk_size=1024,
-             embedding_cache=False))
+score_pairs_table(sys.argv[4], pairs, [sys.argv[3]], ShardOptions(chunk_size=1024),
+                  EmbedOptions(progress=False, device="cpu", embedding_cache=False))
 # VmHWM: this process's peak RSS since exec (ru_maxrss would include the forking parent's peak)
 print(int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024)
 """

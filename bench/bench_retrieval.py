@@ -4,7 +4,7 @@
                                      --out bench/results/retrieval.json]
 
 Random unit vectors (seeded), one random relevant item per query. Times
-:func:`clipeval.eval.ranking.retrieve` (running top-k and exact ranks, memory bounded by the
+:func:`clipeval.metrics.ranking.retrieve` (running top-k and exact ranks, memory bounded by the
 blocks) and, as the reference, ``torch.topk(queries @ items.T, k)`` on the full matrix (done in
 row chunks instead, and said so in the JSON, when the full matrix does not fit in available
 memory). Reports wall and CPU seconds, peak RSS sampled every 10 ms during each phase, the wall and
@@ -31,8 +31,8 @@ import psutil
 import torch
 
 from clipeval.atomic import write_json
-from clipeval.eval.metrics import summarize_ranks
-from clipeval.eval.ranking import ITEM_BLOCK, QUERY_BLOCK, retrieve
+from clipeval.metrics.ranking import ITEM_BLOCK, QUERY_BLOCK, retrieve
+from clipeval.metrics.retrieval import summarize_ranks
 from clipeval.paths import PROJECT_ROOT, project_relative
 
 FULL_MATRIX_HEADROOM = 1.3  # run the full reference only if available memory >= this x its size

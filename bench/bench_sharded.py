@@ -1,10 +1,10 @@
-"""Benchmark sharded scoring: the local executor vs Ray with 2 workers, and how time grows with shards.
+"""Benchmark sharded scoring: the local executor vs Ray with 2 actors, and how time grows with shards.
 
     python bench/bench_sharded.py [--pairs-per-shard 128] [--out bench/results/sharded.json]
 
 The same webdataset shards (640x480 JPEGs, 4 captions per image, built in a temporary folder)
 and the same model (the dual encoder's architecture at its real size, random init) are scored
-by ``score_shards`` with ``--executor local`` (one process, every core) and ``--executor ray``
+by ``score --shards`` with ``--executor local`` (one process, every core) and ``--executor ray``
 (2 actors, 1 CPU each), for 1, 2, 4 and 8 shards, each into a fresh run folder (embedding cache
 off; the fastest of two runs is kept). Ray is started once before the Ray runs and its start-up
 time reported on its own; every Ray run still starts its actors, which load the model.
@@ -13,7 +13,7 @@ Per executor: the wall time of each run, samples/s at 8 shards, a least-squares 
 ``wall = fixed + per_shard * shards`` (fixed: model loading and actor start-up; per_shard: the
 marginal cost of a shard), the mean in-shard seconds (reading, decoding, encoding and writing, as
 the done-markers record them) and the per-shard overhead: ``per_shard - in-shard seconds /
-parallel workers`` (what a shard costs beyond its own work: scheduling, markers, idle workers).
+parallel processes`` (what a shard costs beyond its own work: scheduling, markers, idle actors).
 Writes the JSON atomically with paths relative to the project, and prints a table.
 """
 
@@ -34,24 +34,27 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import build_dual, machine_info, pairs_table, photos, save_report
 from clipeval.data.shards import write_shards
+from clipeval.embed.options import EmbedOptions
 from clipeval.paths import PROJECT_ROOT
-from clipeval.runs.sharded import score_shards
+from clipeval.pipeline.options import ExecutionOptions, ShardOptions
+from clipeval.pipeline.run import score_run
 
 SHARD_COUNTS = (1, 2, 4, 8)
-RAY_WORKERS = 2
+RAY_ACTORS = 2
 
 
 def run(executor: str, shards: list[Path], spec: str, out: Path, batch_size: int) -> dict:
     started = time.perf_counter()
-    result = score_shards(out, [str(path) for path in shards], [spec], executor=executor, num_workers=RAY_WORKERS,
-                          device="cpu", batch_size=batch_size, progress=False)
+    result = score_run(out, list(shards), [spec], ShardOptions(),
+                       EmbedOptions(batch_size=batch_size, device="cpu", embedding_cache=False, progress=False),
+                       ExecutionOptions(executor, ray_actors=RAY_ACTORS))
     wall = time.perf_counter() - started
     done = result.shards[result.shards["state"] == "done"]
     assert len(done) == len(shards), result.shards
     rows = int(done["rows"].sum())
     return {"shards": len(shards), "rows": rows, "wall_s": wall, "samples_per_s": rows / wall,
             "in_shard_s_mean": float(done["seconds"].astype(float).mean()),
-            "workers_used": int(done[["host", "pid"]].drop_duplicates().shape[0])}
+            "processes_used": int(done[["host", "pid"]].drop_duplicates().shape[0])}
 
 
 def best_of(repeats: int, executor: str, shards: list[Path], spec: str, out: Path, batch_size: int) -> dict:
@@ -67,7 +70,7 @@ def fit(runs: list[dict], parallel: int) -> dict:
     per_shard, fixed = np.polyfit(shards, walls, 1)
     in_shard = float(np.mean([r["in_shard_s_mean"] for r in runs]))
     return {"fixed_s": float(fixed), "per_shard_s": float(per_shard), "in_shard_s_mean": in_shard,
-            "parallel_workers": parallel, "overhead_per_shard_s": float(per_shard - in_shard / parallel)}
+            "parallel_processes": parallel, "overhead_per_shard_s": float(per_shard - in_shard / parallel)}
 
 
 def table(report: dict) -> str:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration; the fastest is kept")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "sharded.json")
     args = parser.parse_args(argv)
-    report = {"config": {**vars(args), "shard_counts": SHARD_COUNTS, "ray_workers": RAY_WORKERS,
+    report = {"config": {**vars(args), "shard_counts": SHARD_COUNTS, "ray_actors": RAY_ACTORS,
                          "model": "dual encoder architecture, random init", "images": "640x480 JPEG, 4 captions each"},
               "machine": machine_info()}
     started = time.perf_counter()
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             ray.shutdown()
     report["local"]["fit"] = fit(report["local"]["runs"], 1)
-    report["ray"]["fit"] = fit(report["ray"]["runs"], RAY_WORKERS)
+    report["ray"]["fit"] = fit(report["ray"]["runs"], RAY_ACTORS)
     report["ray_over_local_at_8"] = report["ray"]["runs"][-1]["samples_per_s"] / report["local"]["runs"][-1][
         "samples_per_s"]
     return save_report(report, args.out, started, table)

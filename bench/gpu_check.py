@@ -11,7 +11,7 @@
    every checkpoint's ``stats.json`` records a peak CUDA memory.
 3. The pipeline on CUDA: ViT-B/32 at its real size, scoring pairs/s over the model-only limit (the
    same images preprocessed beforehand and the same captions through the same encoder), with 0 and
-   4 decode workers (``bench_pipeline.model_limit``).
+   4 decode processes (``bench_pipeline.model_limit``).
 
 Exits 2 when no CUDA device is visible. Meant to take under 8 minutes on one GPU; writes the JSON the
 docs' GPU table is generated from.

@@ -94,3 +94,26 @@ def challenge_csv(tmp_path_factory):
     from clipeval.data.challenge import build_challenge_set
 
     return build_challenge_set(tmp_path_factory.mktemp("challenge"))
+
+
+@pytest.fixture
+def score_table(tmp_path):
+    """Score a pairs table as ``score --pairs`` does (a one-shard run), each call into a new run folder.
+
+    ``score_table(pairs, specs, chunk_size=..., run_dir=..., overwrite=..., **embed_options)`` returns
+    the :class:`~clipeval.pipeline.run.ScoringRun`; the embedding options default to the CPU, no bars.
+    """
+    import itertools
+
+    from clipeval.embed.options import EmbedOptions
+    from clipeval.pipeline.options import ShardOptions
+    from clipeval.pipeline.run import score_pairs_table
+
+    numbers = itertools.count()
+
+    def score(pairs, checkpoints, chunk_size=256, run_dir=None, overwrite=False, **embed):
+        embed = {"progress": False, "device": "cpu", **embed}
+        return score_pairs_table(run_dir or tmp_path / f"run{next(numbers)}", pairs, list(checkpoints),
+                                 ShardOptions(chunk_size=chunk_size), EmbedOptions(**embed), overwrite)
+
+    return score

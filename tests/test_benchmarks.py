@@ -415,13 +415,18 @@ def test_a_hub_dataset_that_cannot_be_fetched_says_how_to_download(monkeypatch):
 # --- the benchmark step: loaders feed the existing retrieval evaluation unchanged -------------------
 
 def test_retrieve_benchmarks_runs_the_retrieval_evaluation_on_a_benchmark(tmp_path, tiny_specs, one_torch_thread):
+    from clipeval.data.fetch import FetchOptions
+    from clipeval.embed.options import EmbedOptions
+    from clipeval.eval.options import RetrievalOptions
     from clipeval.runs import steps
 
     root = _wds(tmp_path / "wds", n_images=4)
     run_dir = tmp_path / "run"
     run = steps.retrieve_benchmarks(run_dir, [tiny_specs["hf-clip"]],
                                     {FLICKR_1K: {"kind": "wds", "path": str(root), "check_size": False}},
-                                    n_resamples=50, device="cpu", progress=False, cache_dir=str(tmp_path / "cache"))
+                                    RetrievalOptions(n_resamples=50),
+                                    EmbedOptions(device="cpu", progress=False,
+                                                 fetch=FetchOptions(image_cache_dir=tmp_path / "cache")))
     metrics = pd.read_csv(run_dir / "benchmarks" / FLICKR_1K / "metrics.csv")
     assert set(metrics["dataset"]) == {FLICKR_1K} and set(metrics["direction"]) == {"text_to_image", "image_to_text"}
     assert metrics["n_queries"].tolist() == [20] * 3 + [4] * 3  # 20 captions, 4 images

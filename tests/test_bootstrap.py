@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipeval.eval.bootstrap import bootstrap_ci, bootstrap_summary, paired_bootstrap
-from clipeval.eval.metrics import per_query_metrics, summarize_ranks
+from clipeval.metrics.bootstrap import bootstrap_ci, bootstrap_summary, paired_bootstrap
+from clipeval.metrics.retrieval import per_query_metrics, summarize_ranks
 
 
 def per_query_values(seed: int, n: int = 300) -> np.ndarray:

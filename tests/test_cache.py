@@ -18,9 +18,10 @@ from PIL import Image
 
 from clipeval.data.images import decode_image, read_many_bytes
 from clipeval.data.sources import read_pairs
-from clipeval.eval.cache import EmbeddingCache
-from clipeval.eval.embed import Embedder, EmbedOptions, cpu_cores, model_key
-from clipeval.eval.scoring import RunFolderMismatch, ScoreOptions, score_pairs, score_to_dir
+from clipeval.embed.cache import EmbeddingCache
+from clipeval.embed.engine import Embedder, cpu_cores, model_key
+from clipeval.embed.options import EmbedOptions
+from clipeval.layout import RunFolderMismatch
 from clipeval.models.registry import load_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,7 +45,7 @@ def _photos(folder, n=5, size=(48, 40)):
 def test_a_warm_run_reads_identical_vectors_and_encodes_nothing(encoder, tmp_path):
     raws = read_many_bytes(_photos(tmp_path))
     texts = ["a red cube", "two dogs", "a red cube"]
-    options = EmbedOptions(batch_size=2, cache_dir=tmp_path / "cache")
+    options = EmbedOptions(batch_size=2, embedding_cache_dir=tmp_path / "cache")
     with Embedder(encoder, options) as cold:
         images, captions = cold.images(raws), cold.texts(texts)
         assert cold.cache_counts() == {"image_hits": 0, "image_misses": 5, "text_hits": 0, "text_misses": 2}
@@ -85,7 +86,7 @@ def test_the_model_key_changes_with_spec_weights_preprocessing_precision_and_dec
 
 _WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from clipeval.eval.cache import EmbeddingCache
+    from clipeval.embed.cache import EmbeddingCache
     cache = EmbeddingCache(sys.argv[1])
     start = int(sys.argv[2])
     for batch in range(int(sys.argv[3])):
@@ -134,13 +135,14 @@ def _per_row_cosines(encoder, pairs, base_dir):
     return np.array(cosines)
 
 
-def test_deduplicated_cached_and_worker_encoding_score_like_each_row_alone(tiny_specs, challenge_csv, tmp_path):
+def test_deduplicated_cached_and_worker_encoding_score_like_each_row_alone(tiny_specs, challenge_csv, tmp_path,
+                                                                          score_table):
     pairs = read_pairs(challenge_csv).iloc[:12]
     spec = tiny_specs["open_clip"]
-    options = dict(progress=False, device="cpu", batch_size=4, chunk_size=6, embedding_cache_dir=tmp_path / "c")
-    cold = score_pairs(pairs, [spec], ScoreOptions(**options))
-    warm = score_pairs(pairs, [spec], ScoreOptions(**options))
-    workers = score_pairs(pairs, [spec], ScoreOptions(**options, embedding_cache=False, decode_workers=1))
+    options = dict(batch_size=4, chunk_size=6, embedding_cache_dir=tmp_path / "c")
+    cold = score_table(pairs, [spec], **options)
+    warm = score_table(pairs, [spec], **options)
+    workers = score_table(pairs, [spec], **options, embedding_cache=False, decode_processes=1)
     assert warm.stats["checkpoints"][spec]["cache"]["image_misses"] == 0
     assert cold.stats["checkpoints"][spec]["model_loaded"] and not warm.stats["checkpoints"][spec]["model_loaded"]
     assert cold.stats["checkpoints"][spec]["cache"]["image_misses"] == pairs["image"].nunique()
@@ -177,24 +179,25 @@ def _interrupt_after_first_chunk(monkeypatch):
     monkeypatch.setattr(scoring.ChunkScorer, "score_chunk", flaky)
 
 
-def test_resuming_says_so_and_a_different_run_is_refused(tiny_specs, challenge_csv, tmp_path, monkeypatch, capsys):
+def test_resuming_says_so_and_a_different_run_is_refused(tiny_specs, challenge_csv, tmp_path, monkeypatch, capsys,
+                                                         score_table):
     pairs = read_pairs(challenge_csv).iloc[:12]
-    options = ScoreOptions(progress=False, device="cpu", batch_size=4, chunk_size=4)
+    hf, run_dir = [tiny_specs["hf-clip"]], tmp_path / "run"
     with monkeypatch.context() as patch:
         _interrupt_after_first_chunk(patch)
         with pytest.raises(KeyboardInterrupt):
-            score_to_dir(pairs, [tiny_specs["hf-clip"]], tmp_path, options)
-    with pytest.raises(RunFolderMismatch, match=r"different the checkpoints.*--overwrite"):
-        score_to_dir(pairs, [tiny_specs["open_clip"]], tmp_path, options)
-    run = score_to_dir(pairs, [tiny_specs["hf-clip"]], tmp_path, options)
-    assert "1 of 3 chunks reused" in capsys.readouterr().err and run.stats["chunks_resumed"] == 1
+            score_table(pairs, hf, chunk_size=4, run_dir=run_dir, batch_size=4)
+    with pytest.raises(RunFolderMismatch, match=r"different checkpoints.*--overwrite"):
+        score_table(pairs, [tiny_specs["open_clip"]], chunk_size=4, run_dir=run_dir, batch_size=4)
+    run = score_table(pairs, hf, chunk_size=4, run_dir=run_dir, batch_size=4)
+    assert "pairs: 1 of 3 chunks reused" in capsys.readouterr().err and run.stats["chunks_resumed"] == 1
     changed = pd.concat([pairs.iloc[:11], pairs.iloc[:1]], ignore_index=True)
     changed.attrs = pairs.attrs
-    with pytest.raises(RunFolderMismatch, match="the input table"):
-        score_to_dir(changed, [tiny_specs["hf-clip"]], tmp_path, options)
-    with pytest.raises(RunFolderMismatch, match="chunk_size"):
-        score_to_dir(pairs, [tiny_specs["hf-clip"]], tmp_path, ScoreOptions(progress=False, device="cpu", chunk_size=5))
-    rerun = score_to_dir(changed, [tiny_specs["hf-clip"]], tmp_path, options, overwrite=True)
+    with pytest.raises(RunFolderMismatch, match="different tables"):
+        score_table(changed, hf, chunk_size=4, run_dir=run_dir, batch_size=4)
+    with pytest.raises(RunFolderMismatch, match=r"chunk_size \(4 then, 5 now\)"):
+        score_table(pairs, hf, chunk_size=5, run_dir=run_dir, batch_size=4)
+    rerun = score_table(changed, hf, chunk_size=4, run_dir=run_dir, batch_size=4, overwrite=True)
     assert rerun.stats["chunks_resumed"] == 0 and len(rerun.results) == 12
 
 
@@ -215,7 +218,21 @@ def test_the_cache_is_per_process_safe_across_fork(tmp_path):
     assert set(cache.get("m", "text", ["a", "b"])) == {"a", "b"}
 
 
-def test_a_changed_checkpoint_file_is_loaded_again_under_a_new_key(tmp_path, challenge_csv):
+def test_the_cache_works_from_another_thread_than_the_one_that_opened_it(tmp_path):
+    """A Ray actor is built in one thread and called in another; SQLite refuses a connection across threads."""
+    import threading
+
+    cache = EmbeddingCache(tmp_path)
+    cache.put("m", "text", {"a": np.ones(3, np.float32)})
+    found = {}
+    worker = threading.Thread(target=lambda: found.update(cache.get("m", "text", ["a"])))
+    worker.start()
+    worker.join(60)
+    assert set(found) == {"a"} and (found["a"] == 1).all()
+    assert set(cache.get("m", "text", ["a"])) == {"a"}
+
+
+def test_a_changed_checkpoint_file_is_loaded_again_under_a_new_key(tmp_path, challenge_csv, score_table):
     import shutil
 
     from clipeval.models.tiny import build_open_clip
@@ -223,39 +240,39 @@ def test_a_changed_checkpoint_file_is_loaded_again_under_a_new_key(tmp_path, cha
     folder, _ = build_open_clip(tmp_path / "ckpt")
     spec = f"open_clip:{folder}"
     pairs = read_pairs(challenge_csv).iloc[:4]
-    options = ScoreOptions(progress=False, device="cpu", embedding_cache_dir=tmp_path / "cache")
-    first = score_pairs(pairs, [spec], options)
-    assert not score_pairs(pairs, [spec], options).stats["checkpoints"][spec]["model_loaded"]
+    options = {"embedding_cache_dir": tmp_path / "cache"}
+    first = score_table(pairs, [spec], **options)
+    assert not score_table(pairs, [spec], **options).stats["checkpoints"][spec]["model_loaded"]
     retrained = tmp_path / "other"
     build_open_clip(retrained, seed=1)
     shutil.copy(retrained / "open_clip" / "open_clip_model.safetensors", folder / "open_clip_model.safetensors")
-    again = score_pairs(pairs, [spec], options)
+    again = score_table(pairs, [spec], **options)
     entry = again.stats["checkpoints"][spec]
     assert entry["model_loaded"] and entry["cache"]["image_misses"] == pairs["image"].nunique()
     assert not np.allclose(again.results["similarity"], first.results["similarity"])
 
 
-def test_a_warm_run_keeps_failures_without_loading_the_model(tiny_specs, tmp_path):
+def test_a_warm_run_keeps_failures_without_loading_the_model(tiny_specs, tmp_path, score_table):
     refs = _photos(tmp_path, n=2)
     (tmp_path / "text.jpg").write_text("not an image")
     pairs = pd.DataFrame({"image": [*refs, str(tmp_path / "text.jpg")], "caption": ["a", "b", "c"]})
-    options = ScoreOptions(progress=False, device="cpu", embedding_cache_dir=tmp_path / "cache")
+    options = {"embedding_cache_dir": tmp_path / "cache"}
     spec = tiny_specs["open_clip"]
-    cold, warm = score_pairs(pairs, [spec], options), score_pairs(pairs, [spec], options)
+    cold, warm = score_table(pairs, [spec], **options), score_table(pairs, [spec], **options)
     assert cold.results["status"].tolist() == warm.results["status"].tolist() == ["ok", "ok", "decode_error"]
     assert warm.results["error"].tolist() == cold.results["error"].tolist()
     assert not warm.stats["checkpoints"][spec]["model_loaded"]
 
 
 @pytest.mark.skipif(cpu_cores() < 2, reason="needs 2 cores for a decode worker to take one from the encoder")
-def test_decode_workers_give_the_encoder_its_threads_back(tiny_specs, challenge_csv, tmp_path):
+def test_decode_processes_give_the_encoder_its_threads_back(tiny_specs, challenge_csv, score_table):
     pairs = read_pairs(challenge_csv).iloc[:4]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        run = score_pairs(pairs, [tiny_specs["open_clip"], tiny_specs["hf-clip"]],
-                          ScoreOptions(progress=False, device="cpu", decode_workers=1, embedding_cache=False))
+        run = score_table(pairs, [tiny_specs["open_clip"], tiny_specs["hf-clip"]], decode_processes=1,
+                          embedding_cache=False)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    assert run.stats["checkpoints"][tiny_specs["hf-clip"]]["decode_workers"] == 1
+    assert run.stats["checkpoints"][tiny_specs["hf-clip"]]["decode_processes"] == 1

@@ -34,6 +34,37 @@ def test_retrieve_accepts_several_cut_offs_after_one_flag():
     from clipeval.runs.cli import build_parser
 
     base = ["retrieve", "--pairs", "p.csv", "--checkpoint", "hf:x", "--out", "o"]
-    assert build_parser().parse_args([*base, "--k", "1", "5", "10"]).k == [1, 5, 10]
-    assert build_parser().parse_args([*base, "--k", "1", "--k", "5"]).k == [1, 5]
-    assert build_parser().parse_args(base).k is None
+    assert build_parser().parse_args([*base, "--k", "1", "5", "10"]).ks == [1, 5, 10]
+    assert build_parser().parse_args([*base, "--k", "1", "--k", "5"]).ks == [1, 5]
+    assert build_parser().parse_args(base).ks is None
+
+
+def test_old_flag_spellings_still_work_and_say_what_replaced_them(capsys):
+    from clipeval.embed.options import EmbedOptions
+    from clipeval.pipeline.options import ExecutionOptions
+    from clipeval.runs.cli import build_parser
+    from clipeval.runs.options import options_from
+
+    old = ["score-shards", "--shards", "s.tar", "--checkpoint", "hf:x", "--out", "o", "--decode-workers", "1",
+           "--num-workers", "3", "--gpus-per-worker", "0.5", "--workers", "4", "--cache-dir", "images"]
+    args = build_parser().parse_args(old)
+    embed, execution = options_from(args, EmbedOptions), options_from(args, ExecutionOptions)
+    assert (embed.decode_processes, execution.ray_actors, execution.gpus_per_actor) == (1, 3, 0.5)
+    assert embed.fetch.read_threads == 4 and str(embed.fetch.image_cache_dir) == "images"
+    warnings = capsys.readouterr().err
+    for before, after in (("--decode-workers", "--decode-processes"), ("--num-workers", "--ray-actors"),
+                          ("--gpus-per-worker", "--gpus-per-actor"), ("--workers", "--read-threads"),
+                          ("--cache-dir", "--image-cache-dir")):
+        assert f"warning: {before} is deprecated and will be removed in the next release; use {after}" in warnings
+    new = build_parser().parse_args(["score", "--shards", "s.tar", "--checkpoint", "hf:x", "--out", "o"])
+    assert options_from(new, EmbedOptions) == EmbedOptions() and capsys.readouterr().err == ""
+
+
+def test_the_deprecated_commands_run_the_new_ones(tmp_path, capsys):
+    assert main(["score-shards", "--shards", str(tmp_path / "none.tar"), "--checkpoint", "hf:x", "--out",
+                 str(tmp_path / "run"), "--no-progress"]) != 0
+    assert "warning: score-shards is deprecated" in capsys.readouterr().err
+    assert main(["curate-shards", "--scores", str(tmp_path / "nothing"), "--rule", "basic", "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "warning: curate-shards is deprecated" in error and "no scored shard to curate" in error

@@ -8,7 +8,8 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from clipeval.eval.compare import (
+from clipeval.layout import RunLayout
+from clipeval.metrics.compare import (
     add_percentiles,
     attach_match,
     load_run_scores,
@@ -107,7 +108,7 @@ def test_attach_match_by_position_and_errors(tmp_path):
         attach_match(scores.assign(row_id=[0, 1, 2, 3]), results)
     results.to_csv(tmp_path / "results.csv", index=False)
     scores.to_csv(tmp_path / "scores.csv", index=False)
-    loaded = load_run_scores(tmp_path)
+    loaded = load_run_scores(RunLayout(tmp_path))
     assert loaded["match"].dtype == bool and loaded["match"].tolist() == [True, True, False, True]
 
 

@@ -6,20 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.eval.curation import (
+from clipeval.curate.engine import curate_table as curate
+from clipeval.curate.rules import (
     AllOf,
     AnyOf,
     BasicFilter,
     Percentile,
     Threshold,
     TopFraction,
-    curate,
     parse_rule,
     preset,
-    wide_scores,
 )
+from clipeval.embed.options import EmbedOptions
+from clipeval.layout import RunLayout
 
 A, B = "hf:openai/clip-vit-base-patch32", "dual:x"
+CPU = EmbedOptions(device="cpu", progress=False)
 
 
 def table(cosines_a, cosines_b=None, statuses=None, captions=None, sizes=None) -> pd.DataFrame:
@@ -50,7 +52,8 @@ def test_top_fraction_keeps_exactly_the_ceiling_and_says_how_ties_were_broken():
     assert len(result.kept) == math.ceil(0.5 * 7) == 4
     assert result.kept.tolist() == [1, 2, 3, 5]
     tied = curate(scores, [TopFraction(A, 0.3)])  # 3 of 7: 0.9 and two of the three 0.5s, by input order
-    assert tied.kept.tolist() == [1, 2, 5] and "1 rows with the same score" in tied.steps["note"].iloc[1]
+    assert tied.kept.tolist() == [1, 2, 5]
+    assert "1 rows with the cut score dropped by input order" in tied.steps["note"].iloc[1]
     with pytest.raises(ValueError, match="top fraction"):
         TopFraction(A, 0.0)
 
@@ -110,13 +113,16 @@ def test_curate_reads_a_scored_run_and_writes_every_output(tiny_specs, challenge
     from clipeval.runs.steps import score
 
     pairs = read_pairs(challenge_csv)
-    score(tmp_path / "run", str(challenge_csv), [tiny_specs["hf-clip"]], device="cpu", progress=False)
-    wide = wide_scores(tmp_path / "run")
+    score(tmp_path / "run", str(challenge_csv), [tiny_specs["hf-clip"]], embed=CPU)
+    [shard] = RunLayout(tmp_path / "run").scored_shards()
+    wide = pd.read_parquet(shard)
     assert len(wide) == len(pairs) and f"cosine[{tiny_specs['hf-clip']}]" in wide
     result = curate_step(tmp_path / "run", [f"top:0.5[{tiny_specs['hf-clip']}]"], tmp_path / "curated")
     curated = pd.read_csv(tmp_path / "curated" / "curated.csv")
     assert list(curated.columns) == ["row_id", *pairs.columns]
-    assert curated["row_id"].tolist() == sorted(curated["row_id"]) == list(result.kept)
+    kept = pd.read_csv(tmp_path / "curated" / "kept.csv")["row_id"]
+    assert curated["row_id"].tolist() == sorted(curated["row_id"]) == kept.tolist()
+    assert result.kept == len(kept) == math.ceil(0.5 * len(pairs))
     dropped = pd.read_csv(tmp_path / "curated" / "dropped.csv")
     assert len(curated) + len(dropped) == len(pairs)
     assert (tmp_path / "curated" / "summary.csv").is_file() and (tmp_path / "curated" / "kept.csv").is_file()
@@ -128,7 +134,7 @@ def test_the_curate_command_prints_the_steps_and_refuses_unknown_checkpoints(tin
     from clipeval.runs.steps import score
 
     spec = tiny_specs["hf-clip"]
-    score(tmp_path / "run", str(challenge_csv), [spec], device="cpu", progress=False)
+    score(tmp_path / "run", str(challenge_csv), [spec], embed=CPU)
     assert main(["curate", "--scores", str(tmp_path / "run"), "--rule", f"cosine[{spec}]>=-1", "--rule", "basic",
                  "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
@@ -139,7 +145,7 @@ def test_the_curate_command_prints_the_steps_and_refuses_unknown_checkpoints(tin
 
 
 def test_agreement_counts_both_keep_and_both_drop():
-    from clipeval.eval.curation import agreement, jaccard
+    from clipeval.studies.curation import agreement, jaccard
 
     rows = pd.RangeIndex(10)
     kept = {"a": pd.Index([0, 1, 2, 3]), "b": pd.Index([2, 3, 4, 5])}

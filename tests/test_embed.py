@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from clipeval.data.images import read_many_bytes
 from clipeval.data.retrieval_sets import RetrievalSet
-from clipeval.eval.embed import embed_images, embed_set, embed_texts, encode_pixels
+from clipeval.embed.engine import Embedder, embed_set, embed_texts, encode_pixels
+from clipeval.embed.options import EmbedOptions
 from clipeval.models.registry import load_encoder
 from clipeval.paths import PROJECT_ROOT
 
@@ -26,11 +28,27 @@ def _images(n: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def test_duplicates_are_encoded_once_and_equal_encoding_each(encoder):
+def _files(folder, images: list[Image.Image]) -> list[str]:
+    """The images saved as PNG files (lossless: decoding them gives the same pixels)."""
+    paths = []
+    for number, image in enumerate(images):
+        image.save(folder / f"{number}.png")
+        paths.append(str(folder / f"{number}.png"))
+    return paths
+
+
+def _embed(encoder, paths, batch_size=2):
+    raws = [raw if path is not None else None for path, raw in zip(paths, read_many_bytes(
+        [path or "" for path in paths]), strict=True)]
+    with Embedder(encoder, EmbedOptions(batch_size=batch_size, embedding_cache=False)) as embedder:
+        return embedder.images(raws)
+
+
+def test_duplicates_are_encoded_once_and_equal_encoding_each(encoder, tmp_path):
     images = _images(3)
-    keys = ["a", "b", "a", "c", "b"]
+    files = _files(tmp_path, images)
     inputs = [images[0], images[1], images[0], images[2], images[1]]
-    embedded = embed_images(encoder, inputs, keys=keys, batch_size=2)
+    embedded = _embed(encoder, [files[0], files[1], files[0], files[2], files[1]])
     assert embedded.vectors.shape[0] == 3 and embedded.rows.tolist() == [0, 1, 0, 2, 1]
     each = encode_pixels(encoder, torch.stack([encoder.preprocess(image) for image in inputs]), batch_size=1)
     torch.testing.assert_close(embedded.of(range(5)), each, rtol=1e-5, atol=1e-6)
@@ -58,9 +76,9 @@ class Picky:
         return self.inner.preprocess(image)
 
 
-def test_skipped_and_rejected_images_get_no_embedding(encoder):
-    odd = Image.new("RGB", (7, 30))
-    embedded = embed_images(Picky(encoder), [_images(1)[0], None, odd, odd], keys=["x", "y", "odd", "odd"])
+def test_skipped_and_rejected_images_get_no_embedding(encoder, tmp_path):
+    good, odd = _files(tmp_path, [_images(1)[0], Image.new("RGB", (7, 30))])
+    embedded = _embed(Picky(encoder), [good, None, odd, odd])
     assert embedded.rows.tolist() == [0, -1, -1, -1]
     assert set(embedded.errors) == {2, 3} and embedded.errors[2][0] == "preprocess_error"
     assert "width 7" in embedded.errors[2][1]
@@ -74,7 +92,7 @@ def test_retrieval_set_reports_preprocess_failures(encoder, tmp_path):
     dataset = RetrievalSet("t", pd.DataFrame({"text": ["red", "blue"]}),
                            pd.DataFrame({"image": ["good.png", "thin.png", "absent.png"]}),
                            np.array([[0, 0], [1, 1]]), str(tmp_path))
-    embedded = embed_set(Picky(encoder), dataset, progress=False)
+    embedded = embed_set(Picky(encoder), dataset, EmbedOptions(progress=False))
     assert embedded.image_status == ["ok", "preprocess_error", "missing"]
     assert "width 7" in embedded.image_error[1]
     assert embedded.image_positions.tolist() == [0] and embedded.images.shape[0] == 1
@@ -82,12 +100,12 @@ def test_retrieval_set_reports_preprocess_failures(encoder, tmp_path):
 
 
 def test_no_module_outside_embed_encodes_images_or_captions():
-    """Only eval/embed calls an encoder's preprocess / encode methods (models define them)."""
+    """Only the embedding engine calls an encoder's preprocess / encode methods (models define them)."""
     calls = {"preprocess", "encode_images", "encode_texts"}
     offenders = []
     for path in sorted((PROJECT_ROOT / "src" / "clipeval").rglob("*.py")):
         relative = path.relative_to(PROJECT_ROOT / "src" / "clipeval").as_posix()
-        if relative == "eval/embed.py" or relative.startswith("models/"):
+        if relative == "embed/engine.py" or relative.startswith("models/"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in calls:

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -18,9 +19,10 @@ from clipeval.data.images import read_images
 from http_stub import serving
 
 CAP = 50_000  # bytes; the huge bodies are 4x this
+CAP_MB = CAP / 2**20
 SLOW_S = 3.0  # the slow endpoint's delay, well above CLIENT_TIMEOUT_S even on a loaded CPU
 CLIENT_TIMEOUT_S = 1.0
-OPTIONS = FetchOptions(timeout=CLIENT_TIMEOUT_S, retries=2, backoff=0.01, max_bytes=CAP, cache_dir=None)
+OPTIONS = FetchOptions(timeout=CLIENT_TIMEOUT_S, retries=2, backoff=0.01, max_download_mb=CAP_MB, image_cache_dir=None)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -138,8 +140,7 @@ def test_url_batch_every_case_gets_its_status(server):
     refs = [_url(server, path) for path in cases] + ["file:///etc/passwd", "http://"]
     expected = [*cases.values(), "bad_scheme", "bad_url"]
 
-    loaded = read_images(refs, None, workers=4, fetch_options=FetchOptions(
-        timeout=CLIENT_TIMEOUT_S, retries=0, backoff=0.01, max_bytes=CAP, cache_dir=None))
+    loaded = read_images(refs, None, fetch_options=replace(OPTIONS, read_threads=4, retries=0))
 
     assert len(loaded) == len(refs)
     assert [item.status for item in loaded] == expected
@@ -180,7 +181,7 @@ def test_client_errors_are_not_retried(server, path, status):
 
 
 def test_timeouts_are_retried_and_reported(server):
-    options = FetchOptions(timeout=CLIENT_TIMEOUT_S, retries=1, backoff=0.01, max_bytes=CAP, cache_dir=None)
+    options = replace(OPTIONS, retries=1)
     result = fetch_url(_url(server, "/slow.png?timeout-test"), options)
     assert result.status == "timeout"
     assert server.hits["/slow.png?timeout-test"] == 2
@@ -209,33 +210,33 @@ def test_is_url_tells_urls_from_paths():
 
 
 def test_second_fetch_comes_from_the_cache_without_a_request(server, tmp_path):
-    options = FetchOptions(timeout=1.0, retries=0, max_bytes=CAP, cache_dir=tmp_path / "cache")
+    options = FetchOptions(timeout=1.0, retries=0, max_download_mb=CAP_MB, image_cache_dir=tmp_path / "cache")
     url = _url(server, "/good.png?cache-test")
 
     first = read_images([url], None, fetch_options=options)
     second = read_images([url], None, fetch_options=options)
 
     assert server.hits["/good.png?cache-test"] == 1
-    assert cache_path(url, options.cache_dir).read_bytes() == PNG
+    assert cache_path(url, options.image_cache_dir).read_bytes() == PNG
     assert first[0].status == second[0].status == "ok"
     assert first[0].image.tobytes() == second[0].image.tobytes()
     assert fetch_url(url, options).from_cache
 
 
 def test_bodies_that_do_not_decode_are_not_cached(server, tmp_path):
-    options = FetchOptions(timeout=1.0, retries=0, max_bytes=CAP, cache_dir=tmp_path / "cache")
+    options = FetchOptions(timeout=1.0, retries=0, max_download_mb=CAP_MB, image_cache_dir=tmp_path / "cache")
     url = _url(server, "/text.jpg?not-cached")
     assert [item.status for item in read_images([url, url], None, fetch_options=options)] == ["decode_error"] * 2
     read_images([url], None, fetch_options=options)
     assert server.hits["/text.jpg?not-cached"] == 2  # one per call (deduplicated within a call), none cached
-    assert not cache_path(url, options.cache_dir).exists()
+    assert not cache_path(url, options.image_cache_dir).exists()
 
 
 def test_mixed_local_paths_and_urls_keep_input_order(server, tmp_path):
     (tmp_path / "local.png").write_bytes(PNG)
     refs = [_url(server, "/good.jpg?mixed"), "local.png", _url(server, "/missing.png?mixed"), str(tmp_path / "no.png"),
             _url(server, "/good.jpg?mixed")]
-    loaded = read_images(refs, tmp_path, workers=3, fetch_options=OPTIONS)
+    loaded = read_images(refs, tmp_path, fetch_options=replace(OPTIONS, read_threads=3))
     assert [item.status for item in loaded] == ["ok", "ok", "http_404", "missing", "ok"]
     assert loaded[0].image.size == (64, 64) and loaded[1].image.size == (8, 8)
     assert server.hits["/good.jpg?mixed"] == 1  # a repeated URL is fetched once per call
@@ -246,7 +247,9 @@ def test_scoring_a_messy_table_keeps_every_row_with_its_status(server, tmp_path,
     import pandas as pd
 
     from clipeval.data.sources import read_pairs
-    from clipeval.eval.scoring import ScoreOptions, score_to_dir
+    from clipeval.embed.options import EmbedOptions
+    from clipeval.pipeline.options import ShardOptions
+    from clipeval.pipeline.run import score_pairs_table
     from test_images import _bad_folder
 
     cases = _bad_folder(tmp_path)
@@ -258,8 +261,9 @@ def test_scoring_a_messy_table_keeps_every_row_with_its_status(server, tmp_path,
     table = pd.DataFrame(rows, columns=["image", "caption", "expected"])
     table.to_csv(tmp_path / "pairs.csv", index=False)
 
-    options = ScoreOptions(device="cpu", progress=False, chunk_size=5, batch_size=3, fetch=OPTIONS)
-    run = score_to_dir(read_pairs(tmp_path / "pairs.csv"), [tiny_specs["open_clip"]], tmp_path / "run", options)
+    embed = EmbedOptions(device="cpu", progress=False, batch_size=3, fetch=OPTIONS)
+    run = score_pairs_table(tmp_path / "run", read_pairs(tmp_path / "pairs.csv"), [tiny_specs["open_clip"]],
+                            ShardOptions(chunk_size=5), embed)
 
     results = pd.read_csv(tmp_path / "run" / "results.csv", keep_default_na=False)
     assert len(results) == len(table)

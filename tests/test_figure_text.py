@@ -26,7 +26,7 @@ from clipeval.data.challenge import build_challenge_set
 from clipeval.data.scenes import generate_scenes
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, describe_images
-from clipeval.eval.compare import spearman_matrix
+from clipeval.metrics.compare import spearman_matrix
 from clipeval.plots import curation, data, labels, retrieval, scenes, scores, sharded
 
 PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation, sharded)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipeval.data.fetch import FetchOptions
 from clipeval.data.images import STATUSES, LoadedImage, decode_image, read_image, read_images, to_rgb
 
 
@@ -85,7 +86,7 @@ def test_bad_files_folder_every_case_gets_its_status(tmp_path):
     expected = [status for _, status in cases.values()] + ["read_error", "bad_reference", "bad_reference",
                                                             "bad_reference"]
 
-    loaded = read_images(refs, tmp_path, workers=2)
+    loaded = read_images(refs, tmp_path, fetch_options=FetchOptions(read_threads=2))
 
     assert len(loaded) == len(refs)
     assert [item.status for item in loaded] == expected

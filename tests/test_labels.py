@@ -6,14 +6,17 @@ import pytest
 from PIL import Image
 
 from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables
-from clipeval.eval.embed import EmbedOptions
+from clipeval.embed.options import EmbedOptions
+from clipeval.eval.options import RetrievalOptions
 from clipeval.eval.retrieval import evaluate_retrieval
 from clipeval.labels.base import LabelRun, image_table, run_stats
 from clipeval.labels.classifier import Classifier, labels_from_probabilities, readable_names
-from clipeval.labels.evalset import evalset_tables, existing_evalset, write_evalset
+from clipeval.labels.evalset import FILES, complete, evalset_tables, write_evalset
 from clipeval.labels.quality import judged_set, label_precision_recall, metric_bias, precision_recall_by_threshold
 from clipeval.labels.zero_shot import ZeroShot
 from clipeval.models.tiny import build_tiny_classifier
+
+CPU = EmbedOptions(device="cpu", progress=False)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,8 +63,8 @@ def test_the_classifier_labels_every_readable_image_and_accounts_for_the_rest(tm
 def test_the_zero_shot_labeller_picks_the_most_probable_text(tiny_specs, tmp_path):
     refs = _images(tmp_path, 3)
     vocabulary = ["a red circle", "a blue square"]
-    run = ZeroShot(tiny_specs["open_clip"], vocabulary, threshold=0.0, device="cpu",
-                   options=EmbedOptions(cache=False)).label(refs, tmp_path)
+    run = ZeroShot(tiny_specs["open_clip"], vocabulary, threshold=0.0,
+                   options=EmbedOptions(device="cpu", embedding_cache=False)).label(refs, tmp_path)
     assert len(run.labels) == 3 and set(run.labels["text"]) <= set(vocabulary)
     assert ((run.labels["confidence"] >= 0.5) & (run.labels["confidence"] <= 1.0)).all()  # top-1 of 2 classes
 
@@ -88,12 +91,15 @@ def test_class_labels_share_queries_and_captions_do_not():
 def test_an_eval_set_round_trips_into_the_retrieval_evaluation(tiny_specs, tmp_path):
     refs = _images(tmp_path, 4)
     run = _run([(refs[0], "red", 0.9), (refs[1], "red", 0.9), (refs[2], "blue", 0.8)], refs, "classifier")
-    out = write_evalset(run, tmp_path / "evalset", base_dir=tmp_path, fingerprint={"k": 1})
-    assert existing_evalset(out, {"k": 1}) and not existing_evalset(out, {"k": 2})
+    out = write_evalset(run, tmp_path / "evalset", base_dir=tmp_path)
+    assert complete(out)
+    (out / FILES[0]).unlink()
+    assert not complete(out)
+    write_evalset(run, out, base_dir=tmp_path)
     dataset = read_retrieval_tables(out / "queries.csv", out / "images.csv", out / "relevance.csv")
     assert dataset.relevant.tolist() == [[0, 0], [0, 1], [1, 2]] and len(dataset.images) == 4
-    report = evaluate_retrieval(dataset, [tiny_specs["hf-clip"]], ks=(1,), n_resamples=10, device="cpu",
-                                progress=False)
+    report = evaluate_retrieval(dataset, [tiny_specs["hf-clip"]], RetrievalOptions(ks=(1,), n_resamples=10),
+                                EmbedOptions(device="cpu", progress=False))
     text_to_image = report.metrics[report.metrics["direction"] == "text_to_image"].iloc[0]
     assert text_to_image["n_queries"] == 2 and text_to_image["n_images_unreadable"] == 0
 
@@ -167,14 +173,14 @@ def test_build_evalset_writes_a_set_the_retrieve_command_reads_and_reuses_it(tmp
 
 def test_the_label_study_writes_its_tables_and_judges_every_miss(tiny_specs, tmp_path):
     from clipeval.data.scenes import SCENE_CLASSES, generate_scenes
-    from clipeval.runs.evalsets import label_study
+    from clipeval.studies.labels import label_study
 
     root = generate_scenes(tmp_path / "scenes", n_train=4, n_val=4, n_test=12, image_size=32)
     classifier = build_tiny_classifier(tmp_path / "clf", list(SCENE_CLASSES), multi_label=True)
     sources = {"zero-shot": {"kind": "zero-shot", "model": tiny_specs["open_clip"], "threshold": 0.0},
                "classifier": {"kind": "classifier", "model": str(classifier), "threshold": 0.5}}
-    studies = label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], ks=(1, 5), n_resamples=10,
-                          thresholds=(0.0, 0.5, 0.9), device="cpu", progress=False)
+    studies = label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], "test",
+                          RetrievalOptions(ks=(1, 5), n_resamples=10), CPU, thresholds=(0.0, 0.5, 0.9))
     assert [study.name for study in studies] == ["zero-shot", "classifier"]
     for study in studies:
         assert len(study.run.images) == 12 and len(study.truth.queries) == len(study.pseudo.queries)
@@ -186,18 +192,18 @@ def test_the_label_study_writes_its_tables_and_judges_every_miss(tiny_specs, tmp
     quality = pd.read_csv(tmp_path / "run" / "label_quality.csv")
     assert quality["source"].tolist() == ["zero-shot", "classifier"]
     assert quality["precision"].between(0, 1).all() and (tmp_path / "run" / "evalsets" / "classifier").is_dir()
-    for name in ("label_threshold_sweep.csv", "label_metric_bias.csv", "manifest.json"):
+    for name in ("label_threshold_sweep.csv", "label_metric_bias.csv"):
         assert (tmp_path / "run" / name).is_file()
 
 
 def test_a_source_with_no_label_at_its_threshold_is_reported_not_evaluated(tiny_specs, tmp_path):
     from clipeval.data.scenes import generate_scenes
-    from clipeval.runs.evalsets import label_study
+    from clipeval.studies.labels import label_study
 
     root = generate_scenes(tmp_path / "scenes", n_train=0, n_val=0, n_test=6, image_size=32)
     sources = {"never sure": {"kind": "zero-shot", "model": tiny_specs["open_clip"], "threshold": 1.0}}
-    [study] = label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], ks=(1,), n_resamples=10,
-                          thresholds=(0.0, 1.0), device="cpu", progress=False)
+    [study] = label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], "test",
+                          RetrievalOptions(ks=(1,), n_resamples=10), CPU, thresholds=(0.0, 1.0))
     assert len(study.run.labels) == 6 and len(study.pseudo.queries) == 0 and len(study.pseudo.images) == 6
     assert study.metrics.empty and study.bias.empty and study.per_query.empty
     assert study.quality["coverage"] == 0 and study.quality["pseudo_pairs"] == 0

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from clipeval.data.benchmarks import BENCHMARKS, COCO_5K, FLICKR_1K
-from clipeval.eval.published import (
+from clipeval.metrics.published import (
     DEFAULT_TOLERANCE,
     HINT_ABOVE,
     HINT_BELOW,

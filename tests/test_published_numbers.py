@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from clipeval.data.fetch import FetchOptions
-from clipeval.data.images import read_image
-from clipeval.eval.embed import embed_images, embed_texts
+from clipeval.data.images import read_many_bytes
+from clipeval.embed.engine import Embedder, embed_texts
+from clipeval.embed.options import EmbedOptions
 from clipeval.models.registry import load_encoder
 
 pytestmark = pytest.mark.network
@@ -23,9 +24,10 @@ PUBLISHED_LOGITS = np.array([24.5701, 19.3049])  # transformers tests/models/cli
 
 def _logits(spec: str) -> np.ndarray:
     encoder = load_encoder(spec, device="cpu")
-    loaded = read_image(COCO_CATS, fetch_options=FetchOptions(cache_dir=None))
-    assert loaded.status == "ok", loaded.error
-    image = embed_images(encoder, [loaded.image]).vectors
+    [raw] = read_many_bytes([COCO_CATS], fetch_options=FetchOptions(image_cache_dir=None))
+    assert raw.status == "ok", raw.error
+    with Embedder(encoder, EmbedOptions(embedding_cache=False)) as embedder:
+        image = embedder.images([raw]).vectors
     texts = embed_texts(encoder, TEXTS).of([0, 1])
     return encoder.logit_scale * (image @ texts.T).numpy()[0]
 

@@ -30,8 +30,8 @@ from clipeval.rehearsal.hub_cache import add_repo, etag, repo_folder
 from clipeval.rehearsal.mirror import COCO_WDS, build_mirror, mirror_contents
 from clipeval.rehearsal.model_repos import timm_repo
 from clipeval.rehearsal.reduced import reduced_rehearsal
+from clipeval.report.build import build_profile_report
 from clipeval.runs.notebooks import run_notebooks
-from clipeval.runs.report import build_profile_report
 
 CHECKPOINTS = ["hf:openai/clip-vit-base-patch32", "open_clip:ViT-B-16-SigLIP@webli"]
 ROWS = 12  # images per mirrored dataset

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clipeval.report.build import build_report, format_value, notebook_errors
 from clipeval.runs.cli import main
-from clipeval.runs.report import build_report, format_value, notebook_errors
 
 CHECKPOINTS = ["dual:outputs/offline/models/dual", "baseline:bert-resnet50-random"]
 
@@ -129,9 +129,11 @@ def test_a_run_folder_missing_files_gives_a_report_saying_what_is_missing(tmp_pa
     report = build_report(tmp_path / "run", profile_notebooks=["02_score_pairs", "03_score_histograms"])
     page = report.index.read_text()
     assert all(section.missing for section in report.sections)
-    assert "score_summary.csv is missing: notebook 03_score_histograms writes it" in page
+    assert ("score_summary.csv is missing: steps.compare writes it (notebook 02_score_pairs, 03_score_histograms, "
+            "make notebooks)") in page
     # a file another profile's notebook writes is not called missing
-    assert "dual_encoder_eval.json: not in this run; the profile does not run notebook 06_train_dual_encoder" in page
+    assert ("dual_encoder_eval.json: not in this run; the profile runs no notebook that calls "
+            "steps.scenes_benchmark (06_train_dual_encoder)") in page
     assert "holds no PNG" in page and "holds no executed notebook" in page
 
 
@@ -179,7 +181,7 @@ def test_cli_builds_a_profile_report_and_fails_on_an_error_output(tmp_path, caps
     captured = capsys.readouterr()
     assert f"report -> {run / 'report' / 'index.html'}" in captured.out
     assert "warning: 02_score_pairs holds an error output" in captured.err
-    assert "The README quotes no run of this profile" in (run / "report" / "index.html").read_text()
+    assert "The docs quote no run of this profile" in (run / "report" / "index.html").read_text()
     assert main(["report", "--profile", str(profile), "--run-dir", str(tmp_path / "nothing")]) == 2
 
 
@@ -190,7 +192,7 @@ def test_format_value(value, text):
 
 
 def test_benchmark_deviations_are_flagged_with_their_hint(tmp_path):
-    from clipeval.eval.published import HINT_BELOW, compare_with_published
+    from clipeval.metrics.published import HINT_BELOW, compare_with_published
 
     run = _make_run(tmp_path / "run")
     measured = pd.DataFrame({"checkpoint": "hf:openai/clip-vit-base-patch32", "dataset": "coco-5k",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipeval.eval.metrics import relevant_ranks, summarize_ranks
-from clipeval.eval.ranking import retrieve, retrieve_both_directions
+from clipeval.metrics.ranking import retrieve, retrieve_both_directions
+from clipeval.metrics.retrieval import relevant_ranks, summarize_ranks
 
 
 def embeddings(rng: np.random.Generator, n: int, dim: int, quantised: bool) -> torch.Tensor:

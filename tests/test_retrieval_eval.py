@@ -7,11 +7,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.data.retrieval_sets import load_retrieval_set, read_retrieval_tables, retrieval_set_from_pairs
+from clipeval.data.retrieval_sets import (
+    RetrievalSource,
+    load_retrieval_set,
+    read_retrieval_tables,
+    retrieval_set_from_pairs,
+)
 from clipeval.data.sources import PairsTableError, read_pairs
-from clipeval.eval.embed import EmbedOptions
-from clipeval.eval.metrics import summarize
+from clipeval.embed.engine import embed_set
+from clipeval.embed.options import EmbedOptions
+from clipeval.eval.options import RetrievalOptions
 from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, hub_items, search
+from clipeval.metrics.retrieval import summarize
 from clipeval.runs.cli import main
 
 
@@ -33,11 +40,11 @@ def write_coco(path, captions):
 
 def test_every_coco_caption_row_is_a_query(tmp_path):
     coco = write_coco(tmp_path / "captions_val.json", [("a.jpg", "A cat."), ("b.jpg", "A cat."), ("b.jpg", "A dog.")])
-    dataset = load_retrieval_set("coco", coco)
+    dataset = load_retrieval_set(RetrievalSource("coco", pairs=str(coco)))
     assert dataset.queries["text"].tolist() == ["A cat.", "A cat.", "A dog."]
     assert dataset.queries["row_id"].tolist() == [0, 1, 2]
     assert dataset.relevant.tolist() == [[0, 0], [1, 1], [2, 1]]  # each annotation: its own image only
-    merged = load_retrieval_set("coco", coco, distinct_captions=True)
+    merged = load_retrieval_set(RetrievalSource("coco", pairs=str(coco), distinct_captions=True))
     assert merged.queries["text"].tolist() == ["A cat.", "A dog."]
     assert merged.relevant.tolist() == [[0, 0], [0, 1], [1, 1]]
 
@@ -74,16 +81,15 @@ def test_evaluation_matches_dense_metrics_and_reports_unreadable_images(tiny_spe
     table.attrs = pairs.attrs
     dataset = retrieval_set_from_pairs(table, "challenge")
     spec = tiny_specs["open_clip"]
-    cold = EmbedOptions(cache_dir=tmp_path / "cache")  # a cold cache: every stage runs
-    report = evaluate_retrieval(dataset, [spec], ks=(1, 5), n_resamples=50, progress=False, options=cold)
+    cold = EmbedOptions(embedding_cache_dir=tmp_path / "cache", progress=False)  # a cold cache: every stage runs
+    report = evaluate_retrieval(dataset, [spec], RetrievalOptions(ks=(1, 5), n_resamples=50), cold)
     assert set(report.metrics["direction"]) == {"text_to_image", "image_to_text"}
     row = report.metrics[(report.metrics["direction"] == "text_to_image") & (report.metrics["k"] == 5)].iloc[0]
     assert row["n_images_unreadable"] == 1 and row["n_queries_without_relevant"] == 1
     assert row["hit_rate_ci_low"] <= row["hit_rate"] <= row["hit_rate_ci_high"]
     # same numbers from a dense score matrix over the readable images
-    from clipeval.eval.embed import embed_set
     from clipeval.models.registry import load_encoder
-    embedded = embed_set(load_encoder(spec, device="cpu"), dataset, progress=False)
+    embedded = embed_set(load_encoder(spec, device="cpu"), dataset, EmbedOptions(progress=False))
     scores = (embedded.texts @ embedded.images.T).numpy()
     relevance = np.zeros(scores.shape, bool)
     position = {p: i for i, p in enumerate(embedded.image_positions)}
@@ -113,7 +119,7 @@ def test_evaluation_matches_dense_metrics_and_reports_unreadable_images(tiny_spe
 
 def test_search_returns_top_images_per_query(tiny_specs, challenge_csv):
     dataset = retrieval_set_from_pairs(read_pairs(challenge_csv), "challenge")
-    results = search(dataset, [tiny_specs["hf-clip"]], ["a cat", "zzkq !!"], top=3, progress=False)
+    results = search(dataset, [tiny_specs["hf-clip"]], ["a cat", "zzkq !!"], 3, EmbedOptions(progress=False))
     assert len(results) == 2 and all(len(items) == 3 for items in results["top_items"])
     assert all(np.all(np.diff(scores) <= 0) for scores in results["top_scores"])
 
@@ -129,9 +135,12 @@ def test_cli_retrieve_writes_metrics(tiny_specs, challenge_csv, tmp_path):
     assert len(metrics) == 4 and set(metrics["k"]) == {1, 3}
     assert {"hit_rate_chance", "recall_chance", "mrr_chance", "median_rank_chance"} <= set(metrics.columns)
     manifest = json.loads((tmp_path / "manifest.json").read_text())["steps"]["retrieve"]
-    assert manifest["params"]["workers"] == 2 and manifest["params"]["fetch_timeout"] == 5
+    fetch = manifest["params"]["embed"]["fetch"]
+    assert fetch["read_threads"] == 2 and fetch["timeout"] == 5 and manifest["params"]["options"]["ks"] == [1, 3]
+    assert "--workers is deprecated and will be removed in the next release; use --read-threads" in done.stderr
     stats = json.loads((tmp_path / "retrieval_stats.json").read_text())
-    assert stats["queries"] == 16 and stats["workers"] == 2 and "text_encode" in stats["checkpoints"][spec]["stages"]
+    assert stats["queries"] == 16 and stats["read_threads"] == 2
+    assert "text_encode" in stats["checkpoints"][spec]["stages"]
     assert "image_encode" in (tmp_path / "retrieval_stats.log").read_text()
     assert done.stdout.count(spec) == 1  # the checkpoint once, not on every row of the table
     assert "Loading weights" not in done.stderr
@@ -157,7 +166,7 @@ def test_no_model_is_loaded_when_the_images_are_not_found(tmp_path, monkeypatch,
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("clipeval.eval.embed.load_encoder", no_loading)
+    monkeypatch.setattr("clipeval.embed.engine.load_encoder", no_loading)
     (tmp_path / "val").mkdir()
     coco = write_coco(tmp_path / "captions_val.json", [("a.jpg", "A cat."), ("b.jpg", "A dog."), ("c.jpg", "A cow.")])
     base = ["retrieve", "--pairs", str(coco), "--checkpoint", "hf:x", "--out", str(tmp_path / "out")]

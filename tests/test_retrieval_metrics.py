@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipeval.eval.metrics import (
+from clipeval.metrics.retrieval import (
     chance_levels,
     hit_rate_at_k,
     per_query_metrics,

@@ -12,7 +12,8 @@ import pytest
 from matplotlib import pyplot as plt
 from matplotlib.patches import Rectangle
 
-from clipeval.eval.compare import add_percentiles, load_run_scores, pivot_scores, spearman_matrix
+from clipeval.layout import RunLayout
+from clipeval.metrics.compare import add_percentiles, load_run_scores, pivot_scores, spearman_matrix
 from clipeval.paths import NOTEBOOKS_DIR
 from clipeval.plots.scores import plot_score_histograms, plot_spearman_heatmap
 
@@ -53,7 +54,7 @@ def all_text(figure):
 
 
 def test_histograms_facet_per_checkpoint_with_shared_bins(tmp_path):
-    table = load_run_scores(make_run(tmp_path))
+    table = load_run_scores(RunLayout(make_run(tmp_path)))
     path = tmp_path / "figures" / "hist.png"
     figure = plot_score_histograms(table, "cosine", bins=25, path=path)
     assert len(figure.axes) == 2
@@ -71,14 +72,14 @@ def test_histograms_facet_per_checkpoint_with_shared_bins(tmp_path):
 
 def test_percentile_histograms_three_checkpoints(tmp_path):
     checkpoints = (*CHECKPOINTS, "open_clip:ViT-B-16-SigLIP@webli")
-    table = add_percentiles(load_run_scores(make_run(tmp_path, checkpoints=checkpoints)))
+    table = add_percentiles(load_run_scores(RunLayout(make_run(tmp_path, checkpoints=checkpoints))))
     figure = plot_score_histograms(table, "percentile", bins=20)
     assert len(figure.axes) == 3
     assert all(ax.get_xlabel().startswith("percentile") for ax in figure.axes if ax.get_xlabel())
 
 
 def test_spearman_heatmap(tmp_path):
-    table = load_run_scores(make_run(tmp_path))
+    table = load_run_scores(RunLayout(make_run(tmp_path)))
     figure = plot_spearman_heatmap(spearman_matrix(table), len(pivot_scores(table)), path=tmp_path / "spearman.png")
     assert len(figure.axes) == 2  # heatmap + colour bar
     assert "n = 39 pairs" in figure.axes[0].get_title()
@@ -87,7 +88,7 @@ def test_spearman_heatmap(tmp_path):
 
 
 def test_no_ok_rows_is_an_error(tmp_path):
-    table = load_run_scores(make_run(tmp_path)).assign(status="decode_error")
+    table = load_run_scores(RunLayout(make_run(tmp_path))).assign(status="decode_error")
     with pytest.raises(ValueError, match="no pair has status ok"):
         plot_score_histograms(table)
 

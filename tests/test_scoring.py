@@ -1,4 +1,4 @@
-import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -11,23 +11,17 @@ import pytest
 import torch
 
 from clipeval.data.sources import read_pairs
-from clipeval.eval.scoring import (
-    RESULT_COLUMNS,
-    SCORE_COLUMNS,
-    ScoreOptions,
-    score_pairs,
-    score_to_dir,
-    zero_shot_probs,
-)
+from clipeval.layout import RESULT_COLUMNS, SCORE_COLUMNS
 from clipeval.models.registry import load_encoder
 
-QUIET = ScoreOptions(progress=False, device="cpu", batch_size=4, chunk_size=10)
+QUIET = {"batch_size": 4, "chunk_size": 10}
 
 
 @pytest.fixture
 def pairs_with_problems(challenge_csv, tmp_path):
     """The challenge set plus a broken image, a missing file and an empty caption, in the middle."""
     pairs = pd.read_csv(challenge_csv)
+    pairs["image"] = [str(challenge_csv.parent / ref) for ref in pairs["image"]]  # the table is written elsewhere
     (tmp_path / "broken.jpg").write_bytes(b"this is not a jpeg")
     extra = pd.DataFrame({"image": [str(tmp_path / "broken.jpg"), str(tmp_path / "absent.png"),
                                     str(challenge_csv.parent / "images" / "coffee.png")],
@@ -39,9 +33,9 @@ def pairs_with_problems(challenge_csv, tmp_path):
     return path
 
 
-def test_scores_equal_a_hand_computation(tiny_specs, challenge_csv):
+def test_scores_equal_a_hand_computation(tiny_specs, challenge_csv, score_table):
     pairs = read_pairs(challenge_csv)
-    run = score_pairs(pairs.iloc[:6], [tiny_specs["hf-clip"]], QUIET)
+    run = score_table(pairs.iloc[:6], [tiny_specs["hf-clip"]], **QUIET)
     encoder = load_encoder(tiny_specs["hf-clip"], device="cpu")
     model = encoder.model
     from clipeval.data.images import read_image
@@ -57,9 +51,9 @@ def test_scores_equal_a_hand_computation(tiny_specs, challenge_csv):
     np.testing.assert_allclose(run.results["clip_score_100"], 100 * np.maximum(expected, 0), rtol=1e-5, atol=1e-4)
 
 
-def test_rows_keep_order_columns_and_failures(tiny_specs, pairs_with_problems):
+def test_rows_keep_order_columns_and_failures(tiny_specs, pairs_with_problems, score_table):
     pairs = read_pairs(pairs_with_problems)
-    run = score_pairs(pairs, [tiny_specs["open_clip"]], QUIET)
+    run = score_table(pairs, [tiny_specs["open_clip"]], **QUIET)
     assert list(run.results.columns) == list(pairs.columns) + list(RESULT_COLUMNS)
     pd.testing.assert_frame_equal(run.results[pairs.columns], pairs)
     assert run.results.loc[5:7, "status"].tolist() == ["decode_error", "missing", "empty_caption"]
@@ -70,22 +64,23 @@ def test_rows_keep_order_columns_and_failures(tiny_specs, pairs_with_problems):
     assert list(run.scores.columns) == list(SCORE_COLUMNS)
 
 
-def test_many_checkpoints_equal_each_alone(tiny_specs, challenge_csv):
+def test_many_checkpoints_equal_each_alone(tiny_specs, challenge_csv, score_table):
     pairs = read_pairs(challenge_csv).iloc[:12]
     specs = [tiny_specs["hf-clip"], tiny_specs["open_clip"]]
-    together = score_pairs(pairs, specs, QUIET)
+    together = score_table(pairs, specs, **QUIET)
     assert together.scores["checkpoint"].unique().tolist() == specs
     assert len(together.scores) == 2 * len(pairs)
     for spec in specs:
-        alone = score_pairs(pairs, [spec], QUIET).scores
+        alone = score_table(pairs, [spec], **QUIET).scores
         mine = together.scores[together.scores["checkpoint"] == spec].reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, alone)
     assert together.stats["shared"]["stages"]["image_read"]["items"] == len(pairs)  # read once
 
 
-def test_stats_have_every_stage_and_field(tiny_specs, challenge_csv, tmp_path):
-    cold = dataclasses.replace(QUIET, embedding_cache_dir=tmp_path / "cache")  # every stage runs
-    run = score_to_dir(read_pairs(challenge_csv), [tiny_specs["hf-clip"]], tmp_path, cold)
+def test_stats_have_every_stage_and_field(tiny_specs, challenge_csv, tmp_path, score_table):
+    # a cold embedding cache: every stage runs
+    run = score_table(read_pairs(challenge_csv), [tiny_specs["hf-clip"]], **QUIET, run_dir=tmp_path,
+                      embedding_cache_dir=tmp_path / "cache")
     assert {"pairs", "device", "batch_size", "versions", "shared", "checkpoints", "status_counts"} <= set(run.stats)
     entry = run.stats["checkpoints"][tiny_specs["hf-clip"]]
     assert set(entry["stages"]) == {"model_load", "cache", "image_decode", "image_encode", "text_encode", "score"}
@@ -94,23 +89,12 @@ def test_stats_have_every_stage_and_field(tiny_specs, challenge_csv, tmp_path):
         assert stage["peak_rss_mib"] > 0 and stage["peak_gpu_mib"] is None  # CPU run
     assert entry["pairs_scored"] == 48 and entry["pairs_per_s"] > 0
     assert entry["precision"] == "fp32"
-    for name in ("results.csv", "scores.csv", "stats.json", "stats.log"):
+    for name in ("results.csv", "scores.csv", "stats.json", "stats.log", "shards/pairs.parquet",
+                 "shards/pairs.done.json", "shards.csv", "run.json"):
         assert (tmp_path / name).is_file()
-    assert not (tmp_path / ".parts").exists()
+    assert not (tmp_path / "shards" / "pairs.parts").exists()
     log = (tmp_path / "stats.log").read_text()
     assert "image_encode" in log and "model_loaded         True" in log and "image_misses 16" in log
-
-
-def test_zero_shot_probs_are_a_softmax(tiny_specs, challenge_csv):
-    from clipeval.data.images import read_image
-
-    encoder = load_encoder(tiny_specs["open_clip"], device="cpu")
-    image = read_image("images/chelsea.png", challenge_csv.parent).image
-    captions = ["a cat", "a dog", "a rocket"]
-    probs = zero_shot_probs(encoder, image, captions)
-    cosine = (encoder.encode_texts(captions) @ encoder.encode_images(encoder.preprocess(image)[None]).T)[:, 0]
-    np.testing.assert_allclose(probs, torch.softmax(encoder.logit_scale * cosine, 0).numpy(), rtol=1e-5)
-    assert probs.sum() == pytest.approx(1.0)
 
 
 def _score_command(pairs, spec, out):
@@ -128,23 +112,24 @@ def test_interrupted_run_resumes_to_identical_results(tiny_specs, pairs_with_pro
     process = subprocess.Popen(_score_command(pairs_with_problems, tiny_specs["hf-clip"], resumed), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while len(list((resumed / ".parts").glob("chunk-*.csv"))) < 3 and time.time() < deadline:
+    parts = resumed / "shards" / "pairs.parts"
+    while len(list(parts.glob("chunk-*.parquet"))) < 3 and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = len(list((resumed / ".parts").glob("chunk-*.csv")))
+    done = len(list(parts.glob("chunk-*.parquet")))
     assert 3 <= done < 13, "the run should have been killed mid-way"
     assert not (resumed / "results.csv").exists()
     subprocess.run(_score_command(pairs_with_problems, tiny_specs["hf-clip"], resumed), check=True, env=env,
                    capture_output=True, timeout=300)
     assert (resumed / "results.csv").read_bytes() == (clean / "results.csv").read_bytes()
     assert (resumed / "scores.csv").read_bytes() == (clean / "scores.csv").read_bytes()
-    import json
     assert json.loads((resumed / "stats.json").read_text())["chunks_resumed"] == done
     assert len(pd.read_csv(resumed / "results.csv")) == len(pd.read_csv(pairs_with_problems))
 
 
-def test_each_row_records_caption_truncation_and_the_image_header_size(tiny_specs, challenge_csv, tmp_path):
+def test_each_row_records_caption_truncation_and_the_image_header_size(tiny_specs, challenge_csv, tmp_path,
+                                                                       score_table):
     """The tiny CLIP reads 77 tokens with its start and end tokens: 75 words fit, 76 are truncated."""
     from clipeval.models.registry import load_encoder
 
@@ -154,7 +139,7 @@ def test_each_row_records_caption_truncation_and_the_image_header_size(tiny_spec
     pairs = read_pairs(challenge_csv).iloc[:3].copy()
     pairs["caption"] = [fits, over, "a cat"]
     pairs.loc[2, "image"] = "images/absent.png"
-    run = score_to_dir(pairs, [tiny_specs["hf-clip"]], tmp_path, QUIET)
+    run = score_table(pairs, [tiny_specs["hf-clip"]], **QUIET, run_dir=tmp_path)
     assert run.results["caption_truncated"].tolist()[:2] == [False, True]
     assert run.results["caption_truncated"].isna().tolist() == [False, False, True]  # not scored: unknown
     assert run.stats["checkpoints"][tiny_specs["hf-clip"]]["captions_truncated"] == 1

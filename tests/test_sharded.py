@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clipeval.curate.engine import curate_run, curate_table
+from clipeval.curate.rules import AnyOf, Percentile, Threshold, TopFraction, parse_rule
+from clipeval.curate.sketch import ScoreHistogram
 from clipeval.data.shards import (
     ShardReadError,
     expand_braces,
@@ -19,15 +23,21 @@ from clipeval.data.shards import (
     write_shards,
 )
 from clipeval.data.sources import read_pairs
-from clipeval.eval.curation import AnyOf, Percentile, Threshold, TopFraction, curate, parse_rule, score_column
-from clipeval.eval.scoring import RunFolderMismatch
-from clipeval.eval.shard_curation import ScoreHistogram, curate_scored_shards
-from clipeval.eval.sharded import ShardScorer
+from clipeval.embed.options import EmbedOptions
+from clipeval.layout import CurationLayout, RunFolderMismatch, RunLayout, score_column
+from clipeval.pipeline.options import ExecutionOptions, ShardOptions
+from clipeval.pipeline.scorer import ShardScorer
+from clipeval.pipeline.views import results_view, scores_view
 from clipeval.runs.cli import main
-from clipeval.runs.executors import RayOptions
-from clipeval.runs.sharded import curate_shards, score_shards
+from clipeval.runs.steps import score, score_shards
 
 SPEC = "hf:tiny"  # the checkpoint name of the hand-made scored shards
+CPU = EmbedOptions(device="cpu", progress=False)
+
+
+def _curate(run_dir, rules, out_dir, exact_limit=10**9):
+    rules = [parse_rule(rule) if isinstance(rule, str) else rule for rule in rules]
+    return curate_run(RunLayout(run_dir), rules, CurationLayout(out_dir), exact_limit, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +54,8 @@ def local_and_ray(tmp_path_factory, tar_shards, tiny_specs):
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     for executor in ("local", "ray"):
-        score_shards(root / executor, [str(path) for path in shards], [tiny_specs["hf-clip"]], executor=executor,
-                     num_workers=2, device="cpu", progress=False)
+        score_shards(root / executor, [str(path) for path in shards], [tiny_specs["hf-clip"]], embed=CPU,
+                     execution=ExecutionOptions(executor, ray_actors=2))
         runs[executor] = root / executor
     return runs
 
@@ -59,7 +69,7 @@ def test_local_and_ray_give_the_same_rows_and_scores(local_and_ray, tar_shards, 
     pairs, _ = tar_shards
     local, ray = (_scores(local_and_ray[name]).set_index("uid") for name in ("local", "ray"))
     assert len(local) == len(pairs) and set(local.index) == set(ray.index) and local.index.is_unique
-    column = score_column(tiny_specs["hf-clip"])
+    column = score_column("cosine", tiny_specs["hf-clip"])
     np.testing.assert_allclose(local[column], ray.loc[local.index, column], atol=1e-6, rtol=0)
     assert (local["status"] == "ok").all()
     assert local["caption"].tolist() == pairs["caption"].tolist()  # input order, input columns kept
@@ -70,33 +80,45 @@ def test_local_and_ray_give_the_same_rows_and_scores(local_and_ray, tar_shards, 
 @pytest.mark.parametrize("rule", ["cosine[{spec}]>=0.0", "top:0.3[{spec}]"])
 def test_local_and_ray_keep_the_same_rows(local_and_ray, tiny_specs, tmp_path, rule):
     rule = rule.format(spec=tiny_specs["hf-clip"])
-    kept = {name: set(pd.read_parquet(curate_shards(run, [rule], tmp_path / name, progress=False).out_dir
-                                      / "kept_uids.parquet")["uid"]) for name, run in local_and_ray.items()}
+    kept = {name: set(pd.read_parquet(_curate(run, [rule], tmp_path / name).out.kept_uids)["uid"])
+            for name, run in local_and_ray.items()}
     assert kept["local"] == kept["ray"] and 0 < len(kept["local"]) < 48
+
+
+def test_a_one_shard_run_and_score_give_the_same_rows(tiny_specs, challenge_csv, tmp_path):
+    """``score --pairs`` is a one-shard run of the pipeline: the same rows as the file scored as a shard."""
+    specs, embed = [tiny_specs["hf-clip"], tiny_specs["open_clip"]], replace(CPU, embedding_cache=False)
+    table = score(tmp_path / "pairs", str(challenge_csv), specs, embed=embed)
+    score_shards(tmp_path / "shard", str(challenge_csv), specs, embed=embed)
+    by_pairs = pd.read_parquet(RunLayout(tmp_path / "pairs").shard("pairs").scores)
+    by_shard = pd.read_parquet(RunLayout(tmp_path / "shard").shard(challenge_csv.stem).scores)
+    assert len(by_shard) == len(read_pairs(challenge_csv)) and (by_shard["status"] == "ok").all()
+    pd.testing.assert_frame_equal(by_pairs.drop(columns="uid"), by_shard.drop(columns="uid"))
+    assert by_shard["uid"].tolist() == [f"{challenge_csv.stem}/{row}" for row in range(len(by_shard))]
+    pd.testing.assert_frame_equal(results_view(by_shard, specs), table.results)
+    pd.testing.assert_frame_equal(scores_view(by_shard, specs), table.scores)
 
 
 def test_an_interrupted_run_resumes_without_duplicates_or_gaps(tar_shards, tiny_specs, tmp_path, monkeypatch):
     pairs, shards = tar_shards
     original, calls = ShardScorer.__call__, []
 
-    def dies_after_two(self, shard):
+    def dies_after_two(self, shard, progress=None):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(shard)
-        return original(self, shard)
+        return original(self, shard, progress)
 
     monkeypatch.setattr(ShardScorer, "__call__", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
-        score_shards(tmp_path / "run", [str(p) for p in shards], [tiny_specs["hf-clip"]], device="cpu",
-                     progress=False)
+        score_shards(tmp_path / "run", [str(p) for p in shards], [tiny_specs["hf-clip"]], embed=CPU)
     assert len(list((tmp_path / "run" / "shards").glob("*.done.json"))) == 2
     monkeypatch.setattr(ShardScorer, "__call__", original)
-    run = score_shards(tmp_path / "run", [str(p) for p in shards], [tiny_specs["hf-clip"]], device="cpu",
-                       progress=False)
+    run = score_shards(tmp_path / "run", [str(p) for p in shards], [tiny_specs["hf-clip"]], embed=CPU)
     assert run.shards["this_run"].tolist() == [False, False, True, True]
     uids = _scores(tmp_path / "run")["uid"]
     assert uids.is_unique and len(uids) == len(pairs)
-    assert run.stats["shards_done"] == 4 and run.stats["rows_this_run"] == 24
+    assert run.execution["shards_done"] == 4 and run.execution["rows_this_run"] == 24
 
 
 def test_a_corrupt_sample_and_an_unreadable_shard_are_reported_not_fatal(tar_shards, tiny_specs, tmp_path,
@@ -114,7 +136,7 @@ def test_a_corrupt_sample_and_an_unreadable_shard_are_reported_not_fatal(tar_sha
     broken = tmp_path / "in" / "broken.tar"
     broken.write_bytes(b"this is not a tar file at all" * 20)
     out = tmp_path / "run"
-    argv = ["score-shards", "--shards", str(tmp_path / "in" / "{good,broken}.tar"), "--checkpoint",
+    argv = ["score", "--shards", str(tmp_path / "in" / "{good,broken}.tar"), "--checkpoint",
             tiny_specs["hf-clip"], "--out", str(out), "--device", "cpu", "--no-progress"]
     assert main(argv) == 1
     assert "broken.tar" in capsys.readouterr().err
@@ -131,10 +153,10 @@ def test_a_corrupt_sample_and_an_unreadable_shard_are_reported_not_fatal(tar_sha
 
 def test_a_folder_with_another_run_is_refused(tar_shards, tiny_specs, tmp_path):
     _, shards = tar_shards
-    score_shards(tmp_path / "run", str(shards[0]), [tiny_specs["hf-clip"]], device="cpu", progress=False)
-    with pytest.raises(RunFolderMismatch, match="caption_column"):
-        score_shards(tmp_path / "run", str(shards[0]), [tiny_specs["hf-clip"]], caption_column="text",
-                     device="cpu", progress=False)
+    score_shards(tmp_path / "run", str(shards[0]), [tiny_specs["hf-clip"]], embed=CPU)
+    with pytest.raises(RunFolderMismatch, match=r"caption_column \('caption' then, 'text' now\)"):
+        score_shards(tmp_path / "run", str(shards[0]), [tiny_specs["hf-clip"]], ShardOptions(caption_column="text"),
+                     CPU)
 
 
 def test_webdataset_round_trips(tar_shards, tmp_path):
@@ -179,8 +201,7 @@ def test_parquet_and_csv_shards(tmp_path):
 def test_clashing_input_columns_are_kept_under_another_name(tmp_path, tiny_specs):
     pd.DataFrame({"uid": ["x", "y"], "image": [_png(2), _png(3)], "caption": ["a red square", ""],
                   "status": ["success", "success"]}).to_parquet(tmp_path / "s.parquet")
-    score_shards(tmp_path / "run", str(tmp_path / "s.parquet"), [tiny_specs["hf-clip"]], device="cpu",
-                 progress=False)
+    score_shards(tmp_path / "run", str(tmp_path / "s.parquet"), [tiny_specs["hf-clip"]], embed=CPU)
     table = pd.read_parquet(tmp_path / "run" / "shards" / "s.parquet")
     assert table["input:status"].tolist() == ["success", "success"]
     assert table["status"].tolist()[0] == "ok" and table["status"].tolist()[1] != "ok"  # an empty caption
@@ -201,29 +222,30 @@ def test_brace_patterns_and_shard_lists(tmp_path):
         expand_braces("s-{a..c}.tar")
 
 
-def _scored_shards(folder, values_per_shard, statuses=None):
-    """Hand-made scored shards (the columns score-shards writes) and their done-markers."""
-    folder.mkdir(parents=True)
-    paths, start = [], 0
+def _scored_shards(run_dir, values_per_shard, statuses=None):
+    """A run folder of hand-made scored shards (the columns scoring writes) and their done-markers."""
+    layout = RunLayout(run_dir)
+    layout.shards.mkdir(parents=True)
+    start = 0
     for number, values in enumerate(values_per_shard):
         n = len(values)
         status = statuses[number] if statuses else ["ok"] * n
         table = pd.DataFrame({"uid": [f"u{start + i}" for i in range(n)], "row": range(n),
                               "caption": ["a small red square on grass"] * n, "image_width": 300,
-                              "image_height": 300, score_column(SPEC): values, score_column(SPEC, "status"): status})
-        path = folder / f"s{number}.parquet"
-        table.to_parquet(path)
-        path.with_name(f"s{number}.done.json").write_text(json.dumps({"shard": str(path)}))
-        paths.append(path)
+                              "image_height": 300, score_column("cosine", SPEC): values,
+                              score_column("status", SPEC): status})
+        files = layout.shard(f"s{number}")
+        table.to_parquet(files.scores)
+        files.done.write_text(json.dumps({"shard": str(files.scores)}))
         start += n
-    return paths
+    return run_dir
 
 
 def _single_table(values_per_shard, statuses=None):
     values = np.concatenate(values_per_shard)
     status = [status for shard in statuses for status in shard] if statuses else ["ok"] * len(values)
     return pd.DataFrame({"caption": "a small red square on grass", "image_width": 300, "image_height": 300,
-                         score_column(SPEC): values, score_column(SPEC, "status"): status},
+                         score_column("cosine", SPEC): values, score_column("status", SPEC): status},
                         index=pd.RangeIndex(len(values), name="row_id"))
 
 
@@ -242,9 +264,8 @@ def test_exact_shard_curation_keeps_what_curating_one_table_keeps(tmp_path, rule
     rng = np.random.default_rng(0)
     values = [np.round(rng.uniform(-0.1, 0.5, n), 2) for n in (40, 1, 0, 25)]  # rounded: ties at the cuts
     statuses = [["ok"] * 39 + ["decode_error"], ["ok"], [], ["ok"] * 25]
-    result = curate_scored_shards(_scored_shards(tmp_path / "in", values, statuses), rules, tmp_path / "out",
-                                  progress=False)
-    expected = curate(_single_table(values, statuses), rules)
+    result = _curate(_scored_shards(tmp_path / "in", values, statuses), rules, tmp_path / "out")
+    expected = curate_table(_single_table(values, statuses), rules)
     kept = pd.read_parquet(tmp_path / "out" / "kept_uids.parquet")
     assert kept["uid"].tolist() == [f"u{row}" for row in expected.kept]
     assert result.exact and result.summary["kept"].tolist() == expected.steps["kept"].tolist()
@@ -256,10 +277,9 @@ def test_exact_shard_curation_keeps_what_curating_one_table_keeps(tmp_path, rule
 def test_the_sketch_cut_is_within_its_stated_bound(tmp_path):
     rng = np.random.default_rng(1)
     values = [rng.normal(0.2, 0.05, 5000) for _ in range(3)]
-    paths = _scored_shards(tmp_path / "in", values)
-    exact = curate_scored_shards(paths, [TopFraction(SPEC, 0.3)], tmp_path / "exact", progress=False)
-    sketch = curate_scored_shards(paths, [TopFraction(SPEC, 0.3)], tmp_path / "sketch", exact_limit=100,
-                                  progress=False)
+    run = _scored_shards(tmp_path / "in", values)
+    exact = _curate(run, [TopFraction(SPEC, 0.3)], tmp_path / "exact")
+    sketch = _curate(run, [TopFraction(SPEC, 0.3)], tmp_path / "sketch", exact_limit=100)
     assert exact.exact and not sketch.exact
     assert "sketch cut" in sketch.summary["note"].iloc[1] and "error bound" in sketch.summary["note"].iloc[1]
     width = ScoreHistogram(-1.0, 1.0).width
@@ -273,9 +293,9 @@ def test_the_sketch_cut_is_within_its_stated_bound(tmp_path):
 
 
 def test_ray_actors_decode_with_their_own_cpus_only():
-    assert RayOptions(cpus_per_worker=1).decode_workers(None) == 0  # the model's thread only
-    assert RayOptions(cpus_per_worker=4, gpus_per_worker=1).decode_workers(None) == 3
-    assert RayOptions(cpus_per_worker=4).decode_workers(1) == 1  # as asked
+    assert ExecutionOptions(cpus_per_actor=1).actor_decode_processes(None) == 0  # the model's thread only
+    assert ExecutionOptions(cpus_per_actor=4, gpus_per_actor=1).actor_decode_processes(None) == 3
+    assert ExecutionOptions(cpus_per_actor=4).actor_decode_processes(1) == 1  # as asked
 
 
 def test_histograms_merge():

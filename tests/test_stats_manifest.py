@@ -3,7 +3,7 @@ import json
 import pytest
 
 from clipeval.atomic import write_text
-from clipeval.eval.stats import StageTimer, format_stats_log
+from clipeval.embed.stats import StageTimer, format_stats_log
 from clipeval.runs.manifest import update_manifest
 
 

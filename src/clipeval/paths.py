@@ -1,10 +1,30 @@
-"""Project paths, all derived from the repository root (cookiecutter-data-science style)."""
+"""Project paths, all derived from the project root (cookiecutter-data-science style).
+
+The project root is ``$CLIPEVAL_ROOT`` when set; else the working directory, or the nearest folder
+above it holding ``params/`` and ``notebooks/`` (a checkout, when a notebook runs in ``notebooks/``).
+It never depends on where the package is installed: a clone, an editable install and a wheel in a
+virtual environment resolve it the same way.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+def project_root() -> Path:
+    """The project root (see the module docstring)."""
+    setting = os.environ.get("CLIPEVAL_ROOT")
+    if setting:
+        return Path(setting).expanduser().resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    return here
+
+
+PROJECT_ROOT = project_root()
 DATA_DIR = PROJECT_ROOT / "data"
 OUTPUTS_DIR = PROJECT_ROOT / "outputs"
 PARAMS_DIR = PROJECT_ROOT / "params"
@@ -27,7 +47,3 @@ def project_relative(value):
         return Path(value).relative_to(PROJECT_ROOT).as_posix()
     return value
 
-
-def run_dir(profile: str) -> Path:
-    """Return the run folder of a profile: ``outputs/<profile>/``."""
-    return OUTPUTS_DIR / profile

@@ -20,7 +20,7 @@ import hashlib
 import http.client
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin, urlsplit
@@ -40,21 +40,33 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """How URLs are fetched.
+    """How image files are read and URLs fetched (the command line's flags are these fields).
 
     Attributes:
+        read_threads: threads reading image files and fetching URLs at once.
         timeout: seconds allowed for each attempt: connecting, each read, and the whole body.
         retries: extra attempts after a transient failure (0 = try once).
+        max_download_mb: the largest body accepted (MiB); larger ones are abandoned mid-stream.
+        image_cache_dir: the image cache root (URL bodies go under ``<image_cache_dir>/url/``, images
+            stored in datasets under ``hf/`` and ``wds/``); ``None`` keeps no URL body.
         backoff: seconds before the first retry; doubled before each further one.
-        max_bytes: the largest body accepted; larger ones are abandoned mid-stream.
-        cache_dir: the cache root (bodies go under ``<cache_dir>/url/``); ``None`` disables it.
     """
 
-    timeout: float = 10.0
-    retries: int = 3
-    backoff: float = 0.5
-    max_bytes: int = 50 * 2**20
-    cache_dir: Path | None = DEFAULT_CACHE_DIR
+    read_threads: int = field(default=8, metadata={"help": "threads reading image files and fetching URLs at once",
+                                                   "old_flags": ("--workers",)})
+    timeout: float = field(default=10.0, metadata={"flag": "--fetch-timeout", "help": "seconds per URL request"})
+    retries: int = field(default=3, metadata={"flag": "--fetch-retries",
+                                              "help": "extra attempts after a transient URL failure"})
+    max_download_mb: float = field(default=50.0, metadata={"help": "largest image body fetched from a URL (MiB)"})
+    image_cache_dir: Path | None = field(default=DEFAULT_CACHE_DIR, metadata={
+        "help": "image cache root: URL downloads and images stored in datasets (default data/cache/images)",
+        "old_flags": ("--cache-dir",)})
+    backoff: float = field(default=0.5, metadata={"cli": False})
+
+    @property
+    def max_bytes(self) -> int:
+        """:attr:`max_download_mb` in bytes."""
+        return int(self.max_download_mb * 2**20)
 
 
 @dataclass(frozen=True)
@@ -134,9 +146,9 @@ def fetch_url(url: str, options: FetchOptions = FetchOptions()) -> Fetched:
         return Fetched(None, "bad_url", one_line(f"{type(error).__name__}: {error}"))
     if scheme not in ALLOWED_SCHEMES:
         return Fetched(None, "bad_scheme", f"only http and https URLs are fetched, not {scheme}: ({url[:200]})")
-    if options.cache_dir is not None:
+    if options.image_cache_dir is not None:
         with contextlib.suppress(OSError):  # no (readable) cache file: download
-            return Fetched(cache_path(url, options.cache_dir).read_bytes(), "ok", from_cache=True)
+            return Fetched(cache_path(url, options.image_cache_dir).read_bytes(), "ok", from_cache=True)
     attempt = 0
     while True:
         fetched, transient = _fetch_once(url, options)

@@ -14,7 +14,7 @@ Reading is split in two so that an embedding cache can skip the expensive half:
 :func:`decode_image` turns bytes into pixels. With ``min_side``, a JPEG is decoded at a reduced
 scale (libjpeg's DCT scaling, Pillow's ``draft``) while its short side stays at least
 ``min_side``: several times faster for photos much larger than a model's input, with the
-deviation measured in ``bench/bench_pipeline.py`` (see the README).
+deviation measured in ``bench/bench_pipeline.py`` (see docs/speed.md).
 
 :data:`STATUSES` lists every per-row status a run can report, with its meaning.
 """
@@ -183,10 +183,11 @@ def read_image_bytes(ref: str | bytes, base_dir: Path | None = None, max_pixels:
     return _raw(data)
 
 
-def read_many_bytes(refs: list[str], base_dir: Path | None = None, workers: int = 8,
-                    max_pixels: int = MAX_PIXELS, fetch_options: FetchOptions = FetchOptions()) -> list[RawImage]:
-    """:func:`read_image_bytes` for many references on a bounded thread pool; each distinct one read once."""
-    return _each_distinct(refs, lambda ref: read_image_bytes(ref, base_dir, max_pixels, fetch_options), workers)
+def read_many_bytes(refs: list[str], base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
+                    fetch_options: FetchOptions = FetchOptions()) -> list[RawImage]:
+    """:func:`read_image_bytes` for many references on a pool of ``fetch_options.read_threads``; each read once."""
+    return _each_distinct(refs, lambda ref: read_image_bytes(ref, base_dir, max_pixels, fetch_options),
+                          fetch_options.read_threads)
 
 
 def header_size(data: bytes | None) -> tuple[int, int] | None:
@@ -223,8 +224,8 @@ def read_image(ref: str, base_dir: Path | None = None, max_pixels: int = MAX_PIX
     return decode_image(raw.data, max_pixels)
 
 
-def read_images(refs: list[str], base_dir: Path | None = None, workers: int = 8,
-                max_pixels: int = MAX_PIXELS, fetch_options: FetchOptions = FetchOptions()) -> list[LoadedImage]:
+def read_images(refs: list[str], base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
+                fetch_options: FetchOptions = FetchOptions()) -> list[LoadedImage]:
     """Read many images (local paths and URLs mixed) on a bounded thread pool.
 
     Each distinct reference is read once, so repeated images (several captions per image)
@@ -233,20 +234,21 @@ def read_images(refs: list[str], base_dir: Path | None = None, workers: int = 8,
     Args:
         refs: image references, one per row.
         base_dir: the folder relative paths are resolved against.
-        workers: the most reads or downloads in flight at once.
         max_pixels: the pixel cap passed to :func:`decode_image`.
-        fetch_options: timeout, retries, size cap and cache for URLs.
+        fetch_options: timeout, retries, size cap and cache for URLs, and the reads in flight at once
+            (``read_threads``).
 
     Returns:
         One :class:`LoadedImage` per reference, in input order.
     """
-    return _each_distinct(refs, lambda ref: read_image(ref, base_dir, max_pixels, fetch_options), workers)
+    return _each_distinct(refs, lambda ref: read_image(ref, base_dir, max_pixels, fetch_options),
+                          fetch_options.read_threads)
 
 
-def _each_distinct(refs: list[str], read, workers: int) -> list:
+def _each_distinct(refs: list[str], read, threads: int) -> list:
     keys = [ref if isinstance(ref, (str, bytes, os.PathLike)) else None for ref in refs]
     unique = list(dict.fromkeys(keys))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         loaded = dict(zip(unique, pool.map(read, unique)))
     return [loaded[key] for key in keys]
 
@@ -262,13 +264,13 @@ def _read_url(url: str, max_pixels: int, options: FetchOptions) -> RawImage:
     fetched = fetch_url(url, options)
     if fetched.status != "ok":
         return RawImage(None, fetched.status, fetched.error)
-    if not fetched.from_cache and options.cache_dir is not None and fetched.data:
+    if not fetched.from_cache and options.image_cache_dir is not None and fetched.data:
         checked = decode_image(fetched.data, max_pixels)
         if checked.status != "ok":
             return RawImage(None, checked.status, checked.error)
         # the cache is an optimisation: a read-only or full disk costs a re-download only
         with contextlib.suppress(OSError):
-            save_to_cache(url, fetched.data, options.cache_dir)
+            save_to_cache(url, fetched.data, options.image_cache_dir)
     return _raw(fetched.data)
 
 

@@ -10,14 +10,14 @@ query per distinct caption string).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from clipeval.data.fetch import DEFAULT_CACHE_DIR, is_url
-from clipeval.data.sources import PairsTableError, read_pairs
+from clipeval.data.sources import PairsTableError, SourceOptions, read_pairs
 
 MIN_FOUND_FRACTION = 0.5  # below this share of local images found, a run stops before loading a model
 
@@ -164,25 +164,54 @@ def read_retrieval_tables(queries: str | Path, images: str | Path, relevance: st
                         image_table.attrs.get("base_dir"))
 
 
-def load_retrieval_set(name: str, pairs: str | Path | None = None, queries: str | Path | None = None,
-                       images: str | Path | None = None, relevance: str | Path | None = None,
-                       image_column: str = "image", caption_column: str = "caption",
-                       images_dir: str | None = None, distinct_captions: bool = False,
+@dataclass(frozen=True)
+class RetrievalSource:
+    """Where a retrieval set comes from (the command line's flags are these fields): a pairs source, or three tables.
+
+    Attributes:
+        name: the set's name (the ``dataset`` column of ``metrics.csv``).
+        pairs: any pairs source: every row (with ``match`` true when the column exists) is a query
+            relevant to its own image; the distinct images are the collection.
+        queries, images, relevance: tables of ``query_id`` and caption, of ``image_id`` and image, and
+            one row per relevant ``query_id``, ``image_id`` pair (a query may have many relevant images).
+        distinct_captions: with ``pairs``: one query per distinct caption string, relevant to every
+            image it is matched with (default: one query per row, as in COCO's protocol).
+    """
+
+    name: str = field(default="retrieval", metadata={"flag": "--dataset", "help": "the set's name in metrics.csv"})
+    pairs: str | None = field(default=None, metadata={
+        "help": "any pairs source (table, COCO captions_*.json, HF dataset...): every row (with match=True if that "
+                "column exists) is a query relevant to its own image; distinct images are the collection"})
+    queries: str | None = field(default=None, metadata={"help": "table with query_id and the caption column"})
+    images: str | None = field(default=None, metadata={"help": "table with image_id and the image column"})
+    relevance: str | None = field(default=None, metadata={
+        "help": "table with query_id, image_id: one row per relevant pair"})
+    distinct_captions: bool = field(default=False, metadata={
+        "help": "with --pairs: one query per distinct caption string, relevant to every image it is matched with"})
+
+    def files(self) -> list[str]:
+        """The files the set is read from (for the manifest)."""
+        return [path for path in (self.pairs, self.queries, self.images, self.relevance) if path]
+
+
+def load_retrieval_set(source: RetrievalSource, reading: SourceOptions = SourceOptions(),
                        cache_dir: str | Path = DEFAULT_CACHE_DIR) -> RetrievalSet:
     """Load a set from a pairs source, or from the three tables when ``relevance`` is given.
 
     A pairs source gives one query per matched row (``distinct_captions``: per distinct caption
-    string; see :func:`retrieval_set_from_pairs`). ``images_dir`` is a COCO file's image folder,
-    ``cache_dir`` where images stored in a Hugging Face dataset are written.
+    string; see :func:`retrieval_set_from_pairs`), read as ``reading`` says; ``cache_dir`` is where
+    images stored in a Hugging Face dataset are written.
 
     Raises:
         ValueError: neither a pairs source nor all three tables.
     """
-    if relevance:
-        if not (queries and images):
+    if source.relevance:
+        if not (source.queries and source.images):
             raise ValueError("--relevance needs --queries and --images too")
-        return read_retrieval_tables(queries, images, relevance, name, caption_column, image_column)
-    if not pairs:
+        return read_retrieval_tables(source.queries, source.images, source.relevance, source.name,
+                                     reading.caption_column, reading.image_column)
+    if not source.pairs:
         raise ValueError("give a pairs source, or all three of queries, images and relevance tables")
-    table = read_pairs(pairs, image_column, caption_column, images_dir=images_dir, cache_dir=cache_dir)
-    return retrieval_set_from_pairs(table, name, image_column, caption_column, distinct_captions=distinct_captions)
+    table = read_pairs(source.pairs, **asdict(reading), cache_dir=cache_dir)
+    return retrieval_set_from_pairs(table, source.name, reading.image_column, reading.caption_column,
+                                    distinct_captions=source.distinct_captions)

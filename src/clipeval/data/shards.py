@@ -1,7 +1,7 @@
 """Sharded inputs: lists of shard files, each read whole into a table of samples.
 
 A shard is one file of image-caption samples, the unit of work and of resuming in a sharded
-run (README: Sharded runs):
+run (docs/sharded-runs.md):
 
 * **parquet** or **CSV/TSV**: one row per sample. The image column holds a path (relative to
   the shard's folder), a URL, the image bytes, or a Hugging Face ``{"bytes", "path"}`` record;
@@ -30,6 +30,7 @@ import pandas as pd
 
 from clipeval.atomic import atomic_path
 from clipeval.data.sources import IMAGE_EXTENSIONS as FOLDER_IMAGE_EXTENSIONS
+from clipeval.data.sources import read_delimited
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
 TAR_SUFFIXES = (".tar",)
@@ -134,8 +135,7 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
         elif suffix == ".parquet":
             table = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv"):
-            table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                                na_values=[""])
+            table = read_delimited(path, "\t" if suffix == ".tsv" else ",", image_column, caption_column)
         else:
             raise ShardReadError(f"{path}: not a shard format ({', '.join(SHARD_SUFFIXES)})")
     except ShardReadError:
@@ -147,14 +147,19 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
         raise ShardReadError(f"{path}: no column(s) {missing}; it has {list(table.columns)}")
     table = table.reset_index(drop=True)
     table[image_column] = [_image_cell(value) for value in table[image_column]]
-    if uid_column in table and table[uid_column].notna().all():
-        table["uid"] = table[uid_column].astype(str)
-    elif "__key__" in table:
-        table["uid"] = shard_name(path) + "/" + table["__key__"].astype(str)
-    else:
-        table["uid"] = [f"{shard_name(path)}/{row}" for row in range(len(table))]
+    table["uid"] = shard_uids(table, shard_name(path), uid_column)
     table.attrs["base_dir"] = str(path.parent)
     return table
+
+
+def shard_uids(table: pd.DataFrame, name: str, uid_column: str = "uid") -> pd.Series:
+    """Each sample's unique id: its ``uid_column`` when every row has one, else ``<name>/<webdataset key>``,
+    else ``<name>/<row>``."""
+    if uid_column in table and table[uid_column].notna().all():
+        return table[uid_column].astype(str).reset_index(drop=True)
+    if "__key__" in table:
+        return (name + "/" + table["__key__"].astype(str)).reset_index(drop=True)
+    return pd.Series([f"{name}/{row}" for row in range(len(table))], dtype=object)
 
 
 def _image_cell(value: object) -> str | bytes | None:

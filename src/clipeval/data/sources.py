@@ -31,7 +31,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,26 +57,29 @@ class PairsTableError(ValueError):
 
 @dataclass(frozen=True)
 class SourceOptions:
-    """What a source loader needs besides the source itself.
+    """How a pairs source is read (the command line's flags are these fields).
 
     Attributes:
-        image_column: the column with image paths or URLs (the name the table gets for
-            folder and COCO sources).
+        image_column: the column with image paths or URLs (the name the table gets for folder and
+            COCO sources).
         caption_column: the column with captions (likewise).
+        kind: ``auto`` or one of :data:`SOURCE_READERS` (``table``, ``folder``, ``coco``, ``hf``).
         delimiter: the field separator of a delimited text table; ``None`` picks it from the
-            suffix (``,`` for ``.csv``, tab for ``.tsv``/``.tab``). ``tab``, ``\\t``,
-            ``comma``, ``semicolon`` and ``pipe`` are accepted as names.
+            suffix (``,`` for ``.csv``, tab for ``.tsv``/``.tab``). ``tab``, ``\\t``, ``comma``,
+            ``semicolon`` and ``pipe`` are accepted as names.
         images_dir: the folder of a COCO source's images.
         split: the split of a Hugging Face dataset with several.
-        cache_dir: the cache root; Hugging Face images are written under ``<cache_dir>/hf/``.
     """
 
-    image_column: str = "image"
-    caption_column: str = "caption"
-    delimiter: str | None = None
-    images_dir: str | Path | None = None
-    split: str | None = None
-    cache_dir: Path = DEFAULT_CACHE_DIR
+    image_column: str = field(default="image", metadata={"help": "the column with image paths or URLs"})
+    caption_column: str = field(default="caption", metadata={"help": "the column with captions"})
+    kind: str = field(default="auto", metadata={"flag": "--source-kind", "choices": ("auto", "table", "folder",
+                                                                                    "coco", "hf"),
+                                                "help": "how to read the source (auto: from its form)"})
+    delimiter: str | None = field(default=None, metadata={
+        "help": "field separator of delimited text: ',', ';', tab, '|'"})
+    images_dir: str | None = field(default=None, metadata={"help": "folder of a COCO file's images"})
+    split: str | None = field(default=None, metadata={"help": "split of a Hugging Face dataset"})
 
 
 def read_pairs(source: str | Path, image_column: str = "image", caption_column: str = "caption", *,
@@ -86,14 +89,8 @@ def read_pairs(source: str | Path, image_column: str = "image", caption_column: 
 
     Args:
         source: the path (or ``hf:owner/name`` for a hub dataset).
-        image_column: column with image paths or URLs.
-        caption_column: column with captions.
-        kind: one of ``auto`` or :data:`SOURCE_READERS` (``table``, ``folder``, ``coco``, ``hf``).
-        delimiter: field separator of a delimited table (see :class:`SourceOptions`).
-        images_dir: where a COCO file's images are (default: ``<split>/`` beside the
-            annotations folder when it exists, else the annotation file's folder).
-        split: which split of a Hugging Face dataset to read.
-        cache_dir: the cache root for images extracted from Hugging Face datasets.
+        image_column, caption_column, kind, delimiter, images_dir, split: see :class:`SourceOptions`.
+        cache_dir: the image cache root, where images stored in Hugging Face datasets are written.
 
     Returns:
         The table with every input column and a 0..n-1 index; ``df.attrs["base_dir"]`` is the
@@ -103,12 +100,12 @@ def read_pairs(source: str | Path, image_column: str = "image", caption_column: 
         PairsTableError: unreadable or empty source, unknown format, wrong delimiter or a
             missing column.
     """
-    options = SourceOptions(image_column, caption_column, DELIMITER_NAMES.get(delimiter, delimiter),
-                            images_dir, split, Path(cache_dir))
+    options = SourceOptions(image_column, caption_column, kind, DELIMITER_NAMES.get(delimiter, delimiter),
+                            images_dir, split)
     kind = detect_source_kind(source) if kind == "auto" else kind
     if kind not in SOURCE_READERS:
         raise PairsTableError(f"unknown source kind {kind!r}; use auto or one of {', '.join(SOURCE_READERS)}")
-    table, base_dir = SOURCE_READERS[kind](str(source), options)
+    table, base_dir = SOURCE_READERS[kind](str(source), options, Path(cache_dir))
     return _finish(table, Path(base_dir), str(source), options)
 
 
@@ -125,7 +122,7 @@ def detect_source_kind(source: str | Path) -> str:
     return "table"
 
 
-def load_table(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+def load_table(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[pd.DataFrame, Path]:
     """Read a CSV/TSV/Parquet/JSON Lines table; image paths are relative to its folder."""
     path = Path(source)
     if not path.is_file():
@@ -135,7 +132,7 @@ def load_table(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]
     delimiter = options.delimiter or DELIMITERS.get(suffix)
     try:
         if delimiter is not None:
-            table = _read_delimited(path, delimiter, options)
+            table = read_delimited(path, delimiter, options.image_column, options.caption_column)
         elif suffix in (".parquet", ".pq"):
             table = pd.read_parquet(path)
         elif suffix in (".jsonl", ".ndjson", ".json"):
@@ -165,7 +162,7 @@ def image_files(root: Path) -> list[Path]:
     return found
 
 
-def load_folder(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+def load_folder(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[pd.DataFrame, Path]:
     """List the images under a folder (recursively, sorted, hidden entries skipped).
 
     Each image's folder relative to the root becomes the ``label`` column (``""`` at the
@@ -185,7 +182,7 @@ def load_folder(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path
     return pd.DataFrame(rows), root.resolve()
 
 
-def load_coco(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+def load_coco(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[pd.DataFrame, Path]:
     """Read a COCO captions file: one row per annotation, in file order.
 
     Columns: ``image_id``, ``annotation_id``, the image column (the image's ``file_name``) and
@@ -214,7 +211,8 @@ def load_coco(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
     return pd.DataFrame(rows, columns=columns), _coco_images_dir(path, options.images_dir)
 
 
-def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, Path]:
+def load_hf_dataset(source: str, options: SourceOptions,
+                    cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[pd.DataFrame, Path]:
     """Read a Hugging Face dataset: a ``save_to_disk`` folder, data files, or ``hf:owner/name`` from the hub.
 
     A hub dataset is downloaded with ``huggingface_hub.snapshot_download`` (or found in its cache:
@@ -230,7 +228,7 @@ def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, 
     from_hub = source.startswith("hf:") and not local.exists()
     if from_hub:
         local = _hub_dataset_snapshot(name)
-    arrow_cache = str(Path(options.cache_dir) / "hf-datasets")
+    arrow_cache = str(Path(cache_dir) / "hf-datasets")
     if from_hub or (local.exists() and _parquet_files(local)):
         try:
             loaded = datasets.load_dataset(str(local) if local.is_dir() else "parquet",
@@ -249,7 +247,7 @@ def load_hf_dataset(source: str, options: SourceOptions) -> tuple[pd.DataFrame, 
     _check_columns(dataset.column_names, name, options)
     if isinstance(dataset.features[options.image_column], datasets.Image):
         dataset = dataset.cast_column(options.image_column, datasets.Image(decode=False))
-    refs = [_save_hf_image(value, options.cache_dir)
+    refs = [_save_hf_image(value, cache_dir)
             for batch in dataset.select_columns([options.image_column]).iter(batch_size=256)
             for value in batch[options.image_column]]
     table = dataset.remove_columns([options.image_column]).to_pandas()
@@ -282,7 +280,7 @@ def _parquet_files(local: Path) -> list[Path]:
     return sorted(local.rglob("*.parquet"))
 
 
-SOURCE_READERS: dict[str, Callable[[str, SourceOptions], tuple[pd.DataFrame, Path]]] = {
+SOURCE_READERS: dict[str, Callable[[str, SourceOptions, Path], tuple[pd.DataFrame, Path]]] = {
     "table": load_table,
     "folder": load_folder,
     "coco": load_coco,
@@ -318,8 +316,10 @@ def _check_columns(found: list[str], source: str, options: SourceOptions) -> Non
                           f"pass --image-column/--caption-column to name them")
 
 
-def _read_delimited(path: Path, delimiter: str, options: SourceOptions) -> pd.DataFrame:
-    """Read delimited text; image and caption cells stay strings, only empty cells are NaN.
+def read_delimited(path: Path, delimiter: str, image_column: str = "image", caption_column: str = "caption"
+                   ) -> pd.DataFrame:
+    """Read delimited text (a pairs table, or a CSV/TSV shard); image and caption cells stay strings, only empty
+    cells are NaN, the other columns are typed as pandas reads them.
 
     A row with more fields than the header is an error, never silently cut (pandas only warns).
     """
@@ -327,7 +327,7 @@ def _read_delimited(path: Path, delimiter: str, options: SourceOptions) -> pd.Da
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             return pd.read_csv(path, sep=delimiter, index_col=False, keep_default_na=False, na_values=[""],
-                               dtype={options.image_column: str, options.caption_column: str})
+                               dtype={image_column: str, caption_column: str})
     except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
         guess = _guess_delimiter(_first_line(path), delimiter)
         hint = (f"the header looks {_delimiter_label(guess)}-separated; pass --delimiter {_delimiter_flag(guess)}"

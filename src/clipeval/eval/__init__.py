@@ -1,4 +1,1 @@
-"""Evaluation: the one embedding path (:mod:`~clipeval.eval.embed`), pair scoring, retrieval
-(block-wise ranking and metrics), bootstrap, checkpoint comparison, the scenes benchmark, and
-stage timing. Imports :mod:`clipeval.models` and :mod:`clipeval.data`.
-"""
+"""Evaluation jobs over the embedding engine: pair scoring, retrieval and free-text search, the scenes benchmark."""

@@ -1,12 +1,12 @@
 """Text-to-image (and image-to-text) retrieval evaluation of checkpoints on a retrieval set.
 
-For each checkpoint the images and queries are embedded once (:func:`clipeval.eval.embed.embed_set`),
-ranked with the block-wise :func:`clipeval.eval.ranking.retrieve_both_directions`, and
+For each checkpoint the images and queries are embedded once (:func:`clipeval.embed.engine.embed_set`),
+ranked with the block-wise :func:`clipeval.metrics.ranking.retrieve_both_directions`, and
 summarised with bootstrap CIs and the chance level of each metric (its exact value under a
-random ranking, :func:`clipeval.eval.metrics.chance_levels`). Images that cannot be read (or
+random ranking, :func:`clipeval.metrics.retrieval.chance_levels`). Images that cannot be read (or
 that the model's transform rejects) are left out of the collection and counted; a query whose
 relevant images are all unusable counts as a query without a relevant item. Every stage of
-every checkpoint is timed (:class:`clipeval.eval.stats.StageTimer`), and :func:`hub_items`
+every checkpoint is timed (:class:`clipeval.embed.stats.StageTimer`), and :func:`hub_items`
 lists the items that come first for many queries.
 """
 
@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from clipeval.data.retrieval_sets import RetrievalSet, check_images_found
-from clipeval.eval.bootstrap import bootstrap_summary, paired_bootstrap
-from clipeval.eval.embed import EmbedOptions, LazyEncoder, embed_set
-from clipeval.eval.metrics import chance_levels, per_query_metrics
-from clipeval.eval.ranking import retrieve, retrieve_both_directions
-from clipeval.eval.stats import StageTimer, package_versions
+from clipeval.embed.engine import LazyEncoder, embed_set
+from clipeval.embed.options import EmbedOptions
+from clipeval.embed.stats import StageTimer, package_versions
+from clipeval.eval.options import RetrievalOptions
+from clipeval.metrics.bootstrap import bootstrap_summary, paired_bootstrap
+from clipeval.metrics.ranking import retrieve, retrieve_both_directions
+from clipeval.metrics.retrieval import chance_levels, per_query_metrics
 from clipeval.models.encoder import resolve_device
 
 
@@ -34,7 +36,7 @@ class RetrievalReport:
     Attributes:
         metrics: ``metrics.csv``: one row per checkpoint x dataset x direction x k, each metric
             with its bootstrap CI and its chance level (``<metric>_chance``, see
-            :func:`clipeval.eval.metrics.chance_levels`).
+            :func:`clipeval.metrics.retrieval.chance_levels`).
         per_query: ``retrieval_ranks.csv``: one row per checkpoint x direction x query: first
             rank, reciprocal rank, hit/recall@k, ``n_items`` ranked, the query's position
             (``query``) and what it is (``query_name``: the caption for text->image, the image
@@ -81,10 +83,9 @@ def _per_query_rows(table: pd.DataFrame, result, spec: str, direction: str, data
         top_scores=[row.tolist() for row in result.topk_scores])
 
 
-def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Sequence[int] = (1, 5, 10),
-                       top_k: int = 10, n_resamples: int = 1000, seed: int = 0, device: str = "auto",
-                       precision: str = "auto", progress: bool = True, options: EmbedOptions | None = None,
-                       allow_missing_images: bool = False) -> RetrievalReport:
+def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str],
+                       options: RetrievalOptions = RetrievalOptions(),
+                       embed: EmbedOptions = EmbedOptions()) -> RetrievalReport:
     """Evaluate text->image and image->text retrieval for each checkpoint.
 
     Before any model is loaded, the set's local image files are checked
@@ -93,14 +94,8 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Se
     Args:
         dataset: queries, images and relevance.
         checkpoints: checkpoint specs.
-        ks: cut-offs for HitRate@k and Recall@k.
-        top_k: length of the stored top-k lists (at least ``max(ks)``).
-        n_resamples: bootstrap resamples for the 95% CIs (over queries).
-        seed: bootstrap seed.
-        device, precision: as for scoring.
-        progress: progress bars (also the model libraries' loading bars).
-        options: batching, image reading and fetching, decoding and embedding-cache options.
-        allow_missing_images: go on when fewer than half the local images are found.
+        options: cut-offs, bootstrap, stored top-k length, missing images.
+        embed: the embedding pipeline (device, precision, batching, cache, reading, progress bars).
 
     Returns:
         A :class:`RetrievalReport`.
@@ -108,21 +103,21 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Se
     Raises:
         ImagesNotFoundError: no local image found, or too few (see ``allow_missing_images``).
     """
-    check_images_found(dataset, allow_missing_images)
-    options = options or EmbedOptions()
-    top_k = max(top_k, *ks)
-    torch_device = resolve_device(device)
+    check_images_found(dataset, options.allow_missing_images)
+    ks, n_resamples, seed = list(options.ks), options.n_resamples, options.seed
+    top_k = max(options.top_k, *ks)
+    torch_device = resolve_device(embed.device)
     metrics, per_query, stats = [], [], {}
     for spec in checkpoints:
         timer = StageTimer(torch_device)
-        encoder = LazyEncoder(spec, device, precision, timer, progress)
-        embedded = embed_set(encoder, dataset, options, progress=progress, timer=timer)
+        encoder = LazyEncoder(spec, embed, timer)
+        embedded = embed_set(encoder, dataset, embed, timer=timer)
         # relevance restricted to readable images, re-indexed into the embedded collection
         new_position = pd.Series(np.arange(len(embedded.image_positions)), index=embedded.image_positions)
         keep = np.isin(dataset.relevant[:, 1], embedded.image_positions)
         pairs = np.stack([dataset.relevant[keep, 0], new_position[dataset.relevant[keep, 1]].to_numpy()], axis=1)
         with timer.stage("rank", items=len(dataset.queries) + len(embedded.images)):
-            results = retrieve_both_directions(embedded.texts, embedded.images, pairs, k=top_k, progress=progress)
+            results = retrieve_both_directions(embedded.texts, embedded.images, pairs, k=top_k, progress=embed.progress)
         extra = {"n_images": len(dataset.images), "n_images_unreadable": len(dataset.images) - len(embedded.images),
                  "n_texts": len(dataset.queries)}
         with timer.stage("metrics", items=len(dataset.queries) + len(embedded.images)):
@@ -140,8 +135,8 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str], ks: Se
                        **timer.summary()}
     run_stats = {"queries": len(dataset.queries), "images": len(dataset.images),
                  "relevant_pairs": len(dataset.relevant), "device": str(torch_device),
-                 "batch_size": options.batch_size, "workers": options.workers,
-                 "decode_workers": options.decode_workers, "fast_decode": options.fast_decode,
+                 "batch_size": embed.batch_size, "read_threads": embed.fetch.read_threads,
+                 "decode_processes": embed.decode_processes, "fast_decode": embed.fast_decode,
                  "versions": package_versions(), "checkpoints": stats}
     return RetrievalReport(pd.DataFrame(metrics), pd.concat(per_query, ignore_index=True), run_stats)
 
@@ -209,7 +204,7 @@ def compare_checkpoints(per_query: pd.DataFrame, checkpoint_a: str, checkpoint_b
     """Paired bootstrap of ``metric(a) - metric(b)`` over the same queries.
 
     Returns:
-        A :class:`clipeval.eval.bootstrap.PairedDifference`.
+        A :class:`clipeval.metrics.bootstrap.PairedDifference`.
     """
     tables = per_query[per_query["direction"] == direction].set_index(["checkpoint", "query"])[metric]
     a, b = tables.loc[checkpoint_a], tables.loc[checkpoint_b]
@@ -237,8 +232,7 @@ def paired_differences(per_query: pd.DataFrame, checkpoints: Sequence[str], metr
 
 
 def search(dataset: RetrievalSet, checkpoints: Sequence[str], texts: Sequence[str], top: int = 5,
-           device: str = "auto", precision: str = "auto", progress: bool = True,
-           options: EmbedOptions | None = None) -> pd.DataFrame:
+           embed: EmbedOptions = EmbedOptions()) -> pd.DataFrame:
     """Free-text search: the ``top`` images of ``dataset`` for each of ``texts``, per checkpoint.
 
     Returns:
@@ -247,10 +241,10 @@ def search(dataset: RetrievalSet, checkpoints: Sequence[str], texts: Sequence[st
     """
     rows = []
     for spec in checkpoints:
-        encoder = LazyEncoder(spec, device, precision, progress=progress)
+        encoder = LazyEncoder(spec, embed)
         embedded = embed_set(encoder, RetrievalSet(dataset.name, pd.DataFrame({"text": list(texts)}),
                                                    dataset.images, np.empty((0, 2), np.int64), dataset.base_dir),
-                             options, progress=progress)
+                             embed)
         result = retrieve(embedded.texts, embedded.images, np.empty((0, 2), np.int64), k=top)
         positions = embedded.image_positions
         rows += [{"checkpoint": spec, "query": q, "top_items": positions[result.topk_indices[q]].tolist(),

@@ -3,7 +3,7 @@
 Retrieval metrics for all, seen and unseen-combination queries; matched vs mismatched cosine
 over the whole caption x image matrix (with the ROC AUC); hard-negative accuracy (does the true
 caption beat its swapped twin on the same image); and a training-like batch's similarity
-matrix. Every embedding comes from :mod:`clipeval.eval.embed`.
+matrix. Every embedding comes from :mod:`clipeval.embed.engine`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import torch
 from clipeval.data.retrieval_sets import RetrievalSet, relevance_matrix, retrieval_set_from_pairs
 from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
 from clipeval.data.sources import read_pairs
-from clipeval.eval.compare import roc_auc
-from clipeval.eval.embed import EmbedOptions, embed_set
-from clipeval.eval.metrics import summarize
+from clipeval.embed.engine import embed_set
+from clipeval.embed.options import EmbedOptions
+from clipeval.metrics.compare import roc_auc
+from clipeval.metrics.retrieval import summarize
 from clipeval.models.encoder import Encoder
 
 KS = (1, 5, 10)
@@ -35,7 +36,7 @@ def embed_scenes(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 256)
     Raises:
         ValueError: an image could not be read (the dataset folder is incomplete).
     """
-    embedded = embed_set(encoder, dataset, EmbedOptions(batch_size=batch_size), progress=False)
+    embedded = embed_set(encoder, dataset, EmbedOptions(batch_size=batch_size, progress=False))
     if len(embedded.image_positions) != len(dataset.images):
         unreadable = [status for status in embedded.image_status if status != "ok"]
         raise ValueError(f"{dataset.name}: {len(unreadable)} images could not be read ({unreadable[:3]}...); "
@@ -58,7 +59,7 @@ def summarize_retrieval(scores: np.ndarray, dataset: RetrievalSet) -> pd.DataFra
 
     Returns:
         One row per query subset (``all``, ``seen``, ``unseen``) with the keys of
-        :func:`clipeval.eval.metrics.summarize` as columns.
+        :func:`clipeval.metrics.retrieval.summarize` as columns.
     """
     relevance = relevance_matrix(dataset)
     seen = dataset.queries["seen_combination"].to_numpy(dtype=bool)

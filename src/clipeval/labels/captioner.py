@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from clipeval.data.images import read_images
-from clipeval.eval.embed import batches
+from clipeval.embed.engine import batches
 from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
 from clipeval.models.encoder import resolve_device
 from clipeval.models.registry import CheckpointError, local_folder, offline_error, quiet_progress_bars

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from clipeval.data.images import read_images
-from clipeval.eval.embed import batches
+from clipeval.embed.engine import batches
 from clipeval.labels.base import LabelRun, empty_labels, image_table, run_stats
 from clipeval.models.encoder import resolve_device
 from clipeval.models.registry import CheckpointError, offline_error

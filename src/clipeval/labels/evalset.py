@@ -9,8 +9,9 @@ A folder written by :func:`write_evalset` holds:
   stay in the collection (they are what a real search would also have to rank);
 * ``relevance.csv``: ``query_id``, ``image_id``, ``confidence``: one row per pseudo-relevant pair;
 * ``labels.csv``: every label the labeller kept (:data:`clipeval.labels.base.LABEL_COLUMNS`);
-* ``evalset.json``: the labeller's stats and settings, and the fingerprint that lets a
-  later build with the same images and settings reuse the folder.
+* ``evalset.json``: the labeller's stats and settings;
+* ``run.json``: the build's fingerprint (images and settings), so that a later build with the same
+  ones reuses the folder and one with others is refused (:func:`clipeval.layout.claim`).
 
 ``python -m clipeval retrieve --queries .../queries.csv --images .../images.csv --relevance
 .../relevance.csv`` evaluates checkpoints on it.
@@ -22,7 +23,6 @@ to its own image (the COCO protocol: two images with the same caption are two qu
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -71,7 +71,7 @@ def evalset_tables(run: LabelRun, distinct_texts: bool | None = None
 
 
 def write_evalset(run: LabelRun, out_dir: str | Path, base_dir: str | Path | None = None,
-                  distinct_texts: bool | None = None, fingerprint: dict | None = None) -> Path:
+                  distinct_texts: bool | None = None) -> Path:
     """Write the eval-set folder (see the module docstring); every file atomically.
 
     Args:
@@ -79,7 +79,6 @@ def write_evalset(run: LabelRun, out_dir: str | Path, base_dir: str | Path | Non
         out_dir: the folder.
         base_dir: the folder the run's relative image references are relative to.
         distinct_texts: see :func:`evalset_tables`.
-        fingerprint: what identifies the build (images and settings), stored for reuse.
 
     Returns:
         ``out_dir``.
@@ -93,17 +92,11 @@ def write_evalset(run: LabelRun, out_dir: str | Path, base_dir: str | Path | Non
     write_csv(out_dir / "images.csv", images)
     write_csv(out_dir / "relevance.csv", relevance)
     write_csv(out_dir / "labels.csv", run.labels)
-    write_json(out_dir / "evalset.json", {"stats": run.stats, "fingerprint": fingerprint or {},
-                                          "queries": len(queries), "relevant_pairs": len(relevance)})
+    write_json(out_dir / "evalset.json", {"stats": run.stats, "queries": len(queries),
+                                          "relevant_pairs": len(relevance)})
     return out_dir
 
 
-def existing_evalset(out_dir: str | Path, fingerprint: dict) -> bool:
-    """Whether ``out_dir`` already holds a complete eval set built with this fingerprint."""
-    out_dir = Path(out_dir)
-    if not all((out_dir / name).is_file() for name in FILES):
-        return False
-    try:
-        return json.loads((out_dir / "evalset.json").read_text()).get("fingerprint") == fingerprint
-    except (OSError, json.JSONDecodeError):
-        return False
+def complete(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds every file of an eval set."""
+    return all((Path(out_dir) / name).is_file() for name in FILES)

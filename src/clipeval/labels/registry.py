@@ -1,47 +1,68 @@
-"""One switch over the labellers: ``build_labeller("classifier", model=..., threshold=...)``."""
+"""One switch over the labellers, and their options: ``build_labeller(LabelOptions("classifier", model=...))``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from clipeval.embed.options import EmbedOptions
 from clipeval.labels.base import Labeller
 
 LABELLERS = ("classifier", "zero-shot", "captioner", "api")
 
 
-def build_labeller(kind: str, model: str | None = None, threshold: float | None = None, top_k: int = 1,
-                   vocabulary: Sequence[str] = (), device: str = "auto", batch_size: int = 16,
-                   generate_kwargs: dict | None = None, progress: bool = True) -> Labeller:
-    """A labeller of kind ``classifier`` (timm), ``zero-shot`` (a checkpoint over ``vocabulary``),
-    ``captioner`` (transformers image-to-text) or ``api`` (an OpenAI-compatible chat API).
+@dataclass(frozen=True)
+class LabelOptions:
+    """Which labeller labels the images, and how (the ``build-evalset`` flags are these fields).
 
-    ``model`` and ``threshold`` default to each labeller's own defaults (``zero-shot`` needs
-    ``model``, a checkpoint spec). For the captioner, ``threshold`` is its ``min_confidence``.
+    Attributes:
+        labeller: ``classifier`` (timm), ``zero-shot`` (a checkpoint over ``vocabulary``),
+            ``captioner`` (transformers image-to-text) or ``api`` (an OpenAI-compatible chat API).
+        model: the labeller's model (default: the labeller's own; ``zero-shot`` needs a checkpoint spec).
+        threshold: the smallest confidence kept (default: the labeller's own; the captioner's ``min_confidence``).
+        top_k: the most probable classes an image may get.
+        vocabulary: the zero-shot labeller's classes.
+        batch_size: images per forward pass.
+    """
+
+    labeller: str = field(default="classifier", metadata={
+        "choices": LABELLERS, "help": "classifier (timm), zero-shot (a checkpoint over --vocabulary), captioner "
+                                      "(transformers image-to-text) or api (OpenAI-compatible; CLIPEVAL_LABEL_API_*)"})
+    model: str | None = field(default=None, metadata={
+        "help": "timm name or folder, checkpoint spec, captioning model or API model (default: the labeller's)"})
+    threshold: float | None = field(default=None, metadata={
+        "help": "smallest confidence kept (classifier default 0.85, zero-shot 0.5, captioner 0)"})
+    top_k: int = field(default=1, metadata={"help": "most probable classes an image may get"})
+    vocabulary: tuple[str, ...] = field(default=(), metadata={"cli": False})
+    batch_size: int = field(default=16, metadata={"help": "images per forward pass"})
+
+
+def build_labeller(options: LabelOptions, device: str = "auto", progress: bool = True) -> Labeller:
+    """The labeller ``options`` names, on ``device``.
 
     Raises:
-        ValueError: an unknown kind, or a zero-shot labeller without a checkpoint or vocabulary.
+        ValueError: an unknown labeller, or a zero-shot labeller without a checkpoint or vocabulary.
     """
-    from clipeval.eval.embed import EmbedOptions
-
-    settings = {key: value for key, value in (("model", model), ("threshold", threshold)) if value is not None}
-    if kind == "classifier":
+    settings = {key: value for key, value in (("model", options.model), ("threshold", options.threshold))
+                if value is not None}
+    if options.labeller == "classifier":
         from clipeval.labels.classifier import Classifier
 
-        return Classifier(**settings, top_k=top_k, device=device, batch_size=batch_size, progress=progress)
-    if kind == "zero-shot":
+        return Classifier(**settings, top_k=options.top_k, device=device, batch_size=options.batch_size,
+                          progress=progress)
+    if options.labeller == "zero-shot":
         from clipeval.labels.zero_shot import ZeroShot
 
-        if model is None:
+        if options.model is None:
             raise ValueError("the zero-shot labeller needs --model, a checkpoint spec")
-        return ZeroShot(model, vocabulary, threshold if threshold is not None else 0.5, top_k, device,
-                        EmbedOptions(batch_size=batch_size))
-    if kind == "captioner":
+        return ZeroShot(options.model, options.vocabulary, settings.get("threshold", 0.5), options.top_k,
+                        EmbedOptions(batch_size=options.batch_size, device=device))
+    if options.labeller == "captioner":
         from clipeval.labels.captioner import Captioner
 
-        return Captioner(**{"model": model} if model else {}, device=device, batch_size=batch_size,
-                         generate_kwargs=generate_kwargs, min_confidence=threshold or 0.0, progress=progress)
-    if kind == "api":
+        return Captioner(**{"model": options.model} if options.model else {}, device=device,
+                         batch_size=options.batch_size, min_confidence=options.threshold or 0.0, progress=progress)
+    if options.labeller == "api":
         from clipeval.labels.api import ApiCaptioner
 
-        return ApiCaptioner(model=model, progress=progress)
-    raise ValueError(f"unknown labeller {kind!r}; known: {', '.join(LABELLERS)}")
+        return ApiCaptioner(model=options.model, progress=progress)
+    raise ValueError(f"unknown labeller {options.labeller!r}; known: {', '.join(LABELLERS)}")

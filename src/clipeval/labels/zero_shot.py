@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from clipeval.data.images import read_many_bytes
-from clipeval.eval.embed import Embedder, EmbedOptions, LazyEncoder
+from clipeval.embed.engine import Embedder, LazyEncoder
+from clipeval.embed.options import EmbedOptions
 from clipeval.labels.base import LabelRun, empty_labels, image_table, run_stats
 from clipeval.labels.classifier import labels_from_probabilities
 
@@ -30,24 +32,23 @@ class ZeroShot:
         vocabulary: the texts an image may be labelled with (they are the queries).
         threshold: the smallest probability kept.
         top_k: how many of the most probable texts may become labels.
-        device: ``auto``, ``cpu``, ``cuda``...
-        options: batching and cache options of the embedding path.
+        options: the embedding pipeline (device, batching, cache, reading).
     """
 
     name = "zero-shot"
 
     def __init__(self, checkpoint: str, vocabulary: Sequence[str], threshold: float = 0.5, top_k: int = 1,
-                 device: str = "auto", options: EmbedOptions | None = None):
+                 options: EmbedOptions = EmbedOptions()):
         if not vocabulary:
             raise ValueError("the zero-shot labeller needs a vocabulary")
         self.model, self.vocabulary, self.threshold, self.top_k = checkpoint, list(vocabulary), threshold, top_k
-        self.device, self.options = device, options or EmbedOptions()
+        self.options = replace(options, progress=False)
 
     def label(self, refs: list[str], base_dir: Path | None = None) -> LabelRun:
         """Label each readable image with its most probable vocabulary texts."""
         started = time.perf_counter()
-        raws = read_many_bytes(list(refs), base_dir, self.options.workers, fetch_options=self.options.fetch)
-        with Embedder(LazyEncoder(self.model, self.device, progress=False), self.options) as embedder:
+        raws = read_many_bytes(list(refs), base_dir, fetch_options=self.options.fetch)
+        with Embedder(LazyEncoder(self.model, self.options), self.options) as embedder:
             images = embedder.images(raws)
             texts = embedder.texts(self.vocabulary).of(range(len(self.vocabulary)))
             usable = np.flatnonzero(images.rows >= 0)

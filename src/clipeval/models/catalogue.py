@@ -121,7 +121,7 @@ CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
     CheckpointInfo("dual:outputs/offline/models/dual", "dual encoder",
                    "DistilBERT-architecture text tower + EfficientNet-B0 with attention pooling, trained from "
                    "scratch on the captioned scenes by `make model`",
-                   source="this repository (README: The dual encoder)",
+                   source="this repository (docs/dual-encoder.md)",
                    matched_cosine=(0.83, 0.97),
                    matched_cosine_source="measured: 5th-95th percentile of matched scenes test pairs "
                                          "(outputs/offline/score_summary.csv)"),

@@ -13,7 +13,7 @@ import seaborn as sns
 
 from clipeval.data.benchmarks import BENCHMARKS
 from clipeval.data.images import read_image
-from clipeval.eval.metrics import hit_rate_curve
+from clipeval.metrics.retrieval import hit_rate_curve
 from clipeval.models.catalogue import label_checkpoint
 from clipeval.plots.save import save_figure
 
@@ -126,7 +126,7 @@ def published_side_by_side(comparison: pd.DataFrame) -> pd.DataFrame:
     """Measured vs published HitRate@k, one row per benchmark x checkpoint x direction.
 
     Args:
-        comparison: :func:`clipeval.eval.published.compare_with_published`.
+        comparison: :func:`clipeval.metrics.published.compare_with_published`.
 
     Returns:
         Rows indexed by ``benchmark`` (its title: the split and captions per image), ``checkpoint``

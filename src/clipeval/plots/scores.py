@@ -1,6 +1,6 @@
 """Figures comparing checkpoints: score histograms (matched vs mismatched) and agreement heatmaps.
 
-Every function takes the long score table with ``match`` (:func:`clipeval.eval.compare.load_run_scores`),
+Every function takes the long score table with ``match`` (:func:`clipeval.metrics.compare.load_run_scores`),
 returns the matplotlib ``Figure`` and, given ``path``, also saves it as a PNG atomically
 (:func:`clipeval.plots.save.save_figure`).
 Random-init checkpoints are labelled as such in every figure.
@@ -17,7 +17,7 @@ import seaborn as sns
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from clipeval.eval.compare import select_ok
+from clipeval.metrics.compare import select_ok
 from clipeval.models.catalogue import is_random_init, label_checkpoint
 from clipeval.plots.save import save_figure
 
@@ -90,7 +90,7 @@ def plot_spearman_heatmap(matrix: pd.DataFrame, n_pairs: int, score: str = "cosi
     """Heatmap of the Spearman correlation of pair scores between checkpoints.
 
     Args:
-        matrix: checkpoint x checkpoint correlations (:func:`clipeval.eval.compare.spearman_matrix`).
+        matrix: checkpoint x checkpoint correlations (:func:`clipeval.metrics.compare.spearman_matrix`).
         n_pairs: pairs the correlations are over (those ok under every checkpoint), shown in the title.
         score: the score column that was correlated.
         path: if given, save the figure there as a PNG.

@@ -1,3 +1,1 @@
-"""Runs: one step per notebook job (:mod:`~clipeval.runs.steps`), the notebook runner, the
-manifest and the command line. The only layer that may import every other one.
-"""
+"""Runs: one step per job (params + run folder -> files + manifest), the options, the command line, the notebooks."""

@@ -1,8 +1,9 @@
 """Expected failures and the one place they become a one-line stop.
 
-A bad checkpoint spec, a hub name with no network, an unusable pairs table: the user needs one
-line saying what is wrong, not a stack trace. The CLI prints ``error: ...`` and exits with 2;
-a notebook cell run inside :func:`one_line_errors` stops with the same line.
+A bad checkpoint spec, a hub name with no network, an unusable pairs table, an extra not
+installed: the user needs one line saying what is wrong, not a stack trace. The CLI prints
+``error: ...`` and exits with 2; a notebook cell run inside :func:`one_line_errors` stops with
+the same line.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import contextlib
 
 from clipeval.data.sources import PairsTableError
-from clipeval.eval.scoring import RunFolderMismatch
+from clipeval.extras import MissingExtra
+from clipeval.layout import RunFolderMismatch
 from clipeval.models.registry import CheckpointError
 
 
@@ -21,7 +23,7 @@ class NotebookFailed(RuntimeError):
 # What stops a notebook with one line: the user's input (or output folder), not a bug, is at fault.
 NOTEBOOK_STOPS = (CheckpointError, PairsTableError, RunFolderMismatch)
 # The command line also reports bad arguments and missing files in one line.
-EXPECTED_ERRORS = (*NOTEBOOK_STOPS, NotebookFailed, FileNotFoundError, ValueError)
+EXPECTED_ERRORS = (*NOTEBOOK_STOPS, NotebookFailed, MissingExtra, FileNotFoundError, ValueError)
 
 
 @contextlib.contextmanager

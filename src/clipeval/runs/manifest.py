@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from clipeval.atomic import write_json
-from clipeval.eval.stats import package_versions
+from clipeval.embed.stats import package_versions
 from clipeval.models.catalogue import is_random_init
 from clipeval.models.hub_mirror import active_mirror
 from clipeval.models.registry import is_local_path, parse_spec

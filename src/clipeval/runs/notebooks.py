@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from clipeval.extras import require
 from clipeval.models.hub_mirror import using_mirror
 from clipeval.paths import NOTEBOOKS_DIR, PROJECT_ROOT
 from clipeval.profiles import load_profile
@@ -21,8 +22,7 @@ RUN_KEYS = ("notebooks", "hub_mirror")
 
 def notebook_parameters(notebook: Path, params: dict) -> dict:
     """The subset of ``params`` that ``notebook``'s tagged parameters cell declares."""
-    import papermill
-
+    papermill = require("papermill", "notebooks", "running notebooks")
     declared = papermill.inspect_notebook(str(notebook))
     return {name: value for name, value in params.items() if name in declared}
 
@@ -56,8 +56,7 @@ def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
 
 
 def _execute(params: dict, notebooks_dir: Path, out_dir: Path, cwd: Path) -> list[Path]:
-    import papermill
-
+    papermill = require("papermill", "notebooks", "running notebooks")
     executed = []
     for name in params["notebooks"]:
         source = notebooks_dir / f"{name}.ipynb"

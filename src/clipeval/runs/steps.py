@@ -1,59 +1,64 @@
-"""One step per notebook job: read the inputs, compute, write the run folder's files and manifest entry.
+"""One step per job: read the inputs, compute, write the run folder's files and the step's manifest entry.
 
-The notebooks and the command line call the same steps, so a run folder is the same whichever
-started it. Each step takes the profile's parameters (flat values, as in a notebook's
-``parameters`` cell) and returns what the notebook displays; figures are drawn by the notebook
-from the returned tables with :mod:`clipeval.plots`.
+The notebooks and the command line call the same steps, so a run folder is the same whichever started
+it. A step takes its inputs and the options of each concern (:class:`~clipeval.data.sources.SourceOptions`,
+:class:`~clipeval.embed.engine.EmbedOptions`, :class:`~clipeval.eval.retrieval.RetrievalOptions`...),
+writes through :class:`~clipeval.layout.RunLayout` and returns what the notebook displays; figures are
+drawn by the notebook from the returned tables with :mod:`clipeval.plots`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from clipeval.atomic import write_csv, write_json, write_text
+from clipeval.curate.engine import EXACT_LIMIT, RunCuration, curate_run
+from clipeval.curate.rules import parse_rule
 from clipeval.data.benchmarks import BENCHMARKS, benchmark_options, describe_benchmark, load_benchmark
-from clipeval.data.fetch import DEFAULT_CACHE_DIR, FetchOptions
 from clipeval.data.retrieval_sets import (
     RetrievalSet,
+    RetrievalSource,
     check_images_found,
     load_retrieval_set,
     retrieval_set_from_pairs,
 )
 from clipeval.data.scenes import read_scenes_retrieval
-from clipeval.data.sources import read_pairs
+from clipeval.data.shards import list_shards
+from clipeval.data.sources import SourceOptions, read_pairs
 from clipeval.data.summary import caption_lengths, count_pairs, describe_images
-from clipeval.eval.compare import load_run_scores, pivot_scores, spearman_matrix, summarize_scores
-from clipeval.eval.curation import (
-    PRESET_FRACTIONS,
-    Curation,
-    TopFraction,
-    agreement,
-    jaccard,
-    kept_fraction_curve,
-    parse_rule,
-    precision_recall_curve,
-    rule_quality,
-    wide_scores,
-)
-from clipeval.eval.curation import curate as curate_rows
-from clipeval.eval.embed import EmbedOptions
-from clipeval.eval.published import DEFAULT_TOLERANCE, compare_with_published, nothing_to_compare
+from clipeval.embed.options import EmbedOptions
+from clipeval.embed.stats import format_stats_log
+from clipeval.eval.options import RetrievalOptions
 from clipeval.eval.retrieval import RetrievalReport, evaluate_retrieval, paired_differences
 from clipeval.eval.retrieval import search as search_images
 from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
-from clipeval.eval.scoring import RESULT_COLUMNS, ScoreOptions, ScoreRun, score_to_dir
-from clipeval.eval.stats import format_stats_log
+from clipeval.layout import CurationLayout, RunLayout
+from clipeval.metrics.compare import load_run_scores, pivot_scores, spearman_matrix, summarize_scores
+from clipeval.metrics.published import DEFAULT_TOLERANCE, compare_with_published, nothing_to_compare
 from clipeval.models.catalogue import published_retrieval
 from clipeval.models.dual import read_history
 from clipeval.models.encoder import Encoder
 from clipeval.models.registry import load_encoder
+from clipeval.pipeline.options import ExecutionOptions, ShardOptions
+from clipeval.pipeline.run import ScoringRun, score_pairs_table, score_run
 from clipeval.runs.manifest import update_manifest
+from clipeval.studies.curation import CurationStudy
+from clipeval.studies.curation import curation_study as study_curation
+from clipeval.studies.labels import LabelStudy
+from clipeval.studies.labels import label_study as study_labels
+from clipeval.studies.sharded import ShardedStudy
+from clipeval.studies.sharded import sharded_study as study_shards
+
+
+def _settings(**options) -> dict:
+    """A step's parameters for its manifest entry: option dataclasses as dicts, paths as strings."""
+    return {name: asdict(value) if hasattr(value, "__dataclass_fields__") else value
+            for name, value in options.items()}
 
 
 @dataclass
@@ -66,48 +71,52 @@ class Explored:
     lengths: pd.DataFrame
 
 
-def explore(pairs_path: str, image_column: str = "image", caption_column: str = "caption") -> Explored:
+def explore(pairs_path: str, reading: SourceOptions = SourceOptions()) -> Explored:
     """Read a pairs table and describe it: counts, image sizes and modes, caption lengths."""
-    pairs = read_pairs(pairs_path, image_column, caption_column)
-    return Explored(pairs, count_pairs(pairs, image_column, caption_column), describe_images(pairs, image_column),
-                    caption_lengths(pairs, caption_column))
+    pairs = read_pairs(pairs_path, **asdict(reading))
+    return Explored(pairs, count_pairs(pairs, reading.image_column, reading.caption_column),
+                    describe_images(pairs, reading.image_column), caption_lengths(pairs, reading.caption_column))
 
 
-def score(run_dir: str | Path, pairs_path: str, checkpoints: Sequence[str], image_column: str = "image",
-          caption_column: str = "caption", batch_size: int = 32, chunk_size: int = 256, device: str = "auto",
-          precision: str = "auto", workers: int = 8, source_kind: str = "auto", delimiter: str | None = None,
-          images_dir: str | None = None, split: str | None = None, cache_dir: str | None = None,
-          fetch_timeout: float = 10.0, fetch_retries: int = 3, max_download_mb: float = 50.0,
-          progress: bool = True, decode_workers: int | None = None, fast_decode: bool = False,
-          embedding_cache: bool = True, overwrite: bool = False) -> ScoreRun:
-    """Score every pair under every checkpoint into ``run_dir`` (results.csv, scores.csv, stats).
+def score(run_dir: str | Path, pairs_path: str, checkpoints: Sequence[str], reading: SourceOptions = SourceOptions(),
+          embed: EmbedOptions = EmbedOptions(), chunk_size: int = ShardOptions.chunk_size,
+          overwrite: bool = False) -> ScoringRun:
+    """Score every pair of a pairs source under every checkpoint: a one-shard run of the pipeline.
+
+    Writes ``shards/pairs.parquet`` (and its done-marker), ``results.csv``, ``scores.csv``,
+    ``stats.json``/``stats.log`` and the manifest (:mod:`clipeval.pipeline.run`).
 
     Args:
         run_dir: the run folder.
         pairs_path: any pairs source :func:`clipeval.data.sources.read_pairs` reads.
         checkpoints: checkpoint specs; the first is the primary one in ``results.csv``.
-        image_column, caption_column, source_kind, delimiter, images_dir, split: how to read the source.
-        batch_size, chunk_size, device, precision, workers: how to run (see :class:`ScoreOptions`).
-        cache_dir, fetch_timeout, fetch_retries, max_download_mb: how URLs are fetched.
-        progress: show a progress bar.
-        decode_workers, fast_decode, embedding_cache: the embedding pipeline (see :class:`ScoreOptions`).
+        reading: how to read the source (columns, kind, delimiter, COCO images, split).
+        embed: the embedding pipeline (device, precision, batching, cache, image reading, progress).
+        chunk_size: rows scored and kept together (the unit of resuming).
         overwrite: discard an earlier run in ``run_dir`` with other inputs, checkpoints or options.
-
-    Returns:
-        The :class:`~clipeval.eval.scoring.ScoreRun` written.
     """
-    params = {key: value for key, value in locals().items() if key != "run_dir"}
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
-    pairs = read_pairs(pairs_path, image_column, caption_column, kind=source_kind, delimiter=delimiter,
-                       images_dir=images_dir, split=split, cache_dir=cache)
-    fetch = FetchOptions(timeout=fetch_timeout, retries=fetch_retries, max_bytes=int(max_download_mb * 2**20),
-                         cache_dir=cache)
-    options = ScoreOptions(image_column=image_column, caption_column=caption_column, batch_size=batch_size,
-                           chunk_size=chunk_size, device=device, precision=precision, progress=progress,
-                           workers=workers, fetch=fetch, decode_workers=decode_workers, fast_decode=fast_decode,
-                           embedding_cache=embedding_cache)
-    run = score_to_dir(pairs, list(checkpoints), run_dir, options, overwrite=overwrite)
-    update_manifest(Path(run_dir) / "manifest.json", "score", params, list(checkpoints), [pairs_path])
+    pairs = read_pairs(pairs_path, **asdict(reading), cache_dir=embed.fetch.image_cache_dir)
+    shards = ShardOptions(reading.image_column, reading.caption_column, chunk_size=chunk_size)
+    run = score_pairs_table(run_dir, pairs, list(checkpoints), shards, embed, overwrite)
+    update_manifest(RunLayout(run_dir).manifest, "score",
+                    _settings(pairs_path=pairs_path, reading=reading, embed=embed, chunk_size=chunk_size),
+                    list(checkpoints), [pairs_path])
+    return run
+
+
+def score_shards(run_dir: str | Path, shards: Sequence[str], checkpoints: Sequence[str],
+                 shard_options: ShardOptions = ShardOptions(), embed: EmbedOptions = EmbedOptions(),
+                 execution: ExecutionOptions = ExecutionOptions(), overwrite: bool = False) -> ScoringRun:
+    """Score shard files (tar, parquet, csv; files, folders, globs, brace patterns) into ``run_dir``.
+
+    Writes ``shards/``, ``shards.csv``, ``sharded_stats.json``, ``stats.json``/``stats.log`` and the
+    manifest; resumable by shard and by chunk (:mod:`clipeval.pipeline.run`).
+    """
+    paths = list_shards(list(shards) if not isinstance(shards, str) else shards)
+    run = score_run(run_dir, list(paths), list(checkpoints), shard_options, embed, execution, overwrite)
+    update_manifest(RunLayout(run_dir).manifest, "score_shards",
+                    _settings(shards=list(shards), shard_options=shard_options, embed=embed, execution=execution),
+                    list(checkpoints), [str(path) for path in paths])
     return run
 
 
@@ -117,7 +126,7 @@ class Comparison:
 
     Attributes:
         table: the long score table with ``match``.
-        summary: :func:`~clipeval.eval.compare.summarize_scores` (also ``score_summary.csv``).
+        summary: :func:`~clipeval.metrics.compare.summarize_scores` (also ``score_summary.csv``).
         spearman: checkpoint x checkpoint Spearman correlation of the cosines.
         n_pairs: pairs ok under every checkpoint (those ``spearman`` is over).
     """
@@ -134,9 +143,10 @@ def compare(run_dir: str | Path) -> Comparison:
     Raises:
         ValueError: ``results.csv`` has no usable ``match`` column.
     """
-    table = load_run_scores(run_dir)
+    layout = RunLayout(run_dir)
+    table = load_run_scores(layout)
     summary = summarize_scores(table)
-    write_csv(Path(run_dir) / "score_summary.csv", summary.reset_index())
+    write_csv(layout.score_summary, summary.reset_index())
     return Comparison(table, summary, spearman_matrix(table), len(pivot_scores(table)))
 
 
@@ -149,61 +159,39 @@ class Retrieval:
     differences: pd.DataFrame
 
 
-def retrieve(run_dir: str | Path, checkpoints: Sequence[str], dataset_name: str = "retrieval",
-             pairs_path: str | None = None, queries_path: str | None = None, images_path: str | None = None,
-             relevance_path: str | None = None, image_column: str = "image", caption_column: str = "caption",
-             images_dir: str | None = None, ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000, seed: int = 0,
-             batch_size: int = 32, device: str = "auto", precision: str = "auto",
-             progress: bool = True, distinct_captions: bool = False, workers: int = 8,
-             cache_dir: str | None = None, fetch_timeout: float = 10.0, fetch_retries: int = 3,
-             max_download_mb: float = 50.0, allow_missing_images: bool = False, decode_workers: int | None = None,
-             fast_decode: bool = False, embedding_cache: bool = True) -> Retrieval:
+def retrieve(run_dir: str | Path, checkpoints: Sequence[str], source: RetrievalSource,
+             reading: SourceOptions = SourceOptions(), options: RetrievalOptions = RetrievalOptions(),
+             embed: EmbedOptions = EmbedOptions()) -> Retrieval:
     """Evaluate text->image and image->text retrieval into ``run_dir``.
 
     Writes ``metrics.csv``, ``retrieval_ranks.csv``, ``retrieval_stats.json`` and
     ``retrieval_stats.log`` (time and memory per checkpoint and stage, as scoring's stats). The set
-    comes from a pairs source, or from queries / images / relevance tables when
-    ``relevance_path`` is given (see :func:`clipeval.data.retrieval_sets.load_retrieval_set`).
-    From a pairs source each matched row is a query; ``distinct_captions`` makes each distinct
-    caption string one query instead. When too few image files are found the step stops
-    before loading a model (``allow_missing_images`` goes on with the ones found).
-
-    Args:
-        batch_size, device, precision, workers: how to run (as for :func:`score`).
-        cache_dir, fetch_timeout, fetch_retries, max_download_mb: how URLs are fetched.
-        decode_workers, fast_decode, embedding_cache: the embedding pipeline (as for :func:`score`).
+    comes from a pairs source, or from queries / images / relevance tables
+    (:func:`clipeval.data.retrieval_sets.load_retrieval_set`). When too few image files are found
+    the step stops before loading a model (``options.allow_missing_images`` goes on).
 
     Returns:
         The :class:`Retrieval`; ``differences`` compares every checkpoint with the first
         (paired bootstrap of the text->image reciprocal rank).
     """
-    params = {key: value for key, value in locals().items() if key != "run_dir"}
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
-    dataset = load_retrieval_set(dataset_name, pairs_path or None, queries_path or None, images_path or None,
-                                 relevance_path or None, image_column, caption_column, images_dir,
-                                 distinct_captions=distinct_captions, cache_dir=cache)
-    fetch = FetchOptions(timeout=fetch_timeout, retries=fetch_retries, max_bytes=int(max_download_mb * 2**20),
-                         cache_dir=cache)
-    options = EmbedOptions(batch_size=batch_size, workers=workers, decode_workers=decode_workers,
-                           fast_decode=fast_decode, cache=embedding_cache, fetch=fetch)
-    report = evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
-                                device=device, precision=precision, progress=progress, options=options,
-                                allow_missing_images=allow_missing_images)
-    out = Path(run_dir)
-    _write_retrieval(out, report)
-    data_files = [path for path in (pairs_path, queries_path, images_path, relevance_path) if path]
-    update_manifest(out / "manifest.json", "retrieve", params, list(checkpoints), data_files, seed=seed)
-    differences = paired_differences(report.per_query, list(checkpoints), n_resamples=n_resamples, seed=seed)
+    dataset = load_retrieval_set(source, reading, embed.fetch.image_cache_dir)
+    report = evaluate_retrieval(dataset, list(checkpoints), options, embed)
+    layout = RunLayout(run_dir)
+    _write_retrieval(layout, report)
+    update_manifest(layout.manifest, "retrieve", _settings(source=source, reading=reading, options=options,
+                                                           embed=embed),
+                    list(checkpoints), source.files(), seed=options.seed)
+    differences = paired_differences(report.per_query, list(checkpoints), n_resamples=options.n_resamples,
+                                     seed=options.seed)
     return Retrieval(dataset, report, differences)
 
 
-def _write_retrieval(out: Path, report: RetrievalReport) -> None:
+def _write_retrieval(layout: RunLayout, report: RetrievalReport) -> None:
     """A retrieval report's files: metrics.csv, retrieval_ranks.csv, retrieval_stats.json and .log."""
-    write_csv(out / "metrics.csv", report.metrics)
-    write_csv(out / "retrieval_ranks.csv", report.per_query)
-    # not stats.json: a profile's run folder holds the scoring step's stats too
-    write_json(out / "retrieval_stats.json", report.stats)
-    write_text(out / "retrieval_stats.log", format_stats_log(report.stats))
+    write_csv(layout.metrics, report.metrics)
+    write_csv(layout.retrieval_ranks, report.per_query)
+    write_json(layout.retrieval_stats, report.stats)
+    write_text(layout.retrieval_stats_log, format_stats_log(report.stats))
 
 
 @dataclass
@@ -215,7 +203,7 @@ class BenchmarkRun:
         summary: one row per benchmark (:func:`~clipeval.data.benchmarks.describe_benchmark`), with
             ``evaluated``: ``all`` or which part ``max_images`` kept (then not comparable).
         metrics: every benchmark's ``metrics.csv`` rows (the ``dataset`` column names the benchmark).
-        comparison: :func:`~clipeval.eval.published.compare_with_published` of ``metrics``.
+        comparison: :func:`~clipeval.metrics.published.compare_with_published` of ``metrics``.
         tolerance: the deviation tolerance used (points).
         reason: why there is nothing to compare (no benchmark, or no published numbers), or None.
     """
@@ -236,31 +224,24 @@ class BenchmarkRun:
 
 
 def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchmarks: Mapping[str, Mapping],
-                        ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000, seed: int = 0,
-                        batch_size: int = 32, device: str = "auto", precision: str = "auto",
-                        tolerance: float = DEFAULT_TOLERANCE, progress: bool = True, workers: int = 8,
-                        cache_dir: str | None = None, fetch_timeout: float = 10.0, fetch_retries: int = 3,
-                        max_download_mb: float = 50.0, allow_missing_images: bool = False,
-                        decode_workers: int | None = None, fast_decode: bool = False,
-                        embedding_cache: bool = True) -> BenchmarkRun:
-    """Evaluate the standard benchmarks (COCO 5k, Flickr30k 1k) and compare with the published numbers.
+                        options: RetrievalOptions = RetrievalOptions(), embed: EmbedOptions = EmbedOptions(),
+                        tolerance: float = DEFAULT_TOLERANCE) -> BenchmarkRun:
+    """Evaluate the standard benchmarks (COCO 5k, Flickr30k 1k, Pokémon) and compare with the published numbers.
 
     Every benchmark is loaded and its image files checked before any model is loaded
     (:func:`~clipeval.data.benchmarks.load_benchmark`,
     :func:`~clipeval.data.retrieval_sets.check_images_found`), then evaluated as :func:`retrieve`
-    does into ``<run_dir>/benchmarks/<name>/`` (metrics.csv, retrieval_ranks.csv, retrieval_stats).
-    Writes ``<run_dir>/benchmark_metrics.csv`` (all benchmarks) and
-    ``<run_dir>/published_comparison.csv``, and a ``benchmarks`` manifest entry. With no
-    benchmark it does nothing and says why.
+    does into ``<run_dir>/benchmarks/<name>/``. Writes ``benchmark_metrics.csv`` (all benchmarks),
+    ``published_comparison.csv`` and a ``benchmarks`` manifest entry. With no benchmark it does
+    nothing and says why.
 
     Args:
         benchmarks: benchmark name -> source (``kind`` and its options, see
             :data:`~clipeval.data.benchmarks.SOURCE_OPTIONS`).
         tolerance: points beyond the bootstrap CI before a deviation is flagged
-            (:data:`~clipeval.eval.published.DEVIATION_RULE`).
+            (:data:`~clipeval.metrics.published.DEVIATION_RULE`).
         The others: as for :func:`retrieve`.
     """
-    params = {key: value for key, value in locals().items() if key != "run_dir"}
     published = published_retrieval(list(checkpoints))
     reason = nothing_to_compare(list(checkpoints), list(benchmarks or {}), published)
     if not benchmarks:
@@ -268,29 +249,25 @@ def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchma
                                                              "hit_rate_ci_low", "hit_rate_ci_high"]),
                                        published, tolerance)
         return BenchmarkRun({}, pd.DataFrame(), pd.DataFrame(), empty, tolerance, reason)
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    cache = embed.fetch.image_cache_dir
     sets = {name: load_benchmark(name, source, cache) for name, source in benchmarks.items()}
     for dataset in sets.values():
-        check_images_found(dataset, allow_missing_images)
-    fetch = FetchOptions(timeout=fetch_timeout, retries=fetch_retries, max_bytes=int(max_download_mb * 2**20),
-                         cache_dir=cache)
-    options = EmbedOptions(batch_size=batch_size, workers=workers, decode_workers=decode_workers,
-                           fast_decode=fast_decode, cache=embedding_cache, fetch=fetch)
-    out = Path(run_dir)
+        check_images_found(dataset, options.allow_missing_images)
+    layout = RunLayout(run_dir)
     metrics = []
     for name, dataset in sets.items():
-        report = evaluate_retrieval(dataset, list(checkpoints), ks=ks, n_resamples=n_resamples, seed=seed,
-                                    device=device, precision=precision, progress=progress, options=options,
-                                    allow_missing_images=allow_missing_images)
-        _write_retrieval(out / "benchmarks" / name, report)
+        report = evaluate_retrieval(dataset, list(checkpoints), options, embed)
+        _write_retrieval(layout.benchmark(name), report)
         metrics.append(report.metrics)
     metrics = pd.concat(metrics, ignore_index=True)
     comparison = compare_with_published(metrics, published, tolerance)
-    write_csv(out / "benchmark_metrics.csv", metrics)
-    write_csv(out / "published_comparison.csv", comparison)
+    write_csv(layout.benchmark_metrics, metrics)
+    write_csv(layout.published_comparison, comparison)
     # the annotation files and local datasets (not a Karpathy images folder, nor hub names)
     data_files = [source["path"] for source in benchmarks.values() if not str(source["path"]).startswith("hf:")]
-    update_manifest(out / "manifest.json", "benchmarks", params, list(checkpoints), data_files, seed=seed)
+    update_manifest(layout.manifest, "benchmarks", _settings(benchmarks=dict(benchmarks), options=options,
+                                                             embed=embed, tolerance=tolerance),
+                    list(checkpoints), data_files, seed=options.seed)
     summary = pd.DataFrame([{**describe_benchmark(dataset), "evaluated": _evaluated(name, source, dataset)}
                             for (name, source), dataset in zip(benchmarks.items(), sets.values(), strict=True)])
     return BenchmarkRun(sets, summary, metrics, comparison, tolerance, reason)
@@ -314,16 +291,14 @@ class Search:
 
 
 def search(pairs_path: str, queries: Sequence[str], checkpoints: Sequence[str], dataset_name: str = "search",
-           image_column: str = "image", caption_column: str = "caption", top: int = 5, batch_size: int = 32,
-           device: str = "auto", precision: str = "auto", embedding_cache: bool = True) -> Search:
+           reading: SourceOptions = SourceOptions(), top: int = 5, embed: EmbedOptions = EmbedOptions()) -> Search:
     """The ``top`` images of a pairs source's collection for each free-text query, per checkpoint."""
-    pairs = read_pairs(pairs_path, image_column, caption_column)
-    dataset = retrieval_set_from_pairs(pairs, dataset_name, image_column, caption_column)
+    pairs = read_pairs(pairs_path, **asdict(reading), cache_dir=embed.fetch.image_cache_dir)
+    dataset = retrieval_set_from_pairs(pairs, dataset_name, reading.image_column, reading.caption_column)
     matched = pairs[pairs["match"].astype(bool)] if "match" in pairs else pairs
-    caption_of = matched.drop_duplicates(image_column).set_index(image_column)[caption_column]
+    caption_of = matched.drop_duplicates(reading.image_column).set_index(reading.image_column)[reading.caption_column]
     captions = dataset.images["image"].map(caption_of)
-    results = search_images(dataset, list(checkpoints), list(queries), top=top, device=device, precision=precision,
-                            options=EmbedOptions(batch_size=batch_size, cache=embedding_cache))
+    results = search_images(dataset, list(checkpoints), list(queries), top=top, embed=embed)
     return Search(dataset, pd.DataFrame({"text": list(queries)}), results, captions)
 
 
@@ -352,90 +327,58 @@ def scenes_benchmark(run_dir: str | Path, model_dir: str, scenes_dir: str, devic
     result = evaluate_scenes(encoder, scenes_dir, split, batch_size)
     summary = {"checkpoint": encoder.name, "split": split, "retrieval": result["retrieval"].to_dict("index"),
                "match_scores": result["match_scores"], "hard_negatives": result["hard_negatives"].to_dict("records")}
-    write_json(Path(run_dir) / "dual_encoder_eval.json", summary)
+    write_json(RunLayout(run_dir).dual_encoder_eval, summary)
     batch = similarity_batch(encoder, read_scenes_retrieval(scenes_dir, "val"), n_samples, seed)
     metadata = json.loads((Path(scenes_dir) / "metadata.json").read_text())
     return ScenesBenchmark(encoder, read_history(model_dir), metadata, result, batch)
 
 
-def curate(run_dir: str | Path, rules: Sequence[str], out_dir: str | Path, caption_column: str = "caption",
-           image_column: str = "image") -> Curation:
-    """Apply curation rules (their command-line form, :func:`clipeval.eval.curation.parse_rule`) to a scored run.
+def curate(run_dir: str | Path, rules: Sequence[str], out_dir: str | Path, exact_limit: int = EXACT_LIMIT,
+           write_filtered: bool = False, progress: bool = True) -> RunCuration:
+    """Apply curation rules (their command-line form, :func:`clipeval.curate.rules.parse_rule`) to a scored run.
 
-    Writes to ``out_dir``: ``kept.csv`` (``row_id``), ``dropped.csv`` (``row_id``, ``step``,
-    ``reason``), ``curated.csv`` (the kept rows of the input table, every input column, input
-    order, with ``row_id``), ``summary.csv`` (rows in, kept and dropped per step) and the manifest.
+    The one engine at any scale (:mod:`clipeval.curate.engine`): writes ``summary.csv`` (rows in, kept
+    and dropped per step), ``decisions/<shard>.parquet``, ``kept_uids.parquet``, on request the
+    filtered input shards and, for a one-table run (``score --pairs``), ``kept.csv`` (``row_id``),
+    ``dropped.csv`` (``row_id``, ``step``, ``reason``) and ``curated.csv`` (the kept input rows with
+    every input column), and the manifest.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    result = curate_rows(wide_scores(run_dir, caption_column, image_column), [parse_rule(rule) for rule in rules])
-    results = pd.read_csv(run_dir / "results.csv", keep_default_na=False, na_values=[""])
-    inputs = results.drop(columns=[column for column in RESULT_COLUMNS if column in results.columns])
-    write_csv(out_dir / "kept.csv", pd.DataFrame({"row_id": result.kept}))
-    write_csv(out_dir / "dropped.csv", result.dropped)
-    write_csv(out_dir / "curated.csv", inputs.loc[result.kept].rename_axis("row_id").reset_index())
-    write_csv(out_dir / "summary.csv", result.steps)
-    update_manifest(out_dir / "manifest.json", "curate", {"run_dir": str(run_dir), "rules": list(rules)}, [],
-                    [run_dir / "scores.csv", run_dir / "results.csv"])
+    out = CurationLayout(out_dir)
+    result = curate_run(RunLayout(run_dir), [parse_rule(rule) for rule in rules], out, exact_limit, write_filtered,
+                        progress)
+    update_manifest(out.manifest, "curate", {"run_dir": str(run_dir), "rules": list(rules),
+                                             "exact_limit": exact_limit, "write_filtered": write_filtered},
+                    [], [str(run_dir)])
     return result
 
 
-@dataclass
-class CurationStudy:
-    """Notebook 08: what curation rules keep on a scored run, and how well they keep matched pairs.
-
-    Attributes:
-        table: the run's :func:`~clipeval.eval.curation.wide_scores` table.
-        curve: kept fraction against the cosine threshold, per checkpoint.
-        rules: per checkpoint x rule (the presets carried over as the share of pairs they kept,
-            :data:`~clipeval.eval.curation.PRESET_FRACTIONS`): kept, precision, recall.
-        pr: precision and recall of matched pairs against the kept fraction, per checkpoint.
-        overlap: Jaccard overlap of the checkpoints' top-``fraction`` kept sets.
-        agreement: share of pairs on which two checkpoints' top-``fraction`` decisions agree.
-        cut: the first checkpoint's cosine at the top-``fraction`` cut (for the examples).
-        challenge: the challenge set's curation with the basic filter and a top-``fraction`` rule.
-    """
-
-    table: pd.DataFrame
-    curve: pd.DataFrame
-    rules: pd.DataFrame
-    pr: pd.DataFrame
-    overlap: pd.DataFrame
-    agreement: pd.DataFrame
-    cut: float
-    challenge: Curation
-
-
 def curation_study(run_dir: str | Path, challenge_path: str, checkpoints: Sequence[str], fraction: float = 0.3,
-                   device: str = "auto", batch_size: int = 32) -> CurationStudy:
-    """Study curation on ``run_dir``'s scored pairs (they need a ``match`` column) and on the challenge set.
+                   embed: EmbedOptions = EmbedOptions()) -> CurationStudy:
+    """Notebook 08 (:func:`clipeval.studies.curation.curation_study`), with its manifest entry."""
+    study = study_curation(run_dir, challenge_path, checkpoints, fraction, embed)
+    update_manifest(RunLayout(run_dir).manifest, "curation_study",
+                    _settings(challenge_path=challenge_path, fraction=fraction, embed=embed), list(checkpoints),
+                    [challenge_path])
+    return study
 
-    Writes ``curation_rules.csv`` and ``curation_precision_recall.csv`` to ``run_dir``, and the
-    challenge set's scores and curation under ``run_dir/curation/challenge``.
-    """
-    run_dir = Path(run_dir)
-    table = wide_scores(run_dir)
-    if "match" not in table:
-        raise ValueError(f"{run_dir / 'results.csv'} has no match column: precision and recall need known pairs")
-    specs = [spec for spec in checkpoints if f"cosine[{spec}]" in table]
-    rules, kept_sets, curves = [], {}, []
-    for spec in specs:
-        shares = dict(PRESET_FRACTIONS)
-        if fraction not in shares.values():
-            shares[f"top {fraction:.0%}"] = fraction
-        for name, share in shares.items():
-            kept = curate_rows(table, [TopFraction(spec, share)]).kept
-            rules.append({"checkpoint": spec, "rule": name, "fraction": share,
-                          **rule_quality(table, kept, table["match"])})
-        kept_sets[spec] = curate_rows(table, [TopFraction(spec, fraction)]).kept
-        curves.append(precision_recall_curve(table, spec, table["match"], np.round(np.arange(0.05, 1.0001, 0.05), 2)))
-    first = table.loc[kept_sets[specs[0]], f"cosine[{specs[0]}]"]
-    challenge_dir = run_dir / "curation" / "challenge"
-    score(challenge_dir, challenge_path, specs, device=device, batch_size=batch_size, progress=False,
-          overwrite=True)
-    challenge = curate(challenge_dir, ["basic", f"top:{fraction}[{specs[0]}]"], challenge_dir / "curated")
-    study = CurationStudy(table, kept_fraction_curve(table, np.round(np.linspace(-0.2, 1.0, 61), 3)),
-                          pd.DataFrame(rules), pd.concat(curves, ignore_index=True), jaccard(kept_sets),
-                          agreement(kept_sets, table.index), float(first.min()), challenge)
-    write_csv(run_dir / "curation_rules.csv", study.rules)
-    write_csv(run_dir / "curation_precision_recall.csv", study.pr)
+
+def label_study(run_dir: str | Path, scenes_dir: str | Path, sources: dict[str, dict], checkpoints: Sequence[str],
+                split: str = "test", options: RetrievalOptions = RetrievalOptions(),
+                embed: EmbedOptions = EmbedOptions()) -> list[LabelStudy]:
+    """Notebook 07 (:func:`clipeval.studies.labels.label_study`), with its manifest entry."""
+    studies = study_labels(run_dir, scenes_dir, sources, checkpoints, split, options, embed)
+    update_manifest(RunLayout(run_dir).manifest, "label_study",
+                    _settings(sources=sources, split=split, options=options, embed=embed), list(checkpoints),
+                    [str(Path(scenes_dir) / "scenes.csv")], seed=options.seed)
+    return studies
+
+
+def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shards: int = 8,
+                  executors: Sequence[str] = ("local", "ray"), ray_actors: int = 2, rule: str = "top:0.3[{spec}]",
+                  embed: EmbedOptions = EmbedOptions()) -> ShardedStudy:
+    """Notebook 09 (:func:`clipeval.studies.sharded.sharded_study`), with its manifest entry."""
+    study = study_shards(run_dir, pairs_path, checkpoint, n_shards, executors, ray_actors, rule, embed)
+    update_manifest(RunLayout(run_dir).manifest, "sharded_study",
+                    _settings(n_shards=n_shards, executors=list(executors), ray_actors=ray_actors, rule=rule,
+                              embed=embed), [checkpoint], [pairs_path])
     return study

@@ -9,7 +9,7 @@ one of its hard-negative captions (a true caption with a colour, relation or cou
 deterministic on the CPU (``torch.use_deterministic_algorithms``; same seed, same thread count,
 same weights). After every epoch the validation split is scored as text-to-image retrieval (a
 caption's relevant images are all scenes it truly describes) through the same embedding path
-as any evaluation (:mod:`clipeval.eval.embed`) and logged. The benchmark of a trained model is
+as any evaluation (:mod:`clipeval.embed.engine`) and logged. The benchmark of a trained model is
 :func:`clipeval.eval.scenes_benchmark.evaluate_scenes`.
 """
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from clipeval.data.retrieval_sets import RetrievalSet
 from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
-from clipeval.eval.embed import embed_texts, encode_pixels, prepare_pixels
+from clipeval.embed.engine import embed_texts, encode_pixels, prepare_pixels
 from clipeval.eval.scenes_benchmark import KS, summarize_retrieval
 from clipeval.models.dual import (
     DualEncoder,
@@ -96,7 +96,7 @@ def _validation_scores(model: DualEncoderModel, tokenizer, pixels: torch.Tensor,
     """Cosine scores ``(queries, images)`` of the validation split, images preprocessed once.
 
     The model is wrapped as the :class:`~clipeval.models.dual.DualEncoder` that ``dual:``
-    loads and encoded through :mod:`clipeval.eval.embed`, so the numbers are those of scoring
+    loads and encoded through :mod:`clipeval.embed.engine`, so the numbers are those of scoring
     the saved model (eval mode); it is put back in train mode afterwards.
     """
     encoder = DualEncoder(model, tokenizer, "dual:<training>", device)

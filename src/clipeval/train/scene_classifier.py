@@ -20,7 +20,7 @@ import torch
 
 from clipeval.atomic import atomic_folder, write_json
 from clipeval.data.scenes import DEFAULT_ROOT, SCENE_CLASSES, scene_classes, scene_from_row
-from clipeval.eval.embed import prepare_pixels
+from clipeval.embed.engine import prepare_pixels
 from clipeval.models.encoder import resolve_device
 from clipeval.paths import OUTPUTS_DIR
 from clipeval.progress import progress_bar

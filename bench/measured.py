@@ -1,6 +1,7 @@
-"""The README's measured numbers, generated from committed files instead of typed by hand.
+"""The docs' measured numbers, generated from committed files instead of typed by hand.
 
-The README holds blocks between markers, ``<!-- measured:NAME -->`` ... ``<!-- /measured -->``:
+The README and the pages of ``docs/`` hold blocks between markers, ``<!-- measured:NAME -->`` ...
+``<!-- /measured -->``, each NAME in one document only:
 a table on its own lines (the opening marker ends its line) or a phrase inside a sentence (both
 markers on one line, never at the start of a line, where Markdown would take the comment for
 an HTML block and show the phrase unformatted). Each NAME (lower case) has a renderer here that
@@ -10,16 +11,18 @@ reads only committed files, so a fresh clone can check them (``tests/test_measur
 * ``bench/results/offline/``: a snapshot of the offline run's small tables (:data:`SNAPSHOT_FILES`),
   copied from ``outputs/offline/`` by ``make measured`` (``outputs/`` is not committed).
 
-``make measured`` (``python -m clipeval measured --from-run outputs/offline``) refreshes the
-snapshot and rewrites the blocks; without ``--from-run`` it re-renders from the committed files
-(after ``make bench``); ``--check`` only says which blocks differ.
+``make measured`` (``python bench/measured.py --from-run outputs/offline``) refreshes the snapshot
+and rewrites the blocks; without ``--from-run`` it re-renders from the committed files (after
+``make bench``); ``--check`` only says which blocks differ.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +33,8 @@ from clipeval.atomic import atomic_path, write_text
 from clipeval.models.catalogue import is_random_init
 from clipeval.paths import PROJECT_ROOT
 
-README_PATH = PROJECT_ROOT / "README.md"
 BENCH_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-# The offline run's files the README quotes; small enough to commit.
+# The offline run's files the docs quote; small enough to commit.
 SNAPSHOT_FILES = ("score_summary.csv", "metrics.csv", "label_quality.csv", "label_metric_bias.csv")
 BLOCK = re.compile(r"<!-- measured:(?P<name>[a-z][a-z0-9_]*) -->(?P<body>.*?)<!-- /measured -->", flags=re.DOTALL)
 MINUS = "\u2212"
@@ -231,16 +233,17 @@ def render_bench_pipeline(sources: Sources) -> str:
     result = sources.bench("pipeline")
     rows = []
     for config in result["model_limit"]["vit_b32"]["configs"].values():
-        workers, threads = config["decode_workers"], config["encoder_threads"]
-        rows.append([f"scoring ÷ model-only limit, ViT-B/32 size, {workers} decode worker{'' if workers == 1 else 's'} "
+        processes, threads = config["decode_processes"], config["encoder_threads"]
+        rows.append([f"scoring ÷ model-only limit, ViT-B/32 size, {processes} decode "
+                     f"process{'' if processes == 1 else 'es'} "
                      f"({threads} encoder thread{'' if threads == 1 else 's'})",
                      f"{config['ratio_pipeline_over_model_only']:.2f} ({config['pipeline_pairs_per_s']:.1f} vs "
                      f"{config['model_only_pairs_per_s']:.1f} pairs/s)", PIPELINE_TARGETS["vit_b32"]])
     dual = list(result["model_limit"]["dual_encoder"]["configs"].values())
-    setups = " / ".join(f"{c['decode_workers']}{' + fast decode' if c['fast_decode'] else ''}" for c in dual)
+    setups = " / ".join(f"{c['decode_processes']}{' + fast decode' if c['fast_decode'] else ''}" for c in dual)
     ratios = " / ".join(f"{c['ratio_pipeline_over_model_only']:.2f}" for c in dual)
     speeds = " / ".join(f"{c['pipeline_pairs_per_s']:.0f}" for c in dual)
-    rows.append([f"scoring ÷ model-only limit, dual encoder, decode workers {setups}", f"{ratios} ({speeds} pairs/s)",
+    rows.append([f"scoring ÷ model-only limit, dual encoder, decode processes {setups}", f"{ratios} ({speeds} pairs/s)",
                  PIPELINE_TARGETS["dual_encoder"]])
     naive = result["naive_loop"]
     rows.append([f"scoring ÷ naive per-row loop, ViT-B/32, {naive['captions_per_image']} captions per image",
@@ -262,7 +265,8 @@ def render_bench_pipeline(sources: Sources) -> str:
                  f"{agree}", PIPELINE_TARGETS["clip_benchmark"]])
     cache = result["cache"]
     misses = sum(c["image_misses"] + c["text_misses"] for c in cache["warm_cache_counts"])
-    rows.append([f"warm ÷ cold: the offline notebooks' scoring + retrieval work ({cache['pairs']} pairs, "
+    rows.append([f"warm ÷ cold, in one process (start-up excluded): the offline notebooks' scoring + retrieval "
+                 f"work ({cache['pairs']} pairs, "
                  f"{' + '.join(cache['checkpoints'])})",
                  f"{cache['speedup_warm_over_cold']:.0f}× ({cache['cold_wall_s']:.1f} s → "
                  f"{cache['warm_wall_s']:.2f} s; "
@@ -309,7 +313,7 @@ def render_bench_sharded(sources: Sources) -> str:
     table = _markdown_table(["shards", "local wall (s)", "ray wall (s)", "local samples/s", "ray samples/s"], rows)
     fits = "; ".join(
         f"{name}: {fit['fixed_s']:.1f} s fixed + {fit['per_shard_s']:.2f} s per shard, of which "
-        f"{fit['in_shard_s_mean']:.2f} s in-shard work on {fit['parallel_workers']} worker(s), an overhead of "
+        f"{fit['in_shard_s_mean']:.2f} s in-shard work on {fit['parallel_processes']} process(es), an overhead of "
         f"{_signed(fit['overhead_per_shard_s'])} s per shard"
         for name, fit in ((name, result[name]["fit"]) for name in ("local", "ray")))
     machine = result["machine"]
@@ -394,18 +398,22 @@ def _layout(body: str, inline: bool, indent: str) -> str:
     return "\n\n" + "\n".join(lines) + "\n\n" + indent
 
 
+def documents(root: Path = PROJECT_ROOT) -> list[Path]:
+    """The files that may hold measured blocks: the README and every page of ``docs/``."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 def replace_blocks(text: str, blocks: dict[str, str]) -> str:
     """``text`` with each measured block's body replaced by ``blocks[name]``.
 
     A block stays a table (lines, indented like its opening marker) or a phrase (inline) as it was.
 
     Raises:
-        ValueError: the text has a block with no renderer, or lacks a rendered block.
+        ValueError: the text has a block with no renderer.
     """
-    found = read_blocks(text)
-    unknown, absent = sorted(set(found) - set(blocks)), sorted(set(blocks) - set(found))
-    if unknown or absent:
-        raise ValueError(f"README measured blocks: unknown {unknown or 'none'}, missing {absent or 'none'}")
+    unknown = sorted(set(read_blocks(text)) - set(blocks))
+    if unknown:
+        raise ValueError(f"measured blocks with no renderer: {unknown}")
 
     def substitute(match: re.Match) -> str:
         inline = not match["body"].startswith("\n")
@@ -415,25 +423,68 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
     return BLOCK.sub(substitute, text)
 
 
-def stale_blocks(text: str, blocks: dict[str, str]) -> list[str]:
-    """Names of the blocks whose text in ``text`` differs from ``blocks`` (missing ones included)."""
-    found = read_blocks(text)
+def blocks_in(paths: list[Path]) -> dict[str, tuple[Path, str]]:
+    """Every measured block of the documents: name -> (document, body).
+
+    Raises:
+        ValueError: a name occurs twice (in one document or in two).
+    """
+    found: dict[str, tuple[Path, str]] = {}
+    for path in paths:
+        for name, body in read_blocks(path.read_text()).items():
+            if name in found:
+                raise ValueError(f"measured block {name!r} occurs in {found[name][0]} and {path}")
+            found[name] = (path, body)
+    return found
+
+
+def stale_blocks(paths: list[Path], blocks: dict[str, str]) -> list[str]:
+    """Names of the blocks whose text in the documents differs from ``blocks`` (missing ones included)."""
+    found = {name: body for name, (_, body) in blocks_in(paths).items()}
     return sorted(name for name in set(found) | set(blocks) if found.get(name) != blocks.get(name))
 
 
-def update_readme(readme: str | Path = README_PATH, sources: Sources | None = None,
-                  from_run: str | Path | None = None) -> list[str]:
-    """Refresh the snapshot from ``from_run`` (if given) and rewrite the README's measured blocks.
+def update_documents(paths: list[Path] | None = None, sources: Sources | None = None,
+                     from_run: str | Path | None = None) -> list[str]:
+    """Refresh the snapshot from ``from_run`` (if given) and rewrite the documents' measured blocks.
 
     Returns:
         The names of the blocks that changed.
+
+    Raises:
+        ValueError: a renderer's block is in no document, or a block has no renderer.
     """
-    sources = sources or Sources()
+    paths, sources = paths or documents(), sources or Sources()
     if from_run is not None:
         snapshot_run(from_run, sources.snapshot_dir)
-    text = Path(readme).read_text()
     blocks = render_blocks(sources)
-    changed = stale_blocks(text, blocks)
-    if changed:
-        write_text(readme, replace_blocks(text, blocks))
+    absent = sorted(set(blocks) - set(blocks_in(paths)))
+    if absent:
+        raise ValueError(f"measured blocks in no document: {absent}")
+    changed = stale_blocks(paths, blocks)
+    for path in paths:
+        text = path.read_text()
+        if set(read_blocks(text)) & set(changed):
+            write_text(path, replace_blocks(text, blocks))
     return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make measured``: refresh the snapshot (``--from-run``) and rewrite the blocks, or ``--check`` them."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from-run", default=None,
+                        help="first copy this run folder's measured files into bench/results/offline/")
+    parser.add_argument("--check", action="store_true", help="only say which blocks differ (exit 1 if any)")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_blocks(documents(), render_blocks())
+        print(f"stale measured blocks: {', '.join(stale)}; run make measured" if stale
+              else f"the {len(blocks_in(documents()))} measured blocks are up to date")
+        return 1 if stale else 0
+    changed = update_documents(from_run=args.from_run)
+    print(f"rewrote measured blocks: {', '.join(changed)}" if changed else "measured blocks unchanged")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,7 @@ L2-normalised embeddings) updates a running top-k per query and the rank counts 
 query's relevant items, then is dropped. Memory is bounded by the block sizes, not by
 queries x items.
 
-Ranks follow the tie rule of :mod:`clipeval.eval.metrics` exactly::
+Ranks follow the tie rule of :mod:`clipeval.metrics.retrieval` exactly::
 
     rank(q, i) = 1 + #{j : score(q, j) > score(q, i)} + #{j < i : score(q, j) == score(q, i)}
 
@@ -44,7 +44,7 @@ class RetrievalResult:
         topk_indices: (queries, k) int64 item indices, best first.
         topk_scores: (queries, k) float32 scores of those items.
         ranks: per query, the sorted 1-based ranks of its relevant items (empty when it has
-            none); feed to :func:`clipeval.eval.metrics.summarize_ranks`.
+            none); feed to :func:`clipeval.metrics.retrieval.summarize_ranks`.
     """
 
     topk_indices: np.ndarray

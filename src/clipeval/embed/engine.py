@@ -6,18 +6,18 @@ handled the same way everywhere:
 
 * each distinct image (by the SHA-256 of its bytes) and each distinct caption is decoded,
   preprocessed and encoded once, however many inputs share it;
-* with an :class:`~clipeval.eval.cache.EmbeddingCache`, vectors already computed for the same
+* with an :class:`~clipeval.embed.cache.EmbeddingCache`, vectors already computed for the same
   model key (:func:`model_key`) are read from disk instead: a re-run encodes nothing, and a
   new checkpoint encodes only for itself;
 * an image that cannot be decoded keeps :func:`~clipeval.data.images.decode_image`'s status
   and one the model's transform rejects gets ``preprocess_error``, never an exception;
-* decoding and preprocessing run in ``decode_workers`` single-threaded worker processes
+* decoding and preprocessing run in ``decode_processes`` single-threaded worker processes
   (forked, so the model's transform needs no pickling) while the main process encodes; a
   bounded queue (two batches per worker) keeps memory flat. On the CPU the encoder's thread
-  count is set to the cores the workers leave; on CUDA pixel batches are pinned and copied
+  count is set to the cores the decode processes leave; on CUDA pixel batches are pinned and copied
   without blocking;
-* with a :class:`~clipeval.eval.stats.StageTimer`, stages are timed with their item counts:
-  ``image_decode`` (the encoder's wait for decoded batches, ≈0 when the workers keep up),
+* with a :class:`~clipeval.embed.stats.StageTimer`, stages are timed with their item counts:
+  ``image_decode`` (the encoder's wait for decoded batches, ≈0 when the decode processes keep up),
   ``image_encode``, ``text_encode`` and ``cache`` (look-ups and writes);
 * misses are encoded in batches of ``batch_size`` in order of first appearance, so the same
   inputs always form the same batches (batch composition can move the last bit of a float).
@@ -31,53 +31,25 @@ import json
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from clipeval.data.fetch import FetchOptions
-from clipeval.data.images import MAX_PIXELS, RawImage, decode_image, read_images, read_many_bytes
+from clipeval.data.images import RawImage, decode_image, read_images, read_many_bytes
 from clipeval.data.retrieval_sets import RetrievalSet
-from clipeval.eval.cache import EmbeddingCache, default_cache_dir
-from clipeval.eval.stats import StageTimer
+from clipeval.embed.cache import EmbeddingCache, default_cache_dir
+from clipeval.embed.options import EmbedOptions
+from clipeval.embed.stats import StageTimer
 from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
 from clipeval.models.registry import load_encoder, weights_identity
 from clipeval.progress import progress_bar
 
 EMBEDDING_VERSION = 1  # bump when a change here alters the vectors, so old cache entries stop matching
 FAST_DECODE_FACTOR = 2  # the fast path keeps a decoded short side of at least this x the model's resize side
-
-
-@dataclass
-class EmbedOptions:
-    """How images are read and decoded, how inputs are batched, and where vectors are cached.
-
-    Attributes:
-        batch_size: images / captions per forward pass.
-        workers: concurrent image reads and downloads (threads).
-        decode_workers: processes that decode and preprocess images while the model encodes;
-            0 does it in this process; ``None`` picks by device: on CUDA one per spare core
-            (at most 8), on the CPU 0 (measured fastest on a 2-core machine; see README).
-        fast_decode: decode large JPEGs at reduced scale (``draft``) before the exact resize.
-        cache: read and write the embedding cache.
-        cache_dir: the cache folder; ``None`` = :func:`clipeval.eval.cache.default_cache_dir`.
-        fetch: URL fetching options.
-        max_pixels: pixel cap of a decoded image.
-    """
-
-    batch_size: int = 32
-    workers: int = 8
-    decode_workers: int | None = None
-    fast_decode: bool = False
-    cache: bool = True
-    cache_dir: str | Path | None = None
-    fetch: FetchOptions = field(default_factory=FetchOptions)
-    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
@@ -126,12 +98,12 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def resolve_decode_workers(decode_workers: int | None, device: torch.device) -> int:
+def resolve_decode_processes(decode_processes: int | None, device: torch.device) -> int:
     """The number of decode processes: as given, or the device's default (see :class:`EmbedOptions`)."""
-    if decode_workers is not None:
-        if decode_workers < 0:
-            raise ValueError(f"decode_workers must be 0 or more, got {decode_workers}")
-        return decode_workers
+    if decode_processes is not None:
+        if decode_processes < 0:
+            raise ValueError(f"decode_processes must be 0 or more, got {decode_processes}")
+        return decode_processes
     return min(8, cpu_cores() - 1) if device.type == "cuda" else 0
 
 
@@ -170,13 +142,13 @@ class LazyEncoder:
         encoder: the loaded :class:`Encoder`, or ``None`` while not loaded.
     """
 
-    def __init__(self, spec: str, device: str = "auto", precision: str = "auto", timer: StageTimer | None = None,
-                 progress: bool = True):
+    def __init__(self, spec: str, options: EmbedOptions | None = None, timer: StageTimer | None = None):
+        options = options or EmbedOptions()
         self.spec = spec
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.device = resolve_device(options.device)
+        self.precision = resolve_precision(options.precision, self.device)
         self.timer = timer
-        self.progress = progress
+        self.progress = options.progress
         self.encoder: Encoder | None = None
 
     def load(self) -> Encoder:
@@ -220,30 +192,30 @@ def _decode_in_worker(datas: list[bytes]):
 class _Decoder:
     """Decodes batches of image bytes in worker processes (or inline), a bounded number ahead."""
 
-    def __init__(self, encoder: Encoder, workers: int, fast_decode: bool, max_pixels: int):
+    def __init__(self, encoder: Encoder, decode_processes: int, fast_decode: bool, max_pixels: int):
         side = encoder.input_side()
-        self.encoder, self.workers, self.max_pixels = encoder, workers, max_pixels
+        self.encoder, self.decode_processes, self.max_pixels = encoder, decode_processes, max_pixels
         self.min_side = FAST_DECODE_FACTOR * side if fast_decode and side else None
         self.pool: ProcessPoolExecutor | None = None
 
     def map(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
         """Decoded batches in order. The worker pool is started here, outside any timed stage,
-        so no stage's memory-sampling thread is running when the workers are forked."""
-        if not self.workers:
+        so no stage's memory-sampling thread is running when the decode processes are forked."""
+        if not self.decode_processes:
             return (_decode_batch(datas, self.encoder.preprocess, self.min_side, self.max_pixels)
                     for datas in batches_of_bytes)
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+            self.pool = ProcessPoolExecutor(self.decode_processes, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_init_worker,
                                             initargs=(self.encoder.preprocess, self.min_side, self.max_pixels))
-            self.pool.submit(int).result()  # fork the workers now (a fork-context pool starts them on first use)
-        return self._in_workers(batches_of_bytes)
+            self.pool.submit(int).result()  # fork the processes now (a fork-context pool starts them on first use)
+        return self._in_processes(batches_of_bytes)
 
-    def _in_workers(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
+    def _in_processes(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
         pending, todo = deque(), iter(batches_of_bytes)
         for datas in todo:
             pending.append(self.pool.submit(_decode_in_worker, datas))
-            if len(pending) >= 2 * self.workers:
+            if len(pending) >= 2 * self.decode_processes:
                 break
         while pending:
             yield pending.popleft().result()
@@ -258,7 +230,7 @@ class _Decoder:
 
 
 class Embedder:
-    """One checkpoint's embedding pipeline: cache look-ups, decode workers, batched encoding.
+    """One checkpoint's embedding pipeline: cache look-ups, decode processes, batched encoding.
 
     Use it as a context manager (it owns worker processes and sets the encoder's thread count
     for its lifetime)::
@@ -272,7 +244,7 @@ class Embedder:
 
     Attributes:
         cache: the open cache (``None`` when disabled).
-        workers: decode worker processes.
+        decode_processes: decode processes (resolved from the options and the device).
     """
 
     def __init__(self, encoder: Encoder | LazyEncoder, options: EmbedOptions | None = None,
@@ -282,9 +254,9 @@ class Embedder:
         self.spec, self.device = encoder.spec, encoder.device
         self.options = options or EmbedOptions()
         self.timer = timer
-        self.workers = resolve_decode_workers(self.options.decode_workers, self.device)
+        self.decode_processes = resolve_decode_processes(self.options.decode_processes, self.device)
         self._decoder: _Decoder | None = None
-        folder = (self.options.cache_dir or default_cache_dir()) if self.options.cache else None
+        folder = (self.options.embedding_cache_dir or default_cache_dir()) if self.options.embedding_cache else None
         self.cache = EmbeddingCache(folder) if folder is not None else None
         self._key: str | None = None
         self._threads = None
@@ -316,16 +288,26 @@ class Embedder:
                 self.cache.remember_model(identity, self._key)
         return self._key
 
+    def identify(self) -> tuple[str, dict]:
+        """The model key and what it stands for (:func:`model_key`); the model is not loaded when the cache knows
+        them (a warm run)."""
+        if self.key is not None:
+            description = self.cache.description_of(self.key)
+            if description is not None:
+                return self.key, description
+        return model_key(self.encoder, self.options.fast_decode)
+
     @property
     def decoder(self) -> _Decoder:
         if self._decoder is None:
-            self._decoder = _Decoder(self.encoder, self.workers, self.options.fast_decode, self.options.max_pixels)
+            self._decoder = _Decoder(self.encoder, self.decode_processes, self.options.fast_decode,
+                                     self.options.max_pixels)
         return self._decoder
 
     def __enter__(self) -> Embedder:
-        if self.device.type == "cpu" and self.workers:
+        if self.device.type == "cpu" and self.decode_processes:
             self._threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, cpu_cores() - self.workers))
+            torch.set_num_threads(max(1, cpu_cores() - self.decode_processes))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -451,51 +433,19 @@ def encode_pixels(encoder: Encoder, pixels: torch.Tensor | Sequence[torch.Tensor
                       for batch in batches(len(pixels), batch_size)])
 
 
-def embed_images(encoder: Encoder, images: Sequence[Image.Image | None], keys: Sequence[Hashable] | None = None,
-                 batch_size: int = 32) -> Embeddings:
-    """Preprocess and encode already decoded images (no cache: there are no bytes to key on).
-
-    Args:
-        encoder: the model.
-        images: RGB images; ``None`` for an input to skip.
-        keys: identity of each image; inputs with equal keys share one embedding. Default:
-            every input is distinct.
-        batch_size: images per forward pass.
-
-    Returns:
-        The :class:`Embeddings`; inputs the transform rejects are in ``errors`` (``preprocess_error``).
-    """
-    keys = [str(key) for key in (range(len(images)) if keys is None else keys)]
-    first: dict[str, Image.Image] = {}
-    for key, image in zip(keys, images):
-        if image is not None:
-            first.setdefault(key, image)
-    pixels, found, failed = [], {}, {}
-    for key, image in first.items():
-        try:
-            pixels.append((key, encoder.preprocess(image)))
-        except Exception as error:  # noqa: BLE001 - a model's transform can reject odd images
-            failed[key] = ("preprocess_error", f"{type(error).__name__}: {error}")
-    if pixels:
-        vectors = encode_pixels(encoder, [tensor for _, tensor in pixels], batch_size).numpy()
-        found = {key: vector for (key, _), vector in zip(pixels, vectors)}
-    return _assemble([key if image is not None else None for key, image in zip(keys, images)], found, failed)
-
-
 def embed_texts(encoder: Encoder, texts: Sequence[str | None], batch_size: int = 32) -> Embeddings:
     """Encode captions, each distinct text once, without a cache (a model being trained)."""
-    with Embedder(encoder, EmbedOptions(batch_size=batch_size, cache=False, decode_workers=0)) as embedder:
+    with Embedder(encoder, EmbedOptions(batch_size=batch_size, embedding_cache=False, decode_processes=0)) as embedder:
         return embedder.texts(texts)
 
 
-def prepare_pixels(refs: Sequence[str | Path], preprocess, base_dir: str | Path | None = None,
-                   workers: int = 8) -> torch.Tensor:
+def prepare_pixels(refs: Sequence[str | Path], preprocess, base_dir: str | Path | None = None) -> torch.Tensor:
     """Read and preprocess images that must all be readable (a training set), stacked ``(N, C, H, W)``.
 
     Raises:
         ValueError: an image could not be read (the dataset folder is incomplete).
     """
-    loaded = read_images([str(ref) for ref in refs], Path(base_dir) if base_dir else None, workers=workers)
+    loaded = read_images([str(ref) for ref in refs], Path(base_dir) if base_dir else None)
     unreadable = [f"{ref} ({image.status})" for ref, image in zip(refs, loaded) if image.status != "ok"]
     if unreadable:
         raise ValueError(f"{len(unreadable)} images could not be read, e.g. {unreadable[:3]}; regenerate the data")
@@ -526,7 +476,7 @@ class EmbeddedSet:
 
 
 def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: EmbedOptions | None = None,
-              progress: bool = True, timer: StageTimer | None = None, block: int = 512) -> EmbeddedSet:
+              timer: StageTimer | None = None, block: int = 512) -> EmbeddedSet:
     """Embed every query and every usable image of a retrieval set.
 
     Images are read ``block`` at a time (memory holds one block of image bytes, never the
@@ -536,8 +486,7 @@ def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: Em
     Args:
         encoder: the model, or a :class:`LazyEncoder` (loaded only if something is not cached).
         dataset: queries, images and relevance.
-        options: batching, decoding, cache and fetch options.
-        progress: show a progress bar over the images.
+        options: batching, decoding, cache and fetch options (``progress``: a bar over the images).
         timer: optional stage timer.
         block: images read per step.
 
@@ -548,10 +497,10 @@ def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: Em
     refs = dataset.images["image"].tolist()
     statuses, errors, vectors, positions = [], [], [], []
     with Embedder(encoder, options, timer) as embedder:
-        for part in progress_bar(list(batches(len(refs), block)), desc=f"images {encoder.spec}", disable=not progress):
+        for part in progress_bar(list(batches(len(refs), block)), desc=f"images {encoder.spec}",
+                                 disable=not options.progress):
             with _stage(timer, "image_read", part.stop - part.start):
-                raws = read_many_bytes(refs[part], dataset.base_dir, options.workers, options.max_pixels,
-                                       options.fetch)
+                raws = read_many_bytes(refs[part], dataset.base_dir, options.max_pixels, options.fetch)
             embedded = embedder.images(raws)
             for offset, raw in enumerate(raws):
                 status, error = embedded.errors.get(offset, (raw.status, raw.error))

@@ -123,7 +123,7 @@ def format_stats_log(stats: dict) -> str:
     blocks += [(f"checkpoint {spec}", entry) for spec, entry in stats["checkpoints"].items()]
     for title, entry in blocks:
         lines.append(title)
-        for key in ("description", "precision", "model_loaded", "decode_workers", "pairs_scored", "pairs_per_s",
+        for key in ("description", "precision", "model_loaded", "decode_processes", "pairs_scored", "pairs_per_s",
                     "images_embedded", "images_unreadable", "captions_truncated"):
             if entry.get(key) not in (None, ""):
                 value = entry[key]
@@ -140,3 +140,58 @@ def format_stats_log(stats: dict) -> str:
         lines.append("")
     lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in stats["versions"].items()))
     return "\n".join(lines) + "\n"
+
+
+def _merge_stages(entries: list[dict]) -> dict:
+    """Stage tables of several processes as one: times, items and calls summed, peaks the largest."""
+    stages: dict[str, dict] = {}
+    for entry in entries:
+        for name, stage in entry.get("stages", {}).items():
+            into = stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0, "items": 0, "calls": 0, "peak_rss_mib": 0.0,
+                                            "peak_gpu_mib": None})
+            for key in ("wall_s", "cpu_s", "items", "calls"):
+                into[key] += stage.get(key, 0)
+            into["peak_rss_mib"] = max(into["peak_rss_mib"], stage.get("peak_rss_mib") or 0.0)
+            if stage.get("peak_gpu_mib") is not None:
+                into["peak_gpu_mib"] = max(into["peak_gpu_mib"] or 0.0, stage["peak_gpu_mib"])
+    for stage in stages.values():
+        stage["items_per_s"] = stage["items"] / stage["wall_s"] if stage["wall_s"] else None
+    gpu = [s["peak_gpu_mib"] for s in stages.values() if s["peak_gpu_mib"] is not None]
+    return {"stages": stages, "wall_s": sum(s["wall_s"] for s in stages.values()),
+            "cpu_s": sum(s["cpu_s"] for s in stages.values()),
+            "peak_rss_mib": max((s["peak_rss_mib"] for s in stages.values()), default=None),
+            "peak_gpu_mib": max(gpu) if gpu else None}
+
+
+def merge_stats(snapshots: list[dict]) -> dict:
+    """The scoring stats of several processes (Ray actors, each scoring some shards) as one ``stats.json``.
+
+    One snapshot is returned as it is; several have their counts, times and cache counts summed,
+    their peaks maximised and their rates recomputed, and are kept under ``processes``.
+    """
+    if len(snapshots) == 1:
+        return snapshots[0]
+    merged = {key: snapshots[0][key] for key in ("device", "batch_size", "fast_decode", "embedding_cache", "versions")}
+    merged["pairs"] = sum(snapshot["pairs"] for snapshot in snapshots)
+    merged["status_counts"] = {}
+    for snapshot in snapshots:
+        for status, count in snapshot["status_counts"].items():
+            merged["status_counts"][status] = merged["status_counts"].get(status, 0) + count
+    merged["chunks_total"] = sum(snapshot["chunks_total"] for snapshot in snapshots)
+    merged["chunks_resumed"] = sum(snapshot["chunks_resumed"] for snapshot in snapshots)
+    merged["shared"] = _merge_stages([snapshot["shared"] for snapshot in snapshots])
+    merged["checkpoints"] = {}
+    for spec in snapshots[0]["checkpoints"]:
+        entries = [snapshot["checkpoints"][spec] for snapshot in snapshots]
+        summary = _merge_stages(entries)
+        scored = sum(entry["pairs_scored"] for entry in entries)
+        work = summary["wall_s"] - summary["stages"].get("model_load", {}).get("wall_s", 0.0)
+        caches = [entry["cache"] for entry in entries if entry.get("cache")]
+        merged["checkpoints"][spec] = {
+            **{key: entries[0][key] for key in ("precision", "description", "context_length", "decode_processes")},
+            "model_loaded": any(entry["model_loaded"] for entry in entries), "pairs_scored": scored,
+            "pairs_per_s": scored * len(entries) / work if work else None,
+            "captions_truncated": sum(entry["captions_truncated"] for entry in entries),
+            "cache": {key: sum(cache[key] for cache in caches) for key in caches[0]} if caches else None, **summary}
+    merged["processes"] = len(snapshots)
+    return merged

@@ -9,12 +9,13 @@ columns ``row_id``, ``checkpoint``, ``cosine``, ``clip_score_100``, ``clip_score
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.stats import rankdata
+
+from clipeval.layout import RunLayout
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -45,10 +46,9 @@ def attach_match(scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     return scores.assign(match=flags[row_ids])
 
 
-def load_run_scores(run_dir: str | Path) -> pd.DataFrame:
-    """Read ``<run_dir>/scores.csv`` and attach ``match`` from ``<run_dir>/results.csv``."""
-    run_dir = Path(run_dir)
-    return attach_match(pd.read_csv(run_dir / "scores.csv"), pd.read_csv(run_dir / "results.csv"))
+def load_run_scores(run: RunLayout) -> pd.DataFrame:
+    """A scored run's ``scores.csv`` with ``match`` attached from its ``results.csv``."""
+    return attach_match(pd.read_csv(run.scores), pd.read_csv(run.results))
 
 
 def select_ok(table: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from clipeval.eval.metrics import summary_statistics
+from clipeval.metrics.retrieval import summary_statistics
 
 _RESAMPLE_CHUNK_ELEMENTS = 2_000_000  # resamples x queries drawn at once
 
@@ -134,7 +134,7 @@ def bootstrap_summary(table: pd.DataFrame, ks: Sequence[int] = (1, 5, 10), n_res
     """Bootstrap intervals for every summary metric of a per-query table.
 
     Args:
-        table: the output of :func:`clipeval.eval.metrics.per_query_metrics`.
+        table: the output of :func:`clipeval.metrics.retrieval.per_query_metrics`.
         ks: the cut-offs (columns ``hit_rate@k``/``recall@k`` must exist for each).
         n_resamples: number of bootstrap resamples.
         confidence: nominal coverage of the intervals.
@@ -144,7 +144,7 @@ def bootstrap_summary(table: pd.DataFrame, ks: Sequence[int] = (1, 5, 10), n_res
     Returns:
         One row per metric, in the order of ``summarize_ranks``: ``metric``, ``estimate``,
         ``ci_low``, ``ci_high``, ``n_queries``, ``n_resamples``, ``confidence``. The
-        estimates equal :func:`clipeval.eval.metrics.summarize_ranks`.
+        estimates equal :func:`clipeval.metrics.retrieval.summarize_ranks`.
     """
     rows = []
     for metric, (column, statistic) in summary_statistics(ks).items():

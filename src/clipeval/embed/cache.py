@@ -4,7 +4,7 @@ One SQLite database (``embeddings.sqlite`` in the cache folder) holds every vect
 
 * the **model key**: a hash of the checkpoint spec, the digest of its loaded weights, the
   image preprocessing (the transform's description and the decode mode), the precision and
-  the device type (see :func:`clipeval.eval.embed.model_key`);
+  the device type (see :func:`clipeval.embed.engine.model_key`);
 * the **kind** (``image`` or ``text``);
 * the **content key**: the SHA-256 of the image file's bytes, or of the caption's UTF-8 text.
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,13 +88,15 @@ class EmbeddingCache:
         self.counts: dict[str, dict[str, int]] = {}
         self._connection: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._thread: int | None = None
 
     def _connect(self) -> sqlite3.Connection:
-        """One connection per process (a connection must not cross a fork)."""
-        if self._connection is None or self._pid != os.getpid():
+        """One connection per process and thread: a connection must not cross a fork, and SQLite refuses one made in
+        another thread (a Ray actor is built in one thread and called in another)."""
+        if self._connection is None or (self._pid, self._thread) != (os.getpid(), threading.get_ident()):
             connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             self._set_up(connection)
-            self._connection, self._pid = connection, os.getpid()
+            self._connection, self._pid, self._thread = connection, os.getpid(), threading.get_ident()
         return self._connection
 
     def _set_up(self, connection: sqlite3.Connection) -> None:
@@ -116,6 +119,11 @@ class EmbeddingCache:
         """Record what a model key stands for (spec, weights digest...), for people reading the database."""
         self._connect().execute("INSERT OR IGNORE INTO models VALUES (?, ?)",
                                 (model, json.dumps(description, sort_keys=True)))
+
+    def description_of(self, model: str) -> dict | None:
+        """What a model key stands for (:meth:`describe`), if recorded."""
+        row = self._connect().execute("SELECT description FROM models WHERE model = ?", (model,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def remember_model(self, identity: str, model: str) -> None:
         """Remember the model key a checkpoint with this weights identity had, so a warm run need not load it."""
@@ -184,7 +192,7 @@ class EmbeddingCache:
         return int(self._connect().execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 
     def close(self) -> None:
-        """Close this process's connection (it reopens on the next use)."""
-        if self._connection is not None and self._pid == os.getpid():
+        """Close the connection this process and thread opened (it reopens on the next use)."""
+        if self._connection is not None and (self._pid, self._thread) == (os.getpid(), threading.get_ident()):
             self._connection.close()
         self._connection = None

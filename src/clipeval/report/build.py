@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +31,13 @@ from pathlib import Path
 import pandas as pd
 
 from clipeval.atomic import atomic_folder, write_text
+from clipeval.extras import require
+from clipeval.layout import CurationLayout, RunLayout
 from clipeval.models.catalogue import is_random_init
 from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, using_mirror
-from clipeval.paths import PROJECT_ROOT
+from clipeval.paths import NOTEBOOKS_DIR, PROJECT_ROOT
 from clipeval.profiles import load_profile
-from clipeval.runs.measured import BENCH_RESULTS_DIR, snapshot_differences
 
-REPORT_DIR = "report"
 NOTEBOOK_TEMPLATE = """{%- extends "index.html.j2" -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
@@ -71,16 +72,16 @@ class Part:
     """One piece of a section: a file of the run folder and how to show it.
 
     Attributes:
-        file: path relative to the run folder.
+        locate: the file, from the run folder's :class:`~clipeval.layout.RunLayout`.
         render: turns the file into HTML.
-        notebook: the notebook whose step writes the file (for the missing-file note).
+        step: the step that writes it (``score``, ``retrieve``...: a function of :mod:`clipeval.runs.steps`).
         absent: the note when the file is missing because the profile asked for nothing to write
-            (instead of "notebook N writes it").
+            (instead of "the step writes it").
     """
 
-    file: str
+    locate: Callable[[RunLayout], Path]
     render: Callable[[Path], str]
-    notebook: str
+    step: str
     absent: str = ""
 
 
@@ -300,52 +301,69 @@ def render_sharded(path: Path) -> str:
     return html_table(pd.read_csv(path))
 
 
+NO_BENCHMARK = "the profile names no standard benchmark (`benchmarks` in its params file)"
 SECTIONS: list[tuple[str, str, list[Part]]] = [
-    ("run", "The run", [Part("manifest.json", render_manifest, "02_score_pairs")]),
-    ("scores", "Pair scores", [Part("results.csv", render_results, "02_score_pairs"),
-                               Part("score_summary.csv", render_score_summary, "03_score_histograms")]),
-    ("retrieval", "Retrieval metrics", [Part("metrics.csv", render_metrics, "04_retrieval_eval")]),
+    ("run", "The run", [Part(lambda run: run.manifest, render_manifest, "score")]),
+    ("scores", "Pair scores", [Part(lambda run: run.results, render_results, "score"),
+                               Part(lambda run: run.score_summary, render_score_summary, "compare")]),
+    ("retrieval", "Retrieval metrics", [Part(lambda run: run.metrics, render_metrics, "retrieve")]),
     ("benchmarks", "Standard benchmarks against published numbers", [
-        Part("published_comparison.csv", render_published, "04_retrieval_eval",
-             "the profile names no standard benchmark (`benchmarks` in its params file)"),
-        Part("benchmark_metrics.csv", render_metrics, "04_retrieval_eval",
-             "the profile names no standard benchmark (`benchmarks` in its params file)")]),
-    ("dual", "The dual encoder's benchmark", [Part("dual_encoder_eval.json", render_dual_encoder,
-                                                   "06_train_dual_encoder")]),
-    ("labels", "Pseudo-labelled eval sets", [Part("label_quality.csv", render_label_quality, "07_build_eval_sets"),
-                                             Part("label_metric_bias.csv", render_label_bias, "07_build_eval_sets")]),
-    ("curation", "Curation", [Part("curation_rules.csv", render_curation_rules, "08_curation"),
-                              Part("curation/challenge/curated/summary.csv", render_curation_summary, "08_curation")]),
-    ("sharded", "Sharded runs", [Part("sharded/executors.csv", render_sharded, "09_sharded_runs"),
-                                 Part("sharded/curated/summary.csv", render_curation_summary, "09_sharded_runs")]),
-    ("stats", "Time and memory", [Part("stats.json", render_stats, "02_score_pairs"),
-                                  Part("retrieval_stats.json", render_stats, "04_retrieval_eval")]),
+        Part(lambda run: run.published_comparison, render_published, "retrieve_benchmarks", NO_BENCHMARK),
+        Part(lambda run: run.benchmark_metrics, render_metrics, "retrieve_benchmarks", NO_BENCHMARK)]),
+    ("dual", "The dual encoder's benchmark", [Part(lambda run: run.dual_encoder_eval, render_dual_encoder,
+                                                   "scenes_benchmark")]),
+    ("labels", "Pseudo-labelled eval sets", [Part(lambda run: run.label_quality, render_label_quality, "label_study"),
+                                             Part(lambda run: run.label_metric_bias, render_label_bias,
+                                                  "label_study")]),
+    ("curation", "Curation", [Part(lambda run: run.curation_rules, render_curation_rules, "curation_study"),
+                              Part(lambda run: CurationLayout(run.challenge_run.root / "curated").summary,
+                                   render_curation_summary, "curation_study")]),
+    ("sharded", "Sharded runs", [Part(lambda run: run.sharded_executors, render_sharded, "sharded_study"),
+                                 Part(lambda run: CurationLayout(run.sharded_study / "curated").summary,
+                                      render_curation_summary, "sharded_study")]),
+    ("stats", "Time and memory", [Part(lambda run: run.stats, render_stats, "score"),
+                                  Part(lambda run: run.retrieval_stats, render_stats, "retrieve")]),
 ]
 
 
-def _missing_note(part: Part, profile_notebooks: list[str] | None) -> str:
-    if profile_notebooks is not None and part.notebook not in profile_notebooks:
-        return f"{part.file}: not in this run; the profile does not run notebook {part.notebook}"
+def step_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, list[str]]:
+    """The notebooks that call each step, read from their code cells (``steps.<name>(``)."""
+    calls: dict[str, list[str]] = {}
+    for path in sorted(Path(notebooks_dir).glob("*.ipynb")):
+        code = "\n".join("".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]
+                         if cell["cell_type"] == "code")
+        for step in dict.fromkeys(re.findall(r"\bsteps\.(\w+)\(", code)):
+            calls.setdefault(step, []).append(path.stem)
+    return calls
+
+
+def _missing_note(part: Part, name: str, profile_notebooks: list[str] | None, calls: dict[str, list[str]]) -> str:
+    writers = calls.get(part.step, [])
+    if profile_notebooks is not None and not set(writers) & set(profile_notebooks):
+        return (f"{name}: not in this run; the profile runs no notebook that calls steps.{part.step}"
+                + (f" ({', '.join(writers)})" if writers else ""))
     if part.absent:
-        return f"{part.file}: not in this run; {part.absent}"
-    return f"{part.file} is missing: notebook {part.notebook} writes it (make notebooks)"
+        return f"{name}: not in this run; {part.absent}"
+    where = f"notebook {', '.join(writers)}, make notebooks" if writers else "make notebooks"
+    return f"{name} is missing: steps.{part.step} writes it ({where})"
 
 
 def collect_section(run_dir: Path, key: str, title: str, parts: list[Part],
                     profile_notebooks: list[str] | None = None) -> Section:
     """One section from the run folder; a missing or unreadable file becomes a note, never an exception."""
-    bodies, missing = [], []
+    bodies, missing, calls = [], [], step_notebooks()
     for part in parts:
-        path = run_dir / part.file
+        path = part.locate(RunLayout(run_dir))
+        name = path.relative_to(run_dir).as_posix()
         if not path.is_file():
-            missing.append(_missing_note(part, profile_notebooks))
+            missing.append(_missing_note(part, name, profile_notebooks, calls))
             continue
         try:
             body = part.render(path)
         except (OSError, ValueError, KeyError, TypeError) as error:  # a damaged or older-format file
-            missing.append(f"{part.file} could not be read: {type(error).__name__}: {error}")
+            missing.append(f"{name} could not be read: {type(error).__name__}: {error}")
             continue
-        bodies.append(f'<h3><code>{html.escape(part.file)}</code></h3>{body}' if len(parts) > 1 else body)
+        bodies.append(f'<h3><code>{html.escape(name)}</code></h3>{body}' if len(parts) > 1 else body)
     notes = "".join(f'<p class="missing">{html.escape(note)}</p>' for note in missing)
     return Section(key, title, notes + "".join(bodies), missing)
 
@@ -363,19 +381,17 @@ def notebook_errors(notebook) -> list[str]:
 
 
 def _notebook_exporter():
-    import jinja2
-    from nbconvert import HTMLExporter
-
-    return HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"offline.html.j2": NOTEBOOK_TEMPLATE})],
-                        template_file="offline.html.j2")
+    jinja2 = require("jinja2", "notebooks", "the report's notebook pages")
+    nbconvert = require("nbconvert", "notebooks", "the report's notebook pages")
+    loader = jinja2.DictLoader({"offline.html.j2": NOTEBOOK_TEMPLATE})
+    return nbconvert.HTMLExporter(template_name="lab", extra_loaders=[loader], template_file="offline.html.j2")
 
 
 def render_notebooks(notebooks: list[Path], out_dir: Path) -> list[NotebookPage]:
     """Render executed notebooks to standalone HTML pages in ``out_dir`` (images inline, no network)."""
-    import nbformat
-
     if not notebooks:
         return []
+    nbformat = require("nbformat", "notebooks", "the report's notebook pages")
     exporter = _notebook_exporter()
     pages = []
     for path in notebooks:
@@ -424,7 +440,7 @@ def _notebooks_html(pages: list[NotebookPage]) -> str:
 
 def _mirror_banner(run_dir: Path) -> str:
     """A warning at the top when the run's manifest says it ran on the rehearsal hub mirror."""
-    manifest = run_dir / "manifest.json"
+    manifest = RunLayout(run_dir).manifest
     try:
         mirror = _json(manifest).get("hub_mirror") if manifest.is_file() else None
     except ValueError:
@@ -469,7 +485,7 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
         title: the page title (default: the run folder's name).
         profile_notebooks: the notebooks the run's profile runs; a missing file written by
             another notebook is reported as not part of this run rather than missing.
-        extra_sections: sections to show after the tables (e.g. the README's agreement).
+        extra_sections: sections to show after the tables (e.g. the docs' agreement).
 
     Returns:
         The :class:`Report` written.
@@ -482,30 +498,37 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
         raise FileNotFoundError(f"no run folder {run_dir}: run the profile's notebooks first (make notebooks)")
     title = title or f"clipeval run: {run_dir.name}"
     sections = collect_sections(run_dir, profile_notebooks)
-    folder = run_dir / REPORT_DIR
+    folder = RunLayout(run_dir).report
+    layout = RunLayout(run_dir)
     with atomic_folder(folder) as staging:
-        figures = copy_figures(sorted((run_dir / "figures").glob("*.png")), staging / "figures")
-        pages = render_notebooks(sorted((run_dir / "notebooks").glob("*.ipynb")), staging / "notebooks")
+        figures = copy_figures(sorted(layout.figures.glob("*.png")), staging / "figures")
+        pages = render_notebooks(sorted(layout.notebooks.glob("*.ipynb")), staging / "notebooks")
         write_text(staging / "index.html", render_index(title, run_dir, sections, figures, pages,
                                                         extra_sections or []))
     return Report(folder, sections, figures, pages)
 
 
+def snapshot_differences(run_dir: Path, snapshot_dir: Path) -> list[str]:
+    """The snapshot's files whose bytes differ from the run's same-named files (or that the run lacks)."""
+    return [path.name for path in sorted(snapshot_dir.iterdir()) if path.is_file()
+            and (not (run_dir / path.name).is_file() or (run_dir / path.name).read_bytes() != path.read_bytes())]
+
+
 def readme_section(run_dir: Path, snapshot_dir: Path) -> Section:
-    """Whether the README's measured tables come from this run (its snapshot in ``results/<profile>/``)."""
+    """Whether the docs' measured tables come from this run (its snapshot in ``bench/results/<profile>/``)."""
     if not snapshot_dir.is_dir():
-        return Section("readme", "README's measured tables",
-                       f"<p>The README quotes no run of this profile (no "
+        return Section("readme", "The docs' measured tables",
+                       f"<p>The docs quote no run of this profile (no "
                        f"<code>{html.escape(str(snapshot_dir))}</code>).</p>")
     different = snapshot_differences(run_dir, snapshot_dir)
     if not different:
-        text = (f"<p>The README's measured tables of this profile come from this run: every file of "
+        text = (f"<p>The docs' measured tables of this profile come from this run: every file of "
                 f"<code>{html.escape(str(snapshot_dir))}</code> equals the run's.</p>")
     else:
-        text = (f'<p class="missing">The README quotes another run: {html.escape(", ".join(different))} differ '
+        text = (f'<p class="missing">The docs quote another run: {html.escape(", ".join(different))} differ '
                 f"from <code>{html.escape(str(snapshot_dir))}</code>. <code>make measured</code> copies this run's "
-                "files there and rewrites the README's tables.</p>")
-    return Section("readme", "README's measured tables", text)
+                "files there and rewrites the docs' tables.</p>")
+    return Section("readme", "The docs' measured tables", text)
 
 
 def build_profile_report(profile: str | Path, run_dir: str | Path | None = None) -> Report:
@@ -513,7 +536,7 @@ def build_profile_report(profile: str | Path, run_dir: str | Path | None = None)
     params = load_profile(profile)
     name = Path(profile).stem
     run_dir = Path(run_dir) if run_dir is not None else PROJECT_ROOT / params["run_dir"]
-    extra = [readme_section(run_dir, BENCH_RESULTS_DIR / name)]
+    extra = [readme_section(run_dir, PROJECT_ROOT / "bench" / "results" / name)]
     mirror = PROJECT_ROOT / params["hub_mirror"] if params.get("hub_mirror") else None
     # under its mirror, the catalogue marks the rehearsal's hub checkpoints random-init in every table
     with using_mirror(mirror) if mirror is not None and (mirror / "hf" / MIRROR_FILE).is_file() \

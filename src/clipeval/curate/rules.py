@@ -1,0 +1,352 @@
+"""Curation rules and presets: what to keep of a scored run, the same at any scale.
+
+Rules read a *wide* table, one row per pair with ``cosine[<spec>]``, ``status[<spec>]``... per
+checkpoint (:func:`clipeval.layout.score_column`), the caption and the image's header size: the
+scored shards of a run are such tables. They are applied in order by the one engine
+(:mod:`clipeval.curate.engine`); each step keeps some rows and drops the rest with a reason, so
+kept + dropped is always every row:
+
+* rows whose status is not ``ok`` under a checkpoint a rule uses are never kept: they are
+  dropped first, counted by status (``status:<code>``);
+* :class:`Threshold`: an absolute cut on a checkpoint's score (``>=`` or ``>``);
+* :class:`TopFraction`: the top ⌈f·n⌉ rows by a checkpoint's score, over the rows still kept
+  (ties at the cut broken by input order: shard order, then row order);
+* :class:`Percentile`: rows at or above the checkpoint's own p-th percentile (ties all kept):
+  the form of a threshold that transfers across model families;
+* :class:`AnyOf` / :class:`AllOf`: several rules, e.g. the same rule on several checkpoints;
+* :class:`BasicFilter`: DataComp's basic filter (caption of more than 2 words and more than 5
+  characters, image short side at least 200 px, aspect ratio at most 3).
+
+Row-wise rules (thresholds, the basic filter) judge each row alone. A top fraction or a
+percentile needs the distribution of the scores it judges: the engine gathers it and the rule
+*resolves* into a row-wise cut, exactly (:meth:`TopFraction.resolve_exact`: the scores in
+memory) or from a mergeable histogram (:meth:`TopFraction.resolve_sketch`: past memory, with its
+error bound). :data:`PRESETS` are the published rules with their sources; a threshold means
+something only for the model it was set on, so applying one to another checkpoint warns and
+suggests the percentile form.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from clipeval.curate.sketch import ScoreHistogram
+from clipeval.layout import score_column
+
+B32_SPECS = ("hf:openai/clip-vit-base-patch32", "open_clip:ViT-B-32@openai")
+L14_SPECS = ("hf:openai/clip-vit-large-patch14", "open_clip:ViT-L-14@openai")
+
+
+class Rule:
+    """A curation rule. A row-wise one keeps rows on their own values (:meth:`keep`)."""
+
+    def checkpoints(self) -> list[str]:
+        return []
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def keep(self, table: pd.DataFrame, rows: pd.Index) -> pd.Index:
+        """The rows of ``rows`` (row labels of ``table`` still kept) this rule keeps."""
+        raise NotImplementedError
+
+
+def _values(table: pd.DataFrame, rows: pd.Index, checkpoint: str, score: str) -> pd.Series:
+    return table.loc[rows, score_column(score, checkpoint)]
+
+
+@dataclass
+class Threshold(Rule):
+    """Keep rows whose ``score`` under ``checkpoint`` is ``>= value`` (or ``> value`` with ``strict``)."""
+
+    checkpoint: str
+    value: float
+    strict: bool = False
+    score: str = "cosine"
+
+    def checkpoints(self) -> list[str]:
+        return [self.checkpoint]
+
+    def describe(self) -> str:
+        return f"{self.score}[{self.checkpoint}] {'>' if self.strict else '>='} {self.value:g}"
+
+    def keep(self, table, rows):
+        values = _values(table, rows, self.checkpoint, self.score)
+        return rows[(values > self.value) if self.strict else (values >= self.value)]
+
+
+@dataclass
+class TopCut(Rule):
+    """A resolved exact top fraction: the values above ``cut`` and the first ``ties`` rows equal to it.
+
+    The tied rows are counted across the calls of one pass over the shards (:meth:`reset` starts one),
+    so ties are broken by input order over the whole run.
+    """
+
+    source: Rule
+    cut: float
+    ties: int
+    _left: int = 0
+
+    def checkpoints(self):
+        return self.source.checkpoints()
+
+    def describe(self):
+        return self.source.describe()
+
+    def reset(self):
+        self._left = self.ties
+
+    def keep(self, table, rows):
+        values = _values(table, rows, self.source.checkpoint, self.source.score).to_numpy()
+        tied = np.flatnonzero(values == self.cut)[:self._left]
+        self._left -= len(tied)
+        mask = values > self.cut
+        mask[tied] = True
+        return rows[mask]
+
+
+@dataclass
+class BinCut(Rule):
+    """A resolved sketch cut: the rows whose value falls in bin ``first_bin`` of ``histogram`` or above."""
+
+    source: Rule
+    histogram: ScoreHistogram
+    first_bin: int
+
+    def checkpoints(self):
+        return self.source.checkpoints()
+
+    def describe(self):
+        return self.source.describe()
+
+    def keep(self, table, rows):
+        values = _values(table, rows, self.source.checkpoint, self.source.score).to_numpy()
+        return rows[self.histogram.bins(values) >= self.first_bin]
+
+
+class GlobalRule(Rule):
+    """A rule that needs the distribution of the scores it judges; it resolves into a row-wise cut."""
+
+    checkpoint: str
+    score: str
+
+    def checkpoints(self) -> list[str]:
+        return [self.checkpoint]
+
+    def resolve_exact(self, values: np.ndarray) -> tuple[Rule, str]:
+        """The row-wise cut for the scores of every row it judges (in input order), and a note on it."""
+        raise NotImplementedError
+
+    def rank_from_top(self, total: int) -> int:
+        """How many of ``total`` rows the cut keeps, counted from the highest score."""
+        raise NotImplementedError
+
+    def resolve_sketch(self, histogram: ScoreHistogram) -> tuple[Rule, str]:
+        """The cut from a histogram of the scores: a bin edge, with its error bound in the note."""
+        total = int(histogram.counts.sum())
+        rank = self.rank_from_top(total)
+        if rank <= 0 or total == 0:
+            return BinCut(self, histogram, len(histogram.counts)), "sketch: nothing to keep"
+        first = histogram.bin_of_rank_from_top(rank)
+        return BinCut(self, histogram, first), (
+            f"sketch cut {histogram.edge(first):.6f} (error bound: {histogram.width:.2g} in score, up to "
+            f"{int(histogram.counts[first])} rows in the cut bin)")
+
+
+@dataclass
+class TopFraction(GlobalRule):
+    """Keep exactly ⌈fraction·n⌉ of the ``n`` rows still kept, the highest by ``score`` (ties by input order)."""
+
+    checkpoint: str
+    fraction: float
+    score: str = "cosine"
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"a top fraction must be in (0, 1], got {self.fraction}")
+
+    def describe(self) -> str:
+        return f"top {self.fraction:.0%} by {self.score}[{self.checkpoint}]"
+
+    def rank_from_top(self, total):
+        return math.ceil(self.fraction * total)
+
+    def resolve_exact(self, values):
+        count = self.rank_from_top(len(values))
+        if count == 0:
+            return TopCut(self, math.inf, 0), "exact: nothing to keep"
+        cut = float(-np.sort(-values, kind="stable")[count - 1])
+        above, tied = int((values > cut).sum()), int((values == cut).sum())
+        note = f"exact cut {cut:.6f}"
+        if tied > count - above:
+            note += f"; {tied - (count - above)} rows with the cut score dropped by input order"
+        return TopCut(self, cut, count - above), note
+
+
+@dataclass
+class Percentile(GlobalRule):
+    """Keep rows at or above ``checkpoint``'s own ``percentile``-th percentile of ``score`` (ties all kept)."""
+
+    checkpoint: str
+    percentile: float
+    score: str = "cosine"
+
+    def describe(self) -> str:
+        return f"{self.score}[{self.checkpoint}] >= its {self.percentile:g}th percentile"
+
+    def rank_from_top(self, total):
+        return total - math.floor(self.percentile / 100 * (total - 1))
+
+    def resolve_exact(self, values):
+        cut = float(np.percentile(values, self.percentile)) if len(values) else math.inf
+        return Threshold(self.checkpoint, cut, score=self.score), f"exact cut {cut:.6f}"
+
+
+@dataclass
+class Combination(Rule):
+    """Several rules judged on the same rows; subclasses say how their kept sets combine."""
+
+    rules: list[Rule]
+    word = ""
+
+    def checkpoints(self) -> list[str]:
+        return list(dict.fromkeys(spec for rule in self.rules for spec in rule.checkpoints()))
+
+    def describe(self) -> str:
+        return f" {self.word} ".join(f"({rule.describe()})" for rule in self.rules)
+
+    def keep(self, table, rows):
+        kept = [set(rule.keep(table, rows)) for rule in self.rules]
+        return pd.Index(sorted(self.combine(kept)), dtype=rows.dtype)
+
+
+@dataclass
+class AnyOf(Combination):
+    """Keep a row when any of ``rules`` keeps it."""
+
+    word = "or"
+
+    @staticmethod
+    def combine(kept: list[set]) -> set:
+        return set().union(*kept)
+
+
+@dataclass
+class AllOf(Combination):
+    """Keep a row when every one of ``rules`` keeps it (each judged on the same rows)."""
+
+    word = "and"
+
+    @staticmethod
+    def combine(kept: list[set]) -> set:
+        return set.intersection(*kept) if kept else set()
+
+
+@dataclass
+class BasicFilter(Rule):
+    """DataComp's basic filter: caption words > ``min_words`` and characters > ``min_chars``, image short
+    side >= ``min_short_side`` and aspect ratio <= ``max_aspect`` (image sizes from the header, recorded
+    during scoring; a row without a size fails the image part)."""
+
+    min_words: int = 2
+    min_chars: int = 5
+    min_short_side: int = 200
+    max_aspect: float = 3.0
+
+    def describe(self) -> str:
+        return (f"basic filter: caption > {self.min_words} words and > {self.min_chars} characters, image short "
+                f"side >= {self.min_short_side} px, aspect ratio <= {self.max_aspect:g}")
+
+    def keep(self, table, rows):
+        rows_table = table.loc[rows]
+        caption = rows_table["caption"].str.strip()
+        width, height = rows_table["image_width"].astype(float), rows_table["image_height"].astype(float)
+        short, long = np.minimum(width, height), np.maximum(width, height)
+        ok = ((caption.str.split().str.len() > self.min_words) & (caption.str.len() > self.min_chars)
+              & (short >= self.min_short_side) & (long / short <= self.max_aspect))
+        return rows[ok.fillna(False).to_numpy(dtype=bool)]
+
+
+@dataclass
+class Preset:
+    """A published rule with its source and the checkpoints its numbers were set on."""
+
+    rules: list[Rule]
+    source: str
+    set_on: tuple[str, ...] = ()
+    percentile_hint: str = ""
+
+
+def preset(name: str, checkpoint: str | None = None) -> Preset:
+    """A named preset applied to ``checkpoint`` (warns when the preset's numbers were set on another model).
+
+    Raises:
+        ValueError: an unknown name, or a score preset without a checkpoint.
+    """
+    if name == "datacomp-basic":
+        return Preset([BasicFilter()], "DataComp (Gadre et al. 2023), the basic filtering baseline")
+    if name not in ("laion400m", "laion2b", "datacomp-l14-30pct"):
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    if checkpoint is None:
+        raise ValueError(f"the preset {name} needs the checkpoint whose scores it cuts")
+    made = {
+        "laion400m": lambda: Preset([Threshold(checkpoint, 0.30)], "LAION-400M (Schuhmann et al. 2021): OpenAI "
+                                    "CLIP ViT-B/32 cosine >= 0.30", B32_SPECS,
+                                    f"top:0.2[{checkpoint}] (B/32 >= 0.30 kept about 20% of DataComp's CommonPool, "
+                                    "Table 16)"),
+        "laion2b": lambda: Preset([Threshold(checkpoint, 0.28, strict=True)], "LAION-5B (Schuhmann et al. 2022), "
+                                  "its English 2B subset: OpenAI CLIP ViT-B/32 cosine > 0.28", B32_SPECS,
+                                  f"top:0.3[{checkpoint}] (B/32 >= 0.281 kept about 30% of CommonPool, Table 16)"),
+        "datacomp-l14-30pct": lambda: Preset([TopFraction(checkpoint, 0.30)], "DataComp (Gadre et al. 2023): the "
+                                             "top 30% by OpenAI CLIP ViT-L/14 cosine (L/14 >= 0.243 on CommonPool, "
+                                             "Table 16)", L14_SPECS),
+    }[name]()
+    if made.set_on and checkpoint not in made.set_on:
+        hint = f"; use the percentile form instead, e.g. {made.percentile_hint}" if made.percentile_hint else ""
+        warnings.warn(f"preset {name} was set on {' / '.join(made.set_on)}, not on {checkpoint}: its threshold means "
+                      f"something only for that model{hint}", stacklevel=2)
+    return made
+
+
+PRESETS = ("laion400m", "laion2b", "datacomp-l14-30pct", "datacomp-basic")
+
+
+def parse_rule(text: str) -> Rule:
+    """A rule from its command-line form.
+
+    ``cosine[SPEC]>=0.3`` (or ``>``), ``top:0.3[SPEC]``, ``percentile:70[SPEC]``, ``basic``,
+    ``preset:NAME[SPEC]`` (``preset:datacomp-basic``), and alternatives joined by `` | `` (kept
+    when any keeps the row).
+
+    Raises:
+        ValueError: a form not in this list.
+    """
+    if " | " in text:
+        return AnyOf([parse_rule(part.strip()) for part in text.split(" | ")])
+    text = text.strip()
+    spec = text[text.index("[") + 1:text.rindex("]")] if "[" in text and "]" in text else None
+    if text == "basic":
+        return BasicFilter()
+    if text.startswith("preset:"):
+        name = text[len("preset:"):].split("[")[0]
+        rules = preset(name, spec).rules
+        return rules[0] if len(rules) == 1 else AllOf(rules)
+    if text.startswith("top:") and spec:
+        return TopFraction(spec, float(text[4:text.index("[")]))
+    if text.startswith("percentile:") and spec:
+        return Percentile(spec, float(text[len("percentile:"):text.index("[")]))
+    for operator in (">=", ">"):
+        head, sep, value = text.rpartition(operator)
+        if sep and spec and head.endswith("]"):
+            score = head[:head.index("[")]
+            return Threshold(spec, float(value), strict=operator == ">", score=score)
+    raise ValueError(f"cannot read the rule {text!r}; write e.g. 'cosine[SPEC]>=0.3', 'top:0.3[SPEC]', "
+                     f"'percentile:70[SPEC]', 'basic', 'preset:laion400m[SPEC]' or 'A | B'")
+
+

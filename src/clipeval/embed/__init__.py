@@ -1,0 +1,1 @@
+"""The embedding engine: the one read -> decode -> preprocess -> encode path, its cache and its stage timings."""

@@ -1,0 +1,45 @@
+"""The embedding pipeline's options: one dataclass, the flags of every command that embeds (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clipeval.data.fetch import FetchOptions
+from clipeval.data.images import MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How checkpoints run, images are decoded, inputs batched and vectors cached (the one set of these options).
+
+    Attributes:
+        batch_size: images / captions per forward pass.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (reduced precision via autocast on CUDA only).
+        decode_processes: processes that decode and preprocess images while the model encodes;
+            0 does it in this process; ``None`` picks by device: on CUDA one per spare core (at
+            most 8), on the CPU 0 (measured fastest on a 2-core machine; see docs/speed.md).
+        fast_decode: decode large JPEGs at reduced scale (``draft``) before the exact resize.
+        embedding_cache: read and write the embedding cache.
+        embedding_cache_dir: its folder; ``None`` = :func:`clipeval.embed.cache.default_cache_dir`.
+        progress: show progress bars (the model libraries' loading bars too).
+        fetch: how image files are read and URLs fetched.
+        max_pixels: pixel cap of a decoded image.
+    """
+
+    batch_size: int = field(default=32, metadata={"help": "images / captions per forward pass"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1..."})
+    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "fp16", "bf16"),
+                                                     "help": "fp16/bf16 autocast on CUDA only"})
+    decode_processes: int | None = field(default=None, metadata={
+        "help": "processes decoding images while the model encodes (default: 0 on the CPU, spare cores up to 8 "
+                "on CUDA; a Ray actor: its CPUs but one)", "old_flags": ("--decode-workers",)})
+    fast_decode: bool = field(default=False, metadata={
+        "help": "decode large JPEGs at reduced scale before the exact resize (docs/speed.md)"})
+    embedding_cache: bool = field(default=True, metadata={
+        "help": "read and write the embedding cache ($CLIPEVAL_EMBEDDING_CACHE, default outputs/cache/embeddings; "
+                "score --shards: off unless given)"})
+    embedding_cache_dir: str | None = field(default=None, metadata={"cli": False})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    max_pixels: int = field(default=MAX_PIXELS, metadata={"cli": False})

@@ -1,0 +1,219 @@
+"""The run-folder contract: every file a run folder may hold, named once, and the one fingerprint rule.
+
+Steps write through :class:`RunLayout`; the report, curation and the studies read through it, so a
+file name is typed in one place. A run folder (``outputs/<profile>/``, or a command's ``--out``)
+holds the files of whichever steps ran in it:
+
+=========================  ============================================================  ===============
+file                       what                                                          written by
+=========================  ============================================================  ===============
+``manifest.json``          code, parameters, data and checkpoints of every step          every step
+``run.json``               the scoring run's fingerprint (:func:`claim`)                 score
+``shards/``                ``<shard>.parquet`` and ``<shard>.done.json`` per input shard  score
+``shards.csv``             every input shard's state, rows and timing                    score
+``results.csv``            the input rows with the primary checkpoint's scores           score (one shard)
+``scores.csv``             one row per pair x checkpoint                                 score (one shard)
+``stats.json``/``.log``    time and memory per checkpoint and stage                      score
+``score_summary.csv``      matched vs mismatched cosine per checkpoint                   compare
+``metrics.csv``            retrieval metrics                                             retrieve
+``retrieval_ranks.csv``    per query ranks                                               retrieve
+``retrieval_stats.*``      retrieval's time and memory                                   retrieve
+``benchmarks/<name>/``     a retrieval folder per standard benchmark                     retrieve_benchmarks
+``benchmark_metrics.csv``  every benchmark's metrics                                     retrieve_benchmarks
+``published_comparison``   measured beside published numbers                             retrieve_benchmarks
+``dual_encoder_eval.json`` the dual encoder's scenes benchmark                           scenes_benchmark
+``evalsets/<source>/``     pseudo-labelled eval sets                                     label_study
+``label_*.csv``            label quality, threshold sweep, metric bias                   label_study
+``curation_*.csv``         rules' precision and recall                                   curation_study
+``curation/challenge/``    the challenge set's scored run and its curation               curation_study
+``sharded/``               the sharded study's runs, curation and ``executors.csv``      sharded_study
+``figures/``               every figure                                                  the notebooks
+``notebooks/``             executed notebooks                                            run-notebooks
+``report/``                the run report                                                report
+=========================  ============================================================  ===============
+
+A curation folder (:class:`CurationLayout`) holds ``summary.csv``, ``kept_uids.parquet`` and
+``decisions/<shard>.parquet`` (every row kept or dropped with its step and reason), for a one-shard
+run also ``kept.csv``, ``dropped.csv`` and ``curated.csv``, and on request ``filtered/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.atomic import write_json
+
+# The columns scoring adds to the input rows in results.csv, and the columns of scores.csv.
+RESULT_COLUMNS = ("similarity", "clip_score_100", "caption_truncated", "image_width", "image_height", "status", "error")
+SCORE_COLUMNS = ("row_id", "checkpoint", "cosine", "clip_score_100", "clip_score_2_5", "caption_truncated",
+                 "image_width", "image_height", "status", "error")
+
+
+def score_column(name: str, spec: str) -> str:
+    """A per-checkpoint column of the scored shards and the curation tables: ``cosine[SPEC]``, ``status[SPEC]``..."""
+    return f"{name}[{spec}]"
+
+
+class _File:
+    """A file (or folder) of a folder layout, named once: ``manifest = _File("manifest.json")``."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, layout, owner=None) -> Path:
+        return layout.root.joinpath(*self.parts) if layout is not None else self
+
+
+class RunFolderMismatch(ValueError):
+    """The folder holds an earlier run (or build) with other inputs, checkpoints or settings."""
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """One input shard's outputs in a run folder: its scores, its done- and failed-markers, its chunk parts."""
+
+    scores: Path
+    done: Path
+    failed: Path
+    parts: Path
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """A folder whose files are named once: its ``root`` and its ``manifest.json``."""
+
+    root: Path
+
+    manifest = _File("manifest.json")
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+
+@dataclass(frozen=True)
+class RunLayout(_Folder):
+    """The files of a run folder (see the module docstring)."""
+
+    fingerprint = _File("run.json")
+    shards = _File("shards")
+    shard_table = _File("shards.csv")
+    sharded_stats = _File("sharded_stats.json")
+    results = _File("results.csv")
+    scores = _File("scores.csv")
+    stats = _File("stats.json")
+    stats_log = _File("stats.log")
+    score_summary = _File("score_summary.csv")
+    metrics = _File("metrics.csv")
+    retrieval_ranks = _File("retrieval_ranks.csv")
+    retrieval_stats = _File("retrieval_stats.json")
+    retrieval_stats_log = _File("retrieval_stats.log")
+    benchmark_metrics = _File("benchmark_metrics.csv")
+    published_comparison = _File("published_comparison.csv")
+    dual_encoder_eval = _File("dual_encoder_eval.json")
+    label_quality = _File("label_quality.csv")
+    label_threshold_sweep = _File("label_threshold_sweep.csv")
+    label_metric_bias = _File("label_metric_bias.csv")
+    curation_rules = _File("curation_rules.csv")
+    curation_precision_recall = _File("curation_precision_recall.csv")
+    sharded_study = _File("sharded")
+    sharded_executors = _File("sharded", "executors.csv")
+    figures = _File("figures")
+    notebooks = _File("notebooks")
+    report = _File("report")
+
+    def shard(self, name: str) -> ShardFiles:
+        """An input shard's files under ``shards/``."""
+        folder = self.shards
+        return ShardFiles(folder / f"{name}.parquet", folder / f"{name}.done.json", folder / f"{name}.failed.json",
+                          folder / f"{name}.parts")
+
+    def benchmark(self, name: str) -> RunLayout:
+        """A standard benchmark's retrieval folder (its own metrics, ranks and stats)."""
+        return RunLayout(self.root / "benchmarks" / name)
+
+    def evalset(self, name: str) -> Path:
+        """A pseudo-labelled eval set's folder."""
+        return self.root / "evalsets" / name
+
+    @property
+    def challenge_run(self) -> RunLayout:
+        """The curation study's scored challenge set, a run folder of its own."""
+        return RunLayout(self.root / "curation" / "challenge")
+
+    def scored_shards(self) -> list[Path]:
+        """The done shards' score files, in input order when ``shards.csv`` gives it."""
+        if self.shard_table.exists():
+            names = pd.read_csv(self.shard_table, dtype=str)["name"]
+            return [self.shard(name).scores for name in names if self.shard(name).done.exists()]
+        return sorted(self.shard(path.name.removesuffix(".done.json")).scores
+                      for path in self.shards.glob("*.done.json"))
+
+
+@dataclass(frozen=True)
+class CurationLayout(_Folder):
+    """The files of a curation folder (see the module docstring)."""
+
+    summary = _File("summary.csv")
+    kept_uids = _File("kept_uids.parquet")
+    kept = _File("kept.csv")
+    dropped = _File("dropped.csv")
+    curated = _File("curated.csv")
+
+    def decisions(self, shard: str) -> Path:
+        """Every row of one input shard: kept, or the step and reason that dropped it."""
+        return self.root / "decisions" / f"{shard}.parquet"
+
+    def filtered(self, name: str) -> Path:
+        """An input shard filtered to its kept samples (``--write-filtered``)."""
+        return self.root / "filtered" / name
+
+
+def claim(path: str | Path, fingerprint: dict, overwrite: bool = False) -> str:
+    """The one rule for a folder that may hold an earlier run: same fingerprint resumes, another is refused.
+
+    Scoring runs (``run.json``) and eval sets (``evalset.json``'s fingerprint) use it.
+
+    Args:
+        path: the JSON file holding the folder's fingerprint (written here when claimed).
+        fingerprint: what identifies this run: its inputs, checkpoints and the settings that change its files.
+        overwrite: discard an earlier run with another fingerprint instead of refusing.
+
+    Returns:
+        ``new`` (no earlier run), ``same`` (an earlier run with this fingerprint: resume or reuse it)
+        or ``replaced`` (another one, discarded: the caller deletes its files).
+
+    Raises:
+        RunFolderMismatch: another fingerprint and not ``overwrite``; the message names what differs.
+    """
+    path = Path(path)
+    earlier = None
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            earlier = {}
+    if earlier == fingerprint:
+        return "same"
+    if earlier is not None and not overwrite:
+        raise RunFolderMismatch(f"{path.parent} holds an earlier run with different "
+                                f"{differences(earlier, fingerprint)}; use a new --out folder, or --overwrite to "
+                                "discard the earlier run")
+    write_json(path, fingerprint)
+    return "new" if earlier is None else "replaced"
+
+
+def differences(earlier: dict, now: dict) -> str:
+    """What differs between two fingerprints, for a message: ``checkpoints, precision ('fp32' then, 'fp16' now)``."""
+    parts = []
+    for key in sorted(set(earlier) | set(now)):
+        if earlier.get(key) == now.get(key):
+            continue
+        if isinstance(now.get(key), (dict, list)) or isinstance(earlier.get(key), (dict, list)):
+            parts.append(key)
+        else:
+            parts.append(f"{key} ({earlier.get(key)!r} then, {now.get(key)!r} now)")
+    return ", ".join(parts) or "contents"

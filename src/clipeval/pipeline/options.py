@@ -1,0 +1,57 @@
+"""The scoring pipeline's options: what each shard is read as, and where shards are scored (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """What a scoring run reads from each shard and how it cuts it into resumable chunks.
+
+    Attributes:
+        image_column: the image column (paths relative to the shard's folder, URLs or bytes).
+        caption_column: the caption column.
+        uid_column: the shards' unique-id column, when they have one (else ``<shard>/<row>``).
+        chunk_size: rows scored and kept together inside a shard (the unit of resuming).
+    """
+
+    image_column: str = field(default="image", metadata={"help": "the image column: path, URL or bytes"})
+    caption_column: str = field(default="caption", metadata={"help": "the caption column"})
+    uid_column: str = field(default="uid", metadata={"help": "the shards' unique-id column, if they have one"})
+    chunk_size: int = field(default=256, metadata={"help": "rows scored and kept together (the unit of resuming)"})
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """Where a scoring run's shards are scored.
+
+    Attributes:
+        executor: ``local`` (this process) or ``ray`` (an actor pool).
+        ray_actors: Ray actors in the pool (each loads the checkpoints once).
+        cpus_per_actor: CPUs Ray reserves per actor (its torch threads follow).
+        gpus_per_actor: GPUs per actor (0 on a CPU machine; 1 per GPU on a GPU box; a fraction
+            packs several actors on one GPU).
+        address: a Ray cluster to join (``auto``, ``ray://host:10001``...); None starts a local Ray.
+    """
+
+    executor: str = field(default="local", metadata={"choices": EXECUTORS,
+                                                     "help": "local: this process; ray: an actor pool"})
+    ray_actors: int = field(default=2, metadata={"help": "ray: actors in the pool (each loads the checkpoints once)",
+                                                 "old_flags": ("--num-workers",)})
+    cpus_per_actor: float = field(default=1.0, metadata={"help": "ray: CPUs reserved per actor",
+                                                         "old_flags": ("--cpus-per-worker",)})
+    gpus_per_actor: float = field(default=0.0, metadata={"help": "ray: GPUs per actor (1 on a GPU box)",
+                                                         "old_flags": ("--gpus-per-worker",)})
+    address: str | None = field(default=None, metadata={
+        "help": "ray: the cluster to join (auto, ray://host:10001); default: start a local Ray"})
+
+    def actor_decode_processes(self, requested: int | None) -> int | None:
+        """Decode processes per actor: as requested, else the actor's CPUs but one (the model's thread).
+
+        An actor sees the whole node's cores, so the pipeline's own default (spare cores up to 8 on
+        CUDA) would start that many in every actor of a node; the actor's reservation is its share.
+        """
+        return requested if requested is not None else max(0, int(self.cpus_per_actor) - 1)

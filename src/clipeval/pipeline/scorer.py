@@ -1,0 +1,267 @@
+"""Score one shard whole into one output parquet and a done-marker: the unit of work of every scoring run.
+
+A shard is an input file (webdataset ``.tar``, ``.parquet``, ``.csv``/``.tsv``) or, for ``score
+--pairs``, a pairs table read from any source (:class:`TableShard`): a pairs table is one shard.
+For a shard named ``NAME`` a run folder (:class:`~clipeval.layout.RunLayout`) gets
+``shards/NAME.parquet`` (the scores) and then ``shards/NAME.done.json`` (its record). Inside a
+shard, rows are scored in chunks of ``chunk_size`` and each finished chunk is kept under
+``shards/NAME.parts/`` until the shard is done, so a run killed at any point resumes where it
+stopped. **The resume rule, for chunks and shards alike: a unit is done exactly when its file
+exists** (each written atomically: a part, then the shard's parquet, then its marker). A shard
+that cannot be read gets ``shards/NAME.failed.json`` instead and is retried by the next run; a
+sample that fails (a corrupt image, an empty caption) keeps its row with a status and reason.
+
+Output columns, one row per input sample in shard order: ``uid``, ``row`` (its position in the
+shard), every input column except image bytes (an input column named like an output one is kept
+as ``input:<name>``), ``image_width``/``image_height`` (from the header), the row's
+``status``/``error`` (``ok`` when ok under every checkpoint, else the first failure), and per
+checkpoint ``cosine[SPEC]``, ``clip_score_100[SPEC]``, ``caption_truncated[SPEC]``,
+``status[SPEC]``, ``error[SPEC]``, ``model_key[SPEC]`` (the embedding cache's model key: spec,
+weights, preprocessing, precision...) and ``preprocess[SPEC]`` (a short hash of the transform's
+description, which the done-marker holds in full).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from clipeval.atomic import atomic_path, write_json
+from clipeval.data.shards import ShardReadError, read_shard, shard_name, shard_uids
+from clipeval.embed.engine import EMBEDDING_VERSION, batches
+from clipeval.embed.options import EmbedOptions
+from clipeval.eval.scoring import ChunkScorer
+from clipeval.layout import SCORE_COLUMNS, RunLayout, ShardFiles, score_column
+from clipeval.pipeline.options import ShardOptions
+
+PER_CHECKPOINT = ("cosine", "clip_score_100", "caption_truncated", "status", "error", "model_key", "preprocess")
+ROW_COLUMNS = ("uid", "row", "image_width", "image_height", "status", "error")
+
+
+@dataclass
+class TableShard:
+    """A pairs table scored as one shard (``score --pairs``): its name, rows and the folder of relative paths."""
+
+    name: str
+    table: pd.DataFrame
+    base_dir: str | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+ShardInput = str | Path | TableShard
+
+
+def input_name(shard: ShardInput) -> str:
+    """The name a shard's outputs are filed under."""
+    return shard.name if isinstance(shard, TableShard) else shard_name(shard)
+
+
+def check_shard_names(shards: list[ShardInput]) -> None:
+    """Refuse two shards whose outputs would share a name (same file name in two folders)."""
+    seen: dict[str, ShardInput] = {}
+    for shard in shards:
+        name = input_name(shard)
+        if name in seen:
+            raise ValueError(f"two shards would write the same output {name}.parquet: {seen[name]} and {shard}; "
+                             "rename one, or run each folder into its own run folder")
+        seen[name] = shard
+
+
+def is_done(layout: RunLayout, shard: ShardInput) -> bool:
+    """The resume rule: a shard is done when its done-marker exists."""
+    return layout.shard(input_name(shard)).done.exists()
+
+
+def run_fingerprint(checkpoints: list[str], shards: ShardOptions, embed: EmbedOptions) -> dict:
+    """What makes two runs' rows the same: checkpoints, columns, chunks and the options that change the scores."""
+    return {"checkpoints": list(dict.fromkeys(checkpoints)), "image_column": shards.image_column,
+            "caption_column": shards.caption_column, "uid_column": shards.uid_column,
+            "chunk_size": shards.chunk_size, "batch_size": embed.batch_size, "precision": embed.precision,
+            "fast_decode": embed.fast_decode, "embedding_version": EMBEDDING_VERSION}
+
+
+def table_identity(shard: TableShard) -> dict:
+    """What identifies a table shard's rows: a hash of its contents and the folder its relative paths are in."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(shard.table, index=True).to_numpy().tobytes()).hexdigest()
+    return {"sha256": digest, "base_dir": shard.base_dir}
+
+
+def _input_columns(table: pd.DataFrame, image_column: str, checkpoints: list[str]) -> pd.DataFrame:
+    """The input columns carried to the output: image bytes left out, clashing names prefixed ``input:``."""
+    outputs = set(ROW_COLUMNS) | {score_column(name, spec) for name in PER_CHECKPOINT for spec in checkpoints}
+    keep = table
+    if any(isinstance(value, bytes) for value in keep[image_column]):
+        keep = keep.drop(columns=[image_column])
+    return keep.rename(columns={name: f"input:{name}" for name in keep.columns if name in outputs})
+
+
+def _arrow_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns pyarrow cannot type (mixed str / numbers from webdataset json) become strings."""
+    for name in table.columns:
+        if table[name].dtype == object:
+            try:
+                pa.array(table[name], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                table[name] = table[name].map(lambda value: value if value is None else str(value))
+    return table
+
+
+class ShardScorer:
+    """Loads the checkpoints once and scores whole shards into a run folder.
+
+    Every executor uses it: the local one in-process, the Ray one builds one per actor. Use as a
+    context manager, or call :meth:`close`.
+
+    Args:
+        checkpoints: checkpoint specs.
+        run_dir: the run folder (claimed by the run: :func:`clipeval.pipeline.run.score_run`).
+        shards: what to read from each shard and the chunk size.
+        embed: the embedding pipeline (``progress`` is off: a chunk is the unit of progress).
+    """
+
+    def __init__(self, checkpoints: list[str], run_dir: str | Path, shards: ShardOptions, embed: EmbedOptions):
+        self.shards = shards
+        self.scorer = ChunkScorer(checkpoints, embed, shards.image_column, shards.caption_column)
+        self.layout = RunLayout(run_dir)
+        self._ids: dict[str, dict[str, str]] = {}
+        self.chunks_total = self.chunks_resumed = 0
+        for spec in self.scorer.checkpoints:  # identify (load, unless the cache knows it) up front: shard timings
+            self.model_ids(spec)              # then exclude loading
+
+    def __enter__(self) -> ShardScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.scorer.__exit__(None, None, None)
+
+    def model_ids(self, spec: str) -> dict[str, str]:
+        """A checkpoint's ``model_key``, ``preprocess`` (a short hash) and ``preprocess_description``."""
+        if spec not in self._ids:
+            key, description = self.scorer.embedder(spec).identify()
+            digest = hashlib.sha256(description["preprocess"].encode()).hexdigest()[:16]
+            self._ids[spec] = {"model_key": key, "preprocess": digest,
+                               "preprocess_description": description["preprocess"]}
+        return self._ids[spec]
+
+    def _read(self, shard: ShardInput) -> tuple[pd.DataFrame, pd.Series, str | None]:
+        """The shard's rows, their uids and the folder their relative image paths are in."""
+        if isinstance(shard, TableShard):
+            return shard.table, shard_uids(shard.table, shard.name, self.shards.uid_column), shard.base_dir
+        table = read_shard(shard, self.shards.image_column, self.shards.caption_column, self.shards.uid_column)
+        return table.drop(columns=["uid"]), table["uid"], table.attrs.get("base_dir")
+
+    def __call__(self, shard: ShardInput, progress=None) -> dict:
+        """Score one shard (resuming its finished chunks); write its parquet and done-marker, or its failed-marker.
+
+        Args:
+            shard: a shard file or a :class:`TableShard`.
+            progress: called with each chunk's row count as it is scored (a progress bar's ``update``).
+
+        Returns:
+            The shard's record: ``shard``, ``name``, ``state`` (``done`` or ``failed``), rows,
+            status counts, chunks (and how many resumed), seconds, rows per second, where it ran,
+            the checkpoints' ids and this process's scoring stats so far; ``error`` when it failed.
+        """
+        name = input_name(shard)
+        files = self.layout.shard(name)
+        started = time.perf_counter()
+        where = {"host": socket.gethostname(), "pid": os.getpid()}
+        try:
+            table, uids, base_dir = self._read(shard)
+        except ShardReadError as error:
+            record = {"shard": str(shard), "name": name, "state": "failed", "error": str(error), "rows": 0,
+                      "seconds": time.perf_counter() - started, **where}
+            write_json(files.failed, record)
+            return record
+        scores, chunks, resumed = self._score_in_chunks(table, uids, base_dir, files, progress)
+        with atomic_path(files.scores) as tmp:
+            scores.to_parquet(tmp, index=False)
+        seconds = time.perf_counter() - started
+        record = {"shard": str(shard), "name": name, "state": "done", "rows": len(scores),
+                  "status_counts": scores["status"].value_counts().to_dict(), "chunks": chunks,
+                  "chunks_resumed": resumed, "seconds": seconds,
+                  "rows_per_s": len(scores) / seconds if seconds else None,
+                  **where, "checkpoints": {spec: self.model_ids(spec) for spec in self.scorer.checkpoints},
+                  "stats": self.stats()}
+        write_json(files.done, record)
+        files.failed.unlink(missing_ok=True)
+        shutil.rmtree(files.parts, ignore_errors=True)
+        return record
+
+    def _score_in_chunks(self, table, uids, base_dir, files: ShardFiles, progress) -> tuple[pd.DataFrame, int, int]:
+        """Every chunk's output rows, read from its part when an interrupted run finished it."""
+        self.scorer.base_dir = base_dir
+        slices = list(batches(len(table), self.shards.chunk_size))
+        parts, resumed = [], 0
+        for number, rows in enumerate(slices):
+            part = files.parts / f"chunk-{number:06d}.parquet"
+            if part.exists():
+                resumed += 1
+                parts.append(pd.read_parquet(part))
+                continue
+            parts.append(self.score_rows(table.iloc[rows], uids.iloc[rows], rows.start))
+            with atomic_path(part) as tmp:
+                parts[-1].to_parquet(tmp, index=False)
+            if progress is not None:
+                progress(rows.stop - rows.start)
+        self.chunks_total, self.chunks_resumed = self.chunks_total + len(slices), self.chunks_resumed + resumed
+        if resumed:
+            print(f"{files.scores.stem}: {resumed} of {len(slices)} chunks reused from an interrupted run",
+                  file=sys.stderr)
+        scores = pd.concat(parts, ignore_index=True) if parts else self.score_rows(table, uids, 0)
+        return scores, len(slices), resumed
+
+    def score_rows(self, table: pd.DataFrame, uids: pd.Series, first_row: int) -> pd.DataFrame:
+        """The output rows of consecutive samples of a shard (see the module docstring for the columns)."""
+        checkpoints = self.scorer.checkpoints
+        index = range(len(table))
+        long = (self.scorer.score_chunk(table.reset_index(drop=True)) if len(table)
+                else pd.DataFrame(columns=list(SCORE_COLUMNS)))
+        out = pd.DataFrame({"uid": uids.to_numpy(), "row": np.arange(first_row, first_row + len(table))})
+        out = pd.concat([out, _input_columns(table.reset_index(drop=True), self.shards.image_column, checkpoints)],
+                        axis=1)
+        first = long.drop_duplicates("row_id").set_index("row_id").reindex(index)
+        out["image_width"] = first["image_width"].astype("Int64").array
+        out["image_height"] = first["image_height"].astype("Int64").array
+        status = pd.Series("ok", index=index, dtype=object)
+        error = pd.Series("", index=index, dtype=object)
+        for spec in checkpoints:
+            rows = long[long["checkpoint"] == spec].set_index("row_id").reindex(index)
+            for name in ("cosine", "clip_score_100", "caption_truncated", "status", "error"):
+                out[score_column(name, spec)] = rows[name].to_numpy()
+            out[score_column("error", spec)] = out[score_column("error", spec)].fillna("")
+            ids = self.model_ids(spec)
+            out[score_column("model_key", spec)] = ids["model_key"]
+            out[score_column("preprocess", spec)] = ids["preprocess"]
+            failed = (status == "ok") & (rows["status"] != "ok")
+            status[failed], error[failed] = rows["status"][failed], rows["error"][failed].fillna("")
+        out["status"], out["error"] = status.to_numpy(), error.to_numpy()
+        return _arrow_safe(out)
+
+    def stats(self) -> dict:
+        """This process's scoring stats so far (:meth:`~clipeval.eval.scoring.ChunkScorer.stats`)."""
+        return self.scorer.stats(self.chunks_total, self.chunks_resumed)
+
+
+def read_markers(layout: RunLayout) -> pd.DataFrame:
+    """Every shard record in a run folder (done and failed markers), one row per shard."""
+    records = [json.loads(path.read_text()) for path in sorted(layout.shards.glob("*.done.json"))]
+    records += [json.loads(path.read_text()) for path in sorted(layout.shards.glob("*.failed.json"))
+                if not path.with_name(path.name.replace(".failed.json", ".done.json")).exists()]
+    return pd.DataFrame(records)
