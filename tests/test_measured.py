@@ -1,72 +1,83 @@
-"""The README's measured blocks agree with the committed files they are generated from."""
+"""The docs' measured blocks agree with the committed files they are generated from."""
 
+import re
 import shutil
 
 import pandas as pd
 import pytest
 
-from clipeval.runs.cli import main
-from clipeval.runs.measured import (
+from clipeval.paths import PROJECT_ROOT
+from measured import (
     BENCH_RESULTS_DIR,
     BLOCK,
-    README_PATH,
     RENDERERS,
     SNAPSHOT_FILES,
     Sources,
+    blocks_in,
+    documents,
+    main,
     read_blocks,
     render_blocks,
     replace_blocks,
     snapshot_differences,
     snapshot_run,
     stale_blocks,
-    update_readme,
+    update_documents,
 )
 
-README = README_PATH.read_text()
+
+def test_the_measured_blocks_agree_with_the_committed_files():
+    stale = stale_blocks(documents(), render_blocks())
+    assert not stale, f"measured blocks differ from their files: {stale}; run `make measured`"
 
 
-def test_readme_measured_blocks_agree_with_the_committed_files():
-    stale = stale_blocks(README, render_blocks())
-    assert not stale, f"README measured blocks differ from their files: {stale}; run `make measured`"
-
-
-def test_every_renderer_has_one_block_in_the_readme():
-    assert set(read_blocks(README)) == set(RENDERERS)
+def test_every_renderer_has_one_block_in_the_docs():
+    assert set(blocks_in(documents())) == set(RENDERERS)
 
 
 def test_phrases_do_not_start_a_line():
     """A line that starts with a comment is an HTML block in Markdown: the phrase would show unformatted."""
-    for match in BLOCK.finditer(README):
-        if not match["body"].startswith("\n"):
-            line = README[README.rfind("\n", 0, match.start()) + 1:match.start()]
-            assert line.strip(" -*0123456789."), f"{match['name']} starts a line"
+    for path in documents():
+        text = path.read_text()
+        for match in BLOCK.finditer(text):
+            if not match["body"].startswith("\n"):
+                line = text[text.rfind("\n", 0, match.start()) + 1:match.start()]
+                assert line.strip(" -*0123456789."), f"{match['name']} starts a line in {path.name}"
 
 
 def test_the_snapshot_holds_the_files_the_tables_read():
     assert all((BENCH_RESULTS_DIR / "offline" / name).is_file() for name in SNAPSHOT_FILES)
 
 
-def _sources(tmp_path):
-    """A copy of the committed sources that a test may change."""
+def _copy(tmp_path):
+    """A copy of the committed sources and documents that a test may change."""
     shutil.copytree(BENCH_RESULTS_DIR / "offline", tmp_path / "snapshot")
     shutil.copytree(BENCH_RESULTS_DIR, tmp_path / "bench", ignore=shutil.ignore_patterns("*_work"))
-    return Sources(bench_dir=tmp_path / "bench", snapshot_dir=tmp_path / "snapshot")
+    (tmp_path / "docs").mkdir()
+    for path in documents():
+        shutil.copy(path, tmp_path / path.relative_to(PROJECT_ROOT))
+    return Sources(bench_dir=tmp_path / "bench", snapshot_dir=tmp_path / "snapshot"), documents(tmp_path)
 
 
-def test_a_changed_number_in_a_file_makes_the_readme_stale(tmp_path):
-    sources = _sources(tmp_path)
+def test_a_changed_number_in_a_file_makes_its_block_stale(tmp_path):
+    sources, paths = _copy(tmp_path)
     summary = pd.read_csv(sources.snapshot_dir / "score_summary.csv")
     summary.loc[0, "auc"] = 0.1234
     summary.to_csv(sources.snapshot_dir / "score_summary.csv", index=False)
     blocks = render_blocks(sources)
     assert "0.123" in blocks["score_summary"]
-    assert stale_blocks(README, blocks) == ["score_summary"]
+    assert stale_blocks(paths, blocks) == ["score_summary"]
 
 
-def test_a_hand_edit_inside_a_block_makes_the_readme_stale():
-    edited = README.replace("| all | 0.473 |", "| all | 0.474 |", 1)
-    assert edited != README
-    assert stale_blocks(edited, render_blocks()) == ["dual_test_retrieval"]
+@pytest.mark.parametrize("name", sorted(RENDERERS))
+def test_a_hand_edit_inside_a_block_makes_it_stale(tmp_path, name):
+    _, paths = _copy(tmp_path)
+    path = blocks_in(paths)[name][0]
+    text = path.read_text()
+    opening = f"<!-- measured:{name} -->"
+    digit = re.compile(r"\d").search(text, text.index(opening) + len(opening))
+    path.write_text(text[:digit.start()] + str((int(digit[0]) + 1) % 10) + text[digit.end():])
+    assert stale_blocks(paths, render_blocks()) == [name]
 
 
 def test_replace_blocks_keeps_tables_indented_and_phrases_inline():
@@ -79,33 +90,35 @@ def test_replace_blocks_keeps_tables_indented_and_phrases_inline():
     assert replace_blocks(replaced, read_blocks(replaced)) == replaced
 
 
-@pytest.mark.parametrize(("blocks", "message"), [({"a": "x"}, "unknown \\['b'\\]"),
-                                                 ({"a": "x", "b": "y", "c": "z"}, "missing \\['c'\\]")])
-def test_replace_blocks_refuses_unknown_or_missing_blocks(blocks, message):
-    text = "<!-- measured:a -->1<!-- /measured --> <!-- measured:b -->2<!-- /measured -->"
-    with pytest.raises(ValueError, match=message):
-        replace_blocks(text, blocks)
+def test_a_block_with_no_renderer_is_refused():
+    with pytest.raises(ValueError, match=r"no renderer: \['b'\]"):
+        replace_blocks("<!-- measured:a -->1<!-- /measured --> <!-- measured:b -->2<!-- /measured -->", {"a": "x"})
 
 
-def test_a_block_named_twice_is_refused():
+def test_a_block_named_twice_is_refused(tmp_path):
     with pytest.raises(ValueError, match="occurs twice"):
         read_blocks("<!-- measured:a -->1<!-- /measured --> <!-- measured:a -->2<!-- /measured -->")
+    for name in ("one.md", "two.md"):
+        (tmp_path / name).write_text("<!-- measured:a -->1<!-- /measured -->")
+    with pytest.raises(ValueError, match=r"occurs in .*one\.md and .*two\.md"):
+        blocks_in([tmp_path / "one.md", tmp_path / "two.md"])
 
 
-def test_update_readme_snapshots_a_run_and_rewrites_the_blocks(tmp_path):
-    sources = _sources(tmp_path)
+def test_update_documents_snapshots_a_run_and_rewrites_the_blocks(tmp_path):
+    sources, paths = _copy(tmp_path)
     run = tmp_path / "run"
     shutil.copytree(sources.snapshot_dir, run)
     metrics = pd.read_csv(run / "metrics.csv")
     metrics["mrr"] = 0.5
     metrics.to_csv(run / "metrics.csv", index=False)
-    readme = tmp_path / "README.md"
-    readme.write_text(README)
+    before = {path: path.read_text() for path in paths}
     assert snapshot_differences(run, sources.snapshot_dir) == ["metrics.csv"]
-    assert update_readme(readme, sources, from_run=run) == ["retrieval_metrics"]
+    assert update_documents(paths, sources, from_run=run) == ["retrieval_metrics"]
     assert snapshot_differences(run, sources.snapshot_dir) == []
-    assert "| 0.500 (" in read_blocks(readme.read_text())["retrieval_metrics"]
-    assert update_readme(readme, sources) == []
+    path, body = blocks_in(paths)["retrieval_metrics"]
+    assert "| 0.500 (" in body
+    assert [p for p in paths if p.read_text() != before[p]] == [path]
+    assert update_documents(paths, sources) == []
 
 
 def test_snapshot_of_an_incomplete_run_is_refused(tmp_path):
@@ -115,6 +128,6 @@ def test_snapshot_of_an_incomplete_run_is_refused(tmp_path):
     assert not (tmp_path / "snapshot").exists()
 
 
-def test_cli_check_says_the_readme_is_up_to_date(capsys):
-    assert main(["measured", "--check"]) == 0
-    assert f"the README's {len(RENDERERS)} measured blocks are up to date" in capsys.readouterr().out
+def test_check_says_the_blocks_are_up_to_date(capsys):
+    assert main(["--check"]) == 0
+    assert f"the {len(RENDERERS)} measured blocks are up to date" in capsys.readouterr().out
