@@ -77,6 +77,10 @@ def test_score_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path
     assert manifest["steps"]["score"]["checkpoints"][0]["weights_sha256"]
     executed_cells = json.loads(Path(executed[1]).read_text())["cells"]
     assert any(cell.get("outputs") for cell in executed_cells if cell["cell_type"] == "code")
+    for path in executed:  # executed notebooks read clean: no library warning (tqdm's "IProgress not found"...)
+        noise = [output["text"] for cell in json.loads(Path(path).read_text())["cells"]
+                 for output in cell.get("outputs", []) if output.get("name") == "stderr"]
+        assert not noise, f"{Path(path).name}: {noise}"
 
 
 def test_hub_checkpoint_offline_stops_the_notebook_with_one_line(challenge_csv, tmp_path):

@@ -55,6 +55,12 @@ class _RayShardWorker:
         return {"record": [json.dumps(self.scorer(str(shard))) for shard in batch["shard"]]}
 
 
+# Ray's notices that are not about this run: the token authentication it enables by default, the progress bars
+# this module turns off, the notebook widgets it would draw.
+_RAY_NOTICES = ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress",
+                "ray.widgets.util")
+
+
 def run_ray(shards: list[ShardInput], task: ShardTask, options: ExecutionOptions) -> Iterator[dict]:
     """Score the shard files on a Ray actor pool (see the module docstring).
 
@@ -68,6 +74,8 @@ def run_ray(shards: list[ShardInput], task: ShardTask, options: ExecutionOptions
         raise ValueError("the ray executor scores shard files; a pairs table runs on the local executor")
     if not shards:
         return
+    for name in _RAY_NOTICES:  # before the import: some are logged while Ray is imported
+        logging.getLogger(name).setLevel(logging.ERROR)
     ray = require("ray", "ray", "the ray executor")
     require("ray.data", "ray", "the ray executor")
 
