@@ -25,7 +25,10 @@ def _project() -> dict:
 
 
 def _imports() -> dict[str, bool]:
-    """Every third-party top-level module the package imports -> whether some module imports it at its top level."""
+    """Every third-party top-level module the package imports -> whether some module imports it at its top level.
+
+    ``require("module", ...)`` (an extra's lazy import) counts as an import inside a function.
+    """
     found: dict[str, bool] = {}
     for path in PACKAGE.rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -35,6 +38,9 @@ def _imports() -> dict[str, bool]:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "require"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                names = [node.args[0].value]
             else:
                 continue
             for name in names:

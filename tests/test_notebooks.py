@@ -57,7 +57,7 @@ def test_unknown_profile_is_a_clear_error():
         load_profile("no-such-profile")
 
 
-def test_score_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path):
+def test_score_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path, capfd):
     profile = tmp_path / "smoke.yaml"
     profile.write_text(yaml.safe_dump({
         "run_dir": "outputs/smoke", "pairs_path": str(challenge_csv), "image_column": "image",
@@ -81,6 +81,8 @@ def test_score_notebooks_run_under_papermill(tiny_specs, challenge_csv, tmp_path
         noise = [output["text"] for cell in json.loads(Path(path).read_text())["cells"]
                  for output in cell.get("outputs", []) if output.get("name") == "stderr"]
         assert not noise, f"{Path(path).name}: {noise}"
+    # the kernel talks over socket files: no "Kernel is running over TCP without encryption" in the run's log
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def test_hub_checkpoint_offline_stops_the_notebook_with_one_line(challenge_csv, tmp_path):

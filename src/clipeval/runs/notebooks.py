@@ -8,6 +8,7 @@ Relative paths in a profile are resolved from the project root, where the notebo
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from pathlib import Path
 
 from clipeval.extras import require
@@ -58,14 +59,41 @@ def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
 def _execute(params: dict, notebooks_dir: Path, out_dir: Path, cwd: Path) -> list[Path]:
     papermill = require("papermill", "notebooks", "running notebooks")
     executed = []
-    for name in params["notebooks"]:
-        source = notebooks_dir / f"{name}.ipynb"
-        target = out_dir / source.name
-        try:
-            papermill.execute_notebook(str(source), str(target), parameters=notebook_parameters(source, params),
-                                       cwd=str(cwd), kernel_name="python3", progress_bar=False)
-        except papermill.PapermillExecutionError as error:
-            raise NotebookFailed(f"{source.name} failed: {error.ename}: {error.evalue.strip()} "
-                                 f"(executed copy: {target})") from None
-        executed.append(target)
+    with tempfile.TemporaryDirectory(prefix="clipeval-kernel-") as socket_dir:
+        kernel_manager = _ipc_kernel_manager(Path(socket_dir))
+        for name in params["notebooks"]:
+            executed.append(_execute_one(papermill, notebooks_dir / f"{name}.ipynb", params, out_dir, cwd,
+                                         kernel_manager))
     return executed
+
+
+def _execute_one(papermill, source: Path, params: dict, out_dir: Path, cwd: Path, kernel_manager: type) -> Path:
+    """Execute one notebook into ``out_dir``; a failing cell raises :class:`NotebookFailed`."""
+    target = out_dir / source.name
+    try:
+        papermill.execute_notebook(str(source), str(target), parameters=notebook_parameters(source, params),
+                                   cwd=str(cwd), kernel_name="python3", progress_bar=False,
+                                   kernel_manager_class=kernel_manager)
+    except papermill.PapermillExecutionError as error:
+        raise NotebookFailed(f"{source.name} failed: {error.ename}: {error.evalue.strip()} "
+                             f"(executed copy: {target})") from None
+    return target
+
+
+def _ipc_kernel_manager(socket_dir: Path) -> type:
+    """A kernel manager whose kernel talks over socket files in ``socket_dir``, not unencrypted TCP ports.
+
+    Over TCP, any local user could listen to the code and outputs on the loopback ports (the
+    kernel warns so at start-up). ``socket_dir`` is a private temporary folder (mode 0700), so
+    two runs in one working directory never share a socket name.
+    """
+    manager = require("jupyter_client.manager", "notebooks", "running notebooks")
+    traitlets = require("traitlets", "notebooks", "running notebooks")
+
+    class IpcKernelManager(manager.AsyncKernelManager):
+        transport = traitlets.CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        def _ip_default(self) -> str:
+            return str(socket_dir / "kernel")
+
+    return IpcKernelManager
