@@ -22,7 +22,9 @@ CAP = 50_000  # bytes; the huge bodies are 4x this
 CAP_MB = CAP / 2**20
 SLOW_S = 3.0  # the slow endpoint's delay, well above CLIENT_TIMEOUT_S even on a loaded CPU
 CLIENT_TIMEOUT_S = 1.0
-OPTIONS = FetchOptions(timeout=CLIENT_TIMEOUT_S, retries=2, backoff=0.01, max_download_mb=CAP_MB, image_cache_dir=None)
+# the stub is on loopback, which is refused by default (tests/test_security_network.py): opt in
+OPTIONS = FetchOptions(timeout=CLIENT_TIMEOUT_S, retries=2, backoff=0.01, max_download_mb=CAP_MB, image_cache_dir=None,
+                       allow_private_urls=True)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -210,7 +212,7 @@ def test_is_url_tells_urls_from_paths():
 
 
 def test_second_fetch_comes_from_the_cache_without_a_request(server, tmp_path):
-    options = FetchOptions(timeout=1.0, retries=0, max_download_mb=CAP_MB, image_cache_dir=tmp_path / "cache")
+    options = replace(OPTIONS, retries=0, image_cache_dir=tmp_path / "cache")
     url = _url(server, "/good.png?cache-test")
 
     first = read_images([url], None, fetch_options=options)
@@ -224,7 +226,7 @@ def test_second_fetch_comes_from_the_cache_without_a_request(server, tmp_path):
 
 
 def test_bodies_that_do_not_decode_are_not_cached(server, tmp_path):
-    options = FetchOptions(timeout=1.0, retries=0, max_download_mb=CAP_MB, image_cache_dir=tmp_path / "cache")
+    options = replace(OPTIONS, retries=0, image_cache_dir=tmp_path / "cache")
     url = _url(server, "/text.jpg?not-cached")
     assert [item.status for item in read_images([url, url], None, fetch_options=options)] == ["decode_error"] * 2
     read_images([url], None, fetch_options=options)

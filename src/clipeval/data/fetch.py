@@ -6,11 +6,24 @@ scheme is checked first: only ``http`` and ``https`` are fetched (``file:``, ``f
 connection resets, HTTP 408, 429 and 5xx) are retried with exponential backoff; everything
 else fails at once. Every outcome is a :class:`Fetched` with a row status, never an exception.
 
+Image URLs come from data, so they are untrusted: by default only public addresses are
+fetched. The host of every request (the first one and each redirect target) is resolved once,
+every address it resolves to is checked (:func:`is_public_address`: not loopback, private,
+link-local such as the cloud metadata address ``169.254.169.254``, multicast, reserved or
+unspecified; IPv4-mapped, 6to4 and NAT64 IPv6 forms are judged by the IPv4 address inside),
+and the connection is opened to that vetted address itself, so a second DNS answer cannot
+swap in another (HTTPS still checks the certificate against the URL's host name). A refused
+URL gets the status ``private_address`` and no byte is sent to it. ``allow_private_urls``
+(``--allow-private-urls``) turns the check off, for data served from your own machine or
+network. Behind a proxy from the environment (``http_proxy``...) the proxy itself is trusted
+and the URL's host is checked by resolving it here (the proxy resolves it again).
+
 The cache keeps one file per URL, named by the SHA-256 of the URL, under
 ``<cache_dir>/url/``. :func:`clipeval.data.images.read_image` stores a body there only after it
 decoded as an image, so a re-run reads it from disk and makes no request; delete the folder
-to fetch again. Concurrency lives in :func:`clipeval.data.images.read_images`, one bounded thread
-pool for local files and URLs alike.
+to fetch again. A cached body is returned without a request, so without a new address check.
+Concurrency lives in :func:`clipeval.data.images.read_images`, one bounded thread pool for
+local files and URLs alike.
 """
 
 from __future__ import annotations
@@ -18,13 +31,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin, urlsplit
-from urllib.request import HTTPRedirectHandler, Request, build_opener
+from urllib.request import HTTPHandler, HTTPRedirectHandler, HTTPSHandler, Request, build_opener
 
 from clipeval import __version__
 from clipeval.atomic import atomic_path
@@ -36,6 +51,8 @@ TRANSIENT_HTTP_CODES = frozenset({408, 429})  # plus every 5xx
 CHUNK_BYTES = 64 * 1024
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+PRIVATE_HINT = "--allow-private-urls opts in"
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,8 @@ class FetchOptions:
         image_cache_dir: the image cache root (URL bodies go under ``<image_cache_dir>/url/``, images
             stored in datasets under ``hf/`` and ``wds/``); ``None`` keeps no URL body.
         backoff: seconds before the first retry; doubled before each further one.
+        allow_private_urls: also fetch URLs whose host is a loopback, private, link-local or
+            reserved address (refused by default, redirects included: ``private_address``).
     """
 
     read_threads: int = field(default=8, metadata={"help": "threads reading image files and fetching URLs at once",
@@ -62,6 +81,9 @@ class FetchOptions:
         "help": "image cache root: URL downloads and images stored in datasets (default data/cache/images)",
         "old_flags": ("--cache-dir",)})
     backoff: float = field(default=0.5, metadata={"cli": False})
+    allow_private_urls: bool = field(default=False, metadata={
+        "help": "also fetch image URLs on loopback, private, link-local or reserved addresses "
+                "(refused by default: status private_address)"})
 
     @property
     def max_bytes(self) -> int:
@@ -103,9 +125,110 @@ class _HttpOnlyRedirects(HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-_OPENER = build_opener(_HttpOnlyRedirects)
-_OPENER.addheaders = [("User-Agent", f"clipeval/{__version__} (Python urllib)"),
-                      ("Accept", "image/*,*/*;q=0.5")]
+class _PrivateAddress(Exception):
+    """A request's host resolves to an address that is not public; nothing was sent to it."""
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is a public internet address, one an image URL may be fetched from by default.
+
+    Loopback, private (RFC 1918, unique-local IPv6), shared (100.64.0.0/10), link-local (the
+    cloud metadata address 169.254.169.254 included), multicast, reserved and unspecified
+    addresses are not. An IPv6 address that carries an IPv4 one (IPv4-mapped ``::ffff:a.b.c.d``,
+    6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``) is judged by that IPv4 address too.
+    """
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:  # the IPv4 address itself, on a dual-stack socket
+            return is_public_address(ip.ipv4_mapped)
+        embedded = ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if embedded is not None and not is_public_address(embedded):
+            return False
+    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+                                 or ip.is_reserved or ip.is_unspecified)
+
+
+def _vetted_addresses(host: str, port: int) -> list:
+    """``getaddrinfo``'s answers for ``host``, after checking that every address in them is public.
+
+    Raises:
+        _PrivateAddress: one of the addresses is not public (so none is used).
+        OSError: the name does not resolve.
+    """
+    answers = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    for *_, sockaddr in answers:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if not is_public_address(ip):
+            shown = host if str(ip) == host.strip("[]") else f"{host} (resolves to {ip})"
+            raise _PrivateAddress(f"{shown} is a loopback, private, link-local or reserved address; "
+                                  f"not fetched ({PRIVATE_HINT})")
+    if not answers:
+        raise OSError(f"no address for {host}")
+    return answers
+
+
+def _vetted_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_):
+    """:func:`socket.create_connection`, but to the addresses :func:`_vetted_addresses` checked, never re-resolved."""
+    host, port = address
+    last_error: OSError | None = None
+    for family, kind, proto, _name, sockaddr in _vetted_addresses(host, port):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as error:
+            sock.close()
+            last_error = error
+    raise last_error  # type: ignore[misc]  # _vetted_addresses never returns an empty list
+
+
+class _VettedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection that only opens a socket to a vetted public address of its host."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _vetted_connection
+
+
+class _VettedHTTPSConnection(http.client.HTTPSConnection):
+    """:class:`_VettedHTTPConnection` for HTTPS; the certificate is still checked against the host name."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _vetted_connection
+
+
+def _connection_class(req: Request, vetted: type, plain: type) -> type:
+    """The vetted connection, or, through a proxy (which is trusted), a plain one after checking the URL's host."""
+    if not (req.has_proxy() or req._tunnel_host):
+        return vetted
+    target = urlsplit(req.full_url)
+    _vetted_addresses(target.hostname or "", target.port or (443 if target.scheme == "https" else 80))
+    return plain
+
+
+class _PublicHTTPHandler(HTTPHandler):
+    """urllib's HTTP handler, connecting through :class:`_VettedHTTPConnection`."""
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_connection_class(req, _VettedHTTPConnection, http_class), req, **kwargs)
+
+
+class _PublicHTTPSHandler(HTTPSHandler):
+    """urllib's HTTPS handler (same TLS context and checks), connecting through :class:`_VettedHTTPSConnection`."""
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_connection_class(req, _VettedHTTPSConnection, http_class), req, **kwargs)
+
+
+_HEADERS = [("User-Agent", f"clipeval/{__version__} (Python urllib)"), ("Accept", "image/*,*/*;q=0.5")]
+_OPENER = build_opener(_HttpOnlyRedirects, _PublicHTTPHandler, _PublicHTTPSHandler)  # public addresses only
+_OPENER.addheaders = _HEADERS
+_ANY_ADDRESS_OPENER = build_opener(_HttpOnlyRedirects)  # allow_private_urls
+_ANY_ADDRESS_OPENER.addheaders = _HEADERS
 
 
 def is_url(ref: str) -> bool:
@@ -138,7 +261,8 @@ def fetch_url(url: str, options: FetchOptions = FetchOptions()) -> Fetched:
 
     Returns:
         A :class:`Fetched`: ``ok`` with the body, or ``bad_scheme``, ``bad_url``,
-        ``http_<code>``, ``timeout``, ``connection_error`` or ``too_large`` with a reason.
+        ``private_address``, ``http_<code>``, ``timeout``, ``connection_error`` or ``too_large``
+        with a reason.
     """
     try:
         scheme = urlsplit(url).scheme.lower()
@@ -161,8 +285,9 @@ def fetch_url(url: str, options: FetchOptions = FetchOptions()) -> Fetched:
 def _fetch_once(url: str, options: FetchOptions) -> tuple[Fetched, bool]:
     """One request; returns the outcome and whether a retry might succeed."""
     started = time.monotonic()
+    opener = _ANY_ADDRESS_OPENER if options.allow_private_urls else _OPENER
     try:
-        with _OPENER.open(Request(url), timeout=options.timeout) as response:
+        with opener.open(Request(url), timeout=options.timeout) as response:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > options.max_bytes:
                 return _too_large(options, f"Content-Length is {int(declared):,} bytes"), False
@@ -175,6 +300,8 @@ def _fetch_once(url: str, options: FetchOptions) -> tuple[Fetched, bool]:
                     return Fetched(None, "timeout", f"body not complete after {options.timeout:g} s"), True
                 chunks.append(chunk)
             return Fetched(b"".join(chunks), "ok"), False
+    except _PrivateAddress as error:
+        return Fetched(None, "private_address", one_line(error)), False
     except _RedirectOutsideHttp as error:
         return Fetched(None, "bad_scheme", f"redirected to a non-http(s) URL: {str(error)[:200]}"), False
     except HTTPError as error:

@@ -16,6 +16,12 @@ scale (libjpeg's DCT scaling, Pillow's ``draft``) while its short side stays at 
 ``min_side``: several times faster for photos much larger than a model's input, with the
 deviation measured in ``bench/bench_pipeline.py`` (see docs/speed.md).
 
+Images come from the web and may be hostile, so every image in the project is opened by
+:func:`open_image`, which tries only the formats of :data:`IMAGE_FORMATS` (those the project
+reads: JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF, PPM, TGA, ICO, JPEG 2000, QOI). Any other
+format is refused before its parser runs, whatever the file is named: EPS/PostScript (which
+Pillow would render by running Ghostscript), PSD, PCX, SGI, DDS... get ``format_refused``.
+
 :data:`STATUSES` lists every per-row status a run can report, with its meaning.
 """
 
@@ -26,8 +32,9 @@ import hashlib
 import io
 import math
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from clipeval.data.fetch import FetchOptions, fetch_url, is_url, save_to_cache
 
 MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit, made explicit
+# The only formats opened, by the name of Pillow's reader: those whose extensions the folder source and shards take
+# (clipeval.data.sources.IMAGE_EXTENSIONS). JPEG also reads MPO (phones' multi-picture JPEGs), PNG reads APNG, PPM
+# reads PBM/PGM/PNM. Never EPS (Pillow runs Ghostscript on it), nor any format Pillow adds later.
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF", "PPM", "TGA", "ICO",
+                                  "JPEG2000", "QOI")
 
 STATUSES: dict[str, str] = {
     "ok": "the image was read and the caption is usable",
@@ -45,13 +57,21 @@ STATUSES: dict[str, str] = {
     "empty_file": "the file or download is empty (0 bytes)",
     "truncated": "the image data ends early (an incomplete file or download)",
     "decode_error": "the content is not an image Pillow can decode (e.g. text or HTML named .jpg)",
+    "format_refused": "the content is an image format outside the allow-list (EPS, PSD, PCX...: "
+                      "clipeval.data.images.IMAGE_FORMATS); refused before any parsing, whatever the file's name",
     "too_many_pixels": "width x height exceeds the pixel cap (decompression-bomb guard); checked from the header",
     "bad_scheme": "the URL is not http/https (file:, ftp:, data:...) or redirects to one; never fetched",
     "bad_url": "the URL is malformed (no host, invalid characters)",
+    "private_address": "the URL's host resolves to a loopback, private, link-local or reserved address; refused "
+                       "(--allow-private-urls opts in)",
     "http_<code>": "the server answered with this HTTP error, e.g. http_404, http_403, http_503 after retries",
     "timeout": "no complete response within the per-request timeout, after retries",
     "connection_error": "the connection failed (DNS, refused, reset after retries, TLS)",
     "too_large": "the download exceeds the byte cap; abandoned mid-stream",
+    "member_too_large": "a shard's tar member (or parquet image cell) exceeds the member byte cap "
+                        "(--max-member-mb); refused from the tar header, never read",
+    "duplicate_uid": "an earlier row of the same shard has this uid (the reason names it); this row keeps its "
+                     "place, gets the uid <uid>#<row> and is not scored",
     "preprocess_error": "the model's image transform rejected the decoded image (set during scoring)",
     "empty_caption": "the caption is missing, NaN, empty or only whitespace/invisible characters",
     "bad_caption": "the caption cell is not text (e.g. a number or a list)",
@@ -76,11 +96,14 @@ class LoadedImage:
         image: the RGB image, or ``None`` when reading failed.
         status: ``ok`` or a failure code from :data:`STATUSES`.
         error: a human-readable reason; empty when ``status == "ok"``.
+        format: the format Pillow read (``JPEG``, ``PNG``...: one of :data:`IMAGE_FORMATS`, or
+            ``MPO``); empty when reading failed.
     """
 
     image: Image.Image | None
     status: str
     error: str = ""
+    format: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,99 @@ class RawImage:
     status: str
     error: str = ""
     digest: str = ""
+
+
+@dataclass(frozen=True)
+class FailedCell:
+    """An image cell that a reader has already refused (a shard member over the byte cap, a duplicate uid).
+
+    :func:`read_image_bytes` reports its status and reason without reading anything, so the
+    row keeps its place through scoring. ``str()`` gives the original reference (empty for bytes).
+
+    Attributes:
+        ref: the cell's original content: a path/URL string, the image bytes, or None.
+        status: a failure code from :data:`STATUSES`.
+        error: a human-readable reason.
+    """
+
+    ref: str | bytes | None = field(repr=False)
+    status: str
+    error: str
+
+    def __str__(self) -> str:
+        return self.ref if isinstance(self.ref, str) else ""
+
+
+class FormatRefusedError(UnidentifiedImageError):
+    """The content is an image in a format outside the allow-list; no parser of that format ran."""
+
+
+def open_image(source: str | os.PathLike | io.IOBase, formats: Iterable[str] = IMAGE_FORMATS) -> Image.Image:
+    """Open an image (its header; pixels load lazily) trying only the allowed formats: the one way images are opened.
+
+    Args:
+        source: a path or a binary file object (read from its start).
+        formats: the Pillow format names tried (default :data:`IMAGE_FORMATS`).
+
+    Returns:
+        The opened PIL image; use it as a context manager.
+
+    Raises:
+        FormatRefusedError: the content starts like a known format that is not in ``formats``;
+            the message says ``format X is not accepted``.
+        PIL.UnidentifiedImageError: no format recognises the content.
+        PIL.Image.DecompressionBombError: over twice Pillow's pixel limit (its own guard).
+        OSError: the file cannot be read.
+    """
+    formats = tuple(name.upper() for name in formats)
+    Image.init()  # every plugin registered, so that the allowed names are known and a refused one can be named
+    try:
+        return Image.open(source, formats=[name for name in formats if name in Image.OPEN])
+    except UnidentifiedImageError as error:
+        refused = _refused_format(source, formats)
+        if refused:
+            raise FormatRefusedError(f"format {refused} is not accepted (accepted: {', '.join(formats)})") from error
+        raise
+
+
+def failure_status(error: BaseException) -> tuple[str, str]:
+    """The row status and reason of an exception from :func:`open_image` or decoding (see :data:`STATUSES`)."""
+    if isinstance(error, Image.DecompressionBombError):  # PIL's own guard fires at open, above 2x its limit
+        return "too_many_pixels", str(error)
+    if isinstance(error, FormatRefusedError):
+        return "format_refused", str(error)
+    if isinstance(error, UnidentifiedImageError):
+        return "decode_error", "not a recognised image format"
+    if isinstance(error, FileNotFoundError):
+        return "missing", f"no such file: {error.filename}"
+    if isinstance(error, (PermissionError, IsADirectoryError, NotADirectoryError)):
+        return "read_error", f"{type(error).__name__}: {error}"
+    message = f"{type(error).__name__}: {error}"
+    return ("truncated" if "truncated" in message.lower() else "decode_error"), message
+
+
+def _refused_format(source, allowed: tuple[str, ...]) -> str | None:
+    """The format whose signature ``source``'s first 16 bytes carry, when no allowed format claims them.
+
+    Only the plugins' signature checks run (what Pillow itself runs on these 16 bytes), never a parser.
+    """
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                prefix = handle.read(16)
+        else:
+            source.seek(0)
+            prefix = source.read(16)
+    except (OSError, ValueError, AttributeError):
+        return None
+    claimed = []
+    for name, (_, accept) in Image.OPEN.items():
+        with contextlib.suppress(Exception):
+            if accept is not None and accept(prefix):
+                claimed.append(name)
+    if not claimed or any(name in allowed for name in claimed):
+        return None
+    return claimed[0]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -139,7 +255,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int | None
 
     Returns:
         A :class:`LoadedImage`; ``status`` is ``ok``, ``empty_file``, ``too_many_pixels``,
-        ``truncated`` or ``decode_error``.
+        ``format_refused`` (not in :data:`IMAGE_FORMATS`), ``truncated`` or ``decode_error``.
     """
     if not data:
         return _empty()
@@ -151,8 +267,9 @@ def read_image_bytes(ref: str | bytes, base_dir: Path | None = None, max_pixels:
     """Read one image's bytes from a local path or an http(s) URL, with their SHA-256.
 
     Args:
-        ref: a path (absolute, or relative to ``base_dir``), a URL, or the image's bytes
-            themselves (a shard that stores images inline).
+        ref: a path (absolute, or relative to ``base_dir``), a URL, the image's bytes
+            themselves (a shard that stores images inline), or a :class:`FailedCell` (its
+            status is returned; nothing is read).
         base_dir: the folder relative paths are resolved against.
         max_pixels: the pixel cap used to check a downloaded body before it is cached.
         fetch_options: timeout, retries, size cap and cache for URLs.
@@ -163,6 +280,8 @@ def read_image_bytes(ref: str | bytes, base_dir: Path | None = None, max_pixels:
         :func:`clipeval.data.fetch.fetch_url` for URLs, and (for a new download, which is
         decoded once before it is cached) :func:`decode_image`'s codes.
     """
+    if isinstance(ref, FailedCell):
+        return RawImage(None, ref.status, ref.error)
     if isinstance(ref, os.PathLike):
         ref = os.fspath(ref)
     if isinstance(ref, bytes):
@@ -199,7 +318,7 @@ def header_size(data: bytes | None) -> tuple[int, int] | None:
     if not data:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with open_image(io.BytesIO(data)) as opened:
             return opened.size
     except Exception:  # noqa: BLE001 - any unreadable header simply has no size
         return None
@@ -246,7 +365,7 @@ def read_images(refs: list[str], base_dir: Path | None = None, max_pixels: int =
 
 
 def _each_distinct(refs: list[str], read, threads: int) -> list:
-    keys = [ref if isinstance(ref, (str, bytes, os.PathLike)) else None for ref in refs]
+    keys = [ref if isinstance(ref, (str, bytes, os.PathLike, FailedCell)) else None for ref in refs]
     unique = list(dict.fromkeys(keys))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         loaded = dict(zip(unique, pool.map(read, unique)))
@@ -275,9 +394,9 @@ def _read_url(url: str, max_pixels: int, options: FetchOptions) -> RawImage:
 
 
 def _decode(handle: io.BytesIO, max_pixels: int, min_side: int | None = None) -> LoadedImage:
-    """Open (header only), check the pixel count, then decode the first frame."""
+    """Open (header only, allowed formats only), check the pixel count, then decode the first frame."""
     try:
-        with Image.open(handle) as opened:
+        with open_image(handle) as opened:
             width, height = opened.size
             if width * height > max_pixels:
                 return LoadedImage(None, "too_many_pixels",
@@ -286,15 +405,9 @@ def _decode(handle: io.BytesIO, max_pixels: int, min_side: int | None = None) ->
                 scale = min_side / min(width, height)
                 opened.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
             opened.load()
-            return LoadedImage(to_rgb(opened), "ok")
-    except Image.DecompressionBombError as error:  # PIL's own guard fires at open, above 2x its limit
-        return LoadedImage(None, "too_many_pixels", str(error))
-    except UnidentifiedImageError:
-        return LoadedImage(None, "decode_error", "not a recognised image format")
+            return LoadedImage(to_rgb(opened), "ok", format=opened.format or "")
     except Exception as error:  # noqa: BLE001 - a corrupt file may raise anything; one row must not stop a run
-        message = f"{type(error).__name__}: {error}"
-        status = "truncated" if "truncated" in message.lower() else "decode_error"
-        return LoadedImage(None, status, message)
+        return LoadedImage(None, *failure_status(error))
 
 
 def _empty() -> LoadedImage:

@@ -13,22 +13,50 @@ Every sample becomes a row, in file order, with a ``uid``: the shard's own ``uid
 a webdataset ``json``'s ``uid``) when it has one, else ``<shard name>/<key or row number>``.
 A sample with no image or no caption keeps its row (scoring gives it a status); a shard that
 cannot be read at all raises :class:`ShardReadError`.
+
+Shards are web data and may be hostile, so:
+
+* **a byte cap per member** (:data:`MAX_MEMBER_BYTES`, or ``max_member_bytes``; the command
+  line's ``--max-member-mb``): a tar member larger than the cap is refused from its header,
+  before any byte of it is read, and no member is ever read past the cap, whatever the tar's
+  compression (gzip, bz2 and xz tars are read whatever their name). The sample keeps its row,
+  with the status ``member_too_large``; an image cell of a parquet shard over the cap gets the
+  same status;
+* **safe uids** (:func:`safe_uid`): no ``..`` part, no leading ``/``, no backslash or control
+  character, whatever the member names or the ``uid`` column hold;
+* **unique uids**: a uid an earlier row of the shard already has (a tar whose files are not
+  grouped by key, a ``uid`` column with repeats, two names that make the same safe uid) keeps
+  its row, with the uid ``<uid>#<row>`` and the status ``duplicate_uid``, whose reason names
+  the first row. Nothing is silently dropped or overwritten. A key's repeated extension in a
+  tar (two ``a.txt`` in a row) starts a new sample rather than replacing the first file.
+
+The statuses reach scoring through the image cell: a refused sample's cell is a
+:class:`~clipeval.data.images.FailedCell`, which :func:`~clipeval.data.images.read_image_bytes`
+reports without reading anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import itertools
 import json
+import lzma
 import re
 import tarfile
+
+# the stdlib's reader behind gzip.GzipFile, bz2.BZ2File and lzma.LZMAFile, the one that takes a memory limit
+# (requires-python pins 3.11; Python 3.14 moves it to compression._common._streams)
+from _compression import DecompressReader
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
 from clipeval.atomic import atomic_path
+from clipeval.data.images import FailedCell
 from clipeval.data.sources import IMAGE_EXTENSIONS as FOLDER_IMAGE_EXTENSIONS
 from clipeval.data.sources import read_delimited
 
@@ -38,6 +66,13 @@ SHARD_SUFFIXES = TABLE_SUFFIXES + TAR_SUFFIXES
 # a sample's image: any extension a folder source takes as an image
 IMAGE_EXTENSIONS = tuple(sorted(extension.lstrip(".") for extension in FOLDER_IMAGE_EXTENSIONS))
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
+# the largest shard member read (bytes), as FetchOptions.max_download_mb for a download: the default of
+# read_shard's max_member_bytes and of ShardOptions.max_member_mb
+MAX_MEMBER_BYTES = 50 * 2**20
+# the most memory an xz tar may ask for to decompress (its dictionary: `xz -9` needs 65 MiB); more is refused, since
+# skipping a member fills the dictionary however large the stream declares it (gzip and bz2 windows are small)
+XZ_MEMORY_LIMIT = 128 * 2**20
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
@@ -111,27 +146,32 @@ def shard_name(path: str | Path) -> str:
 
 
 def read_shard(path: str | Path, image_column: str = "image", caption_column: str = "caption",
-               uid_column: str = "uid") -> pd.DataFrame:
+               uid_column: str = "uid", max_member_bytes: int | None = None) -> pd.DataFrame:
     """Read one shard whole: one row per sample, in file order.
 
     Args:
-        path: a ``.parquet``, ``.csv``, ``.tsv`` or webdataset ``.tar`` file.
+        path: a ``.parquet``, ``.csv``, ``.tsv`` or webdataset ``.tar`` file (plain, gzip, bz2 or xz).
         image_column: the column holding the image (for a tar: where the image bytes go).
         caption_column: the caption column (for a tar: where the ``txt`` goes).
         uid_column: the column with each sample's unique id, when the shard has one.
+        max_member_bytes: the byte cap of one tar member or image cell (default
+            :data:`MAX_MEMBER_BYTES`); a sample over it gets ``member_too_large``.
 
     Returns:
-        The samples, with a ``uid`` column (strings) and ``attrs["base_dir"]`` (the shard's
-        folder, for relative image paths). Image cells hold a path/URL string, bytes, or None.
+        The samples, with a ``uid`` column (safe, unique strings: :func:`shard_uids`) and
+        ``attrs["base_dir"]`` (the shard's folder, for relative image paths). Image cells hold
+        a path/URL string, bytes, None, or a :class:`~clipeval.data.images.FailedCell` for a
+        sample refused here (``member_too_large``, ``duplicate_uid``).
 
     Raises:
         ShardReadError: the shard is missing, unreadable, or lacks the image or caption column.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    cap = MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
     try:
         if suffix in TAR_SUFFIXES:
-            table = _read_webdataset(path, image_column, caption_column)
+            table = _read_webdataset(path, image_column, caption_column, cap)
         elif suffix == ".parquet":
             table = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv"):
@@ -146,24 +186,80 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
     if missing:
         raise ShardReadError(f"{path}: no column(s) {missing}; it has {list(table.columns)}")
     table = table.reset_index(drop=True)
-    table[image_column] = [_image_cell(value) for value in table[image_column]]
-    table["uid"] = shard_uids(table, shard_name(path), uid_column)
+    cells = [_capped(_image_cell(value), cap) for value in table[image_column]]
+    wanted = _wanted_uids(table, shard_name(path), uid_column)
+    uids, first_rows = _unique_uids(wanted)
+    for row, first in first_rows.items():
+        if not isinstance(cells[row], FailedCell):  # a sample already refused keeps its own status
+            cells[row] = FailedCell(cells[row], "duplicate_uid",
+                                    f"uid {wanted[row]} is also row {first}'s (the first keeps it); this row is "
+                                    f"{uids[row]} and is not scored")
+    table[image_column] = pd.Series(cells, dtype=object)
+    table["uid"] = pd.Series(uids, dtype=object)
     table.attrs["base_dir"] = str(path.parent)
     return table
 
 
+def safe_uid(text: object) -> str:
+    """``text`` as a safe name: no ``..`` part, no leading ``/``, no backslash, control or non-ASCII character.
+
+    Path parts stay apart by ``/``; empty and ``.`` parts are dropped (a leading ``/``, ``./``,
+    ``//``), a ``..`` part is written ``%2E%2E``, and every character but ASCII letters, digits
+    and ``-_.~`` is percent-encoded as UTF-8 (``%`` itself too), so ``../../a b`` gives
+    ``%2E%2E/%2E%2E/a%20b``. Texts that differ only in dropped parts (``./a`` and ``a``) give the
+    same name: :func:`shard_uids` makes such a clash unique and :func:`read_shard` reports it.
+    Nothing left gives ``_``.
+    """
+    parts = [part for part in str(text).split("/") if part not in ("", ".")]
+    return "/".join("%2E%2E" if part == ".." else quote(part, safe="") for part in parts) or "_"
+
+
 def shard_uids(table: pd.DataFrame, name: str, uid_column: str = "uid") -> pd.Series:
-    """Each sample's unique id: its ``uid_column`` when every row has one, else ``<name>/<webdataset key>``,
-    else ``<name>/<row>``."""
+    """Each sample's unique id, a :func:`safe_uid`: its ``uid_column`` when every row has one, else
+    ``<name>/<webdataset key>``, else ``<name>/<row>``.
+
+    A uid an earlier row already has becomes ``<uid>#<row>`` (``#`` is never in a safe uid, so the
+    result is unique); :func:`read_shard` gives such rows the status ``duplicate_uid``.
+    """
+    return pd.Series(_unique_uids(_wanted_uids(table, name, uid_column))[0], dtype=object)
+
+
+def _wanted_uids(table: pd.DataFrame, name: str, uid_column: str) -> list[str]:
+    """Each row's safe uid before duplicates are made unique."""
     if uid_column in table and table[uid_column].notna().all():
-        return table[uid_column].astype(str).reset_index(drop=True)
+        return [safe_uid(value) for value in table[uid_column].astype(str)]
+    name = safe_uid(name)
     if "__key__" in table:
-        return (name + "/" + table["__key__"].astype(str)).reset_index(drop=True)
-    return pd.Series([f"{name}/{row}" for row in range(len(table))], dtype=object)
+        return [f"{name}/{safe_uid(key)}" for key in table["__key__"].astype(str)]
+    return [f"{name}/{row}" for row in range(len(table))]
 
 
-def _image_cell(value: object) -> str | bytes | None:
+def _unique_uids(wanted: list[str]) -> tuple[list[str], dict[int, int]]:
+    """The uids made unique (a repeat becomes ``<uid>#<row>``) and, per repeated row, the row that has the uid."""
+    first_row: dict[str, int] = {}
+    uids, repeats = [], {}
+    for row, uid in enumerate(wanted):
+        if uid in first_row:
+            repeats[row] = first_row[uid]
+            uid = f"{uid}#{row}"
+        else:
+            first_row[uid] = row
+        uids.append(uid)
+    return uids, repeats
+
+
+def _capped(cell: object, cap: int) -> object:
+    """An image cell of more than ``cap`` bytes (a parquet shard's image bytes) as ``member_too_large``."""
+    if isinstance(cell, bytes) and len(cell) > cap:
+        return FailedCell(None, "member_too_large",
+                          f"the image cell holds {len(cell):,} bytes, over the {cap:,}-byte member cap")
+    return cell
+
+
+def _image_cell(value: object) -> str | bytes | FailedCell | None:
     """A path/URL string or image bytes; a Hugging Face image record gives its bytes (or its path)."""
+    if isinstance(value, FailedCell):
+        return value
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -177,42 +273,86 @@ def _tar_members(archive: tarfile.TarFile) -> Iterator[tuple[int, str, str, tarf
     """webdataset's grouping of a tar: ``(sample number, key, extension, member)`` per file.
 
     A sample is a run of consecutive files sharing a key, the member name up to the first dot
-    of its last path part; the extension (the rest) is lower-cased. Directories and files with
-    no extension are skipped.
+    of its last path part; the extension (the rest) is lower-cased. An extension the run already
+    has starts a new sample (its file is never dropped or overwritten). Directories, links and
+    files with no extension are skipped.
     """
-    number, key = -1, None
+    number, key, extensions = -1, None, set()
     for member in archive:
         folder, _, base = member.name.rpartition("/")
         stem, dot, extension = base.partition(".")
         if not member.isfile() or not dot:
             continue
-        member_key = f"{folder}/{stem}" if folder else stem
-        if member_key != key:
-            number, key = number + 1, member_key
-        yield number, member_key, extension.lower(), member
+        member_key, extension = (f"{folder}/{stem}" if folder else stem), extension.lower()
+        if member_key != key or extension in extensions:
+            number, key, extensions = number + 1, member_key, set()
+        extensions.add(extension)
+        yield number, member_key, extension, member
 
 
-def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _tar_samples(path: str | Path, cap: int) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
+    """A tar's samples: ``(key, {extension: content}, [reason per member over the cap])``.
+
+    A member's size is read from its header: one over ``cap`` is skipped without reading a byte
+    of it, and no read asks for more than ``cap + 1`` bytes, so a compressed tar cannot inflate
+    one member in memory.
+    """
+    with _open_tar(path) as archive:
+        number, key, files, over = None, None, {}, []
+        for member_number, member_key, extension, member in _tar_members(archive):
+            if member_number != number and number is not None:
+                yield key, files, over
+                files, over = {}, []
+            number, key = member_number, member_key
+            data = archive.extractfile(member).read(cap + 1) if member.size <= cap else b""
+            if member.size > cap or len(data) > cap:
+                over.append(f"member {member.name!r} is {max(member.size, len(data)):,} bytes, over the "
+                            f"{cap:,}-byte member cap; not read")
+            else:
+                files[extension] = data
+        if number is not None:
+            yield key, files, over
+
+
+@contextlib.contextmanager
+def _open_tar(path: str | Path) -> Iterator[tarfile.TarFile]:
+    """A tar opened for reading, plain, gzip, bz2 or xz whatever its name; xz under :data:`XZ_MEMORY_LIMIT`."""
+    with open(path, "rb") as handle:
+        xz = handle.read(len(_XZ_MAGIC)) == _XZ_MAGIC
+        handle.seek(0)
+        stream = (io.BufferedReader(DecompressReader(handle, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                     memlimit=XZ_MEMORY_LIMIT)) if xz else handle)
+        try:
+            with tarfile.open(fileobj=stream, mode="r:" if xz else "r:*") as archive:
+                yield archive
+        except lzma.LZMAError as error:
+            if "memory" not in str(error).lower():
+                raise
+            raise ShardReadError(f"{path}: the xz stream needs more than {XZ_MEMORY_LIMIT:,} bytes of memory to "
+                                 f"decompress (clipeval.data.shards.XZ_MEMORY_LIMIT); not read") from error
+
+
+def iter_tar_samples(path: str | Path, max_member_bytes: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """A webdataset tar's samples in file order, one at a time: ``(key, {extension: content})``.
 
+    Args:
+        path: the tar (plain, gzip, bz2 or xz).
+        max_member_bytes: the byte cap of one member (default :data:`MAX_MEMBER_BYTES`).
+
     Raises:
+        ShardReadError: a member is over the cap (checked from its header; nothing of it is read).
         tarfile.TarError, OSError, EOFError: the tar cannot be read.
     """
-    with tarfile.open(path, mode="r:*") as archive:
-        key, sample = None, {}
-        for _, member_key, extension, member in _tar_members(archive):
-            if member_key != key and sample:
-                yield key, sample
-                sample = {}
-            key = member_key
-            sample[extension] = archive.extractfile(member).read()
-        if sample:
-            yield key, sample
+    cap = MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
+    for key, files, over in _tar_samples(path, cap):
+        if over:
+            raise ShardReadError(f"{path}: sample {key!r}: {'; '.join(over)}")
+        yield key, files
 
 
-def _read_webdataset(path: Path, image_column: str, caption_column: str) -> pd.DataFrame:
+def _read_webdataset(path: Path, image_column: str, caption_column: str, cap: int) -> pd.DataFrame:
     rows = []
-    for key, files in iter_tar_samples(path):
+    for key, files, over in _tar_samples(path, cap):
         row: dict[str, object] = {"__key__": key}
         if "json" in files:
             try:
@@ -223,7 +363,7 @@ def _read_webdataset(path: Path, image_column: str, caption_column: str) -> pd.D
                 row.update({name: value for name, value in fields.items()
                             if value is None or isinstance(value, (str, int, float, bool))})
         image = next((files[ext] for ext in IMAGE_EXTENSIONS if ext in files), None)
-        row[image_column] = image
+        row[image_column] = FailedCell(image, "member_too_large", "; ".join(over)) if over else image
         caption = next((files[ext] for ext in CAPTION_EXTENSIONS if ext in files), None)
         if caption is not None:
             row[caption_column] = caption.decode("utf-8", errors="replace").strip()
@@ -308,7 +448,7 @@ def write_filtered_shard(path: str | Path, keep_rows: list[int], out_path: str |
     keep = set(keep_rows)
     with atomic_path(out_path) as tmp:
         if path.suffix.lower() in TAR_SUFFIXES:
-            with tarfile.open(path, mode="r:*") as source, tarfile.open(tmp, "w") as target:
+            with _open_tar(path) as source, tarfile.open(tmp, "w") as target:
                 for number, _, _, member in _tar_members(source):
                     if number in keep:
                         target.addfile(member, source.extractfile(member))

@@ -4,10 +4,19 @@ Off by default. It is configured by environment variables, read when an :class:`
 is made (constructor arguments override them):
 
 - ``CLIPEVAL_LABEL_API_BASE``: the API root, e.g. ``https://api.openai.com/v1``; requests go to
-  ``<base>/chat/completions``.
+  ``<base>/chat/completions``. It must be ``https``; plain ``http`` only to a loopback host
+  (``127.0.0.0/8``, ``::1``, ``localhost``), e.g. a model served on this machine.
 - ``CLIPEVAL_LABEL_API_MODEL``: the model name (default ``gpt-4o-mini``).
 - ``CLIPEVAL_LABEL_API_KEY``: the key, sent as ``Authorization: Bearer <key>``; never written to
   stats, logs or the cache.
+
+The key is sent only to the configured host, never in clear text across a network: when a key
+is set, a base that is neither ``https`` nor plain ``http`` on loopback raises :class:`ValueError`
+as the captioner is made, before anything is sent. Redirects are never followed (urllib would
+copy the key to the new host): a redirect is an ``api_error`` naming its target. A loopback
+``http`` base bypasses any proxy from the environment. Whatever the server says back (error
+messages, malformed replies, even captions) is stored and shown only with the key (and
+``Bearer <key>``) replaced by ``***``.
 
 Without a base or a key nothing is sent: every readable image gets the status ``api_off``,
 ``stats["api_off"]`` is true and one warning says how to turn it on. Images given as URLs are
@@ -34,6 +43,7 @@ import contextlib
 import hashlib
 import http.client
 import io
+import ipaddress
 import json
 import math
 import os
@@ -43,10 +53,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
-from urllib.request import Request, urlopen
+from urllib.parse import urljoin, urlsplit
+from urllib.request import HTTPRedirectHandler, ProxyHandler, Request, build_opener
 
 import pandas as pd
-from PIL import Image
 
 from clipeval import __version__
 from clipeval.atomic import write_json
@@ -63,13 +73,27 @@ DEFAULT_PROMPT = ("Write one concise, factual caption of this image: a single se
 DEFAULT_CACHE_DIR = DATA_DIR / "cache" / "label_api"
 OFF_REASON = f"set {BASE_ENV} and {KEY_ENV} to caption with an API"
 SENT_AS_IS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+REDACTED = "***"
 
 API_STATUSES: dict[str, str] = {
     "api_off": f"no API is configured ({BASE_ENV} or {KEY_ENV} unset); nothing was sent",
-    "api_error": "the API answered with an HTTP error (429 and 5xx after retries), or could not be reached",
+    "api_error": "the API answered with an HTTP error (429 and 5xx after retries) or a redirect (never followed), "
+                 "or could not be reached",
     "api_timeout": "no complete reply within the timeout, after retries",
     "api_bad_response": "the reply is not JSON or has no choices[0].message.content text",
 }
+
+
+class _NoRedirects(HTTPRedirectHandler):
+    """Follow no redirect: urllib would send the request's headers, the key included, to the new URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises the 3xx as an HTTPError, reported as api_error
+
+
+_OPENER = build_opener(_NoRedirects)
+_DIRECT_OPENER = build_opener(_NoRedirects, ProxyHandler({}))  # a plain-http loopback base: never via a proxy
 
 
 @dataclass(frozen=True)
@@ -87,7 +111,8 @@ class ApiCaptioner:
     """An OpenAI-compatible chat API as a labeller: one caption per image (see the module docstring).
 
     Args:
-        base: the API root (``<base>/chat/completions`` is called); default ``$CLIPEVAL_LABEL_API_BASE``.
+        base: the API root (``<base>/chat/completions`` is called); default ``$CLIPEVAL_LABEL_API_BASE``;
+            ``https``, or plain ``http`` on a loopback host.
         model: the API model; default ``$CLIPEVAL_LABEL_API_MODEL``, else ``gpt-4o-mini``.
         key: the API key; default ``$CLIPEVAL_LABEL_API_KEY``.
         prompt: the instruction sent with every image.
@@ -98,6 +123,10 @@ class ApiCaptioner:
         concurrency: the most requests in flight at once.
         cache_dir: where replies are cached; ``None`` disables the cache.
         progress: show a progress bar.
+
+    Raises:
+        ValueError: a key is set and the base is not ``https`` (nor ``http`` on a loopback host), so
+            the key would travel in clear text or to an unexpected scheme.
     """
 
     name = "api"
@@ -113,6 +142,9 @@ class ApiCaptioner:
         self.retries, self.backoff, self.concurrency = retries, backoff, max(1, concurrency)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.progress = progress
+        self._opener = _OPENER
+        if self.enabled:
+            self._opener = _DIRECT_OPENER if _check_base(self.base, self._redact) == "http" else _OPENER
 
     @property
     def enabled(self) -> bool:
@@ -150,7 +182,7 @@ class ApiCaptioner:
 
     def settings(self) -> dict:
         """The labeller's parameters, as recorded in stats (the key is never included)."""
-        return {"labeller": self.name, "model": self.model, "base": self.base, "prompt": self.prompt,
+        return {"labeller": self.name, "model": self.model, "base": self._redact(self.base), "prompt": self.prompt,
                 "max_tokens": self.max_tokens, "timeout": self.timeout, "retries": self.retries,
                 "concurrency": self.concurrency, "cache_dir": None if self.cache_dir is None else str(self.cache_dir)}
 
@@ -204,22 +236,32 @@ class ApiCaptioner:
         return Request(f"{self.base}/chat/completions", data=json.dumps(body).encode("utf-8"), headers=headers,
                        method="POST")
 
+    def _redact(self, text) -> str:
+        """``text`` with the key (and ``Bearer <key>``) replaced by ``***``: for everything stored or shown."""
+        text = str(text)
+        if self._key:
+            text = text.replace(f"Bearer {self._key}", REDACTED).replace(self._key, REDACTED)
+        return text
+
     def _ask(self, request: Request) -> _Outcome:
-        """Send a request, retrying transient failures with exponential backoff."""
+        """Send a request, retrying transient failures with exponential backoff; the outcome holds no key."""
         attempt = 0
         while True:
             outcome, transient = self._post(request)
             if not transient or attempt >= self.retries:
-                return _Outcome(outcome.status, outcome.error, outcome.caption, requests=attempt + 1)
+                return _Outcome(outcome.status, one_line(self._redact(outcome.error)), self._redact(outcome.caption),
+                                requests=attempt + 1)
             time.sleep(self.backoff * 2**attempt)
             attempt += 1
 
     def _post(self, request: Request) -> tuple[_Outcome, bool]:
-        """One attempt; returns the outcome and whether a retry might succeed."""
+        """One attempt; returns the outcome (its texts not yet redacted) and whether a retry might succeed."""
         try:
-            with urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 body = response.read()
         except HTTPError as error:
+            if error.code in REDIRECT_CODES:
+                return _Outcome("api_error", self._redirect_reason(request, error)), False
             transient = error.code in TRANSIENT_HTTP_CODES or error.code >= 500
             return _Outcome("api_error", _http_reason(error)), transient
         except TimeoutError:
@@ -227,15 +269,26 @@ class ApiCaptioner:
         except URLError as error:
             if isinstance(error.reason, TimeoutError):
                 return _timeout(self.timeout), True
-            return _Outcome("api_error", one_line(f"cannot reach {self.base}: {error.reason}")), False
+            return _Outcome("api_error", f"cannot reach {self.base}: {error.reason}"), False
         except (http.client.HTTPException, OSError) as error:
             transient = isinstance(error, (ConnectionResetError, ConnectionAbortedError, http.client.IncompleteRead))
-            return _Outcome("api_error", one_line(f"{type(error).__name__}: {error}")), transient
+            return _Outcome("api_error", f"{type(error).__name__}: {error}"), transient
         except ValueError as error:  # urllib's verdict on a malformed base URL
-            return _Outcome("api_error", one_line(f"bad API URL {request.full_url[:200]}: {error}")), False
+            return _Outcome("api_error", f"bad API URL {request.full_url[:200]}: {error}"), False
         except Exception as error:  # noqa: BLE001 - one odd reply must not stop a run
-            return _Outcome("api_error", one_line(f"{type(error).__name__}: {error}")), False
+            return _Outcome("api_error", f"{type(error).__name__}: {error}"), False
+        if self._key:  # before _parse_reply quotes the body's start, which could cut an echoed key in two
+            body = body.replace(self._key.encode("utf-8"), REDACTED.encode("ascii"))
         return _parse_reply(body), False
+
+    def _redirect_reason(self, request: Request, error: HTTPError) -> str:
+        """Why a redirect was not followed, naming its target."""
+        with error:
+            headers = error.headers or {}
+            location = headers.get("Location") or headers.get("URI") or ""
+        target = urljoin(request.full_url, location) if location else "(no Location)"
+        return (f"the API redirected to {target[:200]} (HTTP {error.code}); not followed, the key is only sent to "
+                f"{urlsplit(self.base).netloc}")
 
     def _labels(self, refs: list, outcomes: dict) -> pd.DataFrame:
         """One label row per image with a non-empty caption, in input order."""
@@ -248,8 +301,42 @@ class ApiCaptioner:
         failed = images[images["status"].isin(["api_error", "api_timeout", "api_bad_response"])]
         if len(failed):
             counts = ", ".join(f"{status}: {n}" for status, n in failed["status"].value_counts().items())
-            warnings.warn(f"API captioner ({self.model} at {self.base}): {len(failed)} of {len(images)} images "
-                          f"got no caption ({counts}); first: {failed['error'].iloc[0]}", stacklevel=3)
+            warnings.warn(self._redact(f"API captioner ({self.model} at {self.base}): {len(failed)} of {len(images)} "
+                                       f"images got no caption ({counts}); first: {failed['error'].iloc[0]}"),
+                          stacklevel=3)
+
+
+def _is_loopback_host(host: str) -> bool:
+    """Whether a URL's host name is ``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _check_base(base: str, redact) -> str:
+    """The base URL's scheme, once it is one the key may be sent to: ``https``, or ``http`` on loopback.
+
+    Raises:
+        ValueError: any other base, saying why (``redact`` keeps a key pasted into the base out of it).
+    """
+    shown = redact(repr(base))
+    try:
+        parts = urlsplit(base)
+        scheme, host = parts.scheme.lower(), parts.hostname or ""
+    except ValueError as error:
+        raise ValueError(f"{BASE_ENV} {shown} is not a valid URL: {redact(error)}") from None
+    if host and (scheme == "https" or (scheme == "http" and _is_loopback_host(host))):
+        return scheme
+    why = ("has no host" if scheme in ("http", "https") and not host else
+           "would send the API key in clear text" if scheme == "http" else f"uses {scheme or 'no scheme'}, not https")
+    raise ValueError(f"refusing the API base {shown} ({BASE_ENV}): it {why}. The key is only sent over https, "
+                     f"or plain http to a loopback host (127.0.0.0/8, ::1, localhost)")
 
 
 def _off_outcome(ref, base_dir: Path | None) -> _Outcome:
@@ -273,15 +360,15 @@ def _read_cached(path: Path | None) -> str:
 def _image_payload(data: bytes) -> tuple[str, bytes] | _Outcome:
     """The MIME type and bytes to send: the file as is when the API takes its format, else a PNG.
 
-    An image that does not decode gets its decode status instead (nothing is sent for it).
+    An image that does not decode gets its decode status instead (nothing is sent for it); the
+    format is the one :func:`~clipeval.data.images.decode_image` read, so only the allowed formats
+    are ever opened (``format_refused`` otherwise: :data:`clipeval.data.images.IMAGE_FORMATS`).
     """
     loaded = decode_image(data)
     if loaded.status != "ok":
         return _Outcome(loaded.status, loaded.error)
-    with Image.open(io.BytesIO(data)) as opened:
-        fmt = opened.format
-    if fmt in SENT_AS_IS:
-        return SENT_AS_IS[fmt], data
+    if loaded.format in SENT_AS_IS:
+        return SENT_AS_IS[loaded.format], data
     buffer = io.BytesIO()
     loaded.image.save(buffer, "PNG")
     return "image/png", buffer.getvalue()
@@ -303,11 +390,11 @@ def _parse_reply(body: bytes) -> _Outcome:
 
 
 def _http_reason(error: HTTPError) -> str:
-    """``HTTP <code> <reason>``, plus the API's own error message when the body has one."""
+    """``HTTP <code> <reason>``, plus the API's own error message when the body has one (not yet redacted)."""
     with error, contextlib.suppress(OSError, ValueError, LookupError, TypeError):
         detail = json.loads(error.read(4096))["error"]["message"]
-        return one_line(f"HTTP {error.code} {error.reason}: {detail}")
-    return one_line(f"HTTP {error.code} {error.reason}")
+        return f"HTTP {error.code} {error.reason}: {detail}"
+    return f"HTTP {error.code} {error.reason}"
 
 
 def _timeout(seconds: float) -> _Outcome:

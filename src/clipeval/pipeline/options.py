@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipeval.data.shards import MAX_MEMBER_BYTES
+
 EXECUTORS = ("local", "ray")
 
 
@@ -16,12 +18,21 @@ class ShardOptions:
         caption_column: the caption column.
         uid_column: the shards' unique-id column, when they have one (else ``<shard>/<row>``).
         chunk_size: rows scored and kept together inside a shard (the unit of resuming).
+        max_member_mb: the largest tar member (or parquet image cell) read, in MiB; a larger
+            one is refused from its header and its sample gets ``member_too_large``.
     """
 
     image_column: str = field(default="image", metadata={"help": "the image column: path, URL or bytes"})
     caption_column: str = field(default="caption", metadata={"help": "the caption column"})
     uid_column: str = field(default="uid", metadata={"help": "the shards' unique-id column, if they have one"})
     chunk_size: int = field(default=256, metadata={"help": "rows scored and kept together (the unit of resuming)"})
+    max_member_mb: float = field(default=MAX_MEMBER_BYTES / 2**20, metadata={
+        "help": "largest shard member (tar file or image cell) read, in MiB; larger ones get member_too_large"})
+
+    @property
+    def max_member_bytes(self) -> int:
+        """:attr:`max_member_mb` in bytes."""
+        return int(self.max_member_mb * 2**20)
 
 
 @dataclass(frozen=True)
