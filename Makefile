@@ -108,9 +108,8 @@ bench-rehearsal: env data ## time make rehearsal-hub and make rehearse, cold, fr
 bench-train: env ## the dual encoder's training benchmark (about 10 min) -> bench/results/train_dual.json
 	$(PYTHON) bench/bench_train_dual.py
 
-clear-cache: env ## delete the embedding cache (outputs/cache/embeddings, or the folder CLIPEVAL_EMBEDDING_CACHE names)
-	$(PYTHON) -c "import shutil; from clipeval.embed.cache import default_cache_dir; folder = default_cache_dir(); \
-	folder and shutil.rmtree(folder, ignore_errors=True); print('removed embedding cache:', folder)"
+clear-cache: env ## delete the embedding cache's files (outputs/cache/embeddings, or CLIPEVAL_EMBEDDING_CACHE's); others stay
+	$(PYTHON) -c "from clipeval.embed.cache import clear_cache; print(clear_cache().describe())"
 
 lab: env ## start JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/

@@ -8,7 +8,9 @@ holds the files of whichever steps ran in it:
 file                       what                                                          written by
 =========================  ============================================================  ===============
 ``manifest.json``          code, parameters, data and checkpoints of every step          every step
+``manifest.json.lock``     the lock steps take to update the manifest                    every step
 ``run.json``               the scoring run's fingerprint (:func:`claim`)                 score
+``incomplete.json``        there while a scoring run is unfinished (:func:`claim_run`)   score
 ``shards/``                ``<shard>.parquet`` and ``<shard>.done.json`` per input shard  score
 ``shards.csv``             every input shard's state, rows and timing                    score
 ``results.csv``            the input rows with the primary checkpoint's scores           score (one shard)
@@ -32,6 +34,11 @@ file                       what                                                 
 ``report/``                the run report                                                report
 =========================  ============================================================  ===============
 
+A scoring run writes ``incomplete.json`` before anything else and removes it when every shard is
+done and its tables are written: a folder holding it (:attr:`RunLayout.is_complete` false) holds an
+unfinished run, killed, crashed, or with shards that failed, whatever other files are there. A
+replaced run's tables are deleted before the new run starts, so none of them outlives it.
+
 A curation folder (:class:`CurationLayout`) holds ``summary.csv``, ``kept_uids.parquet`` and
 ``decisions/<shard>.parquet`` (every row kept or dropped with its step and reason), for a one-shard
 run also ``kept.csv``, ``dropped.csv`` and ``curated.csv``, and on request ``filtered/``.
@@ -40,7 +47,10 @@ run also ``kept.csv``, ``dropped.csv`` and ``curated.csv``, and on request ``fil
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -70,6 +80,10 @@ class _File:
 
 class RunFolderMismatch(ValueError):
     """The folder holds an earlier run (or build) with other inputs, checkpoints or settings."""
+
+
+class RunIncomplete(ValueError):
+    """The folder holds a scoring run that did not finish (``incomplete.json``): its tables are not its results."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,43 @@ class RunLayout(_Folder):
     figures = _File("figures")
     notebooks = _File("notebooks")
     report = _File("report")
+    incomplete = _File("incomplete.json")
+
+    # the tables a scoring run writes from its scored shards: deleted when the run is replaced
+    SCORING_TABLES = ("shard_table", "sharded_stats", "results", "scores", "stats", "stats_log")
+
+    @property
+    def is_complete(self) -> bool:
+        """False while ``incomplete.json`` is there: a scoring run started here and has not finished."""
+        return not self.incomplete.exists()
+
+    @property
+    def incomplete_reason(self) -> str | None:
+        """Why the run is incomplete (one line, for a banner or an error), or ``None`` when it is complete."""
+        if self.is_complete:
+            return None
+        try:
+            marker = json.loads(self.incomplete.read_text())
+        except (OSError, json.JSONDecodeError):
+            marker = {}
+        return (f"{self.root} holds an unfinished scoring run (started {marker.get('started_utc', '?')}): "
+                f"{marker.get('reason', 'it did not finish')}; its tables are not its results until it is rerun "
+                "to the end")
+
+    def require_complete(self) -> None:
+        """Raise :class:`RunIncomplete` (its message says why) when the folder holds an unfinished run."""
+        reason = self.incomplete_reason
+        if reason is not None:
+            raise RunIncomplete(reason)
+
+    def mark_incomplete(self, reason: str) -> None:
+        """Write ``incomplete.json`` (see the module docstring)."""
+        write_json(self.incomplete, {"reason": reason, "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+                                     "pid": os.getpid()})
+
+    def mark_complete(self) -> None:
+        """Remove ``incomplete.json``: the run finished."""
+        self.incomplete.unlink(missing_ok=True)
 
     def shard(self, name: str) -> ShardFiles:
         """An input shard's files under ``shards/``."""
@@ -189,7 +240,14 @@ def claim(path: str | Path, fingerprint: dict, overwrite: bool = False) -> str:
     Raises:
         RunFolderMismatch: another fingerprint and not ``overwrite``; the message names what differs.
     """
-    path = Path(path)
+    state = _judge(Path(path), fingerprint, overwrite)
+    if state != "same":
+        write_json(path, fingerprint)
+    return state
+
+
+def _judge(path: Path, fingerprint: dict, overwrite: bool) -> str:
+    """:func:`claim`'s outcome, nothing written."""
     earlier = None
     if path.exists():
         try:
@@ -202,8 +260,34 @@ def claim(path: str | Path, fingerprint: dict, overwrite: bool = False) -> str:
         raise RunFolderMismatch(f"{path.parent} holds an earlier run with different "
                                 f"{differences(earlier, fingerprint)}; use a new --out folder, or --overwrite to "
                                 "discard the earlier run")
-    write_json(path, fingerprint)
     return "new" if earlier is None else "replaced"
+
+
+def claim_run(layout: RunLayout, fingerprint: dict, overwrite: bool = False) -> str:
+    """:func:`claim` for a scoring run folder, which it marks incomplete until the run finishes.
+
+    In this order: the fingerprint is judged (a mismatch without ``overwrite`` raises, nothing
+    written); ``incomplete.json`` is written; a replaced run's shards and tables
+    (:attr:`RunLayout.SCORING_TABLES`) are deleted; the new fingerprint is written. A crash at any
+    point after the judgement leaves the folder marked incomplete and no table of the earlier run.
+    The caller removes the mark (:meth:`RunLayout.mark_complete`) when the run has finished.
+
+    Returns:
+        As :func:`claim`.
+    """
+    state = _judge(layout.fingerprint, fingerprint, overwrite)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.mark_incomplete({"new": "the run started and has not finished",
+                            "same": "a resumed run started and has not finished",
+                            "replaced": "an earlier run was discarded (--overwrite) and the new one has not "
+                                        "finished"}[state])
+    if state == "replaced":
+        shutil.rmtree(layout.shards, ignore_errors=True)
+        for name in RunLayout.SCORING_TABLES:
+            getattr(layout, name).unlink(missing_ok=True)
+    if state != "same":
+        write_json(layout.fingerprint, fingerprint)
+    return state
 
 
 def differences(earlier: dict, now: dict) -> str:

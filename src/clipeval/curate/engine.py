@@ -11,16 +11,21 @@ resolves into a row-wise cut:
   (:class:`~clipeval.curate.sketch.ScoreHistogram`). The cut is a bin edge; the error bound is one
   bin width in score, and at most the cut bin's rows in count (both in the step's note).
 
-A final pass decides every row (kept, or the step and reason that dropped it). No torch is
-imported here or below (an import contract).
+A final pass decides every row (kept, or the step and reason that dropped it). Before any rule
+(step 0), whatever the rules: a row whose image or caption could not be read (its ``status``, or
+its ``status[SPEC]`` under any checkpoint, is not ``ok``) is dropped with ``status:<code>``, and a
+row whose ``uid`` an earlier row of the run already has (shard order, then row order; across
+shards too) is dropped with ``duplicate_uid``, so a curated set never holds an unreadable row and
+its kept uids are unique. No torch is imported here or below (an import contract).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +47,9 @@ def _load(source: Source, checkpoints: list[str], caption_column: str) -> pd.Dat
     """What the rules read of a source: ids, caption, image size and the rules' checkpoints' columns."""
     if isinstance(source, pd.DataFrame):
         return source
-    wanted = {"uid", "row", caption_column, "image_width", "image_height"}
+    wanted = {"uid", "row", caption_column, "image_width", "image_height", "status"}
     names = pq.read_schema(source).names
-    table = pd.read_parquet(source, columns=[name for name in names if name in wanted
+    table = pd.read_parquet(source, columns=[name for name in names if name in wanted or name.startswith("status[")
                                              or any(name.endswith(f"[{spec}]") for spec in checkpoints)])
     if caption_column != "caption" and caption_column in table and "caption" not in table:
         table = table.rename(columns={caption_column: "caption"})
@@ -75,18 +80,46 @@ def _reset(rule: Rule) -> None:
         rule.reset()
 
 
+DUPLICATE_UID = "duplicate_uid"
+
+
 def _status_ok(table: pd.DataFrame, checkpoints: list[str]) -> tuple[pd.Index, pd.Series]:
-    """The rows ok under every checkpoint the rules use, and ``status:<code>`` for each other row."""
+    """The rows ok under every checkpoint and as a row, and ``status:<code>`` for each other row.
+
+    The rules' checkpoints are checked first (their codes are the reasons), then the row's own
+    ``status`` (the first failure under any checkpoint), then every other ``status[SPEC]``.
+    """
     rows, reasons = table.index, []
     for spec in checkpoints:
-        column = score_column("status", spec)
-        if column not in table:
+        if score_column("status", spec) not in table:
             held = [c[len("status["):-1] for c in table.columns if c.startswith("status[")]
             raise ValueError(f"the run has no scores for {spec}; it has {held}")
+    columns = [score_column("status", spec) for spec in checkpoints]
+    columns += [column for column in table.columns if column == "status" or column.startswith("status[")]
+    for column in dict.fromkeys(columns):
         bad = table.loc[rows, column].ne("ok").to_numpy()
         reasons.append("status:" + table.loc[rows[bad], column].astype(str))
         rows = rows[~bad]
     return rows, pd.concat(reasons) if reasons else pd.Series(dtype=str)
+
+
+def _uid_hashes(source: Source) -> np.ndarray:
+    """A 64-bit hash of every row's uid (none when the source has no ``uid`` column)."""
+    if isinstance(source, pd.DataFrame):
+        uids = source.get("uid")
+    else:
+        uids = pd.read_parquet(source, columns=["uid"])["uid"] if "uid" in pq.read_schema(source).names else None
+    if uids is None:
+        return np.empty(0, dtype=np.uint64)
+    return pd.util.hash_array(uids.astype(str).to_numpy(dtype=object))
+
+
+def _repeated_hashes(sources: Sequence[Source]) -> frozenset[int]:
+    """The uid hashes more than one row of the run has (8 bytes a row, one pass over the uid columns)."""
+    hashes = [_uid_hashes(source) for source in sources]
+    every = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    values, counts = np.unique(every, return_counts=True)
+    return frozenset(values[counts > 1].tolist())
 
 
 def _keep(rule: Rule, table: pd.DataFrame, rows: pd.Index) -> pd.Index:
@@ -105,6 +138,8 @@ class Plan:
         checkpoints: every checkpoint the rules use (their rows must be ok).
         exact: whether every global cut is exact.
         rows: rows over all sources.
+        repeated: the hashes of uids more than one row has (the candidates for ``duplicate_uid``).
+        duplicates: rows dropped as ``duplicate_uid`` in the pass so far.
     """
 
     rules: list[Rule]
@@ -113,6 +148,32 @@ class Plan:
     checkpoints: list[str]
     exact: bool
     rows: int
+    repeated: frozenset[int] = frozenset()
+    duplicates: int = 0
+    _seen: set[str] = field(default_factory=set)
+
+    def admissible(self, table: pd.DataFrame) -> tuple[pd.Index, pd.Series]:
+        """Step 0 on one source, in pass order: the rows readable and not a repeated uid, and why each other is not.
+
+        A uid's first row in the run (source order, then row order) is its row; every later row with
+        it is a ``duplicate_uid``, whatever its status (a failed row's status is its reason).
+        """
+        rows, reasons = _status_ok(table, self.checkpoints)
+        if not self.repeated or "uid" not in table or not len(table):
+            return rows, reasons
+        uids = table["uid"].astype(str)
+        candidates = np.isin(pd.util.hash_array(uids.to_numpy(dtype=object)),
+                             np.fromiter(self.repeated, dtype=np.uint64, count=len(self.repeated)))
+        later = []
+        for label, uid in uids[candidates].items():
+            if uid in self._seen:
+                later.append(label)
+            else:
+                self._seen.add(uid)
+        duplicate = rows.intersection(pd.Index(later))
+        self.duplicates += len(duplicate)
+        rows = rows.difference(duplicate, sort=False)
+        return rows, pd.concat([reasons, pd.Series(DUPLICATE_UID, index=duplicate, dtype=object)])
 
     def decide(self, table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """Every row of one source: ``kept``, or the ``step`` (0: a status) and ``reason`` that dropped it.
@@ -123,7 +184,7 @@ class Plan:
         decisions = pd.DataFrame({"kept": False, "step": pd.array([pd.NA] * len(table), dtype="Int64"),
                                   "reason": None}, index=table.index)
         counts = np.zeros((len(self.rules) + 1, 2), dtype=np.int64)
-        rows, reasons = _status_ok(table, self.checkpoints)
+        rows, reasons = self.admissible(table)
         decisions.loc[reasons.index, "step"] = 0
         decisions.loc[reasons.index, "reason"] = reasons
         counts[0] = (len(table), len(rows))
@@ -138,16 +199,21 @@ class Plan:
         return decisions, counts
 
     def reset(self) -> None:
-        """Start a pass over the sources (an exact top cut counts its tied rows across them)."""
+        """Start a pass over the sources (an exact top cut counts its tied rows across them; uids are seen anew)."""
         for rule in self.resolved:
             _reset(rule)
+        self._seen, self.duplicates = set(), 0
 
     def summary(self, counts: np.ndarray) -> pd.DataFrame:
         """One row per step: ``step``, ``rule``, ``rows_in``, ``kept``, ``dropped``, ``note``."""
-        described = ["status ok under " + ", ".join(self.checkpoints) if self.checkpoints else "-"]
+        described = ["readable: status ok (every checkpoint"
+                     + (", ".join(["", *self.checkpoints]) if self.checkpoints else "") + "); uid unique"]
         described += [rule.describe() for rule in self.rules]
+        first = (f"{self.duplicates} row(s) dropped as {DUPLICATE_UID}: a uid an earlier row of the run has"
+                 if self.duplicates else "")
         return pd.DataFrame({"step": range(len(self.rules) + 1), "rule": described, "rows_in": counts[:, 0],
-                             "kept": counts[:, 1], "dropped": counts[:, 0] - counts[:, 1], "note": ["", *self.notes]})
+                             "kept": counts[:, 1], "dropped": counts[:, 0] - counts[:, 1],
+                             "note": [first, *self.notes]})
 
 
 def plan(sources: Sequence[Source], rules: list[Rule], exact_limit: int = EXACT_LIMIT, caption_column: str = "caption",
@@ -162,7 +228,7 @@ def plan(sources: Sequence[Source], rules: list[Rule], exact_limit: int = EXACT_
     checkpoints = list(dict.fromkeys(spec for rule in rules for spec in rule.checkpoints()))
     total = sum(_rows(source) for source in sources)
     exact = total <= exact_limit
-    made = Plan(list(rules), [], [], checkpoints, exact, total)
+    made = Plan(list(rules), [], [], checkpoints, exact, total, _repeated_hashes(sources))
     for number, rule in enumerate(rules, start=1):
         leaves = _global_leaves(rule)
         if leaves:
@@ -182,7 +248,7 @@ def _gather(sources, made: Plan, leaves: list[GlobalRule], caption_column: str, 
     for source in progress_bar(sources, unit="shard", desc=f"curation step {number}: score distribution",
                                disable=not progress):
         table = _load(source, made.checkpoints, caption_column)
-        rows = _status_ok(table, made.checkpoints)[0]
+        rows = made.admissible(table)[0]
         for rule in made.resolved:
             rows = _keep(rule, table, rows)
         for part, leaf in zip(parts, leaves, strict=True):
@@ -252,6 +318,8 @@ def curate_run(run: RunLayout, rules: list[Rule], out: CurationLayout, exact_lim
     """
     caption_column = json.loads(run.fingerprint.read_text())["caption_column"] if run.fingerprint.exists() \
         else "caption"
+    if not run.is_complete:
+        print(f"warning: {run.incomplete_reason}; curating its done shards only", file=sys.stderr)
     paths = run.scored_shards()
     made = plan(paths, rules, exact_limit, caption_column, progress)
     made.reset()

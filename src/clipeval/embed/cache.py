@@ -21,8 +21,12 @@ locking is not reliable on network file systems.
 A caption's entry also records whether the model truncated it, and images that failed to
 decode or preprocess are remembered with their status, so a warm run need not decode them. A ``loads`` table remembers
 which model key a checkpoint had, by its weights identity
-(:func:`clipeval.models.registry.weights_identity`: local files' sizes and times, or the code
-of a seeded random init), so a run whose inputs are all cached never loads the model. Hub
+(:func:`clipeval.models.registry.weights_identity`), so a run whose inputs are all cached never
+loads the model. A local checkpoint is known twice: by its files' stat fingerprints (size,
+modification and change times, inode, device: nothing read, the warm path) and by their SHA-256
+(the fallback when a fingerprint is new: a checkpoint copied or touched is hashed, not loaded; one
+replaced in place, even with its modification time kept by ``cp -p`` or ``rsync -t``, hashes
+differently and is loaded under a new key). A seeded random init is known by its code. Hub
 checkpoints have no such identity and are always loaded (and their weights hashed).
 
 Per-model hit and miss counts of this process are kept in :attr:`EmbeddingCache.counts`.
@@ -36,6 +40,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +61,10 @@ CREATE TABLE IF NOT EXISTS failures (
     PRIMARY KEY (model, key)) WITHOUT ROWID;
 """
 _LOOKUP_BATCH = 500  # keys per SELECT (SQLite caps the number of bound parameters)
+
+
+# every file the cache writes in its folder: the database and SQLite's journal, write-ahead log and shared memory
+CACHE_FILES = (DATABASE, f"{DATABASE}-journal", f"{DATABASE}-wal", f"{DATABASE}-shm")
 
 
 def default_cache_dir() -> Path | None:
@@ -196,3 +205,52 @@ class EmbeddingCache:
         if self._connection is not None and (self._pid, self._thread) == (os.getpid(), threading.get_ident()):
             self._connection.close()
         self._connection = None
+
+
+@dataclass
+class ClearedCache:
+    """What :func:`clear_cache` did: the folder, the cache files it removed and every other entry it left."""
+
+    folder: Path | None
+    removed: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+    folder_removed: bool = False
+
+    def describe(self) -> str:
+        """A few lines for the terminal: what was removed and what was kept."""
+        if self.folder is None:
+            return f"the embedding cache is off (${CACHE_ENV}); nothing removed"
+        lines = [f"embedding cache {self.folder}: removed {len(self.removed)} cache file(s)"
+                 + (" and the empty folder" if self.folder_removed else "")]
+        lines += [f"  removed {path.name}" for path in self.removed]
+        if self.kept:
+            lines.append(f"  kept {len(self.kept)} other entr{'y' if len(self.kept) == 1 else 'ies'} "
+                         "(not the cache's): " + ", ".join(path.name for path in self.kept[:10])
+                         + (" ..." if len(self.kept) > 10 else ""))
+        return "\n".join(lines)
+
+
+def clear_cache(folder: str | Path | None = None) -> ClearedCache:
+    """Delete the embedding cache's own files (:data:`CACHE_FILES`) and nothing else.
+
+    The folder may be one a user named in ``$CLIPEVAL_EMBEDDING_CACHE`` that holds other files:
+    those stay (and are listed as kept); the folder itself is removed only when it is left empty.
+    Run it when no scoring run is using the cache.
+
+    Args:
+        folder: the cache folder; default :func:`default_cache_dir` (``None`` when the cache is off).
+    """
+    folder = default_cache_dir() if folder is None else Path(folder).expanduser()
+    cleared = ClearedCache(folder)
+    if folder is None or not folder.is_dir():
+        return cleared
+    for name in CACHE_FILES:
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            cleared.removed.append(path)
+    cleared.kept = sorted(folder.iterdir())
+    if not cleared.kept:
+        folder.rmdir()
+        cleared.folder_removed = True
+    return cleared

@@ -122,9 +122,14 @@ def model_key(encoder: Encoder, fast_decode: bool) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40], description
 
 
-def load_identity(spec: str, device: torch.device, precision: str, fast_decode: bool) -> str | None:
-    """What decides a model key without loading the model (``None`` for hub checkpoints)."""
-    identity = weights_identity(spec)
+def load_identity(spec: str, device: torch.device, precision: str, fast_decode: bool,
+                  content: bool = False) -> str | None:
+    """What decides a model key without loading the model (``None`` for hub checkpoints).
+
+    By default from the weights files' stat fingerprints (nothing read); with ``content`` from
+    their SHA-256 (:func:`clipeval.models.registry.weights_identity`).
+    """
+    identity = weights_identity(spec, content=content)
     if identity is None:
         return None
     settings = {"weights": identity, "device": device.type, "precision": precision, "fast_decode": fast_decode,
@@ -278,14 +283,23 @@ class Embedder:
         """The model key vectors are cached under (``None`` without a cache)."""
         if self.cache is None or self._key is not None:
             return self._key
-        identity = (load_identity(self.spec, self.device, self.lazy.precision, self.options.fast_decode)
-                    if self.lazy else None)
-        self._key = self.cache.model_for(identity) if identity else None
+        # a warm run finds the key by the weights files' stat fingerprint (nothing read); when that is new (a
+        # checkpoint copied, touched or replaced in place) by their content hash; else the model is loaded
+        settings = (self.spec, self.device, self.lazy.precision, self.options.fast_decode) if self.lazy else None
+        unknown = []  # the identities the cache does not know yet
+        for content in (False, True):
+            identity = load_identity(*settings, content=content) if settings else None
+            if identity is None:
+                break
+            self._key = self.cache.model_for(identity)
+            if self._key is not None:
+                break
+            unknown.append(identity)
         if self._key is None:
             self._key, description = model_key(self.encoder, self.options.fast_decode)
             self.cache.describe(self._key, description)
-            if identity:
-                self.cache.remember_model(identity, self._key)
+        for identity in unknown:
+            self.cache.remember_model(identity, self._key)
         return self._key
 
     def identify(self) -> tuple[str, dict]:

@@ -47,7 +47,12 @@ def attach_match(scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_run_scores(run: RunLayout) -> pd.DataFrame:
-    """A scored run's ``scores.csv`` with ``match`` attached from its ``results.csv``."""
+    """A scored run's ``scores.csv`` with ``match`` attached from its ``results.csv``.
+
+    Raises:
+        RunIncomplete: the run did not finish (its tables may be an earlier run's or missing).
+    """
+    run.require_complete()
     return attach_match(pd.read_csv(run.scores), pd.read_csv(run.results))
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from clipeval.file_identity import content_identity, stat_fingerprint
 from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
 
 CHECKPOINT_LOADERS: dict[str, str] = {
@@ -102,13 +103,17 @@ def _files_under(path: Path) -> list[Path]:
     return [path] if path.is_file() else sorted(item for item in path.rglob("*") if item.is_file())
 
 
-def weights_identity(spec: str) -> dict | None:
+def weights_identity(spec: str, content: bool = False) -> dict | None:
     """What decides the weights a spec loads, read without loading them; ``None`` when unknowable.
 
-    * a spec naming local files (a folder, a weights file): every file's path, size and
-      modification time (so a retrained or replaced checkpoint gets a new identity);
+    * a spec naming local files (a folder, a weights file): every file's path and stat
+      fingerprint (size, modification and change times, inode, device:
+      :func:`clipeval.file_identity.stat_fingerprint`), or with ``content`` every file's size and
+      SHA-256. A checkpoint replaced in place gets a new identity even when ``cp -p`` or
+      ``rsync -t`` kept its modification time (the change time and inode move); the content form
+      is the slower check a caller falls back on when the stat form is unknown;
     * a spec whose weights are a seeded random init in code (``baseline:*-random``): the
-      loader module's source hash;
+      loader module's source hash (the same for both forms);
     * a hub name: ``None`` (the hub repo may change; the weights must be loaded and hashed).
 
     Both known forms also carry the versions of the packages that build the model.
@@ -119,8 +124,10 @@ def weights_identity(spec: str) -> dict | None:
     local = [Path(part).expanduser() for part in parsed.target.split("@")
              if is_local_path(part) and Path(part).expanduser().exists()]
     if local:
-        files = [[str(item.resolve()), item.stat().st_size, item.stat().st_mtime_ns]
-                 for path in local for item in _files_under(path)]
+        items = [item for path in local for item in _files_under(path)]
+        if content:
+            return {"spec": spec, "content": content_identity(items), "versions": versions}
+        files = [[str(item.resolve()), stat_fingerprint(item)] for item in items]
         return {"spec": spec, "files": files, "versions": versions}
     if parsed.prefix == "baseline" and parsed.target.endswith("-random"):
         source = Path(importlib.util.find_spec(module).origin).read_bytes()

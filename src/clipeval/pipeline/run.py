@@ -6,8 +6,14 @@ on the local executor, whose ``results.csv`` and ``scores.csv`` are views of its
 
 * **refusal**: the folder's ``run.json`` fingerprint (:func:`~clipeval.pipeline.scorer.run_fingerprint`)
   must match, or the run is refused unless ``overwrite`` (:func:`clipeval.layout.claim`);
-* **resume**: a shard is done exactly when its done-marker exists, a chunk of a shard when its part
-  exists; a rerun skips what is done and says so;
+* **resume**: a shard is done exactly when its done-marker exists and records this input (its
+  size, stat fingerprint and content hash: a shard changed under the same name is scored again,
+  :func:`~clipeval.pipeline.scorer.is_done`), a chunk of a shard when its part exists (for the
+  same input); a rerun skips what is done and says so;
+* **completeness**: the folder holds ``incomplete.json`` from the claim until every shard is done
+  and the tables are written (:func:`clipeval.layout.claim_run`); a replaced run's tables are
+  deleted first, so a crashed ``--overwrite`` run never leaves the earlier run's tables looking
+  finished;
 * **outputs**: ``shards/``, ``shards.csv`` (every input shard's state), ``sharded_stats.json`` (the
   executor's wall time and throughput), ``stats.json``/``stats.log`` (time and memory per
   checkpoint and stage) and, for a run of one table, ``results.csv`` and ``scores.csv``.
@@ -15,7 +21,6 @@ on the local executor, whose ``results.csv`` and ``scores.csv`` are views of its
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -25,7 +30,7 @@ import pandas as pd
 
 from clipeval.atomic import write_csv, write_json
 from clipeval.embed.options import EmbedOptions
-from clipeval.layout import RESULT_COLUMNS, RunLayout, claim
+from clipeval.layout import RESULT_COLUMNS, RunLayout, claim_run
 from clipeval.pipeline.executors import ShardTask, run_local, run_ray
 from clipeval.pipeline.options import EXECUTORS, ExecutionOptions, ShardOptions
 from clipeval.pipeline.scorer import (
@@ -94,10 +99,13 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
     layout = RunLayout(run_dir)
     fingerprint = {**run_fingerprint(list(checkpoints), shard_options, embed),
                    "tables": {shard.name: table_identity(shard) for shard in shards if isinstance(shard, TableShard)}}
-    if claim(layout.fingerprint, fingerprint, overwrite) == "replaced":
-        shutil.rmtree(layout.shards, ignore_errors=True)
+    claim_run(layout, fingerprint, overwrite)
     layout.shards.mkdir(parents=True, exist_ok=True)
     pending = [shard for shard in shards if not is_done(layout, shard)]
+    for shard in pending:  # a marker of another input (changed since): its scores are no result any more
+        files = layout.shard(input_name(shard))
+        files.done.unlink(missing_ok=True)
+        files.scores.unlink(missing_ok=True)
     if len(pending) < len(shards):
         print(f"resuming {layout.root}: {len(shards) - len(pending)} of {len(shards)} shards already done, "
               f"{len(pending)} to score", file=sys.stderr)
@@ -115,6 +123,11 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
     run = ScoringRun(table, totals, write_stats(layout, snapshots) if snapshots else {})
     if all(isinstance(shard, TableShard) for shard in shards) and len(shards) == 1 and not len(run.failed):
         run.results, run.scores = write_table_views(layout, list(dict.fromkeys(checkpoints)))
+    if len(run.failed):
+        layout.mark_incomplete(f"{len(run.failed)} of {len(shards)} shard(s) not done "
+                               f"({', '.join(run.failed['name'].head(3))}{' ...' if len(run.failed) > 3 else ''})")
+    else:
+        layout.mark_complete()
     return run
 
 

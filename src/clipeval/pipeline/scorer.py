@@ -11,6 +11,14 @@ exists** (each written atomically: a part, then the shard's parquet, then its ma
 that cannot be read gets ``shards/NAME.failed.json`` instead and is retried by the next run; a
 sample that fails (a corrupt image, an empty caption) keeps its row with a status and reason.
 
+**A marker is for the input it was made from**: the done-marker records the input's identity
+(``input``: for a file its stat fingerprint and SHA-256, :func:`clipeval.file_identity.file_identity`;
+for a table the hash of its rows, :func:`table_identity`), and so does ``NAME.parts/input.json``
+for the chunks. A shard file changed since (same name; even with its modification time restored)
+is scored again; one whose stat fingerprint changed but whose bytes hash the same (copied,
+touched) is not, and its marker is refreshed. A marker without ``input`` (an older version's)
+counts as not done.
+
 Output columns, one row per input sample in shard order: ``uid``, ``row`` (its position in the
 shard), every input column except image bytes (an input column named like an output one is kept
 as ``input:<name>``), ``image_width``/``image_height`` (from the header), the row's
@@ -42,6 +50,7 @@ from clipeval.data.shards import ShardReadError, read_shard, shard_name, shard_u
 from clipeval.embed.engine import EMBEDDING_VERSION, batches
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.scoring import ChunkScorer
+from clipeval.file_identity import STAT_FIELDS, file_identity, matches
 from clipeval.layout import SCORE_COLUMNS, RunLayout, ShardFiles, score_column
 from clipeval.pipeline.options import ShardOptions
 
@@ -80,9 +89,42 @@ def check_shard_names(shards: list[ShardInput]) -> None:
         seen[name] = shard
 
 
+def input_identity(shard: ShardInput) -> dict | None:
+    """What a shard's markers record of its input: a table's :func:`table_identity`, a file's
+    :func:`~clipeval.file_identity.file_identity`; ``None`` for a file that cannot be read."""
+    if isinstance(shard, TableShard):
+        return table_identity(shard)
+    try:
+        return file_identity(shard)
+    except OSError:
+        return None
+
+
+def _same_input(recorded: dict | None, shard: ShardInput) -> dict | None:
+    """The input's identity now if it is the one ``recorded`` (refreshed when only its stat fingerprint moved)."""
+    if isinstance(shard, TableShard):
+        return recorded if recorded is not None and recorded == table_identity(shard) else None
+    return matches(recorded, shard)
+
+
 def is_done(layout: RunLayout, shard: ShardInput) -> bool:
-    """The resume rule: a shard is done when its done-marker exists."""
-    return layout.shard(input_name(shard)).done.exists()
+    """The resume rule: a shard is done when its done-marker exists and records this input (module docstring).
+
+    A marker whose input is the same file with a new stat fingerprint (copied, touched) is
+    refreshed with it, so the next check is a stat again.
+    """
+    marker = layout.shard(input_name(shard)).done
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    recorded = record.get("input") if isinstance(record, dict) else None
+    current = _same_input(recorded, shard)
+    if current is None:
+        return False
+    if current != recorded:
+        write_json(marker, {**record, "input": current})
+    return True
 
 
 def run_fingerprint(checkpoints: list[str], shards: ShardOptions, embed: EmbedOptions) -> dict:
@@ -163,7 +205,8 @@ class ShardScorer:
         """The shard's rows, their uids and the folder their relative image paths are in."""
         if isinstance(shard, TableShard):
             return shard.table, shard_uids(shard.table, shard.name, self.shards.uid_column), shard.base_dir
-        table = read_shard(shard, self.shards.image_column, self.shards.caption_column, self.shards.uid_column)
+        table = read_shard(shard, self.shards.image_column, self.shards.caption_column, self.shards.uid_column,
+                           self.shards.max_member_bytes)
         return table.drop(columns=["uid"]), table["uid"], table.attrs.get("base_dir")
 
     def __call__(self, shard: ShardInput, progress=None) -> dict:
@@ -182,18 +225,22 @@ class ShardScorer:
         files = self.layout.shard(name)
         started = time.perf_counter()
         where = {"host": socket.gethostname(), "pid": os.getpid()}
+        identity = input_identity(shard)  # before reading: a file changed while read is seen as changed next time
         try:
             table, uids, base_dir = self._read(shard)
+            if identity is None:
+                raise ShardReadError(f"{shard}: the file could not be hashed (it vanished or cannot be read)")
         except ShardReadError as error:
             record = {"shard": str(shard), "name": name, "state": "failed", "error": str(error), "rows": 0,
                       "seconds": time.perf_counter() - started, **where}
             write_json(files.failed, record)
             return record
+        _parts_for(files, identity)
         scores, chunks, resumed = self._score_in_chunks(table, uids, base_dir, files, progress)
         with atomic_path(files.scores) as tmp:
             scores.to_parquet(tmp, index=False)
         seconds = time.perf_counter() - started
-        record = {"shard": str(shard), "name": name, "state": "done", "rows": len(scores),
+        record = {"shard": str(shard), "name": name, "state": "done", "input": identity, "rows": len(scores),
                   "status_counts": scores["status"].value_counts().to_dict(), "chunks": chunks,
                   "chunks_resumed": resumed, "seconds": seconds,
                   "rows_per_s": len(scores) / seconds if seconds else None,
@@ -257,6 +304,26 @@ class ShardScorer:
     def stats(self) -> dict:
         """This process's scoring stats so far (:meth:`~clipeval.eval.scoring.ChunkScorer.stats`)."""
         return self.scorer.stats(self.chunks_total, self.chunks_resumed)
+
+
+def _parts_for(files: ShardFiles, identity: dict) -> None:
+    """Keep an interrupted run's chunks only when they were scored from this input; record it for the next run."""
+    recorded = files.parts / "input.json"
+    if files.parts.exists():
+        try:
+            earlier = json.loads(recorded.read_text())
+        except (OSError, json.JSONDecodeError):
+            earlier = None
+        if _content(earlier) != _content(identity):
+            shutil.rmtree(files.parts)
+    if not recorded.exists():
+        write_json(recorded, identity)
+
+
+def _content(identity: dict | None) -> dict | None:
+    """An input identity without its stat fingerprint: what the content is, not where or when it was written."""
+    return None if not isinstance(identity, dict) else {key: value for key, value in identity.items()
+                                                         if key not in STAT_FIELDS}
 
 
 def read_markers(layout: RunLayout) -> pd.DataFrame:

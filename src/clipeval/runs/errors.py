@@ -12,7 +12,7 @@ import contextlib
 
 from clipeval.data.sources import PairsTableError
 from clipeval.extras import MissingExtra
-from clipeval.layout import RunFolderMismatch
+from clipeval.layout import RunFolderMismatch, RunIncomplete
 from clipeval.models.registry import CheckpointError
 
 
@@ -21,7 +21,7 @@ class NotebookFailed(RuntimeError):
 
 
 # What stops a notebook with one line: the user's input (or output folder), not a bug, is at fault.
-NOTEBOOK_STOPS = (CheckpointError, PairsTableError, RunFolderMismatch)
+NOTEBOOK_STOPS = (CheckpointError, PairsTableError, RunFolderMismatch, RunIncomplete)
 # The command line also reports bad arguments and missing files in one line.
 EXPECTED_ERRORS = (*NOTEBOOK_STOPS, NotebookFailed, MissingExtra, FileNotFoundError, ValueError)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -82,17 +84,40 @@ def build_manifest(params: dict, checkpoints: list[str], data_files: list[str | 
     }
 
 
+@contextlib.contextmanager
+def locked(path: str | Path):
+    """Hold an exclusive lock on ``<path>.lock`` (a sidecar file, left in place) inside the block.
+
+    Steps of one run folder may run at once (two notebooks, two CLI commands): each reads,
+    changes and writes the manifest under this lock, so none loses another's entry. The lock is
+    ``fcntl.flock``: the kernel releases it when its holder exits, killed or not. It needs a file
+    system with working locks (a local disk; NFS only with lock support).
+    """
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def update_manifest(path: str | Path, step: str, params: dict, checkpoints: list[str],
                     data_files: list[str | Path], seed: int | None = None) -> dict:
     """Record one step of a run (``score``, ``retrieve``...) in the run's ``manifest.json``.
 
     The manifest keeps one entry per step under ``steps``; the top level holds the latest
-    git commit and versions. Written atomically; returns the whole manifest.
+    git commit and versions. The entry is built first (hashing files takes time), then the
+    manifest is read, changed and written under an exclusive lock (:func:`locked`), the write
+    atomic: concurrent steps keep every entry, and a step killed at any point leaves valid JSON.
+    Returns the whole manifest.
     """
     path = Path(path)
-    manifest = json.loads(path.read_text()) if path.exists() else {"steps": {}}
     entry = build_manifest(params, checkpoints, data_files, seed)
-    manifest.update({key: entry[key] for key in ("created_utc", "git_commit", "versions", "hub_mirror")})
-    manifest["steps"][step] = {key: entry[key] for key in ("params", "seed", "checkpoints", "data")}
-    write_json(path, manifest)
+    with locked(path):
+        manifest = json.loads(path.read_text()) if path.exists() else {"steps": {}}
+        manifest.update({key: entry[key] for key in ("created_utc", "git_commit", "versions", "hub_mirror")})
+        manifest["steps"][step] = {key: entry[key] for key in ("params", "seed", "checkpoints", "data")}
+        write_json(path, manifest)
     return manifest

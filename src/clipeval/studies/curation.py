@@ -32,7 +32,8 @@ from clipeval.pipeline.views import input_columns
 def scored_table(run: RunLayout) -> pd.DataFrame:
     """A one-table run's scored pairs (index ``row_id``): ``image``, ``caption``, ``match`` when the input has
     it, the image size, and per checkpoint ``cosine[<spec>]``, ``clip_score_100[<spec>]``,
-    ``caption_truncated[<spec>]`` and ``status[<spec>]``."""
+    ``caption_truncated[<spec>]`` and ``status[<spec>]``. Raises ``RunIncomplete`` for an unfinished run."""
+    run.require_complete()
     [shard] = run.scored_shards()
     scored = pd.read_parquet(shard)
     fingerprint = json.loads(run.fingerprint.read_text())
