@@ -11,6 +11,7 @@ import seaborn as sns
 
 from clipeval.data.images import read_image
 from clipeval.plots.save import save_figure
+from clipeval.plots.text import plain
 
 
 def plot_image_sizes(info: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
@@ -45,7 +46,7 @@ def plot_sample_grid(pairs: pd.DataFrame, image_column: str = "image", caption_c
     rows = -(-len(sample) // columns)
     flags = (sample["match"].map({True: "[match] ", False: "[mismatch] "}) if "match" in sample.columns
              else pd.Series("", index=sample.index))
-    titles = [textwrap.fill(flag + str(caption), 34) for flag, caption in zip(flags, sample[caption_column])]
+    titles = [plain(textwrap.fill(flag + str(caption), 34)) for flag, caption in zip(flags, sample[caption_column])]
     caption_lines = max((title.count("\n") + 1 for title in titles), default=1)
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, (3.0 + 0.16 * caption_lines) * rows + 0.5),
                                 squeeze=False, layout="constrained")
@@ -56,7 +57,7 @@ def plot_sample_grid(pairs: pd.DataFrame, image_column: str = "image", caption_c
         if loaded.image is not None:
             ax.imshow(loaded.image)
         else:
-            ax.text(0.5, 0.5, loaded.status, ha="center", va="center", color="red")
+            ax.text(0.5, 0.5, plain(loaded.status), ha="center", va="center", color="red")
         ax.set_title(title, fontsize=8)
     figure.suptitle("Sample pairs", fontsize=12)
     return save_figure(figure, path)

@@ -14,6 +14,7 @@ from clipeval.data.images import read_image
 from clipeval.models.catalogue import label_checkpoint
 from clipeval.plots.retrieval import DIRECTION_LABELS
 from clipeval.plots.save import save_figure
+from clipeval.plots.text import plain
 
 
 def plot_confidence_histograms(labels: pd.DataFrame, thresholds: dict[str, float],
@@ -24,7 +25,7 @@ def plot_confidence_histograms(labels: pd.DataFrame, thresholds: dict[str, float
     for ax, source in zip(axes[0], sources):
         ax.hist(labels.loc[labels["source"] == source, "confidence"], bins=np.linspace(0, 1, 21), color="tab:blue")
         ax.axvline(thresholds[source], color="tab:red", linestyle="--", label=f"threshold {thresholds[source]:g}")
-        ax.set(title=source, xlabel="label confidence", ylabel="labels")
+        ax.set(title=plain(source), xlabel="label confidence", ylabel="labels")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     figure.tight_layout()
     return save_figure(figure, path)
@@ -40,7 +41,7 @@ def plot_threshold_tradeoff(sweep: pd.DataFrame, thresholds: dict[str, float],
         for column, colour in (("precision", "tab:green"), ("recall", "tab:orange"), ("coverage", "tab:blue")):
             ax.plot(rows["threshold"], rows[column], marker="o", markersize=3, color=colour, label=column)
         ax.axvline(thresholds[source], color="tab:red", linestyle="--", label="chosen threshold")
-        ax.set(title=source, xlabel="confidence threshold", ylim=(-0.02, 1.02))
+        ax.set(title=plain(source), xlabel="confidence threshold", ylim=(-0.02, 1.02))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     axes[0][0].set_ylabel("share")
     figure.tight_layout()
@@ -77,7 +78,7 @@ def _caption(rows: pd.DataFrame) -> str:
     for row in rows.itertuples():
         marked = ", ".join(label if label in truth else f"{label} ✗" for label in row.labels.split("; ") if label)
         lines.append(f"{row.source}: {marked or '(no label)'}")
-    return "\n".join(textwrap.fill(line, 44, subsequent_indent="  ") for line in lines)
+    return plain("\n".join(textwrap.fill(line, 44, subsequent_indent="  ") for line in lines))
 
 
 def plot_pseudo_vs_true(metrics: pd.DataFrame, metric: str = "hit_rate", k: int = 5,
@@ -91,7 +92,7 @@ def plot_pseudo_vs_true(metrics: pd.DataFrame, metric: str = "hit_rate", k: int 
     checkpoints = list(dict.fromkeys(rows["checkpoint"]))
     figure, axes = plt.subplots(1, len(directions), figsize=(5.5 * len(directions), 0.5 * len(checkpoints)
                                                              * len(sources) + 2.4), squeeze=False, sharey=True)
-    labels = [f"{label_checkpoint(spec)}\non {source}" for source in sources for spec in checkpoints]
+    labels = [plain(f"{label_checkpoint(spec)}\non {source}") for source in sources for spec in checkpoints]
     for ax, direction in zip(axes[0], directions):
         for y, (source, spec) in enumerate((source, spec) for source in sources for spec in checkpoints):
             mine = rows[(rows["direction"] == direction) & (rows["source"] == source) & (rows["checkpoint"] == spec)]

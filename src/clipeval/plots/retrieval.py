@@ -16,6 +16,7 @@ from clipeval.data.images import read_image
 from clipeval.metrics.retrieval import hit_rate_curve
 from clipeval.models.catalogue import label_checkpoint
 from clipeval.plots.save import save_figure
+from clipeval.plots.text import plain
 
 DIRECTION_LABELS = {"text_to_image": "text → image", "image_to_text": "image → text"}
 
@@ -40,10 +41,10 @@ def plot_metrics_with_ci(metrics: pd.DataFrame, k: int = 5, path: str | Path | N
             ax.scatter(group[f"{column}_chance"], y, marker="|", s=160, linewidths=2, color="grey", zorder=3,
                        label="chance (random ranking)" if offset < 0 else None)
         ax.set(title=title, xlabel=f"{title} (95% bootstrap CI)", xlim=(-0.02, 1.02))
-        ax.set_yticks(range(len(order)), [textwrap.fill(label, 40) for label in order], fontsize=8)
+        ax.set_yticks(range(len(order)), [plain(textwrap.fill(label, 40)) for label in order], fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].legend(title="direction", fontsize=8)
-    figure.suptitle(f"Retrieval on {', '.join(rows['dataset'].unique())}")
+    figure.suptitle(plain(f"Retrieval on {', '.join(map(str, rows['dataset'].unique()))}"))
     figure.tight_layout()
     return save_figure(figure, path)
 
@@ -54,7 +55,7 @@ def plot_hit_rate_curve(per_query: pd.DataFrame, max_k: int = 50, path: str | Pa
     A dashed grey line is HitRate@k under a random ranking (when ``per_query`` has ``n_items``).
     """
     curve = hit_rate_curve(per_query, max_k)
-    curve = curve.assign(checkpoint=curve["checkpoint"].map(label_checkpoint),
+    curve = curve.assign(checkpoint=curve["checkpoint"].map(lambda spec: plain(label_checkpoint(spec))),
                          direction=curve["direction"].map(DIRECTION_LABELS))
     grid = sns.relplot(curve, x="k", y="hit_rate", hue="checkpoint", col="direction",
                        kind="line", height=3.5, aspect=1.3)
@@ -97,7 +98,7 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
                                 squeeze=False)
     for axes_row, (_, row) in zip(axes, rows.iterrows()):
         rank = row.get("first_rank")
-        heading = textwrap.fill(f"“{queries['text'].iloc[row['query']]}”", 60)
+        heading = plain(textwrap.fill(f"“{queries['text'].iloc[row['query']]}”", 60))
         if rank is not None and not pd.isna(rank):
             heading += f"\nfirst relevant image at rank {int(rank)}"
         axes_row[0].set_title(heading, loc="left", fontsize=9, x=0)
@@ -109,12 +110,12 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
             label = f"{score:.3f}" + (" ✓ relevant" if hit else "")
             if wrapped:
                 label += "\n" + wrapped[item]
-            ax.set_xlabel(label, fontsize=7, color="darkgreen" if hit else "black")
+            ax.set_xlabel(plain(label), fontsize=7, color="darkgreen" if hit else "black")
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set(edgecolor="green" if hit else "lightgrey", linewidth=3 if hit else 1)
-    figure.suptitle(title, fontsize=11)
+    figure.suptitle(plain(title), fontsize=11)
     figure.tight_layout()
     return save_figure(figure, path)
 
@@ -166,7 +167,7 @@ def style_published(comparison: pd.DataFrame):
     """
     side = published_side_by_side(comparison)
     if side.empty:
-        return side.style
+        return _escaped(side.style)
     flag_columns = [column for column in side.columns if column.endswith(" flagged")]
 
     def colour(frame: pd.DataFrame) -> pd.DataFrame:
@@ -179,5 +180,11 @@ def style_published(comparison: pd.DataFrame):
         return styles
 
     numbers = [column for column in side.columns if column.endswith((" measured", " published"))]
-    return (side.style.apply(colour, axis=None).format("{:.1f}", subset=numbers, na_rep="—")
-            .hide(flag_columns, axis="columns"))
+    return (_escaped(side.style).apply(colour, axis=None)
+            .format("{:.1f}", subset=numbers, na_rep="—", escape="html").hide(flag_columns, axis="columns"))
+
+
+def _escaped(styler):
+    """A Styler that escapes every cell and every index and column label (checkpoint and dataset
+    names are untrusted text; a Styler writes them into its HTML as they are unless told to escape)."""
+    return styler.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)

@@ -17,9 +17,10 @@ import seaborn as sns
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-from PIL import Image
 
+from clipeval.data.images import open_image
 from clipeval.plots.save import save_figure
+from clipeval.plots.text import plain
 
 
 def plot_scene_samples(scenes_dir: str | Path, split: str = "val", n: int = 8, seed: int = 0,
@@ -40,10 +41,10 @@ def plot_scene_samples(scenes_dir: str | Path, split: str = "val", n: int = 8, s
     for scene_id in chosen:
         rows = pairs[pairs["scene_id"] == scene_id]
         negatives = rows[~rows["match"]]
-        negative = (textwrap.fill(f"✗ ({negatives['negative_kind'].iloc[0]}) {negatives['caption'].iloc[0]}", 36)
-                    if len(negatives) else "")
-        panels.append((rows["image"].iloc[0], textwrap.fill(f"✓ {rows[rows['match']]['caption'].iloc[0]}", 36),
-                       negative))
+        negative = (plain(textwrap.fill(f"✗ ({negatives['negative_kind'].iloc[0]}) {negatives['caption'].iloc[0]}",
+                                        36)) if len(negatives) else "")
+        panels.append((rows["image"].iloc[0],
+                       plain(textwrap.fill(f"✓ {rows[rows['match']]['caption'].iloc[0]}", 36)), negative))
     # rows grow with the longest caption above and below an image, so no caption reaches the next row
     lines = max(above.count("\n") + below.count("\n") + 2 for _, above, below in panels)
     columns, n_rows = min(4, n), -(-n // min(4, n))
@@ -51,7 +52,7 @@ def plot_scene_samples(scenes_dir: str | Path, split: str = "val", n: int = 8, s
                                 squeeze=False, layout="constrained")
     figure.get_layout_engine().set(h_pad=0.1)  # inches between rows: room for the caption glyphs' full height
     for ax, (image, above, below) in zip(axes.flat, panels):
-        ax.imshow(Image.open(scenes_dir / image), interpolation="nearest")
+        ax.imshow(open_image(scenes_dir / image), interpolation="nearest")
         ax.set_title(above, fontsize=8, color="darkgreen", loc="left")
         ax.set_xlabel(below, fontsize=8, color="darkred", loc="left")
         ax.set_xticks([])
@@ -103,10 +104,11 @@ def plot_similarity_heatmap(scores: np.ndarray, captions: list[str], images: lis
     figure, ax = plt.subplots(figsize=(1.1 * n_columns + 5, 0.55 * n_rows + 2.2))
     sns.heatmap(scores, ax=ax, cmap="viridis", annot=True, fmt=".2f", annot_kws={"size": 7},
                 cbar_kws={"label": "cosine similarity"},
-                yticklabels=["\n".join(textwrap.wrap(caption, 60)) for caption in captions], xticklabels=False)
+                yticklabels=[plain("\n".join(textwrap.wrap(str(caption), 60))) for caption in captions],
+                xticklabels=False)
     ax.tick_params(axis="y", labelsize=7)
     for column, image in enumerate(images):
-        thumbnail = OffsetImage(np.asarray(Image.open(image).convert("RGB")), zoom=0.55)
+        thumbnail = OffsetImage(np.asarray(open_image(image).convert("RGB")), zoom=0.55)
         ax.add_artist(AnnotationBbox(thumbnail, (column + 0.5, n_rows), xybox=(0, -22), xycoords="data",
                                      boxcoords="offset points", frameon=False, annotation_clip=False))
     if relevant is not None:

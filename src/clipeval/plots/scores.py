@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from clipeval.metrics.compare import select_ok
 from clipeval.models.catalogue import is_random_init, label_checkpoint
 from clipeval.plots.save import save_figure
+from clipeval.plots.text import plain
 
 AXIS_LABELS = {
     "cosine": "cosine similarity (image, caption)",
@@ -40,7 +41,7 @@ def _facet_title(checkpoint: str, group: pd.DataFrame) -> str:
     lines = textwrap.wrap(checkpoint, 40, break_on_hyphens=False)
     if is_random_init(checkpoint):
         lines.append(RANDOM_NOTE)
-    return "\n".join([*lines, counts])
+    return plain("\n".join([*lines, counts]))
 
 
 def plot_score_histograms(table: pd.DataFrame, score: str = "cosine", bins: int = 30,
@@ -98,7 +99,7 @@ def plot_spearman_heatmap(matrix: pd.DataFrame, n_pairs: int, score: str = "cosi
     Returns:
         The figure.
     """
-    labels = ["\n".join(textwrap.wrap(label_checkpoint(name), 28, break_on_hyphens=False))
+    labels = [plain("\n".join(textwrap.wrap(label_checkpoint(name), 28, break_on_hyphens=False)))
               for name in matrix.columns]
     size = 2.5 + 1.3 * len(labels)
     figure, ax = plt.subplots(figsize=(size + 1.5, size))

@@ -9,6 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from clipeval.plots.save import save_figure
+from clipeval.plots.text import plain
 
 
 def plot_shard_throughput(shards: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
@@ -18,7 +19,9 @@ def plot_shard_throughput(shards: pd.DataFrame, path: str | Path | None = None) 
         shards: ``shards.csv`` rows with ``executor``, ``name`` and ``rows_per_s``.
         path: where to save the PNG, or None.
     """
-    done = shards.dropna(subset=["rows_per_s"]).assign(rows_per_s=lambda t: t["rows_per_s"].astype(float))
+    done = shards.dropna(subset=["rows_per_s"]).assign(rows_per_s=lambda t: t["rows_per_s"].astype(float),
+                                                       name=lambda t: t["name"].map(plain),
+                                                       executor=lambda t: t["executor"].map(plain))
     figure, ax = plt.subplots(figsize=(max(5.0, 0.7 * done["name"].nunique() + 2), 3.8))
     sns.barplot(done, x="name", y="rows_per_s", hue="executor", ax=ax)
     ax.set(xlabel="shard", ylabel="rows per second (in-shard)")

@@ -12,17 +12,35 @@ A file the run folder lacks leaves its section in place, saying what is missing 
 notebook writes it (or that the profile does not run that notebook). A notebook holding an
 error output is still rendered, so its traceback can be read, but it is flagged: marked in the
 notebook list, named in a warning at the top of the page, and listed in :attr:`Report.failed_notebooks`
-(the CLI prints a warning and exits with 1). The folder is written in one rename
-(:func:`clipeval.atomic.atomic_folder`): a crash leaves the previous report as it was.
+(the CLI prints a warning and exits with 1).
+
+Captions and checkpoint names come from untrusted data, so nothing in the report is live HTML
+unless it is ours: ``index.html`` escapes every value it writes, and the notebook pages are
+sanitized (:func:`sanitize_notebook` keeps only output types that render as inert HTML and
+resets their metadata; every HTML fragment an output or a markdown cell turns into goes through
+:func:`sanitize_html`, bleach with an allowlist of tags, attributes, URL schemes and CSS). Every
+page also carries a Content-Security-Policy that forbids scripts, a second line of defence.
+
+The report is replaced in one step (:func:`swap_report`): ``<run_dir>/report`` is a symbolic
+link to a complete build in ``<run_dir>/report.versions/``; a rebuild writes a new version
+beside the old one, then points the link at it with one ``rename(2)`` of a temporary link
+(atomic on POSIX), then deletes the other versions. A crash or SIGKILL at any moment leaves the
+path users open holding the complete old report or the complete new one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import ctypes
+import errno
 import html
 import json
+import os
 import re
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +48,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipeval.atomic import atomic_folder, write_text
+from clipeval.atomic import write_text
 from clipeval.extras import require
 from clipeval.layout import CurationLayout, RunLayout
 from clipeval.models.catalogue import is_random_init
@@ -38,8 +56,11 @@ from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, using_mirror
 from clipeval.paths import NOTEBOOKS_DIR, PROJECT_ROOT
 from clipeval.profiles import load_profile
 
+# no script may run in a report page (a second line of defence behind the escaping and sanitizing)
+CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
+CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
 NOTEBOOK_TEMPLATE = """{%- extends "index.html.j2" -%}
-{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js -%}""" + CSP_META + """{%- endblock html_head_js -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
@@ -380,15 +401,102 @@ def notebook_errors(notebook) -> list[str]:
             for output in cell.get("outputs", []) if output.get("output_type") == "error"]
 
 
+# What a notebook page may show as HTML: the tags markdown, pandas tables (plain and Styler) and
+# pygments produce; attributes without script or network reach; no scheme but http(s), mailto and
+# inline images. Anything else is escaped to visible text by :func:`sanitize_html`.
+SAFE_TAGS = frozenset({
+    "a", "abbr", "acronym", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "del", "details",
+    "div", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li", "mark", "ol",
+    "p", "pre", "q", "s", "samp", "small", "span", "strong", "style", "sub", "summary", "sup", "table", "tbody",
+    "td", "tfoot", "th", "thead", "tr", "u", "ul", "var"})
+SAFE_PROTOCOLS = frozenset({"http", "https", "mailto", "data"})
+# the output types a page shows (nbconvert renders each inert: text escaped, HTML and markdown through
+# sanitize_html, images as data: URLs); others (javascript, widgets, mermaid...) are dropped
+SAFE_OUTPUT_TYPES = frozenset({"text/plain", "text/html", "text/markdown", "text/latex", "image/png", "image/jpeg",
+                               "image/svg+xml"})
+# the CSS functions a <style> element may call (colours and variables: nothing that loads a resource)
+SAFE_CSS_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla", "var", "calc", "not", "is", "nth-child",
+                                "nth-of-type", "nth-last-child"})
+
+
+def _safe_attribute(tag: str, name: str, value: str) -> bool:
+    if name in {"class", "id", "title", "style"}:
+        return True
+    if tag == "a":
+        return (name == "href" and not value.strip().lower().startswith("data:")) or name == "rel"
+    if tag == "img":
+        return ((name == "src" and value.strip().lower().startswith("data:image/"))
+                or name in {"alt", "width", "height"})
+    if tag in {"td", "th"}:
+        return name in {"colspan", "rowspan", "align", "scope"}
+    if tag in {"col", "colgroup"}:
+        return name == "span"
+    return tag == "ol" and name == "start"
+
+
+def _safe_css(css: str) -> bool:
+    """CSS of a ``<style>`` element is kept only when it can do no more than colour and lay out:
+    no at-rules, quotes, backslash escapes or slashes, and no function beyond :data:`SAFE_CSS_FUNCTIONS`."""
+    if not re.fullmatch(r"[\w\s#.,:;{}()%!*>+~=\[\]-]*", css):
+        return False
+    return {name.lower() for name in re.findall(r"([\w-]+)\s*\(", css)} <= SAFE_CSS_FUNCTIONS
+
+
+def sanitize_html(fragment) -> str:
+    """An HTML fragment with no script, event handler, remote resource or unknown tag left live.
+
+    bleach parses it like a browser and keeps only :data:`SAFE_TAGS` with safe attributes and
+    URL schemes (``style`` attributes are filtered to bleach's CSS property allowlist); any other
+    markup, ``<script>`` included, is escaped into visible text and comments are removed. A
+    ``<style>`` element survives only when its CSS passes a strict check (colours, selectors).
+    """
+    bleach = require("bleach", "notebooks", "the report's notebook pages")
+    css_sanitizer = require("bleach.css_sanitizer", "notebooks", "the report's notebook pages")
+    fragment = fragment.decode() if isinstance(fragment, bytes) else str(fragment)
+    cleaned = bleach.clean(fragment, tags=SAFE_TAGS, attributes=_safe_attribute, protocols=SAFE_PROTOCOLS,
+                           strip=False, strip_comments=True,
+                           css_sanitizer=css_sanitizer.CSSSanitizer(
+                               allowed_css_properties=css_sanitizer.ALLOWED_CSS_PROPERTIES))
+    return re.sub(r"<style\b[^>]*>(.*?)</style>", lambda m: m.group(0) if _safe_css(html.unescape(m.group(1))) else "",
+                  cleaned, flags=re.IGNORECASE | re.DOTALL)
+
+
+def sanitize_notebook(notebook):
+    """A copy of an executed notebook (nbformat node) safe to render: outputs keep only the types of
+    :data:`SAFE_OUTPUT_TYPES`, output metadata keeps only numeric image sizes, widget state is dropped.
+
+    The HTML of ``text/html`` and ``text/markdown`` outputs and of markdown and raw cells is cleaned
+    when the page is rendered (:func:`sanitize_html`, the exporter's ``clean_html`` filter).
+    """
+    notebook = copy.deepcopy(notebook)
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if "data" in output:
+                output["data"] = {kind: value for kind, value in output["data"].items() if kind in SAFE_OUTPUT_TYPES}
+            if "metadata" in output:
+                output["metadata"] = {kind: {key: value for key, value in meta.items()
+                                             if key in {"width", "height"} and isinstance(value, int | float)
+                                             and not isinstance(value, bool)}
+                                      for kind, meta in output["metadata"].items()
+                                      if kind in SAFE_OUTPUT_TYPES and isinstance(meta, dict)}
+    return notebook
+
+
 def _notebook_exporter():
     jinja2 = require("jinja2", "notebooks", "the report's notebook pages")
     nbconvert = require("nbconvert", "notebooks", "the report's notebook pages")
     loader = jinja2.DictLoader({"offline.html.j2": NOTEBOOK_TEMPLATE})
-    return nbconvert.HTMLExporter(template_name="lab", extra_loaders=[loader], template_file="offline.html.j2")
+    # sanitize_html: the lab template runs HTML outputs, markdown and raw cells through clean_html and
+    # writes no <script> for javascript outputs; clean_html is ours, with an allowlist fit for tables
+    exporter = nbconvert.HTMLExporter(template_name="lab", extra_loaders=[loader], template_file="offline.html.j2",
+                                      sanitize_html=True)
+    exporter.register_filter("clean_html", sanitize_html)
+    return exporter
 
 
 def render_notebooks(notebooks: list[Path], out_dir: Path) -> list[NotebookPage]:
-    """Render executed notebooks to standalone HTML pages in ``out_dir`` (images inline, no network)."""
+    """Render executed notebooks to standalone, sanitized HTML pages in ``out_dir`` (images inline, no network)."""
     if not notebooks:
         return []
     nbformat = require("nbformat", "notebooks", "the report's notebook pages")
@@ -396,7 +504,7 @@ def render_notebooks(notebooks: list[Path], out_dir: Path) -> list[NotebookPage]
     pages = []
     for path in notebooks:
         notebook = nbformat.read(path, as_version=4)
-        body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": path.stem}})
+        body, _ = exporter.from_notebook_node(sanitize_notebook(notebook), resources={"metadata": {"name": path.stem}})
         write_text(out_dir / f"{path.stem}.html", body)
         pages.append(NotebookPage(path.stem, f"notebooks/{path.stem}.html", notebook_errors(notebook)))
     return pages
@@ -438,6 +546,14 @@ def _notebooks_html(pages: list[NotebookPage]) -> str:
     return f"<ul>{''.join(items)}</ul>"
 
 
+def _incomplete_banner(run_dir: Path) -> str:
+    """A warning at the top when the scoring run never finished (``incomplete.json``): its tables are not results."""
+    reason = RunLayout(run_dir).incomplete_reason
+    if reason is None:
+        return ""
+    return f'<p class="warning"><span class="badge">incomplete run</span> {html.escape(reason)}.</p>'
+
+
 def _mirror_banner(run_dir: Path) -> str:
     """A warning at the top when the run's manifest says it ran on the rehearsal hub mirror."""
     manifest = RunLayout(run_dir).manifest
@@ -464,11 +580,11 @@ def render_index(title: str, run_dir: Path, sections: list[Section], figures: li
     warning = (f'<p class="warning">{len(failed)} notebook(s) hold an error output: '
                f'{html.escape(", ".join(page.name for page in failed))}. Their numbers may be stale or missing.</p>'
                if failed else "")
-    warning += _mirror_banner(run_dir)
+    warning += _incomplete_banner(run_dir) + _mirror_banner(run_dir)
     missing = sum(len(section.missing) for section in sections)
     built = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{s.body}</section>' for s in every)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{CSP_META}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class=\"meta\">run folder <code>{html.escape(str(run_dir))}</code>; "
@@ -476,9 +592,98 @@ def render_index(title: str, run_dir: Path, sections: list[Section], figures: li
             "</body></html>\n")
 
 
+VERSIONS = ".versions"  # <run_dir>/report.versions/ holds the builds <run_dir>/report links to
+
+
+def report_versions(link: Path) -> Path:
+    """The folder holding the report's builds (``report.versions`` beside the ``report`` link)."""
+    return link.with_name(link.name + VERSIONS)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """Hold an exclusive lock on ``folder`` (flock) so two rebuilds never delete each other's build."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): rebuilds of one run folder must not overlap
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # libc's, from the process
+    if renameat2 is None:  # glibc < 2.28, musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}:  # kernel or file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def swap_report(link: Path, version: Path) -> None:
+    """Point ``link`` at the complete build ``version`` in one step.
+
+    A temporary symbolic link is made beside ``link`` and renamed over it (``os.replace``: one
+    ``rename(2)``, atomic on POSIX), so a reader or a crash at any moment finds the old target or
+    the new one. A real folder at ``link`` (a report written before the versioned layout) is
+    exchanged with the new link by ``renameat2(RENAME_EXCHANGE)`` on Linux; where the system has
+    no exchange the folder is moved aside first, and only that one migration has a moment without
+    a report. Either way the old folder is left beside the link as ``.report.*``, for
+    :func:`_remove_leftovers` to delete: nothing after the swap can fail it.
+    """
+    temp = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}.link")
+    os.symlink(os.path.relpath(version, link.parent), temp)
+    try:
+        try:
+            os.replace(temp, link)
+        except IsADirectoryError:
+            if link.is_symlink() or not link.is_dir():
+                raise
+            if not _exchange(temp, link):  # exchanged, temp names the old folder
+                old = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}.old")
+                os.rename(link, old)
+                try:
+                    os.replace(temp, link)
+                except BaseException:
+                    os.rename(old, link)
+                    raise
+    finally:
+        if temp.is_symlink():
+            os.unlink(temp)
+
+
+def _remove_leftovers(link: Path, keep: Path) -> None:
+    """Delete every build but ``keep`` and what an interrupted rebuild left (``.report.*`` beside the link)."""
+    stale = [old for old in report_versions(link).iterdir() if old.name != keep.name]
+    for path in [*stale, *link.parent.glob(f".{link.name}.*")]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def build_report(run_dir: str | Path, title: str | None = None, profile_notebooks: list[str] | None = None,
                  extra_sections: list[Section] | None = None) -> Report:
-    """Write ``<run_dir>/report/``: ``index.html``, ``figures/`` and ``notebooks/`` (one rename).
+    """Write ``<run_dir>/report/`` (``index.html``, ``figures/``, ``notebooks/``), replacing the old one in one step.
+
+    ``<run_dir>/report`` is a symbolic link to a build in ``<run_dir>/report.versions/``: the new
+    build is written there in full, the link is swapped to it (:func:`swap_report`) and the older
+    builds are deleted. Killed at any moment, a rebuild leaves the complete old report or the
+    complete new one at ``<run_dir>/report``.
 
     Args:
         run_dir: the run folder (``outputs/<profile>``).
@@ -488,7 +693,7 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
         extra_sections: sections to show after the tables (e.g. the docs' agreement).
 
     Returns:
-        The :class:`Report` written.
+        The :class:`Report` written (its ``folder`` is the ``report`` link).
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a folder.
@@ -498,13 +703,25 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
         raise FileNotFoundError(f"no run folder {run_dir}: run the profile's notebooks first (make notebooks)")
     title = title or f"clipeval run: {run_dir.name}"
     sections = collect_sections(run_dir, profile_notebooks)
-    folder = RunLayout(run_dir).report
     layout = RunLayout(run_dir)
-    with atomic_folder(folder) as staging:
-        figures = copy_figures(sorted(layout.figures.glob("*.png")), staging / "figures")
-        pages = render_notebooks(sorted(layout.notebooks.glob("*.ipynb")), staging / "notebooks")
-        write_text(staging / "index.html", render_index(title, run_dir, sections, figures, pages,
-                                                        extra_sections or []))
+    folder = layout.report
+    versions = report_versions(folder)
+    versions.mkdir(parents=True, exist_ok=True)
+    with _locked(versions):
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        version = Path(tempfile.mkdtemp(dir=versions, prefix=f"{stamp}-"))
+        try:
+            version.chmod(0o755)
+            figures = copy_figures(sorted(layout.figures.glob("*.png")), version / "figures")
+            pages = render_notebooks(sorted(layout.notebooks.glob("*.ipynb")), version / "notebooks")
+            write_text(version / "index.html", render_index(title, run_dir, sections, figures, pages,
+                                                            extra_sections or []))
+            swap_report(folder, version)
+        except BaseException:
+            if not (folder.is_symlink() and folder.resolve() == version.resolve()):
+                shutil.rmtree(version, ignore_errors=True)
+            raise
+        _remove_leftovers(folder, version)
     return Report(folder, sections, figures, pages)
 
 
