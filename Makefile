@@ -14,18 +14,18 @@ REHEARSAL_HUB := data/rehearsal-hub/hf/clipeval_mirror.json
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env data model reproduce notebooks report rehearsal-hub rehearse gpu-check measured lint test test-slow test-network bench bench-rehearsal bench-train clear-cache lab clean
+.PHONY: help env data model reproduce notebooks report rehearsal-hub rehearse gpu-check measured lint test test-slow test-network bench bench-finder bench-rehearsal bench-train clear-cache lab clean
 
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-env: $(ENV_STAMP) ## create .venv: the package (editable) with every extra (notebooks, ray, dev), pinned; torch first
+env: $(ENV_STAMP) ## create .venv: the package (editable) with every extra (notebooks, ray, finder, dev), pinned; torch first
 
 $(ENV_STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $$(grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"')
-	$(PYTHON) -m pip install --quiet -e ".[notebooks,ray,dev]"
+	$(PYTHON) -m pip install --quiet -e ".[notebooks,ray,finder,dev]"
 	touch $@
 
 $(TINY): $(ENV_STAMP) src/clipeval/models/tiny.py
@@ -97,10 +97,15 @@ $(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
 	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
 	touch $@
 
-bench: env data $(BENCH_PEERS) ## pipeline, retrieval and sharded-run benchmarks (about 6 min + 100 s); JSON in bench/results/, a table printed
+bench: env data $(BENCH_PEERS) ## pipeline, retrieval, sharded-run and finder benchmarks (about 6 min + 100 s + 5 min); JSON in bench/results/, a table printed
 	$(PYTHON) bench/bench_pipeline.py
 	$(PYTHON) bench/bench_retrieval.py
 	$(PYTHON) bench/bench_sharded.py
+	$(PYTHON) bench/bench_finder.py
+
+bench-finder: env data model ## the finder: exact vs approximate search at 10k/100k/1M synthetic vectors, float16 vs float32 ranking (about 6 min) -> bench/results/finder*.json
+	$(PYTHON) bench/bench_finder.py
+	$(PYTHON) bench/bench_finder_float16.py
 
 bench-rehearsal: env data ## time make rehearsal-hub and make rehearse, cold, from the shell (about 15 min) -> bench/results/rehearsal.json
 	$(PYTHON) bench/bench_rehearsal.py

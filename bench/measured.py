@@ -342,6 +342,73 @@ def render_bench_rehearsal(sources: Sources) -> str:
             f"{machine['loadavg_start'][0]:.1f} at the start.\n\n{_source_note('bench/results/rehearsal.json')}")
 
 
+def render_bench_finder(sources: Sources) -> str:
+    """``make bench-finder``: exact vs approximate search per size, and where exact search stops being fast."""
+    result = sources.bench("finder")
+    rows = []
+    for size in result["sizes"]:
+        n, exact, approximate = f"{size['n']:,}", size["exact"], size["approximate"]
+        rule = "exact" if size["rule"] == "exact" else "approximate"
+        rows.append([n, "exact, float32" + (" ← rule" if rule == "exact" else ""), "1",
+                     f"{exact['float32']['p50_ms']:.2f} / {exact['float32']['p99_ms']:.2f}",
+                     f"{exact['bytes_per_vector_ram_float32']:,} ({exact['bytes_per_vector_disk_float16']:,} on disk)",
+                     "–"])
+        rows.append([n, "exact, float16", "1", f"{exact['float16']['p50_ms']:.2f} / {exact['float16']['p99_ms']:.2f}",
+                     f"{exact['bytes_per_vector_disk_float16']:,}", "–"])
+        params = approximate["params"]
+        rows.append([n, f"`{params['factory']}`, nprobe {params['nprobe']}" + (" ← rule" if rule != "exact" else ""),
+                     f"{approximate['recall_at_10']:.3f} ({approximate['recall_at_10_centre_queries']:.3f} / "
+                     f"{approximate['recall_at_10_item_queries']:.3f})",
+                     f"{approximate['latency']['p50_ms']:.2f} / {approximate['latency']['p99_ms']:.2f}",
+                     f"{approximate['bytes_per_vector']:,.0f}", f"{approximate['build_s']:.0f} s"])
+    largest = result["sizes"][-1]
+    for variant in largest.get("smaller_budgets", []):
+        params = variant["params"]
+        rows.append([f"{largest['n']:,}", f"`{params['factory']}`, nprobe {params['nprobe']} (budget "
+                     f"{variant['memory_budget_mib']:,} MiB)",
+                     f"{variant['recall_at_10']:.3f} ({variant['recall_at_10_centre_queries']:.3f} / "
+                     f"{variant['recall_at_10_item_queries']:.3f})",
+                     f"{variant['latency']['p50_ms']:.2f} / {variant['latency']['p99_ms']:.2f}",
+                     f"{variant['bytes_per_vector']:,.0f}", f"{variant['build_s']:.0f} s"])
+    header = ["vectors", "search", "recall@10 (centre / item queries)", "p50 / p99 ms", "bytes per vector", "build"]
+    def size(n: int) -> str:
+        return f"{n // 10**6:g}M" if n % 10**6 == 0 else f"{n // 1000:,}k"
+
+    curve = ", ".join(f"{size(entry['n'])} {entry['float32']['p50_ms']:.1f}"
+                      for entry in result["exact_latency_curve"])
+    machine, target = result["machine"], result["target"]
+    return (f"{_markdown_table(header, rows)}\n\nExact search's p50 (ms) over prefixes of the largest set: {curve}; "
+            f"it stays under {result['latency_limit_ms']:.0f} ms up to {result['exact_under_limit_up_to']:,} vectors "
+            f"(`EXACT_UP_TO` = {result['exact_up_to']:,}). Target at {target['n']:,} vectors (recall@10 ≥ "
+            f"{target['recall_at_10']}, p50 < {target['p50_ms']:.0f} ms): **{'met' if target['met'] else 'NOT met'}**. "
+            f"{machine['cpu_count']} cores, faiss {machine['faiss']} on {machine['faiss_threads']} threads, torch on "
+            f"{machine['torch_threads']}; load average {machine['loadavg_start'][0]:.1f} at the start."
+            f"\n\n{_source_note('bench/results/finder.json')}")
+
+
+def render_bench_finder_float16(sources: Sources) -> str:
+    """``bench/bench_finder_float16.py``: float32 vs float16-stored vectors, the same queries ranked both ways."""
+    result = sources.bench("finder_float16")
+    scenes, synthetic = result["scenes"], result["synthetic"]
+    rows = []
+    for name, part in ((f"scenes, text → image ({scenes['images']:,} images, dim {scenes['dim']})",
+                        scenes["text_to_image"]),
+                       ("scenes, image → image (itself left out)", scenes["image_to_image"]),
+                       (f"synthetic clustered, dim {synthetic['dim']}", synthetic["text_like_queries"])):
+        gap = part["largest_gap_at_a_change"]
+        rows.append([name, f"{part['queries']:,} × {part['items']:,}", f"{part['top1_agree']:.4f}",
+                     f"{part['top10_same_set']:.4f}", f"{part['top10_same_order']:.4f}",
+                     f"{part['mean_top10_overlap']:.4f}", f"{part['max_score_change']:.1e}",
+                     "–" if gap is None else f"{gap:.1e}"])
+    header = ["queries → items", "queries × items", "top 1 same", "top-10 set same", "top-10 order same",
+              "mean top-10 overlap", "largest score change", "widest float32 gap float16 reorders"]
+    recall = scenes["recall_at_10_test"]
+    return (f"{_markdown_table(header, rows)}\n\nText → image Recall@10 on the scenes' test queries: "
+            f"{recall['float32']:.4f} from float32 vectors, {recall['float16']:.4f} from float16 ones "
+            f"(checkpoint `{scenes['checkpoint'].split('/')[-1]}`, the trained dual encoder)."
+            f"\n\n{_source_note('bench/results/finder_float16.json')}")
+
+
 RENDERERS: dict[str, Callable[[Sources], str]] = {
     "score_summary": render_score_summary,
     "retrieval_metrics": render_retrieval_metrics,
@@ -355,6 +422,8 @@ RENDERERS: dict[str, Callable[[Sources], str]] = {
     "bench_retrieval": render_bench_retrieval,
     "bench_sharded": render_bench_sharded,
     "bench_rehearsal": render_bench_rehearsal,
+    "bench_finder": render_bench_finder,
+    "bench_finder_float16": render_bench_finder_float16,
 }
 
 

@@ -160,3 +160,23 @@ def test_a_profile_on_a_mirror_that_is_not_built_says_how_to_build_it(tmp_path):
                                        "hub_mirror": str(tmp_path / "no-mirror")}))
     with pytest.raises(FileNotFoundError, match=r"no rehearsal hub mirror .* make rehearsal-hub"):
         run_notebooks(profile, cwd=tmp_path)
+
+
+def test_the_image_finder_notebook_indexes_searches_and_photographs_the_page(tiny_specs, challenge_csv, tmp_path):
+    profile = tmp_path / "finder.yaml"
+    first_image = str(Path(challenge_csv).parent / pd.read_csv(challenge_csv)["image"].iloc[0])
+    profile.write_text(yaml.safe_dump({
+        "run_dir": "outputs/finder", "checkpoints": [tiny_specs["hf-clip"]], "finder_source": str(challenge_csv),
+        "finder_id_column": "", "finder_text_queries": ["a cat", "a red circle left of a blue square"],
+        "finder_image_queries": [first_image], "finder_compare_queries_path": str(challenge_csv),
+        "finder_compare_queries": 20, "finder_screenshot_query": "a cat", "top": 3, "batch_size": 8,
+        "device": "cpu", "precision": "auto", "notebooks": ["10_image_finder"]}))
+    run_notebooks(profile, cwd=tmp_path)
+    run_dir = tmp_path / "outputs" / "finder"
+    assert (run_dir / "finder" / Path(challenge_csv).stem / "manifest.json").is_file()
+    for figure in ("10_text_queries.png", "10_image_queries.png", "10_finder_page.png"):  # Chromium is required
+        assert (run_dir / "figures" / figure).stat().st_size > 10_000, figure
+    cells = json.loads((run_dir / "notebooks" / "10_image_finder.ipynb").read_text())["cells"]
+    table = next(output["data"]["text/plain"] for cell in cells for output in cell.get("outputs", [])
+                 if "recall@10 against exact" in "".join(output.get("data", {}).get("text/plain", "")))
+    assert "approximate" in "".join(table)

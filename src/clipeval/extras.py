@@ -2,7 +2,8 @@
 
 The package's own dependencies are what it imports everywhere; these stacks are extras, imported
 only where they are used: ``notebooks`` (papermill, nbformat, nbconvert, Jupyter: ``run-notebooks``
-and the run report) and ``ray`` (the Ray executor). ``make env`` installs every extra (and ``dev``:
+and the run report), ``ray`` (the Ray executor) and ``finder`` (faiss: the image finder's
+approximate search). ``make env`` installs every extra (and ``dev``:
 the test, lint and benchmark tools).
 """
 

@@ -42,12 +42,18 @@ replaced run's tables are deleted before the new run starts, so none of them out
 A curation folder (:class:`CurationLayout`) holds ``summary.csv``, ``kept_uids.parquet`` and
 ``decisions/<shard>.parquet`` (every row kept or dropped with its step and reason), for a one-shard
 run also ``kept.csv``, ``dropped.csv`` and ``curated.csv``, and on request ``filtered/``.
+
+An image-finder index folder (:class:`IndexLayout`, written by ``clipeval index``) holds
+``manifest.json``, ``items.parquet``, ``failed.csv``, ``vectors/``, ``ann/``, ``thumbnails/``
+and, when the web page logs them, ``queries.jsonl``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -221,6 +227,70 @@ class CurationLayout(_Folder):
     def filtered(self, name: str) -> Path:
         """An input shard filtered to its kept samples (``--write-filtered``)."""
         return self.root / "filtered" / name
+
+
+def checkpoint_slug(spec: str) -> str:
+    """A checkpoint spec as a safe file name, unique per spec: its readable tail and 8 hex digits of its SHA-256.
+
+    ``hf:openai/clip-vit-base-patch32`` gives ``hf-openai-clip-vit-base-patch32-<8 hex>``; only ASCII
+    letters, digits, ``-``, ``_`` and ``.`` remain, never a leading dot, at most 57 characters.
+    """
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-.")[-48:].lstrip("-.") or "checkpoint"
+    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class IndexLayout(_Folder):
+    """The files of an image-finder index folder (``clipeval index``; docs/finder.md).
+
+    =============================  ================================================================
+    file                           what
+    =============================  ================================================================
+    ``manifest.json``              kind, version, source, rows, and per checkpoint its spec, model
+                                   key, weights identity, preprocessing, dim, vectors, dtype, ANN
+    ``items.parquet``              one row per input: id, row, image, caption, status, error, width,
+                                   height and the source's other columns
+    ``failed.csv``                 every (row, checkpoint) without a vector: id, checkpoint, status,
+                                   error
+    ``vectors/<name>.npy``         float16 ``(n_ok, dim)`` L2-normalised, ok rows in items order
+    ``vectors/<name>.ids.npy``     int64 positions in ``items.parquet`` of those rows
+    ``ann/<name>.faiss``/``.json`` the approximate index and its parameters (large collections only)
+    ``thumbnails/<id>.jpg``        long side at most 256 px
+    ``queries.jsonl``              the queries, only with ``serve --log-queries``
+    =============================  ================================================================
+
+    ``<name>`` is :func:`checkpoint_slug` of the spec.
+    """
+
+    KIND = "clipeval-index"
+    VERSION = 1
+
+    items = _File("items.parquet")
+    failed = _File("failed.csv")
+    vectors_dir = _File("vectors")
+    ann_dir = _File("ann")
+    thumbnails = _File("thumbnails")
+    queries = _File("queries.jsonl")
+
+    def vectors(self, spec: str) -> Path:
+        """A checkpoint's vectors (float16, one row per ok item)."""
+        return self.vectors_dir / f"{checkpoint_slug(spec)}.npy"
+
+    def vector_ids(self, spec: str) -> Path:
+        """A checkpoint's vector rows' positions in ``items.parquet``."""
+        return self.vectors_dir / f"{checkpoint_slug(spec)}.ids.npy"
+
+    def ann(self, spec: str) -> Path:
+        """A checkpoint's approximate index (present only when the ANN rule chose one)."""
+        return self.ann_dir / f"{checkpoint_slug(spec)}.faiss"
+
+    def ann_params(self, spec: str) -> Path:
+        """The approximate index's type and parameters."""
+        return self.ann_dir / f"{checkpoint_slug(spec)}.json"
+
+    def thumbnail(self, item_id: str) -> Path:
+        """An item's thumbnail (ids are safe names: no ``/``, never ``.`` or ``..``)."""
+        return self.thumbnails / f"{item_id}.jpg"
 
 
 def claim(path: str | Path, fingerprint: dict, overwrite: bool = False) -> str:

@@ -24,6 +24,7 @@ that; exact ties (e.g. duplicate embeddings, quantised scores) are resolved by i
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,6 +129,83 @@ def retrieve_both_directions(texts: torch.Tensor, images: torch.Tensor,
         "text_to_image": retrieve(texts, images, pairs, **options),
         "image_to_text": retrieve(images, texts, pairs[:, ::-1], **options),
     }
+
+
+def top_k(queries: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, k: int = 10,
+          query_block: int = QUERY_BLOCK, item_block: int = ITEM_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """The k highest-scoring items of every query, block by block (the top-k lists of :func:`retrieve`).
+
+    Same tie rule (higher score first, lower index first among equal scores) and the same
+    per-block top-k and merge as :func:`retrieve`, without relevant items. ``items`` may be any
+    float array, a memory-mapped float16 file included: it is read ``item_block`` rows at a time
+    and converted to float32 one block at a time (float32 C-contiguous numpy or CPU torch items
+    are used in place), so the whole collection is never copied.
+
+    Args:
+        queries: (Q, D) float32 L2-normalised query embeddings (Q may be 0).
+        items: (N, D) L2-normalised item embeddings, N >= 1.
+        k: length of the lists (capped at N).
+        query_block: queries per block.
+        item_block: items per block; working memory is about ``4 * query_block * item_block`` bytes
+            plus one float32 item block when ``items`` is not float32.
+
+    Returns:
+        ``(scores, indices)``: (Q, min(k, N)) float32 and int64, best first.
+
+    Raises:
+        ValueError: bad shapes, non-finite embeddings, or k/blocks < 1.
+    """
+    if min(k, query_block, item_block) < 1:
+        raise ValueError(f"k, query_block and item_block must be >= 1, got {k}, {query_block}, {item_block}")
+    queries = torch.as_tensor(np.asarray(queries) if not isinstance(queries, torch.Tensor) else queries,
+                              dtype=torch.float32, device="cpu").contiguous()
+    if queries.ndim != 2 or items.ndim != 2 or queries.shape[1] != items.shape[1] or not len(items):
+        raise ValueError(f"queries {tuple(queries.shape)} and items {tuple(items.shape)} must be "
+                         "(Q, D) and (N, D) with the same D and N >= 1")
+    if not np.isfinite(queries.numpy()).all():
+        raise ValueError("embeddings must be finite (no NaN or inf)")
+    n_queries, n_items = len(queries), len(items)
+    k = min(k, n_items)
+    scores = np.empty((n_queries, k), dtype=np.float32)
+    indices = np.empty((n_queries, k), dtype=np.int64)
+    if not n_queries:
+        return scores, indices
+    # Items of another dtype are converted block by block into one reused buffer (torch's conversion
+    # into memory already touched is several times faster than numpy's into a fresh array).
+    buffer = None if _is_float32(items) else torch.empty((min(item_block, n_items), items.shape[1]))
+    with torch.inference_mode():
+        for q0 in range(0, n_queries, query_block):
+            block_queries = queries[q0:q0 + query_block]
+            best_scores = torch.empty((len(block_queries), 0))
+            best_indices = torch.empty((len(block_queries), 0), dtype=torch.int64)
+            for i0 in range(0, n_items, item_block):
+                block_scores = block_queries @ _float32_block(items, i0, i0 + item_block, buffer).T
+                # A non-finite item gives a non-finite score (finite queries): checking the small
+                # score block instead of the items keeps one read of the collection per query block.
+                if not torch.isfinite(block_scores).all():
+                    raise ValueError(f"embeddings must be finite (no NaN or inf): items {i0}..{i0 + item_block}")
+                best_scores, best_indices = _merge_topk(
+                    best_scores, best_indices, *_block_topk(block_scores, k, i0), k)
+            scores[q0:q0 + query_block], indices[q0:q0 + query_block] = best_scores.numpy(), best_indices.numpy()
+    return scores, indices
+
+
+def _is_float32(items: torch.Tensor | np.ndarray) -> bool:
+    if isinstance(items, torch.Tensor):
+        return items.dtype == torch.float32 and items.device.type == "cpu"
+    return items.dtype == np.float32
+
+
+def _float32_block(items: torch.Tensor | np.ndarray, i0: int, i1: int, buffer: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``i0:i1`` of ``items`` as a float32 CPU tensor: a view when float32, else converted into ``buffer``."""
+    block = items[i0:i1]
+    if not isinstance(block, torch.Tensor):
+        with warnings.catch_warnings():  # a read-only memory map: only read here
+            warnings.simplefilter("ignore", UserWarning)
+            block = torch.as_tensor(block)
+    if buffer is None:
+        return block.contiguous()
+    return buffer[:len(block)].copy_(block)
 
 
 def _retrieve_block(queries: torch.Tensor, items: torch.Tensor, indptr: np.ndarray, relevant: np.ndarray,

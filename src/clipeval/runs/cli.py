@@ -18,6 +18,7 @@ from clipeval.data.retrieval_sets import RetrievalSource
 from clipeval.data.sources import SourceOptions
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
+from clipeval.finder.options import IndexOptions
 from clipeval.labels.registry import LabelOptions
 from clipeval.models.hub_mirror import MIRROR_FILE
 from clipeval.models.registry import quiet_progress_bars
@@ -223,6 +224,38 @@ class _NoLongerNeeded(argparse.Action):
               "removed in the next release", file=sys.stderr)
 
 
+def _index(args: argparse.Namespace) -> None:
+    from clipeval.finder.index import build_index
+
+    build = build_index(args.source, args.checkpoint, args.out, options_from(args, SourceOptions), _embed(args),
+                        options_from(args, IndexOptions), args.overwrite)
+    print(f"indexed {build.rows} rows ({build.ok} images read) -> {args.out}")
+    for spec, vectors in build.vectors.items():
+        state = "built" if spec in build.built else "up to date, skipped" if spec in build.skipped else "kept"
+        ann = build.ann[spec]
+        print(f"  {spec}: {vectors} vectors, {build.failed[spec]} rows without one (failed.csv), {state}, "
+              + (f"approximate index {ann['factory']} (nprobe {ann.get('nprobe')})" if ann else "exact search"))
+
+
+def _search(args: argparse.Namespace) -> None:
+    from clipeval.finder.search import FinderIndex, format_results, run_query
+
+    if sum(given is not None for given in (args.text, args.image, args.similar)) != 1:
+        raise ValueError("give one query: a TEXT, --image PATH or --similar ID")
+    if args.exact and args.approximate:
+        raise ValueError("give --exact or --approximate, not both")
+    index = FinderIndex.open(args.index, EmbedOptions(device=args.device))
+    result = run_query(index, text=args.text, image=args.image, similar=args.similar, checkpoints=args.checkpoint,
+                       k=args.k, exact=True if args.exact else False if args.approximate else None)
+    print(json.dumps(result, indent=2) if args.json else format_results(result))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from clipeval.finder.app import serve
+
+    serve(args.index, host=args.host, port=args.port, log_queries=args.log_queries)
+
+
 def _add_run_options(command: argparse.ArgumentParser, *options) -> None:
     """The flags of a command that runs checkpoints: its own option dataclasses, the embedding pipeline's and
     ``--checkpoint``, ``--out``."""
@@ -370,6 +403,41 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", default="offline", help="name in params/ or a YAML path")
     report.add_argument("--run-dir", default=None, help="run folder (default: the profile's run_dir)")
     report.set_defaults(handler=_report)
+
+    index = commands.add_parser("index", help="embed a collection (image folder or any pairs source) with one or "
+                                              "more checkpoints into an index folder for search and serve")
+    index.add_argument("source", help="an image folder, a pairs table (.csv/.tsv/.parquet/.jsonl), COCO "
+                                      "captions_*.json, Hugging Face save_to_disk folder, or hf:owner/name")
+    _add_run_options(index, SourceOptions, IndexOptions)
+    index.add_argument("--overwrite", action="store_true",
+                       help="discard an earlier index in --out (another source, or to rebuild every checkpoint)")
+    index.set_defaults(handler=_index)
+
+    search = commands.add_parser("search", help="search an index folder by text, image or item; two --checkpoint "
+                                                "side by side with the overlap of their top k")
+    search.add_argument("index", help="an index folder written by `clipeval index`")
+    search.add_argument("text", nargs="?", help="the text query")
+    search.add_argument("--image", help="an image file: find the items most like it")
+    search.add_argument("--similar", metavar="ID", help="an indexed item's id: find the items most like it")
+    search.add_argument("--k", type=int, default=10, help="results per checkpoint (default 10)")
+    search.add_argument("--checkpoint", action="append",
+                        help="checkpoint spec of the index (repeat for side by side; default: its first)")
+    search.add_argument("--exact", action="store_true", help="exact search whatever the index's size")
+    search.add_argument("--approximate", action="store_true",
+                        help="search the approximate (faiss) index (the index must hold one)")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument("--device", default="auto", help="where the query encoder runs (auto, cpu, cuda...)")
+    search.set_defaults(handler=_search)
+
+    serve = commands.add_parser("serve", help="the finder's local web page over an index folder (clipeval index): "
+                                              "text and image queries, checkpoints side by side")
+    serve.add_argument("index", help="an index folder written by `clipeval index`")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1, this machine only; another one warns)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
+    serve.add_argument("--log-queries", action="store_true",
+                       help="append each query to INDEX/queries.jsonl (off by default)")
+    serve.set_defaults(handler=_serve)
 
     return parser
 
