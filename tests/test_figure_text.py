@@ -8,6 +8,7 @@ plotted line (unless the text sits on an opaque box drawn above the line).
 
 import inspect
 import itertools
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -27,9 +28,9 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, describe_images
 from clipeval.metrics.compare import spearman_matrix
-from clipeval.plots import curation, data, labels, retrieval, scenes, scores, sharded
+from clipeval.plots import curation, data, finder, labels, retrieval, scenes, scores, sharded
 
-PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation, sharded)
+PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation, sharded, finder)
 matplotlib.rcParams["figure.max_open_warning"] = 60  # every plot function renders at once
 TOLERANCE_PX = 1.0  # extents may touch (a label set on a bar's top) but not overlap by more than a pixel
 CHECKPOINTS = ("dual:outputs/offline/models/dual", "baseline:bert-resnet50-random")
@@ -133,7 +134,12 @@ def render_all(fixtures):
                                        "image short side >= 200 px, aspect ratio <= 3"] * 3})
     shards = pd.DataFrame([{"executor": executor, "name": f"shard-{i:05d}", "rows_per_s": rng.uniform(50, 300)}
                            for executor in ("local", "ray") for i in range(8)])
+    hits = {query: [SimpleNamespace(id=path.stem, score=0.9 - 0.1 * rank, caption=longest[rank],
+                                    thumbnail=str(path.relative_to(scenes_dir)))
+                    for rank, path in enumerate(scene_files[:5])]
+            for query in (longest[0], "a red circle left of a blue square")}
     return {
+        "plot_hits": finder.plot_hits(hits, scenes_dir, "dual: text queries"),
         "plot_shard_throughput": sharded.plot_shard_throughput(shards),
         "plot_kept_fraction": curation.plot_kept_fraction(curve),
         "plot_curation_examples": curation.plot_curation_examples(groups, "score", pairs.attrs["base_dir"]),
