@@ -129,7 +129,7 @@ def table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=f"dual:{PROJECT_ROOT / 'outputs/offline/models/dual'}")
+    parser.add_argument("--checkpoint", default="dual:outputs/offline/models/dual")  # relative: run from the root
     parser.add_argument("--scenes", type=Path, default=PROJECT_ROOT / "data/generated/scenes")
     parser.add_argument("--synthetic-n", type=int, default=100_000)
     parser.add_argument("--synthetic-queries", type=int, default=1000)

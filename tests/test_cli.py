@@ -1,6 +1,8 @@
 """The dual-encoder commands: unset options keep the library defaults, set ones reach it."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -68,3 +70,10 @@ def test_the_deprecated_commands_run_the_new_ones(tmp_path, capsys):
                  str(tmp_path / "out"), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "warning: curate-shards is deprecated" in error and "no scored shard to curate" in error
+
+
+def test_help_answers_without_importing_a_model_library():
+    code = ("import sys\nfrom clipeval.runs.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(name for name in ('torch', 'transformers', 'open_clip') if name in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert shown.strip().splitlines()[-1] == "[]"

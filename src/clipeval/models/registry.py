@@ -20,9 +20,12 @@ import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipeval.file_identity import content_identity, stat_fingerprint
-from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
+
+if TYPE_CHECKING:  # torch is imported by the loaders only: the command line answers --help without it
+    from clipeval.models.encoder import Encoder
 
 CHECKPOINT_LOADERS: dict[str, str] = {
     "hf": "clipeval.models.hf:load_hf",
@@ -177,6 +180,8 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progr
     parsed = parse_spec(spec)
     module_name, function_name = CHECKPOINT_LOADERS[parsed.prefix].split(":")
     loader = getattr(importlib.import_module(module_name), function_name)
+    from clipeval.models.encoder import resolve_device, resolve_precision
+
     torch_device = resolve_device(device)
     with contextlib.nullcontext() if progress else quiet_progress_bars():
         return loader(parsed, torch_device, resolve_precision(precision, torch_device))
