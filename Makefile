@@ -97,10 +97,12 @@ $(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
 	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
 	touch $@
 
-bench: env data $(BENCH_PEERS) ## pipeline, retrieval, sharded-run and finder benchmarks (about 6 min + 100 s + 5 min); JSON in bench/results/, a table printed
+bench: env data $(BENCH_PEERS) ## pipeline, speed, retrieval, sharded-run, shard-size and finder benchmarks (about 40 min); JSON in bench/results/, a table printed
 	$(PYTHON) bench/bench_pipeline.py
+	$(PYTHON) bench/bench_speed.py
 	$(PYTHON) bench/bench_retrieval.py
 	$(PYTHON) bench/bench_sharded.py
+	$(PYTHON) bench/bench_shard_size.py
 	$(PYTHON) bench/bench_finder.py
 
 bench-finder: env data model ## the finder: exact vs approximate search at 10k/100k/1M synthetic vectors, float16 vs float32 ranking (about 6 min) -> bench/results/finder*.json
@@ -110,10 +112,11 @@ bench-finder: env data model ## the finder: exact vs approximate search at 10k/1
 bench-rehearsal: env data ## time make rehearsal-hub and make rehearse, cold, from the shell (about 15 min) -> bench/results/rehearsal.json
 	$(PYTHON) bench/bench_rehearsal.py
 
-bench-train: env ## the dual encoder's training benchmark (about 10 min) -> bench/results/train_dual.json
+bench-train: env ## the dual encoder's training benchmark (about 10 min), then fine-tuning steps/s and peak memory per mode (dual encoder, ViT-B/32; a few min) -> bench/results/train_dual.json, finetune.json
 	$(PYTHON) bench/bench_train_dual.py
+	$(PYTHON) bench/bench_finetune.py
 
-clear-cache: env ## delete the embedding cache's files (outputs/cache/embeddings, or CLIPEVAL_EMBEDDING_CACHE's); others stay
+clear-cache: env ## delete the embedding cache's files (~/.cache/clipeval/embeddings, or CLIPEVAL_EMBEDDING_CACHE's); others stay
 	$(PYTHON) -c "from clipeval.embed.cache import clear_cache; print(clear_cache().describe())"
 
 lab: env ## start JupyterLab on the notebooks

@@ -1,126 +1,121 @@
-"""Benchmark sharded scoring: the local executor vs Ray with 2 actors, and how time grows with shards.
+"""Benchmark sharded scoring as a user runs it: ``clipeval score --shards`` from the shell, local vs Ray.
 
-    python bench/bench_sharded.py [--pairs-per-shard 128] [--out bench/results/sharded.json]
+    python bench/bench_sharded.py [--shards 4] [--pairs-per-shard 800] [--repeats 1] [--out bench/results/sharded.json]
 
-The same webdataset shards (640x480 JPEGs, 4 captions per image, built in a temporary folder)
-and the same model (the dual encoder's architecture at its real size, random init) are scored
-by ``score --shards`` with ``--executor local`` (one process, every core) and ``--executor ray``
-(2 actors, 1 CPU each), for 1, 2, 4 and 8 shards, each into a fresh run folder (embedding cache
-off; the fastest of two runs is kept). Ray is started once before the Ray runs and its start-up
-time reported on its own; every Ray run still starts its actors, which load the model.
+Webdataset shards of distinct 640x480 photo-like JPEGs (one caption each; built in a temporary
+folder) are scored by a fresh ``python -m clipeval score --shards ...`` process with
+``--executor local`` (one process, every core) and with ``--executor ray --ray-actors 2`` (two
+actors of one CPU each, a local Ray started by the command), for two models at their real size,
+random init: the dual encoder (decode-bound) and ViT-B/32 (model-bound). The two executors run
+alternately into fresh run folders, embedding cache off.
 
-Per executor: the wall time of each run, samples/s at 8 shards, a least-squares line
-``wall = fixed + per_shard * shards`` (fixed: model loading and actor start-up; per_shard: the
-marginal cost of a shard), the mean in-shard seconds (reading, decoding, encoding and writing, as
-the done-markers record them) and the per-shard overhead: ``per_shard - in-shard seconds /
-parallel processes`` (what a shard costs beyond its own work: scheduling, markers, idle actors).
-Writes the JSON atomically with paths relative to the project, and prints a table.
+Per run the end-to-end wall time from the shell is split with the run's own records
+(``sharded_stats.json``, ``shards.csv``):
+
+* ``process_s``: the process and, for Ray, the cluster (start, imports, ``ray.init`` and
+  shutdown, the run's tables): end-to-end minus the executor's wall;
+* ``startup_s``: the executor's start-up (the checkpoints loaded; for Ray the actors started);
+* ``overhead_per_shard_s``: what a shard cost beyond its own work, ``(executor wall - startup -
+  in-shard seconds / processes) / shards`` (scheduling, markers, idle actors at the end);
+* rows/s end to end and while scoring (``rows / (executor wall - startup)``).
+
+The ratios Ray ÷ local are taken per model on the fastest run of each. Writes the JSON atomically
+with paths relative to the project, and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import build_dual, machine_info, pairs_table, photos, save_report
+from bench_pipeline import build_dual, build_hf_vit_b32, machine_info, pairs_table, photos, save_report
 from clipeval.data.shards import write_shards
-from clipeval.embed.options import EmbedOptions
 from clipeval.paths import PROJECT_ROOT
-from clipeval.pipeline.options import ExecutionOptions, ShardOptions
-from clipeval.pipeline.run import score_run
 
-SHARD_COUNTS = (1, 2, 4, 8)
 RAY_ACTORS = 2
+EXECUTORS = ("local", "ray")
 
 
-def run(executor: str, shards: list[Path], spec: str, out: Path, batch_size: int) -> dict:
+def score_from_shell(executor: str, shards: list[Path], spec: str, out: Path, batch_size: int) -> dict:
+    """One ``python -m clipeval score --shards`` process, timed from outside, and its run's own records."""
+    inputs = [arg for shard in shards for arg in ("--shards", str(shard))]
+    command = [sys.executable, "-m", "clipeval", "score", *inputs, "--checkpoint", spec, "--out", str(out),
+               "--executor", executor, "--ray-actors", str(RAY_ACTORS), "--batch-size", str(batch_size),
+               "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPEVAL_EMBEDDING_CACHE": "off"}
     started = time.perf_counter()
-    result = score_run(out, list(shards), [spec], ShardOptions(),
-                       EmbedOptions(batch_size=batch_size, device="cpu", embedding_cache=False, progress=False),
-                       ExecutionOptions(executor, ray_actors=RAY_ACTORS))
-    wall = time.perf_counter() - started
-    done = result.shards[result.shards["state"] == "done"]
-    assert len(done) == len(shards), result.shards
-    rows = int(done["rows"].sum())
-    return {"shards": len(shards), "rows": rows, "wall_s": wall, "samples_per_s": rows / wall,
-            "in_shard_s_mean": float(done["seconds"].astype(float).mean()),
-            "processes_used": int(done[["host", "pid"]].drop_duplicates().shape[0])}
+    subprocess.run(command, check=True, env=env, cwd=PROJECT_ROOT, capture_output=True)
+    e2e = time.perf_counter() - started
+    stats = json.loads((out / "sharded_stats.json").read_text())
+    table = pd.read_csv(out / "shards.csv")
+    assert (table["state"] == "done").all(), table
+    rows, processes = int(table["rows"].sum()), stats["processes"]
+    in_shard = table["seconds"].astype(float).tolist()
+    scoring = stats["wall_s"] - stats["startup_s"]
+    return {"executor": executor, "shards": len(shards), "rows": rows, "e2e_s": e2e, "rows_per_s_e2e": rows / e2e,
+            "process_s": e2e - stats["wall_s"], "executor_wall_s": stats["wall_s"], "startup_s": stats["startup_s"],
+            "in_shard_s": in_shard, "rows_per_s_scoring": rows / scoring,
+            "overhead_per_shard_s": (scoring - sum(in_shard) / processes) / len(shards),
+            "processes_used": int(table[["host", "pid"]].drop_duplicates().shape[0])}
 
 
-def best_of(repeats: int, executor: str, shards: list[Path], spec: str, out: Path, batch_size: int) -> dict:
-    """The fastest of ``repeats`` runs (each into a fresh folder): the machine is shared and noisy."""
-    runs = [run(executor, shards, spec, out / f"try-{i}", batch_size) for i in range(repeats)]
-    best = min(runs, key=lambda r: r["wall_s"])
-    return {**best, "wall_s_all": [r["wall_s"] for r in runs]}
-
-
-def fit(runs: list[dict], parallel: int) -> dict:
-    shards = np.array([r["shards"] for r in runs], dtype=float)
-    walls = np.array([r["wall_s"] for r in runs])
-    per_shard, fixed = np.polyfit(shards, walls, 1)
-    in_shard = float(np.mean([r["in_shard_s_mean"] for r in runs]))
-    return {"fixed_s": float(fixed), "per_shard_s": float(per_shard), "in_shard_s_mean": in_shard,
-            "parallel_processes": parallel, "overhead_per_shard_s": float(per_shard - in_shard / parallel)}
+def compare(spec: str, shards: list[Path], out: Path, batch_size: int, repeats: int) -> dict:
+    """Local and Ray alternately, ``repeats`` times each; the fastest of each and their ratios."""
+    runs = {executor: [] for executor in EXECUTORS}
+    for attempt in range(repeats):
+        for executor in EXECUTORS:
+            runs[executor].append(score_from_shell(executor, shards, spec, out / f"{executor}-{attempt}", batch_size))
+    best = {executor: min(found, key=lambda run: run["e2e_s"]) for executor, found in runs.items()}
+    return {"runs": runs, "best": best,
+            "ray_over_local_e2e": best["ray"]["rows_per_s_e2e"] / best["local"]["rows_per_s_e2e"],
+            "ray_over_local_scoring": best["ray"]["rows_per_s_scoring"] / best["local"]["rows_per_s_scoring"]}
 
 
 def table(report: dict) -> str:
-    lines = [f"{'shards':>6} {'local s':>9} {'ray s':>9} {'local/s':>9} {'ray/s':>9}"]
-    for local, ray in zip(report["local"]["runs"], report["ray"]["runs"]):
-        lines.append(f"{local['shards']:>6} {local['wall_s']:>9.1f} {ray['wall_s']:>9.1f} "
-                     f"{local['samples_per_s']:>9.1f} {ray['samples_per_s']:>9.1f}")
-    for name in ("local", "ray"):
-        f = report[name]["fit"]
-        lines.append(f"{name}: fixed {f['fixed_s']:.1f} s + {f['per_shard_s']:.2f} s/shard; in-shard "
-                     f"{f['in_shard_s_mean']:.2f} s; overhead {f['overhead_per_shard_s']:+.2f} s/shard")
-    lines.append(f"ray/local samples/s at {SHARD_COUNTS[-1]} shards: {report['ray_over_local_at_8']:.2f}; "
-                 f"Ray start-up {report['ray_init_s']:.1f} s")
+    lines = [f"{'model':>8} {'executor':>8} {'e2e s':>7} {'rows/s':>7} {'process s':>9} {'startup s':>9} "
+             f"{'scoring rows/s':>14} {'overhead s/shard':>16}"]
+    for model, result in report["models"].items():
+        for executor, run in result["best"].items():
+            lines.append(f"{model:>8} {executor:>8} {run['e2e_s']:>7.1f} {run['rows_per_s_e2e']:>7.1f} "
+                         f"{run['process_s']:>9.1f} {run['startup_s']:>9.1f} {run['rows_per_s_scoring']:>14.1f} "
+                         f"{run['overhead_per_shard_s']:>+16.2f}")
+        lines.append(f"{model}: ray / local rows/s {result['ray_over_local_e2e']:.2f} end to end, "
+                     f"{result['ray_over_local_scoring']:.2f} while scoring")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs-per-shard", type=int, default=128)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--pairs-per-shard", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration; the fastest is kept")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per executor and model; the fastest is kept")
+    parser.add_argument("--models", default="dual,vit_b32", help="comma-separated: dual, vit_b32")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "sharded.json")
     args = parser.parse_args(argv)
-    report = {"config": {**vars(args), "shard_counts": SHARD_COUNTS, "ray_actors": RAY_ACTORS,
-                         "model": "dual encoder architecture, random init", "images": "640x480 JPEG, 4 captions each"},
-              "machine": machine_info()}
+    report = {"config": {**vars(args), "ray_actors": RAY_ACTORS, "cpus_per_actor": 1,
+                         "images": "distinct 640x480 JPEGs, one caption each", "models": "real size, random init",
+                         "measured": "fresh `python -m clipeval score --shards` processes from the shell"},
+              "machine": machine_info(), "models": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
-        spec = build_dual(temp / "dual")
-        n = args.pairs_per_shard * SHARD_COUNTS[-1]
-        pairs = pairs_table(photos(temp / "photos", n // 4), 4)
+        pairs = pairs_table(photos(temp / "photos", args.shards * args.pairs_per_shard), 1)
         pairs.attrs["base_dir"] = "/"
-        shards = write_shards(pairs, temp / "shards", SHARD_COUNTS[-1], "tar")
-        report["local"] = {"runs": [best_of(args.repeats, "local", shards[:k], spec, temp / f"local-{k}",
-                                            args.batch_size) for k in SHARD_COUNTS]}
-        import ray
-
-        ray_started = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
-        report["ray_init_s"] = time.perf_counter() - ray_started
-        try:
-            report["ray"] = {"runs": [best_of(args.repeats, "ray", shards[:k], spec, temp / f"ray-{k}",
-                                              args.batch_size) for k in SHARD_COUNTS]}
-        finally:
-            ray.shutdown()
-    report["local"]["fit"] = fit(report["local"]["runs"], 1)
-    report["ray"]["fit"] = fit(report["ray"]["runs"], RAY_ACTORS)
-    report["ray_over_local_at_8"] = report["ray"]["runs"][-1]["samples_per_s"] / report["local"]["runs"][-1][
-        "samples_per_s"]
+        shards = write_shards(pairs, temp / "shards", args.shards, "tar")
+        builders = {"dual": build_dual, "vit_b32": build_hf_vit_b32}
+        for model in args.models.split(","):
+            spec = builders[model](temp / model)
+            report["models"][model] = compare(spec, shards, temp / f"runs-{model}", args.batch_size, args.repeats)
     return save_report(report, args.out, started, table)
 
 

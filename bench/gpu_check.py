@@ -12,6 +12,8 @@
 3. The pipeline on CUDA: ViT-B/32 at its real size, scoring pairs/s over the model-only limit (the
    same images preprocessed beforehand and the same captions through the same encoder), with 0 and
    4 decode processes (``bench_pipeline.model_limit``).
+4. Fine-tuning on CUDA: a few steps of each mode (full, LiT, adapters) of the same ViT-B/32 under bf16
+   autocast, steps/s and peak CUDA memory (``bench_finetune.time_modes``).
 
 Exits 2 when no CUDA device is visible. Meant to take under 8 minutes on one GPU; writes the JSON the
 docs' GPU table is generated from.
@@ -29,7 +31,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench_finetune import time_modes
 from bench_pipeline import build_hf_vit_b32, machine_info, model_limit, pairs_table, photos, save_report
+from clipeval.data.sources import read_pairs
 from clipeval.paths import PROJECT_ROOT
 from clipeval.rehearsal.reduced import reduced_rehearsal
 from clipeval.runs.notebooks import run_notebooks
@@ -88,6 +92,8 @@ def table(report: dict) -> str:
     for name, config in report["pipeline"]["configs"].items():
         lines.append(f"pipeline, {name}: {config['pipeline_pairs_per_s']:.1f} pairs/s, model-only "
                      f"{config['model_only_pairs_per_s']:.1f}, ratio {config['ratio_pipeline_over_model_only']:.2f}")
+    for mode, row in report.get("finetune", {}).items():
+        lines.append(f"finetune {mode}: {row['steps_per_s']:.2f} steps/s, peak CUDA {row['peak_gpu_mib']:.0f} MiB")
     return "\n".join(lines)
 
 
@@ -110,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         spec, refs = build_hf_vit_b32(temp / "hf-b32"), photos(temp / "photos", args.pairs)
         report["pipeline"] = model_limit(spec, pairs_table(refs, 1), args.batch_size, ((0, False), (4, False)),
                                          device=args.device)
+        pairs_table(refs[:128], 1).to_csv(temp / "finetune_pairs.csv", index=False)
+        report["finetune"] = time_modes(spec, read_pairs(temp / "finetune_pairs.csv"), temp / "finetune",
+                                        steps=5, batch_size=args.batch_size, device=args.device)
     save_report(report, args.out, started, table)
     return 0 if all(check["within"] for check in report["rehearsal"]["checks"].values()) else 1
 

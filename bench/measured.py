@@ -306,21 +306,76 @@ def render_bench_retrieval(sources: Sources) -> str:
 
 
 def render_bench_sharded(sources: Sources) -> str:
-    """``make bench``'s sharded scoring: local vs Ray per shard count, and the fitted fixed and per-shard costs."""
+    """``make bench``'s sharded scoring from the shell: local vs Ray per model, start-up and per-shard costs apart."""
     result = sources.bench("sharded")
-    rows = [[str(local["shards"]), f"{local['wall_s']:.1f}", f"{ray['wall_s']:.1f}", f"{local['samples_per_s']:.0f}",
-             f"{ray['samples_per_s']:.0f}"] for local, ray in zip(result["local"]["runs"], result["ray"]["runs"])]
-    table = _markdown_table(["shards", "local wall (s)", "ray wall (s)", "local samples/s", "ray samples/s"], rows)
-    fits = "; ".join(
-        f"{name}: {fit['fixed_s']:.1f} s fixed + {fit['per_shard_s']:.2f} s per shard, of which "
-        f"{fit['in_shard_s_mean']:.2f} s in-shard work on {fit['parallel_processes']} process(es), an overhead of "
-        f"{_signed(fit['overhead_per_shard_s'])} s per shard"
-        for name, fit in ((name, result[name]["fit"]) for name in ("local", "ray")))
+    config, names = result["config"], {"dual": "dual encoder", "vit_b32": "ViT-B/32"}
+    rows, ratios = [], []
+    for model, entry in result["models"].items():
+        for executor, run in entry["best"].items():
+            rows.append([names.get(model, model), executor, f"{run['e2e_s']:.1f}", f"{run['rows_per_s_e2e']:.1f}",
+                         f"{run['process_s']:.1f}", f"{run['startup_s']:.1f}", f"{run['rows_per_s_scoring']:.1f}",
+                         _signed(run["overhead_per_shard_s"])])
+        ratios.append(f"{names.get(model, model)} **{entry['ray_over_local_e2e']:.2f}** end to end, "
+                      f"{entry['ray_over_local_scoring']:.2f} while scoring")
+    table = _markdown_table(["model", "executor", "end to end (s)", "rows/s", "process + cluster (s)",
+                             "executor start-up (s)", "rows/s while scoring", "overhead per shard (s)"], rows)
     machine = result["machine"]
-    return (f"{table}\n\nRay ÷ local samples/s at {result['local']['runs'][-1]['shards']} shards: "
-            f"**{result['ray_over_local_at_8']:.2f}**; Ray's own start-up {result['ray_init_s']:.1f} s (not in the "
-            f"walls above). Least-squares lines of wall time over shards: {fits}. {machine['cpu_count']} cores, load "
-            f"average {machine['loadavg_start'][0]:.1f} at the start.\n\n{_source_note('bench/results/sharded.json')}")
+    return (f"{table}\n\n{config['shards']} shards of {config['pairs_per_shard']} pairs ({config['images']}), "
+            f"Ray with {config['ray_actors']} actors of {config['cpus_per_actor']} CPU. Ray ÷ local rows/s: "
+            f"{'; '.join(ratios)}. {machine['cpu_count']} cores, load average {machine['loadavg_start'][0]:.1f} "
+            f"at the start.\n\n{_source_note('bench/results/sharded.json')}")
+
+
+def render_bench_speed(sources: Sources) -> str:
+    """``bench/bench_speed.py``: start-up, re-run, decode candidates, the dual encoder's pipeline, the peer ratio."""
+    result = sources.bench("speed")
+    cli, dual, peer = result["cli"], result["dual_pipeline"], result["peer"]
+    rows = [["`python -m clipeval --help` from the shell (median)", f"{cli['help_s_median']:.2f} s", "< 0.5 s"],
+            [f"re-run of a finished `score --pairs` ({cli['pairs']} pairs, {cli['model']}, random init); cold",
+             f"{cli['rerun_s']:.2f} s; cold {cli['cold_s']:.1f} s", "< 2 s"],
+            ["the same pairs into a fresh folder, embedding cache warm", f"{cli['warm_cache_fresh_folder_s']:.1f} s",
+             "(reported)"]]
+    for name, row in dual["configs"].items():
+        rows.append([f"dual encoder `score --pairs`, {name}: ÷ min(model-only, decode × cores) / ÷ the shared-core "
+                     "limit", f"{row['over_min_model_decode_x_cores']:.2f} / {row['over_shared_core_limit']:.2f} "
+                     f"({row['pairs_per_s']:.0f} pairs/s)", "≥ 0.9 (first)"])
+    rows.append([f"retrieval ÷ CLIP_benchmark `zeroshot_retrieval`, open_clip ViT-B/32, {peer['images']:,} images × "
+                 "5 captions, cold, fp32", f"{peer['speedup_pipeline_over_clip_benchmark']:.2f}× "
+                 f"({peer['pipeline_wall_s_including_decode']:.0f} s, decoding included, vs "
+                 f"{peer['clip_benchmark_wall_s_excluding_decode']:.0f} s without); metrics "
+                 f"{'agree to 1e-6' if peer['metrics_agree_1e-6'] else 'DIFFER'}", "≥ 1.2×"])
+    table = _markdown_table(["measure", "measured", "target"], rows)
+    decode_rows = []
+    for model, entry in result["decode"]["models"].items():
+        for name, row in entry["candidates"].items():
+            decode_rows.append([f"{model} ({entry['input_side']} px)", name, f"{row['images_per_s_one_core']:.0f}",
+                                f"{row['tensor_max_abs_difference']:.3f}", "yes" if row["within_tolerance"] else "no"])
+    decode_table = _markdown_table(["transform", "decode path", "images/s on one core", "max abs difference",
+                                    f"within {result['decode']['tolerance_max_abs']}"], decode_rows)
+    limits = (f"The dual encoder's limits: model only {dual['model_only_pairs_per_s_all_cores']:.0f} pairs/s on "
+              f"all cores ({dual['model_only_pairs_per_s_one_core']:.0f} on one), fast decode "
+              f"{dual['decode_images_per_s_one_core']:.0f} images/s on one core; min(model, decode × cores) "
+              f"{dual['min_model_decode_x_cores']:.0f}, shared-core limit {dual['shared_core_limit']:.0f} pairs/s.")
+    machine = result["machine"]
+    return (f"{table}\n\n{decode_table}\n\n{limits} {machine['cpu_count']} cores, load average "
+            f"{machine['loadavg_start'][0]:.1f} at the start.\n\n{_source_note('bench/results/speed.json')}")
+
+
+def render_bench_shard_size(sources: Sources) -> str:
+    """``bench/bench_shard_size.py``: shards of images with several captions, grouped vs one sample per pair."""
+    result = sources.bench("shard_size")
+    rows = []
+    for size in result["sizes"]:
+        for name in ("tar", "parquet"):
+            per_pair, grouped = size[name]["per_pair"], size[name]["grouped"]
+            members = (f"{per_pair['image_members']:,} / {grouped['image_members']:,}"
+                       if per_pair["image_members"] is not None else "—")
+            rows.append([f"{size['images']:,} × {result['config']['captions']}", f"{size['image_bytes'] / 1e6:.1f}",
+                         name, f"{per_pair['bytes'] / 1e6:.1f}", f"{grouped['bytes'] / 1e6:.1f}",
+                         f"{per_pair['bytes'] / grouped['bytes']:.2f}", members])
+    header = ["images × captions", "JPEG files (MB)", "format", "one sample per pair (MB)", "grouped (MB)", "ratio",
+              "image members (per pair / grouped)"]
+    return f"{_markdown_table(header, rows)}\n\n{_source_note('bench/results/shard_size.json')}"
 
 
 def _duration(seconds: float) -> str:
@@ -421,6 +476,8 @@ RENDERERS: dict[str, Callable[[Sources], str]] = {
     "bench_pipeline": render_bench_pipeline,
     "bench_retrieval": render_bench_retrieval,
     "bench_sharded": render_bench_sharded,
+    "bench_speed": render_bench_speed,
+    "bench_shard_size": render_bench_shard_size,
     "bench_rehearsal": render_bench_rehearsal,
     "bench_finder": render_bench_finder,
     "bench_finder_float16": render_bench_finder_float16,

@@ -72,8 +72,26 @@ def test_the_deprecated_commands_run_the_new_ones(tmp_path, capsys):
     assert "warning: curate-shards is deprecated" in error and "no scored shard to curate" in error
 
 
-def test_help_answers_without_importing_a_model_library():
-    code = ("import sys\nfrom clipeval.runs.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(name for name in ('torch', 'transformers', 'open_clip') if name in sys.modules))")
+HEAVY = ('torch', 'transformers', 'open_clip', 'scipy', 'matplotlib')
+
+
+def _imports_after(argv: list[str], heavy: tuple[str, ...]) -> list[str]:
+    """The heavy modules a fresh process imported to run ``python -m clipeval ARGV`` (its exit status ignored)."""
+    code = (f"import sys\nfrom clipeval.runs.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n"
+            f"    pass\nprint(sorted(name for name in {heavy!r} if name in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert shown.strip().splitlines()[-1] == "[]"
+    return json.loads(shown.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_help_answers_without_importing_a_model_library_or_pandas():
+    assert _imports_after(["--help"], (*HEAVY, "numpy", "pandas")) == []
+    assert _imports_after(["score", "--help"], (*HEAVY, "numpy", "pandas")) == []
+
+
+def test_a_finished_score_run_answers_a_rerun_without_a_model_library(tmp_path, challenge_csv, tiny_specs):
+    argv = ["score", "--pairs", str(challenge_csv), "--checkpoint", tiny_specs["open_clip"], "--out",
+            str(tmp_path / "run"), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    written = (tmp_path / "run" / "score_summary.csv").stat().st_mtime_ns
+    assert _imports_after(argv, HEAVY) == []
+    assert (tmp_path / "run" / "score_summary.csv").stat().st_mtime_ns == written

@@ -103,8 +103,44 @@ def test_rules_parse_from_their_command_line_form():
     assert parse_rule(f"percentile:70[{B}]") == Percentile(B, 70)
     assert parse_rule("basic") == BasicFilter()
     assert parse_rule(f"top:0.1[{A}] | top:0.1[{B}]") == AnyOf([TopFraction(A, 0.1), TopFraction(B, 0.1)])
-    with pytest.raises(ValueError, match="cannot read the rule"):
+    with pytest.raises(ValueError, match=r"cannot read the rule 'cosine<0.3'; a rule is one of: 'cosine"):
+        parse_rule("cosine<0.3", A)
+    with pytest.raises(ValueError, match=r"names no checkpoint .* e.g. 'top:0.3\[SPEC\]'"):
         parse_rule("cosine>=0.3")
+
+
+def test_a_top_fraction_reads_as_a_percentage_and_bad_numbers_show_the_grammar():
+    assert parse_rule(f"top:30%[{A}]") == TopFraction(A, 0.3)
+    assert parse_rule(f"percentile:70%[{B}]") == Percentile(B, 70)
+    with pytest.raises(ValueError, match=r"holds '30 pct' where a number goes; a rule is one of: .*'top:30%\[SPEC\]'"):
+        parse_rule(f"top:30 pct[{A}]")
+    with pytest.raises(ValueError, match=r"top fraction of 130%: write one in \(0, 1\] or \(0%, 100%\]"):
+        parse_rule(f"top:130%[{A}]")
+
+
+def test_a_rule_without_a_checkpoint_cuts_the_primary_one():
+    assert parse_rule("top:0.3", A) == TopFraction(A, 0.3)
+    assert parse_rule("cosine>=0.3", B) == Threshold(B, 0.3)
+    assert parse_rule(f"top:0.1 | top:0.1[{B}]", A) == AnyOf([TopFraction(A, 0.1), TopFraction(B, 0.1)])
+    assert parse_rule(f"top:0.3[{B}]", A) == TopFraction(B, 0.3)  # a named checkpoint wins
+
+
+def test_dropped_rows_carry_their_score_and_the_cut():
+    scores = table([0.1, 0.5, 0.4, np.nan, 0.2], statuses=["ok", "ok", "ok", "missing", "ok"])
+    dropped = curate(scores, [Threshold(A, 0.15), TopFraction(A, 0.5)]).dropped.set_index("row_id")
+    assert dropped.loc[0, ["step", "score", "cut"]].tolist() == [1, 0.1, 0.15]
+    assert dropped.loc[4, ["step", "score", "cut"]].tolist() == [2, 0.2, 0.4]  # top 2 of 3: cut at 0.4
+    assert dropped.loc[3, "step"] == 0 and np.isnan(dropped.loc[3, "score"]) and np.isnan(dropped.loc[3, "cut"])
+    basic = curate(table([0.3], captions=["two words"]), [BasicFilter()]).dropped
+    assert basic["score"].isna().all() and basic["cut"].isna().all()  # no one score: left empty
+
+
+def test_the_summary_says_a_later_global_rule_is_over_the_rows_kept_before_it():
+    scores = table(np.linspace(0, 1, 10))
+    steps = curate(scores, [Threshold(A, 0.5), TopFraction(A, 0.5)]).steps
+    assert "rules apply in the order given" in steps["note"].iloc[2] and "exact cut" in steps["note"].iloc[2]
+    first = curate(scores, [TopFraction(A, 0.5), Threshold(A, 0.5)]).steps
+    assert "rules apply in the order given" not in "".join(first["note"])
 
 
 def test_curate_reads_a_scored_run_and_writes_every_output(tiny_specs, challenge_csv, tmp_path):
@@ -125,6 +161,9 @@ def test_curate_reads_a_scored_run_and_writes_every_output(tiny_specs, challenge
     assert result.kept == len(kept) == math.ceil(0.5 * len(pairs))
     dropped = pd.read_csv(tmp_path / "curated" / "dropped.csv")
     assert len(curated) + len(dropped) == len(pairs)
+    assert list(dropped.columns) == ["row_id", "step", "reason", "score", "cut"]
+    cut = dropped.loc[dropped["step"] == 1, "cut"]
+    assert cut.nunique() == 1 and (dropped.loc[dropped["step"] == 1, "score"] <= cut).all()
     assert (tmp_path / "curated" / "summary.csv").is_file() and (tmp_path / "curated" / "kept.csv").is_file()
 
 
@@ -139,6 +178,12 @@ def test_the_curate_command_prints_the_steps_and_refuses_unknown_checkpoints(tin
                  "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "basic filter" in printed and printed.strip().splitlines()[-1].startswith("kept ")
+    assert "note: rules apply in the order given" in printed
+    # no [SPEC]: the run's primary checkpoint; a percentage reads as a fraction
+    assert main(["curate", "--scores", str(tmp_path / "run"), "--rule", "top:30%", "--out",
+                 str(tmp_path / "primary"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"top 30% by cosine[{spec}]" in printed and "rules apply in the order given" not in printed
     assert main(["curate", "--scores", str(tmp_path / "run"), "--rule", "top:0.5[hf:other]", "--out",
                  str(tmp_path / "x")]) == 2
     assert "no scores for hf:other" in capsys.readouterr().err

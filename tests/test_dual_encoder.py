@@ -141,7 +141,10 @@ def test_save_load_round_trip_through_the_registry(tiny, tmp_path):
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match=r"missing config\.json"):
+    with pytest.raises(CheckpointError, match=rf"no such folder {tmp_path / 'nothing'}; train a model there first"):
+        load_encoder(f"dual:{tmp_path / 'nothing'}", device="cpu")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(CheckpointError, match=r"missing config\.json, model\.safetensors in "):
         load_encoder(f"dual:{tmp_path / 'nothing'}", device="cpu")
 
 

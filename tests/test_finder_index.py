@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipeval.data.images import read_many_bytes
-from clipeval.data.sources import SourceOptions
+from clipeval.data.options import SourceOptions
 from clipeval.embed.engine import Embedder, LazyEncoder
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder.index import build_index, item_ids

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from clipeval.paths import NOTEBOOKS_DIR
-from clipeval.profiles import load_profile
-from clipeval.runs.notebooks import RUN_KEYS, notebook_parameters, run_notebooks
+from clipeval.profiles import RUN_KEYS, load_profile
+from clipeval.runs.notebooks import notebook_parameters, run_notebooks
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 

@@ -11,10 +11,12 @@ through the command line.
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -79,7 +81,8 @@ def test_add_repo_writes_huggingface_hubs_layout(tmp_path):
 def _names_a_hub_repository(spec: str) -> bool:
     """A spec written in the docs that downloads: not a local path, not the ``hf:owner/name`` placeholder."""
     target = spec.partition(":")[2]
-    local = target.startswith("/") or any(part in target for part in ("/path/", "tiny-random", "outputs/"))
+    local = (target.startswith("/") or target.count("/") >= 2  # no hub name has two slashes: a local path
+             or any(part in target for part in ("/path/", "tiny-random", "outputs/")))
     return not local and spec != "hf:owner/name" and (not spec.startswith("hf:") or "/" in target)
 
 
@@ -198,3 +201,37 @@ def test_siglip_tokenizes_and_reports_truncation_as_open_clip_does(mirror):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "64 [1, 1, 1] [True, False] True"
+
+
+def _quick_start() -> list[str]:
+    """The README's quick-start commands, as written."""
+    section = (PROJECT_ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_quick_start_runs_as_written_from_another_folder(mirror, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    work = tmp_path / "my-project"
+    (work / "photos").mkdir(parents=True)
+    rows = []
+    for index, thing in enumerate(("red bicycle", "black cat", "green apple", "wooden chair", "blue car", "old boat")):
+        pixels = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(work / "photos" / f"{index}.jpg")
+        rows.append({"image": f"photos/{index}.jpg", "caption": f"a photo of a {thing} next to the window"})
+    pd.DataFrame(rows).to_csv(work / "my_pairs.csv", index=False)
+    commands = _quick_start()
+    assert len(commands) == 5
+    for line in commands:
+        words = shlex.split(line)
+        assert words[:3] == ["python", "-m", "clipeval"], line
+        run = subprocess.run([sys.executable, *words[1:]], cwd=work, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, **mirror_env(mirror), "CLIPEVAL_ROOT": str(work)})
+        assert run.returncode == 0, f"{line}\n{run.stderr[-2000:]}"
+    summary = pd.read_csv(work / "runs" / "mine" / "score_summary.csv")
+    assert len(summary) == 2 and (work / "runs" / "mine" / "figures" / "score_spearman.png").exists()
+    assert (work / "runs" / "mine-curated" / "kept.csv").exists()
+    assert (work / "runs" / "mine-retrieval" / "metrics.csv").exists()
+    assert (work / "runs" / "mine" / "report" / "index.html").exists()

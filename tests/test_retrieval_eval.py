@@ -7,13 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clipeval.data.options import PairsTableError
 from clipeval.data.retrieval_sets import (
     RetrievalSource,
     load_retrieval_set,
     read_retrieval_tables,
     retrieval_set_from_pairs,
 )
-from clipeval.data.sources import PairsTableError, read_pairs
+from clipeval.data.sources import read_pairs
 from clipeval.embed.engine import embed_set
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
@@ -157,7 +158,8 @@ def test_no_progress_hides_the_model_libraries_bars(tiny_specs, challenge_csv, t
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     assert "Loading weights" in capfd.readouterr().err  # the bar this test is about does show by default
     assert main([*base, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
-    assert capfd.readouterr().err == ""
+    # no bar, no library log: only the run's own warnings (this random model has hubs)
+    assert all(line.startswith("warning: ") for line in capfd.readouterr().err.splitlines())
     from transformers.utils import logging
     assert logging.is_progress_bar_enabled()  # quiet was scoped to the run
 

@@ -129,7 +129,7 @@ def test_a_bomb_does_not_stop_notebook_01(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from clipeval.data.sources import SourceOptions
+    from clipeval.data.options import SourceOptions
     from clipeval.plots.data import plot_image_sizes, plot_sample_grid
     from clipeval.runs import steps
 

@@ -75,6 +75,18 @@ def test_local_and_ray_give_the_same_rows_and_scores(local_and_ray, tar_shards, 
     assert local["caption"].tolist() == pairs["caption"].tolist()  # input order, input columns kept
     ray_stats = json.loads((local_and_ray["ray"] / "sharded_stats.json").read_text())
     assert ray_stats["executor"] == "ray" and ray_stats["shards_done"] == 4
+    local_stats = json.loads((local_and_ray["local"] / "sharded_stats.json").read_text())
+    assert ray_stats["startup_s"] > 0 and local_stats["startup_s"] > 0  # start-up reported apart from the shards
+
+
+def test_a_checkpoint_no_actor_can_load_stops_the_ray_run_with_its_own_error(tar_shards, tmp_path, capsys):
+    _, shards = tar_shards
+    argv = ["score", "--shards", str(shards[0]), "--shards", str(shards[1]),
+            "--checkpoint", f"dual:{tmp_path / 'no-model'}", "--out", str(tmp_path / "run"),
+            "--executor", "ray", "--ray-actors", "1", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: dual:{tmp_path / 'no-model'}" in err and "ActorDiedError" not in err
 
 
 @pytest.mark.parametrize("rule", ["cosine[{spec}]>=0.0", "top:0.3[{spec}]"])
@@ -141,8 +153,10 @@ def test_a_corrupt_sample_and_an_unreadable_shard_are_reported_not_fatal(tar_sha
     assert main(argv) == 1
     assert "broken.tar" in capsys.readouterr().err
     table = pd.read_parquet(out / "shards" / "good.parquet")
-    assert table.loc[1, "status"] in ("truncated", "decode_error") and table.loc[1, "error"]
-    assert (table.drop(index=1)["status"] == "ok").all()
+    broken_rows = table["__key__"] == "000000001"  # the image's 3 captions: each keeps its row and the reason
+    assert broken_rows.sum() == 3 and table.loc[broken_rows, "status"].isin(["truncated", "decode_error"]).all()
+    assert table.loc[broken_rows, "error"].str.len().gt(0).all()
+    assert (table.loc[~broken_rows, "status"] == "ok").all()
     failed = json.loads((out / "shards" / "broken.failed.json").read_text())
     assert failed["state"] == "failed" and "broken.tar" in failed["error"]
     broken.write_bytes(good.read_bytes())  # fixed: the next run scores only that shard

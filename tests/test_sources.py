@@ -15,7 +15,8 @@ from PIL import Image
 
 from clipeval.data.captions import check_caption
 from clipeval.data.images import read_images
-from clipeval.data.sources import SOURCE_READERS, PairsTableError, detect_source_kind, read_pairs
+from clipeval.data.options import PairsTableError
+from clipeval.data.sources import SOURCE_READERS, detect_source_kind, read_pairs
 
 CAPTIONS = ["a dog on a beach 🐶🏖️", "Um gato laranja dormindo no sofá", "NA", "007", None]
 PAIRS = pd.DataFrame({
@@ -174,6 +175,7 @@ def test_coco_captions_file_gives_one_row_per_caption(tmp_path):
 
 def test_coco_images_dir_and_column_names_can_be_set(tmp_path):
     annotations = _coco(tmp_path)
+    (tmp_path / "elsewhere").mkdir()  # a missing --images-dir stops the read (test_first_hour.py)
     table = read_pairs(annotations, "file", "text", images_dir=tmp_path / "elsewhere")
     assert list(table.columns) == ["image_id", "annotation_id", "file", "text"]
     assert table.attrs["base_dir"] == str((tmp_path / "elsewhere").resolve())

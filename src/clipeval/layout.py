@@ -19,6 +19,7 @@ file                       what                                                 
 ``score_summary.csv``      matched vs mismatched cosine per checkpoint                   compare
 ``metrics.csv``            retrieval metrics                                             retrieve
 ``retrieval_ranks.csv``    per query ranks                                               retrieve
+``retrieval_worst.csv``    the worst queries (``retrieve --worst N``)                    retrieve
 ``retrieval_stats.*``      retrieval's time and memory                                   retrieve
 ``benchmarks/<name>/``     a retrieval folder per standard benchmark                     retrieve_benchmarks
 ``benchmark_metrics.csv``  every benchmark's metrics                                     retrieve_benchmarks
@@ -59,14 +60,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
-
 from clipeval.atomic import write_json
 
 # The columns scoring adds to the input rows in results.csv, and the columns of scores.csv.
 RESULT_COLUMNS = ("similarity", "clip_score_100", "caption_truncated", "image_width", "image_height", "status", "error")
 SCORE_COLUMNS = ("row_id", "checkpoint", "cosine", "clip_score_100", "clip_score_2_5", "caption_truncated",
                  "image_width", "image_height", "status", "error")
+# a scored shard's columns: these per row, then these per checkpoint as NAME[SPEC]
+ROW_COLUMNS = ("uid", "row", "image_width", "image_height", "status", "error")
+PER_CHECKPOINT = ("cosine", "clip_score_100", "caption_truncated", "status", "error", "model_key", "preprocess")
 
 
 def score_column(name: str, spec: str) -> str:
@@ -129,6 +131,7 @@ class RunLayout(_Folder):
     score_summary = _File("score_summary.csv")
     metrics = _File("metrics.csv")
     retrieval_ranks = _File("retrieval_ranks.csv")
+    retrieval_worst = _File("retrieval_worst.csv")
     retrieval_stats = _File("retrieval_stats.json")
     retrieval_stats_log = _File("retrieval_stats.log")
     benchmark_metrics = _File("benchmark_metrics.csv")
@@ -201,9 +204,32 @@ class RunLayout(_Folder):
         """The curation study's scored challenge set, a run folder of its own."""
         return RunLayout(self.root / "curation" / "challenge")
 
+    @property
+    def holds_scores(self) -> bool:
+        """Whether a shard was scored here, whole (a done-marker) or in part (a finished chunk), or a run is
+        still going here (the process that wrote ``incomplete.json`` is alive). A run that scored nothing (it
+        stopped at a mistyped checkpoint or a missing file) left nothing to lose."""
+        if any(self.shards.glob("*.done.json")) or any(self.shards.glob("*.parts/*.parquet")):
+            return True
+        try:
+            pid = int(json.loads(self.incomplete.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)  # signal 0: nothing sent, only whether the process exists
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
+
     def scored_shards(self) -> list[Path]:
         """The done shards' score files, in input order when ``shards.csv`` gives it."""
         if self.shard_table.exists():
+            import pandas as pd  # here, not at the top: the command line imports this module and answers --help at once
+
             names = pd.read_csv(self.shard_table, dtype=str)["name"]
             return [self.shard(name).scores for name in names if self.shard(name).done.exists()]
         return sorted(self.shard(path.name.removesuffix(".done.json")).scores
@@ -293,30 +319,36 @@ class IndexLayout(_Folder):
         return self.thumbnails / f"{item_id}.jpg"
 
 
-def claim(path: str | Path, fingerprint: dict, overwrite: bool = False) -> str:
+def claim(path: str | Path, fingerprint: dict, overwrite: bool = False, holds_results: bool = True,
+          overwrite_flag: str = "--overwrite") -> str:
     """The one rule for a folder that may hold an earlier run: same fingerprint resumes, another is refused.
 
-    Scoring runs (``run.json``) and eval sets (``evalset.json``'s fingerprint) use it.
+    Scoring runs (``run.json``) and eval sets (their ``run.json``) use it. An earlier run that
+    left no result (``holds_results`` false: it failed before writing any) never blocks the next
+    one: it is replaced as with ``overwrite``.
 
     Args:
         path: the JSON file holding the folder's fingerprint (written here when claimed).
         fingerprint: what identifies this run: its inputs, checkpoints and the settings that change its files.
         overwrite: discard an earlier run with another fingerprint instead of refusing.
+        holds_results: whether the folder holds results of the earlier run (refusing protects them).
+        overwrite_flag: the option that discards an earlier run, as the refusal names it.
 
     Returns:
         ``new`` (no earlier run), ``same`` (an earlier run with this fingerprint: resume or reuse it)
         or ``replaced`` (another one, discarded: the caller deletes its files).
 
     Raises:
-        RunFolderMismatch: another fingerprint and not ``overwrite``; the message names what differs.
+        RunFolderMismatch: another fingerprint, results and not ``overwrite``; the message names what
+            differs and the two ways on.
     """
-    state = _judge(Path(path), fingerprint, overwrite)
+    state = _judge(Path(path), fingerprint, overwrite or not holds_results, overwrite_flag)
     if state != "same":
         write_json(path, fingerprint)
     return state
 
 
-def _judge(path: Path, fingerprint: dict, overwrite: bool) -> str:
+def _judge(path: Path, fingerprint: dict, overwrite: bool, overwrite_flag: str = "--overwrite") -> str:
     """:func:`claim`'s outcome, nothing written."""
     earlier = None
     if path.exists():
@@ -328,8 +360,8 @@ def _judge(path: Path, fingerprint: dict, overwrite: bool) -> str:
         return "same"
     if earlier is not None and not overwrite:
         raise RunFolderMismatch(f"{path.parent} holds an earlier run with different "
-                                f"{differences(earlier, fingerprint)}; use a new --out folder, or --overwrite to "
-                                "discard the earlier run")
+                                f"{differences(earlier, fingerprint)}; rerun with {overwrite_flag} to discard it, "
+                                "or choose another --out folder")
     return "new" if earlier is None else "replaced"
 
 
@@ -337,20 +369,21 @@ def claim_run(layout: RunLayout, fingerprint: dict, overwrite: bool = False) -> 
     """:func:`claim` for a scoring run folder, which it marks incomplete until the run finishes.
 
     In this order: the fingerprint is judged (a mismatch without ``overwrite`` raises, nothing
-    written); ``incomplete.json`` is written; a replaced run's shards and tables
-    (:attr:`RunLayout.SCORING_TABLES`) are deleted; the new fingerprint is written. A crash at any
-    point after the judgement leaves the folder marked incomplete and no table of the earlier run.
-    The caller removes the mark (:meth:`RunLayout.mark_complete`) when the run has finished.
+    written, unless the earlier run scored nothing: :attr:`RunLayout.holds_scores`); ``incomplete.json``
+    is written; a replaced run's shards and tables (:attr:`RunLayout.SCORING_TABLES`) are deleted; the
+    new fingerprint is written. A crash at any point after the judgement leaves the folder marked
+    incomplete and no table of the earlier run. The caller removes the mark
+    (:meth:`RunLayout.mark_complete`) when the run has finished.
 
     Returns:
         As :func:`claim`.
     """
-    state = _judge(layout.fingerprint, fingerprint, overwrite)
+    state = _judge(layout.fingerprint, fingerprint, overwrite or not layout.holds_scores)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.mark_incomplete({"new": "the run started and has not finished",
                             "same": "a resumed run started and has not finished",
-                            "replaced": "an earlier run was discarded (--overwrite) and the new one has not "
-                                        "finished"}[state])
+                            "replaced": "an earlier run was discarded (--overwrite, or it scored nothing) and the "
+                                        "new one has not finished"}[state])
     if state == "replaced":
         shutil.rmtree(layout.shards, ignore_errors=True)
         for name in RunLayout.SCORING_TABLES:
@@ -361,13 +394,16 @@ def claim_run(layout: RunLayout, fingerprint: dict, overwrite: bool = False) -> 
 
 
 def differences(earlier: dict, now: dict) -> str:
-    """What differs between two fingerprints, for a message: ``checkpoints, precision ('fp32' then, 'fp16' now)``."""
+    """What differs between two fingerprints, for a message:
+    ``checkpoints (['hf:a'] then, ['hf:b'] now) and precision ('fp32' then, 'fp16' now)``.
+    A value too long to read in one line (a table's hashes) is named by its key alone."""
     parts = []
     for key in sorted(set(earlier) | set(now)):
         if earlier.get(key) == now.get(key):
             continue
-        if isinstance(now.get(key), (dict, list)) or isinstance(earlier.get(key), (dict, list)):
-            parts.append(key)
-        else:
-            parts.append(f"{key} ({earlier.get(key)!r} then, {now.get(key)!r} now)")
-    return ", ".join(parts) or "contents"
+        then, current = repr(earlier.get(key)), repr(now.get(key))
+        long = isinstance(now.get(key), dict) or isinstance(earlier.get(key), dict) or len(then + current) > 160
+        parts.append(key if long else f"{key} ({then} then, {current} now)")
+    if len(parts) > 1:
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
+    return parts[0] if parts else "contents"

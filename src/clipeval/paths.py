@@ -31,6 +31,20 @@ PARAMS_DIR = PROJECT_ROOT / "params"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 TINY_CHECKPOINTS_DIR = DATA_DIR / "checkpoints" / "tiny-random"
 REHEARSAL_HUB_DIR = DATA_DIR / "rehearsal-hub"
+CHALLENGE_DIR = DATA_DIR / "generated" / "challenge"
+
+
+def where(path: str | Path) -> str:
+    """Where a path points, for a message saying something is missing there: the absolute path tried and,
+    for a relative path, the folder it was resolved against (the working folder, not the project root).
+
+    ``where("val2017")`` run in ``/home/me`` gives
+    ``/home/me/val2017 (relative to the current folder /home/me)``.
+    """
+    given = Path(path).expanduser()
+    if given.is_absolute():
+        return str(given)
+    return f"{Path.cwd() / given} (relative to the current folder {Path.cwd()})"
 
 
 def project_relative(value):

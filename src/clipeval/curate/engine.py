@@ -33,13 +33,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from clipeval.atomic import atomic_path, write_csv
+from clipeval.curate.options import EXACT_LIMIT
 from clipeval.curate.rules import Combination, GlobalRule, Rule, TopCut
 from clipeval.curate.sketch import ScoreHistogram
 from clipeval.data.shards import write_filtered_shard
 from clipeval.layout import RESULT_COLUMNS, CurationLayout, RunLayout, score_column
 from clipeval.progress import progress_bar
 
-EXACT_LIMIT = 50_000_000  # rows whose scores are gathered in memory (8 bytes each) for an exact cut
 Source = Path | pd.DataFrame
 
 
@@ -81,6 +81,8 @@ def _reset(rule: Rule) -> None:
 
 
 DUPLICATE_UID = "duplicate_uid"
+# rules apply in the order given: a top fraction or percentile after another step is over the rows it kept
+ORDER_NOTE = "over the rows the steps before it kept (rules apply in the order given)"
 
 
 def _status_ok(table: pd.DataFrame, checkpoints: list[str]) -> tuple[pd.Index, pd.Series]:
@@ -120,6 +122,17 @@ def _repeated_hashes(sources: Sequence[Source]) -> frozenset[int]:
     every = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
     values, counts = np.unique(every, return_counts=True)
     return frozenset(values[counts > 1].tolist())
+
+
+def _record_cut(decisions: pd.DataFrame, rule: Rule, table: pd.DataFrame, rows: pd.Index) -> None:
+    """Write each of ``rows``' score under ``rule`` and the rule's cut into ``decisions`` (a rule with one score)."""
+    judged = rule.judged()
+    if judged is None or not len(rows):
+        return
+    decisions.loc[rows, "score"] = table.loc[rows, score_column(*judged)].astype(float)
+    cut = rule.cut_value()
+    if cut is not None and math.isfinite(cut):
+        decisions.loc[rows, "cut"] = cut
 
 
 def _keep(rule: Rule, table: pd.DataFrame, rows: pd.Index) -> pd.Index:
@@ -176,13 +189,15 @@ class Plan:
         return rows, pd.concat([reasons, pd.Series(DUPLICATE_UID, index=duplicate, dtype=object)])
 
     def decide(self, table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        """Every row of one source: ``kept``, or the ``step`` (0: a status) and ``reason`` that dropped it.
+        """Every row of one source: ``kept``, or the ``step`` (0: a status) and ``reason`` that dropped it,
+        with the row's ``score`` under the rule and the rule's ``cut`` when the rule cuts one score
+        (:meth:`~clipeval.curate.rules.Rule.judged`; empty for the status step and the basic filter).
 
         Returns:
             The decisions (indexed like ``table``) and each step's rows in and rows kept.
         """
         decisions = pd.DataFrame({"kept": False, "step": pd.array([pd.NA] * len(table), dtype="Int64"),
-                                  "reason": None}, index=table.index)
+                                  "reason": None, "score": np.nan, "cut": np.nan}, index=table.index)
         counts = np.zeros((len(self.rules) + 1, 2), dtype=np.int64)
         rows, reasons = self.admissible(table)
         decisions.loc[reasons.index, "step"] = 0
@@ -193,6 +208,7 @@ class Plan:
             lost = rows.difference(kept)
             decisions.loc[lost, "step"] = number
             decisions.loc[lost, "reason"] = rule.describe()
+            _record_cut(decisions, applied, table, lost)
             counts[number] = (len(rows), len(kept))
             rows = kept
         decisions.loc[rows, "kept"] = True
@@ -211,9 +227,11 @@ class Plan:
         described += [rule.describe() for rule in self.rules]
         first = (f"{self.duplicates} row(s) dropped as {DUPLICATE_UID}: a uid an earlier row of the run has"
                  if self.duplicates else "")
+        notes = [note if number == 1 or not _global_leaves(rule) else "; ".join(filter(None, [ORDER_NOTE, note]))
+                 for number, (rule, note) in enumerate(zip(self.rules, self.notes, strict=True), start=1)]
         return pd.DataFrame({"step": range(len(self.rules) + 1), "rule": described, "rows_in": counts[:, 0],
                              "kept": counts[:, 1], "dropped": counts[:, 0] - counts[:, 1],
-                             "note": [first, *self.notes]})
+                             "note": [first, *notes]})
 
 
 def plan(sources: Sequence[Source], rules: list[Rule], exact_limit: int = EXACT_LIMIT, caption_column: str = "caption",
@@ -257,6 +275,20 @@ def _gather(sources, made: Plan, leaves: list[GlobalRule], caption_column: str, 
     return [np.concatenate(part) if part else np.empty(0) for part in parts] if made.exact else parts
 
 
+def _dropped_rows(row_ids, decisions: pd.DataFrame) -> pd.DataFrame:
+    """``dropped.csv``'s rows: ``row_id``, ``step``, ``reason``, the row's ``score`` under the rule and its ``cut``."""
+    return pd.DataFrame({"row_id": np.asarray(row_ids), "step": decisions["step"].astype(int).to_numpy(),
+                         "reason": decisions["reason"].to_numpy(), "score": decisions["score"].to_numpy(),
+                         "cut": decisions["cut"].to_numpy()}).sort_values("row_id", ignore_index=True)
+
+
+def run_checkpoints(run: RunLayout) -> list[str]:
+    """The checkpoints a scored run folder holds, the primary (first) one first (from ``run.json``; none without)."""
+    if not run.fingerprint.exists():
+        return []
+    return list(json.loads(run.fingerprint.read_text()).get("checkpoints", []))
+
+
 @dataclass
 class Curation:
     """The outcome of curating one table (:func:`curate_table`).
@@ -264,7 +296,7 @@ class Curation:
     Attributes:
         kept: row labels kept, in input order.
         dropped: one row per dropped row: ``row_id``, ``step`` (1-based rule number, 0 for the
-            status check), ``reason``.
+            status check), ``reason``, ``score`` (the row's score under the rule) and ``cut``.
         steps: one row per step: ``step``, ``rule``, ``rows_in``, ``kept``, ``dropped``, ``note``.
     """
 
@@ -279,8 +311,7 @@ def curate_table(table: pd.DataFrame, rules: list[Rule]) -> Curation:
     made.reset()
     decisions, counts = made.decide(table)
     dropped = decisions[~decisions["kept"]]
-    dropped = pd.DataFrame({"row_id": dropped.index, "step": dropped["step"].astype(int).to_numpy(),
-                            "reason": dropped["reason"].to_numpy()}).sort_values("row_id", ignore_index=True)
+    dropped = _dropped_rows(dropped.index, dropped)
     return Curation(decisions.index[decisions["kept"].to_numpy(dtype=bool)], dropped, made.summary(counts))
 
 
@@ -294,7 +325,8 @@ class RunCuration:
         rows: rows judged.
         exact: whether every global cut was exact.
         out: the curation folder.
-        dropped: for a one-table run, every dropped row: ``row_id``, ``step``, ``reason`` (else None).
+        dropped: for a one-table run, every dropped row: ``row_id``, ``step``, ``reason``, ``score``, ``cut``
+            (else None).
     """
 
     summary: pd.DataFrame
@@ -309,7 +341,8 @@ def curate_run(run: RunLayout, rules: list[Rule], out: CurationLayout, exact_lim
                write_filtered: bool = False, progress: bool = True) -> RunCuration:
     """Apply ``rules`` in order over a run's scored shards; kept + dropped = every row.
 
-    Writes ``decisions/<shard>.parquet`` (every row: ``uid``, ``row``, ``kept``, ``step``, ``reason``),
+    Writes ``decisions/<shard>.parquet`` (every row: ``uid``, ``row``, ``kept``, ``step``, ``reason``, ``score``,
+    ``cut``),
     ``kept_uids.parquet`` (``uid``, ``row``, ``shard``), ``summary.csv`` and, with
     ``write_filtered``, each input shard filtered to its kept samples in its own format.
 
@@ -336,7 +369,7 @@ def curate_run(run: RunLayout, rules: list[Rule], out: CurationLayout, exact_lim
         kept_parts.append(kept[["uid", "row"]].assign(shard=path.stem))
         if write_filtered:
             source = Path(json.loads(run.shard(path.stem).done.read_text())["shard"])
-            write_filtered_shard(source, kept["row"].tolist(), out.filtered(source.name))
+            write_filtered_shard(source, kept["row"].tolist(), out.filtered(source.name), caption_column)
     kept_table = pd.concat(kept_parts, ignore_index=True)
     with atomic_path(out.kept_uids) as tmp:
         kept_table.to_parquet(tmp, index=False)
@@ -351,8 +384,7 @@ def _table_views(run: RunLayout, decisions: pd.DataFrame, out: CurationLayout) -
     rows with every input column, from ``results.csv``); returns the dropped rows."""
     kept = decisions.loc[decisions["kept"].to_numpy(dtype=bool), "row"]
     lost = decisions[~decisions["kept"].to_numpy(dtype=bool)]
-    dropped = pd.DataFrame({"row_id": lost["row"].to_numpy(), "step": lost["step"].astype(int).to_numpy(),
-                            "reason": lost["reason"].to_numpy()}).sort_values("row_id", ignore_index=True)
+    dropped = _dropped_rows(lost["row"], lost)
     results = pd.read_csv(run.results, keep_default_na=False, na_values=[""])
     inputs = results.drop(columns=[column for column in RESULT_COLUMNS if column in results.columns])
     write_csv(out.kept, pd.DataFrame({"row_id": kept.to_numpy()}))

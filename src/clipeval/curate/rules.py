@@ -29,6 +29,7 @@ suggests the percentile form.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -55,6 +56,14 @@ class Rule:
         """The rows of ``rows`` (row labels of ``table`` still kept) this rule keeps."""
         raise NotImplementedError
 
+    def judged(self) -> tuple[str, str] | None:
+        """The ``(score, checkpoint)`` the rule cuts, or None when it judges no one score (the basic filter)."""
+        return None
+
+    def cut_value(self) -> float | None:
+        """The score a row must reach (a resolved cut), or None when the rule has no one cut."""
+        return None
+
 
 def _values(table: pd.DataFrame, rows: pd.Index, checkpoint: str, score: str) -> pd.Series:
     return table.loc[rows, score_column(score, checkpoint)]
@@ -79,6 +88,12 @@ class Threshold(Rule):
         values = _values(table, rows, self.checkpoint, self.score)
         return rows[(values > self.value) if self.strict else (values >= self.value)]
 
+    def judged(self):
+        return self.score, self.checkpoint
+
+    def cut_value(self):
+        return self.value
+
 
 @dataclass
 class TopCut(Rule):
@@ -101,6 +116,12 @@ class TopCut(Rule):
 
     def reset(self):
         self._left = self.ties
+
+    def judged(self):
+        return self.source.judged()
+
+    def cut_value(self):
+        return self.cut
 
     def keep(self, table, rows):
         values = _values(table, rows, self.source.checkpoint, self.source.score).to_numpy()
@@ -129,6 +150,12 @@ class BinCut(Rule):
         values = _values(table, rows, self.source.checkpoint, self.source.score).to_numpy()
         return rows[self.histogram.bins(values) >= self.first_bin]
 
+    def judged(self):
+        return self.source.judged()
+
+    def cut_value(self):
+        return self.histogram.edge(self.first_bin)
+
 
 class GlobalRule(Rule):
     """A rule that needs the distribution of the scores it judges; it resolves into a row-wise cut."""
@@ -138,6 +165,9 @@ class GlobalRule(Rule):
 
     def checkpoints(self) -> list[str]:
         return [self.checkpoint]
+
+    def judged(self):
+        return self.score, self.checkpoint
 
     def resolve_exact(self, values: np.ndarray) -> tuple[Rule, str]:
         """The row-wise cut for the scores of every row it judges (in input order), and a note on it."""
@@ -224,6 +254,11 @@ class Combination(Rule):
     def keep(self, table, rows):
         kept = [set(rule.keep(table, rows)) for rule in self.rules]
         return pd.Index(sorted(self.combine(kept)), dtype=rows.dtype)
+
+    def judged(self):
+        """The one score every part cuts (``top:0.1[A] | cosine[A]>=0.3``), else None."""
+        judged = {rule.judged() for rule in self.rules}
+        return judged.pop() if len(judged) == 1 else None
 
 
 @dataclass
@@ -317,36 +352,79 @@ def preset(name: str, checkpoint: str | None = None) -> Preset:
 PRESETS = ("laion400m", "laion2b", "datacomp-l14-30pct", "datacomp-basic")
 
 
-def parse_rule(text: str) -> Rule:
-    """A rule from its command-line form.
+RULE_GRAMMAR = ("'cosine[SPEC]>=0.3' (or '>'; also clip_score_100, clip_score_2_5), 'top:0.3[SPEC]' or "
+                "'top:30%[SPEC]', 'percentile:70[SPEC]', 'basic', 'preset:NAME[SPEC]' (NAME one of "
+                f"{', '.join(PRESETS)}), or alternatives 'A | B'; without [SPEC] a rule cuts the run's primary "
+                "(first) checkpoint")
+RULE_SCORES = ("cosine", "clip_score_100", "clip_score_2_5")
 
-    ``cosine[SPEC]>=0.3`` (or ``>``), ``top:0.3[SPEC]``, ``percentile:70[SPEC]``, ``basic``,
-    ``preset:NAME[SPEC]`` (``preset:datacomp-basic``), and alternatives joined by `` | `` (kept
-    when any keeps the row).
+
+def parse_rule(text: str, checkpoint: str | None = None) -> Rule:
+    """A rule from its command-line form (:data:`RULE_GRAMMAR`).
+
+    ``cosine[SPEC]>=0.3`` (or ``>``), ``top:0.3[SPEC]`` (or ``top:30%[SPEC]``), ``percentile:70[SPEC]``,
+    ``basic``, ``preset:NAME[SPEC]`` (``preset:datacomp-basic``), and alternatives joined by `` | ``
+    (kept when any keeps the row). A rule written without ``[SPEC]`` cuts ``checkpoint`` (the
+    run's primary one, given by the caller).
 
     Raises:
-        ValueError: a form not in this list.
+        ValueError: a form not in this list, a value that is not a number, or no checkpoint; the
+            message quotes the rule and shows the grammar.
     """
     if " | " in text:
-        return AnyOf([parse_rule(part.strip()) for part in text.split(" | ")])
+        return AnyOf([parse_rule(part.strip(), checkpoint) for part in text.split(" | ")])
     text = text.strip()
-    spec = text[text.index("[") + 1:text.rindex("]")] if "[" in text and "]" in text else None
     if text == "basic":
         return BasicFilter()
-    if text.startswith("preset:"):
-        name = text[len("preset:"):].split("[")[0]
-        rules = preset(name, spec).rules
-        return rules[0] if len(rules) == 1 else AllOf(rules)
-    if text.startswith("top:") and spec:
-        return TopFraction(spec, float(text[4:text.index("[")]))
-    if text.startswith("percentile:") and spec:
-        return Percentile(spec, float(text[len("percentile:"):text.index("[")]))
-    for operator in (">=", ">"):
-        head, sep, value = text.rpartition(operator)
-        if sep and spec and head.endswith("]"):
-            score = head[:head.index("[")]
-            return Threshold(spec, float(value), strict=operator == ">", score=score)
-    raise ValueError(f"cannot read the rule {text!r}; write e.g. 'cosine[SPEC]>=0.3', 'top:0.3[SPEC]', "
-                     f"'percentile:70[SPEC]', 'basic', 'preset:laion400m[SPEC]' or 'A | B'")
+    head, spec, tail = _split_spec(text)
+    spec = spec or checkpoint
+    kind, colon, argument = head.partition(":")
+    if colon and kind in ("top", "percentile", "preset") and not tail:
+        if kind == "preset":
+            rules = preset(argument, spec).rules
+            return rules[0] if len(rules) == 1 else AllOf(rules)
+        value = _number(text, argument, fraction=kind == "top")
+        if kind == "top":
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"the rule {text!r} keeps a top fraction of {argument}: write one in (0, 1] or "
+                                 f"(0%, 100%], e.g. 'top:0.3[SPEC]' or 'top:30%[SPEC]'")
+            return TopFraction(_needs(spec, text), value)
+        if not 0.0 <= value <= 100.0:
+            raise ValueError(f"the rule {text!r} names percentile {argument}: write one in [0, 100], "
+                             "e.g. 'percentile:70[SPEC]'")
+        return Percentile(_needs(spec, text), value)
+    match = re.fullmatch(r"\s*(\w+)\s*(>=|>)\s*(\S+)\s*", head + tail)
+    if match and match.group(1) in RULE_SCORES:
+        score, operator, value = match.groups()
+        return Threshold(_needs(spec, text), _number(text, value), strict=operator == ">", score=score)
+    raise ValueError(f"cannot read the rule {text!r}; a rule is one of: {RULE_GRAMMAR}")
 
 
+def _split_spec(text: str) -> tuple[str, str | None, str]:
+    """``head[SPEC]tail`` as its three parts (``SPEC`` None without brackets; an empty one is None too)."""
+    if "[" not in text:
+        return text, None, ""
+    if "]" not in text:
+        raise ValueError(f"the rule {text!r} opens '[' and never closes it; a rule is one of: {RULE_GRAMMAR}")
+    start, end = text.index("["), text.rindex("]")
+    return text[:start], text[start + 1:end].strip() or None, text[end + 1:]
+
+
+def _number(rule: str, raw: str, fraction: bool = False) -> float:
+    """A rule's number: ``0.3``, or with a percent sign ``30%`` (0.3 for a fraction, 30 for a percentile)."""
+    written = raw.strip()
+    percent = written.endswith("%")
+    try:
+        value = float(written.removesuffix("%"))
+    except ValueError:
+        raise ValueError(f"the rule {rule!r} holds {raw!r} where a number goes; a rule is one of: "
+                         f"{RULE_GRAMMAR}") from None
+    return value / 100 if percent and fraction else value
+
+
+def _needs(spec: str | None, rule: str) -> str:
+    """The checkpoint a score rule cuts; none given and no primary known is an error saying how to name one."""
+    if not spec:
+        raise ValueError(f"the rule {rule!r} names no checkpoint and no run gives a primary one; name it in "
+                         f"brackets, e.g. 'top:0.3[SPEC]' or 'cosine[SPEC]>=0.3'")
+    return spec

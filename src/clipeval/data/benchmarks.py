@@ -51,9 +51,10 @@ import numpy as np
 import pandas as pd
 
 from clipeval.data.fetch import DEFAULT_CACHE_DIR
+from clipeval.data.options import PairsTableError
 from clipeval.data.retrieval_sets import RetrievalSet
 from clipeval.data.shards import IMAGE_EXTENSIONS, iter_tar_samples
-from clipeval.data.sources import PairsTableError, error_reason, read_pairs, save_image_bytes
+from clipeval.data.sources import error_reason, read_pairs, save_image_bytes
 from clipeval.progress import progress_bar
 
 COCO_5K = "coco-5k"

@@ -15,9 +15,7 @@ import pandas as pd
 import skimage
 
 from clipeval.atomic import write_csv
-from clipeval.paths import DATA_DIR
-
-CHALLENGE_DIR = DATA_DIR / "generated" / "challenge"
+from clipeval.paths import CHALLENGE_DIR
 
 # file bundled with scikit-image -> our caption describing it
 CAPTIONS = {

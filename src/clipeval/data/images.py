@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipeval.data.fetch import FetchOptions, fetch_url, is_url, save_to_cache
+from clipeval.data.options import MAX_PIXELS
 
-MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit, made explicit
 # The only formats opened, by the name of Pillow's reader: those whose extensions the folder source and shards take
 # (clipeval.data.sources.IMAGE_EXTENSIONS). JPEG also reads MPO (phones' multi-picture JPEGs), PNG reads APNG, PPM
 # reads PBM/PGM/PNM. Never EPS (Pillow runs Ghostscript on it), nor any format Pillow adds later.

@@ -10,14 +10,15 @@ query per distinct caption string).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from clipeval.data.fetch import DEFAULT_CACHE_DIR, is_url
-from clipeval.data.sources import PairsTableError, SourceOptions, read_pairs
+from clipeval.data.options import PairsTableError, RetrievalSource, SourceOptions
+from clipeval.data.sources import read_pairs
 
 MIN_FOUND_FRACTION = 0.5  # below this share of local images found, a run stops before loading a model
 
@@ -115,8 +116,10 @@ def retrieval_set_from_pairs(pairs: pd.DataFrame, name: str, image_column: str =
         distinct_captions: one query per distinct caption string instead of per matched row.
 
     Returns:
-        The set; its queries carry ``text`` and ``row_id`` (the row of ``pairs`` the query comes
-        from: for a distinct caption or a distractor, its first row).
+        The set; its queries carry ``text``, ``row_id`` (the row of ``pairs`` the query comes
+        from: for a distinct caption or a distractor, its first row) and that row's source ids
+        (every ``id`` / ``*_id`` column: COCO's ``image_id`` and ``annotation_id``); its images
+        carry the source ids that have one value per image (COCO's ``image_id``).
     """
     usable = pairs[pairs[caption_column].notna() & pairs[image_column].notna()]
     captions, refs = usable[caption_column].astype(str), usable[image_column].astype(str)
@@ -134,22 +137,32 @@ def retrieval_set_from_pairs(pairs: pd.DataFrame, name: str, image_column: str =
         texts = np.concatenate([captions[matched].to_numpy(), distractors.to_numpy()])
         query_of_row = np.arange(int(matched.sum()))
     relevant = np.stack([query_of_row, images.get_indexer(refs[matched])], axis=1).reshape(-1, 2)
-    queries = pd.DataFrame({"text": texts, "row_id": query_rows})
-    return RetrievalSet(name, queries, pd.DataFrame({"image": images}), np.unique(relevant, axis=0),
-                        pairs.attrs.get("base_dir"))
+    ids = [column for column in usable.columns if (str(column) == "id" or str(column).endswith("_id"))
+           and column not in (image_column, caption_column, "row_id")]
+    queries = pd.DataFrame({"text": texts, "row_id": query_rows,
+                            **{column: usable.loc[query_rows, column].to_numpy() for column in ids}})
+    image_table = pd.DataFrame({"image": images})
+    for column in ids:  # an id with one value per image (COCO's image_id)
+        per_image = usable[column].groupby(refs.to_numpy(), sort=False)
+        if per_image.nunique(dropna=False).le(1).all():
+            image_table[column] = per_image.first().reindex(images).to_numpy()
+    return RetrievalSet(name, queries, image_table, np.unique(relevant, axis=0), pairs.attrs.get("base_dir"))
 
 
 def read_retrieval_tables(queries: str | Path, images: str | Path, relevance: str | Path, name: str | None = None,
-                          text_column: str = "caption", image_column: str = "image") -> RetrievalSet:
+                          text_column: str = "caption", image_column: str = "image", kind: str = "auto",
+                          delimiter: str | None = None) -> RetrievalSet:
     """Build a set from three tables: queries (``query_id``, text), images (``image_id``, image),
-    relevance (``query_id``, ``image_id``; one row per relevant pair).
+    relevance (``query_id``, ``image_id``; one row per relevant pair), each read as ``kind`` and
+    ``delimiter`` say (:class:`~clipeval.data.sources.SourceOptions`).
 
     Raises:
         PairsTableError: a missing column, or a relevance id absent from the queries/images.
     """
-    query_table = read_pairs(queries, image_column="query_id", caption_column=text_column)
-    image_table = read_pairs(images, image_column=image_column, caption_column="image_id")
-    relevance_table = read_pairs(relevance, image_column="image_id", caption_column="query_id")
+    reading = {"kind": kind, "delimiter": delimiter}
+    query_table = read_pairs(queries, image_column="query_id", caption_column=text_column, **reading)
+    image_table = read_pairs(images, image_column=image_column, caption_column="image_id", **reading)
+    relevance_table = read_pairs(relevance, image_column="image_id", caption_column="query_id", **reading)
     query_index = pd.Index(query_table["query_id"].astype(str))
     image_index = pd.Index(image_table["image_id"].astype(str))
     rows = query_index.get_indexer(relevance_table["query_id"].astype(str))
@@ -164,42 +177,13 @@ def read_retrieval_tables(queries: str | Path, images: str | Path, relevance: st
                         image_table.attrs.get("base_dir"))
 
 
-@dataclass(frozen=True)
-class RetrievalSource:
-    """Where a retrieval set comes from (the command line's flags are these fields): a pairs source, or three tables.
-
-    Attributes:
-        name: the set's name (the ``dataset`` column of ``metrics.csv``).
-        pairs: any pairs source: every row (with ``match`` true when the column exists) is a query
-            relevant to its own image; the distinct images are the collection.
-        queries, images, relevance: tables of ``query_id`` and caption, of ``image_id`` and image, and
-            one row per relevant ``query_id``, ``image_id`` pair (a query may have many relevant images).
-        distinct_captions: with ``pairs``: one query per distinct caption string, relevant to every
-            image it is matched with (default: one query per row, as in COCO's protocol).
-    """
-
-    name: str = field(default="retrieval", metadata={"flag": "--dataset", "help": "the set's name in metrics.csv"})
-    pairs: str | None = field(default=None, metadata={
-        "help": "any pairs source (table, COCO captions_*.json, HF dataset...): every row (with match=True if that "
-                "column exists) is a query relevant to its own image; distinct images are the collection"})
-    queries: str | None = field(default=None, metadata={"help": "table with query_id and the caption column"})
-    images: str | None = field(default=None, metadata={"help": "table with image_id and the image column"})
-    relevance: str | None = field(default=None, metadata={
-        "help": "table with query_id, image_id: one row per relevant pair"})
-    distinct_captions: bool = field(default=False, metadata={
-        "help": "with --pairs: one query per distinct caption string, relevant to every image it is matched with"})
-
-    def files(self) -> list[str]:
-        """The files the set is read from (for the manifest)."""
-        return [path for path in (self.pairs, self.queries, self.images, self.relevance) if path]
-
-
 def load_retrieval_set(source: RetrievalSource, reading: SourceOptions = SourceOptions(),
                        cache_dir: str | Path = DEFAULT_CACHE_DIR) -> RetrievalSet:
     """Load a set from a pairs source, or from the three tables when ``relevance`` is given.
 
     A pairs source gives one query per matched row (``distinct_captions``: per distinct caption
-    string; see :func:`retrieval_set_from_pairs`), read as ``reading`` says; ``cache_dir`` is where
+    string; see :func:`retrieval_set_from_pairs`), read as ``reading`` says (the three tables with
+    its columns, kind and delimiter); ``cache_dir`` is where
     images stored in a Hugging Face dataset are written.
 
     Raises:
@@ -209,7 +193,7 @@ def load_retrieval_set(source: RetrievalSource, reading: SourceOptions = SourceO
         if not (source.queries and source.images):
             raise ValueError("--relevance needs --queries and --images too")
         return read_retrieval_tables(source.queries, source.images, source.relevance, source.name,
-                                     reading.caption_column, reading.image_column)
+                                     reading.caption_column, reading.image_column, reading.kind, reading.delimiter)
     if not source.pairs:
         raise ValueError("give a pairs source, or all three of queries, images and relevance tables")
     table = read_pairs(source.pairs, **asdict(reading), cache_dir=cache_dir)

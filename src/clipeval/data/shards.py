@@ -9,10 +9,20 @@ run (docs/sharded-runs.md):
   image (``jpg``, ``png``, ``webp``...: :data:`IMAGE_EXTENSIONS`), the caption in ``txt`` (or ``caption`` /
   ``text``), and any ``json`` fields, which become columns.
 
-Every sample becomes a row, in file order, with a ``uid``: the shard's own ``uid`` column (or
-a webdataset ``json``'s ``uid``) when it has one, else ``<shard name>/<key or row number>``.
-A sample with no image or no caption keeps its row (scoring gives it a status); a shard that
-cannot be read at all raises :class:`ShardReadError`.
+**Grouped samples**: an image stored once with several captions. A tar sample whose ``json`` has a
+``captions`` list (:data:`CAPTIONS_FIELD`; its ``txt`` is then ignored), or a parquet row whose
+caption cell is a list, is read as one row per caption: a field that is a list as long as the
+captions gives each row its item, any other field is the image's and every row gets it, and
+``__caption__`` (:data:`CAPTION_NUMBER`) is the caption's position in its sample. No caption gives
+one row without one. :func:`write_shards` writes this form, with ``source_row`` and
+``source_image`` per caption (:data:`SOURCE_COLUMNS`): the join back to the pairs table.
+
+Every row comes in file order, with a ``uid``: the shard's own ``uid`` column (or a webdataset
+``json``'s ``uid``) when it has one (``<uid>.<caption number>`` when the captions of a grouped
+sample share it), else ``<shard name>/<key>`` for a tar sample (``<shard name>/<key>.<caption
+number>`` for a grouped one), else ``<shard name>/<row number>``. A sample with no image or no
+caption keeps its row (scoring gives it a status); a shard that cannot be read at all raises
+:class:`ShardReadError`.
 
 Shards are web data and may be hostile, so:
 
@@ -38,6 +48,7 @@ reports without reading anything.
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import io
 import itertools
@@ -53,10 +64,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 
 from clipeval.atomic import atomic_path
 from clipeval.data.images import FailedCell
+from clipeval.data.options import MAX_MEMBER_BYTES
 from clipeval.data.sources import IMAGE_EXTENSIONS as FOLDER_IMAGE_EXTENSIONS
 from clipeval.data.sources import read_delimited
 
@@ -66,9 +79,12 @@ SHARD_SUFFIXES = TABLE_SUFFIXES + TAR_SUFFIXES
 # a sample's image: any extension a folder source takes as an image
 IMAGE_EXTENSIONS = tuple(sorted(extension.lstrip(".") for extension in FOLDER_IMAGE_EXTENSIONS))
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
-# the largest shard member read (bytes), as FetchOptions.max_download_mb for a download: the default of
-# read_shard's max_member_bytes and of ShardOptions.max_member_mb
-MAX_MEMBER_BYTES = 50 * 2**20
+# a grouped tar sample's captions: this json field, a list (a parquet shard's: list cells in its caption column)
+CAPTIONS_FIELD = "captions"
+# a grouped sample's row: the caption's position in its sample
+CAPTION_NUMBER = "__caption__"
+# what write_shards adds to every row: its position in the pairs table and its image as the table gives it
+SOURCE_COLUMNS = ("source_row", "source_image")
 # the most memory an xz tar may ask for to decompress (its dictionary: `xz -9` needs 65 MiB); more is refused, since
 # skipping a member fills the dictionary however large the stream declares it (gzip and bz2 windows are small)
 XZ_MEMORY_LIMIT = 128 * 2**20
@@ -158,10 +174,11 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
             :data:`MAX_MEMBER_BYTES`); a sample over it gets ``member_too_large``.
 
     Returns:
-        The samples, with a ``uid`` column (safe, unique strings: :func:`shard_uids`) and
-        ``attrs["base_dir"]`` (the shard's folder, for relative image paths). Image cells hold
-        a path/URL string, bytes, None, or a :class:`~clipeval.data.images.FailedCell` for a
-        sample refused here (``member_too_large``, ``duplicate_uid``).
+        The samples, one row per caption of a grouped sample (module docstring), with a ``uid``
+        column (safe, unique strings: :func:`shard_uids`) and ``attrs["base_dir"]`` (the shard's
+        folder, for relative image paths). Image cells hold a path/URL string, bytes, None, or a
+        :class:`~clipeval.data.images.FailedCell` for a sample refused here (``member_too_large``,
+        ``duplicate_uid``).
 
     Raises:
         ShardReadError: the shard is missing, unreadable, or lacks the image or caption column.
@@ -173,7 +190,7 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
         if suffix in TAR_SUFFIXES:
             table = _read_webdataset(path, image_column, caption_column, cap)
         elif suffix == ".parquet":
-            table = pd.read_parquet(path)
+            table = _expand_lists(pd.read_parquet(path), caption_column)
         elif suffix in (".csv", ".tsv"):
             table = read_delimited(path, "\t" if suffix == ".tsv" else ",", image_column, caption_column)
         else:
@@ -216,7 +233,8 @@ def safe_uid(text: object) -> str:
 
 def shard_uids(table: pd.DataFrame, name: str, uid_column: str = "uid") -> pd.Series:
     """Each sample's unique id, a :func:`safe_uid`: its ``uid_column`` when every row has one, else
-    ``<name>/<webdataset key>``, else ``<name>/<row>``.
+    ``<name>/<webdataset key>``, else ``<name>/<row>``. A row of a grouped sample (a :data:`CAPTION_NUMBER`)
+    adds ``.<caption number>`` to a key, and to a ``uid_column`` value that other rows of the shard share.
 
     A uid an earlier row already has becomes ``<uid>#<row>`` (``#`` is never in a safe uid, so the
     result is unique); :func:`read_shard` gives such rows the status ``duplicate_uid``.
@@ -225,12 +243,21 @@ def shard_uids(table: pd.DataFrame, name: str, uid_column: str = "uid") -> pd.Se
 
 
 def _wanted_uids(table: pd.DataFrame, name: str, uid_column: str) -> list[str]:
-    """Each row's safe uid before duplicates are made unique."""
+    """Each row's safe uid before duplicates are made unique.
+
+    A grouped sample's caption number follows a dot: a key never holds one (it ends at the first
+    dot), so ``<name>/<key>.<caption number>`` is never another sample's uid.
+    """
+    numbers = (table[CAPTION_NUMBER].tolist() if CAPTION_NUMBER in table else [None] * len(table))
+    suffixes = ["" if number is None or pd.isna(number) else f".{int(number)}" for number in numbers]
     if uid_column in table and table[uid_column].notna().all():
-        return [safe_uid(value) for value in table[uid_column].astype(str)]
+        values = table[uid_column].astype(str)
+        shared = values.duplicated(keep=False).tolist()  # one uid for an image's captions: number them
+        return [safe_uid(value) + (suffix if repeated else "")
+                for value, suffix, repeated in zip(values, suffixes, shared)]
     name = safe_uid(name)
     if "__key__" in table:
-        return [f"{name}/{safe_uid(key)}" for key in table["__key__"].astype(str)]
+        return [f"{name}/{safe_uid(key)}{suffix}" for key, suffix in zip(table["__key__"].astype(str), suffixes)]
     return [f"{name}/{row}" for row in range(len(table))]
 
 
@@ -351,43 +378,123 @@ def iter_tar_samples(path: str | Path, max_member_bytes: int | None = None) -> I
 
 
 def _read_webdataset(path: Path, image_column: str, caption_column: str, cap: int) -> pd.DataFrame:
-    rows = []
-    for key, files, over in _tar_samples(path, cap):
-        row: dict[str, object] = {"__key__": key}
-        if "json" in files:
-            try:
-                fields = json.loads(files["json"].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                fields = {"json_error": f"{type(error).__name__}: {error}"}
-            if isinstance(fields, dict):
-                row.update({name: value for name, value in fields.items()
-                            if value is None or isinstance(value, (str, int, float, bool))})
-        image = next((files[ext] for ext in IMAGE_EXTENSIONS if ext in files), None)
-        row[image_column] = FailedCell(image, "member_too_large", "; ".join(over)) if over else image
+    rows = [row for key, files, over in _tar_samples(path, cap)
+            for row in _webdataset_rows(key, files, over, image_column, caption_column)]
+    table = pd.DataFrame(rows)
+    for column in ("__key__", image_column, caption_column):
+        if column not in table:
+            table[column] = pd.Series(dtype=object)
+    if CAPTION_NUMBER in table:
+        table[CAPTION_NUMBER] = table[CAPTION_NUMBER].astype("Int64")
+    return table
+
+
+def _webdataset_rows(key: str, files: dict[str, bytes], over: list[str], image_column: str,
+                     caption_column: str) -> list[dict]:
+    """A tar sample's rows: one, or one per caption of a grouped sample (its ``json`` has a ``captions`` list).
+
+    The ``json``'s scalar fields become columns (a grouped sample's per-caption lists give each row its
+    item); the image, read once, is every row's.
+    """
+    fields = _json_fields(files)
+    image = next((files[ext] for ext in IMAGE_EXTENSIONS if ext in files), None)
+    cell = FailedCell(image, "member_too_large", "; ".join(over)) if over else image
+    if isinstance(fields.get(CAPTIONS_FIELD), list):
+        captions = fields.pop(CAPTIONS_FIELD)
+        rows = [_scalars(row) for row in _per_caption(fields, captions, caption_column)]
+    else:
+        row = _scalars(fields)
         caption = next((files[ext] for ext in CAPTION_EXTENSIONS if ext in files), None)
         if caption is not None:
             row[caption_column] = caption.decode("utf-8", errors="replace").strip()
         else:
             row.setdefault(caption_column, None)
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    for column in ("__key__", image_column, caption_column):
-        if column not in table:
-            table[column] = pd.Series(dtype=object)
-    return table
+        rows = [row]
+    return [{"__key__": key, **row, image_column: cell} for row in rows]
+
+
+def _json_fields(files: dict[str, bytes]) -> dict:
+    """A tar sample's ``json`` object (a copy); ``json_error`` when it does not parse; empty without one."""
+    if "json" not in files:
+        return {}
+    try:
+        fields = json.loads(files["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return {"json_error": f"{type(error).__name__}: {error}"}
+    return dict(fields) if isinstance(fields, dict) else {}
+
+
+def _scalars(fields: dict) -> dict:
+    """The fields a column can hold: strings, numbers, booleans and None."""
+    return {name: value for name, value in fields.items()
+            if value is None or isinstance(value, (str, int, float, bool))}
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _per_caption(fields: dict, captions, caption_column: str) -> list[dict]:
+    """A grouped sample's rows, one per caption (numbered in :data:`CAPTION_NUMBER`).
+
+    A field that is a list as long as ``captions`` gives each row its item; any other field is
+    the sample's, and every row gets it. No caption gives one row, with no caption.
+    """
+    count = len(captions)
+    own = {name for name, value in fields.items() if _is_list(value) and len(value) == count}
+    if not count:
+        return [{**{name: value for name, value in fields.items() if name not in own}, caption_column: None}]
+    return [{**{name: value[number] if name in own else value for name, value in fields.items()},
+             caption_column: None if captions[number] is None else str(captions[number]), CAPTION_NUMBER: number}
+            for number in range(count)]
+
+
+def _expand_lists(table: pd.DataFrame, caption_column: str) -> pd.DataFrame:
+    """A parquet shard whose caption cells are lists, one row per caption (:func:`_per_caption`); else as it is."""
+    if caption_column not in table or not any(_is_list(value) for value in table[caption_column]):
+        return table
+    rows = []
+    for record in table.to_dict("records"):
+        captions = record.pop(caption_column)
+        rows += (_per_caption(record, captions, caption_column) if _is_list(captions)
+                 else [{**record, caption_column: captions}])
+    expanded = pd.DataFrame(rows, columns=[*table.columns, CAPTION_NUMBER])
+    expanded[CAPTION_NUMBER] = expanded[CAPTION_NUMBER].astype("Int64")
+    return expanded
+
+
+def _subset(fields: dict, kept: list[int], captions_field: str) -> dict:
+    """A grouped sample keeping only the captions at ``kept``: its per-caption lists cut to them, the rest as is."""
+    count = len(fields[captions_field])
+    return {name: [value[number] for number in kept] if _is_list(value) and len(value) == count else value
+            for name, value in fields.items()}
+
+
+def _captions_txt(captions: list) -> bytes:
+    """A grouped sample's ``txt``: one caption a line, a line break inside one written ``\\n`` (as CLIP_benchmark
+    writes a webdataset's captions)."""
+    return "\n".join("" if caption is None else str(caption).replace("\n", "\\n") for caption in captions).encode()
 
 
 def write_shards(pairs: pd.DataFrame, out_dir: str | Path, n_shards: int, shard_format: str = "tar",
                  image_column: str = "image", caption_column: str = "caption",
                  base_dir: str | Path | None = None, prefix: str = "shard") -> list[Path]:
-    """Split a pairs table into ``n_shards`` shard files of about equal size (input order kept).
+    """Split a pairs table into ``n_shards`` shard files, each image stored once with all its captions.
+
+    The rows are grouped by image file (in order of first appearance; an image's captions in input
+    order) and the images split into shards of about equal numbers, so an image's captions are
+    never split between shards, and a table whose captions of an image are consecutive keeps its
+    order. Every row gets ``source_row`` (its position in ``pairs``, the ``row_id`` of
+    ``results.csv``) and ``source_image`` (its image as ``pairs`` gives it): the join back.
 
     Args:
         pairs: the pairs table; its image column holds local paths.
         out_dir: the folder written to (``<prefix>-00000.<format>``, ...).
         n_shards: how many shards.
-        shard_format: ``tar`` (webdataset: image bytes, ``txt`` caption, the other columns in
-            ``json``), ``parquet`` (image bytes in the image column) or ``csv`` (absolute paths).
+        shard_format: ``tar`` (webdataset, one sample per image: the image, its captions one a line
+            in ``txt``, and a ``json`` with the ``captions`` list and every other column as a list, one
+            item per caption), ``parquet`` (one row per image: its bytes in the image column, the
+            caption and every other column as lists) or ``csv`` (one row per caption, absolute paths).
         image_column, caption_column: the table's columns.
         base_dir: the folder relative image paths are resolved against (default: the table's
             ``attrs["base_dir"]``).
@@ -397,49 +504,87 @@ def write_shards(pairs: pd.DataFrame, out_dir: str | Path, n_shards: int, shard_
         The shard paths, in order.
 
     Raises:
-        ValueError: an unknown format, or fewer rows than shards.
+        ValueError: an unknown format, fewer images than shards, or a column the shards add
+            (``source_row``, ``source_image``, ``__key__``, ``__caption__``; ``captions`` in a tar).
     """
     if shard_format not in ("tar", "parquet", "csv"):
         raise ValueError(f"unknown shard format {shard_format!r}; use tar, parquet or csv")
-    if not 0 < n_shards <= max(len(pairs), 1):
-        raise ValueError(f"cannot split {len(pairs)} rows into {n_shards} shards")
+    reserved = [*SOURCE_COLUMNS, "__key__", CAPTION_NUMBER, *([CAPTIONS_FIELD] if shard_format == "tar" else [])]
+    clashes = [column for column in reserved if column in pairs]
+    if clashes:
+        raise ValueError(f"the pairs table has column(s) {clashes}, which {shard_format} shards write themselves; "
+                         "rename them first")
     base = Path(base_dir or pairs.attrs.get("base_dir") or ".")
+    table = pairs.reset_index(drop=True)
+    table = table.assign(**{SOURCE_COLUMNS[0]: np.arange(len(table)),
+                            SOURCE_COLUMNS[1]: [str(ref) for ref in table[image_column]]})
+    images = [(base / ref).resolve() for ref in table[SOURCE_COLUMNS[1]]]
+    cells = {name: [_plain(value) for value in table[name].tolist()] for name in table.columns if name != image_column}
+    groups: dict[Path, list[int]] = {}
+    for row, image in enumerate(images):
+        groups.setdefault(image, []).append(row)
+    samples = list(groups.values())
+    if not 0 < n_shards <= max(len(samples), 1):
+        raise ValueError(f"cannot split {len(samples)} image(s) ({len(table)} rows) into {n_shards} shards")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bounds = [round(i * len(pairs) / n_shards) for i in range(n_shards + 1)]
+    bounds = [round(i * len(samples) / n_shards) for i in range(n_shards + 1)]
     paths = []
     for number, (start, stop) in enumerate(itertools.pairwise(bounds)):
-        part = pairs.iloc[start:stop].reset_index(drop=True)
-        images = [(base / str(ref)).resolve() for ref in part[image_column]]
         path = out_dir / f"{prefix}-{number:05d}.{shard_format}"
         with atomic_path(path) as tmp:
             if shard_format == "tar":
-                _write_tar(tmp, part, images, image_column, caption_column)
+                _write_tar(tmp, cells, images, samples[start:stop], caption_column)
             elif shard_format == "parquet":
-                part.assign(**{image_column: [image.read_bytes() for image in images]}).to_parquet(tmp, index=False)
+                pd.DataFrame([{image_column: images[sample[0]].read_bytes(), **_lists(cells, sample)}
+                              for sample in samples[start:stop]], columns=table.columns).to_parquet(tmp, index=False)
             else:
-                part.assign(**{image_column: [str(image) for image in images]}).to_csv(tmp, index=False)
+                rows = [row for sample in samples[start:stop] for row in sample]
+                table.iloc[rows].assign(**{image_column: [str(images[row]) for row in rows]}).to_csv(tmp, index=False)
         paths.append(path)
     return paths
 
 
-def _write_tar(path: Path, part: pd.DataFrame, images: list[Path], image_column: str, caption_column: str) -> None:
+def _plain(value: object) -> object:
+    """A cell as a shard holds it: a missing value (NaN, NA, NaT) as None."""
+    missing = value is None or (not _is_list(value) and not isinstance(value, dict) and pd.isna(value))
+    return None if missing else value
+
+
+def _lists(cells: dict[str, list], rows: list[int]) -> dict[str, list]:
+    """Each column's values at ``rows``: a grouped sample's per-caption lists."""
+    return {name: [values[row] for row in rows] for name, values in cells.items()}
+
+
+def _write_tar(path: Path, cells: dict[str, list], images: list[Path], samples: list[list[int]],
+               caption_column: str) -> None:
+    """One webdataset sample per image: the image, ``txt`` (the captions, one a line) and ``json`` (the
+    ``captions`` list and every other column as a list, one item per caption)."""
     with tarfile.open(path, "w") as archive:
-        for number, (row, image) in enumerate(zip(part.to_dict("records"), images)):
-            key = f"{number:09d}"
-            fields = {name: value for name, value in row.items() if name not in (image_column, caption_column)}
-            files = {image.suffix.lower().lstrip(".") or "jpg": image.read_bytes(),
-                     "txt": str(row[caption_column]).encode(),
-                     "json": json.dumps(fields, default=str).encode()}
+        for number, rows in enumerate(samples):
+            fields = _lists(cells, rows)
+            texts = [None if caption is None else str(caption) for caption in fields.pop(caption_column)]
+            image = images[rows[0]]
+            files = {image.suffix.lower().lstrip(".") or "jpg": image.read_bytes(), "txt": _captions_txt(texts),
+                     "json": json.dumps({CAPTIONS_FIELD: texts, **fields}, default=str).encode()}
             for extension, content in files.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
+                info = tarfile.TarInfo(f"{number:09d}.{extension}")
                 info.size = len(content)
                 archive.addfile(info, io.BytesIO(content))
 
 
-def write_filtered_shard(path: str | Path, keep_rows: list[int], out_path: str | Path) -> Path:
-    """Copy a shard keeping only the samples at ``keep_rows`` (positions as :func:`read_shard` numbers
-    them), in the same format: a tar keeps every file of a kept sample, byte for byte.
+def write_filtered_shard(path: str | Path, keep_rows: list[int], out_path: str | Path,
+                         caption_column: str = "caption") -> Path:
+    """Copy a shard keeping only the rows at ``keep_rows`` (positions as :func:`read_shard` numbers
+    them), in the same format: a tar keeps every file of a kept sample, byte for byte. A grouped
+    sample (module docstring) is kept when any of its captions is, with only those: its ``json``
+    and caption file (a parquet row's lists) are rewritten, its image copied as it is.
+
+    Args:
+        path: the shard.
+        keep_rows: the rows to keep.
+        out_path: the filtered shard.
+        caption_column: a parquet shard's caption column (the one it was read with).
 
     Returns:
         ``out_path``, written atomically.
@@ -448,14 +593,54 @@ def write_filtered_shard(path: str | Path, keep_rows: list[int], out_path: str |
     keep = set(keep_rows)
     with atomic_path(out_path) as tmp:
         if path.suffix.lower() in TAR_SUFFIXES:
-            with _open_tar(path) as source, tarfile.open(tmp, "w") as target:
-                for number, _, _, member in _tar_members(source):
-                    if number in keep:
-                        target.addfile(member, source.extractfile(member))
+            _filter_tar(path, keep, tmp)
         elif path.suffix.lower() == ".parquet":
-            pd.read_parquet(path).iloc[sorted(keep)].to_parquet(tmp, index=False)
+            _filter_parquet(pd.read_parquet(path), keep, caption_column).to_parquet(tmp, index=False)
         else:
             separator = "\t" if path.suffix.lower() == ".tsv" else ","
             table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
             table.iloc[sorted(keep)].to_csv(tmp, sep=separator, index=False)
     return out_path
+
+
+def _kept_captions(count: int, first_row: int, keep: set[int]) -> list[int]:
+    """The positions of a sample's kept captions, its rows being ``first_row`` onwards (``count`` 0: one row)."""
+    return [number for number in range(max(count, 1)) if first_row + number in keep]
+
+
+def _filter_tar(path: Path, keep: set[int], out: Path) -> None:
+    """Write ``path``'s samples with a row in ``keep`` to ``out``: whole ones byte for byte, grouped ones cut."""
+    plans: list[dict | bool] = []  # per sample: False (dropped), True (whole) or its json cut to the kept captions
+    row = 0
+    for _, files, _ in _tar_samples(path, MAX_MEMBER_BYTES):
+        fields = _json_fields(files)
+        grouped = isinstance(fields.get(CAPTIONS_FIELD), list)
+        count = len(fields[CAPTIONS_FIELD]) if grouped else 1
+        kept = _kept_captions(count, row, keep)
+        row += max(count, 1)
+        plans.append(bool(kept) if len(kept) == max(count, 1) or not kept else _subset(fields, kept, CAPTIONS_FIELD))
+    with _open_tar(path) as source, tarfile.open(out, "w") as target:
+        for number, _, extension, member in _tar_members(source):
+            plan = plans[number]
+            if plan is True or (plan and extension not in ("json", *CAPTION_EXTENSIONS)):
+                target.addfile(member, source.extractfile(member))
+            elif plan:
+                content = (json.dumps(plan).encode() if extension == "json" else _captions_txt(plan[CAPTIONS_FIELD]))
+                info = copy.copy(member)
+                info.size = len(content)
+                target.addfile(info, io.BytesIO(content))
+
+
+def _filter_parquet(table: pd.DataFrame, keep: set[int], caption_column: str) -> pd.DataFrame:
+    """A parquet shard's rows with a read row in ``keep``; a row of caption lists cut to the kept captions."""
+    if caption_column not in table or not any(_is_list(value) for value in table[caption_column]):
+        return table.iloc[sorted(keep)]
+    rows, row = [], 0
+    for record in table.to_dict("records"):
+        grouped = _is_list(record[caption_column])
+        count = len(record[caption_column]) if grouped else 1
+        kept = _kept_captions(count, row, keep)
+        row += max(count, 1)
+        if kept:
+            rows.append(record if len(kept) == max(count, 1) else _subset(record, kept, caption_column))
+    return pd.DataFrame(rows, columns=table.columns)

@@ -31,7 +31,6 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,8 @@ import pandas as pd
 
 from clipeval.atomic import atomic_path
 from clipeval.data.fetch import DEFAULT_CACHE_DIR
+from clipeval.data.options import PairsTableError, SourceOptions
+from clipeval.paths import where
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp",
                               ".dib", ".tif", ".tiff", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
@@ -49,37 +50,6 @@ COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip", ".zst")
 LABEL_COLUMN = "label"
 _CANDIDATE_DELIMITERS = (",", "\t", ";", "|")
 _COCO_FILE = re.compile(r"captions_(.+)\.json$")
-
-
-class PairsTableError(ValueError):
-    """The pairs table cannot be used; the message says what is wrong and how to fix it."""
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """How a pairs source is read (the command line's flags are these fields).
-
-    Attributes:
-        image_column: the column with image paths or URLs (the name the table gets for folder and
-            COCO sources).
-        caption_column: the column with captions (likewise).
-        kind: ``auto`` or one of :data:`SOURCE_READERS` (``table``, ``folder``, ``coco``, ``hf``).
-        delimiter: the field separator of a delimited text table; ``None`` picks it from the
-            suffix (``,`` for ``.csv``, tab for ``.tsv``/``.tab``). ``tab``, ``\\t``, ``comma``,
-            ``semicolon`` and ``pipe`` are accepted as names.
-        images_dir: the folder of a COCO source's images.
-        split: the split of a Hugging Face dataset with several.
-    """
-
-    image_column: str = field(default="image", metadata={"help": "the column with image paths or URLs"})
-    caption_column: str = field(default="caption", metadata={"help": "the column with captions"})
-    kind: str = field(default="auto", metadata={"flag": "--source-kind", "choices": ("auto", "table", "folder",
-                                                                                    "coco", "hf"),
-                                                "help": "how to read the source (auto: from its form)"})
-    delimiter: str | None = field(default=None, metadata={
-        "help": "field separator of delimited text: ',', ';', tab, '|'"})
-    images_dir: str | None = field(default=None, metadata={"help": "folder of a COCO file's images"})
-    split: str | None = field(default=None, metadata={"help": "split of a Hugging Face dataset"})
 
 
 def read_pairs(source: str | Path, image_column: str = "image", caption_column: str = "caption", *,
@@ -127,7 +97,7 @@ def load_table(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CA
     path = Path(source)
     if not path.is_file():
         raise PairsTableError(f"{path}: no such file" + (" or folder" if not path.suffix else "")
-                              + " (a Hugging Face hub dataset is written hf:owner/name)")
+                              + f" {where(path)} (a Hugging Face hub dataset is written hf:owner/name)")
     suffix = _format_suffix(path)
     delimiter = options.delimiter or DELIMITERS.get(suffix)
     try:
@@ -170,7 +140,7 @@ def load_folder(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_C
     """
     root = Path(source)
     if not root.is_dir():
-        raise PairsTableError(f"{root}: no such folder")
+        raise PairsTableError(f"{root}: no such folder {where(root)}")
     rows = []
     for file in image_files(root):
         label = file.parent.relative_to(root).as_posix()
@@ -193,7 +163,7 @@ def load_coco(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CAC
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as error:
-        raise PairsTableError(f"{path}: no such file") from error
+        raise PairsTableError(f"{path}: no such file {where(path)}") from error
     except (OSError, ValueError) as error:
         raise PairsTableError(f"{path}: cannot read the COCO file ({error_reason(error)})") from error
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
@@ -242,7 +212,8 @@ def load_hf_dataset(source: str, options: SourceOptions,
         except Exception as error:
             raise PairsTableError(f"{local}: not a dataset saved with save_to_disk ({error_reason(error)})") from error
     else:
-        raise PairsTableError(f"{local}: no such folder or file (a Hugging Face hub dataset is written hf:owner/name)")
+        raise PairsTableError(f"{local}: no such folder or file {where(local)} (a Hugging Face hub dataset is "
+                              "written hf:owner/name)")
     dataset = _pick_split(loaded, options.split, name)
     _check_columns(dataset.column_names, name, options)
     if isinstance(dataset.features[options.image_column], datasets.Image):
@@ -383,7 +354,9 @@ def _read_caption_file(path: Path) -> str | None:
 def _coco_images_dir(annotations: Path, images_dir: str | Path | None) -> Path:
     """COCO layout: ``annotations/captions_val2017.json`` beside ``val2017/``."""
     if images_dir is not None:
-        return Path(images_dir).resolve()
+        if not Path(images_dir).expanduser().is_dir():
+            raise PairsTableError(f"--images-dir {images_dir}: no such folder {where(images_dir)}")
+        return Path(images_dir).expanduser().resolve()
     match = _COCO_FILE.search(annotations.name)
     beside = annotations.resolve().parent.parent / match.group(1) if match else None
     return beside if beside is not None and beside.is_dir() else annotations.resolve().parent

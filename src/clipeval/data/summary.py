@@ -16,7 +16,8 @@ import pandas as pd
 from PIL import Image
 
 from clipeval.data.fetch import is_url
-from clipeval.data.images import MAX_PIXELS, failure_status, open_image
+from clipeval.data.images import failure_status, open_image
+from clipeval.data.options import MAX_PIXELS
 
 HEADER_FIELDS = ("width", "height", "mode", "format", "frames")
 

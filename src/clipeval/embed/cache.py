@@ -1,6 +1,7 @@
 """An on-disk embedding cache shared by every run: re-running a notebook encodes nothing new.
 
-One SQLite database (``embeddings.sqlite`` in the cache folder) holds every vector, keyed by
+One SQLite database (``embeddings.sqlite`` in the cache folder, by default the user's cache folder:
+``~/.cache/clipeval/embeddings``, see :func:`default_cache_dir`) holds every vector, keyed by
 
 * the **model key**: a hash of the checkpoint spec, the digest of its loaded weights, the
   image preprocessing (the transform's description and the decode mode), the precision and
@@ -37,18 +38,18 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from clipeval.paths import OUTPUTS_DIR
+from tqdm import tqdm
 
 CACHE_ENV = "CLIPEVAL_EMBEDDING_CACHE"
-DEFAULT_CACHE_DIR = OUTPUTS_DIR / "cache" / "embeddings"
 DATABASE = "embeddings.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -68,11 +69,38 @@ CACHE_FILES = (DATABASE, f"{DATABASE}-journal", f"{DATABASE}-wal", f"{DATABASE}-
 
 
 def default_cache_dir() -> Path | None:
-    """The cache folder: ``$CLIPEVAL_EMBEDDING_CACHE`` if set (``off`` disables), else ``outputs/cache/embeddings``."""
+    """The cache folder: ``$CLIPEVAL_EMBEDDING_CACHE`` if set (``off`` disables), else the user's cache folder's
+    ``clipeval/embeddings``: ``$XDG_CACHE_HOME/clipeval/embeddings``, or ``~/.cache/clipeval/embeddings`` when
+    ``XDG_CACHE_HOME`` is unset or not absolute (the XDG base-directory rule). Never inside the project or the
+    installed package, whatever the working folder or ``--out``."""
     value = os.environ.get(CACHE_ENV)
     if value is None:
-        return DEFAULT_CACHE_DIR
+        home = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        return (home if home.is_absolute() else Path("~/.cache").expanduser()) / "clipeval" / "embeddings"
     return None if value.strip().lower() in ("", "off", "none", "0") else Path(value).expanduser()
+
+
+_announcing = False
+_announced: set[Path] = set()
+
+
+@contextmanager
+def announcing_location() -> Iterator[None]:
+    """Within the block, a cache opened in this process says where it is, once per database, with one
+    line on stderr (the command line runs its commands inside it; notebooks and the library stay quiet)."""
+    global _announcing
+    before, _announcing = _announcing, True
+    try:
+        yield
+    finally:
+        _announcing = before
+
+
+def _announce(path: Path) -> None:
+    if _announcing and path not in _announced:
+        _announced.add(path)
+        # tqdm.write: a progress bar already on the terminal is cleared and redrawn below the line
+        tqdm.write(f"embedding cache: {path} (${CACHE_ENV} moves it, --no-embedding-cache skips it)", file=sys.stderr)
 
 
 class EmbeddingCache:
@@ -93,6 +121,7 @@ class EmbeddingCache:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / DATABASE
+        _announce(self.path.absolute())
         self.timeout = timeout
         self.counts: dict[str, dict[str, int]] = {}
         self._connection: sqlite3.Connection | None = None

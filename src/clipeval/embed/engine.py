@@ -30,6 +30,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -42,13 +43,12 @@ import torch
 from clipeval.data.images import RawImage, decode_image, read_images, read_many_bytes
 from clipeval.data.retrieval_sets import RetrievalSet
 from clipeval.embed.cache import EmbeddingCache, default_cache_dir
-from clipeval.embed.options import EmbedOptions
+from clipeval.embed.options import EMBEDDING_VERSION, EmbedOptions
 from clipeval.embed.stats import StageTimer
 from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
 from clipeval.models.registry import load_encoder, weights_identity
 from clipeval.progress import progress_bar
 
-EMBEDDING_VERSION = 1  # bump when a change here alters the vectors, so old cache entries stop matching
 FAST_DECODE_FACTOR = 2  # the fast path keeps a decoded short side of at least this x the model's resize side
 
 
@@ -170,6 +170,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(preprocess, min_side, max_pixels) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the run and shuts the pool; a worker's own
+    # KeyboardInterrupt would only print its traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _WORKER.update(preprocess=preprocess, min_side=min_side, max_pixels=max_pixels)
 

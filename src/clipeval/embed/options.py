@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clipeval.data.fetch import FetchOptions
-from clipeval.data.images import MAX_PIXELS
+from clipeval.data.options import MAX_PIXELS
+
+# bump when a change in the embedding path (clipeval.embed.engine) alters the vectors, so old cache entries stop
+# matching; run fingerprints and cache keys record it
+EMBEDDING_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class EmbedOptions:
     fast_decode: bool = field(default=False, metadata={
         "help": "decode large JPEGs at reduced scale before the exact resize (docs/speed.md)"})
     embedding_cache: bool = field(default=True, metadata={
-        "help": "read and write the embedding cache ($CLIPEVAL_EMBEDDING_CACHE, default outputs/cache/embeddings; "
+        "help": "read and write the embedding cache (default: on, in ~/.cache/clipeval/embeddings, or "
+                "$XDG_CACHE_HOME/clipeval/embeddings, or the folder $CLIPEVAL_EMBEDDING_CACHE names; "
                 "score --shards: off unless given)"})
     embedding_cache_dir: str | None = field(default=None, metadata={"cli": False})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})

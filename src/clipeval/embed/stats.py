@@ -14,9 +14,12 @@ import platform
 import threading
 import time
 from importlib import metadata
+from typing import TYPE_CHECKING
 
-import torch
 from memory_profiler import memory_usage
+
+if TYPE_CHECKING:
+    import torch
 
 VERSIONED_PACKAGES = ("clipeval", "torch", "torchvision", "transformers", "open_clip_torch", "numpy",
                       "pandas", "pillow")
@@ -76,6 +79,8 @@ class StageTimer:
         """Time one run of stage ``name`` handling ``items`` items."""
         cuda = self.device is not None and self.device.type == "cuda"
         if cuda:
+            import torch  # only a CUDA device has GPU memory to time; the CPU path needs no torch import
+
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         sampler = _PeakRSS(self.interval)

@@ -7,11 +7,14 @@ random ranking, :func:`clipeval.metrics.retrieval.chance_levels`). Images that c
 that the model's transform rejects) are left out of the collection and counted; a query whose
 relevant images are all unusable counts as a query without a relevant item. Every stage of
 every checkpoint is timed (:class:`clipeval.embed.stats.StageTimer`), and :func:`hub_items`
-lists the items that come first for many queries.
+lists the items that come first for many queries. What makes results look better than they are
+is returned as warnings (:mod:`clipeval.eval.caveats`): truncated queries, metrics that are 1.0
+by construction, hubs, and a checkpoint evaluated on labels it produced.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,11 +25,15 @@ from clipeval.data.retrieval_sets import RetrievalSet, check_images_found
 from clipeval.embed.engine import LazyEncoder, embed_set
 from clipeval.embed.options import EmbedOptions
 from clipeval.embed.stats import StageTimer, package_versions
+from clipeval.eval.caveats import circular_warnings, hub_warnings, trivial_metric_warnings, truncation_warnings
 from clipeval.eval.options import RetrievalOptions
 from clipeval.metrics.bootstrap import bootstrap_summary, paired_bootstrap
 from clipeval.metrics.ranking import retrieve, retrieve_both_directions
 from clipeval.metrics.retrieval import chance_levels, per_query_metrics
 from clipeval.models.encoder import resolve_device
+from clipeval.warn import RunWarning
+
+LIST_COLUMNS = ("top_items", "top_names", "top_scores")  # lists in memory, JSON lists in retrieval_ranks.csv
 
 
 @dataclass
@@ -36,19 +43,28 @@ class RetrievalReport:
     Attributes:
         metrics: ``metrics.csv``: one row per checkpoint x dataset x direction x k, each metric
             with its bootstrap CI and its chance level (``<metric>_chance``, see
-            :func:`clipeval.metrics.retrieval.chance_levels`).
+            :func:`clipeval.metrics.retrieval.chance_levels`), ``n_candidates`` (items ranked)
+            and ``trivial`` (``k >= n_candidates``: HitRate@k and Recall@k are 1.0 by construction).
         per_query: ``retrieval_ranks.csv``: one row per checkpoint x direction x query: first
             rank, reciprocal rank, hit/recall@k, ``n_items`` ranked, the query's position
-            (``query``) and what it is (``query_name``: the caption for text->image, the image
-            reference for image->text), its top-k item positions (``top_items``: in the set's
-            ``images`` table for text->image, its ``queries`` table for image->text), their
-            names (``top_names``: image references, or captions) and scores.
-        stats: time and memory per checkpoint and stage (the content of ``stats.json``).
+            (``query``), what it is (``query_name``: the caption for text->image, the image
+            reference for image->text) and its source ids (every ``id`` / ``*_id`` column of its
+            row in the set's ``queries`` table for text->image, its ``images`` table for
+            image->text: ``row_id``, COCO's ``image_id`` and ``annotation_id``...), its best-ranked
+            relevant item (``relevant_item``, ``relevant_name``, ``relevant_score``: the one at
+            ``first_rank``; empty without one), its top-k item positions (``top_items``: in the
+            set's ``images`` table for text->image, its ``queries`` table for image->text), their
+            names (``top_names``: image references, or captions) and scores (lists here, JSON
+            lists in the file: :func:`ranks_table`).
+        stats: time and memory per checkpoint and stage (the content of ``stats.json``), with
+            ``hubs`` (:func:`hub_items`) and ``warnings`` (the records of :attr:`warnings`).
+        warnings: what makes these numbers look better than they are (:mod:`clipeval.eval.caveats`).
     """
 
     metrics: pd.DataFrame
     per_query: pd.DataFrame
     stats: dict = field(default_factory=dict)
+    warnings: list[RunWarning] = field(default_factory=list)
 
 
 def _metric_rows(table: pd.DataFrame, ks, spec, dataset, direction, n_resamples, seed, extra) -> list[dict]:
@@ -63,24 +79,66 @@ def _metric_rows(table: pd.DataFrame, ks, spec, dataset, direction, n_resamples,
             row[f"{column}_ci_low"] = summary.loc[name, "ci_low"]
             row[f"{column}_ci_high"] = summary.loc[name, "ci_high"]
             row[f"{column}_chance"] = chance[name]
+        n_items = int(table["n_items"].iloc[0]) if len(table) else 0
         rows.append({**row, **extra, "n_queries_without_relevant": int(table["n_relevant"].eq(0).sum()),
-                     "n_queries": len(table)})
+                     "n_queries": len(table), "n_candidates": n_items, "trivial": k >= n_items})
     return rows
 
 
+def _id_columns(table: pd.DataFrame) -> list[str]:
+    """A table's source-id columns: ``id`` and every ``*_id``."""
+    return [column for column in table.columns if str(column) == "id" or str(column).endswith("_id")]
+
+
+def _best_relevant(queries, items, query_of: np.ndarray, item_of: np.ndarray,
+                   n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, its most similar relevant item (the one at its first rank; -1 when none) and that score (NaN)."""
+    best, score = np.full(n_queries, -1, dtype=np.int64), np.full(n_queries, np.nan)
+    if len(query_of):
+        scores = (queries[query_of] * items[item_of]).sum(dim=-1).numpy()
+        order = np.lexsort((-scores, query_of))  # by query, best first
+        first = order[np.r_[True, query_of[order][1:] != query_of[order][:-1]]]
+        best[query_of[first]], score[query_of[first]] = item_of[first], scores[first]
+    return best, score
+
+
 def _per_query_rows(table: pd.DataFrame, result, spec: str, direction: str, dataset: RetrievalSet,
-                    image_positions: np.ndarray) -> pd.DataFrame:
-    """The per-query table of one direction with positions and names of the query and its top items."""
+                    image_positions: np.ndarray, best: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+    """The per-query table of one direction: the query (position, name, source ids), its best-ranked
+    relevant item and its top items."""
     texts, refs = dataset.queries["text"].astype(str).to_numpy(), dataset.images["image"].astype(str).to_numpy()
     if direction == "text_to_image":
         queries, query_names, items, item_names = np.arange(len(texts)), texts, image_positions, refs
+        sources = dataset.queries
     else:
         queries, query_names, items, item_names = image_positions, refs[image_positions], np.arange(len(texts)), texts
+        sources = dataset.images
+    ids = sources[_id_columns(sources)].iloc[queries].reset_index(drop=True)
+    ids = ids.astype({column: "Int64" for column in ids if pd.api.types.is_integer_dtype(ids[column])})  # NA-able
     top = [items[row] for row in result.topk_indices]
-    return table.reset_index().assign(
+    found = best[0] >= 0
+    relevant = pd.array(np.where(found, items[np.maximum(best[0], 0)], 0), dtype="Int64")
+    relevant[~found] = pd.NA
+    return pd.concat([table.reset_index(), ids], axis=1).assign(
         checkpoint=spec, direction=direction, query=queries, query_name=query_names,
+        relevant_item=relevant, relevant_name=np.where(found, item_names[relevant.fillna(0).to_numpy(int)], None),
+        relevant_score=best[1],
         top_items=[row.tolist() for row in top], top_names=[item_names[row].tolist() for row in top],
         top_scores=[row.tolist() for row in result.topk_scores])
+
+
+def ranks_table(per_query: pd.DataFrame) -> pd.DataFrame:
+    """:attr:`RetrievalReport.per_query` as ``retrieval_ranks.csv`` holds it: the top-k lists as JSON lists."""
+    return per_query.assign(**{column: [json.dumps(value) for value in per_query[column]]
+                               for column in LIST_COLUMNS if column in per_query})
+
+
+def worst_queries(per_query: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The ``n`` worst queries of each checkpoint and direction: the largest first rank first (ties by
+    query position); queries without a relevant item are left out."""
+    ranked = per_query.dropna(subset=["first_rank"])
+    ranked = ranked.sort_values(["first_rank", "query"], ascending=[False, True], kind="stable")
+    return ranked.groupby(["checkpoint", "direction"], sort=False).head(n).reset_index(drop=True)
 
 
 def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str],
@@ -125,7 +183,11 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str],
                 n_items = len(embedded.images) if direction == "text_to_image" else len(dataset.queries)
                 table = per_query_metrics(result.ranks, ks).assign(n_items=n_items)
                 metrics += _metric_rows(table, ks, spec, dataset.name, direction, n_resamples, seed, extra)
-                per_query.append(_per_query_rows(table, result, spec, direction, dataset, embedded.image_positions))
+                best = (_best_relevant(embedded.texts, embedded.images, pairs[:, 0], pairs[:, 1], len(dataset.queries))
+                        if direction == "text_to_image" else
+                        _best_relevant(embedded.images, embedded.texts, pairs[:, 1], pairs[:, 0], len(embedded.images)))
+                per_query.append(_per_query_rows(table, result, spec, direction, dataset, embedded.image_positions,
+                                                 best))
         loaded = encoder.encoder
         stats[spec] = {"model_loaded": loaded is not None, "precision": encoder.precision,
                        "description": loaded.description if loaded else None,
@@ -133,12 +195,20 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str],
                        "captions_truncated": embedded.queries_truncated,
                        "context_length": loaded.context_length if loaded else None, "cache": embedded.cache,
                        **timer.summary()}
+    metrics, per_query = pd.DataFrame(metrics), pd.concat(per_query, ignore_index=True)
+    hubs = hub_items(per_query)
+    warnings = [*circular_warnings(dataset.queries, list(checkpoints), dataset.name),
+                *truncation_warnings(((spec, entry["captions_truncated"], len(dataset.queries), entry["context_length"])
+                                      for spec, entry in stats.items()), "queries",
+                                     "retrieval_stats.json: captions_truncated"),
+                *trivial_metric_warnings(metrics), *hub_warnings(hubs)]
     run_stats = {"queries": len(dataset.queries), "images": len(dataset.images),
                  "relevant_pairs": len(dataset.relevant), "device": str(torch_device),
                  "batch_size": embed.batch_size, "read_threads": embed.fetch.read_threads,
                  "decode_processes": embed.decode_processes, "fast_decode": embed.fast_decode,
-                 "versions": package_versions(), "checkpoints": stats}
-    return RetrievalReport(pd.DataFrame(metrics), pd.concat(per_query, ignore_index=True), run_stats)
+                 "versions": package_versions(), "checkpoints": stats, "hubs": hubs.to_dict("records"),
+                 "warnings": [warning.record() for warning in warnings]}
+    return RetrievalReport(metrics, per_query, run_stats, warnings)
 
 
 def hit_counts(metrics: pd.DataFrame, direction: str = "text_to_image", k: int = 5) -> pd.DataFrame:

@@ -89,6 +89,16 @@ def score_pairs_table(encoder: Encoder, scenes_dir: str | Path, split: str, batc
     return pairs.assign(cosine=(texts[text_index] * images[image_index]).sum(dim=1).numpy())
 
 
+def hard_negative_outcomes(scored: pd.DataFrame) -> pd.DataFrame:
+    """The hard-negative rows of a scored pairs table, in order, with ``correct``: their true twin
+    caption scores strictly higher on the same image."""
+    positives = scored[scored["match"]].set_index(["scene_id", "caption"])["cosine"]
+    negatives = scored[~scored["match"]].copy()
+    twins = pd.MultiIndex.from_arrays([negatives["scene_id"], negatives["twin_caption"]])
+    negatives["correct"] = positives.reindex(twins).to_numpy() > negatives["cosine"].to_numpy()
+    return negatives
+
+
 def hard_negative_accuracy(scored: pd.DataFrame) -> pd.DataFrame:
     """How often the true caption beats its swapped twin on the same image.
 
@@ -99,10 +109,7 @@ def hard_negative_accuracy(scored: pd.DataFrame) -> pd.DataFrame:
         One row per negative kind and ``all``, for all rows and for seen / unseen combinations,
         columns ``negative_kind``, ``subset``, ``n``, ``accuracy`` (strictly greater cosine).
     """
-    positives = scored[scored["match"]].set_index(["scene_id", "caption"])["cosine"]
-    negatives = scored[~scored["match"]].copy()
-    twins = pd.MultiIndex.from_arrays([negatives["scene_id"], negatives["twin_caption"]])
-    negatives["correct"] = positives.reindex(twins).to_numpy() > negatives["cosine"].to_numpy()
+    negatives = hard_negative_outcomes(scored)
     rows = []
     for kind, group in [("all", negatives), *negatives.groupby("negative_kind", sort=True)]:
         for subset, part in (("all", group), ("seen", group[group["seen_combination"]]),

@@ -21,17 +21,8 @@ from clipeval.embed.engine import Embedder, LazyEncoder
 from clipeval.embed.options import EmbedOptions
 from clipeval.embed.stats import StageTimer, package_versions
 from clipeval.layout import SCORE_COLUMNS
+from clipeval.metrics.scales import clip_score_2_5, clip_score_100
 from clipeval.models.encoder import resolve_device
-
-
-def clip_score_100(cosine):
-    """torchmetrics' CLIPScore scale, per sample: ``100 * max(cos, 0)``."""
-    return 100.0 * np.maximum(cosine, 0.0)
-
-
-def clip_score_2_5(cosine):
-    """The CLIPScore paper's scale (Hessel et al. 2021): ``2.5 * max(cos, 0)``."""
-    return 2.5 * np.maximum(cosine, 0.0)
 
 
 def _row_statuses(images: list, captions, base_dir: str | None, options: EmbedOptions, timer: StageTimer):

@@ -39,8 +39,9 @@ from PIL import Image
 
 from clipeval.atomic import atomic_path, write_csv, write_json
 from clipeval.data.images import decode_image, header_size, read_many_bytes
+from clipeval.data.options import PairsTableError, SourceOptions
 from clipeval.data.shards import safe_uid
-from clipeval.data.sources import PairsTableError, SourceOptions, detect_source_kind, read_pairs
+from clipeval.data.sources import detect_source_kind, read_pairs
 from clipeval.embed.engine import Embedder, LazyEncoder, batches
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder.options import IndexOptions

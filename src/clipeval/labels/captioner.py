@@ -15,7 +15,6 @@ logit processors; captions below ``min_confidence``, and empty ones, are dropped
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from clipeval.data.images import read_images
 from clipeval.embed.engine import batches
 from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
 from clipeval.models.encoder import resolve_device
-from clipeval.models.registry import CheckpointError, local_folder, offline_error, quiet_progress_bars
+from clipeval.models.registry import CheckpointError, load_progress, local_folder, offline_error
 from clipeval.progress import progress_bar
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
@@ -87,7 +86,7 @@ class Captioner:
         folder = local_folder(self.model, self.model)
         local, target = folder is not None, folder or self.model
         try:
-            with contextlib.nullcontext() if self.progress else quiet_progress_bars():
+            with load_progress(self.progress):
                 self._load_parts(target)
         except OSError as error:
             if local:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from clipeval.embed.options import EmbedOptions
-from clipeval.labels.base import Labeller
+
+if TYPE_CHECKING:
+    from clipeval.labels.base import Labeller
 
 LABELLERS = ("classifier", "zero-shot", "captioner", "api")
 

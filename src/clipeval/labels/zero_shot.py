@@ -5,10 +5,16 @@ Each image's probability over the vocabulary is CLIP's zero-shot softmax,
 ``threshold`` become its labels. Any checkpoint spec works (offline: the dual encoder trained
 here, over the scenes' object classes); images and texts go through the one embedding path,
 so they are cached like every other embedding.
+
+A vocabulary the checkpoint's tokenizer cannot read gives labels that are guesses: every entry
+with a word the tokenizer does not know (:meth:`clipeval.models.encoder.Encoder.unknown_words`)
+is listed in the stats (``vocabulary_unknown``), with a warning above
+:data:`clipeval.eval.caveats.UNKNOWN_VOCABULARY_SHARE` of the entries (``warnings``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,8 +26,24 @@ import torch
 from clipeval.data.images import read_many_bytes
 from clipeval.embed.engine import Embedder, LazyEncoder
 from clipeval.embed.options import EmbedOptions
+from clipeval.eval.caveats import unknown_vocabulary_warnings
 from clipeval.labels.base import LabelRun, empty_labels, image_table, run_stats
 from clipeval.labels.classifier import labels_from_probabilities
+from clipeval.models.encoder import Encoder
+
+WORD = re.compile(r"[^\W\d_]+")  # a run of letters
+
+
+def unknown_vocabulary(encoder: Encoder, vocabulary: Sequence[str]) -> dict[str, list[str]]:
+    """Each vocabulary entry holding a word the encoder's tokenizer does not know, with those words.
+
+    Empty when the tokenizer cannot be asked (:meth:`~clipeval.models.encoder.Encoder.unknown_words`).
+    """
+    words = list(dict.fromkeys(word for entry in vocabulary for word in WORD.findall(entry)))
+    flags = encoder.unknown_words(words) if words else None
+    unknown = {word for word, flag in zip(words, flags or []) if flag}
+    found = {entry: [word for word in WORD.findall(entry) if word in unknown] for entry in vocabulary}
+    return {entry: words for entry, words in found.items() if words}
 
 
 class ZeroShot:
@@ -53,6 +75,7 @@ class ZeroShot:
             texts = embedder.texts(self.vocabulary).of(range(len(self.vocabulary)))
             usable = np.flatnonzero(images.rows >= 0)
             scale = (embedder.encoder.logit_scale or 100.0) if len(usable) else 100.0  # CLIP's fixed 100 if none
+            unknown = unknown_vocabulary(embedder.encoder, self.vocabulary)
         statuses, errors = zip(*(images.errors.get(i, (raw.status, raw.error)) for i, raw in enumerate(raws)))
         labels = empty_labels()
         if len(usable):
@@ -64,6 +87,8 @@ class ZeroShot:
         table = image_table(list(refs), list(statuses), list(errors), labels)
         return LabelRun(labels.reset_index(drop=True), table,
                         run_stats(labels, table, labeller=self.name, model=self.model, threshold=self.threshold,
-                                  top_k=self.top_k, vocabulary=len(self.vocabulary),
+                                  top_k=self.top_k, vocabulary=len(self.vocabulary), vocabulary_unknown=unknown,
+                                  warnings=[warning.record() for warning in
+                                            unknown_vocabulary_warnings(self.model, self.vocabulary, unknown)],
                                   seconds=time.perf_counter() - started))
 

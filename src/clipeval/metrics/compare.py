@@ -46,14 +46,23 @@ def attach_match(scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     return scores.assign(match=flags[row_ids])
 
 
-def load_run_scores(run: RunLayout) -> pd.DataFrame:
+def load_run_scores(run: RunLayout, match_required: bool = True) -> pd.DataFrame:
     """A scored run's ``scores.csv`` with ``match`` attached from its ``results.csv``.
+
+    Args:
+        run: the run folder.
+        match_required: raise when ``results.csv`` has no ``match`` column; with False such a
+            table is returned without ``match`` (every pair in one group, :func:`summarize_scores`).
 
     Raises:
         RunIncomplete: the run did not finish (its tables may be an earlier run's or missing).
+        ValueError: no usable ``match`` column (only a malformed one when not ``match_required``).
     """
     run.require_complete()
-    return attach_match(pd.read_csv(run.scores), pd.read_csv(run.results))
+    scores, results = pd.read_csv(run.scores), pd.read_csv(run.results)
+    if not match_required and "match" not in results.columns:
+        return scores
+    return attach_match(scores, results)
 
 
 def select_ok(table: pd.DataFrame) -> pd.DataFrame:
@@ -87,7 +96,8 @@ def summarize_scores(table: pd.DataFrame, score: str = "cosine",
     """Per-checkpoint summary statistics of matched and mismatched scores.
 
     Args:
-        table: long score table with ``match`` (see :func:`attach_match`).
+        table: long score table with ``match`` (see :func:`attach_match`), or without it for pairs
+            not marked matched or mismatched (a user's own table).
         score: the score column to summarise (``cosine``, ``clip_score_100``, ``percentile``...).
         quantiles: quantiles to report for each group.
 
@@ -95,18 +105,22 @@ def summarize_scores(table: pd.DataFrame, score: str = "cosine",
         One row per checkpoint (in order of first appearance), columns ``n_ok``,
         ``n_excluded`` (rows with status != ok, left out), then for ``matched`` and
         ``mismatched``: ``count``, ``mean``, ``std`` and ``q05``... quantiles, then ``auc`` and
-        ``gap`` (mean matched - mean mismatched).
+        ``gap`` (mean matched - mean mismatched). Without ``match``, one group ``all`` (``all_count``,
+        ``all_mean``...) and no ``auc`` or ``gap``.
     """
     rows = {}
     for checkpoint, group in table.groupby("checkpoint", sort=False):
         ok = select_ok(group)
         row = {"n_ok": len(ok), "n_excluded": len(group) - len(ok)}
-        for name, part in (("matched", ok[ok["match"]]), ("mismatched", ok[~ok["match"]])):
+        groups = ((("matched", ok[ok["match"]]), ("mismatched", ok[~ok["match"]])) if "match" in ok
+                  else (("all", ok),))
+        for name, part in groups:
             values = part[score]
             row |= {f"{name}_count": len(values), f"{name}_mean": values.mean(), f"{name}_std": values.std()}
             row |= {f"{name}_q{round(q * 100):02d}": values.quantile(q) for q in quantiles}
-        row["auc"] = roc_auc(ok.loc[ok["match"], score], ok.loc[~ok["match"], score])
-        row["gap"] = row["matched_mean"] - row["mismatched_mean"]
+        if "match" in ok:
+            row["auc"] = roc_auc(ok.loc[ok["match"], score], ok.loc[~ok["match"], score])
+            row["gap"] = row["matched_mean"] - row["mismatched_mean"]
         rows[checkpoint] = row
     summary = pd.DataFrame.from_dict(rows, orient="index")
     summary.index.name = "checkpoint"

@@ -102,6 +102,8 @@ class CheckpointInfo:
         matched_cosine_source: where that range comes from.
         published: its published retrieval numbers (none where no source has them).
         in_catalogue: False for a spec described only from its prefix or its info file.
+        fine_tuned_from: the base checkpoint spec of a model fine-tuned here (``clipeval finetune``),
+            as its info file records it; empty otherwise.
     """
 
     spec: str
@@ -113,6 +115,7 @@ class CheckpointInfo:
     matched_cosine_source: str = ""
     published: tuple[PublishedRetrieval, ...] = ()
     in_catalogue: bool = True
+    fine_tuned_from: str = ""
 
 
 CLIP_PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
@@ -180,10 +183,24 @@ def _info_file(spec: str) -> Path | None:
     return candidate if candidate is not None and candidate.is_file() else None
 
 
-def write_info_file(folder: str | Path, description: str, random_init: bool) -> Path:
-    """Record what a checkpoint the project builds is, next to its files (read by :func:`describe_checkpoint`)."""
+def write_info_file(folder: str | Path, description: str, random_init: bool, fine_tuned_from: str | None = None,
+                    provenance: dict | None = None) -> Path:
+    """Record what a checkpoint the project builds is, next to its files (read by :func:`describe_checkpoint`).
+
+    Args:
+        folder: the checkpoint's folder (or the folder of its weights file).
+        description: one line on what it is.
+        random_init: whether its weights say nothing about any data.
+        fine_tuned_from: the base checkpoint spec of a fine-tuned model.
+        provenance: how it was made (base weights hash, data fingerprint, settings), kept verbatim.
+    """
     path = Path(folder) / CHECKPOINT_INFO_FILE
-    write_text(path, json.dumps({"description": description, "random_init": random_init}, indent=2) + "\n")
+    values = {"description": description, "random_init": random_init}
+    if fine_tuned_from:
+        values["fine_tuned_from"] = fine_tuned_from
+    if provenance is not None:
+        values["provenance"] = provenance
+    write_text(path, json.dumps(values, indent=2, default=str) + "\n")
     return path
 
 
@@ -215,7 +232,8 @@ def _described(spec: str) -> CheckpointInfo:
     if info_file is not None:
         values = json.loads(info_file.read_text())
         return CheckpointInfo(spec, family, values.get("description", ""), bool(values.get("random_init", False)),
-                              source=str(info_file), in_catalogue=False)
+                              source=str(info_file), in_catalogue=False,
+                              fine_tuned_from=values.get("fine_tuned_from", ""))
     return CheckpointInfo(spec, family, "", in_catalogue=False)
 
 

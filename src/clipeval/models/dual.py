@@ -54,6 +54,7 @@ from clipeval.atomic import atomic_folder
 from clipeval.models.constants import IMAGENET_MEAN, IMAGENET_STD
 from clipeval.models.encoder import Encoder
 from clipeval.models.registry import CheckpointError, CheckpointSpec, offline_error
+from clipeval.paths import where
 
 PRETRAINED_TEXT = "distilbert-base-uncased"
 PRETRAINED_IMAGE_WEIGHTS = "IMAGENET1K_V1"
@@ -321,6 +322,14 @@ class DualEncoder(Encoder):
         lengths = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
         return [len(ids) > self.context_length for ids in lengths]
 
+    def unknown_words(self, words) -> list[bool]:
+        """For each word, whether it is not one token: the offline vocabulary holds whole words and single
+        characters only (:func:`train_tokenizer`), so any other word is spelled, not known (with
+        ``pretrained``, DistilBERT's WordPiece: the base rule)."""
+        if self.model.config.pretrained:
+            return super().unknown_words(words)
+        return [len(self.tokenizer.tokenize(word)) != 1 for word in words]
+
 
 def save_dual(model: DualEncoderModel, tokenizer, folder: str | Path, history: dict | None = None) -> Path:
     """Write a model folder atomically (a temporary sibling folder renamed into place).
@@ -366,7 +375,8 @@ def load_dual_model(folder: str | Path) -> tuple[DualEncoderModel, PreTrainedTok
     folder = Path(folder).expanduser()
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
     if missing:
-        raise CheckpointError(f"dual:{folder}: missing {', '.join(missing)}; train a model there first "
+        found = f"missing {', '.join(missing)} in" if folder.is_dir() else "no such folder"
+        raise CheckpointError(f"dual:{folder}: {found} {where(folder)}; train a model there first "
                               f"(`python -m clipeval train --out {folder}`)")
     values = json.loads((folder / CONFIG_FILE).read_text())
     config = DualEncoderConfig.from_dict(values)

@@ -89,6 +89,23 @@ class Encoder(ABC):
         """For each text, whether it is longer than the context and gets truncated (False if unknown)."""
         return [False] * len(texts)
 
+    def unknown_words(self, words: Sequence[str]) -> list[bool] | None:
+        """For each single word, whether the tokenizer does not know it (``None`` when it cannot be asked).
+
+        A word is unknown when the tokenizer maps it to its unknown token, or can only spell it: a
+        word of three or more characters broken into single characters (WordPiece and BPE fall back
+        to characters for words outside their vocabulary). Subword splits of known parts
+        (``play ##ing``) count as known.
+        """
+        tokenizer = getattr(self, "tokenizer", None)
+        backend = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers one
+        for candidate in (tokenizer, backend):
+            if hasattr(candidate, "tokenize") and hasattr(candidate, "unk_token"):
+                return [_unknown(word, candidate.tokenize(word), candidate.unk_token) for word in words]
+        if hasattr(tokenizer, "encode") and hasattr(tokenizer, "decoder"):  # open_clip's CLIP BPE tokenizer
+            return [_unknown(word, [tokenizer.decoder[i] for i in tokenizer.encode(word)], None) for word in words]
+        return None
+
     def weights_digest(self) -> str:
         """SHA-256 over the loaded weights (every state-dict tensor's name, dtype, shape and bytes).
 
@@ -119,6 +136,22 @@ class Encoder(ABC):
             return torch.autocast("cuda", dtype=PRECISIONS[self.precision])
         return contextlib.nullcontext()
 
+    def trainable_features(self, pixels: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (unnormalised) image and text features with autograd on, for fine-tuning.
+
+        The same hooks :meth:`encode_images` and :meth:`encode_texts` call, outside inference
+        mode and without autocast (the training loop owns mixed precision), so a model trained
+        through this method is scored by exactly the computation it was trained with.
+
+        Args:
+            pixels: ``(N, C, H, W)`` preprocessed images, on any device.
+            texts: captions.
+
+        Returns:
+            ``(image features, text features)`` on ``device``.
+        """
+        return self._image_features(pixels.to(self.device, non_blocking=True)), self._text_features(list(texts))
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed a batch of preprocessed images.
 
@@ -144,3 +177,11 @@ class Encoder(ABC):
         with torch.inference_mode(), self._autocast():
             features = self._text_features(list(texts))
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+
+def _unknown(word: str, pieces: list[str], unk_token: str | None) -> bool:
+    """Whether ``pieces`` (a word's tokens) hold the unknown token, or spell a 3+ character word letter by letter."""
+    if unk_token is not None and unk_token in pieces:
+        return True
+    letters = [piece.removeprefix("##").removesuffix("</w>").lstrip("Ġ▁") for piece in pieces]
+    return len(word) >= 3 and len(letters) > 1 and all(len(letter) <= 1 for letter in letters)

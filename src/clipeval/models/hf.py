@@ -7,6 +7,7 @@ from PIL import Image
 
 from clipeval.models.encoder import Encoder
 from clipeval.models.registry import CheckpointError, CheckpointSpec, local_folder, offline_error
+from clipeval.paths import where
 
 
 def _features(output) -> torch.Tensor:
@@ -72,7 +73,7 @@ def load_hf(spec: CheckpointSpec, device: torch.device, precision: str) -> HFEnc
         image_processor = AutoImageProcessor.from_pretrained(target)
     except OSError as error:
         if local:
-            raise CheckpointError(f"{spec}: cannot load the saved model in {target} ({error})") from error
+            raise CheckpointError(f"{spec}: cannot load the saved model in {where(target)} ({error})") from error
         raise offline_error(str(spec), error) from error
     if not hasattr(model, "get_image_features"):
         raise CheckpointError(f"{spec}: {type(model).__name__} is not a dual encoder (CLIP/SigLIP)")

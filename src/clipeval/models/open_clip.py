@@ -16,6 +16,7 @@ from PIL import Image
 
 from clipeval.models.encoder import Encoder
 from clipeval.models.registry import CheckpointError, CheckpointSpec, is_local_path, offline_error
+from clipeval.paths import where
 
 
 class OpenClipEncoder(Encoder):
@@ -58,13 +59,15 @@ def _model_name_and_pretrained(target: str) -> tuple[str, str | None, bool]:
         arch, pretrained = target.split("@", 1)
         if is_local_path(pretrained):
             if not Path(pretrained).expanduser().is_file():
-                raise CheckpointError(f"open_clip:{target}: no such weights file {pretrained!r}")
+                raise CheckpointError(f"open_clip:{target}: no such weights file {where(pretrained)}")
             return arch, str(Path(pretrained).expanduser()), True
         return arch, pretrained, False
     if is_local_path(target):
         folder = Path(target).expanduser()
         if not (folder / "open_clip_config.json").is_file():
-            raise CheckpointError(f"open_clip:{target}: expected a folder with open_clip_config.json and weights")
+            found = "no open_clip_config.json in" if folder.is_dir() else "no such folder"
+            raise CheckpointError(f"open_clip:{target}: {found} {where(folder)}; expected a folder with "
+                                  "open_clip_config.json and weights")
         return f"local-dir:{folder}", None, True
     raise CheckpointError(f"open_clip:{target}: use ARCH@TAG, ARCH@/path/weights, hf-hub:org/repo or a local folder")
 

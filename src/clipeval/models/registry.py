@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipeval.file_identity import content_identity, stat_fingerprint
+from clipeval.paths import where
 
 if TYPE_CHECKING:  # torch is imported by the loaders only: the command line answers --help without it
     from clipeval.models.encoder import Encoder
@@ -79,20 +80,23 @@ def parse_spec(spec: str) -> CheckpointSpec:
 
 
 def is_local_path(target: str) -> bool:
-    """True when ``target`` names something on disk (a path that exists, or looks like one)."""
-    return Path(target).expanduser().exists() or target.startswith(("/", "./", "../", "~"))
+    """True when ``target`` names something on disk: a path that exists, or looks like one (starts with
+    ``/``, ``./``, ``../`` or ``~``, or has two ``/`` or more, which no hub name ``owner/name`` has)."""
+    return (Path(target).expanduser().exists() or target.startswith(("/", "./", "../", "~"))
+            or target.count("/") >= 2)
 
 
 def local_folder(target: str, spec: str) -> str | None:
     """``target`` as a folder path when it names something local (``None`` for a hub name).
 
     Raises:
-        CheckpointError: it looks local but is no folder (a ``save_pretrained`` folder is expected).
+        CheckpointError: it looks local but is no folder (a ``save_pretrained`` folder is expected); the
+            message names the absolute path tried.
     """
     if not is_local_path(target):
         return None
     if not Path(target).expanduser().is_dir():
-        raise CheckpointError(f"{spec}: no such directory {target!r} (expected a save_pretrained folder)")
+        raise CheckpointError(f"{spec}: no such directory {where(target)}; expected a save_pretrained folder")
     return str(Path(target).expanduser())
 
 
@@ -145,6 +149,27 @@ def _version(name: str) -> str | None:
         return None
 
 
+_quiet_loads = False  # set by quiet_model_loads(): every load is quiet, whatever its own progress flag
+
+
+@contextlib.contextmanager
+def quiet_model_loads():
+    """Within the block every model load hides the model libraries' bars, as with ``progress=False`` (the
+    command line's ``--no-progress``). Unlike :func:`quiet_progress_bars` it imports nothing: a command that
+    loads no model (a re-run of a finished one) never imports transformers."""
+    global _quiet_loads
+    before, _quiet_loads = _quiet_loads, True
+    try:
+        yield
+    finally:
+        _quiet_loads = before
+
+
+def load_progress(progress: bool):
+    """The context a model load runs in: the libraries' bars as ``progress`` says, unless loads are quiet."""
+    return contextlib.nullcontext() if progress and not _quiet_loads else quiet_progress_bars()
+
+
 @contextlib.contextmanager
 def quiet_progress_bars():
     """Hide transformers' and the Hub client's progress bars (``Loading weights``...) inside the block.
@@ -183,5 +208,5 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progr
     from clipeval.models.encoder import resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
-    with contextlib.nullcontext() if progress else quiet_progress_bars():
+    with load_progress(progress):
         return loader(parsed, torch_device, resolve_precision(precision, torch_device))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipeval.data.shards import MAX_MEMBER_BYTES
+from clipeval.data.options import MAX_MEMBER_BYTES
+from clipeval.embed.options import EmbedOptions
 
 EXECUTORS = ("local", "ray")
 
@@ -66,3 +67,13 @@ class ExecutionOptions:
         CUDA) would start that many in every actor of a node; the actor's reservation is its share.
         """
         return requested if requested is not None else max(0, int(self.cpus_per_actor) - 1)
+
+
+@dataclass
+class ShardTask:
+    """What every scorer is built from (sent to each Ray actor): ``ShardScorer(**vars(task))``."""
+
+    checkpoints: list[str]
+    run_dir: str
+    shards: ShardOptions
+    embed: EmbedOptions

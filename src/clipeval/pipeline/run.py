@@ -16,7 +16,8 @@ on the local executor, whose ``results.csv`` and ``scores.csv`` are views of its
   finished;
 * **outputs**: ``shards/``, ``shards.csv`` (every input shard's state), ``sharded_stats.json`` (the
   executor's wall time and throughput), ``stats.json``/``stats.log`` (time and memory per
-  checkpoint and stage) and, for a run of one table, ``results.csv`` and ``scores.csv``.
+  checkpoint and stage, and the run's ``warnings``, printed too: a checkpoint that truncated too
+  many captions) and, for a run of one table, ``results.csv`` and ``scores.csv``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ import pandas as pd
 from clipeval.atomic import write_csv, write_json
 from clipeval.embed.options import EmbedOptions
 from clipeval.layout import RESULT_COLUMNS, RunLayout, claim_run
-from clipeval.pipeline.executors import ShardTask, run_local, run_ray
-from clipeval.pipeline.options import EXECUTORS, ExecutionOptions, ShardOptions
-from clipeval.pipeline.scorer import (
+from clipeval.pipeline.options import EXECUTORS, ExecutionOptions, ShardOptions, ShardTask
+from clipeval.pipeline.resume import (
     ShardInput,
     TableShard,
     check_shard_names,
@@ -45,6 +45,7 @@ from clipeval.pipeline.scorer import (
 )
 from clipeval.pipeline.views import write_stats, write_table_views
 from clipeval.progress import progress_bar
+from clipeval.warn import RunWarning, warn
 
 PAIRS_SHARD = "pairs"  # the shard a pairs table is scored as: shards/pairs.parquet
 
@@ -113,14 +114,16 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
         embed = replace(embed, decode_processes=execution.actor_decode_processes(embed.decode_processes))
     task = ShardTask(list(checkpoints), str(layout.root), shard_options, replace(embed, progress=False))
     started = time.perf_counter()
-    records = _collect(pending, task, execution, embed.progress)
+    timings: dict = {}
+    records = _collect(pending, task, execution, embed.progress, timings) if pending else []
     wall = time.perf_counter() - started
     table = _shard_table(layout, shards, {record["name"] for record in records})
-    totals = _run_stats(table, execution, wall)
+    totals = _run_stats(table, execution, wall, timings.get("startup_s"))
     write_csv(layout.shard_table, table)
     write_json(layout.sharded_stats, totals)
     snapshots = _last_snapshot_per_process(records)
     run = ScoringRun(table, totals, write_stats(layout, snapshots) if snapshots else {})
+    warn(RunWarning(**record) for record in run.stats.get("warnings", []))
     if all(isinstance(shard, TableShard) for shard in shards) and len(shards) == 1 and not len(run.failed):
         run.results, run.scores = write_table_views(layout, list(dict.fromkeys(checkpoints)))
     if len(run.failed):
@@ -131,15 +134,20 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
     return run
 
 
-def _collect(pending: list[ShardInput], task: ShardTask, execution: ExecutionOptions, progress: bool) -> list[dict]:
-    """Every pending shard's record, with a bar over rows (tables) or shards (files)."""
+def _collect(pending: list[ShardInput], task: ShardTask, execution: ExecutionOptions, progress: bool,
+             timings: dict) -> list[dict]:
+    """Every pending shard's record, with a bar over rows (tables) or shards (files); the executor's start-up
+    goes into ``timings``."""
+    from clipeval.pipeline.executors import run_local, run_ray  # torch and the model libraries: only when scoring
+
     tables = all(isinstance(shard, TableShard) for shard in pending)
     if tables and execution.executor == "local":
         total = sum(len(shard.table) for shard in pending)
         with progress_bar(total=total, unit="pair", desc="scoring", disable=not progress) as bar:
-            return list(run_local(pending, task, bar.update))
+            return list(run_local(pending, task, bar.update, timings))
     records, rows, started = [], 0, time.perf_counter()
-    chosen = run_local(pending, task) if execution.executor == "local" else run_ray(pending, task, execution)
+    chosen = (run_local(pending, task, timings=timings) if execution.executor == "local"
+              else run_ray(pending, task, execution, timings))
     with progress_bar(total=len(pending), unit="shard", desc=f"scoring shards ({execution.executor})",
                       disable=not progress) as bar:
         for record in chosen:
@@ -172,7 +180,7 @@ def _shard_table(layout: RunLayout, shards: list[ShardInput], this_run: set[str]
     return pd.DataFrame(rows)
 
 
-def _run_stats(table: pd.DataFrame, execution: ExecutionOptions, wall: float) -> dict:
+def _run_stats(table: pd.DataFrame, execution: ExecutionOptions, wall: float, startup: float | None) -> dict:
     ran = table[table["this_run"] & (table["state"] == "done")]
     rows = int(ran["rows"].sum()) if len(ran) else 0
     states = table["state"].value_counts()
@@ -180,6 +188,7 @@ def _run_stats(table: pd.DataFrame, execution: ExecutionOptions, wall: float) ->
             "shards": len(table), "shards_done": int(states.get("done", 0)),
             "shards_failed": int(states.get("failed", 0)), "shards_this_run": int(table["this_run"].sum()),
             "rows_this_run": rows, "wall_s": wall, "rows_per_s": rows / wall if wall and rows else None,
+            "startup_s": startup,
             "shard_seconds": ran["seconds"].astype(float).describe().to_dict() if len(ran) else {}}
 
 

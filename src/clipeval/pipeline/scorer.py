@@ -11,16 +11,11 @@ exists** (each written atomically: a part, then the shard's parquet, then its ma
 that cannot be read gets ``shards/NAME.failed.json`` instead and is retried by the next run; a
 sample that fails (a corrupt image, an empty caption) keeps its row with a status and reason.
 
-**A marker is for the input it was made from**: the done-marker records the input's identity
-(``input``: for a file its stat fingerprint and SHA-256, :func:`clipeval.file_identity.file_identity`;
-for a table the hash of its rows, :func:`table_identity`), and so does ``NAME.parts/input.json``
-for the chunks. A shard file changed since (same name; even with its modification time restored)
-is scored again; one whose stat fingerprint changed but whose bytes hash the same (copied,
-touched) is not, and its marker is refreshed. A marker without ``input`` (an older version's)
-counts as not done.
+The resume rule and the markers' input identity are :mod:`clipeval.pipeline.resume`'s.
 
-Output columns, one row per input sample in shard order: ``uid``, ``row`` (its position in the
-shard), every input column except image bytes (an input column named like an output one is kept
+Output columns, one row per row :func:`~clipeval.data.shards.read_shard` gives (a sample, or each
+caption of a sample with several) in shard order: ``uid``, ``row`` (its position in the shard as
+read), every input column except image bytes (an input column named like an output one is kept
 as ``input:<name>``), ``image_width``/``image_height`` (from the header), the row's
 ``status``/``error`` (``ok`` when ok under every checkpoint, else the first failure), and per
 checkpoint ``cosine[SPEC]``, ``clip_score_100[SPEC]``, ``caption_truncated[SPEC]``,
@@ -38,7 +33,6 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,99 +40,14 @@ import pandas as pd
 import pyarrow as pa
 
 from clipeval.atomic import atomic_path, write_json
-from clipeval.data.shards import ShardReadError, read_shard, shard_name, shard_uids
-from clipeval.embed.engine import EMBEDDING_VERSION, batches
+from clipeval.data.shards import ShardReadError, read_shard, shard_uids
+from clipeval.embed.engine import batches
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.scoring import ChunkScorer
-from clipeval.file_identity import STAT_FIELDS, file_identity, matches
-from clipeval.layout import SCORE_COLUMNS, RunLayout, ShardFiles, score_column
+from clipeval.file_identity import STAT_FIELDS
+from clipeval.layout import PER_CHECKPOINT, ROW_COLUMNS, SCORE_COLUMNS, RunLayout, ShardFiles, score_column
 from clipeval.pipeline.options import ShardOptions
-
-PER_CHECKPOINT = ("cosine", "clip_score_100", "caption_truncated", "status", "error", "model_key", "preprocess")
-ROW_COLUMNS = ("uid", "row", "image_width", "image_height", "status", "error")
-
-
-@dataclass
-class TableShard:
-    """A pairs table scored as one shard (``score --pairs``): its name, rows and the folder of relative paths."""
-
-    name: str
-    table: pd.DataFrame
-    base_dir: str | None = None
-
-    def __str__(self) -> str:
-        return self.name
-
-
-ShardInput = str | Path | TableShard
-
-
-def input_name(shard: ShardInput) -> str:
-    """The name a shard's outputs are filed under."""
-    return shard.name if isinstance(shard, TableShard) else shard_name(shard)
-
-
-def check_shard_names(shards: list[ShardInput]) -> None:
-    """Refuse two shards whose outputs would share a name (same file name in two folders)."""
-    seen: dict[str, ShardInput] = {}
-    for shard in shards:
-        name = input_name(shard)
-        if name in seen:
-            raise ValueError(f"two shards would write the same output {name}.parquet: {seen[name]} and {shard}; "
-                             "rename one, or run each folder into its own run folder")
-        seen[name] = shard
-
-
-def input_identity(shard: ShardInput) -> dict | None:
-    """What a shard's markers record of its input: a table's :func:`table_identity`, a file's
-    :func:`~clipeval.file_identity.file_identity`; ``None`` for a file that cannot be read."""
-    if isinstance(shard, TableShard):
-        return table_identity(shard)
-    try:
-        return file_identity(shard)
-    except OSError:
-        return None
-
-
-def _same_input(recorded: dict | None, shard: ShardInput) -> dict | None:
-    """The input's identity now if it is the one ``recorded`` (refreshed when only its stat fingerprint moved)."""
-    if isinstance(shard, TableShard):
-        return recorded if recorded is not None and recorded == table_identity(shard) else None
-    return matches(recorded, shard)
-
-
-def is_done(layout: RunLayout, shard: ShardInput) -> bool:
-    """The resume rule: a shard is done when its done-marker exists and records this input (module docstring).
-
-    A marker whose input is the same file with a new stat fingerprint (copied, touched) is
-    refreshed with it, so the next check is a stat again.
-    """
-    marker = layout.shard(input_name(shard)).done
-    try:
-        record = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    recorded = record.get("input") if isinstance(record, dict) else None
-    current = _same_input(recorded, shard)
-    if current is None:
-        return False
-    if current != recorded:
-        write_json(marker, {**record, "input": current})
-    return True
-
-
-def run_fingerprint(checkpoints: list[str], shards: ShardOptions, embed: EmbedOptions) -> dict:
-    """What makes two runs' rows the same: checkpoints, columns, chunks and the options that change the scores."""
-    return {"checkpoints": list(dict.fromkeys(checkpoints)), "image_column": shards.image_column,
-            "caption_column": shards.caption_column, "uid_column": shards.uid_column,
-            "chunk_size": shards.chunk_size, "batch_size": embed.batch_size, "precision": embed.precision,
-            "fast_decode": embed.fast_decode, "embedding_version": EMBEDDING_VERSION}
-
-
-def table_identity(shard: TableShard) -> dict:
-    """What identifies a table shard's rows: a hash of its contents and the folder its relative paths are in."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(shard.table, index=True).to_numpy().tobytes()).hexdigest()
-    return {"sha256": digest, "base_dir": shard.base_dir}
+from clipeval.pipeline.resume import ShardInput, TableShard, input_identity, input_name
 
 
 def _input_columns(table: pd.DataFrame, image_column: str, checkpoints: list[str]) -> pd.DataFrame:
@@ -324,11 +233,3 @@ def _content(identity: dict | None) -> dict | None:
     """An input identity without its stat fingerprint: what the content is, not where or when it was written."""
     return None if not isinstance(identity, dict) else {key: value for key, value in identity.items()
                                                          if key not in STAT_FIELDS}
-
-
-def read_markers(layout: RunLayout) -> pd.DataFrame:
-    """Every shard record in a run folder (done and failed markers), one row per shard."""
-    records = [json.loads(path.read_text()) for path in sorted(layout.shards.glob("*.done.json"))]
-    records += [json.loads(path.read_text()) for path in sorted(layout.shards.glob("*.failed.json"))
-                if not path.with_name(path.name.replace(".failed.json", ".done.json")).exists()]
-    return pd.DataFrame(records)

@@ -12,9 +12,9 @@ import pandas as pd
 
 from clipeval.atomic import write_csv, write_json, write_text
 from clipeval.embed.stats import format_stats_log, merge_stats
-from clipeval.eval.scoring import clip_score_2_5
-from clipeval.layout import SCORE_COLUMNS, RunLayout, score_column
-from clipeval.pipeline.scorer import PER_CHECKPOINT, ROW_COLUMNS
+from clipeval.eval.caveats import truncation_warnings
+from clipeval.layout import PER_CHECKPOINT, ROW_COLUMNS, SCORE_COLUMNS, RunLayout, score_column
+from clipeval.metrics.scales import clip_score_2_5
 
 
 def input_columns(scored: pd.DataFrame, checkpoints: list[str]) -> pd.DataFrame:
@@ -66,8 +66,15 @@ def write_table_views(layout: RunLayout, checkpoints: list[str]) -> tuple[pd.Dat
 
 
 def write_stats(layout: RunLayout, snapshots: list[dict]) -> dict:
-    """Write ``stats.json`` and ``stats.log`` from the scoring processes' stats; return the merged stats."""
+    """Write ``stats.json`` and ``stats.log`` from the scoring processes' stats; return the merged stats.
+
+    ``warnings`` holds the records of the checkpoints that truncated too many of the captions they
+    scored (:func:`clipeval.eval.caveats.truncation_warnings`).
+    """
     stats = merge_stats(snapshots)
+    stats["warnings"] = [warning.record() for warning in truncation_warnings(
+        (spec, entry["captions_truncated"], entry["pairs_scored"], entry["context_length"])
+        for spec, entry in stats["checkpoints"].items())]
     write_json(layout.stats, stats)
     write_text(layout.stats_log, format_stats_log(stats))
     return stats

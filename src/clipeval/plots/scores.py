@@ -1,8 +1,8 @@
 """Figures comparing checkpoints: score histograms (matched vs mismatched) and agreement heatmaps.
 
-Every function takes the long score table with ``match`` (:func:`clipeval.metrics.compare.load_run_scores`),
-returns the matplotlib ``Figure`` and, given ``path``, also saves it as a PNG atomically
-(:func:`clipeval.plots.save.save_figure`).
+Every function takes the long score table, with ``match`` or without
+(:func:`clipeval.metrics.compare.load_run_scores`), returns the matplotlib ``Figure`` and, given
+``path``, also saves it as a PNG atomically (:func:`clipeval.plots.save.save_figure`).
 Random-init checkpoints are labelled as such in every figure.
 """
 
@@ -29,12 +29,14 @@ AXIS_LABELS = {
     "clip_score_2_5": "CLIPScore, 2.5·max(cos, 0)",
 }
 PAIR_COLORS = {"matched": "tab:blue", "mismatched": "tab:orange"}
+ALL_COLORS = {"all pairs": "tab:blue"}  # pairs with no match column: one group
 RANDOM_NOTE = "RANDOM INIT (untrained weights):\nscores show no learned image-text alignment"
 
 
 def _facet_title(checkpoint: str, group: pd.DataFrame) -> str:
     ok = select_ok(group)
-    counts = f"{int(ok['match'].sum())} matched, {int((~ok['match']).sum())} mismatched"
+    counts = (f"{int(ok['match'].sum())} matched, {int((~ok['match']).sum())} mismatched" if "match" in ok
+              else f"{len(ok)} pairs")
     excluded = len(group) - len(ok)
     if excluded:
         counts += f", {excluded} not ok (excluded)"
@@ -50,10 +52,11 @@ def plot_score_histograms(table: pd.DataFrame, score: str = "cosine", bins: int 
 
     Each group (matched, mismatched) is normalised to unit area within its facet, so groups of
     different sizes compare by shape. Rows with status != ok are left out; each facet title
-    says how many.
+    says how many. A table without ``match`` (pairs not marked matched or mismatched) is drawn
+    as one group, ``all pairs``.
 
     Args:
-        table: long score table with ``match`` (and ``percentile`` to plot percentiles).
+        table: long score table with ``match`` or without (and ``percentile`` to plot percentiles).
         score: column on the x axis: ``cosine``, ``percentile``, ``clip_score_100``...
         bins: number of bins, shared by every facet (edges from all checkpoints' ok scores).
         path: if given, save the figure there as a PNG.
@@ -69,8 +72,11 @@ def plot_score_histograms(table: pd.DataFrame, score: str = "cosine", bins: int 
         raise ValueError("no pair has status ok: nothing to plot")
     checkpoints = list(pd.unique(table["checkpoint"]))
     titles = {name: _facet_title(name, group) for name, group in table.groupby("checkpoint", sort=False)}
-    data = ok.assign(pair=np.where(ok["match"], "matched", "mismatched"), model=ok["checkpoint"].map(titles))
-    grid = sns.displot(data, x=score, hue="pair", hue_order=list(PAIR_COLORS), palette=PAIR_COLORS,
+    marked = "match" in ok
+    colors = PAIR_COLORS if marked else ALL_COLORS
+    data = ok.assign(pair=np.where(ok["match"], "matched", "mismatched") if marked else "all pairs",
+                     model=ok["checkpoint"].map(titles))
+    grid = sns.displot(data, x=score, hue="pair", hue_order=list(colors), palette=colors,
                        col="model", col_order=[titles[name] for name in checkpoints],
                        col_wrap=min(3, len(checkpoints)), bins=np.histogram_bin_edges(data[score], bins),
                        stat="density", common_norm=False, kde=True, height=3.2, aspect=1.35,
@@ -80,8 +86,8 @@ def plot_score_histograms(table: pd.DataFrame, score: str = "cosine", bins: int 
     for name, ax in zip(checkpoints, grid.axes.flat):
         if is_random_init(name):  # the note is in the title, in red: a box in the panel would cover bars
             ax.title.set_color("darkred")
-    grid.figure.suptitle(f"Matched vs mismatched pairs: {AXIS_LABELS.get(score, score)}, per checkpoint",
-                         y=1.02)
+    grid.figure.suptitle(f"{'Matched vs mismatched pairs' if marked else 'Every pair scored'}: "
+                         f"{AXIS_LABELS.get(score, score)}, per checkpoint", y=1.02)
     grid.legend.set_title("pair type")
     return save_figure(grid.figure, path)
 

@@ -55,6 +55,7 @@ from clipeval.models.catalogue import is_random_init
 from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, using_mirror
 from clipeval.paths import NOTEBOOKS_DIR, PROJECT_ROOT
 from clipeval.profiles import load_profile
+from clipeval.report.kinds import PROFILE, RunKind, detect_kind
 
 # no script may run in a report page (a second line of defence behind the escaping and sanitizing)
 CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
@@ -133,6 +134,7 @@ class Report:
     sections: list[Section]
     figures: list[str]
     notebooks: list[NotebookPage]
+    kind: RunKind | None = None
 
     @property
     def index(self) -> Path:
@@ -215,11 +217,12 @@ def render_results(path: Path) -> str:
 
 
 def render_score_summary(path: Path) -> str:
-    """Matched vs mismatched cosine per checkpoint, with AUC and gap."""
+    """Matched vs mismatched cosine per checkpoint, with AUC and gap (or every pair's, without a ``match`` column)."""
     summary = pd.read_csv(path)
     summary["checkpoint"] = summary["checkpoint"].map(_checkpoint)
-    columns = ["checkpoint", "n_ok", "n_excluded", "matched_count", "matched_mean", "matched_q05", "matched_q95",
-               "mismatched_count", "mismatched_mean", "mismatched_q05", "mismatched_q95", "auc", "gap"]
+    columns = ["checkpoint", "n_ok", "n_excluded", "all_mean", "all_std", "all_q05", "all_q50", "all_q95",
+               "matched_count", "matched_mean", "matched_q05", "matched_q95", "mismatched_count", "mismatched_mean",
+               "mismatched_q05", "mismatched_q95", "auc", "gap"]
     return html_table(summary[[c for c in columns if c in summary.columns]])
 
 
@@ -322,6 +325,16 @@ def render_sharded(path: Path) -> str:
     return html_table(pd.read_csv(path))
 
 
+def render_dropped(path: Path) -> str:
+    """A curation's dropped rows by step and reason, with the range of their scores and the cut."""
+    dropped = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "score" not in dropped:  # written before dropped.csv had the score and the cut
+        dropped = dropped.assign(score=float("nan"), cut=float("nan"))
+    table = dropped.groupby(["step", "reason"], sort=True, dropna=False).agg(
+        rows=("row_id", "size"), lowest_score=("score", "min"), highest_score=("score", "max"), cut=("cut", "first"))
+    return html_table(table.reset_index())
+
+
 NO_BENCHMARK = "the profile names no standard benchmark (`benchmarks` in its params file)"
 SECTIONS: list[tuple[str, str, list[Part]]] = [
     ("run", "The run", [Part(lambda run: run.manifest, render_manifest, "score")]),
@@ -344,6 +357,13 @@ SECTIONS: list[tuple[str, str, list[Part]]] = [
                                       render_curation_summary, "sharded_study")]),
     ("stats", "Time and memory", [Part(lambda run: run.stats, render_stats, "score"),
                                   Part(lambda run: run.retrieval_stats, render_stats, "retrieve")]),
+]
+
+
+# sections only a command-line run has (a profile's curations are under curation/ and sharded/)
+COMMAND_SECTIONS: list[tuple[str, str, list[Part]]] = [
+    ("curated", "This curation", [Part(lambda run: CurationLayout(run.root).summary, render_curation_summary, "curate"),
+                                  Part(lambda run: CurationLayout(run.root).dropped, render_dropped, "curate")]),
 ]
 
 
@@ -370,14 +390,21 @@ def _missing_note(part: Part, name: str, profile_notebooks: list[str] | None, ca
 
 
 def collect_section(run_dir: Path, key: str, title: str, parts: list[Part],
-                    profile_notebooks: list[str] | None = None) -> Section:
-    """One section from the run folder; a missing or unreadable file becomes a note, never an exception."""
+                    profile_notebooks: list[str] | None = None, kind: RunKind | None = None) -> Section:
+    """One section from the run folder; a missing or unreadable file becomes a note, never an exception.
+
+    With a command-line ``kind`` (:func:`~clipeval.report.kinds.detect_kind`), only the files that kind
+    of run has are shown, and a missing one names the command that writes it.
+    """
     bodies, missing, calls = [], [], step_notebooks()
     for part in parts:
         path = part.locate(RunLayout(run_dir))
         name = path.relative_to(run_dir).as_posix()
+        if kind is not None and not kind.is_profile and name not in kind.files:
+            continue
         if not path.is_file():
-            missing.append(_missing_note(part, name, profile_notebooks, calls))
+            missing.append(f"{name} is missing: {kind.writers[name]}" if kind is not None and not kind.is_profile
+                           else _missing_note(part, name, profile_notebooks, calls))
             continue
         try:
             body = part.render(path)
@@ -389,9 +416,16 @@ def collect_section(run_dir: Path, key: str, title: str, parts: list[Part],
     return Section(key, title, notes + "".join(bodies), missing)
 
 
-def collect_sections(run_dir: str | Path, profile_notebooks: list[str] | None = None) -> list[Section]:
-    """Every table section of :data:`SECTIONS` from ``run_dir``."""
-    return [collect_section(Path(run_dir), key, title, parts, profile_notebooks) for key, title, parts in SECTIONS]
+def collect_sections(run_dir: str | Path, profile_notebooks: list[str] | None = None,
+                     kind: RunKind | None = None) -> list[Section]:
+    """Every table section of :data:`SECTIONS` from ``run_dir``; for a command-line ``kind`` only those it has
+    (and :data:`COMMAND_SECTIONS`)."""
+    if kind is None or kind.is_profile:
+        return [collect_section(Path(run_dir), key, title, parts, profile_notebooks)
+                for key, title, parts in SECTIONS]
+    sections = [collect_section(Path(run_dir), key, title, parts, kind=kind)
+                for key, title, parts in [*SECTIONS, *COMMAND_SECTIONS]]
+    return [section for section in sections if section.body]
 
 
 def notebook_errors(notebook) -> list[str]:
@@ -518,14 +552,18 @@ def copy_figures(figures: list[Path], out_dir: Path) -> list[str]:
     return [f"{out_dir.name}/{path.name}" for path in figures]
 
 
-def _figures_html(figures: list[str], notebooks: list[str]) -> str:
+def _figures_html(figures: list[str], notebooks: list[str], kind: RunKind | None = None) -> str:
     if not figures:
+        if kind is not None and not kind.is_profile:
+            return ('<p class="missing">figures/ holds no PNG: `python -m clipeval score --pairs` draws the score '
+                    "histograms there when a pair is scored ok (rerun the same command)</p>")
         return '<p class="missing">figures/ holds no PNG: the notebooks save their figures there (make notebooks)</p>'
     by_prefix = {name.split("_", 1)[0]: name for name in notebooks}
     groups: dict[str, list[str]] = {}
     for figure in figures:
         prefix = Path(figure).name.split("_", 1)[0]
-        group = by_prefix.get(prefix, prefix if prefix.isdigit() else "figures without a notebook number")
+        group = by_prefix.get(prefix, prefix if prefix.isdigit() else "figures/" if kind is not None
+                              and not kind.is_profile else "figures without a notebook number")
         groups.setdefault(group, []).append(figure)
     parts = []
     for group, items in groups.items():
@@ -570,11 +608,24 @@ def _mirror_banner(run_dir: Path) -> str:
             "anything about the real models. It shows that the profile runs end to end.</p>")
 
 
+def _kind_html(kind: RunKind | None) -> str:
+    """What kind of run the folder holds and the next steps that fit it."""
+    if kind is None:
+        return ""
+    hints = "".join(f"<li><code>{html.escape(hint)}</code></li>" if hint.startswith(("python", "make"))
+                    else f"<li>{html.escape(hint)}</li>" for hint in kind.hints)
+    return f'<p class="meta">This folder holds {html.escape(kind.describe())}.</p>' + (
+        f"<p>Next steps:</p><ul>{hints}</ul>" if hints else "")
+
+
 def render_index(title: str, run_dir: Path, sections: list[Section], figures: list[str],
-                 pages: list[NotebookPage], extra: list[Section]) -> str:
+                 pages: list[NotebookPage], extra: list[Section], kind: RunKind | None = None) -> str:
     """The report's ``index.html``."""
-    every = [*sections, *extra, Section("figures", "Figures", _figures_html(figures, [p.name for p in pages])),
-             Section("notebooks", "Executed notebooks", _notebooks_html(pages))]
+    every = [*sections, *extra]
+    if kind is None or kind.is_profile or kind.figures or figures:
+        every.append(Section("figures", "Figures", _figures_html(figures, [p.name for p in pages], kind)))
+    if kind is None or kind.is_profile or pages:
+        every.append(Section("notebooks", "Executed notebooks", _notebooks_html(pages)))
     nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in every)
     failed = [page for page in pages if page.errors]
     warning = (f'<p class="warning">{len(failed)} notebook(s) hold an error output: '
@@ -588,7 +639,8 @@ def render_index(title: str, run_dir: Path, sections: list[Section], figures: li
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class=\"meta\">run folder <code>{html.escape(str(run_dir))}</code>; "
-            f"built {built}; {missing} file(s) absent (see the sections)</p>{warning}<nav>{nav}</nav>{body}"
+            f"built {built}; {missing} file(s) absent (see the sections)</p>{_kind_html(kind)}{warning}"
+            f"<nav>{nav}</nav>{body}"
             "</body></html>\n")
 
 
@@ -677,7 +729,7 @@ def _remove_leftovers(link: Path, keep: Path) -> None:
 
 
 def build_report(run_dir: str | Path, title: str | None = None, profile_notebooks: list[str] | None = None,
-                 extra_sections: list[Section] | None = None) -> Report:
+                 extra_sections: list[Section] | None = None, kind: RunKind | None = None) -> Report:
     """Write ``<run_dir>/report/`` (``index.html``, ``figures/``, ``notebooks/``), replacing the old one in one step.
 
     ``<run_dir>/report`` is a symbolic link to a build in ``<run_dir>/report.versions/``: the new
@@ -691,6 +743,8 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
         profile_notebooks: the notebooks the run's profile runs; a missing file written by
             another notebook is reported as not part of this run rather than missing.
         extra_sections: sections to show after the tables (e.g. the docs' agreement).
+        kind: what kind of run the folder holds (:func:`~clipeval.report.kinds.detect_kind`): named at
+            the top with its next steps; a command-line kind shows only the files it has.
 
     Returns:
         The :class:`Report` written (its ``folder`` is the ``report`` link).
@@ -702,7 +756,7 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder {run_dir}: run the profile's notebooks first (make notebooks)")
     title = title or f"clipeval run: {run_dir.name}"
-    sections = collect_sections(run_dir, profile_notebooks)
+    sections = collect_sections(run_dir, profile_notebooks, kind)
     layout = RunLayout(run_dir)
     folder = layout.report
     versions = report_versions(folder)
@@ -715,14 +769,14 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
             figures = copy_figures(sorted(layout.figures.glob("*.png")), version / "figures")
             pages = render_notebooks(sorted(layout.notebooks.glob("*.ipynb")), version / "notebooks")
             write_text(version / "index.html", render_index(title, run_dir, sections, figures, pages,
-                                                            extra_sections or []))
+                                                            extra_sections or [], kind))
             swap_report(folder, version)
         except BaseException:
             if not (folder.is_symlink() and folder.resolve() == version.resolve()):
                 shutil.rmtree(version, ignore_errors=True)
             raise
         _remove_leftovers(folder, version)
-    return Report(folder, sections, figures, pages)
+    return Report(folder, sections, figures, pages, kind)
 
 
 def snapshot_differences(run_dir: Path, snapshot_dir: Path) -> list[str]:
@@ -748,6 +802,24 @@ def readme_section(run_dir: Path, snapshot_dir: Path) -> Section:
     return Section("readme", "The docs' measured tables", text)
 
 
+def build_run_report(run_dir: str | Path) -> Report:
+    """Build the report of any run folder a command wrote (``score``, ``retrieve``, ``curate``...), by its kind.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a folder.
+        ValueError: it holds no file a clipeval step writes (the message says what each command writes).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run folder {run_dir}: give the --out folder of a clipeval command "
+                                "(score, retrieve, curate) or a profile's run_dir")
+    kind = detect_kind(run_dir)
+    if kind is None:
+        raise ValueError(f"{run_dir} holds no clipeval run: no run.json or results.csv (score), metrics.csv "
+                         "(retrieve), summary.csv and kept_uids.parquet (curate) or executed notebooks (a profile)")
+    return build_report(run_dir, f"clipeval run: {run_dir.name}", kind=kind)
+
+
 def build_profile_report(profile: str | Path, run_dir: str | Path | None = None) -> Report:
     """Build the report of a profile's run folder (``outputs/<profile>/`` unless ``run_dir`` is given)."""
     params = load_profile(profile)
@@ -758,4 +830,4 @@ def build_profile_report(profile: str | Path, run_dir: str | Path | None = None)
     # under its mirror, the catalogue marks the rehearsal's hub checkpoints random-init in every table
     with using_mirror(mirror) if mirror is not None and (mirror / "hf" / MIRROR_FILE).is_file() \
             else contextlib.nullcontext():
-        return build_report(run_dir, f"clipeval run: {name} profile", params.get("notebooks"), extra)
+        return build_report(run_dir, f"clipeval run: {name} profile", params.get("notebooks"), extra, PROFILE)

@@ -1,7 +1,9 @@
 """Command line: ``python -m clipeval <command> ...`` (also installed as ``clipeval``).
 
 Every command calls the same package functions the notebooks use. Expected failures (a bad
-checkpoint spec, a missing column, no network) print one ``error:`` line and exit with 2.
+checkpoint spec, a missing column, no network) print one ``error:`` line and exit with 2; Ctrl-C
+prints one line saying whether a rerun resumes, and exits with 130. ``--help`` is taught by
+:mod:`clipeval.runs.cli_help`.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from clipeval.curate.engine import EXACT_LIMIT
-from clipeval.data.retrieval_sets import RetrievalSource
-from clipeval.data.sources import SourceOptions
+from clipeval.curate.options import EXACT_LIMIT
+from clipeval.data.options import RetrievalSource, SourceOptions
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
 from clipeval.finder.options import IndexOptions
 from clipeval.labels.registry import LabelOptions
+from clipeval.layout import RunLayout
 from clipeval.models.hub_mirror import MIRROR_FILE
-from clipeval.models.registry import quiet_progress_bars
+from clipeval.models.registry import quiet_model_loads
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
+from clipeval.runs.cli_help import HelpfulParser, add_epilogs, top_level_epilog
 from clipeval.runs.errors import EXPECTED_ERRORS
 from clipeval.runs.options import add_options, options_from
+from clipeval.train.finetune_options import FinetuneConfig, FinetuneData
 
 
 def _embed(args: argparse.Namespace, **defaults) -> EmbedOptions:
@@ -44,6 +48,17 @@ def _score(args: argparse.Namespace) -> int:
                           options_from(args, ShardOptions).chunk_size, args.overwrite)
         ok = int((run.results["status"] == "ok").sum())
         print(f"scored {len(run.results)} pairs ({ok} ok) with {len(args.checkpoint)} checkpoint(s) -> {args.out}")
+        summary = RunLayout(args.out).score_summary
+        if not run.execution["shards_this_run"] and summary.exists():  # a finished run, run again: all is written
+            print(f"nothing new to score: {summary} and the figures are this run's; "
+                  "--overwrite scores it again from the start")
+            return 0
+        try:
+            comparison = steps.compare(args.out, figures=True)
+        except ValueError as error:  # a malformed `match` column: the scores are written, the summary is not
+            print(f"warning: no score_summary.csv or figures: {error}", file=sys.stderr)
+            return 0
+        _print_score_outputs(comparison, args.checkpoint, Path(args.out))
         return 0
     # at scale every pair is new and its vectors would fill the disk: no embedding cache unless asked
     run = steps.score_shards(args.out, args.shards, args.checkpoint, options_from(args, ShardOptions),
@@ -61,6 +76,21 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_score_outputs(comparison, checkpoints: list[str], out: Path) -> None:
+    """What a one-table scoring run wrote: the tables, the per-checkpoint summary and the figures."""
+    columns = [c for c in ("n_ok", "n_excluded", "all_mean", "all_std", "all_q05", "all_q95", "matched_mean",
+                           "mismatched_mean", "auc", "gap")
+               if c in comparison.summary.columns]
+    print(comparison.summary[columns].round(3).to_string())
+    print(f"  results.csv        every input row with the primary checkpoint's scores ({checkpoints[0]})\n"
+          f"  scores.csv         one row per pair x checkpoint ({len(dict.fromkeys(checkpoints))} checkpoint(s))\n"
+          "  score_summary.csv  the table above, with std and quantiles"
+          + ("" if "auc" in comparison.summary.columns else " (no `match` column: every pair in one group)"))
+    for path in comparison.figures:
+        print(f"  figures/{path.name}")
+    print(f"next: python -m clipeval report --run-dir {out}   (one page: tables and figures)")
+
+
 def _score_shards(args: argparse.Namespace) -> int:
     print("warning: score-shards is deprecated and will be removed in the next release; use score --shards",
           file=sys.stderr)
@@ -72,12 +102,29 @@ def _retrieve(args: argparse.Namespace) -> None:
 
     source = options_from(args, RetrievalSource, name=Path(args.pairs or args.queries or "retrieval").stem)
     run = steps.retrieve(args.out, args.checkpoint, source, options_from(args, SourceOptions),
-                         options_from(args, RetrievalOptions), _embed(args))
-    columns = ["direction", "k", "hit_rate", "hit_rate_chance", "recall", "recall_chance", "mrr", "mrr_chance"]
+                         options_from(args, RetrievalOptions), _embed(args), worst=args.worst)
+    columns = ["direction", "k", "hit_rate", "hit_rate_chance", "recall", "recall_chance", "mrr", "mrr_chance",
+               "note"]
     for spec, rows in run.report.metrics.groupby("checkpoint", sort=False):
+        rows = rows.assign(note=["trivial: k >= all " + str(n) if trivial else ""
+                                 for n, trivial in zip(rows["n_candidates"], rows["trivial"])])
         print(f"checkpoint {spec}\n{rows[columns].round(4).to_string(index=False)}\n")
+    for (spec, direction), rows in run.worst.groupby(["checkpoint", "direction"], sort=False):
+        print(f"worst {len(rows)} {direction} queries of {spec} (rank of the relevant item among n_items):")
+        for row in rows.itertuples():
+            print(f"  rank {row.first_rank:.0f}/{row.n_items}  {_short(row.query_name)!r} -> relevant "
+                  f"{_short(row.relevant_name)!r} ({row.relevant_score:.3f}); first {_short(row.top_names[0])!r} "
+                  f"({row.top_scores[0]:.3f})")
+        print()
+    written = ", retrieval_worst.csv" if args.worst else ""
     print(f"{len(run.dataset.queries)} queries, {len(run.dataset.images)} images -> {args.out} "
-          "(metrics.csv, retrieval_ranks.csv, retrieval_stats.json, retrieval_stats.log)")
+          f"(metrics.csv, retrieval_ranks.csv{written}, retrieval_stats.json, retrieval_stats.log)")
+
+
+def _short(text, width: int = 60) -> str:
+    """``text`` cut to ``width`` characters, with an ellipsis when cut."""
+    text = str(text)
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _checkpoints(args: argparse.Namespace) -> None:
@@ -96,6 +143,8 @@ def _checkpoints(args: argparse.Namespace) -> None:
             print(f"  published    {entry.benchmark} {entry.direction} R@1/5/10 {values}")
         if info.published:
             print(f"  published by {info.published[0].source}")
+        if info.fine_tuned_from:
+            print(f"  fine-tuned   from {info.fine_tuned_from}")
 
 
 def _set(**options) -> dict:
@@ -122,12 +171,31 @@ def _train(args: argparse.Namespace) -> None:
     print(f"saved dual encoder -> dual:{folder}")
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from clipeval.runs.finetune import format_differences, load_finetune_data, run_finetune
+
+    config = options_from(args, FinetuneConfig)
+    pairs, held_out, forgetting = load_finetune_data(options_from(args, FinetuneData),
+                                                     options_from(args, SourceOptions), config.seed)
+    run = run_finetune(args.out, args.checkpoint, pairs, held_out, forgetting, config,
+                       options_from(args, RetrievalOptions), resume=args.resume)
+    history = run.result.history
+    print(f"fine-tuned {args.checkpoint} ({config.mode}, {history['total_steps']} steps on "
+          f"{history['n_train_images']} images, {history['trainable_parameters']:,} of "
+          f"{history['total_parameters']:,} parameters trained) -> {run.result.spec}")
+    print(f"after - before, paired bootstrap 95% CI:\n{format_differences(run.differences)}")
+    print(f"-> {args.out} (gain_forgetting.csv, before_after_metrics.csv, finetune.json, train_pairs.csv)")
+
+
 def _curate(args: argparse.Namespace) -> None:
     from clipeval.runs import steps
 
     result = steps.curate(args.scores, args.rule, args.out, args.exact_limit, args.write_filtered,
                           progress=not args.no_progress)
     print(result.summary[["step", "rule", "rows_in", "kept", "dropped"]].to_string(index=False))
+    if len(args.rule) > 1:
+        print("note: rules apply in the order given: each step judges only the rows the steps before it kept, so a "
+              "top fraction or percentile in another place keeps other rows")
     for note in result.summary["note"]:
         if note:
             print(f"note: {note}")
@@ -205,12 +273,20 @@ def _make_shards(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from clipeval.report.build import build_profile_report
+    from clipeval.report.build import build_profile_report, build_run_report
+    from clipeval.report.kinds import detect_kind
 
-    report = build_profile_report(args.profile, args.run_dir)
-    missing = sum(len(section.missing) for section in report.sections)
-    print(f"report -> {report.index} ({len(report.figures)} figures, {len(report.notebooks)} notebooks, "
-          f"{missing} file(s) missing)")
+    # --run-dir of a command's folder (score, retrieve, curate): reported as that kind of run, not as a profile
+    kind = detect_kind(args.run_dir) if args.run_dir is not None and Path(args.run_dir).is_dir() else None
+    by_kind = args.run_dir is not None and Path(args.run_dir).is_dir() and (kind is None or not kind.is_profile)
+    report = build_run_report(args.run_dir) if by_kind else build_profile_report(args.profile, args.run_dir)
+    missing = [note for section in report.sections for note in section.missing]
+    print(f"report -> {report.index}: {report.kind.describe()}; {len(report.figures)} figures, "
+          f"{len(report.notebooks)} notebooks, {len(missing)} file(s) missing")
+    for note in missing if by_kind else []:
+        print(f"  {note}")
+    for hint in report.kind.hints if by_kind else []:
+        print(f"next: {hint}")
     for page in report.failed_notebooks:
         print(f"warning: {page.name} holds an error output: {'; '.join(page.errors)}", file=sys.stderr)
     return 1 if report.failed_notebooks else 0
@@ -269,10 +345,9 @@ def _add_run_options(command: argparse.ArgumentParser, *options) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from clipeval.data.challenge import CHALLENGE_DIR
-    from clipeval.paths import REHEARSAL_HUB_DIR, TINY_CHECKPOINTS_DIR
+    from clipeval.paths import CHALLENGE_DIR, REHEARSAL_HUB_DIR, TINY_CHECKPOINTS_DIR
 
-    parser = argparse.ArgumentParser(prog="clipeval", description=__doc__.splitlines()[0])
+    parser = HelpfulParser(prog="clipeval", description=__doc__.splitlines()[0], epilog=top_level_epilog())
     commands = parser.add_subparsers(dest="command", required=True)
 
     score_help = ("score image-caption pairs with one or more checkpoints: a pairs table (--pairs, one shard) or "
@@ -293,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve = commands.add_parser("retrieve", help="text-to-image / image-to-text retrieval metrics")
     add_options(retrieve, RetrievalSource)
     _add_run_options(retrieve, SourceOptions, RetrievalOptions)
+    retrieve.add_argument("--worst", type=int, default=0, metavar="N",
+                          help="print the N worst queries of each checkpoint and direction, with their rank and "
+                               "relevant item, and write them to retrieval_worst.csv")
     retrieve.set_defaults(handler=_retrieve)
 
     scenes = commands.add_parser("make-scenes", help="generate the captioned-scenes dataset (deterministic)")
@@ -322,15 +400,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(handler=_train)
 
+    tune = commands.add_parser("finetune", help="fine-tune an hf:, open_clip: or dual: checkpoint on pairs (full, "
+                                                "locked image tower or adapters), then measure its gain on a "
+                                                "held-out set and what it forgot on a second set, with CIs")
+    tune.add_argument("--checkpoint", required=True, help="the checkpoint spec to fine-tune")
+    tune.add_argument("--out", required=True, help="output folder: checkpoint/, state/, gain_forgetting.csv...")
+    add_options(tune, FinetuneData)
+    add_options(tune, FinetuneConfig)
+    add_options(tune, SourceOptions)
+    add_options(tune, RetrievalOptions)
+    tune.add_argument("--resume", action="store_true", help="continue from the last state saved in --out")
+    tune.set_defaults(handler=_finetune)
+
     for name, handler, helps in (("curate", _curate, "keep the pairs rules select by their scores (curation), "
                                                       "over a scored run's shards (one or many)"),
                                  ("curate-shards", _curate_shards, "deprecated: curate")):
         curation = commands.add_parser(name, help=helps)
         curation.add_argument("--scores", required=True, help="a scored run folder (score --pairs or --shards)")
         curation.add_argument("--rule", action="append", required=True,
-                              help="applied in order: 'cosine[SPEC]>=0.3', 'cosine[SPEC]>0.28', 'top:0.3[SPEC]', "
+                              help="applied in the order given, each to the rows the ones before kept: "
+                                   "'cosine[SPEC]>=0.3', 'cosine[SPEC]>0.28', 'top:0.3[SPEC]' or 'top:30%%[SPEC]', "
                                    "'percentile:70[SPEC]', 'basic', 'preset:NAME[SPEC]' (laion400m, laion2b, "
-                                   "datacomp-l14-30pct; 'preset:datacomp-basic'), or alternatives 'A | B'")
+                                   "datacomp-l14-30pct; 'preset:datacomp-basic'), or alternatives 'A | B'; without "
+                                   "[SPEC], the run's primary checkpoint")
         curation.add_argument("--out", required=True, help="folder for summary.csv, decisions/, kept_uids.parquet "
                                                            "(and kept.csv, dropped.csv, curated.csv for a pairs table)")
         curation.add_argument("--exact-limit", type=int, default=EXACT_LIMIT,
@@ -343,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
             curation.add_argument(old, help=argparse.SUPPRESS, action=_NoLongerNeeded)
         curation.set_defaults(handler=handler)
 
-    make_shards = commands.add_parser("make-shards", help="split a pairs table into shard files (tar/parquet/csv)")
+    make_shards = commands.add_parser("make-shards", help="split a pairs table into shard files (tar/parquet/csv), "
+                                      "each image once with its captions, every row with source_row and source_image")
     make_shards.add_argument("--pairs", required=True, help="a pairs table whose image column holds local paths")
     make_shards.add_argument("--out", required=True)
     make_shards.add_argument("--shards", type=int, default=4, help="how many shards")
@@ -439,18 +532,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="append each query to INDEX/queries.jsonl (off by default)")
     serve.set_defaults(handler=_serve)
 
+    add_epilogs(commands)
     return parser
 
 
+# what a rerun after Ctrl-C keeps, by command (the others start again)
+_KEPT_ON_INTERRUPT = {
+    "score": "run the same command again to resume (finished chunks/shards are kept)",
+    "score-shards": "run the same command again to resume (finished chunks/shards are kept)",
+    "index": "run the same command again to resume (checkpoints already indexed are kept)",
+    "retrieve": "run the same command again (the vectors embedded so far are in the embedding cache)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line; returns the process exit code (2: an expected error, 130: interrupted)."""
     args = build_parser().parse_args(argv)
+    from clipeval.embed.cache import announcing_location  # numpy: after the parser has answered --help
+
     try:
         # quiet means quiet: the model libraries' bars too (transformers' "Loading weights")
         quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
-        with quiet_progress_bars() if quiet else contextlib.nullcontext():
+        with quiet_model_loads() if quiet else contextlib.nullcontext(), announcing_location():
             status = args.handler(args)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = _KEPT_ON_INTERRUPT.get(args.command)
+        print(f"\ninterrupted; {kept}" if kept else "\ninterrupted", file=sys.stderr)
+        return 130
     return status or 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
-from clipeval.data.sources import PairsTableError
+from clipeval.data.options import PairsTableError
 from clipeval.extras import MissingExtra
 from clipeval.layout import RunFolderMismatch, RunIncomplete
 from clipeval.models.registry import CheckpointError

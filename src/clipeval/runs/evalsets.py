@@ -7,6 +7,7 @@ before. Notebook 07's study of the labels' quality is :mod:`clipeval.studies.lab
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from clipeval.labels.evalset import complete, write_evalset
 from clipeval.labels.registry import LabelOptions, build_labeller
 from clipeval.layout import claim
 from clipeval.runs.manifest import update_manifest
+from clipeval.warn import RunWarning, warn
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -56,6 +58,8 @@ def build_evalset(out_dir: str | Path, images_dir: str | Path, labelling: LabelO
 
     A folder holding a build of other images or settings is refused unless ``rebuild``, which also
     relabels an identical one (:func:`clipeval.layout.claim`, the rule scoring runs follow too).
+    The labeller's warnings (a zero-shot vocabulary its tokenizer does not know) are printed, built or
+    reused, and kept in ``evalset.json`` and the manifest.
 
     Raises:
         FileNotFoundError: ``images_dir`` is not a folder.
@@ -69,13 +73,16 @@ def build_evalset(out_dir: str | Path, images_dir: str | Path, labelling: LabelO
         raise ValueError(f"no image file under {images_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     settings = {"labeller": labelling.labeller, "model": labelling.model, "threshold": labelling.threshold,
                 "top_k": labelling.top_k, "vocabulary": list(labelling.vocabulary)}
-    state = claim(out_dir / "run.json", _fingerprint(images_dir, refs, settings), overwrite=rebuild)
+    state = claim(out_dir / "run.json", _fingerprint(images_dir, refs, settings), overwrite=rebuild,
+                  holds_results=complete(out_dir), overwrite_flag="--rebuild")
     reused = state == "same" and complete(out_dir) and not rebuild
     if not reused:
         run = build_labeller(labelling, device, progress).label(refs, images_dir)
         write_evalset(run, out_dir, images_dir)
         update_manifest(out_dir / "manifest.json", "build-evalset", {**settings, "images_dir": str(images_dir)},
-                        [], [])
+                        [], [], warnings=run.stats.get("warnings"))
+    stats = json.loads((out_dir / "evalset.json").read_text())["stats"]
+    warn(RunWarning(**record) for record in stats.get("warnings", []))  # a reused build says them again
     labels = pd.read_csv(out_dir / "labels.csv", keep_default_na=False, na_values=[""])
     if labels.empty:
         raise ValueError(f"no image of {images_dir} got a label at threshold {labelling.threshold} from the "

@@ -104,10 +104,11 @@ def locked(path: str | Path):
 
 
 def update_manifest(path: str | Path, step: str, params: dict, checkpoints: list[str],
-                    data_files: list[str | Path], seed: int | None = None) -> dict:
+                    data_files: list[str | Path], seed: int | None = None, warnings: list[dict] | None = None) -> dict:
     """Record one step of a run (``score``, ``retrieve``...) in the run's ``manifest.json``.
 
-    The manifest keeps one entry per step under ``steps``; the top level holds the latest
+    The manifest keeps one entry per step under ``steps`` (with the step's ``warnings``, the
+    records of :func:`clipeval.warn.warn`, when it has any); the top level holds the latest
     git commit and versions. The entry is built first (hashing files takes time), then the
     manifest is read, changed and written under an exclusive lock (:func:`locked`), the write
     atomic: concurrent steps keep every entry, and a step killed at any point leaves valid JSON.
@@ -119,5 +120,7 @@ def update_manifest(path: str | Path, step: str, params: dict, checkpoints: list
         manifest = json.loads(path.read_text()) if path.exists() else {"steps": {}}
         manifest.update({key: entry[key] for key in ("created_utc", "git_commit", "versions", "hub_mirror")})
         manifest["steps"][step] = {key: entry[key] for key in ("params", "seed", "checkpoints", "data")}
+        if warnings:
+            manifest["steps"][step]["warnings"] = warnings
         write_json(path, manifest)
     return manifest

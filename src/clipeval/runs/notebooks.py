@@ -14,11 +14,8 @@ from pathlib import Path
 from clipeval.extras import require
 from clipeval.models.hub_mirror import using_mirror
 from clipeval.paths import NOTEBOOKS_DIR, PROJECT_ROOT
-from clipeval.profiles import load_profile
+from clipeval.profiles import check_profile, load_profile
 from clipeval.runs.errors import NotebookFailed
-
-# Profile keys for the run itself, not for a notebook: the notebooks to run, and the hub mirror to run them on.
-RUN_KEYS = ("notebooks", "hub_mirror")
 
 
 def notebook_parameters(notebook: Path, params: dict) -> dict:
@@ -47,8 +44,11 @@ def run_notebooks(profile: str | Path, checkpoints: list[str] | None = None,
     Raises:
         NotebookFailed: a notebook raised; its executed copy (with the error) is kept.
         FileNotFoundError: the profile names a ``hub_mirror`` that is not built.
+        ValueError: the profile has an unknown key, a value of the wrong kind or misses a required key
+            (:func:`clipeval.profiles.check_profile`).
     """
     params = load_profile(profile, checkpoints)
+    check_profile(params, notebooks_dir, f"profile {profile}")
     out_dir = Path(cwd) / params["run_dir"] / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     mirror = params.get("hub_mirror")

@@ -5,10 +5,11 @@ In the spirit of transformers' ``HfArgumentParser``: every field of an options d
 :class:`~clipeval.data.sources.SourceOptions`, :class:`~clipeval.pipeline.scorer.ShardOptions`,
 :class:`~clipeval.pipeline.executors.ExecutionOptions`, :class:`~clipeval.eval.retrieval.RetrievalOptions`)
 becomes a flag, ``--field-name`` unless its metadata names one (``"flag"``), with the metadata's
-``help`` and ``choices``; a nested dataclass field (``EmbedOptions.fetch``) adds its own fields'
-flags. A field with ``"cli": False`` in its metadata is not a flag. Booleans that default to true
-get ``--name``/``--no-name``. Every flag defaults to "not given", so an unset option keeps the
-dataclass's default (or the command's, :func:`options_from`'s ``defaults``). A renamed option keeps
+``help`` (ending with the field's default) and ``choices``; a nested dataclass field
+(``EmbedOptions.fetch``) adds its own fields' flags. A field with ``"cli": False`` in its
+metadata is not a flag. Booleans that default to true get ``--name``/``--no-name``. Every flag
+defaults to "not given", so an unset option keeps the dataclass's default (or the command's,
+:func:`options_from`'s ``defaults``). A renamed option keeps
 its old spellings (metadata ``"old_flags"``) for one release: they still work and print a
 deprecation warning naming the new flag. Two concerns may share a field (the image and caption
 columns of reading a source and of scoring its shards): it is one flag, read by both. Notebooks
@@ -65,7 +66,7 @@ def add_options(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] =
             continue
         if _flag(field) in parser._option_string_actions:  # two concerns share a field (the columns): one flag
             continue
-        kwargs: dict = {"dest": field.name, "default": None, "help": field.metadata.get("help", "")}
+        kwargs: dict = {"dest": field.name, "default": None, "help": _with_default(field)}
         if base is bool:
             default = field.default
             kwargs["action"] = argparse.BooleanOptionalAction if default is True else "store_true"
@@ -79,6 +80,22 @@ def add_options(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] =
         for old in field.metadata.get("old_flags", ()):
             parser.add_argument(old, dest=field.name, default=None, help=argparse.SUPPRESS, action=_Deprecated,
                                 new_flag=_flag(field), inner=action, type=action.type, choices=action.choices)
+
+
+def _with_default(field: dataclasses.Field) -> str:
+    """The field's help ending with its default (``(default: 32)``, ``(default: on)``), unless the help already
+    says it or there is none to show (``None``, off)."""
+    text = field.metadata.get("help", "")
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        value = None
+    if value is None or value is False or "default" in text:
+        return text
+    shown = "on" if value is True else " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
 
 
 def options_from(args: argparse.Namespace, cls, **defaults):

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from clipeval.atomic import write_csv, write_json, write_text
-from clipeval.curate.engine import EXACT_LIMIT, RunCuration, curate_run
+from clipeval.curate.engine import RunCuration, curate_run, run_checkpoints
+from clipeval.curate.options import EXACT_LIMIT
 from clipeval.curate.rules import parse_rule
 from clipeval.data.benchmarks import BENCHMARKS, benchmark_options, describe_benchmark, load_benchmark
+from clipeval.data.options import SourceOptions
 from clipeval.data.retrieval_sets import (
     RetrievalSet,
     RetrievalSource,
@@ -29,30 +32,28 @@ from clipeval.data.retrieval_sets import (
 )
 from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.data.shards import list_shards
-from clipeval.data.sources import SourceOptions, read_pairs
+from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, count_pairs, describe_images
 from clipeval.embed.options import EmbedOptions
 from clipeval.embed.stats import format_stats_log
 from clipeval.eval.options import RetrievalOptions
-from clipeval.eval.retrieval import RetrievalReport, evaluate_retrieval, paired_differences
-from clipeval.eval.retrieval import search as search_images
-from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
 from clipeval.layout import CurationLayout, RunLayout
-from clipeval.metrics.compare import load_run_scores, pivot_scores, spearman_matrix, summarize_scores
 from clipeval.metrics.published import DEFAULT_TOLERANCE, compare_with_published, nothing_to_compare
 from clipeval.models.catalogue import published_retrieval
-from clipeval.models.dual import read_history
-from clipeval.models.encoder import Encoder
 from clipeval.models.registry import load_encoder
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
 from clipeval.pipeline.run import ScoringRun, score_pairs_table, score_run
 from clipeval.runs.manifest import update_manifest
 from clipeval.studies.curation import CurationStudy
 from clipeval.studies.curation import curation_study as study_curation
-from clipeval.studies.labels import LabelStudy
-from clipeval.studies.labels import label_study as study_labels
-from clipeval.studies.sharded import ShardedStudy
-from clipeval.studies.sharded import sharded_study as study_shards
+from clipeval.warn import warn
+
+if TYPE_CHECKING:  # torch, scipy and the model libraries are imported by the steps that use them, so that a
+    # re-run of a finished score step answers without them
+    from clipeval.eval.retrieval import RetrievalReport
+    from clipeval.models.encoder import Encoder
+    from clipeval.studies.labels import LabelStudy
+    from clipeval.studies.sharded import ShardedStudy
 
 
 def _settings(**options) -> dict:
@@ -100,7 +101,7 @@ def score(run_dir: str | Path, pairs_path: str, checkpoints: Sequence[str], read
     run = score_pairs_table(run_dir, pairs, list(checkpoints), shards, embed, overwrite)
     update_manifest(RunLayout(run_dir).manifest, "score",
                     _settings(pairs_path=pairs_path, reading=reading, embed=embed, chunk_size=chunk_size),
-                    list(checkpoints), [pairs_path])
+                    list(checkpoints), [pairs_path], warnings=run.stats.get("warnings"))
     return run
 
 
@@ -116,7 +117,7 @@ def score_shards(run_dir: str | Path, shards: Sequence[str], checkpoints: Sequen
     run = score_run(run_dir, list(paths), list(checkpoints), shard_options, embed, execution, overwrite)
     update_manifest(RunLayout(run_dir).manifest, "score_shards",
                     _settings(shards=list(shards), shard_options=shard_options, embed=embed, execution=execution),
-                    list(checkpoints), [str(path) for path in paths])
+                    list(checkpoints), [str(path) for path in paths], warnings=run.stats.get("warnings"))
     return run
 
 
@@ -135,61 +136,110 @@ class Comparison:
     summary: pd.DataFrame
     spearman: pd.DataFrame
     n_pairs: int
+    figures: list[Path] = field(default_factory=list)
 
 
-def compare(run_dir: str | Path) -> Comparison:
+def compare(run_dir: str | Path, figures: bool = False) -> Comparison:
     """Compare the checkpoints of a scored run folder; writes ``score_summary.csv``.
 
+    Pairs marked by a ``match`` column are summarised as matched vs mismatched (AUC, gap); a table
+    without one (your own pairs) as one group, ``all``.
+
+    Args:
+        run_dir: a run folder scored from one table (``results.csv`` and ``scores.csv``).
+        figures: also draw notebook 03's figures into ``figures/`` (what ``score --pairs`` does):
+            ``score_histograms_cosine.png``, ``score_histograms_percentile.png`` (only with
+            ``match``: without it every checkpoint's percentiles are flat) and, with two
+            checkpoints or more, ``score_spearman.png``; their paths are in ``figures``.
+
     Raises:
-        ValueError: ``results.csv`` has no usable ``match`` column.
+        RunIncomplete: the run did not finish.
+        ValueError: ``results.csv`` has a malformed ``match`` column.
     """
+    from clipeval.metrics.compare import load_run_scores, pivot_scores, spearman_matrix, summarize_scores
+
     layout = RunLayout(run_dir)
-    table = load_run_scores(layout)
+    table = load_run_scores(layout, match_required=False)
     summary = summarize_scores(table)
     write_csv(layout.score_summary, summary.reset_index())
-    return Comparison(table, summary, spearman_matrix(table), len(pivot_scores(table)))
+    comparison = Comparison(table, summary, spearman_matrix(table), len(pivot_scores(table)))
+    if figures and (table["status"] == "ok").any():
+        comparison.figures = _score_figures(layout, comparison)
+    return comparison
+
+
+def _score_figures(layout: RunLayout, comparison: Comparison) -> list[Path]:
+    """Notebook 03's figures of a compared run, saved under ``figures/``; returns their paths."""
+    from matplotlib import pyplot as plt
+
+    from clipeval.metrics.compare import add_percentiles
+    from clipeval.plots.scores import plot_score_histograms, plot_spearman_heatmap
+
+    drawn = [layout.figures / "score_histograms_cosine.png"]
+    plt.close(plot_score_histograms(comparison.table, "cosine", path=drawn[-1]))
+    if "match" in comparison.table:
+        drawn.append(layout.figures / "score_histograms_percentile.png")
+        plt.close(plot_score_histograms(add_percentiles(comparison.table), "percentile", bins=20, path=drawn[-1]))
+    if len(comparison.spearman.columns) >= 2 and comparison.n_pairs >= 2:
+        drawn.append(layout.figures / "score_spearman.png")
+        plt.close(plot_spearman_heatmap(comparison.spearman, comparison.n_pairs, "cosine", path=drawn[-1]))
+    return drawn
 
 
 @dataclass
 class Retrieval:
-    """A retrieval run: the set, the report (metrics and per-query table) and paired differences."""
+    """A retrieval run: the set, the report (metrics and per-query table), paired differences and the
+    ``worst`` queries asked for (:func:`~clipeval.eval.retrieval.worst_queries`; no row when none)."""
 
     dataset: RetrievalSet
     report: RetrievalReport
     differences: pd.DataFrame
+    worst: pd.DataFrame
 
 
 def retrieve(run_dir: str | Path, checkpoints: Sequence[str], source: RetrievalSource,
              reading: SourceOptions = SourceOptions(), options: RetrievalOptions = RetrievalOptions(),
-             embed: EmbedOptions = EmbedOptions()) -> Retrieval:
+             embed: EmbedOptions = EmbedOptions(), worst: int = 0) -> Retrieval:
     """Evaluate text->image and image->text retrieval into ``run_dir``.
 
     Writes ``metrics.csv``, ``retrieval_ranks.csv``, ``retrieval_stats.json`` and
-    ``retrieval_stats.log`` (time and memory per checkpoint and stage, as scoring's stats). The set
-    comes from a pairs source, or from queries / images / relevance tables
-    (:func:`clipeval.data.retrieval_sets.load_retrieval_set`). When too few image files are found
-    the step stops before loading a model (``options.allow_missing_images`` goes on).
+    ``retrieval_stats.log`` (time and memory per checkpoint and stage, as scoring's stats), and with
+    ``worst`` ``retrieval_worst.csv``. The set comes from a pairs source, or from queries / images /
+    relevance tables (:func:`clipeval.data.retrieval_sets.load_retrieval_set`). When too few image
+    files are found the step stops before loading a model (``options.allow_missing_images`` goes on).
+    The report's warnings (:mod:`clipeval.eval.caveats`) are printed on stderr and kept in
+    ``retrieval_stats.json`` and the manifest.
+
+    Args:
+        worst: also keep the ``worst`` worst queries of each checkpoint and direction.
 
     Returns:
         The :class:`Retrieval`; ``differences`` compares every checkpoint with the first
         (paired bootstrap of the text->image reciprocal rank).
     """
+    from clipeval.eval.retrieval import evaluate_retrieval, paired_differences, ranks_table, worst_queries
+
     dataset = load_retrieval_set(source, reading, embed.fetch.image_cache_dir)
     report = evaluate_retrieval(dataset, list(checkpoints), options, embed)
     layout = RunLayout(run_dir)
     _write_retrieval(layout, report)
+    worst_rows = worst_queries(report.per_query, max(worst, 0))
+    if worst > 0:
+        write_csv(layout.retrieval_worst, ranks_table(worst_rows))
     update_manifest(layout.manifest, "retrieve", _settings(source=source, reading=reading, options=options,
-                                                           embed=embed),
-                    list(checkpoints), source.files(), seed=options.seed)
+                                                           embed=embed, worst=worst),
+                    list(checkpoints), source.files(), seed=options.seed, warnings=warn(report.warnings))
     differences = paired_differences(report.per_query, list(checkpoints), n_resamples=options.n_resamples,
                                      seed=options.seed)
-    return Retrieval(dataset, report, differences)
+    return Retrieval(dataset, report, differences, worst_rows)
 
 
 def _write_retrieval(layout: RunLayout, report: RetrievalReport) -> None:
     """A retrieval report's files: metrics.csv, retrieval_ranks.csv, retrieval_stats.json and .log."""
+    from clipeval.eval.retrieval import ranks_table
+
     write_csv(layout.metrics, report.metrics)
-    write_csv(layout.retrieval_ranks, report.per_query)
+    write_csv(layout.retrieval_ranks, ranks_table(report.per_query))
     write_json(layout.retrieval_stats, report.stats)
     write_text(layout.retrieval_stats_log, format_stats_log(report.stats))
 
@@ -242,6 +292,8 @@ def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchma
             (:data:`~clipeval.metrics.published.DEVIATION_RULE`).
         The others: as for :func:`retrieve`.
     """
+    from clipeval.eval.retrieval import evaluate_retrieval
+
     published = published_retrieval(list(checkpoints))
     reason = nothing_to_compare(list(checkpoints), list(benchmarks or {}), published)
     if not benchmarks:
@@ -254,11 +306,12 @@ def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchma
     for dataset in sets.values():
         check_images_found(dataset, options.allow_missing_images)
     layout = RunLayout(run_dir)
-    metrics = []
+    metrics, warnings = [], []
     for name, dataset in sets.items():
         report = evaluate_retrieval(dataset, list(checkpoints), options, embed)
         _write_retrieval(layout.benchmark(name), report)
         metrics.append(report.metrics)
+        warnings += warn(report.warnings)
     metrics = pd.concat(metrics, ignore_index=True)
     comparison = compare_with_published(metrics, published, tolerance)
     write_csv(layout.benchmark_metrics, metrics)
@@ -267,7 +320,7 @@ def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchma
     data_files = [source["path"] for source in benchmarks.values() if not str(source["path"]).startswith("hf:")]
     update_manifest(layout.manifest, "benchmarks", _settings(benchmarks=dict(benchmarks), options=options,
                                                              embed=embed, tolerance=tolerance),
-                    list(checkpoints), data_files, seed=options.seed)
+                    list(checkpoints), data_files, seed=options.seed, warnings=warnings)
     summary = pd.DataFrame([{**describe_benchmark(dataset), "evaluated": _evaluated(name, source, dataset)}
                             for (name, source), dataset in zip(benchmarks.items(), sets.values(), strict=True)])
     return BenchmarkRun(sets, summary, metrics, comparison, tolerance, reason)
@@ -293,6 +346,8 @@ class Search:
 def search(pairs_path: str, queries: Sequence[str], checkpoints: Sequence[str], dataset_name: str = "search",
            reading: SourceOptions = SourceOptions(), top: int = 5, embed: EmbedOptions = EmbedOptions()) -> Search:
     """The ``top`` images of a pairs source's collection for each free-text query, per checkpoint."""
+    from clipeval.eval.retrieval import search as search_images
+
     pairs = read_pairs(pairs_path, **asdict(reading), cache_dir=embed.fetch.image_cache_dir)
     dataset = retrieval_set_from_pairs(pairs, dataset_name, reading.image_column, reading.caption_column)
     matched = pairs[pairs["match"].astype(bool)] if "match" in pairs else pairs
@@ -323,6 +378,9 @@ def scenes_benchmark(run_dir: str | Path, model_dir: str, scenes_dir: str, devic
         :func:`~clipeval.eval.scenes_benchmark.evaluate_scenes` and a validation batch's
         similarity matrix (:func:`~clipeval.eval.scenes_benchmark.similarity_batch`).
     """
+    from clipeval.eval.scenes_benchmark import evaluate_scenes, similarity_batch
+    from clipeval.models.dual import read_history
+
     encoder = load_encoder(f"dual:{model_dir}", device=device)
     result = evaluate_scenes(encoder, scenes_dir, split, batch_size)
     summary = {"checkpoint": encoder.name, "split": split, "retrieval": result["retrieval"].to_dict("index"),
@@ -340,11 +398,13 @@ def curate(run_dir: str | Path, rules: Sequence[str], out_dir: str | Path, exact
     The one engine at any scale (:mod:`clipeval.curate.engine`): writes ``summary.csv`` (rows in, kept
     and dropped per step), ``decisions/<shard>.parquet``, ``kept_uids.parquet``, on request the
     filtered input shards and, for a one-table run (``score --pairs``), ``kept.csv`` (``row_id``),
-    ``dropped.csv`` (``row_id``, ``step``, ``reason``) and ``curated.csv`` (the kept input rows with
-    every input column), and the manifest.
+    ``dropped.csv`` (``row_id``, ``step``, ``reason``, the row's ``score`` under the rule and the rule's
+    ``cut``) and ``curated.csv`` (the kept input rows with every input column), and the manifest. Rules
+    apply in the order given; one written without ``[SPEC]`` cuts the run's primary (first) checkpoint.
     """
-    out = CurationLayout(out_dir)
-    result = curate_run(RunLayout(run_dir), [parse_rule(rule) for rule in rules], out, exact_limit, write_filtered,
+    out, run = CurationLayout(out_dir), RunLayout(run_dir)
+    primary = next(iter(run_checkpoints(run)), None)
+    result = curate_run(run, [parse_rule(rule, primary) for rule in rules], out, exact_limit, write_filtered,
                         progress)
     update_manifest(out.manifest, "curate", {"run_dir": str(run_dir), "rules": list(rules),
                                              "exact_limit": exact_limit, "write_filtered": write_filtered},
@@ -366,6 +426,8 @@ def label_study(run_dir: str | Path, scenes_dir: str | Path, sources: dict[str, 
                 split: str = "test", options: RetrievalOptions = RetrievalOptions(),
                 embed: EmbedOptions = EmbedOptions()) -> list[LabelStudy]:
     """Notebook 07 (:func:`clipeval.studies.labels.label_study`), with its manifest entry."""
+    from clipeval.studies.labels import label_study as study_labels
+
     studies = study_labels(run_dir, scenes_dir, sources, checkpoints, split, options, embed)
     update_manifest(RunLayout(run_dir).manifest, "label_study",
                     _settings(sources=sources, split=split, options=options, embed=embed), list(checkpoints),
@@ -377,6 +439,8 @@ def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shard
                   executors: Sequence[str] = ("local", "ray"), ray_actors: int = 2, rule: str = "top:0.3[{spec}]",
                   embed: EmbedOptions = EmbedOptions()) -> ShardedStudy:
     """Notebook 09 (:func:`clipeval.studies.sharded.sharded_study`), with its manifest entry."""
+    from clipeval.studies.sharded import sharded_study as study_shards
+
     study = study_shards(run_dir, pairs_path, checkpoint, n_shards, executors, ray_actors, rule, embed)
     update_manifest(RunLayout(run_dir).manifest, "sharded_study",
                     _settings(n_shards=n_shards, executors=list(executors), ray_actors=ray_actors, rule=rule,

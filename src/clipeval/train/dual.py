@@ -15,8 +15,6 @@ as any evaluation (:mod:`clipeval.embed.engine`) and logged. The benchmark of a 
 
 from __future__ import annotations
 
-import contextlib
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from clipeval.data.retrieval_sets import RetrievalSet
 from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
@@ -42,6 +39,7 @@ from clipeval.models.dual import (
 from clipeval.models.encoder import resolve_device
 from clipeval.paths import OUTPUTS_DIR
 from clipeval.progress import progress_bar
+from clipeval.train.common import build_optimizer, contrastive_loss, deterministic
 
 DEFAULT_MODEL_DIR = OUTPUTS_DIR / "offline" / "models" / "dual"
 
@@ -57,7 +55,7 @@ class TrainConfig:
         weight_decay: AdamW weight decay (not applied to biases, norms, embeddings' gains, temperature).
         warmup_fraction: fraction of the steps with a linear learning-rate warm-up.
         hard_negatives: add one hard-negative caption per image to the image-to-text side of
-            the loss (see :func:`clipeval.models.dual.contrastive_loss`); every training
+            the loss (see :func:`clipeval.train.common.contrastive_loss`); every training
             scene must then have at least one.
         seed: seeds the model init, the batch order and the caption choice.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -79,17 +77,6 @@ class TrainConfig:
     model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
 
 
-@contextlib.contextmanager
-def _deterministic(seed: int, device: torch.device):
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
 @torch.inference_mode()
 def _validation_scores(model: DualEncoderModel, tokenizer, pixels: torch.Tensor, val: RetrievalSet,
                        batch_size: int, device: torch.device) -> np.ndarray:
@@ -104,30 +91,6 @@ def _validation_scores(model: DualEncoderModel, tokenizer, pixels: torch.Tensor,
     texts = embed_texts(encoder, val.queries["text"].tolist(), batch_size)
     model.train()
     return (texts.of(np.arange(len(val.queries))) @ images.T).numpy()
-
-
-def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor,
-                     negatives: torch.Tensor | None = None) -> torch.Tensor:
-    """CLIP's symmetric cross-entropy over the batch's N x N similarity matrix.
-
-    With ``negatives`` (NegCLIP, Yuksekgonul et al. 2023), the image->text direction also
-    competes against M extra captions that match no image of the batch, so each image sees
-    N + M candidate captions; the text->image direction is unchanged.
-
-    Args:
-        images: ``(N, D)`` L2-normalised image embeddings; row i pairs with ``texts[i]``.
-        texts: ``(N, D)`` L2-normalised text embeddings.
-        logit_scale: the (exponentiated) temperature.
-        negatives: optional ``(M, D)`` L2-normalised embeddings of captions that describe none
-            of the images (hard negatives).
-
-    Returns:
-        The mean of the image->text and text->image cross-entropies (a scalar).
-    """
-    logits = logit_scale * images @ texts.T
-    labels = torch.arange(len(images), device=images.device)
-    image_to_text = logits if negatives is None else torch.cat([logits, logit_scale * images @ negatives.T], dim=1)
-    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 @dataclass
@@ -159,21 +122,6 @@ def _flatten(groups: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.Te
 def _pick(offsets: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One random index into each group of a flattened list (see :func:`_flatten`)."""
     return offsets + (torch.rand(len(offsets), generator=generator) * counts).long()
-
-
-def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    warmup = max(1, round(config.warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def train_step(model: DualEncoderModel, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
@@ -215,7 +163,7 @@ def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = D
     config = config or TrainConfig()
     scenes_dir, device = Path(scenes_dir), resolve_device(config.device)
     started = time.perf_counter()
-    with _deterministic(config.seed, device):
+    with deterministic(config.seed, device):
         train = _training_scenes(scenes_dir)
         if config.hard_negatives and not all(train.negatives):
             missing = sum(not negatives for negatives in train.negatives)
@@ -233,7 +181,8 @@ def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = D
         val_pixels = prepare_pixels(val.images["image"].tolist(), image_transform(config.model.image_size),
                                     val.base_dir)
         steps_per_epoch = len(train.images) // config.batch_size
-        optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
+        optimizer, scheduler = build_optimizer(model.named_parameters(), config.lr, config.weight_decay,
+                                               config.warmup_fraction, steps_per_epoch * config.epochs)
         generator = torch.Generator().manual_seed(config.seed)
         history = {"config": asdict(config), "scenes_dir": str(scenes_dir), "n_train_scenes": len(train.images),
                    "n_train_captions": len(flat), "n_train_hard_negatives": len(flat_negatives),

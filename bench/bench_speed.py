@@ -1,0 +1,215 @@
+"""Benchmark the speed a user feels: the command line's start-up, a warm re-run, decoding near its limit, a peer.
+
+    python bench/bench_speed.py [--help-runs 5] [--peer-images 1000] [--out bench/results/speed.json]
+
+Every figure is a ratio or a time measured side by side in this one run, on photo-like 640x480
+JPEGs (scikit-image's sample photos, cropped and tinted) and models at their real size, random init:
+
+* ``cli``: ``python -m clipeval --help`` from the shell (the median of ``--help-runs`` fresh
+  processes); ``score --pairs`` of 200 pairs (40 images x 5 captions, random ViT-B/32) cold into a
+  fresh folder with an empty embedding cache, the same command again (a re-run: nothing to score),
+  and the same pairs into another fresh folder with the cache warm.
+* ``decode``: decode + preprocess images/s on one core for the exact path and the candidates
+  (Pillow's ``draft`` = the pipeline's fast path, Pillow's ``reduce``, simplejpeg with DCT scaling,
+  ``torchvision.io.decode_jpeg``), for the dual encoder's 48-pixel transform and ViT-B/32's 224; each
+  candidate's largest difference from the exact tensors, against the fast path's documented
+  tolerance (``TOLERANCE``, in units of the normalised input).
+* ``dual_pipeline``: the dual encoder's ``score --pairs`` pipeline (its fast decode, 0 and 1 decode
+  processes) over its limits: the model alone on both cores, the decode limit x cores, and the
+  shared-core limit (model and decode on the same cores: ``cores / (1/model on one core + 1/decode
+  on one core)``).
+* ``peer``: retrieval over ``--peer-images`` images x 5 captions against CLIP_benchmark's
+  ``zeroshot_retrieval`` on the same open_clip ViT-B/32 (fp32), both cold (embedding cache off),
+  CLIP_benchmark given its images already decoded and preprocessed.
+
+Writes the JSON atomically with paths relative to the project, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_pipeline import (
+    build_dual,
+    build_hf_vit_b32,
+    build_open_clip_vit_b32,
+    clip_benchmark_retrieval,
+    machine_info,
+    model_only_seconds,
+    pairs_table,
+    photos,
+    quiet,
+    save_report,
+    timed_score,
+)
+from clipeval.data.images import decode_image
+from clipeval.embed.engine import FAST_DECODE_FACTOR
+from clipeval.models.registry import load_encoder
+from clipeval.paths import PROJECT_ROOT
+
+TOLERANCE = 0.05  # docs/speed.md: the fast path moved the normalised tensor by at most 0.044 on large photos
+
+
+def _shell(args: list[str], env: dict | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "clipeval", *args], check=True, capture_output=True, cwd=PROJECT_ROOT,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    return time.perf_counter() - started
+
+
+def cli(folder: Path, refs: list[str], help_runs: int) -> dict:
+    helps = [_shell(["--help"]) for _ in range(help_runs)]
+    pairs_path = folder / "pairs.csv"
+    pairs_table(refs[:40], 5).to_csv(pairs_path, index=False)
+    spec = build_hf_vit_b32(folder / "vit-b32")
+    cache = {"CLIPEVAL_EMBEDDING_CACHE": str(folder / "cache")}
+
+    def score(out: str) -> float:
+        return _shell(["score", "--pairs", str(pairs_path), "--checkpoint", spec, "--out", str(folder / out),
+                       "--device", "cpu", "--no-progress"], cache)
+
+    cold, rerun, warm_cache = score("run"), score("run"), score("run-warm-cache")
+    return {"help_s_median": statistics.median(helps), "help_s_all": helps, "pairs": 200, "model": "ViT-B/32",
+            "cold_s": cold, "rerun_s": rerun, "warm_cache_fresh_folder_s": warm_cache,
+            "cold_over_rerun": cold / rerun, "cold_over_warm_cache": cold / warm_cache}
+
+
+def _candidates(side: int):
+    """name -> (bytes -> PIL image), each decoding as a candidate for the model's transform does."""
+    import simplejpeg
+    from torchvision.io import decode_jpeg
+    from torchvision.transforms.functional import to_pil_image
+
+    keep = FAST_DECODE_FACTOR * side
+
+    def reduced(data: bytes) -> Image.Image:
+        image = decode_image(data).image
+        factor = max(1, min(image.size) // keep)
+        return image.reduce(factor) if factor > 1 else image
+
+    return {
+        "exact (Pillow)": lambda data: decode_image(data).image,
+        "fast: Pillow draft (the pipeline's)": lambda data: decode_image(data, min_side=keep).image,
+        "Pillow reduce": reduced,
+        "simplejpeg, DCT scaling": lambda data: Image.fromarray(
+            simplejpeg.decode_jpeg(data, min_height=keep, min_width=keep)),
+        "torchvision decode_jpeg": lambda data: to_pil_image(decode_jpeg(torch.frombuffer(bytearray(data),
+                                                                                           dtype=torch.uint8))),
+    }
+
+
+def decode(refs: list[str], specs: dict[str, str]) -> dict:
+    datas = [Path(ref).read_bytes() for ref in refs]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = {}
+    try:
+        for name, spec in specs.items():
+            encoder = load_encoder(spec, device="cpu", progress=False)
+            side, preprocess = encoder.input_side(), encoder.preprocess
+            exact = torch.stack([preprocess(decode_image(data).image) for data in datas])
+            rows = {}
+            for candidate, decoder in _candidates(side).items():
+                preprocess(decoder(datas[0]))  # warm-up
+                started = time.perf_counter()
+                tensors = torch.stack([preprocess(decoder(data)) for data in datas])
+                wall = time.perf_counter() - started
+                difference = (tensors - exact).abs()
+                rows[candidate] = {"images_per_s_one_core": len(datas) / wall,
+                                   "tensor_mean_abs_difference": float(difference.mean()),
+                                   "tensor_max_abs_difference": float(difference.max()),
+                                   "within_tolerance": bool(difference.max() <= TOLERANCE)}
+            within = {key: row for key, row in rows.items() if row["within_tolerance"]}
+            fastest = max(within, key=lambda key: within[key]["images_per_s_one_core"])
+            result[name] = {"input_side": side, "candidates": rows, "fastest_within_tolerance": fastest}
+    finally:
+        torch.set_num_threads(threads)
+    return {"images": len(datas), "size": "640x480", "tolerance_max_abs": TOLERANCE, "models": result}
+
+
+def dual_pipeline(spec: str, refs: list[str], batch_size: int, decode_per_core: float) -> dict:
+    pairs = pairs_table(refs, 1)
+    threads = torch.get_num_threads()
+    encoder = load_encoder(spec, device="cpu", progress=False)
+    limits = {}
+    for used in (1, threads):
+        torch.set_num_threads(used)
+        limits[used] = len(pairs) / model_only_seconds(encoder, pairs, batch_size)
+    torch.set_num_threads(threads)
+    cores = os.cpu_count()
+    shared = cores / (1 / limits[1] + 1 / decode_per_core)
+    issue_limit = min(limits[threads], decode_per_core * cores)
+    configs = {}
+    for processes in (0, 1):
+        options = quiet(batch_size=batch_size, decode_processes=processes, fast_decode=True)
+        timed_score(pairs.iloc[:batch_size], spec, options)  # warm-up
+        rate = len(pairs) / min(timed_score(pairs, spec, options)[1] for _ in range(2))
+        configs[f"{processes} decode process(es), fast decode"] = {
+            "pairs_per_s": rate, "over_min_model_decode_x_cores": rate / issue_limit,
+            "over_shared_core_limit": rate / shared}
+    return {"pairs": len(pairs), "model_only_pairs_per_s_one_core": limits[1],
+            "model_only_pairs_per_s_all_cores": limits[threads], "decode_images_per_s_one_core": decode_per_core,
+            "min_model_decode_x_cores": issue_limit, "shared_core_limit": shared, "configs": configs}
+
+
+def table(report: dict) -> str:
+    c = report["cli"]
+    lines = [f"--help {c['help_s_median']:.2f} s (median of {len(c['help_s_all'])}); 200 pairs ViT-B/32: cold "
+             f"{c['cold_s']:.1f} s, re-run {c['rerun_s']:.2f} s ({c['cold_over_rerun']:.1f}x), warm cache into a "
+             f"fresh folder {c['warm_cache_fresh_folder_s']:.1f} s"]
+    for model, entry in report["decode"]["models"].items():
+        for name, row in entry["candidates"].items():
+            lines.append(f"decode {model:>8} {name:<36} {row['images_per_s_one_core']:>7.0f} img/s/core  "
+                         f"max |diff| {row['tensor_max_abs_difference']:.3f}"
+                         f"{'' if row['within_tolerance'] else '  (outside tolerance)'}")
+    d = report["dual_pipeline"]
+    for name, row in d["configs"].items():
+        lines.append(f"dual pipeline, {name}: {row['pairs_per_s']:.0f} pairs/s = "
+                     f"{row['over_min_model_decode_x_cores']:.2f} x min(model, decode x cores) "
+                     f"({d['min_model_decode_x_cores']:.0f}), {row['over_shared_core_limit']:.2f} x the shared-core "
+                     f"limit ({d['shared_core_limit']:.0f})")
+    p = report["peer"]
+    lines.append(f"retrieval {p['images']} x 5 vs CLIP_benchmark: {p['speedup_pipeline_over_clip_benchmark']:.2f}x "
+                 f"(metrics agree: {p['metrics_agree_1e-6']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--help-runs", type=int, default=5)
+    parser.add_argument("--decode-images", type=int, default=200)
+    parser.add_argument("--pipeline-pairs", type=int, default=512)
+    parser.add_argument("--peer-images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "speed.json")
+    args = parser.parse_args(argv)
+    report = {"config": vars(args), "machine": machine_info()}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as temp:
+        temp = Path(temp)
+        refs = photos(temp / "photos", max(args.peer_images, args.pipeline_pairs, args.decode_images))
+        report["cli"] = cli(temp / "cli", refs, args.help_runs)
+        dual = build_dual(temp / "dual")
+        specs = {"dual": dual, "vit_b32": f"hf:{temp / 'cli' / 'vit-b32'}"}
+        report["decode"] = decode(refs[:args.decode_images], specs)
+        fast = report["decode"]["models"]["dual"]["candidates"]["fast: Pillow draft (the pipeline's)"]
+        report["dual_pipeline"] = dual_pipeline(dual, refs[:args.pipeline_pairs], args.batch_size,
+                                                fast["images_per_s_one_core"])
+        peer_spec = build_open_clip_vit_b32(temp / "oc-b32")
+        report["peer"] = clip_benchmark_retrieval(peer_spec, refs[:args.peer_images], 5, args.batch_size)
+    return save_report(report, args.out, started, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The data layer's options, limits and the pairs-table error, importable without numpy, pandas or Pillow
+(the command line builds its flags from these, so ``--help`` and argument errors answer at once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit, made explicit
+# the largest shard member read (bytes), as FetchOptions.max_download_mb for a download: the default of
+# read_shard's max_member_bytes and of ShardOptions.max_member_mb
+MAX_MEMBER_BYTES = 50 * 2**20
+SOURCE_KINDS = ("table", "folder", "coco", "hf")
+
+
+class PairsTableError(ValueError):
+    """The pairs table cannot be used; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How a pairs source is read (the command line's flags are these fields).
+
+    Attributes:
+        image_column: the column with image paths or URLs (the name the table gets for folder and
+            COCO sources).
+        caption_column: the column with captions (likewise).
+        kind: ``auto`` or one of :data:`SOURCE_KINDS` (``table``, ``folder``, ``coco``, ``hf``).
+        delimiter: the field separator of a delimited text table; ``None`` picks it from the
+            suffix (``,`` for ``.csv``, tab for ``.tsv``/``.tab``). ``tab``, ``\\t``, ``comma``,
+            ``semicolon`` and ``pipe`` are accepted as names.
+        images_dir: the folder of a COCO source's images.
+        split: the split of a Hugging Face dataset with several.
+    """
+
+    image_column: str = field(default="image", metadata={"help": "the column with image paths or URLs"})
+    caption_column: str = field(default="caption", metadata={"help": "the column with captions"})
+    kind: str = field(default="auto", metadata={"flag": "--source-kind", "choices": ("auto", *SOURCE_KINDS),
+                                                "help": "how to read the source (auto: from its form)"})
+    delimiter: str | None = field(default=None, metadata={
+        "help": "field separator of delimited text: ',', ';', tab, '|'"})
+    images_dir: str | None = field(default=None, metadata={"help": "folder of a COCO file's images"})
+    split: str | None = field(default=None, metadata={"help": "split of a Hugging Face dataset"})
+
+
+@dataclass(frozen=True)
+class RetrievalSource:
+    """Where a retrieval set comes from (the command line's flags are these fields): a pairs source, or three tables.
+
+    Attributes:
+        name: the set's name (the ``dataset`` column of ``metrics.csv``).
+        pairs: any pairs source: every row (with ``match`` true when the column exists) is a query
+            relevant to its own image; the distinct images are the collection.
+        queries, images, relevance: tables of ``query_id`` and caption, of ``image_id`` and image, and
+            one row per relevant ``query_id``, ``image_id`` pair (a query may have many relevant images).
+        distinct_captions: with ``pairs``: one query per distinct caption string, relevant to every
+            image it is matched with (default: one query per row, as in COCO's protocol).
+    """
+
+    name: str = field(default="retrieval", metadata={"flag": "--dataset", "help": "the set's name in metrics.csv"})
+    pairs: str | None = field(default=None, metadata={
+        "help": "any pairs source (table, COCO captions_*.json, HF dataset...): every row (with match=True if that "
+                "column exists) is a query relevant to its own image; distinct images are the collection"})
+    queries: str | None = field(default=None, metadata={"help": "table with query_id and the caption column"})
+    images: str | None = field(default=None, metadata={"help": "table with image_id and the image column"})
+    relevance: str | None = field(default=None, metadata={
+        "help": "table with query_id, image_id: one row per relevant pair"})
+    distinct_captions: bool = field(default=False, metadata={
+        "help": "with --pairs: one query per distinct caption string, relevant to every image it is matched with"})
+
+    def files(self) -> list[str]:
+        """The files the set is read from (for the manifest)."""
+        return [path for path in (self.pairs, self.queries, self.images, self.relevance) if path]

@@ -1,0 +1,158 @@
+"""``clipeval finetune``: fine-tune a checkpoint, then measure what it gained (held-out set) and forgot (second set).
+
+The output folder holds:
+
+* ``checkpoint/``: the fine-tuned model in its base's format, with ``clipeval_checkpoint.json``
+  (base spec, base and new weights hashes, data fingerprint, settings): load it with the spec
+  :func:`run_finetune` returns (``hf:OUT/checkpoint``, ``open_clip:...``, ``dual:OUT/checkpoint``);
+* ``state/state.pt``: the last saved training state (``--resume`` continues from it);
+* ``train_pairs.csv``: every training row with its role (caption, hard negative, unused), status and reason;
+* ``gain_forgetting.csv``: per set (``role``: ``held-out`` or ``forgetting``), direction and metric,
+  the mean before and after, the difference and its paired-bootstrap 95% CI;
+* ``before_after_metrics.csv``: both checkpoints' full retrieval metrics (with CIs) on each set;
+* ``finetune.json``: the history (loss and validation per epoch), provenance and the sets used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.atomic import write_csv, write_json
+from clipeval.data.options import SourceOptions
+from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables, retrieval_set_from_pairs
+from clipeval.data.sources import read_pairs
+from clipeval.embed.options import EmbedOptions
+from clipeval.eval.before_after import compare_before_after
+from clipeval.eval.options import RetrievalOptions
+from clipeval.labels.evalset import complete
+from clipeval.train.finetune import FinetuneResult, finetune, split_pairs
+from clipeval.train.finetune_options import FinetuneConfig, FinetuneData
+
+
+def read_evalset_folder(folder: str | Path) -> RetrievalSet:
+    """The retrieval set of an eval-set folder written by ``build-evalset``.
+
+    Raises:
+        FileNotFoundError: the folder does not hold a complete eval set.
+    """
+    folder = Path(folder)
+    if not complete(folder):
+        raise FileNotFoundError(f"{folder} is not a complete eval-set folder (queries.csv, images.csv, "
+                                "relevance.csv...); build one with `clipeval build-evalset`")
+    return read_retrieval_tables(folder / "queries.csv", folder / "images.csv", folder / "relevance.csv",
+                                 name=folder.name)
+
+
+def _pairs_set(source: str, reading: SourceOptions) -> RetrievalSet:
+    table = read_pairs(source, **asdict(reading))
+    return retrieval_set_from_pairs(table, Path(source).stem, reading.image_column, reading.caption_column)
+
+
+def load_finetune_data(data: FinetuneData, reading: SourceOptions = SourceOptions(), seed: int = 0
+                       ) -> tuple[pd.DataFrame, RetrievalSet, RetrievalSet | None]:
+    """The training pairs, the held-out set and the forgetting set (``None`` when not given).
+
+    Raises:
+        ValueError: no training pairs, or more than one held-out set (or forgetting set) given.
+    """
+    if not data.pairs:
+        raise ValueError("give the training pairs (--pairs)")
+    if sum(value is not None for value in (data.eval_set, data.eval_pairs, data.holdout)) > 1:
+        raise ValueError("give one held-out set: --eval-set, --eval-pairs or --holdout")
+    if data.forget_set and data.forget_pairs:
+        raise ValueError("give one forgetting set: --forget-set or --forget-pairs")
+    pairs = read_pairs(data.pairs, **asdict(reading))
+    if data.eval_set:
+        held_out = read_evalset_folder(data.eval_set)
+    elif data.eval_pairs:
+        held_out = _pairs_set(data.eval_pairs, reading)
+    else:
+        pairs, held = split_pairs(pairs, data.holdout or 0.2, seed, reading.image_column)
+        held_out = retrieval_set_from_pairs(held, f"{Path(data.pairs).stem}-held-out", reading.image_column,
+                                            reading.caption_column)
+    forgetting = read_evalset_folder(data.forget_set) if data.forget_set else \
+        _pairs_set(data.forget_pairs, reading) if data.forget_pairs else None
+    return pairs, held_out, forgetting
+
+
+def shared_images(pairs: pd.DataFrame, dataset: RetrievalSet, image_column: str = "image") -> int:
+    """How many of ``dataset``'s local images are also training images (same resolved path)."""
+    def resolved(refs, base) -> set[str]:
+        return {str((Path(base) / ref).resolve() if base and not Path(ref).is_absolute() else Path(ref).resolve())
+                for ref in refs.dropna().astype(str) if "://" not in ref}
+
+    return len(resolved(pairs[image_column], pairs.attrs.get("base_dir"))
+               & resolved(dataset.images["image"], dataset.base_dir))
+
+
+@dataclass
+class FinetuneRun:
+    """What :func:`run_finetune` produced.
+
+    Attributes:
+        result: the fine-tuning result (spec, in-memory model, history, provenance).
+        differences: ``gain_forgetting.csv``.
+        metrics: ``before_after_metrics.csv``.
+        out_dir: the output folder.
+    """
+
+    result: FinetuneResult
+    differences: pd.DataFrame
+    metrics: pd.DataFrame
+    out_dir: Path
+
+
+def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_out: RetrievalSet,
+                 forgetting: RetrievalSet | None = None, config: FinetuneConfig = FinetuneConfig(),
+                 retrieval: RetrievalOptions = RetrievalOptions(), resume: bool = False,
+                 validation: RetrievalSet | None = None) -> FinetuneRun:
+    """Fine-tune, then compare base and fine-tuned checkpoints on the held-out and forgetting sets.
+
+    Args:
+        out_dir: the output folder (see the module docstring).
+        base_spec: the checkpoint to fine-tune.
+        pairs: the training pairs.
+        held_out: the held-out set: the gain is measured here.
+        forgetting: a set the fine-tuning never saw: what was lost is measured here.
+        config: the fine-tuning settings.
+        retrieval: cut-offs and bootstrap of the before/after comparison.
+        resume: continue from the output folder's saved state.
+        validation: the set scored after each epoch (default: ``held_out``).
+
+    Returns:
+        A :class:`FinetuneRun`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = finetune(base_spec, pairs, out_dir, config, validation if validation is not None else held_out, resume)
+    write_csv(out_dir / "train_pairs.csv", result.rows)
+    embed = EmbedOptions(batch_size=config.eval_batch_size, device=config.device, precision=config.precision,
+                         progress=config.progress)
+    compared = [compare_before_after(held_out, base_spec, result.spec, "held-out", retrieval, embed)]
+    if forgetting is not None:
+        compared.append(compare_before_after(forgetting, base_spec, result.spec, "forgetting", retrieval, embed))
+    differences = pd.concat([item.differences for item in compared], ignore_index=True)
+    metrics = pd.concat([item.metrics for item in compared], ignore_index=True)
+    write_csv(out_dir / "gain_forgetting.csv", differences)
+    write_csv(out_dir / "before_after_metrics.csv", metrics)
+    sets = {"held-out": _describe(held_out, pairs)}
+    if forgetting is not None:
+        sets["forgetting"] = _describe(forgetting, pairs)
+    write_json(out_dir / "finetune.json", {"checkpoint": result.spec, "provenance": result.provenance,
+                                           "history": result.history, "sets": sets,
+                                           "retrieval": asdict(retrieval)})
+    return FinetuneRun(result, differences, metrics, out_dir)
+
+
+def _describe(dataset: RetrievalSet, pairs: pd.DataFrame) -> dict:
+    return {"name": dataset.name, "queries": len(dataset.queries), "images": len(dataset.images),
+            "relevant_pairs": len(dataset.relevant), "images_also_in_training": shared_images(pairs, dataset)}
+
+
+def format_differences(differences: pd.DataFrame) -> str:
+    """The gain/forgetting table as printed: one line per set, direction and metric."""
+    columns = ["role", "dataset", "direction", "metric", "before", "after", "difference", "ci_low", "ci_high"]
+    return differences[columns].round(4).to_string(index=False)

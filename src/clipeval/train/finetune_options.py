@@ -1,0 +1,93 @@
+"""Fine-tuning's options: the run's settings and where its data come from (no torch import: they build CLI flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODES = ("full", "lit", "lora")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A fine-tuning run (the command line's flags are these fields).
+
+    Attributes:
+        mode: ``full``, ``lit`` (locked image tower) or ``lora`` (adapters on the attention projections).
+        epochs: passes over the training images (when ``steps`` is not given).
+        steps: optimizer steps; overrides ``epochs``.
+        batch_size: pairs per micro-batch (the contrastive matrix is batch_size x batch_size).
+        accumulate: micro-batches per optimizer step (gradient accumulation).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not on biases, norms, embeddings' gains, temperature).
+        warmup_fraction: share of the steps with a linear learning-rate warm-up.
+        hard_negatives: add one hard-negative caption per image (rows with ``match`` false).
+        negative_kinds: keep only hard negatives of these ``negative_kind`` values (empty: all).
+        lora_rank: adapter rank (``lora``).
+        lora_alpha: adapter scale numerator (``lora``; scale = alpha / rank).
+        seed: seeds the batch order, caption choice and adapter init.
+        device: ``auto``, ``cpu``, ``cuda``...
+        precision: ``auto`` (bf16 or fp16 autocast on CUDA, fp32 on the CPU), ``fp32``, ``fp16``, ``bf16``.
+        eval_batch_size: batch size when scoring the validation set.
+        save_every: optimizer steps between saved states (0: at each epoch's end only).
+        progress: show a progress bar.
+    """
+
+    mode: str = field(default="full", metadata={"choices": MODES, "help": "full fine-tuning, lit (locked image "
+                                                                          "tower) or lora (attention adapters)"})
+    epochs: int = field(default=1, metadata={"help": "passes over the training images"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
+    batch_size: int = field(default=32, metadata={"help": "pairs per micro-batch"})
+    accumulate: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "share of steps warming up"})
+    hard_negatives: bool = field(default=False, metadata={
+        "help": "add one hard-negative caption per image: the pairs' rows with match=False (NegCLIP)"})
+    negative_kinds: tuple[str, ...] = field(default=(), metadata={
+        "flag": "--negative-kind", "help": "keep only hard negatives of this negative_kind (repeatable)"})
+    lora_rank: int = field(default=8, metadata={"help": "adapter rank with --mode lora"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "adapter scale numerator"})
+    seed: int = field(default=0, metadata={"help": "seed of the batches, captions and adapter init"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1..."})
+    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "fp16", "bf16"),
+                                                     "help": "fp16/bf16 autocast on CUDA only"})
+    eval_batch_size: int = field(default=64, metadata={"help": "batch size when scoring evaluation sets"})
+    save_every: int = field(default=0, metadata={
+        "help": "steps between saved states for --resume (0: at each epoch's end)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def check(self) -> None:
+        """Raise ``ValueError`` on settings that cannot run."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("epochs", "batch_size", "accumulate", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class FinetuneData:
+    """Where the training pairs and the evaluation sets come from (the command line's flags are these fields).
+
+    Attributes:
+        pairs: the training pairs source.
+        eval_set: an eval-set folder (``build-evalset``) as the held-out set.
+        eval_pairs: a pairs source as the held-out set.
+        holdout: with neither, hold out this share of the training images (no image on both sides).
+        forget_set: an eval-set folder the fine-tuning never sees (what it forgot).
+        forget_pairs: a pairs source for the same.
+    """
+
+    pairs: str | None = field(default=None, metadata={
+        "help": "training pairs (required): any pairs source (table, folder, COCO, HF dataset); rows with "
+                "match=False are hard negatives"})
+    eval_set: str | None = field(default=None, metadata={"help": "held-out set: an eval-set folder "
+                                                                 "(build-evalset)"})
+    eval_pairs: str | None = field(default=None, metadata={"help": "held-out set: a pairs source"})
+    holdout: float | None = field(default=None, metadata={
+        "help": "held-out set: this share of the training images (default 0.2 when no other is given)"})
+    forget_set: str | None = field(default=None, metadata={
+        "help": "a second set the fine-tuning never sees (what it forgot): an eval-set folder"})
+    forget_pairs: str | None = field(default=None, metadata={"help": "the same, as a pairs source"})
