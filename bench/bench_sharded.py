@@ -12,12 +12,14 @@ alternately into fresh run folders, embedding cache off.
 Per run the end-to-end wall time from the shell is split with the run's own records
 (``sharded_stats.json``, ``shards.csv``):
 
-* ``process_s``: the process and, for Ray, the cluster (start, imports, ``ray.init`` and
-  shutdown, the run's tables): end-to-end minus the executor's wall;
-* ``startup_s``: the executor's start-up (the checkpoints loaded; for Ray the actors started);
+* ``process_s``: the process (start, imports, reading the shards' list, the run's tables; for Ray
+  its shutdown): end-to-end minus the executor's wall;
+* ``cluster_start_s``: Ray's own start (``ray.init`` of a local cluster; 0 for local);
+* ``startup_s``: the executor's start-up until every scorer is ready (for Ray the actors'
+  processes, imports and checkpoints), of which ``checkpoint_load_s`` the checkpoints;
 * ``overhead_per_shard_s``: what a shard cost beyond its own work, ``(executor wall - startup -
   in-shard seconds / processes) / shards`` (scheduling, markers, idle actors at the end);
-* rows/s end to end and while scoring (``rows / (executor wall - startup)``).
+* rows/s end to end and while scoring (``rows / (executor wall - cluster start - startup)``).
 
 The ratios Ray ÷ local are taken per model on the fastest run of each. Writes the JSON atomically
 with paths relative to the project, and prints a table.
@@ -60,9 +62,11 @@ def score_from_shell(executor: str, shards: list[Path], spec: str, out: Path, ba
     assert (table["state"] == "done").all(), table
     rows, processes = int(table["rows"].sum()), stats["processes"]
     in_shard = table["seconds"].astype(float).tolist()
-    scoring = stats["wall_s"] - stats["startup_s"]
+    cluster = stats["cluster_start_s"] or 0.0
+    scoring = stats["wall_s"] - cluster - stats["startup_s"]
     return {"executor": executor, "shards": len(shards), "rows": rows, "e2e_s": e2e, "rows_per_s_e2e": rows / e2e,
-            "process_s": e2e - stats["wall_s"], "executor_wall_s": stats["wall_s"], "startup_s": stats["startup_s"],
+            "process_s": e2e - stats["wall_s"], "executor_wall_s": stats["wall_s"], "cluster_start_s": cluster,
+            "startup_s": stats["startup_s"], "checkpoint_load_s": stats["checkpoint_load_s"],
             "in_shard_s": in_shard, "rows_per_s_scoring": rows / scoring,
             "overhead_per_shard_s": (scoring - sum(in_shard) / processes) / len(shards),
             "processes_used": int(table[["host", "pid"]].drop_duplicates().shape[0])}
@@ -81,12 +85,14 @@ def compare(spec: str, shards: list[Path], out: Path, batch_size: int, repeats: 
 
 
 def table(report: dict) -> str:
-    lines = [f"{'model':>8} {'executor':>8} {'e2e s':>7} {'rows/s':>7} {'process s':>9} {'startup s':>9} "
+    lines = [f"{'model':>8} {'executor':>8} {'e2e s':>7} {'rows/s':>7} {'process s':>9} {'cluster s':>9} "
+             f"{'startup s':>9} "
              f"{'scoring rows/s':>14} {'overhead s/shard':>16}"]
     for model, result in report["models"].items():
         for executor, run in result["best"].items():
             lines.append(f"{model:>8} {executor:>8} {run['e2e_s']:>7.1f} {run['rows_per_s_e2e']:>7.1f} "
-                         f"{run['process_s']:>9.1f} {run['startup_s']:>9.1f} {run['rows_per_s_scoring']:>14.1f} "
+                         f"{run['process_s']:>9.1f} {run['cluster_start_s']:>9.1f} {run['startup_s']:>9.1f} "
+                         f"{run['rows_per_s_scoring']:>14.1f} "
                          f"{run['overhead_per_shard_s']:>+16.2f}")
         lines.append(f"{model}: ray / local rows/s {result['ray_over_local_e2e']:.2f} end to end, "
                      f"{result['ray_over_local_scoring']:.2f} while scoring")

@@ -10,8 +10,9 @@ JPEGs (scikit-image's sample photos, cropped and tinted) and models at their rea
   fresh folder with an empty embedding cache, the same command again (a re-run: nothing to score),
   and the same pairs into another fresh folder with the cache warm.
 * ``decode``: decode + preprocess images/s on one core for the exact path and the candidates
-  (Pillow's ``draft`` = the pipeline's fast path, Pillow's ``reduce``, simplejpeg with DCT scaling,
-  ``torchvision.io.decode_jpeg``), for the dual encoder's 48-pixel transform and ViT-B/32's 224; each
+  (Pillow's ``draft``: the pipeline's fast path, and at 4x the resize side; Pillow's ``reduce``;
+  simplejpeg with DCT scaling; ``torchvision.io.decode_jpeg``), for the dual encoder's 48-pixel
+  transform and ViT-B/32's 224; each
   candidate's largest difference from the exact tensors, against the fast path's documented
   tolerance (``TOLERANCE``, in units of the normalised input).
 * ``dual_pipeline``: the dual encoder's ``score --pairs`` pipeline (its fast decode, 0 and 1 decode
@@ -69,6 +70,7 @@ def _shell(args: list[str], env: dict | None = None) -> float:
 
 
 def cli(folder: Path, refs: list[str], help_runs: int) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
     helps = [_shell(["--help"]) for _ in range(help_runs)]
     pairs_path = folder / "pairs.csv"
     pairs_table(refs[:40], 5).to_csv(pairs_path, index=False)
@@ -101,6 +103,7 @@ def _candidates(side: int):
     return {
         "exact (Pillow)": lambda data: decode_image(data).image,
         "fast: Pillow draft (the pipeline's)": lambda data: decode_image(data, min_side=keep).image,
+        "Pillow draft, 4x the side": lambda data: decode_image(data, min_side=2 * keep).image,
         "Pillow reduce": reduced,
         "simplejpeg, DCT scaling": lambda data: Image.fromarray(
             simplejpeg.decode_jpeg(data, min_height=keep, min_width=keep)),

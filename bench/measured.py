@@ -313,12 +313,13 @@ def render_bench_sharded(sources: Sources) -> str:
     for model, entry in result["models"].items():
         for executor, run in entry["best"].items():
             rows.append([names.get(model, model), executor, f"{run['e2e_s']:.1f}", f"{run['rows_per_s_e2e']:.1f}",
-                         f"{run['process_s']:.1f}", f"{run['startup_s']:.1f}", f"{run['rows_per_s_scoring']:.1f}",
+                         f"{run['process_s']:.1f}", f"{run['cluster_start_s']:.1f}", f"{run['startup_s']:.1f}",
+                         f"{run['rows_per_s_scoring']:.1f}",
                          _signed(run["overhead_per_shard_s"])])
         ratios.append(f"{names.get(model, model)} **{entry['ray_over_local_e2e']:.2f}** end to end, "
                       f"{entry['ray_over_local_scoring']:.2f} while scoring")
-    table = _markdown_table(["model", "executor", "end to end (s)", "rows/s", "process + cluster (s)",
-                             "executor start-up (s)", "rows/s while scoring", "overhead per shard (s)"], rows)
+    table = _markdown_table(["model", "executor", "end to end (s)", "rows/s", "process (s)", "Ray start (s)",
+                             "scorers ready (s)", "rows/s while scoring", "overhead per shard (s)"], rows)
     machine = result["machine"]
     return (f"{table}\n\n{config['shards']} shards of {config['pairs_per_shard']} pairs ({config['images']}), "
             f"Ray with {config['ray_actors']} actors of {config['cpus_per_actor']} CPU. Ray ÷ local rows/s: "

@@ -7,8 +7,10 @@
   ``auto`` finds the local one); without it a local Ray is started for the run and stopped after it.
 
 Both yield one record per shard as shards finish (done or failed), and the rows and scores
-they write are the same; both put their start-up (loading the checkpoints, starting the actors) in
-``timings["startup_s"]``. On a cluster every node needs this package installed (with its ``ray``
+they write are the same. Both put their start-up in ``timings``: ``startup_s`` (until every
+scorer is ready: for Ray the actors' processes, imports and checkpoints) and ``checkpoint_load_s``
+(the checkpoints alone); Ray's also ``cluster_start_s`` (``ray.init``: a local cluster started, or
+a running one joined). On a cluster every node needs this package installed (with its ``ray``
 extra) and the run folder on storage every node can write (NFS or similar). Ray is imported here
 only, and only when the ``ray`` executor runs.
 """
@@ -34,7 +36,7 @@ def run_local(shards: list[ShardInput], task: ShardTask, rows_done: Callable[[in
     started = time.perf_counter()
     with ShardScorer(**vars(task)) as scorer:
         if timings is not None:
-            timings["startup_s"] = time.perf_counter() - started
+            timings["startup_s"] = timings["checkpoint_load_s"] = time.perf_counter() - started
         for shard in shards:
             yield scorer(shard, rows_done)
 
@@ -85,10 +87,11 @@ def run_ray(shards: list[ShardInput], task: ShardTask, options: ExecutionOptions
         logging.getLogger(name).setLevel(logging.ERROR)
     ray = require("ray", "ray", "the ray executor")
 
-    started = not ray.is_initialized()
+    started, cluster_start = not ray.is_initialized(), time.perf_counter()
     if started:
         ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING,
                  configure_logging=True)
+    booting = time.perf_counter()
     actor_class = ray.remote(num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor)(_ShardActor)
     actors = [actor_class.remote(task) for _ in range(min(options.ray_actors, len(shards)))]
     try:
@@ -96,8 +99,10 @@ def run_ray(shards: list[ShardInput], task: ShardTask, options: ExecutionOptions
         errors = [error for _, error in started_actors if error is not None]
         if errors:
             raise errors[0]
-        if timings is not None:
-            timings["startup_s"] = max(seconds for seconds, _ in started_actors)
+        if timings is not None:  # Ray's own start (or joining a cluster), then the actors': processes, imports,
+            timings["cluster_start_s"] = booting - cluster_start  # checkpoints
+            timings["startup_s"] = time.perf_counter() - booting
+            timings["checkpoint_load_s"] = max(seconds for seconds, _ in started_actors)
         todo, running = deque(str(shard) for shard in shards), {}
         for actor in actors:  # one shard each; an actor gets its next one when it returns a record
             running[actor.score.remote(todo.popleft())] = actor

@@ -118,7 +118,7 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
     records = _collect(pending, task, execution, embed.progress, timings) if pending else []
     wall = time.perf_counter() - started
     table = _shard_table(layout, shards, {record["name"] for record in records})
-    totals = _run_stats(table, execution, wall, timings.get("startup_s"))
+    totals = _run_stats(table, execution, wall, timings)
     write_csv(layout.shard_table, table)
     write_json(layout.sharded_stats, totals)
     snapshots = _last_snapshot_per_process(records)
@@ -180,7 +180,7 @@ def _shard_table(layout: RunLayout, shards: list[ShardInput], this_run: set[str]
     return pd.DataFrame(rows)
 
 
-def _run_stats(table: pd.DataFrame, execution: ExecutionOptions, wall: float, startup: float | None) -> dict:
+def _run_stats(table: pd.DataFrame, execution: ExecutionOptions, wall: float, timings: dict) -> dict:
     ran = table[table["this_run"] & (table["state"] == "done")]
     rows = int(ran["rows"].sum()) if len(ran) else 0
     states = table["state"].value_counts()
@@ -188,7 +188,7 @@ def _run_stats(table: pd.DataFrame, execution: ExecutionOptions, wall: float, st
             "shards": len(table), "shards_done": int(states.get("done", 0)),
             "shards_failed": int(states.get("failed", 0)), "shards_this_run": int(table["this_run"].sum()),
             "rows_this_run": rows, "wall_s": wall, "rows_per_s": rows / wall if wall and rows else None,
-            "startup_s": startup,
+            **{name: timings.get(name) for name in ("cluster_start_s", "startup_s", "checkpoint_load_s")},
             "shard_seconds": ran["seconds"].astype(float).describe().to_dict() if len(ran) else {}}
 
 
