@@ -189,6 +189,7 @@ def clipeval(*args, cwd=None) -> subprocess.CompletedProcess:
                           env=ENV, cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow  # keeps the default suite near 10 min; make test-slow and make reproduce run it
 def test_the_command_line_indexes_and_searches_two_checkpoints_side_by_side(tmp_path, specs):
     collection = write_collection(tmp_path / "collection", extra=3)
     out = tmp_path / "index"

@@ -175,13 +175,14 @@ def test_ctrl_c_in_a_terminal_stops_a_real_run_cleanly_and_the_rerun_resumes(tin
     out = tmp_path / "run"
     command = [sys.executable, "-m", "clipeval", "score", "--pairs", str(pairs), "--checkpoint",
                tiny_specs["hf-clip"], "--out", str(out), "--device", "cpu", "--chunk-size", "8", "--batch-size", "8",
-               "--decode-processes", "1", "--no-progress"]
+               "--decode-processes", "1", "--no-progress", "--no-embedding-cache"]  # no cache: every chunk works
     env = {**os.environ, CACHE_ENV: str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
     parts, deadline = out / "shards" / "pairs.parts", time.monotonic() + 240
     while not any(parts.glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert process.poll() is None, "the run finished before the test could interrupt it"
     os.killpg(process.pid, signal.SIGINT)
     _, error = process.communicate(timeout=120)
     assert process.returncode == 130, error[-2000:]

@@ -140,6 +140,7 @@ def test_summarize_match_scores():
     assert summary["auc"] == 1.0
 
 
+@pytest.mark.slow  # keeps the default suite near 10 min; make test-slow and make reproduce run it
 def test_notebook_06_runs_under_papermill(scenes, trained, tmp_path):
     import papermill
 
