@@ -169,6 +169,10 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
     assert error.strip() == INTERRUPTED and "Traceback" not in error
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_a_terminal_stops_a_real_run_cleanly_and_the_rerun_resumes(tiny_specs, challenge_csv, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C, with a decode process: the workers are quiet."""
     pairs = _pairs_csv(challenge_csv, tmp_path, repeat=4)
@@ -177,8 +181,9 @@ def test_ctrl_c_in_a_terminal_stops_a_real_run_cleanly_and_the_rerun_resumes(tin
                tiny_specs["hf-clip"], "--out", str(out), "--device", "cpu", "--chunk-size", "8", "--batch-size", "8",
                "--decode-processes", "1", "--no-progress", "--no-embedding-cache"]  # no cache: every chunk works
     env = {**os.environ, CACHE_ENV: str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    # a shell that starts a job in the background (CI, `make test &`) hands it SIGINT ignored; a terminal does not
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     parts, deadline = out / "shards" / "pairs.parts", time.monotonic() + 240
     while not any(parts.glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
