@@ -56,3 +56,18 @@ def test_siglip_reports_bias_and_truncation(tiny_specs):
     assert encoder.logit_bias is not None
     assert encoder.context_length == 16
     assert encoder.truncated(["short", "word " * 40]).count(True) == 1
+
+
+def test_open_clip_encodes_captions_on_their_shortest_prefix_with_encode_texts_numbers(tiny_specs):
+    from clipeval.models.open_clip import _reads_a_prefix
+
+    encoder = load_encoder(tiny_specs["open_clip"], device="cpu")
+    assert _reads_a_prefix(encoder.model)  # causal mask, end-token pooling: the prefix path runs
+    for captions in (["two dogs", "a man riding a wave on top of a surfboard"], ["a long caption " * 40, "a cat"]):
+        tokens = encoder.tokenizer(captions)
+        with torch.inference_mode():
+            full = torch.nn.functional.normalize(encoder.model.encode_text(tokens), dim=-1)
+        torch.testing.assert_close(encoder.encode_texts(captions), full, rtol=0, atol=1e-5)
+    mask = encoder.model.attn_mask
+    encoder.model.attn_mask = torch.zeros_like(mask)  # a text tower that attends both ways reads every position
+    assert not _reads_a_prefix(encoder.model)
