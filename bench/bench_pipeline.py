@@ -163,21 +163,28 @@ def model_only_seconds(encoder, pairs: pd.DataFrame, batch_size: int, repeats: i
     return min(walls)
 
 
-def model_limit(spec: str, pairs: pd.DataFrame, batch_size: int, configs=((0, False), (1, False)),
-                device: str = "cpu") -> dict:
-    """Per (decode processes, fast decode): the pipeline's pairs/s over the model-only limit at the same threads."""
+def model_limit(spec: str, pairs: pd.DataFrame, batch_size: int,
+                configs=({"decode_processes": 0}, {"decode_processes": 1}), device: str = "cpu") -> dict:
+    """Per decode setting (``EmbedOptions`` fields: decode processes, fast decode, decoder): the pipeline's pairs/s
+    over the model-only limit at the same threads."""
     result = {"spec_kind": spec.split(":")[0], "device": device, "pairs": len(pairs), "batch_size": batch_size,
               "configs": {}}
     threads = torch.get_num_threads()
-    for processes, fast in configs:
+    for config in configs:
+        processes, fast = config.get("decode_processes", 0), config.get("fast_decode", False)
+        decoder = config.get("decoder", "pillow")
         torch.set_num_threads(max(1, threads - processes))
         limit = model_only_seconds(load_encoder(spec, device=device, progress=False), pairs, batch_size)
         torch.set_num_threads(threads)
-        options = quiet(batch_size=batch_size, decode_processes=processes, fast_decode=fast, device=device)
+        options = quiet(batch_size=batch_size, decode_processes=processes, fast_decode=fast, decoder=decoder,
+                        device=device)
         timed_score(pairs.iloc[:batch_size], spec, options)  # warm-up
         pipeline = min(timed_score(pairs, spec, options)[1] for _ in range(2))  # best of 2, as the limit
-        result["configs"][f"{processes} decode process(es){', fast decode' if fast else ''}"] = {
-            "decode_processes": processes, "fast_decode": fast, "encoder_threads": max(1, threads - processes),
+        name = (f"torchvision decoder on {device}" if decoder == "torchvision"
+                else f"{processes} decode process(es){', fast decode' if fast else ''}")
+        result["configs"][name] = {
+            "decode_processes": processes, "fast_decode": fast, "decoder": decoder,
+            "encoder_threads": max(1, threads - processes),
             "model_only_pairs_per_s": len(pairs) / limit, "pipeline_pairs_per_s": len(pairs) / pipeline,
             "ratio_pipeline_over_model_only": limit / pipeline}
     return result
@@ -439,7 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
         coco_like = pairs_table(refs[:40], 5)
         report["model_limit"] = {"vit_b32": model_limit(hf_b32, single, args.batch_size),
                                  "dual_encoder": model_limit(dual, pairs_table(refs[:512], 1), args.batch_size,
-                                                             ((0, False), (1, False), (1, True)))}
+                                                             ({"decode_processes": 0}, {"decode_processes": 1},
+                                                              {"decode_processes": 1, "fast_decode": True}))}
         report["naive_loop"] = naive_loop(hf_b32, coco_like, 40, args.batch_size)
         report["torchmetrics"] = torchmetrics_clipscore(hf_b32, coco_like, args.batch_size)
         report["clip_benchmark"] = clip_benchmark_retrieval(open_clip_b32, refs[:40], 5, args.batch_size)

@@ -11,8 +11,9 @@ JPEGs (scikit-image's sample photos, cropped and tinted) and models at their rea
   and the same pairs into another fresh folder with the cache warm.
 * ``decode``: decode + preprocess images/s on one core for the exact path and the candidates
   (Pillow's ``draft``: the pipeline's fast path, and at 4x the resize side; Pillow's ``reduce``;
-  simplejpeg with DCT scaling; ``torchvision.io.decode_jpeg``), for the dual encoder's 48-pixel
-  transform and ViT-B/32's 224; each
+  simplejpeg with DCT scaling; ``torchvision.io.decode_jpeg``; the ``--decoder torchvision`` path, its
+  transform on tensors), for the dual encoder's 48-pixel transform and ViT-B/32's 224 (transformers' image
+  processor and open_clip's ``Compose``); each
   candidate's largest difference from the exact tensors, against the fast path's documented
   tolerance (``TOLERANCE``, in units of the normalised input).
 * ``dual_pipeline``: the dual encoder's ``score --pairs`` pipeline (its fast decode, 0 and 1 decode
@@ -55,6 +56,8 @@ from bench_pipeline import (
     timed_score,
 )
 from clipeval.data.images import decode_image
+from clipeval.data.options import MAX_PIXELS
+from clipeval.embed.device_decode import decode_on_device
 from clipeval.embed.engine import FAST_DECODE_FACTOR
 from clipeval.models.registry import load_encoder
 from clipeval.paths import PROJECT_ROOT
@@ -87,20 +90,20 @@ def cli(folder: Path, refs: list[str], help_runs: int) -> dict:
             "cold_over_rerun": cold / rerun, "cold_over_warm_cache": cold / warm_cache}
 
 
-def _candidates(side: int):
-    """name -> (bytes -> PIL image), each decoding as a candidate for the model's transform does."""
+def _candidates(encoder):
+    """name -> (bytes -> the model's input tensor), each decoding as a candidate would, then the model's transform."""
     import simplejpeg
     from torchvision.io import decode_jpeg
     from torchvision.transforms.functional import to_pil_image
 
-    keep = FAST_DECODE_FACTOR * side
+    keep, preprocess = FAST_DECODE_FACTOR * encoder.input_side(), encoder.preprocess
 
     def reduced(data: bytes) -> Image.Image:
         image = decode_image(data).image
         factor = max(1, min(image.size) // keep)
         return image.reduce(factor) if factor > 1 else image
 
-    return {
+    pillow_images = {
         "exact (Pillow)": lambda data: decode_image(data).image,
         "fast: Pillow draft (the pipeline's)": lambda data: decode_image(data, min_side=keep).image,
         "Pillow draft, 4x the side": lambda data: decode_image(data, min_side=2 * keep).image,
@@ -110,6 +113,9 @@ def _candidates(side: int):
         "torchvision decode_jpeg": lambda data: to_pil_image(decode_jpeg(torch.frombuffer(bytearray(data),
                                                                                            dtype=torch.uint8))),
     }
+    return {**{name: (lambda data, image=image: preprocess(image(data))) for name, image in pillow_images.items()},
+            "--decoder torchvision (tensor transform)":
+                lambda data: decode_on_device([data], encoder, MAX_PIXELS)[0][0]}
 
 
 def decode(refs: list[str], specs: dict[str, str]) -> dict:
@@ -120,13 +126,12 @@ def decode(refs: list[str], specs: dict[str, str]) -> dict:
     try:
         for name, spec in specs.items():
             encoder = load_encoder(spec, device="cpu", progress=False)
-            side, preprocess = encoder.input_side(), encoder.preprocess
-            exact = torch.stack([preprocess(decode_image(data).image) for data in datas])
+            exact = torch.stack([encoder.preprocess(decode_image(data).image) for data in datas])
             rows = {}
-            for candidate, decoder in _candidates(side).items():
-                preprocess(decoder(datas[0]))  # warm-up
+            for candidate, pixels in _candidates(encoder).items():
+                pixels(datas[0])  # warm-up
                 started = time.perf_counter()
-                tensors = torch.stack([preprocess(decoder(data)) for data in datas])
+                tensors = torch.stack([pixels(data) for data in datas])
                 wall = time.perf_counter() - started
                 difference = (tensors - exact).abs()
                 rows[candidate] = {"images_per_s_one_core": len(datas) / wall,
@@ -135,7 +140,7 @@ def decode(refs: list[str], specs: dict[str, str]) -> dict:
                                    "within_tolerance": bool(difference.max() <= TOLERANCE)}
             within = {key: row for key, row in rows.items() if row["within_tolerance"]}
             fastest = max(within, key=lambda key: within[key]["images_per_s_one_core"])
-            result[name] = {"input_side": side, "candidates": rows, "fastest_within_tolerance": fastest}
+            result[name] = {"input_side": encoder.input_side(), "candidates": rows, "fastest_within_tolerance": fastest}
     finally:
         torch.set_num_threads(threads)
     return {"images": len(datas), "size": "640x480", "tolerance_max_abs": TOLERANCE, "models": result}
@@ -203,13 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
         temp = Path(temp)
         refs = photos(temp / "photos", max(args.peer_images, args.pipeline_pairs, args.decode_images))
         report["cli"] = cli(temp / "cli", refs, args.help_runs)
-        dual = build_dual(temp / "dual")
-        specs = {"dual": dual, "vit_b32": f"hf:{temp / 'cli' / 'vit-b32'}"}
+        dual, peer_spec = build_dual(temp / "dual"), build_open_clip_vit_b32(temp / "oc-b32")
+        specs = {"dual": dual, "vit_b32 hf": f"hf:{temp / 'cli' / 'vit-b32'}", "vit_b32 open_clip": peer_spec}
         report["decode"] = decode(refs[:args.decode_images], specs)
         fast = report["decode"]["models"]["dual"]["candidates"]["fast: Pillow draft (the pipeline's)"]
         report["dual_pipeline"] = dual_pipeline(dual, refs[:args.pipeline_pairs], args.batch_size,
                                                 fast["images_per_s_one_core"])
-        peer_spec = build_open_clip_vit_b32(temp / "oc-b32")
         report["peer"] = clip_benchmark_retrieval(peer_spec, refs[:args.peer_images], 5, args.batch_size)
     return save_report(report, args.out, started, table)
 

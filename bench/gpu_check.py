@@ -10,8 +10,11 @@
    cosines agree with fp32 on every pair and checkpoint within :data:`TOLERANCES` (max |difference|);
    every checkpoint's ``stats.json`` records a peak CUDA memory.
 3. The pipeline on CUDA: ViT-B/32 at its real size, scoring pairs/s over the model-only limit (the
-   same images preprocessed beforehand and the same captions through the same encoder), with 0 and
-   4 decode processes (``bench_pipeline.model_limit``).
+   same images preprocessed beforehand and the same captions through the same encoder), with Pillow
+   in 0 and 4 decode processes and with the torchvision decoder (nvJPEG, batched, and the transform
+   on the GPU) (``bench_pipeline.model_limit``); and how far the torchvision decoder's input tensors
+   are from Pillow's on the same 64 photos (reported, not a reason to fail: nvJPEG's IDCT is not
+   libjpeg-turbo's).
 4. Fine-tuning on CUDA: a few steps of each mode (full, LiT, adapters) of the same ViT-B/32 under bf16
    autocast, steps/s and peak CUDA memory (``bench_finetune.time_modes``).
 
@@ -43,6 +46,9 @@ CHECKPOINTS = ["hf:openai/clip-vit-base-patch32", "open_clip:ViT-B-16-SigLIP@web
 # Max |cosine - fp32 cosine| over every pair and checkpoint. fp16 keeps 11 significant bits, bf16 8: over a
 # 12-layer tower the relative error of a unit vector's entries stays near 1e-3 (fp16) and 1e-2 (bf16).
 TOLERANCES = {"fp16": 5e-3, "bf16": 2e-2}
+# the pipeline on CUDA: Pillow in 0 and 4 decode processes, and nvJPEG through the torchvision decoder
+DECODE_CONFIGS = ({"decode_processes": 0}, {"decode_processes": 4}, {"decoder": "torchvision"})
+DECODE_TOLERANCE = 0.05  # docs/speed.md: the most a decode path may move a normalised input value
 
 
 def cosines(run_dir: Path) -> pd.Series:
@@ -86,12 +92,32 @@ def rehearse(root: Path, device: str) -> dict:
     return report
 
 
+def decode_agreement(spec: str, refs: list[str], device: str) -> dict:
+    """Max |difference| between Pillow's input tensors and the torchvision decoder's on ``device`` (nvJPEG)."""
+    from clipeval.data.options import MAX_PIXELS
+    from clipeval.embed.device_decode import decode_on_device, pillow_pixels
+    from clipeval.models.registry import load_encoder
+
+    encoder = load_encoder(spec, device=device, progress=False)
+    datas = [Path(ref).read_bytes() for ref in refs]
+    exact = torch.stack([pillow_pixels(data, encoder.preprocess, MAX_PIXELS)[0] for data in datas])
+    pixels, outcomes = decode_on_device(datas, encoder, MAX_PIXELS)
+    difference = (pixels.float().cpu() - exact).abs().amax(dim=(1, 2, 3))
+    return {"images": len(datas), "all_ok": all(status == "ok" for status, _ in outcomes),
+            "max_abs_difference": float(difference.max()), "mean_of_max": float(difference.mean()),
+            "tolerance": DECODE_TOLERANCE, "within": bool(difference.max() <= DECODE_TOLERANCE)}
+
+
 def table(report: dict) -> str:
     lines = [f"{name}: {'ok' if check['within'] else 'FAILED'} {json.dumps(check)}"
              for name, check in report["rehearsal"]["checks"].items()]
     for name, config in report["pipeline"]["configs"].items():
         lines.append(f"pipeline, {name}: {config['pipeline_pairs_per_s']:.1f} pairs/s, model-only "
                      f"{config['model_only_pairs_per_s']:.1f}, ratio {config['ratio_pipeline_over_model_only']:.2f}")
+    agreement = report["decode_agreement"]
+    lines.append(f"torchvision decoder on CUDA vs Pillow: max |difference| {agreement['max_abs_difference']:.4f} "
+                 f"over {agreement['images']} images ({'within' if agreement['within'] else 'OUTSIDE'} "
+                 f"{agreement['tolerance']})")
     for mode, row in report.get("finetune", {}).items():
         lines.append(f"finetune {mode}: {row['steps_per_s']:.2f} steps/s, peak CUDA {row['peak_gpu_mib']:.0f} MiB")
     return "\n".join(lines)
@@ -114,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         temp = Path(temp)
         report["rehearsal"] = rehearse(temp / "rehearsal", args.device)
         spec, refs = build_hf_vit_b32(temp / "hf-b32"), photos(temp / "photos", args.pairs)
-        report["pipeline"] = model_limit(spec, pairs_table(refs, 1), args.batch_size, ((0, False), (4, False)),
+        report["pipeline"] = model_limit(spec, pairs_table(refs, 1), args.batch_size, DECODE_CONFIGS,
                                          device=args.device)
+        report["decode_agreement"] = decode_agreement(spec, refs[:64], args.device)
         pairs_table(refs[:128], 1).to_csv(temp / "finetune_pairs.csv", index=False)
         report["finetune"] = time_modes(spec, read_pairs(temp / "finetune_pairs.csv"), temp / "finetune",
                                         steps=5, batch_size=args.batch_size, device=args.device)

@@ -65,23 +65,24 @@ def test_a_warm_run_reads_identical_vectors_and_encodes_nothing(encoder, tmp_pat
 
 def test_the_model_key_changes_with_spec_weights_preprocessing_precision_and_decoding(tiny_specs):
     encoder = load_encoder(tiny_specs["open_clip"], device="cpu")
-    key, description = model_key(encoder, fast_decode=False)
-    assert model_key(encoder, fast_decode=False)[0] == key  # stable
+    key, description = model_key(encoder)
+    assert model_key(encoder)[0] == key  # stable
     assert description["weights_sha256"] == encoder.weights_digest()
-    assert model_key(encoder, fast_decode=True)[0] != key
+    assert model_key(encoder, "fast")[0] != key
+    assert model_key(encoder, "torchvision")[0] not in (key, model_key(encoder, "fast")[0])
     other = load_encoder(tiny_specs["hf-clip"], device="cpu")
-    assert model_key(other, False)[0] != key
+    assert model_key(other)[0] != key
     encoder.precision = "bf16"
-    assert model_key(encoder, False)[0] != key
+    assert model_key(encoder)[0] != key
     encoder.precision = "fp32"
     with torch.no_grad():
         next(encoder.model.parameters()).view(-1)[0] += 1e-3
-    assert model_key(encoder, False)[0] != key
+    assert model_key(encoder)[0] != key
     with torch.no_grad():
         next(encoder.model.parameters()).view(-1)[0] -= 1e-3
     resized = encoder.transform.transforms[0]
     resized.size = resized.size + 1 if isinstance(resized.size, int) else (resized.size[0] + 1,)
-    assert model_key(encoder, False)[0] != key
+    assert model_key(encoder)[0] != key
 
 
 _WRITER = textwrap.dedent("""

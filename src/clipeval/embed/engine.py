@@ -15,7 +15,8 @@ handled the same way everywhere:
   (forked, so the model's transform needs no pickling) while the main process encodes; a
   bounded queue (two batches per worker) keeps memory flat. On the CPU the encoder's thread
   count is set to the cores the decode processes leave; on CUDA pixel batches are pinned and copied
-  without blocking;
+  without blocking; with the ``torchvision`` decoder, plain JPEGs are instead decoded and
+  preprocessed on the model's device in this process (:mod:`clipeval.embed.device_decode`);
 * with a :class:`~clipeval.embed.stats.StageTimer`, stages are timed with their item counts:
   ``image_decode`` (the encoder's wait for decoded batches, ≈0 when the decode processes keep up),
   ``image_encode``, ``text_encode`` and ``cache`` (look-ups and writes);
@@ -40,9 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipeval.data.images import RawImage, decode_image, read_images, read_many_bytes
+from clipeval.data.images import RawImage, read_images, read_many_bytes
 from clipeval.data.retrieval_sets import RetrievalSet
 from clipeval.embed.cache import EmbeddingCache, default_cache_dir
+from clipeval.embed.device_decode import decode_on_device, pillow_pixels
 from clipeval.embed.options import EMBEDDING_VERSION, EmbedOptions
 from clipeval.embed.stats import StageTimer
 from clipeval.models.encoder import Encoder, resolve_device, resolve_precision
@@ -107,7 +109,12 @@ def resolve_decode_processes(decode_processes: int | None, device: torch.device)
     return min(8, cpu_cores() - 1) if device.type == "cuda" else 0
 
 
-def model_key(encoder: Encoder, fast_decode: bool) -> tuple[str, dict]:
+def decode_mode(options: EmbedOptions) -> str:
+    """How a run decodes images, as its cache entries record it: ``exact``, ``fast`` or ``torchvision``."""
+    return "torchvision" if options.decoder == "torchvision" else "fast" if options.fast_decode else "exact"
+
+
+def model_key(encoder: Encoder, decode: str = "exact") -> tuple[str, dict]:
     """The cache's model key and what it stands for.
 
     The key changes when the spec, the loaded weights, the image preprocessing, the decode
@@ -116,13 +123,13 @@ def model_key(encoder: Encoder, fast_decode: bool) -> tuple[str, dict]:
     """
     description = {"spec": encoder.spec, "weights_sha256": encoder.weights_digest(),
                    "preprocess": encoder.preprocess_id(),
-                   "decode": f"draft>={FAST_DECODE_FACTOR}x{encoder.input_side()}" if fast_decode else "exact",
+                   "decode": f"draft>={FAST_DECODE_FACTOR}x{encoder.input_side()}" if decode == "fast" else decode,
                    "precision": encoder.precision, "device": encoder.device.type,
                    "context_length": encoder.context_length, "version": EMBEDDING_VERSION}
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40], description
 
 
-def load_identity(spec: str, device: torch.device, precision: str, fast_decode: bool,
+def load_identity(spec: str, device: torch.device, precision: str, decode: str,
                   content: bool = False) -> str | None:
     """What decides a model key without loading the model (``None`` for hub checkpoints).
 
@@ -132,7 +139,7 @@ def load_identity(spec: str, device: torch.device, precision: str, fast_decode: 
     identity = weights_identity(spec, content=content)
     if identity is None:
         return None
-    settings = {"weights": identity, "device": device.type, "precision": precision, "fast_decode": fast_decode,
+    settings = {"weights": identity, "device": device.type, "precision": precision, "decode": decode,
                 "version": EMBEDDING_VERSION}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
@@ -181,15 +188,10 @@ def _decode_batch(datas: list[bytes], preprocess, min_side: int | None, max_pixe
     """Decode and preprocess a batch; returns (stacked pixels of the ok ones or None, [(status, error)])."""
     pixels, outcomes = [], []
     for data in datas:
-        loaded = decode_image(data, max_pixels, min_side)
-        if loaded.status != "ok":
-            outcomes.append((loaded.status, loaded.error))
-            continue
-        try:
-            pixels.append(preprocess(loaded.image))
-            outcomes.append(("ok", ""))
-        except Exception as error:  # noqa: BLE001 - a model's transform can reject odd images
-            outcomes.append(("preprocess_error", f"{type(error).__name__}: {error}"))
+        tensor, outcome = pillow_pixels(data, preprocess, max_pixels, min_side)
+        outcomes.append(outcome)
+        if tensor is not None:
+            pixels.append(tensor)
     return (torch.stack(pixels).numpy() if pixels else None), outcomes
 
 
@@ -200,15 +202,18 @@ def _decode_in_worker(datas: list[bytes]):
 class _Decoder:
     """Decodes batches of image bytes in worker processes (or inline), a bounded number ahead."""
 
-    def __init__(self, encoder: Encoder, decode_processes: int, fast_decode: bool, max_pixels: int):
+    def __init__(self, encoder: Encoder, decode_processes: int, options: EmbedOptions):
         side = encoder.input_side()
-        self.encoder, self.decode_processes, self.max_pixels = encoder, decode_processes, max_pixels
-        self.min_side = FAST_DECODE_FACTOR * side if fast_decode and side else None
+        self.encoder, self.decode_processes, self.max_pixels = encoder, decode_processes, options.max_pixels
+        self.min_side = FAST_DECODE_FACTOR * side if options.fast_decode and side else None
+        self.on_device = options.decoder == "torchvision"
         self.pool: ProcessPoolExecutor | None = None
 
-    def map(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
+    def map(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | torch.Tensor | None, list]]:
         """Decoded batches in order. The worker pool is started here, outside any timed stage,
         so no stage's memory-sampling thread is running when the decode processes are forked."""
+        if self.on_device:
+            return (decode_on_device(datas, self.encoder, self.max_pixels) for datas in batches_of_bytes)
         if not self.decode_processes:
             return (_decode_batch(datas, self.encoder.preprocess, self.min_side, self.max_pixels)
                     for datas in batches_of_bytes)
@@ -262,7 +267,8 @@ class Embedder:
         self.spec, self.device = encoder.spec, encoder.device
         self.options = options or EmbedOptions()
         self.timer = timer
-        self.decode_processes = resolve_decode_processes(self.options.decode_processes, self.device)
+        self.decode_processes = (0 if self.options.decoder == "torchvision"
+                                 else resolve_decode_processes(self.options.decode_processes, self.device))
         self._decoder: _Decoder | None = None
         folder = (self.options.embedding_cache_dir or default_cache_dir()) if self.options.embedding_cache else None
         self.cache = EmbeddingCache(folder) if folder is not None else None
@@ -288,7 +294,7 @@ class Embedder:
             return self._key
         # a warm run finds the key by the weights files' stat fingerprint (nothing read); when that is new (a
         # checkpoint copied, touched or replaced in place) by their content hash; else the model is loaded
-        settings = (self.spec, self.device, self.lazy.precision, self.options.fast_decode) if self.lazy else None
+        settings = (self.spec, self.device, self.lazy.precision, decode_mode(self.options)) if self.lazy else None
         unknown = []  # the identities the cache does not know yet
         for content in (False, True):
             identity = load_identity(*settings, content=content) if settings else None
@@ -299,7 +305,7 @@ class Embedder:
                 break
             unknown.append(identity)
         if self._key is None:
-            self._key, description = model_key(self.encoder, self.options.fast_decode)
+            self._key, description = model_key(self.encoder, decode_mode(self.options))
             self.cache.describe(self._key, description)
         for identity in unknown:
             self.cache.remember_model(identity, self._key)
@@ -312,13 +318,12 @@ class Embedder:
             description = self.cache.description_of(self.key)
             if description is not None:
                 return self.key, description
-        return model_key(self.encoder, self.options.fast_decode)
+        return model_key(self.encoder, decode_mode(self.options))
 
     @property
     def decoder(self) -> _Decoder:
         if self._decoder is None:
-            self._decoder = _Decoder(self.encoder, self.decode_processes, self.options.fast_decode,
-                                     self.options.max_pixels)
+            self._decoder = _Decoder(self.encoder, self.decode_processes, self.options)
         return self._decoder
 
     def __enter__(self) -> Embedder:
@@ -385,8 +390,8 @@ class Embedder:
                 self.cache.put_failures(self.key, new_failures)
             if not ok:
                 continue
-            batch = torch.from_numpy(pixels)
-            if self.device.type == "cuda":
+            batch = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
+            if self.device.type == "cuda" and batch.device.type == "cpu":
                 batch = batch.pin_memory()
             with _stage(self.timer, "image_encode", len(ok)):
                 vectors = self.encoder.encode_images(batch).numpy()

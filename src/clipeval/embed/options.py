@@ -10,6 +10,7 @@ from clipeval.data.options import MAX_PIXELS
 # bump when a change in the embedding path (clipeval.embed.engine) alters the vectors, so old cache entries stop
 # matching; run fingerprints and cache keys record it
 EMBEDDING_VERSION = 1
+DECODERS = ("pillow", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class EmbedOptions:
             0 does it in this process; ``None`` picks by device: on CUDA one per spare core (at
             most 8), on the CPU 0 (measured fastest on a 2-core machine; see docs/speed.md).
         fast_decode: decode large JPEGs at reduced scale (``draft``) before the exact resize.
+        decoder: ``pillow`` (Pillow and the model's own transform, in ``decode_processes``) or
+            ``torchvision`` (plain JPEGs decoded and preprocessed on the model's device, in this
+            process: nvJPEG on CUDA; other files through Pillow; see
+            :mod:`clipeval.embed.device_decode`). Its vectors are cached apart from Pillow's.
         embedding_cache: read and write the embedding cache.
         embedding_cache_dir: its folder; ``None`` = :func:`clipeval.embed.cache.default_cache_dir`.
         progress: show progress bars (the model libraries' loading bars too).
@@ -40,6 +45,9 @@ class EmbedOptions:
                 "on CUDA; a Ray actor: its CPUs but one)", "old_flags": ("--decode-workers",)})
     fast_decode: bool = field(default=False, metadata={
         "help": "decode large JPEGs at reduced scale before the exact resize (docs/speed.md)"})
+    decoder: str = field(default="pillow", metadata={
+        "choices": DECODERS, "help": "pillow: Pillow in decode processes; torchvision: JPEGs decoded and resized on "
+                                     "the model's device (nvJPEG on CUDA), other files by Pillow (docs/speed.md)"})
     embedding_cache: bool = field(default=True, metadata={
         "help": "read and write the embedding cache (default: on, in ~/.cache/clipeval/embeddings, or "
                 "$XDG_CACHE_HOME/clipeval/embeddings, or the folder $CLIPEVAL_EMBEDDING_CACHE names; "
@@ -48,3 +56,11 @@ class EmbedOptions:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     fetch: FetchOptions = field(default_factory=FetchOptions)
     max_pixels: int = field(default=MAX_PIXELS, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
+        if self.decoder == "torchvision" and self.fast_decode:
+            raise ValueError("--fast-decode is Pillow's reduced-scale decoding; the torchvision decoder has none")
+        if self.decoder == "torchvision" and self.decode_processes:
+            raise ValueError("the torchvision decoder runs in the model's process; --decode-processes is for pillow")

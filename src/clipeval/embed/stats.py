@@ -176,7 +176,8 @@ def merge_stats(snapshots: list[dict]) -> dict:
     """
     if len(snapshots) == 1:
         return snapshots[0]
-    merged = {key: snapshots[0][key] for key in ("device", "batch_size", "fast_decode", "embedding_cache", "versions")}
+    merged = {key: snapshots[0][key] for key in ("device", "batch_size", "fast_decode", "decoder", "embedding_cache",
+                                                "versions")}
     merged["pairs"] = sum(snapshot["pairs"] for snapshot in snapshots)
     merged["status_counts"] = {}
     for snapshot in snapshots:

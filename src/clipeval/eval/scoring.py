@@ -156,6 +156,7 @@ class ChunkScorer:
         return {"pairs": self.rows_scored, "status_counts": dict(self.status_counts),
                 "device": str(self.device), "batch_size": self.options.batch_size,
                 "chunks_total": chunks_total, "chunks_resumed": chunks_resumed, "fast_decode": self.options.fast_decode,
+                "decoder": self.options.decoder,
                 "embedding_cache": str(first.cache.folder) if first and first.cache else None,
                 "versions": package_versions(), "shared": shared, "checkpoints": per_checkpoint}
 

@@ -160,7 +160,7 @@ def build_index(source: str | Path, checkpoints: list[str], out_dir: str | Path,
                          "preprocess": description.get("preprocess"), "decode": description.get("decode"),
                          "precision": description.get("precision"), "device": description.get("device"),
                          "context_length": description.get("context_length"), "fast_decode": embed.fast_decode,
-                         "dim": int(vectors.shape[1]),
+                         "decoder": embed.decoder, "dim": int(vectors.shape[1]),
                          "vectors": len(vectors), "dtype": np.dtype(VECTOR_DTYPE).name, "items_sha256": digest,
                          "ann": None, "built_utc": _now()}
                 entry["ann"] = _build_ann(layout, spec, vectors, items, embedder, options, embed.progress)

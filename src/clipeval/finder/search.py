@@ -200,7 +200,8 @@ class FinderIndex:
             if loaded.embedder is None:
                 entry = self.manifest["checkpoints"][spec]
                 options = replace(self.embed, embedding_cache=False, decode_processes=0, progress=False,
-                                  fast_decode=bool(entry.get("fast_decode", False)), batch_size=1,
+                                  fast_decode=bool(entry.get("fast_decode", False)),
+                                  decoder=entry.get("decoder", "pillow"), batch_size=1,
                                   fetch=replace(self.embed.fetch, image_cache_dir=None))
                 lazy = LazyEncoder(spec, options)
                 if lazy.device.type == entry.get("device"):

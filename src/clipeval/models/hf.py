@@ -32,6 +32,11 @@ class HFEncoder(Encoder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
+    def preprocess_tensors(self, images) -> torch.Tensor:
+        """The image processor itself: transformers' torchvision backend runs on tensors on their device."""
+        device = images[0].device if len(images) else self.device
+        return self.image_processor(images=list(images), return_tensors="pt", device=device)["pixel_values"]
+
     def preprocess_id(self) -> str:
         return self.image_processor.to_json_string()
 

@@ -103,7 +103,7 @@ def run_fingerprint(checkpoints: list[str], shards: ShardOptions, embed: EmbedOp
     return {"checkpoints": list(dict.fromkeys(checkpoints)), "image_column": shards.image_column,
             "caption_column": shards.caption_column, "uid_column": shards.uid_column,
             "chunk_size": shards.chunk_size, "batch_size": embed.batch_size, "precision": embed.precision,
-            "fast_decode": embed.fast_decode, "embedding_version": EMBEDDING_VERSION}
+            "fast_decode": embed.fast_decode, "decoder": embed.decoder, "embedding_version": EMBEDDING_VERSION}
 
 
 def table_identity(shard: TableShard) -> dict:
