@@ -5,7 +5,7 @@
 For each model and mode, :func:`clipeval.train.finetune.finetune` runs ``--steps`` optimizer steps
 on synthetic photos with captions (no validation set), and the JSON records steps/s over the steps
 after the first (which also allocates and warms up), the first step's seconds, and the peak RSS
-(memory_profiler, sampled while the run lasts: loading, data preparation and saving included; it is
+(psutil, sampled while the run lasts: loading, data preparation and saving included; it is
 the process's RSS, so memory an earlier run left allocated counts too: compare modes on CUDA, where
 the peak is reset per run) and peak CUDA memory of the whole run. Models:
 

@@ -1,8 +1,8 @@
 """Time and memory of every stage, per checkpoint: ``stats.json`` and a readable ``stats.log``.
 
 Each stage records wall seconds (``time.perf_counter``), CPU seconds (``time.process_time``,
-all threads of this process), the number of items it handled, peak RSS in MiB sampled by
-memory_profiler every ``interval`` seconds while the stage runs, and peak GPU memory in MiB
+all threads of this process), the number of items it handled, peak RSS in MiB sampled (psutil)
+every ``interval`` seconds while the stage runs, and peak GPU memory in MiB
 (``torch.cuda.max_memory_allocated``; ``None`` on the CPU). Repeated calls for the same stage
 (one per chunk) add up; peaks take the maximum.
 """
@@ -16,7 +16,7 @@ import time
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from memory_profiler import memory_usage
+import psutil
 
 if TYPE_CHECKING:
     import torch
@@ -36,9 +36,12 @@ def package_versions(names=VERSIONED_PACKAGES) -> dict[str, str | None]:
     return versions
 
 
+_PROCESS = psutil.Process()
+
+
 def current_rss_mib() -> float:
-    """This process's resident set size in MiB, as memory_profiler reads it."""
-    return float(memory_usage(-1, interval=0.001, max_usage=True))
+    """This process's resident set size in MiB (a few microseconds: stages are timed once per batch)."""
+    return _PROCESS.memory_info().rss / 2**20
 
 
 class _PeakRSS(threading.Thread):
