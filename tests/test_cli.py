@@ -1,14 +1,13 @@
 """The dual-encoder commands: unset options keep the library defaults, set ones reach it."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from clipeval.models.registry import load_encoder
 from clipeval.runs.cli import main
 from clipeval.train.dual import TrainConfig
+from fresh_process import HEAVY, imports_after
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,20 +71,9 @@ def test_the_deprecated_commands_run_the_new_ones(tmp_path, capsys):
     assert "warning: curate-shards is deprecated" in error and "no scored shard to curate" in error
 
 
-HEAVY = ('torch', 'transformers', 'open_clip', 'scipy', 'matplotlib')
-
-
-def _imports_after(argv: list[str], heavy: tuple[str, ...]) -> list[str]:
-    """The heavy modules a fresh process imported to run ``python -m clipeval ARGV`` (its exit status ignored)."""
-    code = (f"import sys\nfrom clipeval.runs.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n"
-            f"    pass\nprint(sorted(name for name in {heavy!r} if name in sys.modules))")
-    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(shown.strip().splitlines()[-1].replace("'", '"'))
-
-
 def test_help_answers_without_importing_a_model_library_or_pandas():
-    assert _imports_after(["--help"], (*HEAVY, "numpy", "pandas")) == []
-    assert _imports_after(["score", "--help"], (*HEAVY, "numpy", "pandas")) == []
+    assert imports_after(["--help"], (*HEAVY, "numpy", "pandas")) == []
+    assert imports_after(["score", "--help"], (*HEAVY, "numpy", "pandas")) == []
 
 
 def test_a_finished_score_run_answers_a_rerun_without_a_model_library(tmp_path, challenge_csv, tiny_specs):
@@ -93,5 +81,5 @@ def test_a_finished_score_run_answers_a_rerun_without_a_model_library(tmp_path, 
             str(tmp_path / "run"), "--device", "cpu", "--no-progress"]
     assert main(argv) == 0
     written = (tmp_path / "run" / "score_summary.csv").stat().st_mtime_ns
-    assert _imports_after(argv, HEAVY) == []
+    assert imports_after(argv, HEAVY) == []
     assert (tmp_path / "run" / "score_summary.csv").stat().st_mtime_ns == written

@@ -30,6 +30,7 @@ from clipeval.pipeline.scorer import ShardScorer
 from clipeval.pipeline.views import results_view, scores_view
 from clipeval.runs.cli import main
 from clipeval.runs.steps import score, score_shards
+from fresh_process import MODEL_LIBRARIES, imports_after
 
 SPEC = "hf:tiny"  # the checkpoint name of the hand-made scored shards
 CPU = EmbedOptions(device="cpu", progress=False)
@@ -87,6 +88,16 @@ def test_a_checkpoint_no_actor_can_load_stops_the_ray_run_with_its_own_error(tar
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"error: dual:{tmp_path / 'no-model'}" in err and "ActorDiedError" not in err
+
+
+def test_the_ray_driver_imports_no_model_library(tar_shards, tiny_specs, tmp_path):
+    """Ray's driver hands out shard paths: torch and the model libraries load in the actors alone."""
+    _, shards = tar_shards
+    out = tmp_path / "run"
+    argv = ["score", "--shards", str(shards[0]), "--checkpoint", tiny_specs["hf-clip"], "--out", str(out),
+            "--executor", "ray", "--ray-actors", "1", "--device", "cpu", "--no-progress"]
+    assert imports_after(argv, MODEL_LIBRARIES) == []
+    assert json.loads((out / "sharded_stats.json").read_text())["shards_done"] == 1
 
 
 @pytest.mark.parametrize("rule", ["cosine[{spec}]>=0.0", "top:0.3[{spec}]"])

@@ -12,7 +12,8 @@ scorer is ready: for Ray the actors' processes, imports and checkpoints) and ``c
 (the checkpoints alone); Ray's also ``cluster_start_s`` (``ray.init``: a local cluster started, or
 a running one joined). On a cluster every node needs this package installed (with its ``ray``
 extra) and the run folder on storage every node can write (NFS or similar). Ray is imported here
-only, and only when the ``ray`` executor runs.
+only, and only when the ``ray`` executor runs; the scorer (torch, the model libraries) only where it
+runs, so Ray's driver never imports torch (2 s of a 2-core machine's start-up before ``ray.init``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from collections.abc import Callable, Iterator
 from clipeval.extras import require
 from clipeval.pipeline.options import ExecutionOptions, ShardTask
 from clipeval.pipeline.resume import ShardInput, TableShard
-from clipeval.pipeline.scorer import ShardScorer
 
 
 def run_local(shards: list[ShardInput], task: ShardTask, rows_done: Callable[[int], None] | None = None,
@@ -33,6 +33,8 @@ def run_local(shards: list[ShardInput], task: ShardTask, rows_done: Callable[[in
     """Score the shards in this process, in order; ``rows_done`` hears each scored chunk's row count."""
     if not shards:
         return
+    from clipeval.pipeline.scorer import ShardScorer  # torch and the model libraries: where the scorer runs
+
     started = time.perf_counter()
     with ShardScorer(**vars(task)) as scorer:
         if timings is not None:
@@ -49,6 +51,8 @@ class _ShardActor:
     """
 
     def __init__(self, task: ShardTask):
+        from clipeval.pipeline.scorer import ShardScorer  # in the actor: Ray's driver never imports torch
+
         started = time.perf_counter()
         try:
             self.scorer, self.error = ShardScorer(**vars(task)), None
