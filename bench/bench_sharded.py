@@ -4,24 +4,27 @@
 
 Webdataset shards of distinct 640x480 photo-like JPEGs (one caption each; built in a temporary
 folder) are scored by a fresh ``python -m clipeval score --shards ...`` process with
-``--executor local`` (one process, every core) and with ``--executor ray --ray-actors 2`` (two
-actors of one CPU each, a local Ray started by the command), for two models at their real size,
-random init: the dual encoder (decode-bound) and ViT-B/32 (model-bound). The two executors run
-alternately into fresh run folders, embedding cache off.
+``--executor local`` (one process, every core), with ``--executor ray --ray-actors 2`` (two
+actors of one CPU each, a local Ray started and stopped by the command) and with the same Ray
+options joining a cluster already running (``--address auto``; ``ray start --head`` before the
+run, as a cluster is started once for many jobs, its start timed apart and ``ray stop`` after),
+for two models at their real size, random init: the dual encoder (decode-bound) and ViT-B/32
+(model-bound). The three run alternately into fresh run folders, embedding cache off.
 
 Per run the end-to-end wall time from the shell is split with the run's own records
 (``sharded_stats.json``, ``shards.csv``):
 
 * ``process_s``: the process (start, imports, reading the shards' list, the run's tables; for Ray
   its shutdown): end-to-end minus the executor's wall;
-* ``cluster_start_s``: Ray's own start (``ray.init`` of a local cluster; 0 for local);
+* ``cluster_start_s``: Ray's own start (``ray.init`` of a local cluster, or joining the running one;
+  0 for local); ``ray_start_s``: ``ray start --head`` before a run joining a running cluster;
 * ``startup_s``: the executor's start-up until every scorer is ready (for Ray the actors'
   processes, imports and checkpoints), of which ``checkpoint_load_s`` the checkpoints;
 * ``overhead_per_shard_s``: what a shard cost beyond its own work, ``(executor wall - startup -
   in-shard seconds / processes) / shards`` (scheduling, markers, idle actors at the end);
 * rows/s end to end and while scoring (``rows / (executor wall - cluster start - startup)``).
 
-The ratios Ray ÷ local are taken per model on the fastest run of each. Writes the JSON atomically
+The ratios Ray ÷ local (either Ray) are taken per model on the fastest run of each. Writes the JSON atomically
 with paths relative to the project, and prints a table.
 """
 
@@ -34,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -44,19 +49,36 @@ from clipeval.data.shards import write_shards
 from clipeval.paths import PROJECT_ROOT
 
 RAY_ACTORS = 2
-EXECUTORS = ("local", "ray")
+RUNNING_CLUSTER = "ray_running_cluster"
+EXECUTORS = {"local": ["--executor", "local"], "ray": ["--executor", "ray"],
+             RUNNING_CLUSTER: ["--executor", "ray", "--address", "auto"]}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPEVAL_EMBEDDING_CACHE": "off"}
+
+
+@contextmanager
+def running_ray_cluster() -> Iterator[float]:
+    """A local Ray cluster of this machine's CPUs, started by ``ray start --head`` and stopped after the block;
+    yields the seconds ``ray start`` took."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    started = time.perf_counter()
+    subprocess.run([ray, "start", "--head", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, env=ENV, capture_output=True)
+    try:
+        yield time.perf_counter() - started
+    finally:
+        subprocess.run([ray, "stop"], check=True, env=ENV, capture_output=True)
 
 
 def score_from_shell(executor: str, shards: list[Path], spec: str, out: Path, batch_size: int) -> dict:
     """One ``python -m clipeval score --shards`` process, timed from outside, and its run's own records."""
     inputs = [arg for shard in shards for arg in ("--shards", str(shard))]
     command = [sys.executable, "-m", "clipeval", "score", *inputs, "--checkpoint", spec, "--out", str(out),
-               "--executor", executor, "--ray-actors", str(RAY_ACTORS), "--batch-size", str(batch_size),
+               *EXECUTORS[executor], "--ray-actors", str(RAY_ACTORS), "--batch-size", str(batch_size),
                "--device", "cpu", "--no-progress"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPEVAL_EMBEDDING_CACHE": "off"}
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env=env, cwd=PROJECT_ROOT, capture_output=True)
-    e2e = time.perf_counter() - started
+    with running_ray_cluster() if executor == RUNNING_CLUSTER else nullcontext(0.0) as ray_start:
+        started = time.perf_counter()
+        subprocess.run(command, check=True, env=ENV, cwd=PROJECT_ROOT, capture_output=True)
+        e2e = time.perf_counter() - started
     stats = json.loads((out / "sharded_stats.json").read_text())
     table = pd.read_csv(out / "shards.csv")
     assert (table["state"] == "done").all(), table
@@ -66,6 +88,7 @@ def score_from_shell(executor: str, shards: list[Path], spec: str, out: Path, ba
     scoring = stats["wall_s"] - cluster - stats["startup_s"]
     return {"executor": executor, "shards": len(shards), "rows": rows, "e2e_s": e2e, "rows_per_s_e2e": rows / e2e,
             "process_s": e2e - stats["wall_s"], "executor_wall_s": stats["wall_s"], "cluster_start_s": cluster,
+            "ray_start_s": ray_start,
             "startup_s": stats["startup_s"], "checkpoint_load_s": stats["checkpoint_load_s"],
             "in_shard_s": in_shard, "rows_per_s_scoring": rows / scoring,
             "overhead_per_shard_s": (scoring - sum(in_shard) / processes) / len(shards),
@@ -79,23 +102,24 @@ def compare(spec: str, shards: list[Path], out: Path, batch_size: int, repeats: 
         for executor in EXECUTORS:
             runs[executor].append(score_from_shell(executor, shards, spec, out / f"{executor}-{attempt}", batch_size))
     best = {executor: min(found, key=lambda run: run["e2e_s"]) for executor, found in runs.items()}
-    return {"runs": runs, "best": best,
-            "ray_over_local_e2e": best["ray"]["rows_per_s_e2e"] / best["local"]["rows_per_s_e2e"],
-            "ray_over_local_scoring": best["ray"]["rows_per_s_scoring"] / best["local"]["rows_per_s_scoring"]}
+    ratios = {f"{ray}_over_local_{phase}": best[ray][f"rows_per_s_{phase}"] / best["local"][f"rows_per_s_{phase}"]
+              for ray in ("ray", RUNNING_CLUSTER) for phase in ("e2e", "scoring")}
+    return {"runs": runs, "best": best, **ratios}
 
 
 def table(report: dict) -> str:
-    lines = [f"{'model':>8} {'executor':>8} {'e2e s':>7} {'rows/s':>7} {'process s':>9} {'cluster s':>9} "
+    lines = [f"{'model':>8} {'executor':>19} {'e2e s':>7} {'rows/s':>7} {'process s':>9} {'cluster s':>9} "
              f"{'startup s':>9} "
              f"{'scoring rows/s':>14} {'overhead s/shard':>16}"]
     for model, result in report["models"].items():
         for executor, run in result["best"].items():
-            lines.append(f"{model:>8} {executor:>8} {run['e2e_s']:>7.1f} {run['rows_per_s_e2e']:>7.1f} "
+            lines.append(f"{model:>8} {executor:>19} {run['e2e_s']:>7.1f} {run['rows_per_s_e2e']:>7.1f} "
                          f"{run['process_s']:>9.1f} {run['cluster_start_s']:>9.1f} {run['startup_s']:>9.1f} "
                          f"{run['rows_per_s_scoring']:>14.1f} "
                          f"{run['overhead_per_shard_s']:>+16.2f}")
-        lines.append(f"{model}: ray / local rows/s {result['ray_over_local_e2e']:.2f} end to end, "
-                     f"{result['ray_over_local_scoring']:.2f} while scoring")
+        for ray in ("ray", RUNNING_CLUSTER):
+            lines.append(f"{model}: {ray} / local rows/s {result[f'{ray}_over_local_e2e']:.2f} end to end, "
+                         f"{result[f'{ray}_over_local_scoring']:.2f} while scoring")
     return "\n".join(lines)
 
 
