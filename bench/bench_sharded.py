@@ -24,7 +24,7 @@ Per run the end-to-end wall time from the shell is split with the run's own reco
   in-shard seconds / processes) / shards`` (scheduling, markers, idle actors at the end);
 * rows/s end to end and while scoring (``rows / (executor wall - cluster start - startup)``).
 
-The ratios Ray ÷ local (either Ray) are taken per model on the fastest run of each. Writes the JSON atomically
+The ratios Ray ÷ local (each Ray variant) are taken per model on the fastest run of each. Writes the JSON atomically
 with paths relative to the project, and prints a table.
 """
 
@@ -52,6 +52,7 @@ RAY_ACTORS = 2
 RUNNING_CLUSTER = "ray_running_cluster"
 EXECUTORS = {"local": ["--executor", "local"], "ray": ["--executor", "ray"],
              RUNNING_CLUSTER: ["--executor", "ray", "--address", "auto"]}
+RAY_VARIANTS = ("ray", RUNNING_CLUSTER)  # each compared with local
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPEVAL_EMBEDDING_CACHE": "off"}
 
 
@@ -103,7 +104,7 @@ def compare(spec: str, shards: list[Path], out: Path, batch_size: int, repeats: 
             runs[executor].append(score_from_shell(executor, shards, spec, out / f"{executor}-{attempt}", batch_size))
     best = {executor: min(found, key=lambda run: run["e2e_s"]) for executor, found in runs.items()}
     ratios = {f"{ray}_over_local_{phase}": best[ray][f"rows_per_s_{phase}"] / best["local"][f"rows_per_s_{phase}"]
-              for ray in ("ray", RUNNING_CLUSTER) for phase in ("e2e", "scoring")}
+              for ray in RAY_VARIANTS for phase in ("e2e", "scoring")}
     return {"runs": runs, "best": best, **ratios}
 
 
@@ -117,7 +118,7 @@ def table(report: dict) -> str:
                          f"{run['process_s']:>9.1f} {run['cluster_start_s']:>9.1f} {run['startup_s']:>9.1f} "
                          f"{run['rows_per_s_scoring']:>14.1f} "
                          f"{run['overhead_per_shard_s']:>+16.2f}")
-        for ray in ("ray", RUNNING_CLUSTER):
+        for ray in RAY_VARIANTS:
             lines.append(f"{model}: {ray} / local rows/s {result[f'{ray}_over_local_e2e']:.2f} end to end, "
                          f"{result[f'{ray}_over_local_scoring']:.2f} while scoring")
     return "\n".join(lines)

@@ -309,11 +309,11 @@ def render_bench_sharded(sources: Sources) -> str:
     """``make bench``'s sharded scoring from the shell: local vs Ray per model, start-up and per-shard costs apart."""
     result = sources.bench("sharded")
     config, names = result["config"], {"dual": "dual encoder", "vit_b32": "ViT-B/32"}
-    executors = {"local": "local", "ray": "ray", "ray_running_cluster": "ray, cluster running"}
+    executors = {"ray_running_cluster": "ray, cluster running"}
     rows, ratios = [], []
     for model, entry in result["models"].items():
         for executor, run in entry["best"].items():
-            rows.append([names.get(model, model), executors[executor], f"{run['e2e_s']:.1f}",
+            rows.append([names.get(model, model), executors.get(executor, executor), f"{run['e2e_s']:.1f}",
                          f"{run['rows_per_s_e2e']:.1f}", f"{run['process_s']:.1f}", f"{run['cluster_start_s']:.1f}",
                          f"{run['startup_s']:.1f}", f"{run['rows_per_s_scoring']:.1f}",
                          _signed(run["overhead_per_shard_s"])])
