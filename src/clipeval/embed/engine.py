@@ -17,9 +17,13 @@ handled the same way everywhere:
   count is set to the cores the decode processes leave; on CUDA pixel batches are pinned and copied
   without blocking; with the ``torchvision`` decoder, plain JPEGs are instead decoded and
   preprocessed on the model's device in this process (:mod:`clipeval.embed.device_decode`);
+* on the CPU, ``encode_processes`` single-threaded worker processes each decode, preprocess *and*
+  encode whole batches of images and captions instead (the model shared with them by the fork), so
+  no core waits for another: the fastest layout measured on a 2-core CPU (docs/speed.md);
 * with a :class:`~clipeval.embed.stats.StageTimer`, stages are timed with their item counts:
   ``image_decode`` (the encoder's wait for decoded batches, ≈0 when the decode processes keep up),
-  ``image_encode``, ``text_encode`` and ``cache`` (look-ups and writes);
+  ``image_encode``, ``text_encode`` (with encode processes: this process's wait for their vectors,
+  decoding included) and ``cache`` (look-ups and writes);
 * misses are encoded in batches of ``batch_size`` in order of first appearance, so the same
   inputs always form the same batches (batch composition can move the last bit of a float).
 """
@@ -109,6 +113,14 @@ def resolve_decode_processes(decode_processes: int | None, device: torch.device)
     return min(8, cpu_cores() - 1) if device.type == "cuda" else 0
 
 
+def resolve_encode_processes(encode_processes: int, device: torch.device) -> int:
+    """The number of encode processes, checked against the device: they are a CPU layout."""
+    if encode_processes and device.type != "cpu":
+        raise ValueError(f"--encode-processes runs the model in forked CPU processes; on {device.type} use "
+                         "--decode-processes (decoding beside the model on its device)")
+    return encode_processes
+
+
 def decode_mode(options: EmbedOptions) -> str:
     """How a run decodes images, as its cache entries record it: ``exact``, ``fast`` or ``torchvision``."""
     return "torchvision" if options.decoder == "torchvision" else "fast" if options.fast_decode else "exact"
@@ -176,12 +188,12 @@ class LazyEncoder:
 _WORKER: dict = {}
 
 
-def _init_worker(preprocess, min_side, max_pixels) -> None:
+def _init_worker(encoder: Encoder, min_side: int | None, max_pixels: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the run and shuts the pool; a worker's own
     # KeyboardInterrupt would only print its traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
-    _WORKER.update(preprocess=preprocess, min_side=min_side, max_pixels=max_pixels)
+    _WORKER.update(encoder=encoder, min_side=min_side, max_pixels=max_pixels)  # inherited by the fork, not pickled
 
 
 def _decode_batch(datas: list[bytes], preprocess, min_side: int | None, max_pixels: int):
@@ -196,44 +208,67 @@ def _decode_batch(datas: list[bytes], preprocess, min_side: int | None, max_pixe
 
 
 def _decode_in_worker(datas: list[bytes]):
-    return _decode_batch(datas, **_WORKER)
+    return _decode_batch(datas, _WORKER["encoder"].preprocess, _WORKER["min_side"], _WORKER["max_pixels"])
 
 
-class _Decoder:
-    """Decodes batches of image bytes in worker processes (or inline), a bounded number ahead."""
+def _encode_images_in_worker(datas: list[bytes]):
+    """An encode process's batch: (vectors of the ok images or None, [(status, error)])."""
+    pixels, outcomes = _decode_in_worker(datas)
+    return (None if pixels is None else _WORKER["encoder"].encode_images(torch.from_numpy(pixels)).numpy()), outcomes
 
-    def __init__(self, encoder: Encoder, decode_processes: int, options: EmbedOptions):
+
+def _encode_texts_in_worker(texts: list[str]):
+    """An encode process's batch of captions: (vectors, whether the model truncated each)."""
+    encoder = _WORKER["encoder"]
+    return encoder.encode_texts(texts).numpy(), encoder.truncated(texts)
+
+
+class _Workers:
+    """The per-batch work beside the model: decoding (in decode processes or inline, or on the model's device), or
+    decoding and encoding both (in encode processes); a bounded number of batches ahead."""
+
+    def __init__(self, encoder: Encoder, decode_processes: int, encode_processes: int, options: EmbedOptions):
         side = encoder.input_side()
-        self.encoder, self.decode_processes, self.max_pixels = encoder, decode_processes, options.max_pixels
+        self.encoder, self.max_pixels = encoder, options.max_pixels
+        self.processes, self.encoding = encode_processes or decode_processes, bool(encode_processes)
         self.min_side = FAST_DECODE_FACTOR * side if options.fast_decode and side else None
         self.on_device = options.decoder == "torchvision"
         self.pool: ProcessPoolExecutor | None = None
 
-    def map(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | torch.Tensor | None, list]]:
-        """Decoded batches in order. The worker pool is started here, outside any timed stage,
-        so no stage's memory-sampling thread is running when the decode processes are forked."""
+    def images(self, batches_of_bytes: Sequence[list[bytes]]
+               ) -> Iterator[tuple[np.ndarray | torch.Tensor | None, list]]:
+        """Per batch in order: (decoded pixels, or with encode processes the vectors, of its ok images; outcomes)."""
         if self.on_device:
             return (decode_on_device(datas, self.encoder, self.max_pixels) for datas in batches_of_bytes)
-        if not self.decode_processes:
+        if not self.processes:
             return (_decode_batch(datas, self.encoder.preprocess, self.min_side, self.max_pixels)
                     for datas in batches_of_bytes)
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.decode_processes, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_init_worker,
-                                            initargs=(self.encoder.preprocess, self.min_side, self.max_pixels))
-            self.pool.submit(int).result()  # fork the processes now (a fork-context pool starts them on first use)
-        return self._in_processes(batches_of_bytes)
+        return self._in_processes(_encode_images_in_worker if self.encoding else _decode_in_worker, batches_of_bytes)
 
-    def _in_processes(self, batches_of_bytes: Sequence[list[bytes]]) -> Iterator[tuple[np.ndarray | None, list]]:
-        pending, todo = deque(), iter(batches_of_bytes)
-        for datas in todo:
-            pending.append(self.pool.submit(_decode_in_worker, datas))
-            if len(pending) >= 2 * self.decode_processes:
+    def texts(self, batches_of_texts: Sequence[list[str]]) -> Iterator[tuple[np.ndarray, list[bool]]]:
+        """Per batch of captions in order, encoded in the encode processes: (vectors, truncated flags)."""
+        return self._in_processes(_encode_texts_in_worker, batches_of_texts)
+
+    def _in_processes(self, work, batches: Sequence[list]) -> Iterator:
+        """The pool is started here, when the caller asks for the batches, outside any timed stage, so no stage's
+        memory-sampling thread is running when the processes are forked."""
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_init_worker,
+                                            initargs=(self.encoder, self.min_side, self.max_pixels))
+            self.pool.submit(int).result()  # fork the processes now (a fork-context pool starts them on first use)
+        return self._ahead(work, batches)
+
+    def _ahead(self, work, batches: Sequence[list]) -> Iterator:
+        pool, pending, todo = self.pool, deque(), iter(batches)
+        for batch in todo:
+            pending.append(pool.submit(work, batch))
+            if len(pending) >= 2 * self.processes:
                 break
         while pending:
             yield pending.popleft().result()
-            for datas in todo:
-                pending.append(self.pool.submit(_decode_in_worker, datas))
+            for batch in todo:
+                pending.append(pool.submit(work, batch))
                 break
 
     def close(self) -> None:
@@ -258,6 +293,7 @@ class Embedder:
     Attributes:
         cache: the open cache (``None`` when disabled).
         decode_processes: decode processes (resolved from the options and the device).
+        encode_processes: processes that decode and encode whole batches (CPU only; 0: this process encodes).
     """
 
     def __init__(self, encoder: Encoder | LazyEncoder, options: EmbedOptions | None = None,
@@ -267,9 +303,10 @@ class Embedder:
         self.spec, self.device = encoder.spec, encoder.device
         self.options = options or EmbedOptions()
         self.timer = timer
-        self.decode_processes = (0 if self.options.decoder == "torchvision"
+        self.encode_processes = resolve_encode_processes(self.options.encode_processes, self.device)
+        self.decode_processes = (0 if self.options.decoder == "torchvision" or self.encode_processes
                                  else resolve_decode_processes(self.options.decode_processes, self.device))
-        self._decoder: _Decoder | None = None
+        self._workers: _Workers | None = None
         folder = (self.options.embedding_cache_dir or default_cache_dir()) if self.options.embedding_cache else None
         self.cache = EmbeddingCache(folder) if folder is not None else None
         self._key: str | None = None
@@ -321,10 +358,10 @@ class Embedder:
         return model_key(self.encoder, decode_mode(self.options))
 
     @property
-    def decoder(self) -> _Decoder:
-        if self._decoder is None:
-            self._decoder = _Decoder(self.encoder, self.decode_processes, self.options)
-        return self._decoder
+    def workers(self) -> _Workers:
+        if self._workers is None:
+            self._workers = _Workers(self.encoder, self.decode_processes, self.encode_processes, self.options)
+        return self._workers
 
     def __enter__(self) -> Embedder:
         if self.device.type == "cpu" and self.decode_processes:
@@ -333,8 +370,8 @@ class Embedder:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._decoder is not None:
-            self._decoder.close()
+        if self._workers is not None:
+            self._workers.close()
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         if self.cache is not None:
@@ -379,10 +416,11 @@ class Embedder:
         failed = self.cache.get_failures(self.key, missing) if self.cache is not None and missing else {}
         missing = [digest for digest in missing if digest not in failed]
         slices = list(batches(len(missing), self.options.batch_size))
-        decoded = self.decoder.map([[first[digest] for digest in missing[part]] for part in slices]) if slices else None
+        done = self.workers.images([[first[digest] for digest in missing[part]] for part in slices]) if slices else None
+        waiting_for = "image_encode" if self.encode_processes else "image_decode"
         for part in slices:
-            with _stage(self.timer, "image_decode", part.stop - part.start):
-                pixels, outcomes = next(decoded)
+            with _stage(self.timer, waiting_for, part.stop - part.start):
+                produced, outcomes = next(done)
             ok = [digest for digest, (status, _) in zip(missing[part], outcomes) if status == "ok"]
             new_failures = {digest: outcome for digest, outcome in zip(missing[part], outcomes) if outcome[0] != "ok"}
             failed.update(new_failures)
@@ -390,15 +428,18 @@ class Embedder:
                 self.cache.put_failures(self.key, new_failures)
             if not ok:
                 continue
-            batch = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
-            if self.device.type == "cuda" and batch.device.type == "cpu":
-                batch = batch.pin_memory()
-            with _stage(self.timer, "image_encode", len(ok)):
-                vectors = self.encoder.encode_images(batch).numpy()
+            vectors = produced if self.encode_processes else self._encode_pixels(produced, len(ok))
             new = dict(zip(ok, vectors))
             found.update(new)
             self._store("image", new)
         return _assemble([raw.digest if raw is not None else None for raw in usable], found, failed)
+
+    def _encode_pixels(self, pixels: np.ndarray | torch.Tensor, ok: int) -> np.ndarray:
+        batch = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
+        if self.device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()
+        with _stage(self.timer, "image_encode", ok):
+            return self.encoder.encode_images(batch).numpy()
 
     def texts(self, texts: Sequence[str | None]) -> Embeddings:
         """Embed captions; each distinct text once (the encoder tokenises and truncates)."""
@@ -409,12 +450,14 @@ class Embedder:
         found = {key: vector for key, (vector, _) in cached.items()}
         truncated = {key: flag for key, (_, flag) in cached.items()}
         missing = [key for key in first if key not in found]
-        for part in batches(len(missing), self.options.batch_size):
-            batch = [first[key] for key in missing[part]]
+        parts = list(batches(len(missing), self.options.batch_size))
+        texts_of = [[first[key] for key in missing[part]] for part in parts]
+        encoded = (self.workers.texts(texts_of) if self.encode_processes and parts else
+                   ((self.encoder.encode_texts(batch).numpy(), self.encoder.truncated(batch)) for batch in texts_of))
+        for part, batch in zip(parts, texts_of):
             with _stage(self.timer, "text_encode", len(batch)):
-                vectors = self.encoder.encode_texts(batch).numpy()
-                flags = dict(zip(missing[part], self.encoder.truncated(batch)))
-            new = dict(zip(missing[part], vectors))
+                vectors, flags = next(encoded)
+            new, flags = dict(zip(missing[part], vectors)), dict(zip(missing[part], flags))
             found.update(new)
             truncated.update(flags)
             self._store("text", new, flags)

@@ -24,6 +24,10 @@ class EmbedOptions:
         decode_processes: processes that decode and preprocess images while the model encodes;
             0 does it in this process; ``None`` picks by device: on CUDA one per spare core (at
             most 8), on the CPU 0 (measured fastest on a 2-core machine; see docs/speed.md).
+        encode_processes: on the CPU, processes that each decode, preprocess and encode whole
+            batches (one thread each, the model shared by the fork) instead of this process
+            encoding; 0 (the default) encodes here. The fastest layout measured on a 2-core CPU
+            (docs/speed.md); not with ``decode_processes`` or the ``torchvision`` decoder.
         fast_decode: decode large JPEGs at reduced scale (``draft``) before the exact resize.
         decoder: ``pillow`` (Pillow and the model's own transform, in ``decode_processes``) or
             ``torchvision`` (plain JPEGs decoded and preprocessed on the model's device, in this
@@ -43,6 +47,9 @@ class EmbedOptions:
     decode_processes: int | None = field(default=None, metadata={
         "help": "processes decoding images while the model encodes (default: 0 on the CPU, spare cores up to 8 "
                 "on CUDA; a Ray actor: its CPUs but one)", "old_flags": ("--decode-workers",)})
+    encode_processes: int = field(default=0, metadata={
+        "help": "CPU: processes that each decode and encode whole batches, one thread each (try one per core; "
+                "docs/speed.md); 0: this process encodes"})
     fast_decode: bool = field(default=False, metadata={
         "help": "decode large JPEGs at reduced scale before the exact resize (docs/speed.md)"})
     decoder: str = field(default="pillow", metadata={
@@ -62,5 +69,11 @@ class EmbedOptions:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
         if self.decoder == "torchvision" and self.fast_decode:
             raise ValueError("--fast-decode is Pillow's reduced-scale decoding; the torchvision decoder has none")
-        if self.decoder == "torchvision" and self.decode_processes:
-            raise ValueError("the torchvision decoder runs in the model's process; --decode-processes is for pillow")
+        if self.decoder == "torchvision" and (self.decode_processes or self.encode_processes):
+            raise ValueError("the torchvision decoder runs in the model's process; --decode-processes and "
+                             "--encode-processes are for pillow")
+        if self.encode_processes < 0:
+            raise ValueError(f"encode_processes must be 0 or more, got {self.encode_processes}")
+        if self.encode_processes and self.decode_processes:
+            raise ValueError("choose --encode-processes or --decode-processes: encode processes decode their own "
+                             "batches")

@@ -131,8 +131,8 @@ def format_stats_log(stats: dict) -> str:
     blocks += [(f"checkpoint {spec}", entry) for spec, entry in stats["checkpoints"].items()]
     for title, entry in blocks:
         lines.append(title)
-        for key in ("description", "precision", "model_loaded", "decode_processes", "pairs_scored", "pairs_per_s",
-                    "images_embedded", "images_unreadable", "captions_truncated"):
+        for key in ("description", "precision", "model_loaded", "decode_processes", "encode_processes", "pairs_scored",
+                    "pairs_per_s", "images_embedded", "images_unreadable", "captions_truncated"):
             if entry.get(key) not in (None, ""):
                 value = entry[key]
                 lines.append(f"  {key:<20} {value:.2f}" if isinstance(value, float) else f"  {key:<20} {value}")
@@ -197,7 +197,8 @@ def merge_stats(snapshots: list[dict]) -> dict:
         work = summary["wall_s"] - summary["stages"].get("model_load", {}).get("wall_s", 0.0)
         caches = [entry["cache"] for entry in entries if entry.get("cache")]
         merged["checkpoints"][spec] = {
-            **{key: entries[0][key] for key in ("precision", "description", "context_length", "decode_processes")},
+            **{key: entries[0].get(key) for key in ("precision", "description", "context_length", "decode_processes",
+                                                    "encode_processes")},
             "model_loaded": any(entry["model_loaded"] for entry in entries), "pairs_scored": scored,
             "pairs_per_s": scored * len(entries) / work if work else None,
             "captions_truncated": sum(entry["captions_truncated"] for entry in entries),

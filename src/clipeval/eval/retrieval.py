@@ -205,7 +205,8 @@ def evaluate_retrieval(dataset: RetrievalSet, checkpoints: Sequence[str],
     run_stats = {"queries": len(dataset.queries), "images": len(dataset.images),
                  "relevant_pairs": len(dataset.relevant), "device": str(torch_device),
                  "batch_size": embed.batch_size, "read_threads": embed.fetch.read_threads,
-                 "decode_processes": embed.decode_processes, "fast_decode": embed.fast_decode, "decoder": embed.decoder,
+                 "decode_processes": embed.decode_processes,
+                 "encode_processes": embed.encode_processes, "fast_decode": embed.fast_decode, "decoder": embed.decoder,
                  "versions": package_versions(), "checkpoints": stats, "hubs": hubs.to_dict("records"),
                  "warnings": [warning.record() for warning in warnings]}
     return RetrievalReport(metrics, per_query, run_stats, warnings)

@@ -149,6 +149,7 @@ class ChunkScorer:
                 "captions_truncated": self.truncated[spec],
                 "context_length": encoder.context_length if encoder else None,
                 "decode_processes": embedder.decode_processes if embedder else None,
+                "encode_processes": embedder.encode_processes if embedder else None,
                 "cache": embedder.cache_counts() if embedder else None,
                 **summary,
             }

@@ -199,8 +199,8 @@ class FinderIndex:
         with self._lock:
             if loaded.embedder is None:
                 entry = self.manifest["checkpoints"][spec]
-                options = replace(self.embed, embedding_cache=False, decode_processes=0, progress=False,
-                                  fast_decode=bool(entry.get("fast_decode", False)),
+                options = replace(self.embed, embedding_cache=False, decode_processes=0, encode_processes=0,
+                                  progress=False, fast_decode=bool(entry.get("fast_decode", False)),
                                   decoder=entry.get("decoder", "pillow"), batch_size=1,
                                   fetch=replace(self.embed.fetch, image_cache_dir=None))
                 lazy = LazyEncoder(spec, options)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from clipeval.data.options import MAX_MEMBER_BYTES
 from clipeval.embed.options import EmbedOptions
@@ -67,6 +67,14 @@ class ExecutionOptions:
         CUDA) would start that many in every actor of a node; the actor's reservation is its share.
         """
         return requested if requested is not None else max(0, int(self.cpus_per_actor) - 1)
+
+    def actor_embed(self, embed: EmbedOptions) -> EmbedOptions:
+        """The embedding options every Ray actor runs with: Pillow's decode processes sized to the actor
+        (:meth:`actor_decode_processes`); encode processes (which decode their own batches) and the torchvision
+        decoder (no decode processes) as given."""
+        if embed.decoder != "pillow" or embed.encode_processes:
+            return embed
+        return replace(embed, decode_processes=self.actor_decode_processes(embed.decode_processes))
 
 
 @dataclass

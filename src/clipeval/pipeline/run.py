@@ -110,8 +110,8 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
     if len(pending) < len(shards):
         print(f"resuming {layout.root}: {len(shards) - len(pending)} of {len(shards)} shards already done, "
               f"{len(pending)} to score", file=sys.stderr)
-    if execution.executor == "ray" and embed.decoder == "pillow":
-        embed = replace(embed, decode_processes=execution.actor_decode_processes(embed.decode_processes))
+    if execution.executor == "ray":
+        embed = execution.actor_embed(embed)
     task = ShardTask(list(checkpoints), str(layout.root), shard_options, replace(embed, progress=False))
     started = time.perf_counter()
     timings: dict = {}
