@@ -73,7 +73,7 @@ class EmbedOptions:
             raise ValueError("the torchvision decoder runs in the model's process; --decode-processes and "
                              "--encode-processes are for pillow")
         if self.encode_processes < 0:
-            raise ValueError(f"encode_processes must be 0 or more, got {self.encode_processes}")
+            raise ValueError(f"--encode-processes must be 0 or more, got {self.encode_processes}")
         if self.encode_processes and self.decode_processes:
             raise ValueError("choose --encode-processes or --decode-processes: encode processes decode their own "
                              "batches")
