@@ -184,6 +184,11 @@ def test_the_curate_command_prints_the_steps_and_refuses_unknown_checkpoints(tin
                  str(tmp_path / "primary"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"top 30% by cosine[{spec}]" in printed and "rules apply in the order given" not in printed
+    assert "note: step 1: exact cut" in printed
+    assert main(["curate", "--scores", str(tmp_path / "run"), "--rule", f"cosine[{spec}]>=-1", "--rule", "top:30%",
+                 "--out", str(tmp_path / "two"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out  # the order said once; the step's own note keeps its cut
+    assert printed.count("rules apply in the order given") == 1 and "note: step 2: exact cut" in printed
     assert main(["curate", "--scores", str(tmp_path / "run"), "--rule", "top:0.5[hf:other]", "--out",
                  str(tmp_path / "x")]) == 2
     assert "no scores for hf:other" in capsys.readouterr().err

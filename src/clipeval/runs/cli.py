@@ -188,6 +188,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _curate(args: argparse.Namespace) -> None:
+    from clipeval.curate.engine import ORDER_NOTE
     from clipeval.runs import steps
 
     result = steps.curate(args.scores, args.rule, args.out, args.exact_limit, args.write_filtered,
@@ -196,9 +197,10 @@ def _curate(args: argparse.Namespace) -> None:
     if len(args.rule) > 1:
         print("note: rules apply in the order given: each step judges only the rows the steps before it kept, so a "
               "top fraction or percentile in another place keeps other rows")
-    for note in result.summary["note"]:
+    for step, note in zip(result.summary["step"], result.summary["note"]):  # the order note said once, above
+        note = note.removeprefix(ORDER_NOTE).removeprefix("; ") if note else ""
         if note:
-            print(f"note: {note}")
+            print(f"note: step {step}: {note}")
     print(f"kept {result.kept} of {result.rows} rows ({'exact' if result.exact else 'sketch'} cuts) -> {args.out}")
 
 
