@@ -117,7 +117,7 @@ def resolve_encode_processes(encode_processes: int, device: torch.device) -> int
     """The number of encode processes, checked against the device: they are a CPU layout."""
     if encode_processes and device.type != "cpu":
         raise ValueError(f"--encode-processes runs the model in forked CPU processes; on {device.type} use "
-                         "--decode-processes (decoding beside the model on its device)")
+                         "--decode-processes (CPU processes decoding while the model encodes on the device)")
     return encode_processes
 
 
