@@ -200,8 +200,10 @@ def dual_pipeline(spec: str, refs: list[str], batch_size: int, decode_per_core: 
 
 
 def _over_best_other(measured: list[dict], names: list[str]) -> float:
-    """The median over rounds of the encode-process layout (the last) over the fastest of the others."""
-    return statistics.median(run[names[-1]] / max(run[name] for name in names[:-1]) for run in measured)
+    """The median over rounds of the encode-process layout over the fastest of the other layouts ``names``."""
+    encoding = next(name for name in names if name.endswith("encode processes"))
+    return statistics.median(run[encoding] / max(run[name] for name in names if name != encoding)
+                             for run in measured)
 
 
 def vit_b32_layouts(spec: str, refs: list[str], batch_size: int, rounds: int) -> dict:

@@ -434,11 +434,11 @@ class Embedder:
             self._store("image", new)
         return _assemble([raw.digest if raw is not None else None for raw in usable], found, failed)
 
-    def _encode_pixels(self, pixels: np.ndarray | torch.Tensor, ok: int) -> np.ndarray:
+    def _encode_pixels(self, pixels: np.ndarray | torch.Tensor, images: int) -> np.ndarray:
         batch = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
         if self.device.type == "cuda" and batch.device.type == "cpu":
             batch = batch.pin_memory()
-        with _stage(self.timer, "image_encode", ok):
+        with _stage(self.timer, "image_encode", images):
             return self.encoder.encode_images(batch).numpy()
 
     def texts(self, texts: Sequence[str | None]) -> Embeddings:

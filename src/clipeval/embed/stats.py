@@ -197,8 +197,8 @@ def merge_stats(snapshots: list[dict]) -> dict:
         work = summary["wall_s"] - summary["stages"].get("model_load", {}).get("wall_s", 0.0)
         caches = [entry["cache"] for entry in entries if entry.get("cache")]
         merged["checkpoints"][spec] = {
-            **{key: entries[0].get(key) for key in ("precision", "description", "context_length", "decode_processes",
-                                                    "encode_processes")},
+            **{key: entries[0][key] for key in ("precision", "description", "context_length", "decode_processes",
+                                                "encode_processes")},
             "model_loaded": any(entry["model_loaded"] for entry in entries), "pairs_scored": scored,
             "pairs_per_s": scored * len(entries) / work if work else None,
             "captions_truncated": sum(entry["captions_truncated"] for entry in entries),
