@@ -70,6 +70,8 @@ STATUSES: dict[str, str] = {
     "too_large": "the download exceeds the byte cap; abandoned mid-stream",
     "member_too_large": "a shard's tar member (or parquet image cell) exceeds the member byte cap "
                         "(--max-member-mb); refused from the tar header, never read",
+    "too_many_captions": "a shard's sample lists more captions than the cap (--max-captions); kept as one row, "
+                         "not scored",
     "duplicate_uid": "an earlier row of the same shard has this uid (the reason names it); this row keeps its "
                      "place, gets the uid <uid>#<row> and is not scored",
     "preprocess_error": "the model's image transform rejected the decoded image (set during scoring)",

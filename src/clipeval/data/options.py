@@ -9,11 +9,38 @@ MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit, made expl
 # the largest shard member read (bytes), as FetchOptions.max_download_mb for a download: the default of
 # read_shard's max_member_bytes and of ShardOptions.max_member_mb
 MAX_MEMBER_BYTES = 50 * 2**20
+# the limits of one shard read whole (ShardLimits' defaults): far above honest shards (Hugging Face's parquet shards
+# are about 500 MB, img2dataset's tars 10,000 samples), far below what a hostile one would cost
+MAX_SHARD_BYTES = 2**30  # decompressed bytes of a compressed tar, bytes held from any shard
+MAX_SHARD_ROWS = 1_000_000
+MAX_SAMPLE_CAPTIONS = 1_000
+MAX_TAR_HEADER_BYTES = 2**20  # one pax header or GNU long name/link (an honest one holds a path: a few KiB)
 SOURCE_KINDS = ("table", "folder", "coco", "hf")
 
 
 class PairsTableError(ValueError):
     """The pairs table cannot be used; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """What one shard may cost to read, beyond the byte cap of each member (docs/security.md).
+
+    Attributes:
+        shard_bytes: the bytes a compressed tar may decompress to (members skipped included), and the
+            bytes any shard may hold in memory (tar members kept, a CSV file, a parquet file's
+            uncompressed columns); over it the shard fails.
+        rows: the rows a shard may give; over it the shard fails.
+        captions: the captions one grouped sample may list; over it the sample is one row with the
+            status ``too_many_captions``.
+        header_bytes: the size of one tar pax header or GNU long name, checked before it is read; over
+            it (or a malformed pax header) the shard fails.
+    """
+
+    shard_bytes: int = MAX_SHARD_BYTES
+    rows: int = MAX_SHARD_ROWS
+    captions: int = MAX_SAMPLE_CAPTIONS
+    header_bytes: int = MAX_TAR_HEADER_BYTES
 
 
 @dataclass(frozen=True)

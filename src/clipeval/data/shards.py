@@ -47,9 +47,11 @@ reports without reading anything.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import copy
 import glob
+import gzip
 import io
 import itertools
 import json
@@ -69,7 +71,7 @@ import pandas as pd
 
 from clipeval.atomic import atomic_path
 from clipeval.data.images import FailedCell
-from clipeval.data.options import MAX_MEMBER_BYTES
+from clipeval.data.options import MAX_MEMBER_BYTES, MAX_TAR_HEADER_BYTES, ShardLimits
 from clipeval.data.sources import IMAGE_EXTENSIONS as FOLDER_IMAGE_EXTENSIONS
 from clipeval.data.sources import read_delimited
 
@@ -88,7 +90,10 @@ SOURCE_COLUMNS = ("source_row", "source_image")
 # the most memory an xz tar may ask for to decompress (its dictionary: `xz -9` needs 65 MiB); more is refused, since
 # skipping a member fills the dictionary however large the stream declares it (gzip and bz2 windows are small)
 XZ_MEMORY_LIMIT = 128 * 2**20
-_XZ_MAGIC = b"\xfd7zXZ\x00"
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZ2_MAGIC = b"BZh"
+_LONG_DIGITS = re.compile(rb"[0-9]{64}")
+CHUNK_BYTES = 64 * 2**10  # a skip inside a compressed tar, read and dropped this much at a time
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
@@ -162,7 +167,8 @@ def shard_name(path: str | Path) -> str:
 
 
 def read_shard(path: str | Path, image_column: str = "image", caption_column: str = "caption",
-               uid_column: str = "uid", max_member_bytes: int | None = None) -> pd.DataFrame:
+               uid_column: str = "uid", max_member_bytes: int | None = None,
+               limits: ShardLimits = ShardLimits()) -> pd.DataFrame:
     """Read one shard whole: one row per sample, in file order.
 
     Args:
@@ -172,6 +178,8 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
         uid_column: the column with each sample's unique id, when the shard has one.
         max_member_bytes: the byte cap of one tar member or image cell (default
             :data:`MAX_MEMBER_BYTES`); a sample over it gets ``member_too_large``.
+        limits: the caps of the whole shard (bytes, rows, captions per sample, tar headers); a
+            sample over the captions cap gets ``too_many_captions``, a shard over another cap fails.
 
     Returns:
         The samples, one row per caption of a grouped sample (module docstring), with a ``uid``
@@ -181,18 +189,22 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
         ``duplicate_uid``).
 
     Raises:
-        ShardReadError: the shard is missing, unreadable, or lacks the image or caption column.
+        ShardReadError: the shard is missing, unreadable, over one of ``limits``, or lacks the image
+            or caption column.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     cap = MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
     try:
         if suffix in TAR_SUFFIXES:
-            table = _read_webdataset(path, image_column, caption_column, cap)
+            table = _read_webdataset(path, image_column, caption_column, cap, limits)
         elif suffix == ".parquet":
-            table = _expand_lists(pd.read_parquet(path), caption_column)
+            table = _expand_lists(_read_parquet(path, image_column, cap, limits), image_column, caption_column,
+                                  limits.captions)
         elif suffix in (".csv", ".tsv"):
-            table = read_delimited(path, "\t" if suffix == ".tsv" else ",", image_column, caption_column)
+            _check_size(path, path.stat().st_size, limits)
+            table = read_delimited(path, "\t" if suffix == ".tsv" else ",", image_column, caption_column,
+                                   max_rows=limits.rows + 1)
         else:
             raise ShardReadError(f"{path}: not a shard format ({', '.join(SHARD_SUFFIXES)})")
     except ShardReadError:
@@ -202,6 +214,7 @@ def read_shard(path: str | Path, image_column: str = "image", caption_column: st
     missing = [column for column in (image_column, caption_column) if column not in table]
     if missing:
         raise ShardReadError(f"{path}: no column(s) {missing}; it has {list(table.columns)}")
+    _check_rows(path, len(table), limits)
     table = table.reset_index(drop=True)
     cells = [_capped(_image_cell(value), cap) for value in table[image_column]]
     wanted = _wanted_uids(table, shard_name(path), uid_column)
@@ -317,14 +330,15 @@ def _tar_members(archive: tarfile.TarFile) -> Iterator[tuple[int, str, str, tarf
         yield number, member_key, extension, member
 
 
-def _tar_samples(path: str | Path, cap: int) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
+def _tar_samples(path: str | Path, cap: int, limits: ShardLimits = ShardLimits()
+                 ) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
     """A tar's samples: ``(key, {extension: content}, [reason per member over the cap])``.
 
     A member's size is read from its header: one over ``cap`` is skipped without reading a byte
     of it, and no read asks for more than ``cap + 1`` bytes, so a compressed tar cannot inflate
     one member in memory.
     """
-    with _open_tar(path) as archive:
+    with _open_tar(path, limits) as archive:
         number, key, files, over = None, None, {}, []
         for member_number, member_key, extension, member in _tar_members(archive):
             if member_number != number and number is not None:
@@ -342,21 +356,156 @@ def _tar_samples(path: str | Path, cap: int) -> Iterator[tuple[str, dict[str, by
 
 
 @contextlib.contextmanager
-def _open_tar(path: str | Path) -> Iterator[tarfile.TarFile]:
-    """A tar opened for reading, plain, gzip, bz2 or xz whatever its name; xz under :data:`XZ_MEMORY_LIMIT`."""
+def _open_tar(path: str | Path, limits: ShardLimits = ShardLimits()) -> Iterator[tarfile.TarFile]:
+    """A tar opened for reading, plain or compressed whatever its name, within ``limits``.
+
+    The container is told from its first bytes, never by tarfile's own ``r:*`` (which opens a
+    legacy ``.lzma`` stream without a memory limit): gzip and bz2 (small fixed windows), a plain
+    tar (its first block a valid header), anything else as xz or legacy LZMA under
+    :data:`XZ_MEMORY_LIMIT`. Every byte decompressed (or read from a plain tar) counts against
+    ``limits.shard_bytes``, and pax headers and GNU long names are checked before they are read
+    (:class:`_CheckedTarInfo`).
+    """
     with open(path, "rb") as handle:
-        xz = handle.read(len(_XZ_MAGIC)) == _XZ_MAGIC
+        first_block = handle.read(tarfile.BLOCKSIZE)
         handle.seek(0)
-        stream = (io.BufferedReader(DecompressReader(handle, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
-                                                     memlimit=XZ_MEMORY_LIMIT)) if xz else handle)
+        inner, compressed = _decompressed(handle, first_block)
+        stream = _BoundedStream(inner, compressed, limits.shard_bytes)
+        checked = type("_CheckedTarInfo", (_CheckedTarInfo,), {"header_bytes": limits.header_bytes})
         try:
-            with tarfile.open(fileobj=stream, mode="r:" if xz else "r:*") as archive:
+            with tarfile.open(fileobj=stream, mode="r:", tarinfo=checked) as archive:
                 yield archive
+        except _OverLimit as error:
+            raise ShardReadError(f"{path}: {error}") from None
         except lzma.LZMAError as error:
             if "memory" not in str(error).lower():
                 raise
-            raise ShardReadError(f"{path}: the xz stream needs more than {XZ_MEMORY_LIMIT:,} bytes of memory to "
+            raise ShardReadError(f"{path}: the xz/lzma stream needs more than {XZ_MEMORY_LIMIT:,} bytes of memory to "
                                  f"decompress (clipeval.data.shards.XZ_MEMORY_LIMIT); not read") from error
+
+
+def _decompressed(handle, first_block: bytes):
+    """``(stream, compressed)``: ``handle``'s tar bytes, through the decompressor its first bytes name."""
+    if first_block.startswith(_GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=handle, mode="rb"), True
+    if first_block.startswith(_BZ2_MAGIC):
+        return bz2.BZ2File(handle), True
+    if _is_tar_header(first_block):
+        return handle, False
+    # xz, legacy LZMA_alone (which has no magic bytes) or neither: liblzma's auto decoder decides, under the limit
+    return io.BufferedReader(DecompressReader(handle, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                              memlimit=XZ_MEMORY_LIMIT)), True
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """Whether ``block`` is a tar header with a valid checksum, or the end-of-archive zeros."""
+    if len(block) != tarfile.BLOCKSIZE:
+        return False
+    if block == bytes(tarfile.BLOCKSIZE):
+        return True
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+class _OverLimit(Exception):
+    """A tar read past one of its limits (the message says which, and the flag that raises it)."""
+
+
+class _BoundedStream:
+    """A tar's bytes as tarfile reads them: each byte read, or skipped in a compressed stream, counted against a cap.
+
+    Skipping inside a compressed stream decompresses, so it is done here, counted, rather than by
+    the decompressor's own ``seek``; a plain tar skips by seeking, free. A header read for checking
+    can be pushed back (:meth:`unread`) for tarfile to read again.
+    """
+
+    def __init__(self, inner, compressed: bool, limit: int):
+        self._inner, self._compressed, self._limit = inner, compressed, limit
+        self._count, self._pushed = 0, b""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._limit - self._count + 1  # never an unbounded read
+        head, self._pushed = self._pushed[:size], self._pushed[size:]
+        data = self._inner.read(size - len(head)) if size > len(head) else b""
+        self._counted(len(data))
+        return head + data
+
+    def unread(self, data: bytes) -> None:
+        self._pushed = data + self._pushed
+
+    def tell(self) -> int:
+        return self._inner.tell() - len(self._pushed)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self.tell() + offset
+        self._pushed = b""
+        if not self._compressed or target < self._inner.tell():
+            self._inner.seek(target)
+        while (gap := target - self._inner.tell()) > 0:
+            chunk = self._inner.read(min(gap, CHUNK_BYTES))
+            if not chunk:
+                break
+            self._counted(len(chunk))
+        return self.tell()
+
+    def _counted(self, size: int) -> None:
+        self._count += size
+        if self._count > self._limit:
+            raise _OverLimit(f"more than {self._limit:,} bytes read or decompressed, over the shard cap "
+                             "(--max-shard-mb); the shard is not read further")
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile's header reader with pax headers and GNU long names checked before they are parsed.
+
+    A header larger than ``header_bytes`` is refused from its size, before it is read. A pax
+    header must be well-formed records (``<length> <key>=<value>\\n``) with no run of 64 digits
+    and no GNU sparse map, checked in one linear pass, so CPython's quadratic pax parsing
+    (CVE-2024-6232, Python before 3.11.10/3.12.6) never meets a hostile header.
+    """
+
+    header_bytes = MAX_TAR_HEADER_BYTES
+
+    def _proc_gnulong(self, tarfile_):
+        self._check_size("GNU long name")
+        return super()._proc_gnulong(tarfile_)
+
+    def _proc_pax(self, tarfile_):
+        self._check_size("pax header")
+        data = tarfile_.fileobj.read(self._block(self.size))
+        _check_pax_records(data[:self.size], self.offset)
+        tarfile_.fileobj.unread(data)
+        return super()._proc_pax(tarfile_)
+
+    def _check_size(self, kind: str) -> None:
+        if self.size > self.header_bytes:
+            raise _OverLimit(f"a {kind} of {self.size:,} bytes at offset {self.offset:,}, over the "
+                             f"{self.header_bytes:,}-byte tar header cap (--max-tar-header-kb); not read")
+
+
+def _check_pax_records(data: bytes, offset: int) -> None:
+    """Raise :class:`_OverLimit` unless ``data`` is well-formed pax records, safe for tarfile's parser."""
+    def refuse(why: str):
+        raise _OverLimit(f"the pax header at offset {offset:,} {why}; the shard is not read")
+
+    if _LONG_DIGITS.search(data):
+        refuse("holds a run of 64 or more digits")
+    position = 0
+    while position < len(data) and data[position] != 0:
+        space = data.find(b" ", position, position + 21)
+        if space <= position or not data[position:space].isdigit():
+            refuse("has a record without a length")
+        end = position + int(data[position:space])
+        record = data[space + 1:end]
+        if end > len(data) or end <= space + 1 or not record.endswith(b"\n") or b"=" not in record:
+            refuse("has a malformed record")
+        if record.startswith(b"GNU.sparse"):
+            refuse("describes a GNU sparse file")
+        position = end
 
 
 def iter_tar_samples(path: str | Path, max_member_bytes: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -377,9 +526,12 @@ def iter_tar_samples(path: str | Path, max_member_bytes: int | None = None) -> I
         yield key, files
 
 
-def _read_webdataset(path: Path, image_column: str, caption_column: str, cap: int) -> pd.DataFrame:
-    rows = [row for key, files, over in _tar_samples(path, cap)
-            for row in _webdataset_rows(key, files, over, image_column, caption_column)]
+def _read_webdataset(path: Path, image_column: str, caption_column: str, cap: int,
+                     limits: ShardLimits) -> pd.DataFrame:
+    rows = []
+    for key, files, over in _tar_samples(path, cap, limits):
+        rows += _webdataset_rows(key, files, over, image_column, caption_column, limits.captions)
+        _check_rows(path, len(rows), limits)
     table = pd.DataFrame(rows)
     for column in ("__key__", image_column, caption_column):
         if column not in table:
@@ -390,16 +542,21 @@ def _read_webdataset(path: Path, image_column: str, caption_column: str, cap: in
 
 
 def _webdataset_rows(key: str, files: dict[str, bytes], over: list[str], image_column: str,
-                     caption_column: str) -> list[dict]:
+                     caption_column: str, max_captions: int) -> list[dict]:
     """A tar sample's rows: one, or one per caption of a grouped sample (its ``json`` has a ``captions`` list).
 
     The ``json``'s scalar fields become columns (a grouped sample's per-caption lists give each row its
-    item); the image, read once, is every row's.
+    item); the image, read once, is every row's. A sample listing more than ``max_captions`` is one
+    row, ``too_many_captions``.
     """
     fields = _json_fields(files)
     image = next((files[ext] for ext in IMAGE_EXTENSIONS if ext in files), None)
     cell = FailedCell(image, "member_too_large", "; ".join(over)) if over else image
-    if isinstance(fields.get(CAPTIONS_FIELD), list):
+    captions = fields.get(CAPTIONS_FIELD)
+    if isinstance(captions, list) and len(captions) > max_captions:
+        cell = FailedCell(image, "too_many_captions", _too_many_captions(len(captions), max_captions))
+        rows = [{**_scalars(fields), caption_column: None}]
+    elif isinstance(captions, list):
         captions = fields.pop(CAPTIONS_FIELD)
         rows = [_scalars(row) for row in _per_caption(fields, captions, caption_column)]
     else:
@@ -411,6 +568,61 @@ def _webdataset_rows(key: str, files: dict[str, bytes], over: list[str], image_c
             row.setdefault(caption_column, None)
         rows = [row]
     return [{"__key__": key, **row, image_column: cell} for row in rows]
+
+
+def _too_many_captions(count: int, cap: int) -> str:
+    return f"the sample lists {count:,} captions, over the cap of {cap:,} (--max-captions); not scored"
+
+
+def _check_size(path: Path, size: int, limits: ShardLimits) -> None:
+    """Raise when a shard would hold more than ``limits.shard_bytes`` in memory."""
+    if size > limits.shard_bytes:
+        raise ShardReadError(f"{path}: {size:,} bytes to hold, over the shard cap of {limits.shard_bytes:,} "
+                             "(--max-shard-mb); not read")
+
+
+def _read_parquet(path: Path, image_column: str, cap: int, limits: ShardLimits) -> pd.DataFrame:
+    """A parquet shard, checked from its metadata before any cell is read.
+
+    Its rows and uncompressed size come from the footer: over ``limits`` the shard fails unread. A
+    row group of one row whose image column is over ``cap`` (as writers store one large cell) gets
+    ``member_too_large`` without that column being read; a larger cell in a group of many rows is
+    caught after reading, the group's size already bounded by the shard cap.
+    """
+    import pyarrow.parquet as pq  # pandas' parquet engine
+
+    with pq.ParquetFile(path) as parquet:
+        metadata = parquet.metadata
+        _check_rows(path, metadata.num_rows, limits)
+        _check_size(path, sum(metadata.row_group(group).total_byte_size for group in range(metadata.num_row_groups)),
+                    limits)
+        columns = parquet.schema_arrow.names
+        tables = []
+        for group in range(metadata.num_row_groups):
+            image_bytes = _column_bytes(metadata.row_group(group), image_column)
+            if image_column in columns and metadata.row_group(group).num_rows == 1 and image_bytes > cap:
+                rest = parquet.read_row_group(group, columns=[name for name in columns if name != image_column])
+                frame = rest.to_pandas()
+                frame.insert(columns.index(image_column), image_column, [FailedCell(
+                    None, "member_too_large", f"the image cell holds {image_bytes:,} bytes (from the file's "
+                                              f"metadata), over the {cap:,}-byte member cap; not read")])
+            else:
+                frame = parquet.read_row_group(group).to_pandas()
+            tables.append(frame)
+    return pd.concat(tables, ignore_index=True) if tables else parquet.schema_arrow.empty_table().to_pandas()
+
+
+def _column_bytes(row_group, column: str) -> int:
+    """A row group's uncompressed bytes of ``column`` (all its leaves: a record's ``bytes`` and ``path``)."""
+    return sum(row_group.column(index).total_uncompressed_size for index in range(row_group.num_columns)
+               if row_group.column(index).path_in_schema.split(".")[0] == column)
+
+
+def _check_rows(path: Path, rows: int, limits: ShardLimits) -> None:
+    """Raise when a shard gives more rows than ``limits.rows``."""
+    if rows > limits.rows:
+        raise ShardReadError(f"{path}: more than {limits.rows:,} rows, over the row cap (--max-shard-rows); "
+                             "split the shard")
 
 
 def _json_fields(files: dict[str, bytes]) -> dict:
@@ -449,13 +661,21 @@ def _per_caption(fields: dict, captions, caption_column: str) -> list[dict]:
             for number in range(count)]
 
 
-def _expand_lists(table: pd.DataFrame, caption_column: str) -> pd.DataFrame:
-    """A parquet shard whose caption cells are lists, one row per caption (:func:`_per_caption`); else as it is."""
+def _expand_lists(table: pd.DataFrame, image_column: str, caption_column: str, max_captions: int) -> pd.DataFrame:
+    """A parquet shard whose caption cells are lists, one row per caption (:func:`_per_caption`); else as it is.
+
+    A row listing more than ``max_captions`` stays one row, its image cell ``too_many_captions``.
+    """
     if caption_column not in table or not any(_is_list(value) for value in table[caption_column]):
         return table
     rows = []
     for record in table.to_dict("records"):
         captions = record.pop(caption_column)
+        if _is_list(captions) and len(captions) > max_captions:
+            cell = FailedCell(_image_cell(record.get(image_column)), "too_many_captions",
+                              _too_many_captions(len(captions), max_captions))
+            rows.append({**record, image_column: cell, caption_column: None})
+            continue
         rows += (_per_caption(record, captions, caption_column) if _is_list(captions)
                  else [{**record, caption_column: captions}])
     expanded = pd.DataFrame(rows, columns=[*table.columns, CAPTION_NUMBER])

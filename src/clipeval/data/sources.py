@@ -287,10 +287,10 @@ def _check_columns(found: list[str], source: str, options: SourceOptions) -> Non
                           f"pass --image-column/--caption-column to name them")
 
 
-def read_delimited(path: Path, delimiter: str, image_column: str = "image", caption_column: str = "caption"
-                   ) -> pd.DataFrame:
+def read_delimited(path: Path, delimiter: str, image_column: str = "image", caption_column: str = "caption",
+                   max_rows: int | None = None) -> pd.DataFrame:
     """Read delimited text (a pairs table, or a CSV/TSV shard); image and caption cells stay strings, only empty
-    cells are NaN, the other columns are typed as pandas reads them.
+    cells are NaN, the other columns are typed as pandas reads them. ``max_rows``: read no more rows than that.
 
     A row with more fields than the header is an error, never silently cut (pandas only warns).
     """
@@ -298,7 +298,7 @@ def read_delimited(path: Path, delimiter: str, image_column: str = "image", capt
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             return pd.read_csv(path, sep=delimiter, index_col=False, keep_default_na=False, na_values=[""],
-                               dtype={image_column: str, caption_column: str})
+                               dtype={image_column: str, caption_column: str}, nrows=max_rows)
     except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
         guess = _guess_delimiter(_first_line(path), delimiter)
         hint = (f"the header looks {_delimiter_label(guess)}-separated; pass --delimiter {_delimiter_flag(guess)}"
