@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from clipeval.data.options import MAX_MEMBER_BYTES
+from clipeval.data.options import (
+    MAX_MEMBER_BYTES,
+    MAX_SAMPLE_CAPTIONS,
+    MAX_SHARD_BYTES,
+    MAX_SHARD_ROWS,
+    MAX_TAR_HEADER_BYTES,
+    ShardLimits,
+)
 from clipeval.embed.options import EmbedOptions
 
 EXECUTORS = ("local", "ray")
@@ -21,6 +28,8 @@ class ShardOptions:
         chunk_size: rows scored and kept together inside a shard (the unit of resuming).
         max_member_mb: the largest tar member (or parquet image cell) read, in MiB; a larger
             one is refused from its header and its sample gets ``member_too_large``.
+        max_shard_mb, max_shard_rows, max_captions, max_tar_header_kb: the caps of a whole shard
+            (:class:`~clipeval.data.options.ShardLimits`, docs/security.md).
     """
 
     image_column: str = field(default="image", metadata={"help": "the image column: path, URL or bytes"})
@@ -29,11 +38,24 @@ class ShardOptions:
     chunk_size: int = field(default=256, metadata={"help": "rows scored and kept together (the unit of resuming)"})
     max_member_mb: float = field(default=MAX_MEMBER_BYTES / 2**20, metadata={
         "help": "largest shard member (tar file or image cell) read, in MiB; larger ones get member_too_large"})
+    max_shard_mb: float = field(default=MAX_SHARD_BYTES / 2**20, metadata={
+        "help": "most MiB a shard may decompress to or hold in memory; a larger shard fails"})
+    max_shard_rows: int = field(default=MAX_SHARD_ROWS, metadata={"help": "most rows a shard may give; more fails it"})
+    max_captions: int = field(default=MAX_SAMPLE_CAPTIONS, metadata={
+        "help": "most captions one shard sample may list; more gives it the status too_many_captions"})
+    max_tar_header_kb: float = field(default=MAX_TAR_HEADER_BYTES / 2**10, metadata={
+        "help": "largest tar pax header or long name read, in KiB; a larger one fails the shard"})
 
     @property
     def max_member_bytes(self) -> int:
         """:attr:`max_member_mb` in bytes."""
         return int(self.max_member_mb * 2**20)
+
+    @property
+    def limits(self) -> ShardLimits:
+        """The caps of a whole shard, in the reader's units."""
+        return ShardLimits(int(self.max_shard_mb * 2**20), self.max_shard_rows, self.max_captions,
+                           int(self.max_tar_header_kb * 2**10))
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ class ShardScorer:
         if isinstance(shard, TableShard):
             return shard.table, shard_uids(shard.table, shard.name, self.shards.uid_column), shard.base_dir
         table = read_shard(shard, self.shards.image_column, self.shards.caption_column, self.shards.uid_column,
-                           self.shards.max_member_bytes)
+                           self.shards.max_member_bytes, self.shards.limits)
         return table.drop(columns=["uid"]), table["uid"], table.attrs.get("base_dir")
 
     def __call__(self, shard: ShardInput, progress=None) -> dict:
