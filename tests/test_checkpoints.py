@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from clipeval.models.registry import CHECKPOINT_LOADERS, CheckpointError, load_encoder, parse_spec
+from clipeval.models.registry import CHECKPOINT_FAMILIES, CheckpointError, load_encoder, parse_spec
 
 
 @pytest.mark.parametrize("spec, prefix, target", [
@@ -19,7 +19,7 @@ def test_parse_spec_splits_on_first_colon(spec, prefix, target):
     parsed = parse_spec(spec)
     assert (parsed.prefix, parsed.target) == (prefix, target)
     assert str(parsed) == spec
-    assert parsed.prefix in CHECKPOINT_LOADERS
+    assert parsed.prefix in CHECKPOINT_FAMILIES
 
 
 @pytest.mark.parametrize("spec", ["clip-vit", "hf:", "nosuch:model", ":x"])

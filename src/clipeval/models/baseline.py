@@ -37,6 +37,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
 from clipeval.models.constants import IMAGENET_MEAN, IMAGENET_STD
 from clipeval.models.encoder import Encoder
+from clipeval.models.family import CheckpointFamily
 from clipeval.models.registry import CheckpointError, CheckpointSpec, offline_error
 
 SEED = 0
@@ -242,3 +243,18 @@ def load_baseline(spec: CheckpointSpec, device: torch.device, precision: str) ->
         model, tokenizer = _load_pretrained(str(spec))
     return BaselineEncoder(model, tokenizer, str(spec), device, precision,
                            description=describe_baseline(spec.target))
+
+
+def _hub_repos(target: str) -> list[str]:
+    """The pretrained variant downloads BERT and torchvision's ResNet-50 weight file."""
+    return [PRETRAINED_TEXT, resnet_weights_file()] if VARIANTS.get(target) == "pretrained" else []
+
+
+def _mirror_builders() -> dict:
+    from clipeval.models.stand_ins import bert_repo
+
+    return {PRETRAINED_TEXT: bert_repo}
+
+
+FAMILY = CheckpointFamily(prefix="baseline", description="BERT + ResNet-50 baseline", load=load_baseline,
+                          hub_repos=_hub_repos, mirror_builders=_mirror_builders)

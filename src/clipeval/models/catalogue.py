@@ -24,12 +24,9 @@ import pandas as pd
 from clipeval.atomic import write_text
 from clipeval.data.benchmarks import COCO_5K, FLICKR_1K
 from clipeval.models.hub_mirror import MIRROR_NOTE, is_mirrored
+from clipeval.models.registry import checkpoint_family
 
 CHECKPOINT_INFO_FILE = "clipeval_checkpoint.json"
-
-FAMILIES = {"hf": "transformers", "open_clip": "open_clip", "baseline": "BERT + ResNet-50 baseline",
-            "dual": "dual encoder trained here"}
-
 
 PUBLISHED_KS = (1, 5, 10)
 
@@ -226,8 +223,7 @@ def describe_checkpoint(spec: str) -> CheckpointInfo:
 def _described(spec: str) -> CheckpointInfo:
     if spec in CATALOGUE:
         return CATALOGUE[spec]
-    prefix = spec.partition(":")[0]
-    family = FAMILIES.get(prefix, prefix)
+    family = checkpoint_family(spec.partition(":")[0]).description
     info_file = _info_file(spec)
     if info_file is not None:
         values = json.loads(info_file.read_text())
@@ -238,8 +234,16 @@ def _described(spec: str) -> CheckpointInfo:
 
 
 def is_random_init(spec: str) -> bool:
-    """True for checkpoints whose weights are untrained, as the catalogue or their info file says."""
-    return describe_checkpoint(spec).random_init
+    """True for checkpoints whose weights are untrained, as the catalogue, their info file or the mirror says.
+
+    Unlike :func:`describe_checkpoint` it never imports the spec's family (and so no model library).
+    """
+    if spec in CATALOGUE:
+        random_init = CATALOGUE[spec].random_init
+    else:
+        info_file = _info_file(spec)
+        random_init = info_file is not None and bool(json.loads(info_file.read_text()).get("random_init", False))
+    return random_init or is_mirrored(spec)
 
 
 def label_checkpoint(spec: str) -> str:

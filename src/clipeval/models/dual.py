@@ -53,6 +53,7 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, PreTr
 from clipeval.atomic import atomic_folder
 from clipeval.models.constants import IMAGENET_MEAN, IMAGENET_STD
 from clipeval.models.encoder import Encoder
+from clipeval.models.family import CheckpointFamily
 from clipeval.models.registry import CheckpointError, CheckpointSpec, offline_error
 from clipeval.paths import where
 
@@ -399,3 +400,29 @@ def load_dual(spec: CheckpointSpec, device: torch.device, precision: str) -> Dua
     """
     model, tokenizer = load_dual_model(spec.target)
     return DualEncoder(model, tokenizer, str(spec), device, precision)
+
+
+def save_dual_encoder(encoder: DualEncoder, folder: Path) -> str:
+    """:func:`save_dual` of a loaded encoder: ``dual:<folder>``."""
+    save_dual(encoder.model.cpu(), encoder.tokenizer, folder)
+    encoder.model.to(encoder.device)
+    return f"dual:{folder}"
+
+
+# A few-thousand-parameter dual encoder for tests and smoke runs (32 px images, 16-token captions).
+TINY_CONFIG = DualEncoderConfig(embed_dim=16, image_size=32, text_dim=32, text_layers=2, text_heads=2,
+                                text_hidden_dim=37, context_length=16, pool_heads=4)
+
+
+def build_tiny_dual(folder: Path, seed: int) -> str:
+    """A tiny random dual encoder, its tokenizer built from a few scene captions: ``dual:<folder>``."""
+    from clipeval.models.tiny import mark_tiny
+
+    torch.manual_seed(seed)
+    model, tokenizer = build_dual_encoder(TINY_CONFIG, ["a red circle", "two blue squares", "a green cross"])
+    mark_tiny(save_dual(model, tokenizer, folder), "dual encoder", seed)
+    return f"dual:{folder}"
+
+
+FAMILY = CheckpointFamily(prefix="dual", description="dual encoder trained here", load=load_dual,
+                          save=save_dual_encoder, image_tower=("image_trunk", "image_pool"), build_tiny=build_tiny_dual)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import torch
 from PIL import Image
 
+from clipeval.atomic import atomic_folder
 from clipeval.models.encoder import Encoder
-from clipeval.models.registry import CheckpointError, CheckpointSpec, local_folder, offline_error
+from clipeval.models.family import CheckpointFamily
+from clipeval.models.registry import CheckpointError, CheckpointSpec, is_local_path, local_folder, offline_error
 from clipeval.paths import where
+
+# The OpenAI and MetaCLIP repositories the paper profile names: (input side, patch side) of each stand-in.
+MIRRORED = {"openai/clip-vit-base-patch32": (224, 32), "openai/clip-vit-base-patch16": (224, 16),
+            "openai/clip-vit-large-patch14": (224, 14), "openai/clip-vit-large-patch14-336": (336, 14),
+            "facebook/metaclip-b32-400m": (224, 32)}
 
 
 def _features(output) -> torch.Tensor:
@@ -83,3 +93,31 @@ def load_hf(spec: CheckpointSpec, device: torch.device, precision: str) -> HFEnc
     if not hasattr(model, "get_image_features"):
         raise CheckpointError(f"{spec}: {type(model).__name__} is not a dual encoder (CLIP/SigLIP)")
     return HFEncoder(str(spec), model, tokenizer, image_processor, device, precision)
+
+
+def save_hf(encoder: HFEncoder, folder: Path) -> str:
+    """A ``save_pretrained`` folder (model, tokenizer, image processor): ``hf:<folder>``."""
+    with atomic_folder(folder) as staging:
+        for part in (encoder.model, encoder.tokenizer, encoder.image_processor):
+            part.save_pretrained(staging)
+    return f"hf:{folder}"
+
+
+def build_tiny_hf(folder: Path, seed: int) -> str:
+    """A tiny random transformers CLIP: ``hf:<folder>``."""
+    from clipeval.models.tiny import build_hf_clip, mark_tiny
+
+    mark_tiny(build_hf_clip(folder, seed), "transformers CLIP", seed)
+    return f"hf:{folder}"
+
+
+def _mirror_builders() -> dict:
+    from clipeval.models.stand_ins import hf_clip_repo
+
+    return {repo: partial(hf_clip_repo, image_size=side, patch_size=patch) for repo, (side, patch) in MIRRORED.items()}
+
+
+FAMILY = CheckpointFamily(
+    prefix="hf", description="transformers", load=load_hf, save=save_hf,
+    image_tower=("vision_model", "visual_projection"), build_tiny=build_tiny_hf,
+    hub_repos=lambda target: [] if is_local_path(target) else [target], mirror_builders=_mirror_builders)

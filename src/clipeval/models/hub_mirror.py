@@ -74,35 +74,12 @@ def mirrored_repos() -> set[str]:
 
 
 def spec_repos(spec: str) -> list[str]:
-    """The hub repositories (and torch weight files) a checkpoint spec downloads; ``[]`` for local ones.
-
-    As the loaders resolve them: ``hf:org/name`` is that model repository; an open_clip pretrained
-    tag is the ``hf_hub`` repository open_clip's own table names for it; ``open_clip:hf-hub:org/name``
-    is that repository; the pretrained baseline is ``bert-base-uncased`` and torchvision's
-    ResNet-50 weight file.
-    """
-    from clipeval.models.registry import is_local_path, parse_spec
+    """The hub repositories (and torch weight files) a checkpoint spec downloads, as its family resolves them
+    (:attr:`~clipeval.models.family.CheckpointFamily.hub_repos`); ``[]`` for local ones."""
+    from clipeval.models.registry import checkpoint_family, parse_spec
 
     parsed = parse_spec(spec)
-    target = parsed.target
-    if parsed.prefix == "hf":
-        return [] if is_local_path(target) else [target]
-    if parsed.prefix == "open_clip":
-        if target.startswith("hf-hub:"):
-            return [target.removeprefix("hf-hub:")]
-        arch, _, tag = target.partition("@")
-        if not tag or is_local_path(tag):
-            return []
-        import open_clip
-
-        hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
-        # open_clip's convention: "org/name/" is a repository, "org/name/file" a file in it
-        return [os.path.split(hub)[0]] if hub else []
-    if parsed.prefix == "baseline":
-        from clipeval.models.baseline import PRETRAINED_TEXT, VARIANTS, resnet_weights_file
-
-        return [PRETRAINED_TEXT, resnet_weights_file()] if VARIANTS.get(target) == "pretrained" else []
-    return []
+    return checkpoint_family(parsed.prefix).hub_repos(parsed.target)
 
 
 def is_mirrored(spec: str) -> bool:

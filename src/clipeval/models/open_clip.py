@@ -9,14 +9,23 @@ Target forms:
 
 from __future__ import annotations
 
+import json
+import os
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from clipeval.atomic import atomic_folder
 from clipeval.models.encoder import Encoder
+from clipeval.models.family import CheckpointFamily
 from clipeval.models.registry import CheckpointError, CheckpointSpec, is_local_path, offline_error
 from clipeval.paths import where
+
+OPEN_CLIP_WEIGHTS = "open_clip_model.pt"
+# The pretrained tags the paper profile names, mirrored for the rehearsal.
+MIRRORED = (("ViT-B-32", "openai"), ("RN50", "openai"), ("ViT-B-16-SigLIP", "webli"))
 
 
 class OpenClipEncoder(Encoder):
@@ -129,3 +138,71 @@ def load_open_clip(spec: CheckpointSpec, device: torch.device, precision: str) -
             raise CheckpointError(f"{spec}: cannot load local weights ({error})") from error
         raise offline_error(str(spec), error) from error
     return OpenClipEncoder(str(spec), model, transform, tokenizer, device, precision)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+
+
+def save_open_clip(encoder: OpenClipEncoder, folder: Path) -> str:
+    """Save as the spec was loaded: a bare weights file (``open_clip:ARCH@<folder>/open_clip_model.pt``) for
+    ``ARCH@/path/file``, else a hub-layout folder (``open_clip:<folder>``) whose config carries the tag's
+    QuickGELU and normalisation, so it preprocesses and computes as the base did."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    target = encoder.spec.partition(":")[2]
+    arch, _, pretrained = target.partition("@")
+    if pretrained and is_local_path(pretrained):
+        with atomic_folder(folder) as staging:
+            torch.save(_state(encoder.model), staging / OPEN_CLIP_WEIGHTS)
+        return f"open_clip:{arch}@{folder / OPEN_CLIP_WEIGHTS}"
+    if target.startswith("hf-hub:"):
+        from open_clip.factory import _get_hf_config
+
+        model_cfg = _get_hf_config(target.removeprefix("hf-hub:"))["model_cfg"]
+    elif pretrained:
+        model_cfg = dict(open_clip.get_model_config(arch))
+        if open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu"):
+            model_cfg["quick_gelu"] = True  # load_open_clip forces it for this tag
+    else:
+        model_cfg = json.loads((Path(target).expanduser() / "open_clip_config.json").read_text())["model_cfg"]
+    config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(encoder.model)}
+    with atomic_folder(folder) as staging:
+        (staging / "open_clip_config.json").write_text(json.dumps(config, indent=2, default=list) + "\n")
+        save_file(_state(encoder.model), staging / "open_clip_model.safetensors")
+    return f"open_clip:{folder}"
+
+
+def build_tiny_open_clip(folder: Path, seed: int) -> str:
+    """A tiny random open_clip ViT in the hub layout: ``open_clip:<folder>``."""
+    from clipeval.models.tiny import build_open_clip_folder, mark_tiny
+
+    mark_tiny(build_open_clip_folder(folder, seed), "open_clip CLIP", seed)
+    return f"open_clip:{folder}"
+
+
+def hub_repos(target: str) -> list[str]:
+    """``hf-hub:org/name`` is that repository; a pretrained tag is the ``hf_hub`` repository open_clip's own
+    table names for it; local targets download nothing."""
+    if target.startswith("hf-hub:"):
+        return [target.removeprefix("hf-hub:")]
+    arch, _, tag = target.partition("@")
+    if not tag or is_local_path(tag):
+        return []
+    import open_clip
+
+    hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
+    # open_clip's convention: "org/name/" is a repository, "org/name/file" a file in it
+    return [os.path.split(hub)[0]] if hub else []
+
+
+def _mirror_builders() -> dict:
+    from clipeval.models.stand_ins import open_clip_repo
+
+    return {hub_repos(f"{arch}@{tag}")[0]: partial(open_clip_repo, arch=arch, tag=tag) for arch, tag in MIRRORED}
+
+
+FAMILY = CheckpointFamily(prefix="open_clip", description="open_clip", load=load_open_clip, save=save_open_clip,
+                          image_tower=("visual",), build_tiny=build_tiny_open_clip, hub_repos=hub_repos,
+                          mirror_builders=_mirror_builders)

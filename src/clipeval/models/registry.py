@@ -7,8 +7,8 @@ A spec is ``<prefix>:<target>``; see DESIGN.md for the grammar. Examples::
     open_clip:ViT-B-32@/path/to/weights.pt baseline:bert-resnet50
     dual:outputs/offline/models/dual
 
-Loaders are named as ``module:function`` strings and imported on first use, so scoring with
-one family never imports the others.
+Families (:class:`~clipeval.models.family.CheckpointFamily`) are named as ``module:attribute`` strings and
+imported on first use, so scoring with one family never imports the others.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING
 from clipeval.file_identity import content_identity, stat_fingerprint
 from clipeval.paths import where
 
-if TYPE_CHECKING:  # torch is imported by the loaders only: the command line answers --help without it
+if TYPE_CHECKING:  # torch is imported by the families only: the command line answers --help without it
     from clipeval.models.encoder import Encoder
+    from clipeval.models.family import CheckpointFamily
 
-CHECKPOINT_LOADERS: dict[str, str] = {
-    "hf": "clipeval.models.hf:load_hf",
-    "open_clip": "clipeval.models.open_clip:load_open_clip",
-    "dual": "clipeval.models.dual:load_dual",
-    "baseline": "clipeval.models.baseline:load_baseline",
+CHECKPOINT_FAMILIES: dict[str, str] = {
+    "hf": "clipeval.models.hf:FAMILY",
+    "open_clip": "clipeval.models.open_clip:FAMILY",
+    "dual": "clipeval.models.dual:FAMILY",
+    "baseline": "clipeval.models.baseline:FAMILY",
 }
 
 OFFLINE_HINT = ("no model hub is reachable; to run offline use a local checkpoint "
@@ -72,10 +73,10 @@ def parse_spec(spec: str) -> CheckpointSpec:
     prefix, sep, target = spec.strip().partition(":")
     if not sep or not target:
         raise CheckpointError(f"checkpoint spec {spec!r} must look like PREFIX:TARGET "
-                              f"with PREFIX one of {', '.join(CHECKPOINT_LOADERS)}")
-    if prefix not in CHECKPOINT_LOADERS:
+                              f"with PREFIX one of {', '.join(CHECKPOINT_FAMILIES)}")
+    if prefix not in CHECKPOINT_FAMILIES:
         raise CheckpointError(f"checkpoint spec {spec!r}: unknown prefix {prefix!r}; "
-                              f"known prefixes: {', '.join(CHECKPOINT_LOADERS)}")
+                              f"known prefixes: {', '.join(CHECKPOINT_FAMILIES)}")
     return CheckpointSpec(prefix, target)
 
 
@@ -126,7 +127,7 @@ def weights_identity(spec: str, content: bool = False) -> dict | None:
     Both known forms also carry the versions of the packages that build the model.
     """
     parsed = parse_spec(spec)
-    module = CHECKPOINT_LOADERS[parsed.prefix].split(":")[0]
+    module = CHECKPOINT_FAMILIES[parsed.prefix].partition(":")[0]
     versions = {name: _version(name) for name in MODEL_PACKAGES}
     local = [Path(part).expanduser() for part in parsed.target.split("@")
              if is_local_path(part) and Path(part).expanduser().exists()]
@@ -203,10 +204,56 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progr
         CheckpointError: bad spec, missing local files, or a hub name with no network.
     """
     parsed = parse_spec(spec)
-    module_name, function_name = CHECKPOINT_LOADERS[parsed.prefix].split(":")
-    loader = getattr(importlib.import_module(module_name), function_name)
+    family = checkpoint_family(parsed.prefix)
     from clipeval.models.encoder import resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
     with load_progress(progress):
-        return loader(parsed, torch_device, resolve_precision(precision, torch_device))
+        return family.load(parsed, torch_device, resolve_precision(precision, torch_device))
+
+
+def register_family(family: str) -> None:
+    """Add a family from outside the package: ``family`` is ``"module:attribute"`` naming its
+    :class:`~clipeval.models.family.CheckpointFamily`, imported when a spec with its prefix is first used.
+
+    Raises:
+        CheckpointError: the family's prefix is already registered to another module.
+    """
+    found = _import_family(family)
+    known = CHECKPOINT_FAMILIES.get(found.prefix)
+    if known not in (None, family):
+        raise CheckpointError(f"checkpoint prefix {found.prefix!r} is already registered ({known})")
+    CHECKPOINT_FAMILIES[found.prefix] = family
+
+
+def checkpoint_family(prefix: str) -> CheckpointFamily:
+    """The registered family of ``prefix`` (imported on first use).
+
+    Raises:
+        CheckpointError: an unknown prefix.
+    """
+    if prefix not in CHECKPOINT_FAMILIES:
+        raise CheckpointError(f"unknown checkpoint prefix {prefix!r}; known prefixes: {', '.join(CHECKPOINT_FAMILIES)}")
+    return _import_family(CHECKPOINT_FAMILIES[prefix])
+
+
+def _import_family(family: str) -> CheckpointFamily:
+    module_name, _, attribute = family.partition(":")
+    return getattr(importlib.import_module(module_name), attribute or "FAMILY")
+
+
+def save_encoder(encoder: Encoder, folder: str | Path) -> str:
+    """Write ``encoder``'s model into ``folder`` (replaced atomically) in its family's format.
+
+    Returns:
+        The checkpoint spec that loads the saved model.
+
+    Raises:
+        CheckpointError: a family that cannot be saved (``baseline:``).
+    """
+    family = checkpoint_family(parse_spec(encoder.spec).prefix)
+    if family.save is None:
+        savable = [prefix + ":" for prefix in CHECKPOINT_FAMILIES if checkpoint_family(prefix).save is not None]
+        raise CheckpointError(f"{encoder.spec}: saving a {family.prefix}: model is not supported "
+                              f"({', '.join(savable)} checkpoints are)")
+    return family.save(encoder, Path(folder).expanduser())

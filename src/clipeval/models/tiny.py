@@ -103,34 +103,43 @@ def open_clip_tiny_config() -> dict:
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
 
 
+def build_open_clip_folder(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random open_clip model in the hub layout (``open_clip_config.json`` + safetensors)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**open_clip_tiny_config())
+    folder.mkdir(parents=True, exist_ok=True)
+    preprocess = {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "interpolation": "bicubic",
+                  "resize_mode": "shortest"}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": open_clip_tiny_config(), "preprocess_cfg": preprocess}, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
+
+
 def build_open_clip(root: Path, seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny random open_clip model twice: hub-layout folder, and arch config + weights file.
 
     Returns:
         (hub-layout folder, bare weights file).
     """
-    import open_clip
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file
 
-    model_config = open_clip_tiny_config()
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(**model_config)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-
-    folder = root / "open_clip"
-    folder.mkdir(parents=True, exist_ok=True)
-    preprocess = {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "interpolation": "bicubic",
-                  "resize_mode": "shortest"}
-    (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": model_config, "preprocess_cfg": preprocess}, indent=2))
-    save_file(state, folder / "open_clip_model.safetensors")
-
+    folder = build_open_clip_folder(root / "open_clip", seed)
     arch_folder = root / "open_clip_arch"
     arch_folder.mkdir(parents=True, exist_ok=True)
-    (arch_folder / f"{OPEN_CLIP_TINY_ARCH}.json").write_text(json.dumps(model_config, indent=2))
+    (arch_folder / f"{OPEN_CLIP_TINY_ARCH}.json").write_text(json.dumps(open_clip_tiny_config(), indent=2))
     weights = arch_folder / "weights.pt"
-    torch.save(state, weights)
+    torch.save(load_file(folder / "open_clip_model.safetensors"), weights)
     return folder, weights
+
+
+def mark_tiny(folder: Path, family: str, seed: int) -> None:
+    """The info file of a tiny checkpoint: random-init wherever it is saved (its scores mean nothing)."""
+    write_info_file(folder, f"tiny randomly initialised {family} built by `make data` (seed {seed}); "
+                            "its scores mean nothing", random_init=True)
 
 
 def build_tiny_checkpoints(root: Path = TINY_CHECKPOINTS_DIR, seed: int = 0) -> dict[str, str]:
@@ -141,8 +150,7 @@ def build_tiny_checkpoints(root: Path = TINY_CHECKPOINTS_DIR, seed: int = 0) -> 
     folder, weights = build_open_clip(root, seed)
     for name, family in (("hf-clip", "transformers CLIP"), ("hf-siglip", "transformers SigLIP"),
                          ("open_clip", "open_clip CLIP"), ("open_clip_arch", "open_clip CLIP")):
-        write_info_file(root / name, f"tiny randomly initialised {family} built by `make data` (seed {seed}); "
-                                     "its scores mean nothing", random_init=True)
+        mark_tiny(root / name, family, seed)
     return {"hf-clip": f"hf:{root / 'hf-clip'}", "hf-siglip": f"hf:{root / 'hf-siglip'}",
             "open_clip": f"open_clip:{folder}",
             "open_clip_arch": f"open_clip:{OPEN_CLIP_TINY_ARCH}@{weights}"}

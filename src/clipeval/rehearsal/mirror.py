@@ -22,6 +22,7 @@ from clipeval.data.benchmarks import POKEMON_REPO
 from clipeval.models.baseline import resnet_weights_file
 from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE
 from clipeval.models.registry import quiet_progress_bars
+from clipeval.models.stand_ins import resnet50_weights_file
 from clipeval.progress import progress_bar
 from clipeval.rehearsal import dataset_repos, model_repos
 from clipeval.rehearsal.hub_cache import add_repo
@@ -39,7 +40,7 @@ def dataset_builders(rows: int | None = None) -> dict[str, Callable[[Path], None
 
 def torch_builders() -> dict[str, Callable[[Path], None]]:
     """Every torchvision weight file: its file name -> builder of that file."""
-    return {resnet_weights_file(): model_repos.torchvision_resnet50}
+    return {resnet_weights_file(): resnet50_weights_file}
 
 
 @contextlib.contextmanager

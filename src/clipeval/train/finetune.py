@@ -23,7 +23,7 @@ epoch the validation set is scored as text-to-image retrieval through the one em
 (:func:`clipeval.embed.engine.embed_set`) and logged. Every ``save_every`` steps (and at each
 epoch's end) the state (weights, optimizer, schedule, RNG) is written, so ``resume`` continues
 from the last saved step with the same batches. The result is saved in the base's own format
-(:func:`clipeval.models.saving.save_encoder`) with an info file naming the base.
+(:func:`clipeval.models.registry.save_encoder`) with an info file naming the base.
 """
 
 from __future__ import annotations
@@ -49,16 +49,19 @@ from clipeval.embed.options import EmbedOptions
 from clipeval.metrics.retrieval import summarize
 from clipeval.models.catalogue import describe_checkpoint, write_info_file
 from clipeval.models.encoder import PRECISIONS, Encoder, resolve_device, resolve_precision
-from clipeval.models.registry import CheckpointError, load_encoder, parse_spec
-from clipeval.models.saving import save_encoder
+from clipeval.models.registry import (
+    CHECKPOINT_FAMILIES,
+    CheckpointError,
+    checkpoint_family,
+    load_encoder,
+    parse_spec,
+    save_encoder,
+)
 from clipeval.progress import progress_bar
 from clipeval.train.adapters import add_adapters, merge_adapters
 from clipeval.train.common import build_optimizer, contrastive_loss, deterministic, sigmoid_loss
 from clipeval.train.finetune_options import FinetuneConfig
 
-# The image tower of each family, as module names of its model (LiT locks them).
-IMAGE_TOWERS = {"hf": ("vision_model", "visual_projection"), "open_clip": ("visual",),
-                "dual": ("image_trunk", "image_pool")}
 VALIDATION_KS = (1, 5, 10)
 STATE_FILE = "state.pt"
 
@@ -211,7 +214,7 @@ def _prepare(encoder: Encoder, config: FinetuneConfig) -> list[str]:
     model, prefix = encoder.model, parse_spec(encoder.spec).prefix
     model.requires_grad_(True)
     if config.mode == "lit":
-        _lock_image_tower(model, IMAGE_TOWERS[prefix])
+        _lock_image_tower(model, checkpoint_family(prefix).image_tower)
     if config.mode == "lora":
         return add_adapters(model, config.lora_rank, config.lora_alpha)
     return []
@@ -313,9 +316,9 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
     out_dir, device = Path(out_dir), resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     prefix = parse_spec(base_spec).prefix
-    if prefix not in IMAGE_TOWERS:
-        raise CheckpointError(f"{base_spec}: fine-tuning supports {', '.join(p + ':' for p in IMAGE_TOWERS)} "
-                              "checkpoints")
+    if not checkpoint_family(prefix).fine_tunable:
+        tunable = [name + ":" for name in CHECKPOINT_FAMILIES if checkpoint_family(name).fine_tunable]
+        raise CheckpointError(f"{base_spec}: fine-tuning supports {', '.join(tunable)} checkpoints")
     started = time.perf_counter()
     with deterministic(config.seed, device):
         encoder = load_encoder(base_spec, str(device), "fp32", progress=config.progress)
@@ -355,7 +358,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
         model.train()
         for step in range(start, total):
             if config.mode == "lit":
-                _image_tower_eval(model, IMAGE_TOWERS[prefix])
+                _image_tower_eval(model, checkpoint_family(prefix).image_tower)
             step_started = time.perf_counter()
             losses.append(optimizer_step(encoder, batches, step, config.accumulate, optimizer, scaler, device,
                                          precision))
