@@ -35,8 +35,9 @@ def shape_png(color: tuple[int, int, int], shape: str, size: int = 48, offset: i
     return buffer.getvalue()
 
 
-def make_collection(folder: Path) -> Path:
-    """Write the images (one of them missing from disk, so one row fails) and ``pairs.csv``; its path."""
+def make_collection(folder: Path, captions: int = 1) -> Path:
+    """Write the images (one of them missing from disk, so one row fails) and ``pairs.csv``, with ``captions`` rows
+    per image as COCO gives them (the first caption as with one, then ``a red circle, in words 1``...); its path."""
     images = folder / "images"
     images.mkdir(parents=True)
     rows = []
@@ -44,7 +45,8 @@ def make_collection(folder: Path) -> Path:
         path = images / f"{name}-{shape}.png"
         path.write_bytes(shape_png(rgb, shape, offset=number % 3))
         caption = HOSTILE_CAPTION if number == 0 else f"a {name} {shape}"
-        rows.append({"image": f"images/{path.name}", "caption": caption, "color": name, "shape": shape})
+        rows += [{"image": f"images/{path.name}", "caption": caption if k == 0 else f"a {name} {shape}, in words {k}",
+                  "color": name, "shape": shape} for k in range(captions)]
     rows.append({"image": "images/missing.png", "caption": "a file that is not there", "color": "none",
                  "shape": "none"})
     pairs = folder / "pairs.csv"
@@ -52,12 +54,13 @@ def make_collection(folder: Path) -> Path:
     return pairs
 
 
-def build_small_index(folder: Path, specs: list[str]) -> Path:
-    """Index the collection with ``specs`` (tiny checkpoints) into ``folder/index``; the index folder."""
+def build_small_index(folder: Path, specs: list[str], captions: int = 1) -> Path:
+    """Index the collection (``captions`` rows per image) with ``specs`` (tiny checkpoints) into ``folder/index``;
+    the index folder."""
     from clipeval.embed.options import EmbedOptions
     from clipeval.finder.index import build_index
 
-    pairs = make_collection(folder / "collection")
+    pairs = make_collection(folder / "collection", captions)
     out = folder / "index"
     build_index(str(pairs), specs, out, embed=EmbedOptions(device="cpu", progress=False))
     return out

@@ -57,7 +57,19 @@ def _quote(item_id: str) -> str:
 def test_checkpoints_lists_the_index(client, finder_index):
     answer = client.get("/api/checkpoints").get_json()
     assert answer["checkpoints"] == list(finder_index.checkpoints) and len(answer["checkpoints"]) == 2
-    assert answer["rows"] == len(SHAPES) + 1 and answer["log_queries"] is False
+    assert answer["images"] == answer["rows"] == len(SHAPES) + 1 and answer["log_queries"] is False
+
+
+def test_a_coco_like_index_answers_each_image_once_with_its_captions(tmp_path, tiny_specs, one_torch_thread):
+    index_dir = build_small_index(tmp_path, [tiny_specs["hf-clip"]], captions=3)
+    client = create_app(index_dir).test_client()
+    answer = client.get("/api/checkpoints").get_json()
+    assert (answer["images"], answer["rows"]) == (len(SHAPES) + 1, 3 * len(SHAPES) + 1)  # missing.png: one row
+    (result,) = client.get("/api/search", query_string={"q": "a red circle", "k": 100}).get_json()["results"]
+    hits = result["hits"]
+    assert len(hits) == len(SHAPES) and len({hit["id"] for hit in hits}) == len(SHAPES)  # each image once
+    blue = next(hit for hit in hits if hit["id"] == "images~blue-square.png")
+    assert blue["captions"] == ["a blue square", "a blue square, in words 1", "a blue square, in words 2"]
 
 
 def test_text_search_returns_the_index_ranking(client, finder_index):
@@ -334,7 +346,7 @@ def test_clipeval_serve_answers_on_loopback(index_dir):
         url = line.split(" at ", 1)[1].split(" ", 1)[0]
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
         with direct.open(url + "api/checkpoints", timeout=60) as response:
-            assert json.loads(response.read())["rows"] == len(SHAPES) + 1
+            assert json.loads(response.read())["images"] == len(SHAPES) + 1
             assert response.headers["X-Content-Type-Options"] == "nosniff"
     finally:
         process.terminate()

@@ -122,8 +122,8 @@ def test_thumbnails_are_jpegs_with_a_long_side_of_at_most_256(built):
 def test_the_manifest_records_each_checkpoint(built, specs):
     collection, build = built
     manifest = json.loads(build.layout.manifest.read_text())
-    assert manifest["kind"] == "clipeval-index" and manifest["version"] == 1 and manifest["complete"]
-    assert manifest["rows"] == build.rows
+    assert manifest["kind"] == "clipeval-index" and manifest["version"] == 2 and manifest["complete"]
+    assert manifest["rows"] == build.rows == manifest["images"] == build.images  # a folder: one row per image
     assert manifest["source"]["path"] == str(collection.resolve()) and manifest["source"]["kind"] == "folder"
     assert list(manifest["checkpoints"]) == specs
     for spec, entry in manifest["checkpoints"].items():
@@ -180,9 +180,9 @@ def test_a_folder_holding_another_source_or_other_files_is_refused(tmp_path, spe
     second = write_collection(tmp_path / "second")
     out = tmp_path / "index"
     build_index(first, specs[:1], out, embed=EMBED)
-    with pytest.raises(RunFolderMismatch, match="another source"):
+    with pytest.raises(RunFolderMismatch, match=r"different path \("):
         build_index(second, specs[:1], out, embed=EMBED)
-    with pytest.raises(RunFolderMismatch, match="another source"):
+    with pytest.raises(RunFolderMismatch, match=r"different caption_column \('caption' then, 'text' now\)"):
         build_index(first, specs[:1], out, reading=SourceOptions(caption_column="text"), embed=EMBED)
     replaced = build_index(second, specs[:1], out, embed=EMBED, overwrite=True)
     assert json.loads(replaced.layout.manifest.read_text())["source"]["path"] == str(second.resolve())
@@ -196,15 +196,20 @@ def test_a_folder_holding_another_source_or_other_files_is_refused(tmp_path, spe
     assert (other / "keep.txt").read_text() == "mine"
 
 
-def test_a_table_source_keeps_its_columns_and_repeated_images_get_unique_ids(tmp_path, challenge_csv, specs):
+def test_a_table_source_is_one_item_per_image_with_its_rows_captions_and_columns(tmp_path, challenge_csv, specs):
     build = build_index(challenge_csv, specs[:1], tmp_path / "index", embed=EMBED)
     items = pd.read_parquet(build.layout.items)
     pairs = pd.read_csv(challenge_csv)
-    assert len(items) == len(pairs) and items["id"].is_unique
+    assert build.rows == len(pairs) and build.images == len(items) == pairs["image"].nunique() < len(pairs)
+    assert items["id"].is_unique and items["image"].tolist() == pairs["image"].unique().tolist()
     assert {"match", "image_name", "caption_source"} <= set(items.columns)
-    assert items["caption"].tolist() == pairs["caption"].tolist()
-    first = items[items["image"] == "images/astronaut.png"]["id"].tolist()
-    assert first == ["images~astronaut.png", "images~astronaut.png-1", "images~astronaut.png-2"]
+    astronaut = items[items["image"] == "images/astronaut.png"].iloc[0]
+    rows = pairs.index[pairs["image"] == "images/astronaut.png"].tolist()
+    assert astronaut["id"] == "images~astronaut.png" and astronaut["rows"].tolist() == rows
+    assert astronaut["captions"].tolist() == pairs.loc[rows, "caption"].drop_duplicates().tolist()
+    assert astronaut["caption"] == pairs.loc[rows[0], "caption"]
+    assert json.loads(astronaut["match"]) == pairs.loc[rows, "match"].tolist()  # differs between its rows: a list
+    assert astronaut["image_name"] == "astronaut.png"  # the same on all its rows: one value
     named = build_index(challenge_csv, specs[:1], tmp_path / "named", embed=EMBED,
                         options=IndexOptions(id_column="caption_source"))
     ids = pd.read_parquet(named.layout.items)["id"]
@@ -257,3 +262,54 @@ def test_a_collection_with_no_usable_image_is_an_empty_index(tmp_path, specs):
     dim = json.loads(build.layout.manifest.read_text())["checkpoints"][specs[0]]["dim"]
     assert vectors.shape == (0, dim) and dim > 0 and build.failed == {specs[0]: 1}
     assert FinderIndex.open(build.layout.root, EMBED).search_text("anything") == []
+
+
+def write_coco_like(root, images: int = 6, captions: int = 5):
+    """A COCO-like pairs table: ``captions`` rows per image (one per caption), as a COCO file gives them."""
+    rows = []
+    for number in range(images):
+        name = f"val2017/00000027579{number}.jpg"
+        (root / "val2017").mkdir(parents=True, exist_ok=True)
+        pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+        pixels[:, : 10 * (number + 1)] = (40 * number, 255 - 40 * number, 128)
+        Image.fromarray(pixels).save(root / name)
+        rows += [{"image": name, "caption": f"photo {number}, caption {k}", "image_id": 275790 + number,
+                  "annotation_id": 100 * number + k} for k in range(captions)]
+    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
+    return root / "pairs.csv"
+
+
+def test_a_coco_like_table_is_one_item_per_image_and_search_returns_distinct_images(tmp_path, specs):
+    from clipeval.finder.search import FinderIndex
+
+    pairs = write_coco_like(tmp_path)
+    build = build_index(pairs, specs[:1], tmp_path / "index", embed=EMBED)
+    assert (build.rows, build.images, build.ok, build.vectors) == (30, 6, 6, {specs[0]: 6})
+    manifest = json.loads(build.layout.manifest.read_text())
+    assert (manifest["rows"], manifest["images"]) == (30, 6)
+    index = FinderIndex.open(build.layout.root, EMBED)
+    hits = index.search_text("photo 3, caption 0", k=10)
+    assert len(hits) == 6 and len({hit.image for hit in hits}) == 6  # each image once, never once per caption
+    assert all(len(hit.captions) == 5 for hit in hits)
+    assert hits[0].captions == [f"photo {hits[0].image[-5]}, caption {k}" for k in range(5)]
+    items = pd.read_parquet(build.layout.items)
+    assert items["annotation_id"].map(json.loads).tolist() == [[100 * n + k for k in range(5)] for n in range(6)]
+    assert items["image_id"].tolist() == [275790 + n for n in range(6)]
+
+
+def test_an_index_of_the_per_row_layout_is_refused_with_how_to_rebuild(tmp_path, specs):
+    from clipeval.finder.search import FinderIndex
+
+    pairs = write_coco_like(tmp_path)
+    build = build_index(pairs, specs[:1], tmp_path / "index", embed=EMBED)
+    manifest = json.loads(build.layout.manifest.read_text())
+    build.layout.fingerprint.unlink()  # as version 1 wrote it: no run.json, the manifest says what it is
+    build.layout.manifest.write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(ValueError, match=r"version 1 \(one item per row.*rebuild it with `clipeval index "
+                                         + re.escape(str(pairs.resolve())) + r" --out .* --overwrite`"):
+        FinderIndex.open(build.layout.root, EMBED)
+    with pytest.raises(RunFolderMismatch, match=r"different layout_version \(1 then, 2 now\); rerun with "
+                                                r"--overwrite"):
+        build_index(pairs, specs[:1], build.layout.root, embed=EMBED)
+    rebuilt = build_index(pairs, specs[:1], build.layout.root, embed=EMBED, overwrite=True)
+    assert rebuilt.built == specs[:1] and FinderIndex.open(build.layout.root, EMBED).items["id"].is_unique

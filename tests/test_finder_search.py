@@ -152,7 +152,7 @@ def test_overlap_counts_shared_ids():
     from clipeval.finder.search import Hit
 
     def hits(*ids):
-        return [Hit(rank, item_id, 0.0, "", "", "") for rank, item_id in enumerate(ids, start=1)]
+        return [Hit(rank, item_id, 0.0, "", "", "", []) for rank, item_id in enumerate(ids, start=1)]
 
     assert overlap(hits("a", "b", "c"), hits("c", "d", "a")) == {"count": 2, "jaccard": 0.5}
     assert overlap(hits("a"), hits("b")) == {"count": 0, "jaccard": 0.0}
@@ -196,8 +196,8 @@ def test_the_command_line_indexes_and_searches_two_checkpoints_side_by_side(tmp_
     built = clipeval("index", collection, "--out", out, "--checkpoint", specs[0], "--checkpoint", specs[1],
                      "--device", "cpu", "--no-progress")
     assert built.returncode == 0, built.stderr
-    assert f"indexed 10 rows (8 images read) -> {out}" in built.stdout
-    assert f"{specs[0]}: 8 vectors, 2 rows without one (failed.csv), built, exact search" in built.stdout
+    assert f"indexed 10 images from 10 rows (8 images read) -> {out}" in built.stdout
+    assert f"{specs[0]}: 8 vectors, 2 images without one (failed.csv), built, exact search" in built.stdout
 
     query = "picture 2: animals/noise.png"
     both = ["--checkpoint", specs[0], "--checkpoint", specs[1]]
@@ -217,8 +217,8 @@ def test_the_command_line_indexes_and_searches_two_checkpoints_side_by_side(tmp_
     shared = len(lists[0] & lists[1])
     assert result["overlap"] == {"count": shared, "jaccard": shared / len(lists[0] | lists[1])}
     lines = table.stdout.splitlines()
-    assert lines[1].startswith(f"[1] {specs[0]}: exact search over 8 vectors")
-    assert lines[2].startswith(f"[2] {specs[1]}: exact search over 8 vectors")
+    assert lines[1].startswith(f"[1] {specs[0]}: exact search over 8 images")
+    assert lines[2].startswith(f"[2] {specs[1]}: exact search over 8 images")
     assert lines[3].split()[:4] == ["rank", "[1]", "score", "[1]"]
     assert len(lines) == 4 + 4 + 1  # query, two checkpoints, header, 4 ranks, overlap
     jaccard = result["overlap"]["jaccard"]

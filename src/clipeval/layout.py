@@ -45,8 +45,8 @@ A curation folder (:class:`CurationLayout`) holds ``summary.csv``, ``kept_uids.p
 run also ``kept.csv``, ``dropped.csv`` and ``curated.csv``, and on request ``filtered/``.
 
 An image-finder index folder (:class:`IndexLayout`, written by ``clipeval index``) holds
-``manifest.json``, ``items.parquet``, ``failed.csv``, ``vectors/``, ``ann/``, ``thumbnails/``
-and, when the web page logs them, ``queries.jsonl``.
+``run.json``, ``manifest.json``, ``items.parquet``, ``failed.csv``, ``vectors/``, ``ann/``,
+``thumbnails/`` and, when the web page logs them, ``queries.jsonl``.
 """
 
 from __future__ import annotations
@@ -272,12 +272,14 @@ class IndexLayout(_Folder):
     =============================  ================================================================
     file                           what
     =============================  ================================================================
-    ``manifest.json``              kind, version, source, rows, and per checkpoint its spec, model
-                                   key, weights identity, preprocessing, dim, vectors, dtype, ANN
-    ``items.parquet``              one row per input: id, row, image, caption, status, error, width,
-                                   height and the source's other columns
-    ``failed.csv``                 every (row, checkpoint) without a vector: id, checkpoint, status,
-                                   error
+    ``run.json``                   the layout version and the source (:func:`claim`)
+    ``manifest.json``              kind, version, source, rows, images, and per checkpoint its spec,
+                                   model key, weights identity, preprocessing, dim, vectors, dtype, ANN
+    ``items.parquet``              one row per distinct image: id, its input rows, image, its
+                                   captions, status, error, width, height and the source's other
+                                   columns
+    ``failed.csv``                 every (image, checkpoint) without a vector: id, checkpoint,
+                                   status, error
     ``vectors/<name>.npy``         float16 ``(n_ok, dim)`` L2-normalised, ok rows in items order
     ``vectors/<name>.ids.npy``     int64 positions in ``items.parquet`` of those rows
     ``ann/<name>.faiss``/``.json`` the approximate index and its parameters (large collections only)
@@ -285,12 +287,13 @@ class IndexLayout(_Folder):
     ``queries.jsonl``              the queries, only with ``serve --log-queries``
     =============================  ================================================================
 
-    ``<name>`` is :func:`checkpoint_slug` of the spec.
+    ``<name>`` is :func:`checkpoint_slug` of the spec. Version 1 held one item per input row.
     """
 
     KIND = "clipeval-index"
-    VERSION = 1
+    VERSION = 2
 
+    fingerprint = _File("run.json")
     items = _File("items.parquet")
     failed = _File("failed.csv")
     vectors_dir = _File("vectors")

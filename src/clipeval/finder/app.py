@@ -7,7 +7,8 @@ and a side-by-side mode that marks the images two checkpoints both return.
 
 Routes (every error is JSON ``{"error": message}`` with its status code, never a stack trace):
 
-- ``GET /api/checkpoints``: the index's checkpoints (specs, default first) and row count.
+- ``GET /api/checkpoints``: the index's checkpoints (specs, default first), its images and the input rows
+  they came from.
 - ``GET /api/search?q=TEXT&checkpoint=SPEC[&checkpoint=SPEC2]&k=10``: text → image.
 - ``POST /api/search-image`` (multipart ``image``, same ``checkpoint``/``k`` fields): image → image;
   the upload is capped at :data:`MAX_UPLOAD_BYTES` and decoded through the project's image
@@ -113,7 +114,7 @@ def _thumb_url(item_id: str) -> str:
 
 def _hit(hit) -> dict:
     return {"rank": int(hit.rank), "id": hit.id, "score": float(hit.score), "caption": hit.caption or "",
-            "thumb": _thumb_url(hit.id)}
+            "captions": list(hit.captions), "thumb": _thumb_url(hit.id)}
 
 
 class _Finder:
@@ -279,7 +280,8 @@ def create_app(index_dir, log_queries: bool = False, host: str = DEFAULT_HOST):
 
     @app.get("/api/checkpoints")
     def checkpoints():
-        return flask.jsonify({"checkpoints": list(index.checkpoints), "rows": len(index.items),
+        return flask.jsonify({"checkpoints": list(index.checkpoints), "images": len(index.items),
+                              "rows": int(index.manifest.get("rows", len(index.items))),
                               "default_k": DEFAULT_K, "max_k": MAX_K, "log_queries": log_queries})
 
     @app.get("/api/search")

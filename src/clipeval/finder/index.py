@@ -1,20 +1,25 @@
 """Build an image-finder index folder: a collection's items, thumbnails and per-checkpoint vectors.
 
 :func:`build_index` reads any pairs source (:func:`clipeval.data.sources.read_pairs`: an image
-folder, a table, a COCO file, a Hugging Face dataset), gives every row a safe unique id, reads
-every image once for its status, size and thumbnail, then embeds the collection with each
-checkpoint through the one embedding path (:class:`clipeval.embed.engine.Embedder`, with its
-cache) into the folder :class:`clipeval.layout.IndexLayout` describes (docs/finder.md):
+folder, a table, a COCO file, a Hugging Face dataset), groups its rows by image (one item per
+distinct image, with every caption of its rows: a COCO file's five captions of a photo are one
+item), gives every item a safe unique id, reads every image once for its status, size and
+thumbnail, then embeds the collection with each checkpoint through the one embedding path
+(:class:`clipeval.embed.engine.Embedder`, with its cache) into the folder
+:class:`clipeval.layout.IndexLayout` describes (docs/finder.md):
 
-* **nothing silently missing**: every input row is a row of ``items.parquet`` with its status;
-  every (row, checkpoint) without a vector is a row of ``failed.csv`` with its status and reason;
+* **nothing silently missing**: every input row belongs to one row of ``items.parquet`` (its
+  ``rows``), with its status; every (item, checkpoint) without a vector is a row of ``failed.csv``
+  with its status and reason;
 * **float16 vectors**: L2-normalised, ``(n_ok, dim)``, rows in items order (the measurement that
   float16 changes no ranking is in docs/finder.md);
 * **resumable**: a checkpoint whose vectors exist for the same model key and the same items
   (ids, references, captions, image bytes' SHA-256, statuses) is skipped, and the run says so;
   thumbnails already made for the same bytes are kept;
-* **one source per folder**: a folder holding an index of another source (or any other files)
-  is refused; ``overwrite`` discards an earlier index (its own files only);
+* **one source per folder**: a folder holding an index of another source, or of an older layout
+  (version 1: one item per row), is refused by the one claim rule (:func:`clipeval.layout.claim`),
+  and so is a folder holding any other files; ``overwrite`` discards an earlier index (its own
+  files only);
 * **approximate search**: after a checkpoint's vectors, :func:`clipeval.finder.ann.choose_ann`
   decides from the collection size and the memory budget whether a faiss index is built.
 """
@@ -45,11 +50,11 @@ from clipeval.data.sources import detect_source_kind, read_pairs
 from clipeval.embed.engine import Embedder, LazyEncoder, batches
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder.options import IndexOptions
-from clipeval.layout import IndexLayout, RunFolderMismatch, differences
+from clipeval.layout import IndexLayout, RunFolderMismatch, claim
 from clipeval.progress import progress_bar
 
 # items.parquet's own columns; a source column of the same name is kept as ``source_<name>``
-ITEM_COLUMNS = ("id", "row", "image", "caption", "status", "error", "width", "height", "sha256")
+ITEM_COLUMNS = ("id", "row", "rows", "image", "caption", "captions", "status", "error", "width", "height", "sha256")
 FAILED_COLUMNS = ("id", "row", "image", "checkpoint", "status", "error")
 VECTOR_DTYPE = np.float16
 MAX_ID_CHARS = 120
@@ -62,10 +67,11 @@ class IndexBuild:
 
     Attributes:
         layout: the index folder.
-        rows: input rows (items).
-        ok: rows whose image was read and decoded.
-        vectors: per checkpoint spec, its vectors (rows embedded).
-        failed: per checkpoint spec, rows without a vector (``failed.csv``).
+        rows: input rows.
+        images: items: the distinct images those rows name.
+        ok: images read and decoded.
+        vectors: per checkpoint spec, its vectors (images embedded).
+        failed: per checkpoint spec, images without a vector (``failed.csv``).
         built: checkpoints embedded by this call.
         skipped: checkpoints already up to date (same model key, same items), not embedded again.
         ann: per checkpoint spec, the approximate index's parameters (``None``: exact search only).
@@ -73,6 +79,7 @@ class IndexBuild:
 
     layout: IndexLayout
     rows: int
+    images: int
     ok: int
     vectors: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
@@ -114,6 +121,7 @@ def build_index(source: str | Path, checkpoints: list[str], out_dir: str | Path,
     table = read_collection(source, reading, embed)
     base_dir = Path(table.attrs.get("base_dir", "."))
     items, refs = _items(table, reading, options)
+    n_rows = len(table)
     previous = _read_previous_items(layout) if earlier is not None else None
     _read_images(items, refs, base_dir, layout, embed, options, previous)
 
@@ -128,14 +136,14 @@ def build_index(source: str | Path, checkpoints: list[str], out_dir: str | Path,
         if spec not in checkpoints:
             print(f"{spec}: dropped from the index (built for other items)", file=sys.stderr)
     manifest = {"kind": IndexLayout.KIND, "version": IndexLayout.VERSION, "source": described,
-                "created_utc": manifest.get("created_utc") or _now(), "updated_utc": _now(), "rows": len(items),
-                "complete": False, "checkpoints": entries}
+                "created_utc": manifest.get("created_utc") or _now(), "updated_utc": _now(), "rows": n_rows,
+                "images": len(items), "complete": False, "checkpoints": entries}
     write_json(layout.manifest, manifest)
     items.attrs.clear()  # the source's attrs (its base folder) are no part of the items
     with atomic_path(layout.items) as temp:
         items.to_parquet(temp, index=False)
 
-    build = IndexBuild(layout, len(items), int((items["status"] == "ok").sum()))
+    build = IndexBuild(layout, n_rows, len(items), int((items["status"] == "ok").sum()))
     failed = {spec: rows for spec, rows in failed_before.items() if spec in entries}
     order = list(checkpoints) + [spec for spec in entries if spec not in checkpoints]
     for spec in checkpoints:
@@ -205,17 +213,18 @@ def describe_source(source: str | Path, reading: SourceOptions, options: IndexOp
 
 def items_digest(items: pd.DataFrame) -> str:
     """The SHA-256 of what a checkpoint's vectors depend on: ids, references, captions, image digests, statuses."""
-    columns = items[["id", "image", "caption", "sha256", "status"]].astype(str)
-    return hashlib.sha256(json.dumps(columns.to_numpy().tolist()).encode()).hexdigest()
+    columns = items[["id", "image", "sha256", "status"]].astype(str).to_numpy().tolist()
+    captions = [list(texts) for texts in items["captions"]]
+    return hashlib.sha256(json.dumps([columns, captions]).encode()).hexdigest()
 
 
 def item_ids(values: list) -> list[str]:
-    """Safe, flat, unique ids from one value per row (an id column's cells, or the image references).
+    """Safe, flat, unique ids from one value per item (an id column's cells, or the image references).
 
     A value becomes :func:`clipeval.data.shards.safe_uid` of its text (a URL without its scheme), its
     ``/`` written ``~`` and a leading ``.`` as ``%2E``, so an id is one file name (``thumbnails/<id>.jpg``);
     one longer than :data:`MAX_ID_CHARS` keeps its start and the text's hash. An empty cell gives
-    ``row-<row>``; an id an earlier row already has gets ``-<row>``.
+    ``row-<n>`` (``n`` its place in ``values``); an id an earlier item already has gets ``-<n>``.
     """
     ids, seen = [], set()
     for row, value in enumerate(values):
@@ -247,28 +256,37 @@ def _flat_id(value) -> str:
 
 
 def _claim(layout: IndexLayout, described: dict, overwrite: bool) -> dict | None:
-    """The earlier manifest to resume from, or ``None`` (a new index: the folder is empty, or was overwritten)."""
+    """The earlier manifest to resume from, or ``None`` (a new index: the folder is new or empty, or was replaced).
+
+    The one claim rule (:func:`clipeval.layout.claim`) over ``run.json``: the layout version and the
+    source. An index written before ``run.json`` existed is judged by what its manifest records.
+    """
+    manifest = _read_manifest(layout)
     root = layout.root
-    if not root.exists() or not any(root.iterdir()):
+    if root.exists() and any(root.iterdir()) and manifest is None and not layout.fingerprint.is_file():
+        raise RunFolderMismatch(f"{root} is not empty and holds no clipeval index (no manifest.json of kind "
+                                f"{IndexLayout.KIND!r}); choose a new or empty --out folder")
+    if manifest is not None and not layout.fingerprint.is_file():
+        write_json(layout.fingerprint, _fingerprint(manifest.get("version"), manifest.get("source") or {}))
+    state = claim(layout.fingerprint, _fingerprint(IndexLayout.VERSION, described), overwrite,
+                  holds_results=layout.vectors_dir.is_dir() and any(layout.vectors_dir.glob("*.npy")))
+    if state == "replaced" or overwrite:
+        _remove_index(layout)
         return None
+    return manifest if state == "same" else None
+
+
+def _fingerprint(version, source: dict) -> dict:
+    """What a folder's index is: its layout version and its source (path, kind, reading options, id column)."""
+    return {"layout_version": version, **source}
+
+
+def _read_manifest(layout: IndexLayout) -> dict | None:
     try:
         manifest = json.loads(layout.manifest.read_text())
     except (OSError, json.JSONDecodeError):
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("kind") != IndexLayout.KIND:
-        raise RunFolderMismatch(f"{root} is not empty and holds no clipeval index (no manifest.json of kind "
-                                f"{IndexLayout.KIND!r}); choose a new or empty --out folder")
-    if manifest.get("version") != IndexLayout.VERSION and not overwrite:
-        raise RunFolderMismatch(f"{root} holds an index of layout version {manifest.get('version')}, this is "
-                                f"version {IndexLayout.VERSION}; use --overwrite to rebuild it")
-    if manifest.get("source") != described and not overwrite:
-        raise RunFolderMismatch(f"{root} holds an index of another source (different "
-                                f"{differences(manifest.get('source') or {}, described)}); use a new --out folder, "
-                                "or --overwrite to discard the earlier index")
-    if overwrite:
-        _remove_index(layout)
         return None
-    return manifest
+    return manifest if isinstance(manifest, dict) and manifest.get("kind") == IndexLayout.KIND else None
 
 
 def _remove_index(layout: IndexLayout) -> None:
@@ -285,29 +303,58 @@ def _remove_checkpoint_files(layout: IndexLayout, spec: str) -> None:
 
 
 def _items(table: pd.DataFrame, reading: SourceOptions, options: IndexOptions) -> tuple[pd.DataFrame, list]:
-    """One row per input row: id, row, image, caption, then the source's other columns (values made storable);
-    and the image cells as read (references, bytes or failed cells)."""
+    """One row per distinct image: id, its first input row and all its rows, image, its first caption and all its
+    distinct captions, then the source's other columns (a column whose value differs between the rows of one image
+    holds the list of its rows' values); and each item's image cell as read (a reference, bytes or a failed cell)."""
     image_column, caption_column = reading.image_column, reading.caption_column
     if image_column not in table.columns:
         raise ValueError(f"the source has no image column {image_column!r}; its columns: {list(table.columns)}")
     if options.id_column is not None and options.id_column not in table.columns:
         raise ValueError(f"the source has no id column {options.id_column!r}; its columns: {list(table.columns)}")
-    refs = table[image_column].tolist()
-    captions = table[caption_column].tolist() if caption_column in table.columns else [None] * len(table)
+    cells = table[image_column].tolist()
+    keys = [_image_key(cell, row) for row, cell in enumerate(cells)]
+    groups: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(key, []).append(row)
+    members = list(groups.values())
+    firsts = [rows[0] for rows in members]
+    texts = table[caption_column].tolist() if caption_column in table.columns else [None] * len(table)
+    texts = ["" if text is None or _isnan(text) else str(text) for text in texts]
+    captions = [list(dict.fromkeys(texts[row] for row in rows if texts[row].strip())) for rows in members]
+    refs = [cells[row] for row in firsts]
+    named = table[options.id_column].tolist() if options.id_column else cells
+    n = len(members)
     items = pd.DataFrame({
-        "id": item_ids(table[options.id_column].tolist() if options.id_column else refs),
-        "row": np.arange(len(table), dtype=np.int64),
+        "id": item_ids([named[row] for row in firsts]),
+        "row": np.asarray(firsts, dtype=np.int64),
+        "rows": pd.Series([list(rows) for rows in members], dtype=object),
         "image": [ref if isinstance(ref, str) else ("" if ref is None or _isnan(ref) else f"<{type(ref).__name__}>")
                   for ref in refs],
-        "caption": ["" if text is None or _isnan(text) else str(text) for text in captions],
-        "status": "", "error": "", "width": pd.array([None] * len(table), dtype="Int64"),
-        "height": pd.array([None] * len(table), dtype="Int64"), "sha256": ""})
+        "caption": [texts_[0] if texts_ else "" for texts_ in captions],
+        "captions": pd.Series(captions, dtype=object),
+        "status": "", "error": "", "width": pd.array([None] * n, dtype="Int64"),
+        "height": pd.array([None] * n, dtype="Int64"), "sha256": ""})
+    grouping = pd.Series(keys)
     for column in table.columns:
         if column in (image_column, caption_column):
             continue
         name = f"source_{column}" if str(column) in ITEM_COLUMNS else str(column)
-        items[name] = _storable(table[column])
+        stored = _storable(table[column])
+        if n == len(table) or (stored.astype(str).groupby(grouping, sort=False).nunique() <= 1).all():
+            items[name] = stored.iloc[firsts].reset_index(drop=True)
+        else:
+            values = stored.tolist()
+            items[name] = _storable(pd.Series([[values[row] for row in rows] for rows in members], dtype=object))
     return items, refs
+
+
+def _image_key(cell, row: int) -> str:
+    """What makes rows one image: the same reference, or the same bytes; a cell that is neither is its own item."""
+    if isinstance(cell, str) and cell.strip():
+        return "ref:" + cell
+    if isinstance(cell, (bytes, bytearray)):
+        return "sha256:" + hashlib.sha256(cell).hexdigest()
+    return f"row:{row}"
 
 
 def _isnan(value) -> bool:
@@ -455,7 +502,7 @@ def _build_ann(layout: IndexLayout, spec: str, vectors: np.ndarray, items: pd.Da
     params = ann.ann_params(n, dim, budget) if options.ann == "always" else ann.choose_ann(n, dim, budget)
     if params is None:
         return None
-    captions = list(dict.fromkeys(text for text in items["caption"] if text.strip()))
+    captions = list(dict.fromkeys(text for texts in items["captions"] for text in texts))
     if len(captions) > ann.CALIBRATION_QUERIES:
         chosen = np.random.default_rng(ann.SEED).choice(len(captions), ann.CALIBRATION_QUERIES, replace=False)
         captions = [captions[i] for i in np.sort(chosen)]

@@ -52,8 +52,9 @@ class Hit:
         id: the item's id.
         score: cosine similarity of the query and the item (inner product of unit vectors).
         image: the image reference as the source gave it.
-        caption: the item's caption (may be empty).
+        caption: the item's first caption (may be empty).
         thumbnail: the thumbnail's path relative to the index folder (``thumbnails/<id>.jpg``).
+        captions: every distinct caption the source gives the image, in row order.
     """
 
     rank: int
@@ -62,6 +63,7 @@ class Hit:
     image: str
     caption: str
     thumbnail: str
+    captions: list[str]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +86,7 @@ class FinderIndex:
         layout: the folder's files.
         manifest: ``manifest.json``.
         checkpoints: the checkpoint specs, in manifest order (the first is the default).
-        items: ``items.parquet``: one row per input row.
+        items: ``items.parquet``: one row per distinct image.
         complete: False while the build that wrote the folder has not finished.
     """
 
@@ -119,8 +121,14 @@ class FinderIndex:
         if manifest.get("kind") != IndexLayout.KIND:
             raise ValueError(f"{layout.root}/manifest.json is not an index's (kind {manifest.get('kind')!r})")
         if manifest.get("version") != IndexLayout.VERSION:
-            raise ValueError(f"{layout.root} holds an index of layout version {manifest.get('version')}; this "
-                             f"clipeval reads version {IndexLayout.VERSION}: rebuild it (clipeval index --overwrite)")
+            older = " (one item per row: an image with five captions comes back five times)" \
+                if manifest.get("version") == 1 else ""
+            source = (manifest.get("source") or {}).get("path") or "SOURCE"
+            specs = " ".join(f"--checkpoint {spec}" for spec in manifest.get("checkpoints") or {}) \
+                or "--checkpoint SPEC"
+            raise ValueError(f"{layout.root} holds an index of layout version {manifest.get('version')}{older}; "
+                             f"this clipeval reads version {IndexLayout.VERSION}: rebuild it with "
+                             f"`clipeval index {source} --out {layout.root} {specs} --overwrite`")
         return cls(layout, manifest, pd.read_parquet(layout.items), embed)
 
     # --- checkpoints and items --------------------------------------------------------------------------------
@@ -306,7 +314,7 @@ class FinderIndex:
     def _hit(self, rank: int, position: int, score: float) -> Hit:
         row = self.items.iloc[position]
         return Hit(rank, str(row["id"]), score, str(row["image"]), str(row["caption"]),
-                   f"{self.layout.thumbnails.name}/{row['id']}.jpg")
+                   f"{self.layout.thumbnails.name}/{row['id']}.jpg", [str(text) for text in row["captions"]])
 
     def search_text(self, text: str, checkpoint: str | None = None, k: int = 10,
                     exact: bool | None = None) -> list[Hit]:
@@ -393,21 +401,35 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def _first_caption(hit: dict, width: int) -> str:
+    """An item's first caption, with how many more it has: ``a red car (+4)``."""
+    captions = hit.get("captions") or ([hit["caption"]] if hit["caption"] else [])
+    more = f" (+{len(captions) - 1})" if len(captions) > 1 else ""
+    return _clip(captions[0], width - len(more)) + more if captions else ""
+
+
 def format_results(result: dict, width: int = 48) -> str:
-    """:func:`run_query`'s result as a readable table: rank, score, id, image, caption; with several
-    checkpoints their lists side by side (score, id, caption each) and the overlap of their top k."""
+    """:func:`run_query`'s result as a readable table: rank, score, id and image, each item's captions below it;
+    with several checkpoints their lists side by side (score, id and first caption each, with how many more it
+    has) and the overlap of their top k."""
     query = result["query"]
     lines = [f"{query['kind']} query: {query['value']}"]
     blocks = result["checkpoints"]
     for number, block in enumerate(blocks, start=1):
         label = f"[{number}] " if len(blocks) > 1 else ""
-        lines.append(f"{label}{block['spec']}: {block['search']} search over {block['vectors']} vectors")
-    if len(blocks) == 1:
-        rows = [[str(hit["rank"]), f"{hit['score']:.4f}", hit["id"], hit["image"], hit["caption"]]
-                for hit in blocks[0]["hits"]]
-        table = pd.DataFrame(rows, columns=["rank", "score", "id", "image", "caption"])
-        for column in ("id", "image", "caption"):
-            table[column] = table[column].map(lambda text: _clip(text, width))
+        lines.append(f"{label}{block['spec']}: {block['search']} search over {block['vectors']} images")
+    if not any(block["hits"] for block in blocks):
+        lines.append("(no results)")
+    elif len(blocks) == 1:
+        hits = blocks[0]["hits"]
+        table = pd.DataFrame([[str(hit["rank"]), f"{hit['score']:.4f}", _clip(hit["id"], width),
+                               _clip(hit["image"], width)] for hit in hits], columns=["rank", "score", "id", "image"])
+        header, *rows = table.to_string(index=False, justify="left").splitlines()
+        lines.append(header)
+        indent = " " * (len(header) - len(header.lstrip()) + 6)
+        for row, hit in zip(rows, hits):
+            lines.append(row)
+            lines += [f"{indent}· {_clip(text, 2 * width)}" for text in hit.get("captions") or [hit["caption"]] if text]
     else:
         depth = max(len(block["hits"]) for block in blocks)
         rows = []
@@ -415,13 +437,12 @@ def format_results(result: dict, width: int = 48) -> str:
             row = [str(rank + 1)]
             for block in blocks:
                 hit = block["hits"][rank] if rank < len(block["hits"]) else None
-                row += ([f"{hit['score']:.4f}", _clip(hit["id"], width // 2), _clip(hit["caption"], width // 2)]
+                row += ([f"{hit['score']:.4f}", _clip(hit["id"], width // 2), _first_caption(hit, width // 2)]
                         if hit else ["", "", ""])
             rows.append(row)
         columns = ["rank"] + [f"[{number}] {name}" for number in range(1, len(blocks) + 1)
                               for name in ("score", "id", "caption")]
-        table = pd.DataFrame(rows, columns=columns)
-    lines.append(table.to_string(index=False) if len(table) else "(no results)")
+        lines.append(pd.DataFrame(rows, columns=columns).to_string(index=False))
     if result.get("overlap") is not None:
         shared = result["overlap"]
         lines.append(f"overlap of [1] and [2] top {result['k']}: {shared['count']} shared ids "

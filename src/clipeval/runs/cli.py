@@ -307,11 +307,11 @@ def _index(args: argparse.Namespace) -> None:
 
     build = build_index(args.source, args.checkpoint, args.out, options_from(args, SourceOptions), _embed(args),
                         options_from(args, IndexOptions), args.overwrite)
-    print(f"indexed {build.rows} rows ({build.ok} images read) -> {args.out}")
+    print(f"indexed {build.images} images from {build.rows} rows ({build.ok} images read) -> {args.out}")
     for spec, vectors in build.vectors.items():
         state = "built" if spec in build.built else "up to date, skipped" if spec in build.skipped else "kept"
         ann = build.ann[spec]
-        print(f"  {spec}: {vectors} vectors, {build.failed[spec]} rows without one (failed.csv), {state}, "
+        print(f"  {spec}: {vectors} vectors, {build.failed[spec]} images without one (failed.csv), {state}, "
               + (f"approximate index {ann['factory']} (nprobe {ann.get('nprobe')})" if ann else "exact search"))
 
 

@@ -60,7 +60,8 @@
       fillSelect($("checkpoint"), info.checkpoints, info.checkpoints[0]);
       fillSelect($("checkpoint2"), info.checkpoints, info.checkpoints[1] || info.checkpoints[0]);
       $("side-by-side").disabled = info.checkpoints.length < 2;
-      $("index-info").textContent = `${info.rows} images, ${info.checkpoints.length} checkpoint(s)` +
+      $("index-info").textContent = `${info.images} images from ${info.rows} rows, ` +
+        `${info.checkpoints.length} checkpoint(s)` +
         (info.log_queries ? " · queries are logged" : "");
       setStatus("ready", "Type a query, choose an image, or click a result.");
     } catch (error) {
@@ -130,7 +131,10 @@
     const meta = el("div", "meta");
     meta.append(el("span", "rank", `#${hit.rank}`), el("span", "score", hit.score.toFixed(3)));
     if (shared) meta.append(el("span", "badge", "both"));
-    caption.append(meta, el("div", "caption", hit.caption || "(no caption)"), el("div", "id", hit.id));
+    const captions = hit.captions.length ? hit.captions : ["(no caption)"];
+    const list = el("ul", "captions");
+    for (const text of captions) list.append(el("li", "caption", text));
+    caption.append(meta, list, el("div", "id", hit.id));
     const similar = el("button", "similar", "similar");
     similar.type = "button";
     similar.title = "search for images like this one";
