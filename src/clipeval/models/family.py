@@ -33,7 +33,9 @@ class CheckpointFamily:
         description: the catalogue's name for the family (shown for specs the catalogue does not list).
         load: ``(spec, device, precision) -> Encoder``.
         save: ``(encoder, folder) -> spec`` writing a (fine-tuned) model in the format ``load`` reads;
-            ``None`` when the family cannot be saved, and so not fine-tuned.
+            ``None`` when the family cannot be saved, and so not fine-tuned. A fine-tunable encoder's
+            ``model`` holds a learnable ``logit_scale`` (the log temperature, as CLIP's) and, for a sigmoid
+            loss, a ``logit_bias``.
         image_tower: the model's submodules making up the image tower (fine-tuning's LiT locks them).
         build_tiny: ``(folder, seed) -> spec``: a tiny random checkpoint for tests and smoke runs.
         hub_repos: ``target -> [hub repository, ...]`` a spec downloads (``[]`` for local targets).
