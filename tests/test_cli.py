@@ -1,6 +1,8 @@
 """The dual-encoder commands: unset options keep the library defaults, set ones reach it."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +85,12 @@ def test_a_finished_score_run_answers_a_rerun_without_a_model_library(tmp_path, 
     written = (tmp_path / "run" / "score_summary.csv").stat().st_mtime_ns
     assert imports_after(argv, HEAVY) == []
     assert (tmp_path / "run" / "score_summary.csv").stat().st_mtime_ns == written
+
+
+def test_a_closed_output_pipe_ends_a_command_quietly():
+    """`clipeval ... | head` closes the pipe early: no BrokenPipeError traceback, SIGPIPE's status."""
+    run = subprocess.Popen([sys.executable, "-m", "clipeval", "checkpoints"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    run.stdout.close()  # the reader is gone before the command writes
+    stderr = run.stderr.read().decode()
+    assert run.wait(timeout=120) == 141 and stderr == ""

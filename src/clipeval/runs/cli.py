@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -557,6 +558,12 @@ def main(argv: list[str] | None = None) -> int:
         quiet = getattr(args, "no_progress", False) or getattr(args, "progress", None) is False
         with quiet_model_loads() if quiet else contextlib.nullcontext(), announcing_location():
             status = args.handler(args)
+        sys.stdout.flush()  # inside the try: a reader gone before the last write is met here, not at exit
+    except BrokenPipeError:
+        # the reader of the output went away (`clipeval search IX "a dog" --json | head`): stop quietly, as
+        # Unix tools do, and keep Python's exit-time flush from reporting the closed pipe again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE's status
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
