@@ -1,8 +1,10 @@
 """Network fault injection: the URL fetcher refuses non-public addresses (redirects included), and the API
 captioner sends its key only to its own host (https, or plain http on loopback) and never stores it.
 
-Everything runs against stub servers on loopback. Sockets are guarded: a connection to anything but a
-loopback address is recorded and refused by the test, so nothing here reaches the real network.
+Everything runs against stub servers on 127.0.0.1. Sockets are guarded: a connection to anything but a
+loopback address is recorded and refused by the test, so nothing here reaches the real network; the one
+exception, :data:`PUBLIC_ADDRESS`, is routed by the guard to a stub on 127.0.0.1, so a "public" host that
+redirects can be served on any machine (no second loopback address to bind).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from clipeval.labels.api import ApiCaptioner
 from http_stub import serving
 
 KEY = "sk-test-SECRET-0123456789abcdef"
-PUBLIC_STUB_HOST = "127.0.0.2"  # a second loopback address, counted as public by the tests that need one
+PUBLIC_ADDRESS = "93.184.216.34"  # public to the fetcher's policy; the guarded socket routes it to 127.0.0.1
 _REAL_SOCKET = socket.socket
 _REAL_GETADDRINFO = socket.getaddrinfo
 
@@ -76,12 +78,9 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def _stub(answer, host: str = "127.0.0.1"):
-    """A stub server on ``host`` answering each request with ``answer(handler) -> (code, headers, body[, reason])``."""
-    try:
-        httpd = _Server((host, 0), _Handler)
-    except OSError as error:
-        pytest.skip(f"cannot bind a stub server to {host}: {error}")
+def _stub(answer):
+    """A stub server on 127.0.0.1 answering each request with ``answer(handler) -> (code, headers, body[, reason])``."""
+    httpd = _Server(("127.0.0.1", 0), _Handler)
 
     def full(handler):
         code, headers, body, *reason = answer(handler)
@@ -95,6 +94,11 @@ def _stub(answer, host: str = "127.0.0.1"):
 def _origin(server) -> str:
     host, port = server.server_address[:2]
     return f"http://{host}:{port}"
+
+
+def _public_origin(server) -> str:
+    """The stub's origin under :data:`PUBLIC_ADDRESS`: a public host to the fetcher, the stub to the guard."""
+    return f"http://{PUBLIC_ADDRESS}:{server.server_address[1]}"
 
 
 def _serve_png(handler):
@@ -116,12 +120,15 @@ def _is_loopback(host: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def connects(monkeypatch):
-    """Every address a client socket connects to; connecting anywhere but loopback is refused by the test."""
+    """Every address a client socket connects to; connecting anywhere but loopback is refused by the test,
+    except :data:`PUBLIC_ADDRESS`, which is connected to 127.0.0.1 on the same port."""
     attempts: list = []
 
     class _GuardedSocket(_REAL_SOCKET):
         def connect(self, address):
             attempts.append(address)
+            if str(address[0]) == PUBLIC_ADDRESS:
+                return super().connect(("127.0.0.1", *address[1:]))
             if not _is_loopback(str(address[0])):
                 raise ConnectionRefusedError(f"the test refuses to connect to {address[0]}")
             return super().connect(address)
@@ -140,11 +147,6 @@ def _options(**overrides) -> FetchOptions:
     return FetchOptions(**{"timeout": 1.0, "retries": 0, "backoff": 0.01, "image_cache_dir": None, **overrides})
 
 
-def _only_public(monkeypatch, *addresses: str) -> None:
-    """Count only ``addresses`` as public (the stubs live on loopback, which is never public)."""
-    monkeypatch.setattr(fetch, "is_public_address", lambda ip: str(ip) in addresses, raising=False)
-
-
 # --- the URL fetcher ----------------------------------------------------------------------------------
 
 def test_a_loopback_url_is_refused_by_default_and_fetched_with_the_opt_in():
@@ -161,31 +163,28 @@ def test_a_loopback_url_is_refused_by_default_and_fetched_with_the_opt_in():
 
 
 @pytest.mark.parametrize("target_host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
-def test_a_redirect_to_a_loopback_address_is_refused(monkeypatch, target_host):
-    _only_public(monkeypatch, PUBLIC_STUB_HOST)
+def test_a_redirect_to_a_loopback_address_is_refused(target_host):
     with _stub(_serve_png) as internal:
         target = f"http://{target_host}:{internal.server_address[1]}/internal.png"
-        with _stub(_redirect_to(target), host=PUBLIC_STUB_HOST) as public:
-            result = fetch_url(f"{_origin(public)}/image.png", _options())
+        with _stub(_redirect_to(target)) as public:
+            result = fetch_url(f"{_public_origin(public)}/image.png", _options())
 
             assert (result.status, result.data) == ("private_address", None)
             assert len(public.requests) == 1  # the public host was asked...
             assert internal.requests == []  # ...and the internal one never
-            assert fetch_url(f"{_origin(public)}/image.png", _options(allow_private_urls=True)).status == "ok"
+            assert fetch_url(f"{_public_origin(public)}/image.png", _options(allow_private_urls=True)).status == "ok"
             assert len(internal.requests) == 1  # the opt-in follows the redirect
 
 
-def test_a_redirect_to_the_cloud_metadata_address_is_refused_without_connecting(monkeypatch, connects):
-    _only_public(monkeypatch, PUBLIC_STUB_HOST)
-    with _stub(_redirect_to("http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
-               host=PUBLIC_STUB_HOST) as public:
+def test_a_redirect_to_the_cloud_metadata_address_is_refused_without_connecting(connects):
+    with _stub(_redirect_to("http://169.254.169.254/latest/meta-data/iam/security-credentials/")) as public:
         started = time.monotonic()
-        result = fetch_url(f"{_origin(public)}/image.png", _options(retries=2))
+        result = fetch_url(f"{_public_origin(public)}/image.png", _options(retries=2))
 
     assert (result.status, result.data) == ("private_address", None)
     assert "169.254.169.254" in result.error
     assert not any(str(address[0]) == "169.254.169.254" for address in connects)
-    assert [str(address[0]) for address in connects] == [PUBLIC_STUB_HOST]  # one request, not retried
+    assert [str(address[0]) for address in connects] == [PUBLIC_ADDRESS]  # one request, not retried
     assert time.monotonic() - started < 1.0
 
 
