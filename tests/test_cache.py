@@ -18,8 +18,9 @@ from PIL import Image
 
 from clipeval.data.images import decode_image, read_many_bytes
 from clipeval.data.sources import read_pairs
+from clipeval.embed import engine
 from clipeval.embed.cache import EmbeddingCache
-from clipeval.embed.engine import Embedder, cpu_cores, model_key
+from clipeval.embed.engine import Embedder, model_key
 from clipeval.embed.options import EmbedOptions
 from clipeval.layout import RunFolderMismatch
 from clipeval.models.registry import load_encoder
@@ -265,8 +266,18 @@ def test_a_warm_run_keeps_failures_without_loading_the_model(tiny_specs, tmp_pat
     assert not warm.stats["checkpoints"][spec]["model_loaded"]
 
 
-@pytest.mark.skipif(cpu_cores() < 2, reason="needs 2 cores for a decode worker to take one from the encoder")
-def test_decode_processes_give_the_encoder_its_threads_back(tiny_specs, challenge_csv, score_table):
+def test_decode_processes_give_the_encoder_its_threads_back(tiny_specs, challenge_csv, score_table, monkeypatch):
+    """With 2 cores (as the engine counts them, on any runner) a decode process takes one from the encoder
+    for the run, and the encoder has both again after it."""
+    monkeypatch.setattr(engine, "cpu_cores", lambda: 2)
+    encoding_threads = []
+    encode_pixels = Embedder._encode_pixels
+
+    def counted(self, pixels, images):
+        encoding_threads.append(torch.get_num_threads())
+        return encode_pixels(self, pixels, images)
+
+    monkeypatch.setattr(Embedder, "_encode_pixels", counted)
     pairs = read_pairs(challenge_csv).iloc[:4]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -276,4 +287,5 @@ def test_decode_processes_give_the_encoder_its_threads_back(tiny_specs, challeng
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+    assert encoding_threads and set(encoding_threads) == {1}
     assert run.stats["checkpoints"][tiny_specs["hf-clip"]]["decode_processes"] == 1
