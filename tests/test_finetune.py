@@ -151,22 +151,35 @@ def test_resume_continues_from_the_saved_step_with_the_same_batches(specs, pairs
         [entry["step"] for entry in whole.history["epochs"]]
 
 
-def test_a_state_from_other_settings_is_refused(specs, pairs, tmp_path, monkeypatch):
-    calls = []
+def test_a_finetune_folder_holding_another_run_is_refused_and_overwrite_clears_it_first(specs, scenes, tmp_path,
+                                                                                      capsys, monkeypatch):
+    from clipeval.runs import finetune as runs_finetune
 
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
+    out = tmp_path / "run"
+    base = ["finetune", "--checkpoint", specs["dual"], "--pairs", str(scenes / "pairs_train.csv"), "--holdout", "0.25",
+            "--steps", "1", "--batch-size", "8", "--device", "cpu", "--no-progress", "--bootstrap", "20",
+            "--out", str(out)]
+    assert main([*base, "--forget-pairs", str(scenes / "pairs_val.csv")]) == 0
+    first = (out / "finetune.json").read_text()
+    capsys.readouterr()
+    assert main([*base, "--lr", "1e-3"]) == 2  # the forget set dropped and another learning rate: another run
+    error = capsys.readouterr().err
+    assert f"error: {out} holds an earlier run with different forgetting ('pairs_val' then, None now), " \
+           "forgetting_data (" in error
+    assert "and lr (1e-05 then, 0.001 now); rerun with --overwrite to discard it" in error
+    assert (out / "finetune.json").read_text() == first and (out / "checkpoint").is_dir()  # untouched
 
-    real_step = finetune_module.optimizer_step
-    monkeypatch.setattr(finetune_module, "optimizer_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(specs["open_clip"], pairs, tmp_path, quick(steps=3, batch_size=4, save_every=1))
-    monkeypatch.setattr(finetune_module, "optimizer_step", real_step)
-    with pytest.raises(ValueError, match="another base, data or settings"):
-        finetune(specs["open_clip"], pairs, tmp_path, quick(steps=3, batch_size=4, lr=1e-2), resume=True)
+    seen = []
+
+    def stopped(*args, **kwargs):
+        seen.append(sorted(path.name for path in out.iterdir()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs_finetune, "finetune", stopped)
+    assert main([*base, "--lr", "1e-3", "--overwrite"]) == 130
+    assert seen == [["run.json"]]  # the earlier run's checkpoint, state and tables were gone before training began
+    assert main([*base, "--lr", "1e-3", "--resume"]) == 130  # the same run again: claimed, not refused
+    assert len(seen) == 2
 
 
 def test_training_rows_say_what_each_row_became(pairs, tmp_path):

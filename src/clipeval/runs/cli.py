@@ -179,7 +179,7 @@ def _finetune(args: argparse.Namespace) -> None:
     pairs, held_out, forgetting = load_finetune_data(options_from(args, FinetuneData),
                                                      options_from(args, SourceOptions), config.seed)
     run = run_finetune(args.out, args.checkpoint, pairs, held_out, forgetting, config,
-                       options_from(args, RetrievalOptions), resume=args.resume)
+                       options_from(args, RetrievalOptions), resume=args.resume, overwrite=args.overwrite)
     history = run.result.history
     print(f"fine-tuned {args.checkpoint} ({config.mode}, {history['total_steps']} steps on "
           f"{history['n_train_images']} images, {history['trainable_parameters']:,} of "
@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(tune, SourceOptions)
     add_options(tune, RetrievalOptions)
     tune.add_argument("--resume", action="store_true", help="continue from the last state saved in --out")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="discard an earlier run of other settings or data in --out (refused without it)")
     tune.set_defaults(handler=_finetune)
 
     for name, handler, helps in (("curate", _curate, "keep the pairs rules select by their scores (curation), "

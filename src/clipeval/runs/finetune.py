@@ -10,11 +10,18 @@ The output folder holds:
 * ``gain_forgetting.csv``: per set (``role``: ``held-out`` or ``forgetting``), direction and metric,
   the mean before and after, the difference and its paired-bootstrap 95% CI;
 * ``before_after_metrics.csv``: both checkpoints' full retrieval metrics (with CIs) on each set;
-* ``finetune.json``: the history (loss and validation per epoch), provenance and the sets used.
+* ``finetune.json``: the history (loss and validation per epoch), provenance and the sets used;
+* ``run.json``: what identifies the run (base checkpoint and its files, the training data and
+  the sets with their images' stat fingerprints, the settings): the one claim rule
+  (:func:`clipeval.layout.claim`) refuses a folder holding another run unless ``overwrite``, whose
+  results are deleted before the new run starts; the same run resumes (``resume``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +34,10 @@ from clipeval.data.sources import read_pairs
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.before_after import compare_before_after
 from clipeval.eval.options import RetrievalOptions
+from clipeval.file_identity import stat_fingerprint
 from clipeval.labels.evalset import complete
+from clipeval.layout import claim
+from clipeval.models.registry import weights_identity
 from clipeval.train.finetune import FinetuneResult, finetune, split_pairs
 from clipeval.train.finetune_options import FinetuneConfig, FinetuneData
 
@@ -105,10 +115,15 @@ class FinetuneRun:
     out_dir: Path
 
 
+# what a run writes in its folder: deleted before a run that does not resume this one starts
+RUN_FILES = ("checkpoint", "state", "train_pairs.csv", "gain_forgetting.csv", "before_after_metrics.csv",
+             "finetune.json")
+
+
 def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_out: RetrievalSet,
                  forgetting: RetrievalSet | None = None, config: FinetuneConfig = FinetuneConfig(),
                  retrieval: RetrievalOptions = RetrievalOptions(), resume: bool = False,
-                 validation: RetrievalSet | None = None) -> FinetuneRun:
+                 validation: RetrievalSet | None = None, overwrite: bool = False) -> FinetuneRun:
     """Fine-tune, then compare base and fine-tuned checkpoints on the held-out and forgetting sets.
 
     Args:
@@ -119,14 +134,29 @@ def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_
         forgetting: a set the fine-tuning never saw: what was lost is measured here.
         config: the fine-tuning settings.
         retrieval: cut-offs and bootstrap of the before/after comparison.
-        resume: continue from the output folder's saved state.
+        resume: continue from the output folder's saved state (of this same run).
         validation: the set scored after each epoch (default: ``held_out``).
+        overwrite: discard an earlier run of other settings or data in ``out_dir`` instead of refusing.
 
     Returns:
         A :class:`FinetuneRun`.
+
+    Raises:
+        RunFolderMismatch: ``out_dir`` holds another run's results and not ``overwrite`` (the message names what
+            differs).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    held = any((out_dir / name).exists() for name in RUN_FILES)
+    state = claim(out_dir / "run.json", run_fingerprint(base_spec, pairs, held_out, forgetting, config, retrieval,
+                                                        validation), overwrite, holds_results=held)
+    if not (state == "same" and resume):  # a run that does not resume this one: nothing of the earlier one stays
+        for name in RUN_FILES:
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     result = finetune(base_spec, pairs, out_dir, config, validation if validation is not None else held_out, resume)
     write_csv(out_dir / "train_pairs.csv", result.rows)
     embed = EmbedOptions(batch_size=config.eval_batch_size, device=config.device, precision=config.precision,
@@ -145,6 +175,51 @@ def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_
                                            "history": result.history, "sets": sets,
                                            "retrieval": asdict(retrieval)})
     return FinetuneRun(result, differences, metrics, out_dir)
+
+
+def run_fingerprint(base_spec: str, pairs: pd.DataFrame, held_out: RetrievalSet, forgetting: RetrievalSet | None,
+                    config: FinetuneConfig, retrieval: RetrievalOptions,
+                    validation: RetrievalSet | None = None) -> dict:
+    """What identifies a fine-tuning run, for :func:`clipeval.layout.claim`: one flat, readable dict.
+
+    The base checkpoint (its spec and its files' stat fingerprints), the training pairs and each set (their
+    tables and their local images' stat fingerprints, as short digests), the settings that change the results
+    (not the device, bars, evaluation batch size or save interval) and the before/after comparison's options.
+    """
+    ignored = ("device", "progress", "eval_batch_size", "save_every")
+    settings = {key: value for key, value in asdict(config).items() if key not in ignored}
+    sets = {"held_out": held_out, "forgetting": forgetting, "validation": validation}
+    described = {}
+    for role, dataset in sets.items():
+        described[role] = None if dataset is None else dataset.name
+        described[f"{role}_data"] = None if dataset is None else _set_digest(dataset)
+    fingerprint = {"checkpoint": base_spec, "checkpoint_files": _digest(weights_identity(base_spec)),
+                   "train_rows": len(pairs), "train_data": _table_digest(pairs, pairs.attrs.get("base_dir")),
+                   **described, **settings, **{f"retrieval_{key}": value for key, value in asdict(retrieval).items()}}
+    return json.loads(json.dumps(fingerprint, default=str))  # as run.json holds it: tuples are lists
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _table_digest(table: pd.DataFrame, base_dir, image_column: str = "image") -> str:
+    """A table's cells and its local images' stat fingerprints (a file replaced under the same name changes it)."""
+    files = []
+    for ref in pd.unique(table[image_column].dropna().astype(str)) if image_column in table else []:
+        if "://" in ref:
+            continue
+        path = Path(base_dir) / ref if base_dir and not Path(ref).is_absolute() else Path(ref)
+        try:
+            files.append([ref, stat_fingerprint(path)])
+        except OSError:
+            files.append([ref, None])
+    return _digest([table.to_csv(index=False), files])
+
+
+def _set_digest(dataset: RetrievalSet) -> str:
+    return _digest([_table_digest(dataset.images, dataset.base_dir), dataset.queries.to_csv(index=False),
+                    dataset.relevant.tolist()])
 
 
 def _describe(dataset: RetrievalSet, pairs: pd.DataFrame) -> dict:

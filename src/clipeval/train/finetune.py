@@ -264,10 +264,6 @@ class _Batches:
         return self.data.pixels[torch.from_numpy(order[part])], captions[part] + extra, len(extra)
 
 
-def _state_fingerprint(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _autocast(device: torch.device, precision: str):
     if device.type == "cuda" and precision != "fp32":
         return torch.autocast("cuda", dtype=PRECISIONS[precision])
@@ -302,15 +298,15 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
             and ``state/`` (the last saved training state) are written there.
         config: the settings.
         validation: a retrieval set scored after every epoch (text-to-image), or None.
-        resume: continue from ``state/`` when it holds a state of the same base, data and settings.
+        resume: continue from the state saved in ``state/``. That it is this run's is the folder's claim:
+            :func:`clipeval.runs.finetune.run_finetune` claims it (:func:`clipeval.layout.claim`).
 
     Returns:
         A :class:`FinetuneResult`.
 
     Raises:
         CheckpointError: the base cannot be loaded or is not fine-tunable (``baseline:``).
-        ValueError: bad settings, no usable data, hard negatives asked for and none found, or a
-            state to resume from that another run wrote.
+        ValueError: bad settings, no usable data, or hard negatives asked for and none found.
     """
     config.check()
     out_dir, device = Path(out_dir), resolve_device(config.device)
@@ -337,8 +333,6 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
         scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
         settings = {key: value for key, value in asdict(config).items()
                     if key not in ("device", "progress", "eval_batch_size", "save_every")}
-        fingerprint = _state_fingerprint({"base": base_spec, "weights": base_digest, "data": data.fingerprint,
-                                         "settings": settings})
         history = {"base": base_spec, "mode": config.mode, "settings": settings, "device": str(device),
                    "precision": precision, "n_train_images": len(data.captions),
                    "n_train_captions": sum(map(len, data.captions)), "n_train_hard_negatives": n_negatives,
@@ -348,8 +342,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
                    "micro_batch_size": batches.batch_size, "micro_batches_per_epoch": batches.per_epoch,
                    "total_steps": total, "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "machine": platform.machine(), "resumed_from_step": None, "epochs": []}
-        start = _restore(out_dir / "state" / STATE_FILE, fingerprint, model, optimizer, scheduler, scaler, history) \
-            if resume else 0
+        start = _restore(out_dir / "state" / STATE_FILE, model, optimizer, scheduler, scaler, history) if resume else 0
         if validation is not None and start == 0:
             history["validation_before"] = validate(encoder, validation, config.eval_batch_size)
         bar = progress_bar(total=total, initial=start, desc=f"finetune {config.mode}", unit="step",
@@ -378,8 +371,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
                 history["epochs"].append(entry)
                 losses = []
             if step + 1 < total and (epoch_end or (config.save_every and (step + 1) % config.save_every == 0)):
-                _save_state(out_dir / "state" / STATE_FILE, fingerprint, step + 1, model, optimizer, scheduler,
-                            scaler, history)
+                _save_state(out_dir / "state" / STATE_FILE, step + 1, model, optimizer, scheduler, scaler, history)
         bar.close()
         history["train_seconds"] = time.perf_counter() - started
         steady = step_seconds[1:] or step_seconds  # the first step also warms up (allocations, kernels)
@@ -406,22 +398,19 @@ def _info_folder(spec: str) -> Path:
     return target if target.is_dir() else target.parent
 
 
-def _save_state(path: Path, fingerprint: str, step: int, model, optimizer, scheduler, scaler, history: dict) -> None:
-    state = {"fingerprint": fingerprint, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+def _save_state(path: Path, step: int, model, optimizer, scheduler, scaler, history: dict) -> None:
+    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
              "history": history}
     with atomic_path(path) as temp:
         torch.save(state, temp)
 
 
-def _restore(path: Path, fingerprint: str, model, optimizer, scheduler, scaler, history: dict) -> int:
+def _restore(path: Path, model, optimizer, scheduler, scaler, history: dict) -> int:
     """Load the saved state into the run and return its step (0 when there is none)."""
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(f"{path} was saved by a run with another base, data or settings; "
-                         "run without --resume to start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
