@@ -148,9 +148,9 @@ def approximate_search(params: dict, vectors: np.ndarray, queries: np.ndarray, t
         "params": dict(index.params), "build_s": build["wall_s"], "build_cpu_s": build["cpu_s"],
         "build_peak_rss_increase_bytes": build["peak_rss_increase_bytes"],
         "file_bytes": path.stat().st_size, "bytes_per_vector": path.stat().st_size / len(vectors),
-        "recall_at_10": ann.recall_at_k(found, truth),
-        "recall_at_10_centre_queries": ann.recall_at_k(found[near_centre], truth[near_centre]),
-        "recall_at_10_item_queries": ann.recall_at_k(found[~near_centre], truth[~near_centre]),
+        "recall_at_10": ann.neighbour_recall(found, truth),
+        "recall_at_10_centre_queries": ann.neighbour_recall(found[near_centre], truth[near_centre]),
+        "recall_at_10_item_queries": ann.neighbour_recall(found[~near_centre], truth[~near_centre]),
         "latency": latencies_ms(partial(index.search, k=args.k), timed)}
     path.unlink()
     path.with_suffix(".json").unlink()
@@ -160,7 +160,7 @@ def approximate_search(params: dict, vectors: np.ndarray, queries: np.ndarray, t
                               min(index.params["nlist"], calibrated * 2)}):
             index.set_search_parameter(nprobe)
             result["nprobe_sweep"].append({
-                "nprobe": nprobe, "recall_at_10": ann.recall_at_k(index.search(queries, args.k)[1], truth),
+                "nprobe": nprobe, "recall_at_10": ann.neighbour_recall(index.search(queries, args.k)[1], truth),
                 **latencies_ms(partial(index.search, k=args.k), timed[:100])})
     del index
     gc.collect()

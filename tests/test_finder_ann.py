@@ -9,7 +9,7 @@ import torch
 
 from clipeval.extras import MissingExtra
 from clipeval.finder import ann
-from clipeval.metrics.ranking import retrieve, top_k
+from clipeval.metrics.ranking import rank_queries, top_k
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -69,7 +69,8 @@ def test_exact_search_caps_k_at_n_and_takes_one_query_and_float16(tmp_path):
 def test_top_k_agrees_with_retrieve_and_refuses_non_finite_items():
     rng = np.random.default_rng(2)
     vectors, queries = _unit(rng.standard_normal((500, 32))), _unit(rng.standard_normal((40, 32)))
-    reference = retrieve(torch.from_numpy(queries), torch.from_numpy(vectors), np.zeros((0, 2)), k=10, item_block=64)
+    reference = rank_queries(torch.from_numpy(queries), torch.from_numpy(vectors), np.zeros((0, 2)), k=10,
+                             item_block=64)
     np.testing.assert_array_equal(top_k(queries, vectors, 10, item_block=64)[1], reference.topk_indices)
     vectors[123, 4] = np.nan
     with pytest.raises(ValueError, match="finite"):
@@ -98,7 +99,7 @@ def test_build_and_search_reach_recall_on_a_clustered_set_and_round_trip(tmp_pat
     assert index.ntotal == len(vectors) and 1 <= index.params["nprobe"] <= index.params["nlist"]
     scores, positions = index.search(queries, 10)
     _, truth = ann.exact_search(vectors, queries, 10)
-    assert ann.recall_at_k(positions, truth) >= 0.9
+    assert ann.neighbour_recall(positions, truth) >= 0.9
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, positions, axis=1), atol=1e-5)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
 
@@ -115,7 +116,7 @@ def test_an_explicit_hnsw_index_is_calibrated_and_round_trips(tmp_path):
     index = ann.build_ann(vectors, ann.hnsw_params(len(vectors), 32), progress=False)
     assert index.params["calibration"]["recall_by_value"][str(index.params["ef_search"])] >= 0.97
     positions = index.search(queries, 10)[1]
-    assert ann.recall_at_k(positions, ann.exact_search(vectors, queries, 10)[1]) >= 0.9
+    assert ann.neighbour_recall(positions, ann.exact_search(vectors, queries, 10)[1]) >= 0.9
     index.save(tmp_path / "h.faiss")
     np.testing.assert_array_equal(ann.AnnIndex.load(tmp_path / "h.faiss").search(queries, 10)[1], positions)
 

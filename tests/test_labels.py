@@ -173,13 +173,13 @@ def test_build_evalset_writes_a_set_the_retrieve_command_reads_and_reuses_it(tmp
 
 def test_the_label_study_writes_its_tables_and_judges_every_miss(tiny_specs, tmp_path):
     from clipeval.data.scenes import SCENE_CLASSES, generate_scenes
-    from clipeval.studies.labels import label_study
+    from clipeval.studies.labels import compute_label_study
 
     root = generate_scenes(tmp_path / "scenes", n_train=4, n_val=4, n_test=12, image_size=32)
     classifier = build_tiny_classifier(tmp_path / "clf", list(SCENE_CLASSES), multi_label=True)
     sources = {"zero-shot": {"kind": "zero-shot", "model": tiny_specs["open_clip"], "threshold": 0.0},
                "classifier": {"kind": "classifier", "model": str(classifier), "threshold": 0.5}}
-    studies = label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], "test",
+    studies = compute_label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], "test",
                           RetrievalOptions(ks=(1, 5), n_resamples=10), CPU, thresholds=(0.0, 0.5, 0.9))
     assert [study.name for study in studies] == ["zero-shot", "classifier"]
     for study in studies:
@@ -198,11 +198,11 @@ def test_the_label_study_writes_its_tables_and_judges_every_miss(tiny_specs, tmp
 
 def test_a_source_with_no_label_at_its_threshold_is_reported_not_evaluated(tiny_specs, tmp_path):
     from clipeval.data.scenes import generate_scenes
-    from clipeval.studies.labels import label_study
+    from clipeval.studies.labels import compute_label_study
 
     root = generate_scenes(tmp_path / "scenes", n_train=0, n_val=0, n_test=6, image_size=32)
     sources = {"never sure": {"kind": "zero-shot", "model": tiny_specs["open_clip"], "threshold": 1.0}}
-    [study] = label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], "test",
+    [study] = compute_label_study(tmp_path / "run", root, sources, [tiny_specs["hf-clip"]], "test",
                           RetrievalOptions(ks=(1,), n_resamples=10), CPU, thresholds=(0.0, 1.0))
     assert len(study.run.labels) == 6 and len(study.pseudo.queries) == 0 and len(study.pseudo.images) == 6
     assert study.metrics.empty and study.bias.empty and study.per_query.empty

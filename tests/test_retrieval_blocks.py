@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipeval.metrics.ranking import retrieve, retrieve_both_directions
+from clipeval.metrics.ranking import rank_queries, retrieve_both_directions
 from clipeval.metrics.retrieval import relevant_ranks, summarize_ranks
 
 
@@ -39,7 +39,7 @@ def test_blockwise_equals_full_sort(seed, quantised):
     queries, items = embeddings(rng, n_queries, dim, quantised), embeddings(rng, n_items, dim, quantised)
     relevance = random_relevance(rng, n_queries, n_items)
     k = int(rng.integers(1, 12))
-    result = retrieve(queries, items, np.argwhere(relevance), k=k,
+    result = rank_queries(queries, items, np.argwhere(relevance), k=k,
                       query_block=int(rng.integers(1, 25)), item_block=int(rng.integers(1, 30)))
 
     scores = (queries @ items.T).numpy()
@@ -57,8 +57,8 @@ def test_one_block_and_many_blocks_agree():
     rng = np.random.default_rng(7)
     queries, items = embeddings(rng, 50, 4, True), embeddings(rng, 60, 4, True)
     pairs = np.argwhere(random_relevance(rng, 50, 60))
-    whole = retrieve(queries, items, pairs, k=7, query_block=1000, item_block=1000)
-    blocks = retrieve(queries, items, pairs, k=7, query_block=3, item_block=4)
+    whole = rank_queries(queries, items, pairs, k=7, query_block=1000, item_block=1000)
+    blocks = rank_queries(queries, items, pairs, k=7, query_block=3, item_block=4)
     np.testing.assert_array_equal(whole.topk_indices, blocks.topk_indices)
     np.testing.assert_array_equal(whole.topk_scores, blocks.topk_scores)
     assert [r.tolist() for r in whole.ranks] == [r.tolist() for r in blocks.ranks]
@@ -68,7 +68,7 @@ def test_relevant_item_in_topk_has_its_position_as_rank():
     rng = np.random.default_rng(3)
     queries, items = embeddings(rng, 30, 4, True), embeddings(rng, 40, 4, True)
     pairs = np.argwhere(random_relevance(rng, 30, 40))
-    result = retrieve(queries, items, pairs, k=10, query_block=4, item_block=6)
+    result = rank_queries(queries, items, pairs, k=10, query_block=4, item_block=6)
     for q, item in pairs:
         shown = np.flatnonzero(result.topk_indices[q] == item)
         if len(shown):
@@ -83,7 +83,7 @@ def test_many_relevant_items_per_query_and_duplicates():
     relevance[4, ::3] = True
     pairs = np.argwhere(relevance)
     pairs = np.concatenate([pairs, pairs[:10]])  # duplicates are ignored
-    result = retrieve(queries, items, pairs[rng.permutation(len(pairs))], k=5, query_block=4, item_block=8)
+    result = rank_queries(queries, items, pairs[rng.permutation(len(pairs))], k=5, query_block=4, item_block=8)
     scores = (queries @ items.T).numpy()
     assert [r.tolist() for r in result.ranks] == [r.tolist() for r in relevant_ranks(scores, relevance)]
     assert result.ranks[0].tolist() == list(range(1, 51))
@@ -109,11 +109,11 @@ def test_both_directions_and_progress_bar():
 def test_out_of_range_pairs_raise(pairs):
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError):
-        retrieve(embeddings(rng, 20, 4, False), embeddings(rng, 30, 4, False), pairs)
+        rank_queries(embeddings(rng, 20, 4, False), embeddings(rng, 30, 4, False), pairs)
 
 
 def test_no_relevant_pairs_at_all():
     rng = np.random.default_rng(1)
-    result = retrieve(embeddings(rng, 6, 4, False), embeddings(rng, 8, 4, False), np.empty((0, 2)), k=20)
+    result = rank_queries(embeddings(rng, 6, 4, False), embeddings(rng, 8, 4, False), np.empty((0, 2)), k=20)
     assert result.topk_indices.shape == (6, 8) and all(len(r) == 0 for r in result.ranks)
     assert summarize_ranks(result.ranks)["n_queries_without_relevant"] == 6

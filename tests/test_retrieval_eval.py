@@ -18,7 +18,7 @@ from clipeval.data.sources import read_pairs
 from clipeval.embed.engine import embed_set
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
-from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, hub_items, search
+from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, hub_items, search_images
 from clipeval.metrics.retrieval import summarize
 from clipeval.runs.cli import main
 
@@ -120,7 +120,7 @@ def test_evaluation_matches_dense_metrics_and_reports_unreadable_images(tiny_spe
 
 def test_search_returns_top_images_per_query(tiny_specs, challenge_csv):
     dataset = retrieval_set_from_pairs(read_pairs(challenge_csv), "challenge")
-    results = search(dataset, [tiny_specs["hf-clip"]], ["a cat", "zzkq !!"], 3, EmbedOptions(progress=False))
+    results = search_images(dataset, [tiny_specs["hf-clip"]], ["a cat", "zzkq !!"], 3, EmbedOptions(progress=False))
     assert len(results) == 2 and all(len(items) == 3 for items in results["top_items"])
     assert all(np.all(np.diff(scores) <= 0) for scores in results["top_scores"])
 

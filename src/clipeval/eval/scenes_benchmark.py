@@ -79,7 +79,7 @@ def summarize_match_scores(scores: np.ndarray, relevance: np.ndarray) -> dict[st
             "gap": float(matched.mean() - mismatched.mean()), "auc": roc_auc(matched, mismatched)}
 
 
-def score_pairs_table(encoder: Encoder, scenes_dir: str | Path, split: str, batch_size: int = 256) -> pd.DataFrame:
+def score_scene_pairs(encoder: Encoder, scenes_dir: str | Path, split: str, batch_size: int = 256) -> pd.DataFrame:
     """The split's pairs table (true captions and hard negatives) with a ``cosine`` column."""
     pairs = read_pairs(Path(scenes_dir) / f"pairs_{split}.csv")
     dataset = retrieval_set_from_pairs(pairs, f"scenes-{split}-pairs", distinct_captions=True)  # each text once
@@ -103,7 +103,7 @@ def hard_negative_accuracy(scored: pd.DataFrame) -> pd.DataFrame:
     """How often the true caption beats its swapped twin on the same image.
 
     Args:
-        scored: a pairs table with ``cosine`` (see :func:`score_pairs_table`).
+        scored: a pairs table with ``cosine`` (see :func:`score_scene_pairs`).
 
     Returns:
         One row per negative kind and ``all``, for all rows and for seen / unseen combinations,
@@ -139,7 +139,7 @@ def evaluate_scenes(encoder: Encoder, scenes_dir: str | Path = DEFAULT_ROOT, spl
     scores = score_retrieval(encoder, dataset, batch_size)
     return {"retrieval": summarize_retrieval(scores, dataset),
             "match_scores": summarize_match_scores(scores, relevance_matrix(dataset)),
-            "hard_negatives": hard_negative_accuracy(score_pairs_table(encoder, scenes_dir, split, batch_size)),
+            "hard_negatives": hard_negative_accuracy(score_scene_pairs(encoder, scenes_dir, split, batch_size)),
             "dataset": dataset, "scores": scores}
 
 

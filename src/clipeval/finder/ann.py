@@ -243,7 +243,7 @@ def calibration_queries_from(vectors: np.ndarray, count: int, rng: np.random.Gen
     return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+def neighbour_recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean over queries of |found ∩ truth| / |truth| (rows of positions; -1 in ``found`` never matches)."""
     hits = sum(len(np.intersect1d(row[row >= 0], expected)) for row, expected in zip(found, truth))
     return hits / truth.size if truth.size else 1.0
@@ -259,7 +259,7 @@ def _calibrate(index: AnnIndex, vectors: np.ndarray, queries: np.ndarray | None,
     value, tried = 1, {}
     while True:
         index.set_search_parameter(value)
-        tried[value] = recall_at_k(index.search(queries, k)[1], truth)
+        tried[value] = neighbour_recall(index.search(queries, k)[1], truth)
         if tried[value] >= goal or value >= limit:
             break
         if value >= 8 and tried[value] - tried[value // 2] < PLATEAU:

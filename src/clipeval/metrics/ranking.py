@@ -53,9 +53,9 @@ class RetrievalResult:
     ranks: list[np.ndarray]
 
 
-def retrieve(queries: torch.Tensor, items: torch.Tensor, relevant_pairs: np.ndarray | Sequence[tuple[int, int]],
-             k: int = 10, query_block: int = QUERY_BLOCK, item_block: int = ITEM_BLOCK,
-             progress: bool = False) -> RetrievalResult:
+def rank_queries(queries: torch.Tensor, items: torch.Tensor, relevant_pairs: np.ndarray | Sequence[tuple[int, int]],
+                 k: int = 10, query_block: int = QUERY_BLOCK, item_block: int = ITEM_BLOCK,
+                 progress: bool = False) -> RetrievalResult:
     """Rank all items for every query, block by block, on the CPU.
 
     Args:
@@ -126,8 +126,8 @@ def retrieve_both_directions(texts: torch.Tensor, images: torch.Tensor,
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     options = dict(k=k, query_block=query_block, item_block=item_block, progress=progress)
     return {
-        "text_to_image": retrieve(texts, images, pairs, **options),
-        "image_to_text": retrieve(images, texts, pairs[:, ::-1], **options),
+        "text_to_image": rank_queries(texts, images, pairs, **options),
+        "image_to_text": rank_queries(images, texts, pairs[:, ::-1], **options),
     }
 
 

@@ -44,8 +44,7 @@ from clipeval.models.registry import load_encoder
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
 from clipeval.pipeline.run import ScoringRun, score_pairs_table, score_run
 from clipeval.runs.manifest import update_manifest
-from clipeval.studies.curation import CurationStudy
-from clipeval.studies.curation import curation_study as study_curation
+from clipeval.studies.curation import CurationStudy, compute_curation_study
 from clipeval.warn import warn
 
 if TYPE_CHECKING:  # torch, scipy and the model libraries are imported by the steps that use them, so that a
@@ -346,7 +345,7 @@ class Search:
 def search(pairs_path: str, queries: Sequence[str], checkpoints: Sequence[str], dataset_name: str = "search",
            reading: SourceOptions = SourceOptions(), top: int = 5, embed: EmbedOptions = EmbedOptions()) -> Search:
     """The ``top`` images of a pairs source's collection for each free-text query, per checkpoint."""
-    from clipeval.eval.retrieval import search as search_images
+    from clipeval.eval.retrieval import search_images
 
     pairs = read_pairs(pairs_path, **asdict(reading), cache_dir=embed.fetch.image_cache_dir)
     dataset = retrieval_set_from_pairs(pairs, dataset_name, reading.image_column, reading.caption_column)
@@ -414,8 +413,8 @@ def curate(run_dir: str | Path, rules: Sequence[str], out_dir: str | Path, exact
 
 def curation_study(run_dir: str | Path, challenge_path: str, checkpoints: Sequence[str], fraction: float = 0.3,
                    embed: EmbedOptions = EmbedOptions()) -> CurationStudy:
-    """Notebook 08 (:func:`clipeval.studies.curation.curation_study`), with its manifest entry."""
-    study = study_curation(run_dir, challenge_path, checkpoints, fraction, embed)
+    """Notebook 08 (:func:`clipeval.studies.curation.compute_curation_study`), with its manifest entry."""
+    study = compute_curation_study(run_dir, challenge_path, checkpoints, fraction, embed)
     update_manifest(RunLayout(run_dir).manifest, "curation_study",
                     _settings(challenge_path=challenge_path, fraction=fraction, embed=embed), list(checkpoints),
                     [challenge_path])
@@ -425,10 +424,10 @@ def curation_study(run_dir: str | Path, challenge_path: str, checkpoints: Sequen
 def label_study(run_dir: str | Path, scenes_dir: str | Path, sources: dict[str, dict], checkpoints: Sequence[str],
                 split: str = "test", options: RetrievalOptions = RetrievalOptions(),
                 embed: EmbedOptions = EmbedOptions()) -> list[LabelStudy]:
-    """Notebook 07 (:func:`clipeval.studies.labels.label_study`), with its manifest entry."""
-    from clipeval.studies.labels import label_study as study_labels
+    """Notebook 07 (:func:`clipeval.studies.labels.compute_label_study`), with its manifest entry."""
+    from clipeval.studies.labels import compute_label_study
 
-    studies = study_labels(run_dir, scenes_dir, sources, checkpoints, split, options, embed)
+    studies = compute_label_study(run_dir, scenes_dir, sources, checkpoints, split, options, embed)
     update_manifest(RunLayout(run_dir).manifest, "label_study",
                     _settings(sources=sources, split=split, options=options, embed=embed), list(checkpoints),
                     [str(Path(scenes_dir) / "scenes.csv")], seed=options.seed)
@@ -438,10 +437,10 @@ def label_study(run_dir: str | Path, scenes_dir: str | Path, sources: dict[str, 
 def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shards: int = 8,
                   executors: Sequence[str] = ("local", "ray"), ray_actors: int = 2, rule: str = "top:0.3[{spec}]",
                   embed: EmbedOptions = EmbedOptions()) -> ShardedStudy:
-    """Notebook 09 (:func:`clipeval.studies.sharded.sharded_study`), with its manifest entry."""
-    from clipeval.studies.sharded import sharded_study as study_shards
+    """Notebook 09 (:func:`clipeval.studies.sharded.compute_sharded_study`), with its manifest entry."""
+    from clipeval.studies.sharded import compute_sharded_study
 
-    study = study_shards(run_dir, pairs_path, checkpoint, n_shards, executors, ray_actors, rule, embed)
+    study = compute_sharded_study(run_dir, pairs_path, checkpoint, n_shards, executors, ray_actors, rule, embed)
     update_manifest(RunLayout(run_dir).manifest, "sharded_study",
                     _settings(n_shards=n_shards, executors=list(executors), ray_actors=ray_actors, rule=rule,
                               embed=embed), [checkpoint], [pairs_path])

@@ -142,8 +142,8 @@ class CurationStudy:
     challenge: RunCuration
 
 
-def curation_study(run_dir: str | Path, challenge_path: str, checkpoints: Sequence[str], fraction: float = 0.3,
-                   embed: EmbedOptions = EmbedOptions()) -> CurationStudy:
+def compute_curation_study(run_dir: str | Path, challenge_path: str, checkpoints: Sequence[str], fraction: float = 0.3,
+                           embed: EmbedOptions = EmbedOptions()) -> CurationStudy:
     """Study curation on ``run_dir``'s scored pairs (they need a ``match`` column) and on the challenge set.
 
     Writes ``curation_rules.csv`` and ``curation_precision_recall.csv`` to ``run_dir``, and the

@@ -26,7 +26,7 @@ from clipeval.data.sources import read_pairs
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.before_after import compare_before_after
 from clipeval.eval.options import RetrievalOptions
-from clipeval.eval.scenes_benchmark import hard_negative_outcomes, score_pairs_table
+from clipeval.eval.scenes_benchmark import hard_negative_outcomes, score_scene_pairs
 from clipeval.metrics.bootstrap import paired_bootstrap
 from clipeval.models.registry import load_encoder
 from clipeval.train.finetune import finetune
@@ -65,7 +65,7 @@ def states_relation(caption: str) -> bool:
 
 def hard_negative_correct(encoder, scenes_dir: str | Path, split: str = "test") -> pd.DataFrame:
     """Every hard negative of a split with ``correct``: its true twin caption scores higher on its image."""
-    return hard_negative_outcomes(score_pairs_table(encoder, scenes_dir, split)).reset_index(drop=True)
+    return hard_negative_outcomes(score_scene_pairs(encoder, scenes_dir, split)).reset_index(drop=True)
 
 
 def _hard_negative_rows(mode: str, before: pd.DataFrame, after: pd.DataFrame, n_resamples: int,

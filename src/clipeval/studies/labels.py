@@ -111,10 +111,10 @@ def judge_queries(per_query: pd.DataFrame, pseudo: RetrievalSet, judge) -> pd.Se
     return pd.Series(judgements, index=per_query.index, name="judgement")
 
 
-def label_study(run_dir: str | Path, scenes_dir: str | Path, sources: dict[str, dict], checkpoints: Sequence[str],
-                split: str = "test", retrieval: RetrievalOptions = RetrievalOptions(),
-                embed: EmbedOptions = EmbedOptions(),
-                thresholds: Sequence[float] = tuple(np.round(np.arange(0, 1.0, 0.05), 2))) -> list[LabelStudy]:
+def compute_label_study(run_dir: str | Path, scenes_dir: str | Path, sources: dict[str, dict],
+                        checkpoints: Sequence[str], split: str = "test",
+                        retrieval: RetrievalOptions = RetrievalOptions(), embed: EmbedOptions = EmbedOptions(),
+                        thresholds: Sequence[float] = tuple(np.round(np.arange(0, 1.0, 0.05), 2))) -> list[LabelStudy]:
     """Notebook 07: label the scenes' ``split`` images with each source, and measure the labels.
 
     Args:

@@ -45,9 +45,10 @@ class ShardedStudy:
     same_as_one_table: bool
 
 
-def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shards: int = 8,
-                  executors: Sequence[str] = ("local", "ray"), ray_actors: int = 2, rule: str = "top:0.3[{spec}]",
-                  embed: EmbedOptions = EmbedOptions(), interrupted: int = 2) -> ShardedStudy:
+def compute_sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shards: int = 8,
+                          executors: Sequence[str] = ("local", "ray"), ray_actors: int = 2,
+                          rule: str = "top:0.3[{spec}]", embed: EmbedOptions = EmbedOptions(),
+                          interrupted: int = 2) -> ShardedStudy:
     """Split ``pairs_path`` into webdataset shards and run the sharded pipeline on them (notebook 09).
 
     Each executor scores every shard into a fresh ``<run_dir>/sharded/<executor>``; then the first
