@@ -245,6 +245,17 @@ def test_finetune_command_writes_gain_forgetting_and_a_loadable_checkpoint(specs
     printed = capsys.readouterr().out
     assert f"-> dual:{out / 'checkpoint'}" in printed and "forgetting" in printed
     table = pd.read_csv(out / "gain_forgetting.csv")
+    # the console says what the table says: each metric's chance level, and which ones are trivial
+    lines = {tuple(line.split()[:4]): line.rstrip() for line in printed.splitlines()
+             if line.split()[:1] in (["held-out"], ["forgetting"])}
+    assert len(lines) == len(table)
+    for row in table.itertuples():
+        line = lines[(row.role, row.dataset, row.direction, row.metric)]
+        assert f"{row.chance:.4f}".rstrip("0").rstrip(".") in line
+        assert line.endswith(f"trivial: k >= all {row.n_candidates}") == row.trivial
+    held = table[(table["role"] == "held-out") & (table["direction"] == "text_to_image")]  # 6 images ranked
+    assert held.loc[held["metric"] == "hit_rate@10", "trivial"].all() and held["n_candidates"].max() <= 10
+    assert not held.loc[held["metric"] == "hit_rate@1", "trivial"].any()
     assert set(table["role"]) == {"held-out", "forgetting"}
     assert set(table["direction"]) == {"text_to_image", "image_to_text"}
     assert ((table["ci_low"] <= table["difference"] + 1e-12) & (table["difference"] <= table["ci_high"] + 1e-12)).all()

@@ -228,6 +228,11 @@ def _describe(dataset: RetrievalSet, pairs: pd.DataFrame) -> dict:
 
 
 def format_differences(differences: pd.DataFrame) -> str:
-    """The gain/forgetting table as printed: one line per set, direction and metric."""
-    columns = ["role", "dataset", "direction", "metric", "before", "after", "difference", "ci_low", "ci_high"]
-    return differences[columns].round(4).to_string(index=False)
+    """The gain/forgetting table as printed: one line per set, direction and metric, with the metric's chance
+    level and a note on a trivial one (``k`` at least every candidate: 1.0 whatever the model), as ``retrieve``
+    prints its metrics."""
+    columns = ["role", "dataset", "direction", "metric", "before", "after", "difference", "ci_low", "ci_high",
+               "chance", "note"]
+    notes = [f"trivial: k >= all {n}" if trivial else "" for n, trivial in
+             zip(differences["n_candidates"], differences["trivial"])]
+    return differences.assign(note=notes)[columns].round(4).to_string(index=False)
