@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipeval.data.images import read_many_bytes
-from clipeval.data.options import SourceOptions
+from clipeval.data.options import PairsTableError, SourceOptions
 from clipeval.embed.engine import Embedder, LazyEncoder
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder.index import build_index, item_ids
@@ -247,7 +247,7 @@ def test_a_table_without_captions_is_a_collection_of_images(tmp_path, specs):
     assert items[["id", "caption", "status"]].values.tolist() == [["a", "", "ok"], ["b", "", "ok"],
                                                                    ["c", "", "missing"]]
     assert "image_id" in items.columns and build.vectors == {specs[0]: 2}
-    with pytest.raises(Exception, match="missing column"):
+    with pytest.raises(PairsTableError, match=r"images.csv: missing column\(s\) \['path'"):
         build_index(collection / "images.csv", specs[:1], tmp_path / "other", embed=EMBED,
                     reading=SourceOptions(image_column="path"))
 
