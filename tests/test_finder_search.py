@@ -18,7 +18,14 @@ from clipeval.embed.engine import Embedder, LazyEncoder
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder.index import build_index
 from clipeval.finder.options import IndexOptions
-from clipeval.finder.search import FinderIndex, QueryImageError, UnknownCheckpoint, UnknownItem, overlap
+from clipeval.finder.search import (
+    FinderIndex,
+    QueryImageError,
+    UnknownCheckpoint,
+    UnknownItem,
+    format_results,
+    overlap,
+)
 from clipeval.layout import checkpoint_slug
 from test_finder_index import write_collection
 
@@ -243,3 +250,26 @@ def test_command_line_errors_are_one_line(index, collection, args, message):
     result = clipeval("search", index.layout.root, *[arg.format(collection=collection) for arg in args])
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_side_by_side_and_table_ids_keep_the_part_that_differs():
+    def hit(rank, number, suffix=""):
+        item = f"coco~val2017~images~0000002054{number:02d}.jpg{suffix}"
+        return {"rank": rank, "id": item, "score": 0.5 - rank / 100, "image": item.replace("~", "/"),
+                "caption": f"photo {number}", "captions": [f"photo {number}", "another"], "thumbnail": ""}
+
+    blocks = [{"spec": spec, "search": "exact", "vectors": 40, "hits": [hit(1, n), hit(2, n + 1, "-7")]}
+              for spec, n in (("hf:a", 1), ("hf:b", 3))]
+    result = {"query": {"kind": "text", "value": "a plane"}, "k": 2, "checkpoints": blocks, "overlap": None}
+    side_by_side = format_results(result)
+    for ids in (["…000000205401.jpg", "…000000205402.jpg-7"], ["…000000205403.jpg", "…000000205404.jpg-7"]):
+        assert all(shown in side_by_side for shown in ids)
+    assert "ids shortened: … stands for 'coco~val2017~images~'" in side_by_side
+    assert "photo 1 (+1)" in side_by_side  # the first caption, and how many more the image has
+    single = format_results({**result, "checkpoints": blocks[:1]}, width=20)
+    assert "…000000205401.jpg " in single and "…000000205402.jpg-7" in single
+    assert single.count("…000000205401.jpg") == 2  # its image reference keeps its end too
+    fitting = [{**hit(1, 1), "id": "a.png"}, {**hit(2, 2), "id": "b.png"}]
+    short = {**result, "checkpoints": [{**blocks[0], "hits": fitting}]}
+    shown = format_results(short)
+    assert " a.png " in shown and " b.png " in shown and "ids shortened" not in shown  # ids that fit: whole

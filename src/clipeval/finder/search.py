@@ -401,6 +401,32 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def readable_ids(ids: list[str], width: int) -> tuple[dict[str, str], str]:
+    """How each id is shown in a column ``width`` characters wide, so that different ids read differently.
+
+    Ids that fit are shown whole. Otherwise the leading part every id shares, up to its last separator
+    (``~``, ``/``, ``_``, ``-``, ``.``), is written ``…``, and an id still too long keeps its end (where file names and
+    numbers differ), never its start. If two ids would still read the same, all are shown whole.
+
+    Returns:
+        ``({id: shown}, the shared part written as "…" or "")``.
+    """
+    distinct = list(dict.fromkeys(ids))
+    if all(len(item) <= width for item in distinct):
+        return {item: item for item in distinct}, ""
+    first, last = min(distinct), max(distinct)  # the start all share is the start these two share
+    length = next((n for n, (a, b) in enumerate(zip(first, last)) if a != b), min(len(first), len(last)))
+    shared = first[:length] if len(distinct) > 1 else ""
+    cut = max(shared.rfind(separator) for separator in "~/_-.") + 1 if shared else 0
+    shown = {}
+    for item in distinct:
+        text = "…" + item[cut:] if cut else item
+        shown[item] = text if len(text) <= width else "…" + item[-(width - 1):]
+    if len(set(shown.values())) < len(shown):
+        return {item: item for item in distinct}, ""
+    return shown, shared[:cut]
+
+
 def _first_caption(hit: dict, width: int) -> str:
     """An item's first caption, with how many more it has: ``a red car (+4)``."""
     captions = hit.get("captions") or ([hit["caption"]] if hit["caption"] else [])
@@ -418,12 +444,15 @@ def format_results(result: dict, width: int = 48) -> str:
     for number, block in enumerate(blocks, start=1):
         label = f"[{number}] " if len(blocks) > 1 else ""
         lines.append(f"{label}{block['spec']}: {block['search']} search over {block['vectors']} images")
+    ids, shared = readable_ids([hit["id"] for block in blocks for hit in block["hits"]],
+                               width if len(blocks) == 1 else width // 2)
+    images, _ = readable_ids([hit["image"] for hit in blocks[0]["hits"]], width)
     if not any(block["hits"] for block in blocks):
         lines.append("(no results)")
     elif len(blocks) == 1:
         hits = blocks[0]["hits"]
-        table = pd.DataFrame([[str(hit["rank"]), f"{hit['score']:.4f}", _clip(hit["id"], width),
-                               _clip(hit["image"], width)] for hit in hits], columns=["rank", "score", "id", "image"])
+        table = pd.DataFrame([[str(hit["rank"]), f"{hit['score']:.4f}", ids[hit["id"]], images[hit["image"]]]
+                              for hit in hits], columns=["rank", "score", "id", "image"])
         header, *rows = table.to_string(index=False, justify="left").splitlines()
         lines.append(header)
         indent = " " * (len(header) - len(header.lstrip()) + 6)
@@ -437,14 +466,16 @@ def format_results(result: dict, width: int = 48) -> str:
             row = [str(rank + 1)]
             for block in blocks:
                 hit = block["hits"][rank] if rank < len(block["hits"]) else None
-                row += ([f"{hit['score']:.4f}", _clip(hit["id"], width // 2), _first_caption(hit, width // 2)]
+                row += ([f"{hit['score']:.4f}", ids[hit["id"]], _first_caption(hit, width // 2)]
                         if hit else ["", "", ""])
             rows.append(row)
         columns = ["rank"] + [f"[{number}] {name}" for number in range(1, len(blocks) + 1)
                               for name in ("score", "id", "caption")]
         lines.append(pd.DataFrame(rows, columns=columns).to_string(index=False))
+    if shared:
+        lines.append(f"ids shortened: … stands for {shared!r}, the start every id shown shares (--json: whole ids)")
     if result.get("overlap") is not None:
-        shared = result["overlap"]
-        lines.append(f"overlap of [1] and [2] top {result['k']}: {shared['count']} shared ids "
-                     f"(Jaccard {shared['jaccard']:.3f})")
+        both = result["overlap"]
+        lines.append(f"overlap of [1] and [2] top {result['k']}: {both['count']} shared ids "
+                     f"(Jaccard {both['jaccard']:.3f})")
     return "\n".join(lines)
