@@ -210,3 +210,211 @@ def test_a_compressed_bomb_of_zeros_is_bounded_by_the_shard_cap(tmp_path, compre
     with pytest.raises(ShardReadError, match="--max-shard-mb"):
         read_shard(shard, max_member_bytes=MiB, limits=ShardLimits(shard_bytes=4 * MiB))
     assert time.perf_counter() - started < 2.0
+
+
+# ---- 6. local image paths from the data: confined, regular files only, read up to the byte cap -------------
+
+def _read_in_thread(*args, **kwargs):
+    """read_image_bytes in a thread: a read that blocks (a FIFO) fails the test instead of hanging it."""
+    import threading
+
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(read_image_bytes(*args, **kwargs)), daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert outcome, "the read did not finish in 5 s"
+    return outcome[0]
+
+
+@pytest.fixture
+def table_dir(tmp_path) -> Path:
+    folder = tmp_path / "table"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "fine.png").write_bytes(_png())
+    (tmp_path / "outside.png").write_bytes(_png())
+    return folder
+
+
+def test_a_path_leaving_the_tables_folder_is_a_row_status(table_dir):
+    from clipeval.data.fetch import FetchOptions
+
+    assert read_image_bytes("images/fine.png", table_dir).status == "ok"
+    for ref in ("../outside.png", str(table_dir.parent / "outside.png"), "../../../../../../etc/hostname",
+                "images/../../outside.png"):
+        raw = _read_in_thread(ref, table_dir)
+        assert raw.status == "outside_root" and "--image-root" in raw.error and raw.data is None, ref
+    assert read_image_bytes("../outside.png", table_dir, fetch_options=FetchOptions(allow_any_path=True)).status == "ok"
+    assert read_image_bytes("../outside.png", table_dir,
+                            fetch_options=FetchOptions(image_root=table_dir.parent)).status == "ok"
+    assert {"outside_root", "not_a_file"} <= set(STATUSES)
+
+
+def test_a_symlink_leaving_the_root_is_refused_and_one_inside_is_read(table_dir):
+    (table_dir / "images" / "escape.png").symlink_to(table_dir.parent / "outside.png")
+    (table_dir / "images" / "alias.png").symlink_to(table_dir / "images" / "fine.png")
+    assert read_image_bytes("images/escape.png", table_dir).status == "outside_root"
+    assert read_image_bytes("images/alias.png", table_dir).status == "ok"
+
+
+def test_devices_and_fifos_are_row_statuses_not_hangs_or_memory_errors(table_dir):
+    import os
+
+    from clipeval.data.fetch import FetchOptions
+
+    os.mkfifo(table_dir / "images" / "fifo.png")
+    assert _read_in_thread("images/fifo.png", table_dir).status == "not_a_file"
+    anywhere = FetchOptions(allow_any_path=True)
+    for device in ("/dev/zero", "/dev/urandom"):
+        raw = _read_in_thread(device, table_dir, fetch_options=anywhere)
+        assert raw.status == "not_a_file" and "character device" in raw.error, device
+    assert _read_in_thread("/dev/zero", None).status == "not_a_file"  # a path the user gave, not the data
+
+
+def test_a_local_file_is_read_only_up_to_the_byte_cap(table_dir):
+    from clipeval.data.fetch import FetchOptions
+
+    (table_dir / "images" / "big.png").write_bytes(_png() + bytes(64 * 1024))
+    raw = read_image_bytes("images/big.png", table_dir, fetch_options=FetchOptions(max_download_mb=1 / 32))
+    assert raw.status == "too_large" and f"{2**15:,}" in raw.error
+
+
+def test_images_stored_from_a_dataset_in_the_cache_stay_readable(tmp_path, table_dir):
+    from clipeval.data.fetch import FetchOptions
+
+    cache = tmp_path / "cache"
+    (cache / "hf").mkdir(parents=True)
+    (cache / "hf" / "stored.png").write_bytes(_png())
+    options = FetchOptions(image_cache_dir=cache)
+    assert read_image_bytes(str(cache / "hf" / "stored.png"), table_dir, fetch_options=options).status == "ok"
+
+
+def test_the_path_options_are_flags():
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "clipeval", "score", "--help"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "--image-root" in shown and "--allow-any-path" in shown
+
+
+# ---- 7-8. whole-response deadlines on image fetches and API replies, a byte cap on API replies -------------
+
+HUGE_REPLY = b'{"choices": [{"message": {"content": "' + b"a" * (4 * MiB) + b'"}}]}'
+
+
+class _DripHandler:
+    """A stub server's answers by ``self.server.mode``: a body or headers one byte every 0.2 s, or a huge reply."""
+
+    @staticmethod
+    def handler():
+        from http.server import BaseHTTPRequestHandler
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._answer()
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self._answer()
+
+            def _answer(self):
+                self.server.requests += 1
+                mode = self.server.mode
+                try:
+                    if mode == "huge":
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(HUGE_REPLY)))
+                        self.end_headers()
+                        self.wfile.write(HUGE_REPLY)
+                        return
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    if mode == "drip_headers":
+                        self.wfile.write(b"X-Drip: ")
+                        for _ in range(50):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                        self.wfile.write(b"\r\n")
+                    self.wfile.write(b"Content-Length: 100\r\n\r\n")
+                    for _ in range(100):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:  # the client hung up, as it should
+                    pass
+
+        return Handler
+
+
+@pytest.fixture
+def drip_server():
+    import sys
+    from http.server import ThreadingHTTPServer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from http_stub import serving
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            pass
+
+    httpd = Server(("127.0.0.1", 0), _DripHandler.handler())
+    httpd.mode, httpd.requests = "drip_body", 0
+    with serving(httpd):
+        yield httpd
+
+
+@pytest.mark.parametrize(("mode", "requests"), [("drip_body", 1), ("drip_headers", 4)])
+def test_the_fetch_timeout_bounds_the_whole_response(drip_server, mode, requests):
+    from clipeval.data.fetch import FetchOptions, fetch_url
+
+    drip_server.mode = mode
+    options = FetchOptions(timeout=0.5, retries=3, backoff=0.01, allow_private_urls=True, image_cache_dir=None)
+    started = time.monotonic()
+    fetched = fetch_url(f"http://127.0.0.1:{drip_server.server_address[1]}/slow.jpg", options)
+    assert time.monotonic() - started < 0.5 * requests + 0.6  # each attempt whole within the timeout
+    # a response begun but too slow to finish is not asked for again; one not yet begun is (a busy server)
+    assert drip_server.requests == requests
+    assert fetched.status == "timeout"
+    assert ("whole response" in fetched.error) == (mode == "drip_body")
+
+
+def _api(server, **options):
+    from clipeval.labels.api import ApiCaptioner
+
+    settings = dict(base=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m", key="k", timeout=1.0,
+                    retries=2, backoff=0.01, cache_dir=None, progress=False)
+    return ApiCaptioner(**{**settings, **options})
+
+
+def test_the_api_timeout_bounds_the_whole_reply(drip_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    (tmp_path / "a.png").write_bytes(_png())
+    started = time.monotonic()
+    with pytest.warns(UserWarning, match="api_timeout"):
+        run = _api(drip_server).label(["a.png"], tmp_path)
+    assert run.images["status"].tolist() == ["api_timeout"]
+    assert time.monotonic() - started < 1.8 and drip_server.requests == 1
+
+
+def test_an_api_reply_over_the_byte_cap_is_refused_unread(drip_server, tmp_path, monkeypatch):
+    import tracemalloc
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    drip_server.mode = "huge"
+    (tmp_path / "a.png").write_bytes(_png())
+    tracemalloc.start()
+    try:
+        with pytest.warns(UserWarning, match="api_bad_response"):
+            run = _api(drip_server, max_reply_kb=64).label(["a.png"], tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert run.images["status"].tolist() == ["api_bad_response"]
+    assert "65,536" in run.images["error"][0]
+    assert peak < 2 * MiB

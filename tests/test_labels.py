@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clipeval.data.fetch import FetchOptions
 from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
@@ -98,8 +99,9 @@ def test_an_eval_set_round_trips_into_the_retrieval_evaluation(tiny_specs, tmp_p
     write_evalset(run, out, base_dir=tmp_path)
     dataset = read_retrieval_tables(out / "queries.csv", out / "images.csv", out / "relevance.csv")
     assert dataset.relevant.tolist() == [[0, 0], [0, 1], [1, 2]] and len(dataset.images) == 4
+    beside = FetchOptions(image_root=tmp_path)  # images.csv names the images from outside its folder
     report = evaluate_retrieval(dataset, [tiny_specs["hf-clip"]], RetrievalOptions(ks=(1,), n_resamples=10),
-                                EmbedOptions(device="cpu", progress=False))
+                                EmbedOptions(device="cpu", progress=False, fetch=beside))
     text_to_image = report.metrics[report.metrics["direction"] == "text_to_image"].iloc[0]
     assert text_to_image["n_queries"] == 2 and text_to_image["n_images_unreadable"] == 0
 

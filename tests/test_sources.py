@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from clipeval.data.captions import check_caption
+from clipeval.data.fetch import FetchOptions
 from clipeval.data.images import read_images
 from clipeval.data.options import PairsTableError
 from clipeval.data.sources import SOURCE_READERS, detect_source_kind, read_pairs
@@ -227,7 +228,8 @@ def test_hf_dataset_saved_to_disk_round_trips_through_the_image_cache(tmp_path):
     paths = [Path(ref) for ref in table["img"]]
     assert all(path.is_file() and path.is_relative_to(cache.resolve() / "hf") for path in paths)
     assert paths[0] == paths[2]  # identical bytes are stored once
-    loaded = read_images(table["img"].tolist(), table.attrs["base_dir"])
+    loaded = read_images(table["img"].tolist(), table.attrs["base_dir"],
+                         fetch_options=FetchOptions(image_cache_dir=cache))  # images stored from a dataset: the cache
     assert [item.status for item in loaded] == ["ok"] * 3
     assert np.asarray(loaded[1].image)[0, 0].tolist() == [0, 255, 0]
     assert read_pairs(f"hf:{saved}", "img", "text", cache_dir=cache)["img"].tolist() == table["img"].tolist()

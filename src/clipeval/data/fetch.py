@@ -34,12 +34,13 @@ import http.client
 import ipaddress
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin, urlsplit
-from urllib.request import HTTPHandler, HTTPRedirectHandler, HTTPSHandler, Request, build_opener
+from urllib.request import HTTPHandler, HTTPRedirectHandler, HTTPSHandler, OpenerDirector, Request, build_opener
 
 from clipeval import __version__
 from clipeval.atomic import atomic_path
@@ -61,22 +62,30 @@ class FetchOptions:
 
     Attributes:
         read_threads: threads reading image files and fetching URLs at once.
-        timeout: seconds allowed for each attempt: connecting, each read, and the whole body.
+        timeout: seconds allowed for each attempt, the whole response: connecting, headers and body
+            (one still incomplete is cut off, ``timeout``; not retried once its headers had come).
         retries: extra attempts after a transient failure (0 = try once).
-        max_download_mb: the largest body accepted (MiB); larger ones are abandoned mid-stream.
+        max_download_mb: the largest body accepted (MiB); larger ones are abandoned mid-stream. Local
+            image files are read up to the same cap.
         image_cache_dir: the image cache root (URL bodies go under ``<image_cache_dir>/url/``, images
             stored in datasets under ``hf/`` and ``wds/``); ``None`` keeps no URL body.
         backoff: seconds before the first retry; doubled before each further one.
         allow_private_urls: also fetch URLs whose host is a loopback, private, link-local or
             reserved address (refused by default, redirects included: ``private_address``).
+        image_root: a folder that local image paths from the data may also lie under, besides the
+            table's (or shard's) own folder and the image cache.
+        allow_any_path: read a local image path from the data wherever it points (by default one
+            leaving those folders gets ``outside_root``).
     """
 
     read_threads: int = field(default=8, metadata={"help": "threads reading image files and fetching URLs at once",
                                                    "old_flags": ("--workers",)})
-    timeout: float = field(default=10.0, metadata={"flag": "--fetch-timeout", "help": "seconds per URL request"})
+    timeout: float = field(default=10.0, metadata={"flag": "--fetch-timeout",
+                                                   "help": "seconds per URL request, the whole response"})
     retries: int = field(default=3, metadata={"flag": "--fetch-retries",
                                               "help": "extra attempts after a transient URL failure"})
-    max_download_mb: float = field(default=50.0, metadata={"help": "largest image body fetched from a URL (MiB)"})
+    max_download_mb: float = field(default=50.0, metadata={
+        "help": "largest image fetched from a URL or read from a local file (MiB)"})
     image_cache_dir: Path | None = field(default=DEFAULT_CACHE_DIR, metadata={
         "help": "image cache root: URL downloads and images stored in datasets (default data/cache/images)",
         "old_flags": ("--cache-dir",)})
@@ -84,6 +93,12 @@ class FetchOptions:
     allow_private_urls: bool = field(default=False, metadata={
         "help": "also fetch image URLs on loopback, private, link-local or reserved addresses "
                 "(refused by default: status private_address)"})
+    image_root: Path | None = field(default=None, metadata={
+        "help": "a folder local image paths from the data may lie under, besides the table's own folder "
+                "(others get outside_root)"})
+    allow_any_path: bool = field(default=False, metadata={
+        "help": "read local image paths from the data wherever they point (refused by default outside the "
+                "table's folder, --image-root and the image cache: status outside_root)"})
 
     @property
     def max_bytes(self) -> int:
@@ -185,7 +200,77 @@ def _vetted_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
     raise last_error  # type: ignore[misc]  # _vetted_addresses never returns an empty list
 
 
-class _VettedHTTPConnection(http.client.HTTPConnection):
+_ATTEMPT = threading.local()  # the running thread's Deadline, which its connections register with
+
+
+class Deadline:
+    """A whole response's time limit: when it passes, every connection opened inside is shut down.
+
+    A socket timeout bounds each read, not the response: a server sending one byte at a time
+    never trips it. Inside ``with Deadline(seconds) as deadline:``, the socket of every connection
+    opened by a :func:`deadline_opener` (in this thread) registers here, and a timer shuts them when
+    the time is up, so any read in progress (headers or body, HTTP or HTTPS) ends at once;
+    :attr:`expired` then says why it failed.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired = seconds, False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        _ATTEMPT.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+        _ATTEMPT.deadline = None
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+        if self.expired:
+            self._shut(sock)
+
+    def _expire(self) -> None:
+        self.expired = True
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """A connection whose socket registers with its thread's :class:`Deadline`, if one is running.
+
+    The socket itself, not the connection: urllib drops the connection's reference to it once the
+    headers are read, while the response goes on reading its body from it.
+    """
+
+    def connect(self):
+        super().connect()
+        deadline = getattr(_ATTEMPT, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self.sock)
+
+
+class _WatchedHTTPConnection(_Watched, http.client.HTTPConnection):
+    """A plain HTTP connection (any address, or a trusted proxy) under the thread's deadline."""
+
+
+class _WatchedHTTPSConnection(_Watched, http.client.HTTPSConnection):
+    """A plain HTTPS connection under the thread's deadline."""
+
+
+class _VettedHTTPConnection(_Watched, http.client.HTTPConnection):
     """An HTTP connection that only opens a socket to a vetted public address of its host."""
 
     def __init__(self, *args, **kwargs):
@@ -193,7 +278,7 @@ class _VettedHTTPConnection(http.client.HTTPConnection):
         self._create_connection = _vetted_connection
 
 
-class _VettedHTTPSConnection(http.client.HTTPSConnection):
+class _VettedHTTPSConnection(_Watched, http.client.HTTPSConnection):
     """:class:`_VettedHTTPConnection` for HTTPS; the certificate is still checked against the host name."""
 
     def __init__(self, *args, **kwargs):
@@ -214,20 +299,40 @@ class _PublicHTTPHandler(HTTPHandler):
     """urllib's HTTP handler, connecting through :class:`_VettedHTTPConnection`."""
 
     def do_open(self, http_class, req, **kwargs):
-        return super().do_open(_connection_class(req, _VettedHTTPConnection, http_class), req, **kwargs)
+        return super().do_open(_connection_class(req, _VettedHTTPConnection, _WatchedHTTPConnection), req, **kwargs)
 
 
 class _PublicHTTPSHandler(HTTPSHandler):
     """urllib's HTTPS handler (same TLS context and checks), connecting through :class:`_VettedHTTPSConnection`."""
 
     def do_open(self, http_class, req, **kwargs):
-        return super().do_open(_connection_class(req, _VettedHTTPSConnection, http_class), req, **kwargs)
+        return super().do_open(_connection_class(req, _VettedHTTPSConnection, _WatchedHTTPSConnection), req,
+                               **kwargs)
+
+
+class _WatchedHTTPHandler(HTTPHandler):
+    """urllib's HTTP handler, its connections under the thread's :class:`Deadline`."""
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_WatchedHTTPConnection, req, **kwargs)
+
+
+class _WatchedHTTPSHandler(HTTPSHandler):
+    """urllib's HTTPS handler (same TLS context and checks), its connections under the thread's :class:`Deadline`."""
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_WatchedHTTPSConnection, req, **kwargs)
+
+
+def deadline_opener(*handlers) -> OpenerDirector:
+    """``urllib.request.build_opener(*handlers)`` whose connections a :class:`Deadline` can cut (any address)."""
+    return build_opener(*handlers, _WatchedHTTPHandler, _WatchedHTTPSHandler)
 
 
 _HEADERS = [("User-Agent", f"clipeval/{__version__} (Python urllib)"), ("Accept", "image/*,*/*;q=0.5")]
 _OPENER = build_opener(_HttpOnlyRedirects, _PublicHTTPHandler, _PublicHTTPSHandler)  # public addresses only
 _OPENER.addheaders = _HEADERS
-_ANY_ADDRESS_OPENER = build_opener(_HttpOnlyRedirects)  # allow_private_urls
+_ANY_ADDRESS_OPENER = deadline_opener(_HttpOnlyRedirects)  # allow_private_urls
 _ANY_ADDRESS_OPENER.addheaders = _HEADERS
 
 
@@ -283,11 +388,31 @@ def fetch_url(url: str, options: FetchOptions = FetchOptions()) -> Fetched:
 
 
 def _fetch_once(url: str, options: FetchOptions) -> tuple[Fetched, bool]:
-    """One request; returns the outcome and whether a retry might succeed."""
+    """One request, its whole response within ``options.timeout``; the outcome and whether a retry might succeed.
+
+    A response still incomplete when the time is up is cut off, and not retried once its headers
+    had come (a server that slow would hold a reading thread for every retry); a server that has
+    not answered at all is retried, as a busy one may answer next time.
+    """
+    answered: list[bool] = []
+    with Deadline(options.timeout) as deadline:
+        fetched, transient = _request(url, options, answered)
+    if deadline.expired:  # a body cut off at the deadline can look complete (no Content-Length: read to the close)
+        if not any(answered):  # no response yet, as from a busy server: worth another try
+            return Fetched(None, "timeout", f"no response within {options.timeout:g} s"), True
+        return Fetched(None, "timeout", f"the whole response took longer than {options.timeout:g} s "
+                                        "(--fetch-timeout); not retried"), False
+    return fetched, transient
+
+
+def _request(url: str, options: FetchOptions, answered: list[bool]) -> tuple[Fetched, bool]:
+    """One request and its reading; the outcome and whether a retry might succeed (``answered`` gets whether the
+    response's headers came within the timeout: headers cut off by the deadline end early, and look complete)."""
     started = time.monotonic()
     opener = _ANY_ADDRESS_OPENER if options.allow_private_urls else _OPENER
     try:
         with opener.open(Request(url), timeout=options.timeout) as response:
+            answered.append(time.monotonic() - started < options.timeout)
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > options.max_bytes:
                 return _too_large(options, f"Content-Length is {int(declared):,} bytes"), False

@@ -28,10 +28,12 @@ Pillow would render by running Ghostscript), PSD, PCX, SGI, DDS... get ``format_
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import math
 import os
+import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,7 +69,10 @@ STATUSES: dict[str, str] = {
     "http_<code>": "the server answered with this HTTP error, e.g. http_404, http_403, http_503 after retries",
     "timeout": "no complete response within the per-request timeout, after retries",
     "connection_error": "the connection failed (DNS, refused, reset after retries, TLS)",
-    "too_large": "the download exceeds the byte cap; abandoned mid-stream",
+    "too_large": "the download or local file exceeds the byte cap (--max-download-mb); abandoned mid-stream",
+    "outside_root": "a local image path from the data leaves the table's folder, --image-root and the image cache "
+                    "(a symlink counts where it points); not read (--allow-any-path opts out)",
+    "not_a_file": "the local image path is a device, FIFO or socket, not a regular file; not read",
     "member_too_large": "a shard's tar member (or parquet image cell) exceeds the member byte cap "
                         "(--max-member-mb); refused from the tar header, never read",
     "too_many_captions": "a shard's sample lists more captions than the cap (--max-captions); kept as one row, "
@@ -272,13 +277,16 @@ def read_image_bytes(ref: str | bytes, base_dir: Path | None = None, max_pixels:
         ref: a path (absolute, or relative to ``base_dir``), a URL, the image's bytes
             themselves (a shard that stores images inline), or a :class:`FailedCell` (its
             status is returned; nothing is read).
-        base_dir: the folder relative paths are resolved against.
+        base_dir: the folder relative paths are resolved against: the table's or shard's own, which
+            a local path from the data may not leave; ``None`` for a path the user gave.
         max_pixels: the pixel cap used to check a downloaded body before it is cached.
         fetch_options: timeout, retries, size cap and cache for URLs.
 
     Returns:
         A :class:`RawImage`: ``bad_reference`` for an empty cell, ``missing`` / ``read_error``
-        / ``empty_file`` for local files, the codes of
+        / ``empty_file`` / ``not_a_file`` / ``too_large`` for local files (``outside_root`` for a
+        path from the data, given with ``base_dir``, that leaves it, ``fetch_options.image_root``
+        and the image cache, unless ``fetch_options.allow_any_path``), the codes of
         :func:`clipeval.data.fetch.fetch_url` for URLs, and (for a new download, which is
         decoded once before it is cached) :func:`decode_image`'s codes.
     """
@@ -295,13 +303,12 @@ def read_image_bytes(ref: str | bytes, base_dir: Path | None = None, max_pixels:
     path = Path(ref).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return RawImage(None, "missing", f"no such file: {path}")
-    except OSError as error:
-        return RawImage(None, "read_error", f"{type(error).__name__}: {error}")
-    return _raw(data)
+    if base_dir is not None and not fetch_options.allow_any_path:
+        roots = _roots(Path(base_dir), fetch_options.image_root, fetch_options.image_cache_dir)
+        if not any(path.resolve().is_relative_to(root) for root in roots):  # resolve: a symlink counts where it points
+            return RawImage(None, "outside_root", f"{path} is outside the table's folder {roots[0]} (and --image-root "
+                                                  "and the image cache); pass --image-root FOLDER or --allow-any-path")
+    return _read_local(path, fetch_options.max_bytes)
 
 
 def read_many_bytes(refs: list[str], base_dir: Path | None = None, max_pixels: int = MAX_PIXELS,
@@ -372,6 +379,44 @@ def _each_distinct(refs: list[str], read, threads: int) -> list:
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         loaded = dict(zip(unique, pool.map(read, unique)))
     return [loaded[key] for key in keys]
+
+
+@functools.lru_cache(maxsize=64)
+def _roots(base_dir: Path, image_root: Path | None, cache_dir: Path | None) -> tuple[Path, ...]:
+    """The folders a local image path from the data may lie under: the table's, ``--image-root``, the image cache
+    (where images stored inside datasets are written)."""
+    return tuple(Path(folder).expanduser().resolve() for folder in (base_dir, image_root, cache_dir) if folder)
+
+
+def _read_local(path: Path, cap: int) -> RawImage:
+    """A local file's bytes if it is a regular file (a device or FIFO is never read: opened without blocking)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return RawImage(None, "missing", f"no such file: {path}")
+    except OSError as error:
+        return RawImage(None, "read_error", f"{type(error).__name__}: {error}")
+    status = os.fstat(descriptor)
+    mode = status.st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        if stat.S_ISDIR(mode):
+            return RawImage(None, "read_error", f"IsADirectoryError: {path} is a folder")
+        return RawImage(None, "not_a_file", f"{path} is a {_file_kind(mode)}, not a regular file; not read")
+    with os.fdopen(descriptor, "rb") as handle:
+        try:  # read(n) allocates n bytes up front: ask for the file's size (a file still growing: one byte more)
+            data = handle.read(min(status.st_size, cap) + 1)
+        except OSError as error:
+            return RawImage(None, "read_error", f"{type(error).__name__}: {error}")
+    if len(data) > cap:
+        return RawImage(None, "too_large", f"{path} is larger than the {cap:,}-byte cap (--max-download-mb); not read")
+    return _raw(data)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISCHR: "character device", stat.S_ISBLK: "block device", stat.S_ISFIFO: "FIFO (named pipe)",
+             stat.S_ISSOCK: "socket"}
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
 
 
 def _raw(data: bytes) -> RawImage:

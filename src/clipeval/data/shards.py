@@ -379,7 +379,7 @@ def _open_tar(path: str | Path, limits: ShardLimits = ShardLimits()) -> Iterator
             raise ShardReadError(f"{path}: {error}") from None
         except lzma.LZMAError as error:
             if "memory" not in str(error).lower():
-                raise
+                raise ShardReadError(f"{path}: not a tar, nor a gzip, bz2, xz or lzma one ({error})") from error
             raise ShardReadError(f"{path}: the xz/lzma stream needs more than {XZ_MEMORY_LIMIT:,} bytes of memory to "
                                  f"decompress (clipeval.data.shards.XZ_MEMORY_LIMIT); not read") from error
 

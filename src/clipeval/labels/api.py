@@ -54,19 +54,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin, urlsplit
-from urllib.request import HTTPRedirectHandler, ProxyHandler, Request, build_opener
+from urllib.request import HTTPRedirectHandler, ProxyHandler, Request
 
 import pandas as pd
 
 from clipeval import __version__
 from clipeval.atomic import write_json
-from clipeval.data.fetch import TRANSIENT_HTTP_CODES, is_url, one_line
+from clipeval.data.fetch import TRANSIENT_HTTP_CODES, Deadline, deadline_opener, is_url, one_line
 from clipeval.data.images import decode_image, read_image_bytes
 from clipeval.labels.base import LABEL_COLUMNS, LabelRun, empty_labels, image_table, run_stats
 from clipeval.paths import DATA_DIR
 from clipeval.progress import progress_bar
 
 BASE_ENV, MODEL_ENV, KEY_ENV = "CLIPEVAL_LABEL_API_BASE", "CLIPEVAL_LABEL_API_MODEL", "CLIPEVAL_LABEL_API_KEY"
+MAX_REPLY_ENV = "CLIPEVAL_LABEL_API_MAX_REPLY_KB"
+MAX_REPLY_KB = 1024  # a caption's reply is a few KiB; a larger one is not read past this
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_PROMPT = ("Write one concise, factual caption of this image: a single sentence describing what is "
                   "visible. Reply with the caption only, no preamble.")
@@ -92,8 +94,8 @@ class _NoRedirects(HTTPRedirectHandler):
         return None  # urllib then raises the 3xx as an HTTPError, reported as api_error
 
 
-_OPENER = build_opener(_NoRedirects)
-_DIRECT_OPENER = build_opener(_NoRedirects, ProxyHandler({}))  # a plain-http loopback base: never via a proxy
+_OPENER = deadline_opener(_NoRedirects)  # each reply whole within the timeout (Deadline)
+_DIRECT_OPENER = deadline_opener(_NoRedirects, ProxyHandler({}))  # a plain-http loopback base: never via a proxy
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,14 @@ class ApiCaptioner:
         key: the API key; default ``$CLIPEVAL_LABEL_API_KEY``.
         prompt: the instruction sent with every image.
         max_tokens: the longest reply allowed.
-        timeout: seconds allowed for each socket operation of a request (connect, each read).
+        timeout: seconds allowed for each request's whole reply (connect, headers, body).
         retries: extra attempts after HTTP 408/429/5xx, a timeout or a dropped connection.
         backoff: seconds before the first retry; doubled before each further one.
         concurrency: the most requests in flight at once.
         cache_dir: where replies are cached; ``None`` disables the cache.
         progress: show a progress bar.
+        max_reply_kb: the largest reply read (KiB; default ``$CLIPEVAL_LABEL_API_MAX_REPLY_KB``, else
+            :data:`MAX_REPLY_KB`); a larger one is ``api_bad_response``, never read whole.
 
     Raises:
         ValueError: a key is set and the base is not ``https`` (nor ``http`` on a loopback host), so
@@ -134,7 +138,7 @@ class ApiCaptioner:
     def __init__(self, base: str | None = None, model: str | None = None, key: str | None = None,
                  prompt: str = DEFAULT_PROMPT, max_tokens: int = 60, timeout: float = 30.0, retries: int = 2,
                  backoff: float = 0.5, concurrency: int = 4, cache_dir: Path | None = DEFAULT_CACHE_DIR,
-                 progress: bool = True):
+                 progress: bool = True, max_reply_kb: float | None = None):
         self.base = (base if base is not None else os.environ.get(BASE_ENV, "")).strip().rstrip("/")
         self.model = model or os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
         self._key = (key if key is not None else os.environ.get(KEY_ENV, "")).strip()
@@ -142,6 +146,8 @@ class ApiCaptioner:
         self.retries, self.backoff, self.concurrency = retries, backoff, max(1, concurrency)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.progress = progress
+        self.max_reply_bytes = int(1024 * (max_reply_kb if max_reply_kb is not None
+                                           else float(os.environ.get(MAX_REPLY_ENV) or MAX_REPLY_KB)))
         self._opener = _OPENER
         if self.enabled:
             self._opener = _DIRECT_OPENER if _check_base(self.base, self._redact) == "http" else _OPENER
@@ -256,9 +262,24 @@ class ApiCaptioner:
 
     def _post(self, request: Request) -> tuple[_Outcome, bool]:
         """One attempt; returns the outcome (its texts not yet redacted) and whether a retry might succeed."""
+        answered: list[bool] = []
+        with Deadline(self.timeout) as deadline:
+            outcome = self._reply(request, answered)
+        if deadline.expired:  # retried only when nothing had come: a reply begun but too slow is not asked again
+            return _timeout(self.timeout), not any(answered)
+        return outcome
+
+    def _reply(self, request: Request, answered: list[bool]) -> tuple[_Outcome, bool]:
+        """:meth:`_post`'s request and reading, the reply read up to :attr:`max_reply_bytes` (``answered`` gets
+        whether its headers came within the timeout)."""
+        started = time.monotonic()
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                body = response.read()
+                answered.append(time.monotonic() - started < self.timeout)
+                body = response.read(self.max_reply_bytes + 1)
+            if len(body) > self.max_reply_bytes:
+                return _Outcome("api_bad_response", f"the reply is larger than the {self.max_reply_bytes:,}-byte cap "
+                                                    f"({MAX_REPLY_ENV}); not read"), False
         except HTTPError as error:
             if error.code in REDIRECT_CODES:
                 return _Outcome("api_error", self._redirect_reason(request, error)), False
@@ -398,5 +419,5 @@ def _http_reason(error: HTTPError) -> str:
 
 
 def _timeout(seconds: float) -> _Outcome:
-    return _Outcome("api_timeout", f"no reply within {seconds:g} s")
+    return _Outcome("api_timeout", f"no whole reply within {seconds:g} s")
 

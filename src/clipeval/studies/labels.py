@@ -9,7 +9,7 @@ metrics on its true twin. Only the notebook calls this; building an eval set fro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +148,9 @@ def compute_label_study(run_dir: str | Path, scenes_dir: str | Path, sources: di
         else:
             pseudo = read_retrieval_tables(folder / "queries.csv", folder / "images.csv", folder / "relevance.csv",
                                            name=f"{name} (pseudo)")
-            reports = {kind: evaluate_retrieval(dataset, list(checkpoints), retrieval, embed)
+            # the eval set's images.csv names the scenes' images from its own folder: they are its image root
+            scenes = replace(embed, fetch=replace(embed.fetch, image_root=Path(scenes_dir)))
+            reports = {kind: evaluate_retrieval(dataset, list(checkpoints), retrieval, scenes)
                        for kind, dataset in (("pseudo", pseudo), ("true", judged_set(pseudo, judge)))}
             per_query = reports["pseudo"].per_query
             per_query = per_query[per_query["direction"] == "text_to_image"].copy()
