@@ -437,7 +437,7 @@ def test_retrieve_benchmarks_runs_the_retrieval_evaluation_on_a_benchmark(tmp_pa
     assert set(comparison["status"]) == {"no published number"}  # a tiny random checkpoint has none
     assert "no checkpoint of this run" in run.reason
     assert run.summary.loc[0, "captions_per_image"] == "5" and run.summary.loc[0, "images"] == 4
-    assert "benchmarks" in json.loads((run_dir / "manifest.json").read_text())["steps"]
+    assert "retrieve_benchmarks" in json.loads((run_dir / "manifest.json").read_text())["steps"]
 
 
 def test_retrieve_benchmarks_without_benchmarks_says_why(tmp_path):

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipeval.report.build import build_report, format_value, notebook_errors
+from clipeval.jobs.tables import format_value
+from clipeval.report.build import build_report, notebook_errors
 from clipeval.runs.cli import main
 
 CHECKPOINTS = ["dual:outputs/offline/models/dual", "baseline:bert-resnet50-random"]

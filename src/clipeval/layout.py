@@ -143,6 +143,10 @@ class RunLayout(_Folder):
     curation_rules = _File("curation_rules.csv")
     curation_precision_recall = _File("curation_precision_recall.csv")
     sharded_study = _File("sharded")
+    finetune_hard_negatives = _File("finetune_hard_negatives.csv")
+    finetune_retrieval = _File("finetune_retrieval.csv")
+    finetune_history = _File("finetune_history.csv")
+    finetune_costs = _File("finetune_costs.csv")
     sharded_executors = _File("sharded", "executors.csv")
     figures = _File("figures")
     notebooks = _File("notebooks")
@@ -320,6 +324,22 @@ class IndexLayout(_Folder):
     def thumbnail(self, item_id: str) -> Path:
         """An item's thumbnail (ids are safe names: no ``/``, never ``.`` or ``..``)."""
         return self.thumbnails / f"{item_id}.jpg"
+
+
+@dataclass(frozen=True)
+class FinetuneLayout(_Folder):
+    """The files of a fine-tuning folder (``clipeval finetune --out``; docs/fine-tuning.md)."""
+
+    fingerprint = _File("run.json")
+    checkpoint = _File("checkpoint")
+    state = _File("state")
+    train_pairs = _File("train_pairs.csv")
+    gain_forgetting = _File("gain_forgetting.csv")
+    before_after_metrics = _File("before_after_metrics.csv")
+    summary = _File("finetune.json")
+
+    # what a replaced run leaves to delete (``--overwrite``)
+    RESULTS = ("checkpoint", "state", "train_pairs", "gain_forgetting", "before_after_metrics", "summary")
 
 
 def claim(path: str | Path, fingerprint: dict, overwrite: bool = False, holds_results: bool = True,

@@ -35,27 +35,24 @@ import copy
 import ctypes
 import errno
 import html
-import json
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
-
 from clipeval.atomic import write_text
 from clipeval.extras import require
-from clipeval.layout import CurationLayout, RunLayout
-from clipeval.models.catalogue import is_random_init
+from clipeval.jobs.tables import read_json
+from clipeval.layout import RunLayout
 from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, using_mirror
-from clipeval.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+from clipeval.paths import PROJECT_ROOT
 from clipeval.profiles import load_profile
-from clipeval.report.kinds import PROFILE, RunKind, detect_kind
+from clipeval.report.kinds import PROFILE, RunKind, detect_kind, folder_kinds
+from clipeval.report.sections import Section, collect_sections
 
 # no script may run in a report page (a second line of defence behind the escaping and sanitizing)
 CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
@@ -90,34 +87,6 @@ figcaption { font-size: 0.85rem; color: #555; }
 
 
 @dataclass
-class Part:
-    """One piece of a section: a file of the run folder and how to show it.
-
-    Attributes:
-        locate: the file, from the run folder's :class:`~clipeval.layout.RunLayout`.
-        render: turns the file into HTML.
-        step: the step that writes it (``score``, ``retrieve``...: a function of :mod:`clipeval.runs.steps`).
-        absent: the note when the file is missing because the profile asked for nothing to write
-            (instead of "the step writes it").
-    """
-
-    locate: Callable[[RunLayout], Path]
-    render: Callable[[Path], str]
-    step: str
-    absent: str = ""
-
-
-@dataclass
-class Section:
-    """A titled section of the report: its HTML and what was missing."""
-
-    key: str
-    title: str
-    body: str
-    missing: list[str] = field(default_factory=list)
-
-
-@dataclass
 class NotebookPage:
     """An executed notebook rendered into the report: its page and its error outputs (``ename: evalue``)."""
 
@@ -145,287 +114,6 @@ class Report:
     def failed_notebooks(self) -> list[NotebookPage]:
         """The notebooks holding an error output."""
         return [page for page in self.notebooks if page.errors]
-
-
-def format_value(value) -> str:
-    """A table cell: integers with thousands separators, floats to 3 decimals (2 significant digits below 0.01)."""
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return ""
-        if value.is_integer() and abs(value) < 1e15:
-            return f"{int(value):,}"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if abs(value) < 0.01:
-            return f"{value:.2g}"
-        return f"{value:.3f}"
-    return str(value)
-
-
-def html_table(frame: pd.DataFrame) -> str:
-    """An escaped HTML table of ``frame`` (no index); text columns left-aligned, numbers right-aligned."""
-    frame = frame.reset_index(drop=True)
-    text = {column for column in frame.columns if not pd.api.types.is_numeric_dtype(frame[column])}
-    head = "".join(f'<th class="{"text" if c in text else "num"}">{html.escape(str(c).replace("_", " "))}</th>'
-                   for c in frame.columns)
-    rows = []
-    for record in frame.itertuples(index=False):
-        cells = "".join(f'<td class="{"text" if c in text else "num"}">{html.escape(format_value(_plain(v)))}</td>'
-                        for c, v in zip(frame.columns, record, strict=True))
-        rows.append(f"<tr>{cells}</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
-
-
-def _plain(value):
-    """numpy scalars as Python ones, so :func:`format_value` sees ints and floats."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def _checkpoint(spec: str) -> str:
-    return f"{spec} (RANDOM INIT)" if is_random_init(spec) else spec
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def render_manifest(path: Path) -> str:
-    """The manifest: commit, steps with their checkpoints and data files, package versions."""
-    manifest = _json(path)
-    rows = []
-    for step, entry in manifest.get("steps", {}).items():
-        checkpoints = ", ".join(c["spec"] for c in entry.get("checkpoints", [])) or "-"
-        data = ", ".join(d["path"] for d in entry.get("data", [])) or "-"
-        rows.append({"step": step, "seed": entry.get("seed"), "checkpoints": checkpoints, "data": data})
-    versions = ", ".join(f"{name} {version}" for name, version in manifest.get("versions", {}).items())
-    details = (f'<p class="meta">git commit <code>{html.escape(str(manifest.get("git_commit")))}</code>, '
-               f'last step {html.escape(str(manifest.get("created_utc")))}; {html.escape(versions)}</p>')
-    return details + html_table(pd.DataFrame(rows, columns=["step", "seed", "checkpoints", "data"]))
-
-
-def render_results(path: Path) -> str:
-    """Row count and status counts of ``results.csv`` (the primary checkpoint's rows)."""
-    results = pd.read_csv(path, usecols=lambda column: column in {"status", "similarity"},
-                          keep_default_na=False, na_values=[""])
-    counts = results["status"].value_counts().rename_axis("status").reset_index(name="rows")
-    return (f"<p>{len(results):,} rows; the primary checkpoint's mean cosine over ok rows "
-            f"{format_value(float(results['similarity'].mean()))}.</p>" + html_table(counts))
-
-
-def render_score_summary(path: Path) -> str:
-    """Matched vs mismatched cosine per checkpoint, with AUC and gap (or every pair's, without a ``match`` column)."""
-    summary = pd.read_csv(path)
-    summary["checkpoint"] = summary["checkpoint"].map(_checkpoint)
-    columns = ["checkpoint", "n_ok", "n_excluded", "all_mean", "all_std", "all_q05", "all_q50", "all_q95",
-               "matched_count", "matched_mean", "matched_q05", "matched_q95", "mismatched_count", "mismatched_mean",
-               "mismatched_q05", "mismatched_q95", "auc", "gap"]
-    return html_table(summary[[c for c in columns if c in summary.columns]])
-
-
-def render_metrics(path: Path) -> str:
-    """Retrieval metrics per checkpoint, dataset, direction and k, each beside its chance level and CI."""
-    metrics = pd.read_csv(path)
-    table = metrics[["checkpoint", "dataset", "direction", "k", "n_queries", "n_images"]].copy()
-    table["checkpoint"] = table["checkpoint"].map(_checkpoint)
-    for metric in ("hit_rate", "recall", "mrr", "median_rank"):
-        table[metric] = metrics[metric]
-        if metric in ("hit_rate", "mrr"):
-            table[f"{metric} 95% CI"] = [f"{format_value(low)}–{format_value(high)}" for low, high
-                                         in zip(metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"], strict=True)]
-        table[f"{metric} chance"] = metrics[f"{metric}_chance"]
-    return html_table(table)
-
-
-def render_dual_encoder(path: Path) -> str:
-    """The dual encoder's scenes benchmark: retrieval by subset, match scores, hard negatives."""
-    summary = _json(path)
-    retrieval = pd.DataFrame(summary["retrieval"]).T.rename_axis("queries").reset_index()
-    hard = pd.DataFrame(summary["hard_negatives"]).pivot(index="negative_kind", columns="subset", values="accuracy")
-    match = pd.DataFrame([summary["match_scores"]])
-    return (f'<p class="meta">{html.escape(summary.get("checkpoint", ""))}, '
-            f'split {html.escape(summary.get("split", ""))}</p>'
-            f"<h3>Text → image retrieval</h3>{html_table(retrieval)}"
-            f"<h3>Matched vs mismatched cosine</h3>{html_table(match)}"
-            f"<h3>Hard-negative accuracy (true caption beats its one-attribute twin)</h3>"
-            f"{html_table(hard.rename_axis(None, axis=1).reset_index())}")
-
-
-def _stats_rows(stats: dict) -> pd.DataFrame:
-    rows = []
-    for spec, entry in stats.get("checkpoints", {}).items():
-        for stage, values in entry.get("stages", {}).items():
-            rows.append({"checkpoint": _checkpoint(spec), "stage": stage, **{k: values.get(k) for k in
-                         ("wall_s", "cpu_s", "items", "items_per_s", "peak_rss_mib", "peak_gpu_mib")}})
-    return pd.DataFrame(rows)
-
-
-def render_stats(path: Path) -> str:
-    """Time and memory per checkpoint and stage (``stats.json`` or ``retrieval_stats.json``)."""
-    stats = _json(path)
-    keys = [k for k in ("pairs", "device", "batch_size", "status_counts") if k in stats]
-    meta = "; ".join(f"{key} {html.escape(str(stats[key]))}" for key in keys)
-    per_checkpoint = pd.DataFrame([{"checkpoint": _checkpoint(spec), "model_loaded": entry.get("model_loaded"),
-                                    "pairs_per_s": entry.get("pairs_per_s"), "wall_s": entry.get("wall_s"),
-                                    "peak_rss_mib": entry.get("peak_rss_mib"), "cache": json.dumps(entry.get("cache"))}
-                                   for spec, entry in stats.get("checkpoints", {}).items()]).dropna(axis=1, how="all")
-    return f'<p class="meta">{meta}</p>{html_table(per_checkpoint)}{html_table(_stats_rows(stats))}'
-
-
-def render_label_quality(path: Path) -> str:
-    """Precision, recall and coverage of each label source at its threshold."""
-    return html_table(pd.read_csv(path))
-
-
-def render_label_bias(path: Path) -> str:
-    """Each checkpoint's metrics on the pseudo-labelled set beside its true twin (@k metrics at k = 5)."""
-    bias = pd.read_csv(path)
-    at_k = bias["metric"].isin(["hit_rate", "recall"])
-    bias = bias[at_k & (bias["k"] == 5) | ~at_k & (bias["k"] == bias["k"].min())]
-    bias = bias.assign(checkpoint=bias["checkpoint"].map(_checkpoint))
-    return html_table(bias[["source", "checkpoint", "direction", "metric", "k", "pseudo", "true", "bias"]])
-
-
-def render_curation_rules(path: Path) -> str:
-    """Each preset's share carried to every checkpoint: precision and recall of keeping matched pairs."""
-    rules = pd.read_csv(path)
-    return html_table(rules.assign(checkpoint=rules["checkpoint"].map(_checkpoint)))
-
-
-def render_curation_summary(path: Path) -> str:
-    """The challenge set's curation: rows in, kept and dropped per rule."""
-    return html_table(pd.read_csv(path, keep_default_na=False))
-
-
-def render_published(path: Path) -> str:
-    """Measured HitRate@k on the standard benchmarks beside the published values; deviations first, with hints."""
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    flagged = table["flagged"].astype(str).str.lower().eq("true")
-    table = table.assign(checkpoint=table["checkpoint"].map(_checkpoint))
-    columns = ["status", "checkpoint", "dataset", "direction", "k", "measured", "ci_low", "ci_high", "published",
-               "difference", "tolerance", "source"]
-    if not flagged.any():
-        return ('<p class="meta">No measured value deviates from a published one beyond the tolerance.</p>'
-                + html_table(table[columns]))
-    hints = []
-    for row in table[flagged].itertuples():
-        line = (f"{row.checkpoint}, {row.dataset} {row.direction} @{row.k}: measured {row.measured:.1f}, "
-                f"published {row.published:.1f}. {row.hint}")
-        hints.append(f"<li>{html.escape(line)}</li>")
-    head = (f'<div class="warning"><span class="badge">{int(flagged.sum())} deviate</span> beyond the tolerance '
-            f"and the bootstrap CI:<ul>{''.join(hints)}</ul></div>")
-    return head + html_table(pd.concat([table[flagged], table[~flagged]])[columns])
-
-
-def render_sharded(path: Path) -> str:
-    """The sharded study: each executor's shards, rows, wall time and rows/s, and the executors' agreement."""
-    return html_table(pd.read_csv(path))
-
-
-def render_dropped(path: Path) -> str:
-    """A curation's dropped rows by step and reason, with the range of their scores and the cut."""
-    dropped = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    if "score" not in dropped:  # written before dropped.csv had the score and the cut
-        dropped = dropped.assign(score=float("nan"), cut=float("nan"))
-    table = dropped.groupby(["step", "reason"], sort=True, dropna=False).agg(
-        rows=("row_id", "size"), lowest_score=("score", "min"), highest_score=("score", "max"), cut=("cut", "first"))
-    return html_table(table.reset_index())
-
-
-NO_BENCHMARK = "the profile names no standard benchmark (`benchmarks` in its params file)"
-SECTIONS: list[tuple[str, str, list[Part]]] = [
-    ("run", "The run", [Part(lambda run: run.manifest, render_manifest, "score")]),
-    ("scores", "Pair scores", [Part(lambda run: run.results, render_results, "score"),
-                               Part(lambda run: run.score_summary, render_score_summary, "compare")]),
-    ("retrieval", "Retrieval metrics", [Part(lambda run: run.metrics, render_metrics, "retrieve")]),
-    ("benchmarks", "Standard benchmarks against published numbers", [
-        Part(lambda run: run.published_comparison, render_published, "retrieve_benchmarks", NO_BENCHMARK),
-        Part(lambda run: run.benchmark_metrics, render_metrics, "retrieve_benchmarks", NO_BENCHMARK)]),
-    ("dual", "The dual encoder's benchmark", [Part(lambda run: run.dual_encoder_eval, render_dual_encoder,
-                                                   "scenes_benchmark")]),
-    ("labels", "Pseudo-labelled eval sets", [Part(lambda run: run.label_quality, render_label_quality, "label_study"),
-                                             Part(lambda run: run.label_metric_bias, render_label_bias,
-                                                  "label_study")]),
-    ("curation", "Curation", [Part(lambda run: run.curation_rules, render_curation_rules, "curation_study"),
-                              Part(lambda run: CurationLayout(run.challenge_run.root / "curated").summary,
-                                   render_curation_summary, "curation_study")]),
-    ("sharded", "Sharded runs", [Part(lambda run: run.sharded_executors, render_sharded, "sharded_study"),
-                                 Part(lambda run: CurationLayout(run.sharded_study / "curated").summary,
-                                      render_curation_summary, "sharded_study")]),
-    ("stats", "Time and memory", [Part(lambda run: run.stats, render_stats, "score"),
-                                  Part(lambda run: run.retrieval_stats, render_stats, "retrieve")]),
-]
-
-
-# sections only a command-line run has (a profile's curations are under curation/ and sharded/)
-COMMAND_SECTIONS: list[tuple[str, str, list[Part]]] = [
-    ("curated", "This curation", [Part(lambda run: CurationLayout(run.root).summary, render_curation_summary, "curate"),
-                                  Part(lambda run: CurationLayout(run.root).dropped, render_dropped, "curate")]),
-]
-
-
-def step_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, list[str]]:
-    """The notebooks that call each step, read from their code cells (``steps.<name>(``)."""
-    calls: dict[str, list[str]] = {}
-    for path in sorted(Path(notebooks_dir).glob("*.ipynb")):
-        code = "\n".join("".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]
-                         if cell["cell_type"] == "code")
-        for step in dict.fromkeys(re.findall(r"\bsteps\.(\w+)\(", code)):
-            calls.setdefault(step, []).append(path.stem)
-    return calls
-
-
-def _missing_note(part: Part, name: str, profile_notebooks: list[str] | None, calls: dict[str, list[str]]) -> str:
-    writers = calls.get(part.step, [])
-    if profile_notebooks is not None and not set(writers) & set(profile_notebooks):
-        return (f"{name}: not in this run; the profile runs no notebook that calls steps.{part.step}"
-                + (f" ({', '.join(writers)})" if writers else ""))
-    if part.absent:
-        return f"{name}: not in this run; {part.absent}"
-    where = f"notebook {', '.join(writers)}, make notebooks" if writers else "make notebooks"
-    return f"{name} is missing: steps.{part.step} writes it ({where})"
-
-
-def collect_section(run_dir: Path, key: str, title: str, parts: list[Part],
-                    profile_notebooks: list[str] | None = None, kind: RunKind | None = None) -> Section:
-    """One section from the run folder; a missing or unreadable file becomes a note, never an exception.
-
-    With a command-line ``kind`` (:func:`~clipeval.report.kinds.detect_kind`), only the files that kind
-    of run has are shown, and a missing one names the command that writes it.
-    """
-    bodies, missing, calls = [], [], step_notebooks()
-    for part in parts:
-        path = part.locate(RunLayout(run_dir))
-        name = path.relative_to(run_dir).as_posix()
-        if kind is not None and not kind.is_profile and name not in kind.files:
-            continue
-        if not path.is_file():
-            missing.append(f"{name} is missing: {kind.writers[name]}" if kind is not None and not kind.is_profile
-                           else _missing_note(part, name, profile_notebooks, calls))
-            continue
-        try:
-            body = part.render(path)
-        except (OSError, ValueError, KeyError, TypeError) as error:  # a damaged or older-format file
-            missing.append(f"{name} could not be read: {type(error).__name__}: {error}")
-            continue
-        bodies.append(f'<h3><code>{html.escape(name)}</code></h3>{body}' if len(parts) > 1 else body)
-    notes = "".join(f'<p class="missing">{html.escape(note)}</p>' for note in missing)
-    return Section(key, title, notes + "".join(bodies), missing)
-
-
-def collect_sections(run_dir: str | Path, profile_notebooks: list[str] | None = None,
-                     kind: RunKind | None = None) -> list[Section]:
-    """Every table section of :data:`SECTIONS` from ``run_dir``; for a command-line ``kind`` only those it has
-    (and :data:`COMMAND_SECTIONS`)."""
-    if kind is None or kind.is_profile:
-        return [collect_section(Path(run_dir), key, title, parts, profile_notebooks)
-                for key, title, parts in SECTIONS]
-    sections = [collect_section(Path(run_dir), key, title, parts, kind=kind)
-                for key, title, parts in [*SECTIONS, *COMMAND_SECTIONS]]
-    return [section for section in sections if section.body]
 
 
 def notebook_errors(notebook) -> list[str]:
@@ -596,7 +284,7 @@ def _mirror_banner(run_dir: Path) -> str:
     """A warning at the top when the run's manifest says it ran on the rehearsal hub mirror."""
     manifest = RunLayout(run_dir).manifest
     try:
-        mirror = _json(manifest).get("hub_mirror") if manifest.is_file() else None
+        mirror = read_json(manifest).get("hub_mirror") if manifest.is_file() else None
     except ValueError:
         return ""  # a damaged manifest: its own section says so
     if not mirror:
@@ -815,8 +503,8 @@ def build_run_report(run_dir: str | Path) -> Report:
                                 "(score, retrieve, curate) or a profile's run_dir")
     kind = detect_kind(run_dir)
     if kind is None:
-        raise ValueError(f"{run_dir} holds no clipeval run: no run.json or results.csv (score), metrics.csv "
-                         "(retrieve), summary.csv and kept_uids.parquet (curate) or executed notebooks (a profile)")
+        raise ValueError(f"{run_dir} holds no clipeval run: none of what {folder_kinds()} write, nor executed "
+                         "notebooks (a profile)")
     return build_report(run_dir, f"clipeval run: {run_dir.name}", kind=kind)
 
 

@@ -317,7 +317,7 @@ def retrieve_benchmarks(run_dir: str | Path, checkpoints: Sequence[str], benchma
     write_csv(layout.published_comparison, comparison)
     # the annotation files and local datasets (not a Karpathy images folder, nor hub names)
     data_files = [source["path"] for source in benchmarks.values() if not str(source["path"]).startswith("hf:")]
-    update_manifest(layout.manifest, "benchmarks", _settings(benchmarks=dict(benchmarks), options=options,
+    update_manifest(layout.manifest, "retrieve_benchmarks", _settings(benchmarks=dict(benchmarks), options=options,
                                                              embed=embed, tolerance=tolerance),
                     list(checkpoints), data_files, seed=options.seed, warnings=warnings)
     summary = pd.DataFrame([{**describe_benchmark(dataset), "evaluated": _evaluated(name, source, dataset)}

@@ -27,6 +27,7 @@ from clipeval.embed.options import EmbedOptions
 from clipeval.eval.before_after import compare_before_after
 from clipeval.eval.options import RetrievalOptions
 from clipeval.eval.scenes_benchmark import hard_negative_outcomes, score_scene_pairs
+from clipeval.layout import RunLayout
 from clipeval.metrics.bootstrap import paired_bootstrap
 from clipeval.models.registry import load_encoder
 from clipeval.train.finetune import finetune
@@ -34,13 +35,11 @@ from clipeval.train.finetune_options import FinetuneConfig
 
 RELATION_PATTERN = re.compile(r"\b(" + "|".join(sorted({word for words in RELATION_WORDS.values()
                                                         for word in words}, key=len, reverse=True)) + r")\b")
-STUDY_FILES = {"hard_negatives": "finetune_hard_negatives.csv", "retrieval": "finetune_retrieval.csv",
-               "history": "finetune_history.csv", "costs": "finetune_costs.csv"}
 
 
 @dataclass
 class FineTuneStudy:
-    """The study's tables (each also written to the run folder, see :data:`STUDY_FILES`).
+    """The study's tables (each also written to the run folder: ``RunLayout.finetune_<table>``).
 
     Attributes:
         hard_negatives: per mode and negative kind: accuracy before and after, the paired difference and its CI.
@@ -110,7 +109,7 @@ def run_fine_tune_study(base_spec: str, scenes_dir: str | Path, out_dir: str | P
         base_spec: the checkpoint (the offline profile's dual encoder).
         scenes_dir: the captioned scenes (training pairs, validation and test splits).
         out_dir: where each mode's run folder (``<out_dir>/<mode>/checkpoint``...) goes.
-        run_dir: where the study's tables go (:data:`STUDY_FILES`).
+        run_dir: where the study's tables go (``RunLayout.finetune_hard_negatives``...).
         modes: mode -> its peak learning rate; every other setting is ``config``'s (same budget).
         config: steps, batch size, hard negatives and their kinds, seed, device.
         n_resamples: bootstrap resamples of every CI.
@@ -139,6 +138,7 @@ def run_fine_tune_study(base_spec: str, scenes_dir: str | Path, out_dir: str | P
             "steps_per_s", "n_train_hard_negatives")}})
     study = FineTuneStudy(pd.DataFrame(hard), pd.DataFrame(retrieval), pd.DataFrame(history), pd.DataFrame(costs),
                           specs)
-    for name, file in STUDY_FILES.items():
-        write_csv(Path(run_dir) / file, getattr(study, name))
+    layout = RunLayout(run_dir)
+    for table in ("hard_negatives", "retrieval", "history", "costs"):
+        write_csv(getattr(layout, f"finetune_{table}"), getattr(study, table))
     return study

@@ -1,0 +1,26 @@
+"""Every job, once: the report's sections and folder kinds, and the notebooks' steps, are read from here."""
+
+from __future__ import annotations
+
+from clipeval.jobs.curation import CURATE
+from clipeval.jobs.finder import INDEX
+from clipeval.jobs.finetune import FINE_TUNE_STUDY, FINETUNE
+from clipeval.jobs.job import Job
+from clipeval.jobs.retrieval import RETRIEVE, RETRIEVE_BENCHMARKS, SEARCH
+from clipeval.jobs.scoring import COMPARE, SCORE, SCORE_SHARDS
+from clipeval.jobs.studies import CURATION_STUDY, EXPLORE, LABEL_STUDY, SCENES_BENCHMARK, SHARDED_STUDY
+
+JOBS: dict[str, Job] = {job.name: job for job in (
+    EXPLORE, SCORE, SCORE_SHARDS, COMPARE, RETRIEVE, RETRIEVE_BENCHMARKS, SEARCH, SCENES_BENCHMARK, LABEL_STUDY,
+    CURATION_STUDY, SHARDED_STUDY, FINE_TUNE_STUDY, CURATE, FINETUNE, INDEX)}
+
+
+def register_job(job: Job) -> None:
+    """Add a job declared outside the package (its report section and folder kind follow).
+
+    Raises:
+        ValueError: another job has its name.
+    """
+    if job.name in JOBS and JOBS[job.name] is not job:
+        raise ValueError(f"a job named {job.name!r} is already registered")
+    JOBS[job.name] = job
