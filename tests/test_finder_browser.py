@@ -9,11 +9,13 @@ empty console. Without Chromium or chromedriver the test FAILS, saying how to in
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 from PIL import Image
 from selenium.webdriver.support.wait import WebDriverWait
 
-from clipeval.finder.app import screenshot, start_server
+from clipeval.finder.app import screenshot, serving, start_server
 from clipeval.finder.browser import (
     BrowserMissing,
     chromium_driver,
@@ -21,6 +23,7 @@ from clipeval.finder.browser import (
     run_query_in_page,
     searches,
     wait_for_answer,
+    wait_for_page,
     wait_for_thumbnails,
 )
 from finder_collection import HOSTILE_CAPTION, SHAPES, build_small_index
@@ -67,6 +70,7 @@ def _grid(driver) -> list[dict]:
             return {id: card.dataset.id, score: Number(card.dataset.score),
                     shown: card.querySelector('.score').textContent,
                     caption: card.querySelector('.caption').textContent, shared: card.classList.contains('shared'),
+                    captions: Array.from(card.querySelectorAll('.caption')).map(item => item.textContent),
                     width: img.naturalWidth, height: img.naturalHeight, src: img.getAttribute('src')};
           })}));""")
 
@@ -167,3 +171,50 @@ def test_screenshot_of_a_query(chromium, index_dir, tmp_path):
                        full_page=False)
     with Image.open(first) as image:
         assert image.size == (1000, 600)
+
+
+@pytest.fixture(scope="module")
+def coco_index_dir(tmp_path_factory, tiny_specs, one_torch_thread):
+    """The collection with three captions (rows) per image, as COCO gives them."""
+    return build_small_index(tmp_path_factory.mktemp("finder-coco"), [tiny_specs["hf-clip"], tiny_specs["open_clip"]],
+                             captions=3)
+
+
+def _link(url: str, pairs: list[tuple[str, str]]) -> str:
+    return url + "?" + urllib.parse.urlencode(pairs)
+
+
+def test_a_link_opens_its_query_and_the_url_follows_each_search(driver, coco_index_dir):
+    from clipeval.finder.search import FinderIndex
+
+    index = FinderIndex.open(coco_index_dir)
+    first, second = index.checkpoints
+    driver.get_log("browser")
+    with serving(coco_index_dir) as url:
+        link = _link(url, [("q", "a blue square"), ("k", "20"), ("checkpoint", first), ("checkpoint", second)])
+        assert wait_for_page(driver, link) == "done", driver.find_element("id", "status").text
+        wait_for_thumbnails(driver)
+        panels = _grid(driver)
+        assert [panel["checkpoint"] for panel in panels] == [first, second]
+        for panel, spec in zip(panels, (first, second), strict=True):
+            _check_grid(panel["cards"], index.search_text("a blue square", checkpoint=spec, k=20))
+            assert len(panel["cards"]) == len(SHAPES)  # every image once, never once per caption
+            assert all(len(card["captions"]) == 3 for card in panel["cards"])
+        assert driver.execute_script("return [document.getElementById('query').value, "
+                                     "document.getElementById('side-by-side').checked, "
+                                     "document.getElementById('k').value]") == ["a blue square", True, "20"]
+        header = driver.find_element("id", "index-info").text
+        assert header.startswith(f"{len(SHAPES) + 1} images from {3 * len(SHAPES) + 1} rows")
+
+        run_query_in_page(driver, url, "a red circle", [first], 5)  # typed in the page: the URL follows
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(driver.current_url).query)
+        assert query == {"q": ["a red circle"], "k": ["5"], "checkpoint": [first]}
+        shown = [card["id"] for card in _grid(driver)[0]["cards"]]
+        assert wait_for_page(driver, driver.current_url) == "done"  # the URL reloaded: the same answer
+        assert [card["id"] for card in _grid(driver)[0]["cards"]] == shown
+
+        driver.get(_link(url, [("q", "a cat"), ("checkpoint", "hf:nope")]))
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.execute_script("return document.body.dataset.state") == "error")
+        assert "does not have: hf:nope" in driver.find_element("id", "status").text
+    assert _console_errors(driver) == []

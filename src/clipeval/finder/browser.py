@@ -60,15 +60,17 @@ def chromium_driver(size: tuple[int, int] = (1280, 900)) -> Iterator:
         driver.quit()
 
 
-def wait_for_page(driver, url: str) -> None:
-    """Open ``url`` and wait until the page has read the index's checkpoints."""
+def wait_for_page(driver, url: str) -> str:
+    """Open ``url`` and wait until the page has read the index's checkpoints, and answered the query its URL
+    gives (``?q=...``) if any; its state, ``ready`` or ``done``."""
     wait = require("selenium.webdriver.support.wait", "dev", "driving Chromium")
     driver.get(url)
     wait.WebDriverWait(driver, WAIT_S).until(
-        lambda d: d.execute_script("return document.body.dataset.state") in ("ready", "error"))
+        lambda d: d.execute_script("return document.body.dataset.state") in ("ready", "done", "error"))
     state = driver.execute_script("return document.body.dataset.state")
-    if state != "ready":
+    if state == "error":
         raise RuntimeError(f"the finder page did not load: {_status(driver)}")
+    return state
 
 
 def searches(driver) -> int:

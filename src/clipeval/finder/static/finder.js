@@ -2,6 +2,9 @@
 // Every text that comes from the index (captions, ids, metadata, checkpoint names) goes into the page with
 // textContent, never innerHTML. The body's data-state (loading, ready, busy, done, error) and data-searches
 // (answers shown so far) let a browser test wait for a result.
+// The page's URL holds its query, so a search can be linked, bookmarked or reloaded: ?q=TEXT (or ?similar=ID),
+// k=N and checkpoint=SPEC, repeated for side by side; it is read on load and rewritten (replaceState) at each
+// search. An image query cannot be put in a URL: its link keeps the checkpoints and k only.
 "use strict";
 
 (function () {
@@ -54,6 +57,42 @@
     select.value = chosen;
   }
 
+  function writeUrl(search) {
+    const params = new URLSearchParams(search.link);
+    params.set("k", $("k").value);
+    for (const spec of checkpoints()) params.append("checkpoint", spec);
+    history.replaceState(null, "", `${location.pathname}?${params}`);
+  }
+
+  // the query and settings a link gives (?q=...&k=...&checkpoint=...); what it gets wrong, for the status line
+  function readUrl(info) {
+    const params = new URLSearchParams(location.search);
+    const problems = [];
+    const specs = params.getAll("checkpoint").filter((spec) => spec);
+    const unknown = specs.filter((spec) => !info.checkpoints.includes(spec));
+    if (unknown.length) problems.push(`the link names a checkpoint this index does not have: ${unknown.join(", ")}`);
+    const known = specs.filter((spec) => info.checkpoints.includes(spec));
+    if (known.length) $("checkpoint").value = known[0];
+    if (known.length > 1 && known[1] !== known[0]) {
+      $("side-by-side").checked = true;
+      $("checkpoint2").disabled = false;
+      $("checkpoint2").value = known[1];
+    }
+    if (params.has("k")) {
+      const k = Number(params.get("k"));
+      if (Number.isInteger(k) && k >= 1 && k <= info.max_k) {
+        if (![...$("k").options].some((option) => option.value === String(k))) $("k").add(new Option(String(k)));
+        $("k").value = String(k);
+      } else {
+        problems.push(`k in the link must be a whole number from 1 to ${info.max_k}`);
+      }
+    }
+    const query = (params.get("q") || "").trim();
+    const similar = params.get("similar");
+    if (query) $("query").value = query;
+    return { search: query ? textSearch(query) : similar ? similarSearch(similar) : null, problems };
+  }
+
   async function init() {
     try {
       const info = await getJson(await fetch("/api/checkpoints"));
@@ -63,7 +102,14 @@
       $("index-info").textContent = `${info.images} images from ${info.rows} rows, ` +
         `${info.checkpoints.length} checkpoint(s)` +
         (info.log_queries ? " · queries are logged" : "");
-      setStatus("ready", "Type a query, choose an image, or click a result.");
+      const linked = readUrl(info);
+      if (linked.problems.length) {
+        setStatus("error", linked.problems.join("; "));
+      } else if (linked.search) {
+        await run(linked.search);
+      } else {
+        setStatus("ready", "Type a query, choose an image, or click a result.");
+      }
     } catch (error) {
       setStatus("error", `Could not open the index: ${error.message}`);
     }
@@ -71,6 +117,7 @@
 
   async function run(search) {
     lastSearch = search;
+    writeUrl(search);
     setStatus("busy", "searching…");
     try {
       const answer = await search.request(checkpoints(), $("k").value);
@@ -85,6 +132,7 @@
   function textSearch(query) {
     return {
       label: `“${query}”`,
+      link: { q: query },
       request: async (specs, k) => {
         const params = new URLSearchParams({ q: query, k: k });
         for (const spec of specs) params.append("checkpoint", spec);
@@ -96,6 +144,7 @@
   function imageSearch(file) {
     return {
       label: `the image ${file.name}`,
+      link: {},
       request: async (specs, k) => {
         const form = new FormData();
         form.append("image", file);
@@ -109,6 +158,7 @@
   function similarSearch(itemId) {
     return {
       label: `images like ${itemId}`,
+      link: { similar: itemId },
       request: async (specs, k) => {
         const params = new URLSearchParams({ k: k });
         for (const spec of specs) params.append("checkpoint", spec);
