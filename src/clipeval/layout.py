@@ -12,6 +12,7 @@ file                       what                                                 
 ``run.json``               the scoring run's fingerprint (:func:`claim`)                 score
 ``incomplete.json``        there while a scoring run is unfinished (:func:`claim_run`)   score
 ``shards/``                ``<shard>.parquet`` and ``<shard>.done.json`` per input shard  score
+``shards/<s>.attempts/``   a Ray run's attempts of a shard, until one commits             score (ray)
 ``shards.csv``             every input shard's state, rows and timing                    score
 ``results.csv``            the input rows with the primary checkpoint's scores           score (one shard)
 ``scores.csv``             one row per pair x checkpoint                                 score (one shard)
@@ -196,6 +197,18 @@ class RunLayout(_Folder):
                           folder / f"{name}.parts")
 
     def benchmark(self, name: str) -> RunLayout:
+    def shard_attempt(self, name: str, attempt: str) -> ShardFiles:
+        """One attempt's files of an input shard, under ``shards/<name>.attempts/<attempt>/`` until it commits
+        them to :meth:`shard`'s (the Ray executor: copies of a shard never write the same file); the chunk
+        parts are the shard's, so an attempt resumes what an earlier one finished."""
+        folder = self.shard_attempts(name) / attempt
+        return ShardFiles(folder / f"{name}.parquet", folder / f"{name}.done.json", folder / f"{name}.failed.json",
+                          self.shard(name).parts)
+
+    def shard_attempts(self, name: str) -> Path:
+        """The folder of a shard's attempts and of ``commit.lock``, held by the attempt committing its files."""
+        return self.shards / f"{name}.attempts"
+
         """A standard benchmark's retrieval folder (its own metrics, ranks and stats)."""
         return RunLayout(self.root / "benchmarks" / name)
 

@@ -69,6 +69,11 @@ class ExecutionOptions:
         gpus_per_actor: GPUs per actor (0 on a CPU machine; 1 per GPU on a GPU box; a fraction
             packs several actors on one GPU).
         address: a Ray cluster to join (``auto``, ``ray://host:10001``...); None starts a local Ray.
+        shard_retries: times a shard is tried again after its attempt failed (its actor or node died,
+            or the scorer raised) before it is marked failed, so a shard that kills every actor
+            (a poison shard) costs this many actors, not the run.
+        speculative_after: once no shard waits, a shard running this many times the median finished
+            shard's time gets a second copy on a free actor; the first copy to commit wins (None: off).
     """
 
     executor: str = field(default="local", metadata={"choices": EXECUTORS,
@@ -81,6 +86,12 @@ class ExecutionOptions:
                                                          "old_flags": ("--gpus-per-worker",)})
     address: str | None = field(default=None, metadata={
         "help": "ray: the cluster to join (auto, ray://host:10001); default: start a local Ray"})
+    shard_retries: int = field(default=2, metadata={
+        "help": "ray: times a shard is retried after its actor or node died (or it raised) before it is marked "
+                "failed"})
+    speculative_after: float | None = field(default=None, metadata={
+        "help": "ray: when no shard waits, start a second copy of a shard running F times the median shard's "
+                "time; the first to finish wins (default: off)"})
 
     def actor_decode_processes(self, requested: int | None) -> int | None:
         """Decode processes per actor: as requested, else the actor's CPUs but one (the model's thread).

@@ -22,6 +22,7 @@ on the local executor, whose ``results.csv`` and ``scores.csv`` are views of its
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -107,6 +108,8 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
         files = layout.shard(input_name(shard))
         files.done.unlink(missing_ok=True)
         files.scores.unlink(missing_ok=True)
+    for shard in shards:  # what the attempts of a Ray run whose driver died left (none of them is this run's)
+        shutil.rmtree(layout.shard_attempts(input_name(shard)), ignore_errors=True)
     if len(pending) < len(shards):
         print(f"resuming {layout.root}: {len(shards) - len(pending)} of {len(shards)} shards already done, "
               f"{len(pending)} to score", file=sys.stderr)
@@ -117,8 +120,9 @@ def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[s
     timings: dict = {}
     records = _collect(pending, task, execution, embed.progress, timings) if pending else []
     wall = time.perf_counter() - started
-    table = _shard_table(layout, shards, {record["name"] for record in records})
+    table = _shard_table(layout, shards, records)
     totals = _run_stats(table, execution, wall, timings)
+    _print_faults(table, totals)
     write_csv(layout.shard_table, table)
     write_json(layout.sharded_stats, totals)
     snapshots = _last_snapshot_per_process(records)
@@ -167,16 +171,19 @@ def _last_snapshot_per_process(records: list[dict]) -> list[dict]:
     return list(last.values())
 
 
-def _shard_table(layout: RunLayout, shards: list[ShardInput], this_run: set[str]) -> pd.DataFrame:
+def _shard_table(layout: RunLayout, shards: list[ShardInput], records: list[dict]) -> pd.DataFrame:
+    """One row per input shard from its marker; ``attempts`` (the Ray executor's tries of it in this run) from
+    this run's records."""
+    attempts = {record["name"]: record.get("attempts", 1) for record in records}
     markers = read_markers(layout)
     markers = markers.set_index("name") if len(markers) else pd.DataFrame(index=pd.Index([], name="name"))
     rows = []
     for shard in shards:
         name = input_name(shard)
         marker = markers.loc[name].to_dict() if name in markers.index else {"state": "not run"}
-        rows.append({"name": name, "shard": str(shard), "this_run": name in this_run,
+        rows.append({"name": name, "shard": str(shard), "this_run": name in attempts,
                      **{key: marker.get(key) for key in ("state", "rows", "seconds", "rows_per_s", "host", "pid",
-                                                         "error")}})
+                                                         "error")}, "attempts": attempts.get(name, 0)})
     return pd.DataFrame(rows)
 
 
@@ -187,9 +194,25 @@ def _run_stats(table: pd.DataFrame, execution: ExecutionOptions, wall: float, ti
     return {"executor": execution.executor, "processes": execution.ray_actors if execution.executor == "ray" else 1,
             "shards": len(table), "shards_done": int(states.get("done", 0)),
             "shards_failed": int(states.get("failed", 0)), "shards_this_run": int(table["this_run"].sum()),
+            "shards_retried": len({fault["name"] for fault in timings.get("faults", [])}),
             "rows_this_run": rows, "wall_s": wall, "rows_per_s": rows / wall if wall and rows else None,
             **{name: timings.get(name) for name in ("cluster_start_s", "startup_s", "checkpoint_load_s")},
+            **({"shard_retries": execution.shard_retries, "speculative_after": execution.speculative_after,
+                **{name: timings.get(name) for name in ("speculative_copies", "speculative_wins", "faults")}}
+               if execution.executor == "ray" else {}),
             "shard_seconds": ran["seconds"].astype(float).describe().to_dict() if len(ran) else {}}
+
+
+def _print_faults(table: pd.DataFrame, totals: dict) -> None:
+    """The run's faults on stderr, when it had any: shards done, retried and failed, each fault's reason."""
+    faults = totals.get("faults") or []
+    failed = table[table["this_run"] & (table["state"] == "failed")]
+    if not faults and not len(failed):
+        return
+    print(f"faults: {totals['shards_done']} of {totals['shards']} shards done, {totals['shards_retried']} "
+          f"retried, {totals['shards_failed']} failed", file=sys.stderr)
+    for fault in faults:
+        print(f"  shard {fault['name']}: {fault['reason']}", file=sys.stderr)
 
 
 def score_pairs_table(run_dir: str | Path, pairs: pd.DataFrame, checkpoints: list[str], shard_options: ShardOptions,

@@ -118,12 +118,14 @@ class ShardScorer:
                            self.shards.max_member_bytes, self.shards.limits)
         return table.drop(columns=["uid"]), table["uid"], table.attrs.get("base_dir")
 
-    def __call__(self, shard: ShardInput, progress=None) -> dict:
+    def __call__(self, shard: ShardInput, progress=None, files: ShardFiles | None = None) -> dict:
         """Score one shard (resuming its finished chunks); write its parquet and done-marker, or its failed-marker.
 
         Args:
             shard: a shard file or a :class:`TableShard`.
             progress: called with each chunk's row count as it is scored (a progress bar's ``update``).
+            files: where to write (default: the run folder's files of the shard; the Ray executor gives each
+                attempt its own, :meth:`~clipeval.layout.RunLayout.shard_attempt`, and commits one).
 
         Returns:
             The shard's record: ``shard``, ``name``, ``state`` (``done`` or ``failed``), rows,
@@ -131,7 +133,7 @@ class ShardScorer:
             the checkpoints' ids and this process's scoring stats so far; ``error`` when it failed.
         """
         name = input_name(shard)
-        files = self.layout.shard(name)
+        files = files or self.layout.shard(name)
         started = time.perf_counter()
         where = {"host": socket.gethostname(), "pid": os.getpid()}
         identity = input_identity(shard)  # before reading: a file changed while read is seen as changed next time
