@@ -230,8 +230,46 @@ def test_the_readme_quick_start_runs_as_written_from_another_folder(mirror, tmp_
         run = subprocess.run([sys.executable, *words[1:]], cwd=work, capture_output=True, text=True, timeout=600,
                              env={**os.environ, **mirror_env(mirror), "CLIPEVAL_ROOT": str(work)})
         assert run.returncode == 0, f"{line}\n{run.stderr[-2000:]}"
-    summary = pd.read_csv(work / "runs" / "mine" / "score_summary.csv")
-    assert len(summary) == 2 and (work / "runs" / "mine" / "figures" / "score_spearman.png").exists()
-    assert (work / "runs" / "mine-curated" / "kept.csv").exists()
-    assert (work / "runs" / "mine-retrieval" / "metrics.csv").exists()
-    assert (work / "runs" / "mine" / "report" / "index.html").exists()
+    _check_quick_start_outputs(work / "runs", pd.DataFrame(rows))
+
+
+def _check_quick_start_outputs(runs: Path, pairs: pd.DataFrame) -> None:
+    """What the README says the quick start writes, checked for its content: columns, rows and values that
+    must agree across the files (the mirror's weights are random, so no value is pinned)."""
+    from clipeval.layout import RESULT_COLUMNS, SCORE_COLUMNS
+
+    primary = CHECKPOINTS[0]
+    results = pd.read_csv(runs / "mine" / "results.csv")
+    assert list(results.columns) == [*pairs.columns, *RESULT_COLUMNS]
+    assert results[list(pairs.columns)].equals(pairs) and (results["status"] == "ok").all()
+    assert results["similarity"].between(-1, 1).all()
+    np.testing.assert_allclose(results["clip_score_100"], 100 * results["similarity"].clip(lower=0))
+    scores = pd.read_csv(runs / "mine" / "scores.csv")
+    assert list(scores.columns) == list(SCORE_COLUMNS) and scores["checkpoint"].tolist() == sorted(CHECKPOINTS * 6)
+    np.testing.assert_array_equal(scores.loc[scores["checkpoint"] == primary, "cosine"], results["similarity"])
+    summary = pd.read_csv(runs / "mine" / "score_summary.csv")
+    assert summary["checkpoint"].tolist() == CHECKPOINTS and summary["n_ok"].tolist() == [6, 6]
+    assert (runs / "mine" / "figures" / "score_spearman.png").is_file()
+
+    kept = pd.read_csv(runs / "mine-curated" / "kept.csv")["row_id"]
+    dropped = pd.read_csv(runs / "mine-curated" / "dropped.csv")
+    assert sorted(kept) == sorted(results["similarity"].nlargest(2).index)  # basic keeps all 6; top 30% of 6: 2
+    assert sorted([*kept, *dropped["row_id"]]) == list(range(6))
+    assert (dropped["reason"] == f"top 30% by cosine[{primary}]").all()
+    assert (dropped["score"] < dropped["cut"]).all() and (results.loc[kept, "similarity"] >= dropped["cut"][0]).all()
+
+    metrics = pd.read_csv(runs / "mine-retrieval" / "metrics.csv")
+    assert metrics[["checkpoint", "direction", "k"]].values.tolist() == [
+        [spec, direction, k] for spec in CHECKPOINTS for direction in ("text_to_image", "image_to_text")
+        for k in (1, 5, 10)]
+    assert (metrics["n_queries"] == 6).all() and (metrics["hit_rate"] == 1.0)[metrics["k"] == 10].all()
+    assert metrics["hit_rate"].between(metrics["hit_rate_ci_low"], metrics["hit_rate_ci_high"]).all()
+    ranks = pd.read_csv(runs / "mine-retrieval" / "retrieval_ranks.csv")
+    from_ranks = [(ranks.loc[(ranks["checkpoint"] == spec) & (ranks["direction"] == direction), "first_rank"] <= k
+                   ).mean() for spec, direction, k in metrics[["checkpoint", "direction", "k"]].values]
+    np.testing.assert_allclose(metrics["hit_rate"], from_ranks)  # the table agrees with the per-query ranks
+    worst = pd.read_csv(runs / "mine-retrieval" / "retrieval_worst.csv")
+    assert worst.groupby(["checkpoint", "direction"]).size().tolist() == [5, 5, 5, 5]  # --worst 5
+    for run in ("mine", "mine-retrieval"):
+        page = (runs / run / "report" / "index.html").read_text()
+        assert all(spec in page for spec in CHECKPOINTS), run
