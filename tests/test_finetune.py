@@ -276,3 +276,13 @@ def test_finetune_command_refuses_a_baseline(scenes, tmp_path, capsys):
     assert status == 2
     assert "fine-tuning supports hf:, open_clip:, dual:" in capsys.readouterr().err
 
+
+
+def test_no_progress_silences_every_bar_the_model_libraries_included(specs, scenes, tmp_path, capfd):
+    status = main(["finetune", "--checkpoint", specs["hf-clip"], "--pairs", str(scenes / "pairs_train.csv"),
+                   "--holdout", "0.25", "--mode", "lora", "--steps", "1", "--batch-size", "8", "--device", "cpu",
+                   "--no-progress", "--bootstrap", "20", "--out", str(tmp_path / "run")])
+    assert status == 0
+    printed = capfd.readouterr()
+    for bar in ("Writing model shards", "Loading weights", "it/s]", "%|"):  # transformers' and tqdm's marks
+        assert bar not in printed.err + printed.out, bar

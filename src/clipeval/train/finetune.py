@@ -54,6 +54,7 @@ from clipeval.models.registry import (
     CheckpointError,
     checkpoint_family,
     load_encoder,
+    load_progress,
     parse_spec,
     save_encoder,
 )
@@ -382,7 +383,8 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
         model.eval()
         merge_adapters(model)
         model.requires_grad_(True)  # as loaded: nn.MultiheadAttention picks its kernel by it
-        spec = save_encoder(encoder, out_dir / "checkpoint")
+        with load_progress(config.progress):  # save_pretrained's "Writing model shards" bar obeys it too
+            spec = save_encoder(encoder, out_dir / "checkpoint")
     provenance = {"base": base_spec, "base_weights_sha256": base_digest, "weights_sha256": encoder.weights_digest(),
                   "data_fingerprint": data.fingerprint, "mode": config.mode, "settings": settings,
                   "n_train_images": len(data.captions), "total_steps": total}
