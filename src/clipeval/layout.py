@@ -148,6 +148,7 @@ class RunLayout(_Folder):
     finetune_retrieval = _File("finetune_retrieval.csv")
     finetune_history = _File("finetune_history.csv")
     finetune_costs = _File("finetune_costs.csv")
+    finder = _File("finder")
     sharded_executors = _File("sharded", "executors.csv")
     figures = _File("figures")
     notebooks = _File("notebooks")
@@ -209,8 +210,13 @@ class RunLayout(_Folder):
         """The folder of a shard's attempts and of ``commit.lock``, held by the attempt committing its files."""
         return self.shards / f"{name}.attempts"
 
+    def benchmark(self, name: str) -> RunLayout:
         """A standard benchmark's retrieval folder (its own metrics, ranks and stats)."""
         return RunLayout(self.root / "benchmarks" / name)
+
+    def finder_index(self, name: str) -> Path:
+        """An image-finder index folder of the run (:class:`IndexLayout`), notebook 10's."""
+        return self.finder / name
 
     def evalset(self, name: str) -> Path:
         """A pseudo-labelled eval set's folder."""
@@ -337,6 +343,26 @@ class IndexLayout(_Folder):
     def thumbnail(self, item_id: str) -> Path:
         """An item's thumbnail (ids are safe names: no ``/``, never ``.`` or ``..``)."""
         return self.thumbnails / f"{item_id}.jpg"
+
+
+@dataclass(frozen=True)
+class EvalsetLayout(_Folder):
+    """The files of a pseudo-labelled eval-set folder (``clipeval build-evalset --out``; docs/eval-sets.md)."""
+
+    fingerprint = _File("run.json")
+    queries = _File("queries.csv")
+    images = _File("images.csv")
+    relevance = _File("relevance.csv")
+    labels = _File("labels.csv")
+    summary = _File("evalset.json")
+
+    # the files every complete eval set holds
+    TABLES = ("queries", "images", "relevance", "labels", "summary")
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether every file of an eval set is there."""
+        return all(getattr(self, name).is_file() for name in self.TABLES)
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ class FinderIndex:
                                     "`clipeval index SOURCE --out FOLDER --checkpoint SPEC`")
         manifest = json.loads(layout.manifest.read_text())
         if manifest.get("kind") != IndexLayout.KIND:
-            raise ValueError(f"{layout.root}/manifest.json is not an index's (kind {manifest.get('kind')!r})")
+            raise ValueError(f"{layout.manifest} is not an index's (kind {manifest.get('kind')!r})")
         if manifest.get("version") != IndexLayout.VERSION:
             older = " (one item per row: an image with five captions comes back five times)" \
                 if manifest.get("version") == 1 else ""

@@ -41,8 +41,9 @@ def _shows(run: RunLayout) -> tuple[Path, ...]:
     return index.manifest, index.failed
 
 
-INDEX = Job("index", (), (Part(THIS_INDEX, lambda run: IndexLayout(run.root).manifest, render_index_manifest),
-                          Part(THIS_INDEX, lambda run: IndexLayout(run.root).failed, render_failed)),
+INDEX = Job("index", ("10_image_finder",),
+            (Part(THIS_INDEX, lambda run: IndexLayout(run.root).manifest, render_index_manifest),
+             Part(THIS_INDEX, lambda run: IndexLayout(run.root).failed, render_failed)),
             CommandFolder("index", "python -m clipeval index",
                           lambda folder, steps: IndexLayout(folder).items.is_file(), _shows,
                           "rerun the same `python -m clipeval index ...` command (it resumes)",

@@ -43,9 +43,10 @@ FINETUNE = Job("finetune", (), (
                CommandFolder("fine-tune", "python -m clipeval finetune", _holds, _shows,
                              "rerun the same `python -m clipeval finetune ...` command (with --resume it continues)",
                              lambda folder: (f"python -m clipeval score --pairs PAIRS --checkpoint SPEC --checkpoint "
-                                             f"<the checkpoint in {folder}/finetune.json> --out {folder}-scores",)))
+                                             f"<the checkpoint in {FinetuneLayout(folder).summary}> "
+                                             f"--out {folder}-scores",)))
 
-FINE_TUNE_STUDY = Job("fine_tune_study", ("11_fine_tune",),
-                      (Part(FINE_TUNING, lambda run: run.finetune_retrieval, render_table),
-                       Part(FINE_TUNING, lambda run: run.finetune_hard_negatives, render_table),
-                       Part(FINE_TUNING, lambda run: run.finetune_costs, render_table)))
+FINETUNE_STUDY = Job("finetune_study", ("11_fine_tune",),
+                     (Part(FINE_TUNING, lambda run: run.finetune_retrieval, render_table),
+                      Part(FINE_TUNING, lambda run: run.finetune_hard_negatives, render_table),
+                      Part(FINE_TUNING, lambda run: run.finetune_costs, render_table)))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from clipeval.jobs.curation import CURATE
+from clipeval.jobs.evalsets import BUILD_EVALSET
 from clipeval.jobs.finder import INDEX
-from clipeval.jobs.finetune import FINE_TUNE_STUDY, FINETUNE
+from clipeval.jobs.finetune import FINETUNE, FINETUNE_STUDY
 from clipeval.jobs.job import Job
 from clipeval.jobs.retrieval import RETRIEVE, RETRIEVE_BENCHMARKS, SEARCH
 from clipeval.jobs.scoring import COMPARE, SCORE, SCORE_SHARDS
@@ -12,7 +13,7 @@ from clipeval.jobs.studies import CURATION_STUDY, EXPLORE, LABEL_STUDY, SCENES_B
 
 JOBS: dict[str, Job] = {job.name: job for job in (
     EXPLORE, SCORE, SCORE_SHARDS, COMPARE, RETRIEVE, RETRIEVE_BENCHMARKS, SEARCH, SCENES_BENCHMARK, LABEL_STUDY,
-    CURATION_STUDY, SHARDED_STUDY, FINE_TUNE_STUDY, CURATE, FINETUNE, INDEX)}
+    CURATION_STUDY, SHARDED_STUDY, FINETUNE_STUDY, CURATE, BUILD_EVALSET, FINETUNE, INDEX)}
 
 
 def register_job(job: Job) -> None:

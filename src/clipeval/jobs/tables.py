@@ -38,13 +38,14 @@ def html_table(frame: pd.DataFrame) -> str:
                    for c in frame.columns)
     rows = []
     for record in frame.itertuples(index=False):
-        cells = "".join(f'<td class="{"text" if c in text else "num"}">{html.escape(format_value(plain(v)))}</td>'
+        cells = "".join(f'<td class="{"text" if c in text else "num"}">'
+                        f'{html.escape(format_value(python_scalar(v)))}</td>'
                         for c, v in zip(frame.columns, record, strict=True))
         rows.append(f"<tr>{cells}</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def plain(value):
+def python_scalar(value):
     """numpy scalars as Python ones, so :func:`format_value` sees ints and floats."""
     return value.item() if hasattr(value, "item") else value
 

@@ -30,9 +30,9 @@ import pandas as pd
 
 from clipeval.atomic import write_csv, write_json
 from clipeval.labels.base import LabelRun
+from clipeval.layout import EvalsetLayout
 
 SHARED_TEXT_LABELLERS = ("classifier", "zero-shot")
-FILES = ("queries.csv", "images.csv", "relevance.csv", "labels.csv", "evalset.json")
 
 
 def _portable(ref: str, base_dir: Path | None, out_dir: Path) -> str:
@@ -88,15 +88,15 @@ def write_evalset(run: LabelRun, out_dir: str | Path, base_dir: str | Path | Non
     queries, images, relevance = evalset_tables(run, distinct_texts)
     images = images.assign(image=[_portable(ref, Path(base_dir) if base_dir else None, out_dir)
                                   for ref in images["image"]])
-    write_csv(out_dir / "queries.csv", queries)
-    write_csv(out_dir / "images.csv", images)
-    write_csv(out_dir / "relevance.csv", relevance)
-    write_csv(out_dir / "labels.csv", run.labels)
-    write_json(out_dir / "evalset.json", {"stats": run.stats, "queries": len(queries),
-                                          "relevant_pairs": len(relevance)})
+    layout = EvalsetLayout(out_dir)
+    write_csv(layout.queries, queries)
+    write_csv(layout.images, images)
+    write_csv(layout.relevance, relevance)
+    write_csv(layout.labels, run.labels)
+    write_json(layout.summary, {"stats": run.stats, "queries": len(queries), "relevant_pairs": len(relevance)})
     return out_dir
 
 
 def complete(out_dir: str | Path) -> bool:
     """Whether ``out_dir`` holds every file of an eval set."""
-    return all((Path(out_dir) / name).is_file() for name in FILES)
+    return EvalsetLayout(out_dir).is_complete

@@ -1,6 +1,6 @@
 """Figures of the fine-tuning study (notebook 11): paired differences with their CIs, and the training curves.
 
-The numbers come from :mod:`clipeval.studies.fine_tune`; every ``plot_`` function returns the
+The numbers come from :mod:`clipeval.studies.finetune_modes`; every ``plot_`` function returns the
 ``Figure`` and, given ``path``, saves it as a PNG (:func:`clipeval.plots.save.save_figure`).
 """
 
@@ -38,8 +38,8 @@ def plot_finetune_differences(hard_negatives: pd.DataFrame, retrieval: pd.DataFr
     """Hard-negative accuracy and text->image retrieval changes per mode, each with its paired CI.
 
     Args:
-        hard_negatives: :attr:`clipeval.studies.fine_tune.FineTuneStudy.hard_negatives`.
-        retrieval: :attr:`clipeval.studies.fine_tune.FineTuneStudy.retrieval`.
+        hard_negatives: :attr:`clipeval.studies.finetune_modes.FinetuneStudy.hard_negatives`.
+        retrieval: :attr:`clipeval.studies.finetune_modes.FinetuneStudy.retrieval`.
         metric: the retrieval metric shown (per query subset).
         path: if given, save the figure there as a PNG.
     """

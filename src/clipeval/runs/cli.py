@@ -22,7 +22,7 @@ from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
 from clipeval.finder.options import IndexOptions
 from clipeval.labels.registry import LabelOptions
-from clipeval.layout import RunLayout
+from clipeval.layout import EvalsetLayout, RunLayout
 from clipeval.models.hub_mirror import MIRROR_FILE
 from clipeval.models.registry import quiet_model_loads
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
@@ -212,6 +212,7 @@ def _curate_shards(args: argparse.Namespace) -> None:
 
 
 def _build_evalset(args: argparse.Namespace) -> None:
+    from clipeval.jobs.evalsets import retrieve_command
     from clipeval.runs.evalsets import build_evalset
 
     vocabulary = [line.strip() for line in Path(args.vocabulary).read_text().splitlines() if line.strip()] \
@@ -222,8 +223,7 @@ def _build_evalset(args: argparse.Namespace) -> None:
     print(f"{'reused' if built.reused else 'built'} {built.folder}: {len(dataset.queries)} queries, "
           f"{len(dataset.images)} images, {len(dataset.relevant)} relevant pairs, "
           f"{built.labels['image'].nunique()} images labelled")
-    print(f"evaluate it: python -m clipeval retrieve --queries {built.folder}/queries.csv "
-          f"--images {built.folder}/images.csv --relevance {built.folder}/relevance.csv --checkpoint SPEC --out DIR")
+    print(f"evaluate it: {retrieve_command(EvalsetLayout(built.folder))} --out DIR")
 
 
 def _train_scene_classifier(args: argparse.Namespace) -> None:
@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to bind (default 127.0.0.1, this machine only; another one warns)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
     serve.add_argument("--log-queries", action="store_true",
-                       help="append each query to INDEX/queries.jsonl (off by default)")
+                       help="append each query to the index folder's queries.jsonl (off by default)")
     serve.set_defaults(handler=_serve)
 
     add_epilogs(commands)

@@ -17,7 +17,7 @@ from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables
 from clipeval.data.sources import IMAGE_EXTENSIONS, image_files
 from clipeval.labels.evalset import complete, write_evalset
 from clipeval.labels.registry import LabelOptions, build_labeller
-from clipeval.layout import claim
+from clipeval.layout import EvalsetLayout, claim
 from clipeval.runs.manifest import update_manifest
 from clipeval.warn import RunWarning, warn
 
@@ -73,22 +73,22 @@ def build_evalset(out_dir: str | Path, images_dir: str | Path, labelling: LabelO
         raise ValueError(f"no image file under {images_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     settings = {"labeller": labelling.labeller, "model": labelling.model, "threshold": labelling.threshold,
                 "top_k": labelling.top_k, "vocabulary": list(labelling.vocabulary)}
-    state = claim(out_dir / "run.json", _fingerprint(images_dir, refs, settings), overwrite=rebuild,
+    layout = EvalsetLayout(out_dir)
+    state = claim(layout.fingerprint, _fingerprint(images_dir, refs, settings), overwrite=rebuild,
                   holds_results=complete(out_dir), overwrite_flag="--rebuild")
     reused = state == "same" and complete(out_dir) and not rebuild
     if not reused:
         run = build_labeller(labelling, device, progress).label(refs, images_dir)
         write_evalset(run, out_dir, images_dir)
-        update_manifest(out_dir / "manifest.json", "build-evalset", {**settings, "images_dir": str(images_dir)},
+        update_manifest(layout.manifest, "build-evalset", {**settings, "images_dir": str(images_dir)},
                         [], [], warnings=run.stats.get("warnings"))
-    stats = json.loads((out_dir / "evalset.json").read_text())["stats"]
+    stats = json.loads(layout.summary.read_text())["stats"]
     warn(RunWarning(**record) for record in stats.get("warnings", []))  # a reused build says them again
-    labels = pd.read_csv(out_dir / "labels.csv", keep_default_na=False, na_values=[""])
+    labels = pd.read_csv(layout.labels, keep_default_na=False, na_values=[""])
     if labels.empty:
         raise ValueError(f"no image of {images_dir} got a label at threshold {labelling.threshold} from the "
                          f"{labelling.labeller} labeller "
-                         f"({len(refs)} images; {out_dir / 'images.csv'} says why for each): the eval set has no "
+                         f"({len(refs)} images; {layout.images} says why for each): the eval set has no "
                          "query; lower --threshold, or use another labeller or model")
-    dataset = read_retrieval_tables(out_dir / "queries.csv", out_dir / "images.csv", out_dir / "relevance.csv",
-                                    name=out_dir.name)
+    dataset = read_retrieval_tables(layout.queries, layout.images, layout.relevance, name=out_dir.name)
     return BuiltEvalset(out_dir, dataset, labels, reused)

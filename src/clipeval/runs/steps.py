@@ -37,6 +37,7 @@ from clipeval.data.summary import caption_lengths, count_pairs, describe_images
 from clipeval.embed.options import EmbedOptions
 from clipeval.embed.stats import format_stats_log
 from clipeval.eval.options import RetrievalOptions
+from clipeval.finder.options import IndexOptions
 from clipeval.layout import CurationLayout, RunLayout
 from clipeval.metrics.published import DEFAULT_TOLERANCE, compare_with_published, nothing_to_compare
 from clipeval.models.catalogue import published_retrieval
@@ -50,9 +51,12 @@ from clipeval.warn import warn
 if TYPE_CHECKING:  # torch, scipy and the model libraries are imported by the steps that use them, so that a
     # re-run of a finished score step answers without them
     from clipeval.eval.retrieval import RetrievalReport
+    from clipeval.finder.index import IndexBuild
     from clipeval.models.encoder import Encoder
+    from clipeval.studies.finetune_modes import FinetuneStudy
     from clipeval.studies.labels import LabelStudy
     from clipeval.studies.sharded import ShardedStudy
+    from clipeval.train.finetune_options import FinetuneConfig
 
 
 def _settings(**options) -> dict:
@@ -445,3 +449,30 @@ def sharded_study(run_dir: str | Path, pairs_path: str, checkpoint: str, n_shard
                     _settings(n_shards=n_shards, executors=list(executors), ray_actors=ray_actors, rule=rule,
                               embed=embed), [checkpoint], [pairs_path])
     return study
+
+
+def finetune_study(run_dir: str | Path, base_spec: str, scenes_dir: str | Path, modes: dict[str, float],
+                   config: FinetuneConfig, n_resamples: int = 1000) -> FinetuneStudy:
+    """Notebook 11 (:func:`clipeval.studies.finetune_modes.compute_finetune_study`), with its manifest entry; each
+    mode's checkpoint goes to ``<run_dir>/models/finetune/<mode>``."""
+    from clipeval.studies.finetune_modes import compute_finetune_study
+
+    study = compute_finetune_study(base_spec, scenes_dir, Path(run_dir) / "models" / "finetune", run_dir, modes,
+                                   config, n_resamples)
+    update_manifest(RunLayout(run_dir).manifest, "finetune_study",
+                    _settings(modes=modes, config=config, n_resamples=n_resamples), [base_spec],
+                    [str(Path(scenes_dir) / "pairs_train.csv")], seed=config.seed)
+    return study
+
+
+def index(run_dir: str | Path, source: str, checkpoints: Sequence[str], reading: SourceOptions = SourceOptions(),
+          embed: EmbedOptions = EmbedOptions(), options: IndexOptions = IndexOptions()) -> IndexBuild:
+    """Notebook 10: index ``source`` (:func:`clipeval.finder.index.build_index`) into the run's
+    ``finder/<source's name>/``, with a manifest entry in the run folder; returns the build's counts."""
+    from clipeval.finder.index import build_index
+
+    built = build_index(source, list(checkpoints), RunLayout(run_dir).finder_index(Path(source).stem), reading,
+                        embed, options)
+    update_manifest(RunLayout(run_dir).manifest, "index", _settings(reading=reading, embed=embed, options=options),
+                    list(checkpoints), [source])
+    return built

@@ -25,7 +25,7 @@ from clipeval.labels.base import LabelRun, image_table, run_stats
 from clipeval.labels.evalset import write_evalset
 from clipeval.labels.quality import judged_set, label_precision_recall, metric_bias, precision_recall_by_threshold
 from clipeval.labels.registry import LabelOptions, build_labeller
-from clipeval.layout import RunLayout
+from clipeval.layout import EvalsetLayout, RunLayout
 
 
 @dataclass
@@ -146,7 +146,8 @@ def compute_label_study(run_dir: str | Path, scenes_dir: str | Path, sources: di
             metrics = pd.DataFrame(columns=["checkpoint", "dataset", "direction", "k", "set"])
             bias, per_query = metric_bias(metrics, metrics), pd.DataFrame(columns=PER_QUERY_COLUMNS)
         else:
-            pseudo = read_retrieval_tables(folder / "queries.csv", folder / "images.csv", folder / "relevance.csv",
+            labelled = EvalsetLayout(folder)
+            pseudo = read_retrieval_tables(labelled.queries, labelled.images, labelled.relevance,
                                            name=f"{name} (pseudo)")
             # the eval set's images.csv names the scenes' images from its own folder: they are its image root
             scenes = replace(embed, fetch=replace(embed.fetch, image_root=Path(scenes_dir)))

@@ -38,7 +38,7 @@ RELATION_PATTERN = re.compile(r"\b(" + "|".join(sorted({word for words in RELATI
 
 
 @dataclass
-class FineTuneStudy:
+class FinetuneStudy:
     """The study's tables (each also written to the run folder: ``RunLayout.finetune_<table>``).
 
     Attributes:
@@ -100,9 +100,9 @@ def _retrieval_rows(mode: str, compared, dataset, n_resamples: int, seed: int) -
     return rows
 
 
-def run_fine_tune_study(base_spec: str, scenes_dir: str | Path, out_dir: str | Path, run_dir: str | Path,
-                        modes: dict[str, float], config: FinetuneConfig, n_resamples: int = 1000
-                        ) -> FineTuneStudy:
+def compute_finetune_study(base_spec: str, scenes_dir: str | Path, out_dir: str | Path, run_dir: str | Path,
+                           modes: dict[str, float], config: FinetuneConfig, n_resamples: int = 1000
+                           ) -> FinetuneStudy:
     """Fine-tune ``base_spec`` once per mode and compare each result with the base on the test split.
 
     Args:
@@ -115,7 +115,7 @@ def run_fine_tune_study(base_spec: str, scenes_dir: str | Path, out_dir: str | P
         n_resamples: bootstrap resamples of every CI.
 
     Returns:
-        A :class:`FineTuneStudy`.
+        A :class:`FinetuneStudy`.
     """
     scenes_dir, out_dir = Path(scenes_dir), Path(out_dir)
     pairs = read_pairs(scenes_dir / "pairs_train.csv")
@@ -136,7 +136,7 @@ def run_fine_tune_study(base_spec: str, scenes_dir: str | Path, out_dir: str | P
         costs.append({"mode": mode, "lr": lr, **{key: result.history[key] for key in (
             "trainable_parameters", "total_parameters", "total_steps", "micro_batch_size", "train_seconds",
             "steps_per_s", "n_train_hard_negatives")}})
-    study = FineTuneStudy(pd.DataFrame(hard), pd.DataFrame(retrieval), pd.DataFrame(history), pd.DataFrame(costs),
+    study = FinetuneStudy(pd.DataFrame(hard), pd.DataFrame(retrieval), pd.DataFrame(history), pd.DataFrame(costs),
                           specs)
     layout = RunLayout(run_dir)
     for table in ("hard_negatives", "retrieval", "history", "costs"):
