@@ -5,8 +5,9 @@ a one-line description, whether its weights are random-init, where it comes from
 model card), where known the typical cosine range of matched image-caption pairs and, for real
 checkpoints, their published zero-shot retrieval numbers on the standard benchmarks
 (:data:`clipeval.data.benchmarks.BENCHMARKS`) with their source (:class:`PublishedRetrieval`,
-:func:`published_retrieval`). Only numbers found in a named source are recorded; a checkpoint
-without any (the BERT + ResNet-50 baseline) has none.
+:func:`published_retrieval`). Published numbers are read from copies of their public tables kept
+in ``published_tables/`` (each CSV beside a ``.source.json`` naming its repository, file and commit),
+never typed here; a checkpoint without any (the BERT + ResNet-50 baseline) has none.
 Plot labels and the RANDOM INIT marks read it (:func:`label_checkpoint`). A spec that is not
 in the catalogue still loads and scores; it is described from its prefix, or from the
 ``clipeval_checkpoint.json`` that the project writes beside checkpoints it builds (the tiny
@@ -15,6 +16,8 @@ random ones), wherever they were saved.
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,37 +55,39 @@ class PublishedRetrieval:
     source: str
 
 
-# open_clip's retrieval results table, measured with CLIP_benchmark on the Karpathy test splits.
-# Its "image retr." columns are text->image, its "text retr." columns image->text; values are
-# fractions there, percent here (x 100, nothing rounded away).
-OPEN_CLIP_TABLE = ("open_clip docs/openclip_retrieval_results.csv (github.com/mlfoundations/open_clip, "
-                   "commit 05e7db4987eda177906dc164b4c3ebeb39a9991a; CLIP_benchmark zero-shot retrieval)")
+# open_clip's retrieval results table (CLIP_benchmark, Karpathy test splits): the rows of the catalogue's
+# checkpoints, copied verbatim. Its "image retr." columns are text->image, its "text retr." columns image->text;
+# values are fractions there (4 decimals), percent here (x 100: 2 decimals, nothing rounded away).
+OPEN_CLIP_RESULTS = Path(__file__).parent / "published_tables" / "openclip_retrieval_results.csv"
+OPEN_CLIP_COLUMNS = {(COCO_5K, "text_to_image"): "MSCOCO image retr.",
+                     (COCO_5K, "image_to_text"): "MSCOCO text retr.",
+                     (FLICKR_1K, "text_to_image"): "Flickr image retr.",
+                     (FLICKR_1K, "image_to_text"): "Flickr text retr."}
 
 
-def _open_clip_row(row: str, coco_t2i, coco_i2t, flickr_t2i, flickr_i2t, note: str = "") -> tuple:
-    """The four published rows of one line of open_clip's retrieval table."""
-    source = f"{OPEN_CLIP_TABLE}, row {row}{note}"
-    return (PublishedRetrieval(COCO_5K, "text_to_image", coco_t2i, source),
-            PublishedRetrieval(COCO_5K, "image_to_text", coco_i2t, source),
-            PublishedRetrieval(FLICKR_1K, "text_to_image", flickr_t2i, source),
-            PublishedRetrieval(FLICKR_1K, "image_to_text", flickr_i2t, source))
+@functools.cache
+def read_published_table(path: Path) -> tuple[dict[str, dict[str, str]], dict]:
+    """A copied public table: its rows by ``name,pretrained`` and its ``.source.json`` (repository, file, commit)."""
+    with path.open(newline="") as handle:
+        rows = {f"{row['name']},{row['pretrained']}": row for row in csv.DictReader(handle)}
+    return rows, json.loads(path.with_suffix(".source.json").read_text())
+
+
+def _open_clip_row(row: str, note: str = "") -> tuple[PublishedRetrieval, ...]:
+    """The four published rows (COCO and Flickr, both directions) of one line of open_clip's retrieval table."""
+    rows, origin = read_published_table(OPEN_CLIP_RESULTS)
+    if row not in rows:
+        raise ValueError(f"{row} is not among the rows copied into {OPEN_CLIP_RESULTS.name}")
+    source = (f"open_clip {origin['file']} (github.com/{origin['repository']}, commit {origin['commit']}; "
+              f"CLIP_benchmark zero-shot retrieval), row {row}{note}")
+    return tuple(PublishedRetrieval(benchmark, direction,
+                                    tuple(round(float(rows[row][f"{column} R@{k}"]) * 100, 2) for k in PUBLISHED_KS),
+                                    source)
+                 for (benchmark, direction), column in OPEN_CLIP_COLUMNS.items())
 
 
 SAME_WEIGHTS = "; the transformers checkpoint holds the same OpenAI weights"
-VIT_B_32_OPENAI = ("ViT-B-32,openai", (30.44, 55.94, 66.87), (50.12, 75.00, 83.52),
-                   (58.78, 83.56, 90.02), (78.90, 94.90, 98.20))
-VIT_B_16_OPENAI = ("ViT-B-16,openai", (33.09, 58.42, 68.99), (52.42, 76.70, 84.62),
-                   (62.16, 85.72, 91.92), (82.20, 96.60, 99.00))
-RN50_OPENAI = ("RN50,openai", (28.54, 52.91, 64.59), (48.84, 72.78, 82.12),
-               (57.36, 83.18, 90.04), (80.00, 95.00, 97.90))
-VIT_L_14_OPENAI = ("ViT-L-14,openai", (36.51, 61.06, 71.13), (56.34, 79.38, 86.60),
-                   (64.96, 87.24, 92.04), (85.20, 97.40, 99.20))
-VIT_L_14_336_OPENAI = ("ViT-L-14-336,openai", (37.09, 61.62, 71.47), (57.94, 81.20, 87.92),
-                       (66.90, 89.00, 93.34), (87.70, 98.50, 99.40))
-METACLIP_B32_400M = ("ViT-B-32-quickgelu,metaclip_400m", (35.91, 61.79, 72.09), (51.82, 76.40, 84.66),
-                     (62.34, 85.58, 91.52), (77.80, 93.50, 97.00))
-VIT_B_16_SIGLIP_WEBLI = ("ViT-B-16-SigLIP,webli", (47.78, 72.44, 81.00), (65.74, 85.42, 91.26),
-                         (74.68, 92.30, 95.62), (89.10, 98.00, 99.30))
+VIT_B_32_OPENAI = "ViT-B-32,openai"
 
 
 @dataclass(frozen=True)
@@ -124,13 +129,13 @@ CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
                    source="this repository (docs/dual-encoder.md)",
                    matched_cosine=(0.83, 0.97),
                    matched_cosine_source="measured: 5th-95th percentile of matched scenes test pairs "
-                                         "(score_summary.csv of the offline run)"),
+                                         "(outputs/offline/score_summary.csv)"),
     CheckpointInfo("baseline:bert-resnet50-random", "baseline",
                    "BERT-base + ResNet-50 with random weights and an untrained projection: a floor, not a model",
                    random_init=True, source="this repository (clipeval.models.baseline)",
                    matched_cosine=(0.031, 0.056),
                    matched_cosine_source="measured: 5th-95th percentile of matched scenes test pairs "
-                                         "(score_summary.csv of the offline run)"),
+                                         "(outputs/offline/score_summary.csv)"),
     CheckpointInfo("baseline:bert-resnet50", "baseline",
                    "pretrained bert-base-uncased + torchvision ResNet-50 IMAGENET1K_V1, joined by an "
                    "untrained fixed projection (no learned image-text alignment)",
@@ -138,34 +143,34 @@ CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
     CheckpointInfo("hf:openai/clip-vit-base-patch32", "CLIP",
                    "OpenAI CLIP ViT-B/32 (transformers); LAION-400M kept pairs with its cosine >= 0.30",
                    source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch32",
-                   published=_open_clip_row(*VIT_B_32_OPENAI, note=SAME_WEIGHTS)),
+                   published=_open_clip_row(VIT_B_32_OPENAI, note=SAME_WEIGHTS)),
     CheckpointInfo("open_clip:ViT-B-32@openai", "CLIP",
                    "OpenAI CLIP ViT-B/32 (open_clip); LAION-400M kept pairs with its cosine >= 0.30",
                    source=f"{CLIP_PAPER}; open_clip pretrained tag openai",
-                   published=_open_clip_row(*VIT_B_32_OPENAI)),
+                   published=_open_clip_row(VIT_B_32_OPENAI)),
     CheckpointInfo("hf:openai/clip-vit-base-patch16", "CLIP", "OpenAI CLIP ViT-B/16 (transformers)",
                    source=f"{CLIP_PAPER}; model card openai/clip-vit-base-patch16",
-                   published=_open_clip_row(*VIT_B_16_OPENAI, note=SAME_WEIGHTS)),
+                   published=_open_clip_row("ViT-B-16,openai", note=SAME_WEIGHTS)),
     CheckpointInfo("open_clip:RN50@openai", "CLIP", "OpenAI CLIP ResNet-50 (open_clip)",
                    source=f"{CLIP_PAPER}; open_clip pretrained tag openai",
-                   published=_open_clip_row(*RN50_OPENAI)),
+                   published=_open_clip_row("RN50,openai")),
     CheckpointInfo("hf:openai/clip-vit-large-patch14", "CLIP", "OpenAI CLIP ViT-L/14 at 224 px (transformers)",
                    source=f"{CLIP_PAPER}; model card openai/clip-vit-large-patch14",
-                   published=_open_clip_row(*VIT_L_14_OPENAI, note=SAME_WEIGHTS)),
+                   published=_open_clip_row("ViT-L-14,openai", note=SAME_WEIGHTS)),
     CheckpointInfo("hf:openai/clip-vit-large-patch14-336", "CLIP", "OpenAI CLIP ViT-L/14 at 336 px (transformers)",
                    source=f"{CLIP_PAPER}; model card openai/clip-vit-large-patch14-336",
-                   published=_open_clip_row(*VIT_L_14_336_OPENAI, note=SAME_WEIGHTS)),
+                   published=_open_clip_row("ViT-L-14-336,openai", note=SAME_WEIGHTS)),
     CheckpointInfo("hf:facebook/metaclip-b32-400m", "MetaCLIP",
                    "Meta's MetaCLIP ViT-B/32 trained on 400M pairs curated by CLIP's metadata distribution "
                    "(transformers); the other family the similarity-calculator write-up names to try",
                    source="Xu et al. 2024, Demystifying CLIP Data (ICLR); model card facebook/metaclip-b32-400m",
-                   published=_open_clip_row(*METACLIP_B32_400M,
+                   published=_open_clip_row("ViT-B-32-quickgelu,metaclip_400m",
                                             note="; the transformers checkpoint is converted from the same MetaCLIP "
                                                  "release (b32_400m.pt)")),
     CheckpointInfo("open_clip:ViT-B-16-SigLIP@webli", "SigLIP",
                    "SigLIP ViT-B/16 trained on WebLI with a sigmoid loss and a learned logit bias (open_clip)",
                    source="Zhai et al. 2023, Sigmoid Loss for Language Image Pre-Training; open_clip tag webli",
-                   published=_open_clip_row(*VIT_B_16_SIGLIP_WEBLI)),
+                   published=_open_clip_row("ViT-B-16-SigLIP,webli")),
 )}
 
 
