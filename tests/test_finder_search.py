@@ -191,6 +191,27 @@ def test_a_checkpoint_whose_weights_changed_is_refused(tmp_path, tiny_specs):
         FinderIndex.open(tmp_path / "index", EmbedOptions(device="cpu")).search_text("a cat")
 
 
+def test_a_query_hashes_the_weights_only_when_the_checkpoint_files_changed(tmp_path, tiny_specs, monkeypatch):
+    from clipeval.models.encoder import Encoder
+
+    folder = shutil.copytree(tiny_specs["hf-clip"].removeprefix("hf:"), tmp_path / "model")
+    spec = f"hf:{folder}"
+    build_index(write_collection(tmp_path / "collection"), [spec], tmp_path / "index", embed=EMBED)
+    hashed, digest = [], Encoder.weights_digest
+
+    def counted(self):
+        hashed.append(1)
+        return digest(self)
+
+    monkeypatch.setattr(Encoder, "weights_digest", counted)
+    assert FinderIndex.open(tmp_path / "index", EMBED).search_text("a cat")  # the files as built: no hashing
+    assert hashed == []
+    for file in folder.iterdir():  # the same bytes written again: the stat fingerprint moves, the weights do not
+        file.write_bytes(file.read_bytes())
+    assert FinderIndex.open(tmp_path / "index", EMBED).search_text("a cat")
+    assert hashed == [1]
+
+
 def clipeval(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clipeval", *map(str, args)], capture_output=True, text=True,
                           env=ENV, cwd=cwd, timeout=600)

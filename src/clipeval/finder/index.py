@@ -50,6 +50,7 @@ from clipeval.data.sources import detect_source_kind, read_pairs
 from clipeval.embed.engine import Embedder, LazyEncoder, batches
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder.options import IndexOptions
+from clipeval.finder.search import weights_files
 from clipeval.layout import IndexLayout, RunFolderMismatch, claim
 from clipeval.progress import progress_bar
 
@@ -165,6 +166,7 @@ def build_index(source: str | Path, checkpoints: list[str], out_dir: str | Path,
                     vectors = np.zeros((0, _text_dim(embedder)), dtype=VECTOR_DTYPE)
                 _save_vectors(layout, spec, vectors, positions)
                 entry = {"spec": spec, "model_key": key, "weights": description.get("weights_sha256"),
+                         "weights_files": weights_files(spec),
                          "preprocess": description.get("preprocess"), "decode": description.get("decode"),
                          "precision": description.get("precision"), "device": description.get("device"),
                          "context_length": description.get("context_length"), "fast_decode": embed.fast_decode,

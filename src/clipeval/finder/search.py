@@ -15,6 +15,7 @@ approximate index for the checkpoint; ``exact=True`` or ``exact=False`` override
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -29,6 +30,15 @@ from clipeval.embed.engine import Embedder, LazyEncoder
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder import ann
 from clipeval.layout import IndexLayout, checkpoint_slug
+from clipeval.models.registry import weights_identity
+
+
+def weights_files(spec: str) -> str | None:
+    """A digest of the checkpoint's files' stat fingerprints and the model libraries' versions
+    (:func:`clipeval.models.registry.weights_identity`), ``None`` for a hub name: while it is unchanged the files
+    load the weights the index was built with, so a query need not hash them again."""
+    identity = weights_identity(spec)
+    return None if identity is None else hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 class UnknownCheckpoint(ValueError):
@@ -215,8 +225,8 @@ class FinderIndex:
                 if lazy.device.type == entry.get("device"):
                     lazy.precision = entry.get("precision") or lazy.precision
                 embedder = Embedder(lazy, options)
-                weights = embedder.encoder.weights_digest()
-                if entry.get("weights") and weights != entry["weights"]:
+                unchanged = entry.get("weights_files") is not None and weights_files(spec) == entry["weights_files"]
+                if not unchanged and entry.get("weights") and embedder.encoder.weights_digest() != entry["weights"]:
                     raise ValueError(f"checkpoint {spec} now loads other weights than the index was built with; "
                                      f"rebuild the index: clipeval index ... --checkpoint {spec} --overwrite")
                 loaded.embedder = embedder
