@@ -19,7 +19,8 @@ unless it is ours: ``index.html`` escapes every value it writes, and the noteboo
 sanitized (:func:`sanitize_notebook` keeps only output types that render as inert HTML and
 resets their metadata; every HTML fragment an output or a markdown cell turns into goes through
 :func:`sanitize_html`, bleach with an allowlist of tags, attributes, URL schemes and CSS). Every
-page also carries a Content-Security-Policy that forbids scripts, a second line of defence.
+page also carries a Content-Security-Policy (``default-src 'none'``: no script, nothing from the
+network; only its inline styles and its own images), a second line of defence.
 
 The report is replaced in one step (:func:`swap_report`): ``<run_dir>/report`` is a symbolic
 link to a complete build in ``<run_dir>/report.versions/``; a rebuild writes a new version
@@ -54,8 +55,10 @@ from clipeval.profiles import load_profile
 from clipeval.report.kinds import PROFILE, RunKind, detect_kind, folder_kinds
 from clipeval.report.sections import Section, collect_sections
 
-# no script may run in a report page (a second line of defence behind the escaping and sanitizing)
-CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
+# a report page may run no script and reach no network: nothing is allowed but its own inline styles and its
+# images (figure files beside it, data: URLs in notebook pages); a second line of defence behind the sanitizing
+CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'; "
+       "object-src 'none'; base-uri 'none'; form-action 'none'")
 CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
 NOTEBOOK_TEMPLATE = """{%- extends "index.html.j2" -%}
 {%- block html_head_js -%}""" + CSP_META + """{%- endblock html_head_js -%}
@@ -142,7 +145,9 @@ SAFE_CSS_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla", "var", "calc", "no
 
 
 def _safe_attribute(tag: str, name: str, value: str) -> bool:
-    if name in {"class", "id", "title", "style"}:
+    if name == "style":
+        return _safe_style(value)
+    if name in {"class", "id", "title"}:
         return True
     if tag == "a":
         return (name == "href" and not value.strip().lower().startswith("data:")) or name == "rel"
@@ -154,6 +159,13 @@ def _safe_attribute(tag: str, name: str, value: str) -> bool:
     if tag in {"col", "colgroup"}:
         return name == "span"
     return tag == "ol" and name == "start"
+
+
+def _safe_style(style: str) -> bool:
+    """A ``style`` attribute is kept only with no backslash escape and no function beyond
+    :data:`SAFE_CSS_FUNCTIONS`: ``url(``, ``image-set(``... would load a resource (bleach keeps
+    ``cursor: url(...)``, a property it allows)."""
+    return "\\" not in style and {name.lower() for name in re.findall(r"([\w-]+)\s*\(", style)} <= SAFE_CSS_FUNCTIONS
 
 
 def _safe_css(css: str) -> bool:
@@ -168,7 +180,8 @@ def sanitize_html(fragment) -> str:
     """An HTML fragment with no script, event handler, remote resource or unknown tag left live.
 
     bleach parses it like a browser and keeps only :data:`SAFE_TAGS` with safe attributes and
-    URL schemes (``style`` attributes are filtered to bleach's CSS property allowlist); any other
+    URL schemes (``style`` attributes are filtered to bleach's CSS property allowlist, and dropped
+    whole when they call a function that could load a resource, ``url(`` above all); any other
     markup, ``<script>`` included, is escaped into visible text and comments are removed. A
     ``<style>`` element survives only when its CSS passes a strict check (colours, selectors).
     """
