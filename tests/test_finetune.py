@@ -177,7 +177,8 @@ def test_a_finetune_folder_holding_another_run_is_refused_and_overwrite_clears_i
 
     monkeypatch.setattr(runs_finetune, "finetune", stopped)
     assert main([*base, "--lr", "1e-3", "--overwrite"]) == 130
-    assert seen == [["run.json"]]  # the earlier run's checkpoint, state and tables were gone before training began
+    # the earlier run's checkpoint, state, tables and manifest were gone before training began
+    assert seen == [["manifest.json.lock", "run.json"]]
     assert main([*base, "--lr", "1e-3", "--resume"]) == 130  # the same run again: claimed, not refused
     assert len(seen) == 2
 

@@ -197,7 +197,6 @@ class RunLayout(_Folder):
         return ShardFiles(folder / f"{name}.parquet", folder / f"{name}.done.json", folder / f"{name}.failed.json",
                           folder / f"{name}.parts")
 
-    def benchmark(self, name: str) -> RunLayout:
     def shard_attempt(self, name: str, attempt: str) -> ShardFiles:
         """One attempt's files of an input shard, under ``shards/<name>.attempts/<attempt>/`` until it commits
         them to :meth:`shard`'s (the Ray executor: copies of a shard never write the same file); the chunk
@@ -377,8 +376,8 @@ class FinetuneLayout(_Folder):
     before_after_metrics = _File("before_after_metrics.csv")
     summary = _File("finetune.json")
 
-    # what a replaced run leaves to delete (``--overwrite``)
-    RESULTS = ("checkpoint", "state", "train_pairs", "gain_forgetting", "before_after_metrics", "summary")
+    # what a replaced run leaves to delete (``--overwrite``); the manifest's lock file stays, as everywhere
+    RESULTS = ("checkpoint", "state", "train_pairs", "gain_forgetting", "before_after_metrics", "summary", "manifest")
 
 
 def claim(path: str | Path, fingerprint: dict, overwrite: bool = False, holds_results: bool = True,

@@ -36,8 +36,9 @@ from clipeval.eval.before_after import compare_before_after
 from clipeval.eval.options import RetrievalOptions
 from clipeval.file_identity import stat_fingerprint
 from clipeval.labels.evalset import complete
-from clipeval.layout import claim
+from clipeval.layout import EvalsetLayout, FinetuneLayout, claim
 from clipeval.models.registry import weights_identity
+from clipeval.runs.manifest import update_manifest
 from clipeval.train.finetune import FinetuneResult, finetune, split_pairs
 from clipeval.train.finetune_options import FinetuneConfig, FinetuneData
 
@@ -52,7 +53,8 @@ def read_evalset_folder(folder: str | Path) -> RetrievalSet:
     if not complete(folder):
         raise FileNotFoundError(f"{folder} is not a complete eval-set folder (queries.csv, images.csv, "
                                 "relevance.csv...); build one with `clipeval build-evalset`")
-    return read_retrieval_tables(folder / "queries.csv", folder / "images.csv", folder / "relevance.csv",
+    evalset = EvalsetLayout(folder)
+    return read_retrieval_tables(evalset.queries, evalset.images, evalset.relevance,
                                  name=folder.name)
 
 
@@ -115,11 +117,6 @@ class FinetuneRun:
     out_dir: Path
 
 
-# what a run writes in its folder: deleted before a run that does not resume this one starts
-RUN_FILES = ("checkpoint", "state", "train_pairs.csv", "gain_forgetting.csv", "before_after_metrics.csv",
-             "finetune.json")
-
-
 def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_out: RetrievalSet,
                  forgetting: RetrievalSet | None = None, config: FinetuneConfig = FinetuneConfig(),
                  retrieval: RetrievalOptions = RetrievalOptions(), resume: bool = False,
@@ -145,20 +142,20 @@ def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_
         RunFolderMismatch: ``out_dir`` holds another run's results and not ``overwrite`` (the message names what
             differs).
     """
-    out_dir = Path(out_dir)
+    out_dir, layout = Path(out_dir), FinetuneLayout(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    held = any((out_dir / name).exists() for name in RUN_FILES)
-    state = claim(out_dir / "run.json", run_fingerprint(base_spec, pairs, held_out, forgetting, config, retrieval,
-                                                        validation), overwrite, holds_results=held)
+    results = [getattr(layout, name) for name in FinetuneLayout.RESULTS]
+    state = claim(layout.fingerprint, finetune_fingerprint(base_spec, pairs, held_out, forgetting, config, retrieval,
+                                                           validation), overwrite,
+                  holds_results=any(path.exists() for path in results))
     if not (state == "same" and resume):  # a run that does not resume this one: nothing of the earlier one stays
-        for name in RUN_FILES:
-            path = out_dir / name
+        for path in results:
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
     result = finetune(base_spec, pairs, out_dir, config, validation if validation is not None else held_out, resume)
-    write_csv(out_dir / "train_pairs.csv", result.rows)
+    write_csv(layout.train_pairs, result.rows)
     embed = EmbedOptions(batch_size=config.eval_batch_size, device=config.device, precision=config.precision,
                          progress=config.progress)
     compared = [compare_before_after(held_out, base_spec, result.spec, "held-out", retrieval, embed)]
@@ -166,18 +163,20 @@ def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_
         compared.append(compare_before_after(forgetting, base_spec, result.spec, "forgetting", retrieval, embed))
     differences = pd.concat([item.differences for item in compared], ignore_index=True)
     metrics = pd.concat([item.metrics for item in compared], ignore_index=True)
-    write_csv(out_dir / "gain_forgetting.csv", differences)
-    write_csv(out_dir / "before_after_metrics.csv", metrics)
+    write_csv(layout.gain_forgetting, differences)
+    write_csv(layout.before_after_metrics, metrics)
     sets = {"held-out": _describe(held_out, pairs)}
     if forgetting is not None:
         sets["forgetting"] = _describe(forgetting, pairs)
-    write_json(out_dir / "finetune.json", {"checkpoint": result.spec, "provenance": result.provenance,
-                                           "history": result.history, "sets": sets,
-                                           "retrieval": asdict(retrieval)})
+    write_json(layout.summary, {"checkpoint": result.spec, "provenance": result.provenance,
+                                "history": result.history, "sets": sets, "retrieval": asdict(retrieval)})
+    update_manifest(layout.manifest, "finetune", {"config": asdict(config), "retrieval": asdict(retrieval),
+                                                  "resume": resume, "sets": sets}, [base_spec, result.spec], [],
+                    seed=config.seed)
     return FinetuneRun(result, differences, metrics, out_dir)
 
 
-def run_fingerprint(base_spec: str, pairs: pd.DataFrame, held_out: RetrievalSet, forgetting: RetrievalSet | None,
+def finetune_fingerprint(base_spec: str, pairs: pd.DataFrame, held_out: RetrievalSet, forgetting: RetrievalSet | None,
                     config: FinetuneConfig, retrieval: RetrievalOptions,
                     validation: RetrievalSet | None = None) -> dict:
     """What identifies a fine-tuning run, for :func:`clipeval.layout.claim`: one flat, readable dict.
