@@ -27,6 +27,48 @@ def selects_network_tests(markexpr: str) -> bool:
 def pytest_configure(config):
     if not selects_network_tests(config.getoption("markexpr")):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before any test module imports huggingface_hub
+    config.addinivalue_line("markers", "may_skip_in_ci(reason): a skip of this test does not fail a CI run")
+
+
+# --- no silent skips in CI ------------------------------------------------------------------------------
+
+_skipped: list[str] = []  # this run's skipped tests that are not marked may_skip_in_ci
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI`` set to true, as CI services and ``.ci/run`` do)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _record_skip(report) -> None:
+    allowed = hasattr(report, "wasxfail") or "may_skip_in_ci" in getattr(report, "keywords", {})
+    if report.skipped and not allowed:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report):
+    _record_skip(report)
+
+
+def pytest_collectreport(report):
+    _record_skip(report)
+
+
+def pytest_sessionfinish(session):
+    """In CI a skipped test fails the run: there a skip is a check that silently did not run."""
+    if in_ci() and _skipped and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skipped:
+        verdict = "they fail the run (CI is set)" if in_ci() else "with CI=true they would fail the run"
+        terminalreporter.section(f"{len(_skipped)} skipped test(s): {verdict}", red=in_ci())
+        for line in _skipped:
+            terminalreporter.line(line)
+    elif in_ci():
+        terminalreporter.line("CI: no skips in this run (any skip fails it)")
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +96,7 @@ def network_tests_need_the_hub(request):
 
 @pytest.fixture(scope="session", autouse=True)
 def embedding_cache_in_tmp(tmp_path_factory):
-    """Runs in tests cache embeddings in a session folder, never in the checkout's outputs/."""
+    """Session and module fixtures cache embeddings in a session folder, never in the user's cache folder."""
     previous = os.environ.get("CLIPEVAL_EMBEDDING_CACHE")
     os.environ["CLIPEVAL_EMBEDDING_CACHE"] = str(tmp_path_factory.mktemp("embedding-cache"))
     yield
@@ -62,6 +104,13 @@ def embedding_cache_in_tmp(tmp_path_factory):
         os.environ.pop("CLIPEVAL_EMBEDDING_CACHE")
     else:
         os.environ["CLIPEVAL_EMBEDDING_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def fresh_embedding_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty embedding cache of its own: no test reads vectors an earlier test
+    encoded, so a comparison of two runs compares two encodings and results do not depend on test order."""
+    monkeypatch.setenv("CLIPEVAL_EMBEDDING_CACHE", str(tmp_path_factory.mktemp("embedding-cache")))
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,17 @@ def tar_shards(tmp_path_factory, challenge_csv):
 
 @pytest.fixture(scope="module")
 def local_and_ray(tmp_path_factory, tar_shards, tiny_specs):
-    """The same 4 shards scored by the local executor and by Ray with 2 workers (real processes)."""
+    """The same 4 shards scored by the local executor and by Ray with 2 workers (real processes).
+
+    Each executor has an empty embedding cache of its own: Ray's actors encode every vector themselves
+    instead of reading the local run's (the tests check that their caches missed).
+    """
     _, shards = tar_shards
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     for executor in ("local", "ray"):
-        score_shards(root / executor, [str(path) for path in shards], [tiny_specs["hf-clip"]], embed=CPU,
+        score_shards(root / executor, [str(path) for path in shards], [tiny_specs["hf-clip"]],
+                     embed=replace(CPU, embedding_cache_dir=root / f"{executor}-cache"),
                      execution=ExecutionOptions(executor, ray_actors=2))
         runs[executor] = root / executor
     return runs
@@ -78,6 +83,11 @@ def test_local_and_ray_give_the_same_rows_and_scores(local_and_ray, tar_shards, 
     assert ray_stats["executor"] == "ray" and ray_stats["shards_done"] == 4
     local_stats = json.loads((local_and_ray["local"] / "sharded_stats.json").read_text())
     assert ray_stats["startup_s"] > 0 and local_stats["startup_s"] > 0  # start-up reported apart from the shards
+    for name in ("local", "ray"):  # each executor encoded every distinct image and caption itself
+        entry = json.loads((local_and_ray[name] / "stats.json").read_text())["checkpoints"][tiny_specs["hf-clip"]]
+        assert entry["model_loaded"], name
+        assert entry["cache"]["image_misses"] >= pairs["image"].nunique(), name
+        assert entry["cache"]["text_misses"] >= pairs["caption"].nunique(), name
 
 
 def test_a_checkpoint_no_actor_can_load_stops_the_ray_run_with_its_own_error(tar_shards, tmp_path, capsys):
