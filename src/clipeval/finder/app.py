@@ -22,11 +22,12 @@ With two checkpoints a search answers both rankings and ``overlap``, the ids in 
 
 Security defaults (docs/finder.md): bound to 127.0.0.1 (``--host`` changes it, with a warning when
 not loopback); on loopback only ``localhost``/``127.0.0.1``/``::1`` Host headers are answered (DNS
-rebinding); a cross-origin POST is refused; every response carries a Content-Security-Policy
+rebinding); a cross-origin POST is refused, and so is any cross-site request (``Sec-Fetch-Site`` or
+``Origin``) to a route that runs a model or writes the query log; every response carries a Content-Security-Policy
 (``default-src 'self'``: no inline script, nothing from the network) and ``nosniff``; the page puts
 captions and ids in the DOM with ``textContent`` only; queries are logged to
 ``<index>/queries.jsonl`` only with ``log_queries=True`` (``--log-queries``), images as their
-SHA-256, never their bytes.
+SHA-256, never their bytes, and never through a symlink.
 
 The server is Werkzeug's threaded server (Flask's own): enough for a local tool used by one person;
 searches run one at a time behind a lock (the encoders are loaded once and shared).
@@ -40,6 +41,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -60,6 +62,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 QUERY_LOG = "queries.jsonl"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# the routes that run a model or write the query log: refused to cross-site requests (any other page could drive them)
+MODEL_ROUTES = frozenset({"search_text", "search_image", "similar"})
+# Sec-Fetch-Site values a browser sends for the finder's own page, or a request the user typed
+OWN_SITES = frozenset({"same-origin", "none"})
 CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -126,6 +132,9 @@ class _Finder:
         self.ids = set(index.items["id"].astype(str))
         self.lock = threading.Lock()
         self.log_path = index.layout.queries if log_queries else None
+        if self.log_path is not None and self.log_path.is_symlink():
+            raise ValueError(f"{self.log_path} is a symlink; the query log is written only to a plain file in the "
+                             "index folder: remove it, or serve without --log-queries")
         self.log_lock = threading.Lock()
 
     def checkpoints(self, requested: list[str]) -> list[str]:
@@ -164,7 +173,8 @@ class _Finder:
         line = {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kind": kind, "query": query,
                 "checkpoints": checkpoints, "k": k,
                 "top": {result["checkpoint"]: [hit["id"] for hit in result["hits"]] for result in results}}
-        with self.log_lock, self.log_path.open("a", encoding="utf-8") as handle:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink: ELOOP, not followed
+        with self.log_lock, os.fdopen(os.open(self.log_path, flags, 0o600), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def thumbnail(self, item_id: str) -> Path:
@@ -185,6 +195,14 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:host.find("]")]
     return host.rsplit(":", 1)[0].lower()
+
+
+def _cross_site(headers, host: str) -> bool:
+    """Whether a browser sent the request from another site's page: its ``Sec-Fetch-Site`` is not the finder's own
+    (``same-site`` too: another port of localhost is another program), or its ``Origin`` is another host."""
+    site = headers.get("Sec-Fetch-Site")
+    origin = headers.get("Origin")
+    return bool((site and site not in OWN_SITES) or (origin and urllib.parse.urlsplit(origin).netloc != host))
 
 
 def _k(value) -> int:
@@ -261,6 +279,8 @@ def create_app(index_dir, log_queries: bool = False, host: str = DEFAULT_HOST):
         origin = request.headers.get("Origin")
         if request.method == "POST" and origin and urllib.parse.urlsplit(origin).netloc != request.host:
             raise ApiError(403, "cross-origin requests are refused")
+        if request.endpoint in MODEL_ROUTES and _cross_site(request.headers, request.host):
+            raise ApiError(403, "cross-site requests are refused: searches run only from the finder's own page")
 
     @app.after_request
     def security_headers(response):

@@ -412,7 +412,9 @@ def _restore(path: Path, model, optimizer, scheduler, scaler, history: dict) -> 
     """Load the saved state into the run and return its step (0 when there is none)."""
     if not path.is_file():
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    # tensors and plain data only, so no pickled code runs (the history records torch.__version__, a str subclass)
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
