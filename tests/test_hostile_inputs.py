@@ -418,3 +418,121 @@ def test_an_api_reply_over_the_byte_cap_is_refused_unread(drip_server, tmp_path,
     assert run.images["status"].tolist() == ["api_bad_response"]
     assert "65,536" in run.images["error"][0]
     assert peak < 2 * MiB
+
+
+# ---- 9. the report: nothing from the network, url( never survives sanitising -------------------------------
+
+def test_report_pages_default_to_no_network_reach():
+    from clipeval.report.build import CSP
+
+    directives = dict(part.strip().split(" ", 1) for part in CSP.split(";") if part.strip())
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == "'none'"
+    allowed = " ".join(directives.values())
+    assert "http" not in allowed and "*" not in allowed and "'unsafe-eval'" not in allowed
+
+
+@pytest.mark.parametrize("style", ["cursor: url(https://evil.example/c.png), auto",
+                                   "background-image: url('https://evil.example/b.png')",
+                                   "list-style-image: URL(https://evil.example/l.png)",
+                                   "cursor: u\\72 l(https://evil.example/e.png), auto",
+                                   "background: image-set('https://evil.example/i.png' 1x)"])
+def test_css_that_loads_a_resource_never_survives_sanitising(style):
+    from clipeval.report.build import sanitize_html
+
+    cleaned = sanitize_html(f'<span style="{style}">x</span><p style="color: red">kept</p>')
+    assert "evil.example" not in cleaned and "url(" not in cleaned.lower()
+    assert 'style="color: red;"' in cleaned or 'style="color: red"' in cleaned
+
+
+# ---- 10-11. the finder: cross-site requests refused; the query log is never a symlink ---------------------
+
+@pytest.fixture(scope="module")
+def finder(tmp_path_factory, tiny_specs, one_torch_thread):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from clipeval.finder.search import FinderIndex
+    from finder_collection import build_small_index
+
+    index_dir = build_small_index(tmp_path_factory.mktemp("finder"), [tiny_specs["hf-clip"]])
+    return index_dir, FinderIndex.open(index_dir)
+
+
+CROSS_SITE = [{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "cross-site"},
+              {"Sec-Fetch-Site": "same-site"}, {"Origin": "http://127.0.0.1:9999"}, {"Origin": "null"}]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_the_finder_refuses_cross_site_requests_that_run_a_model(finder, headers):
+    from clipeval.finder.app import create_app
+
+    index_dir, index = finder
+    log = index_dir / "queries.jsonl"
+    log.unlink(missing_ok=True)
+    client = create_app(index, log_queries=True).test_client()
+    item = index.items["id"].astype(str).iloc[0]
+    png = io.BytesIO(_png())
+    answers = [client.get("/api/search?q=a+red+square", headers=headers),
+               client.get(f"/api/similar/{item}", headers=headers),
+               client.post("/api/search-image", data={"image": (png, "q.png")}, headers=headers,
+                           content_type="multipart/form-data")]
+    assert [answer.status_code for answer in answers] == [403, 403, 403]
+    assert "cross-site" in answers[0].get_json()["error"]
+    assert not log.exists()  # nothing ran, nothing was written
+    assert client.get("/", headers=headers).status_code == 200  # a link to the page still opens it
+
+
+def test_the_finder_answers_its_own_page_and_plain_clients(finder):
+    from clipeval.finder.app import create_app
+
+    _, index = finder
+    client = create_app(index).test_client()
+    for headers in ({}, {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, {"Sec-Fetch-Site": "none"}):
+        assert client.get("/api/search?q=a+red+square", headers=headers).status_code == 200, headers
+
+
+def test_the_query_log_refuses_a_symlink(finder, tmp_path):
+    from clipeval.finder.app import create_app
+
+    index_dir, index = finder
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("untouched\n")
+    log = index_dir / "queries.jsonl"
+    log.unlink(missing_ok=True)
+    log.symlink_to(target)
+    try:
+        with pytest.raises(ValueError, match="symlink"):
+            create_app(index, log_queries=True)
+        log.unlink()
+        client = create_app(index, log_queries=True).test_client()
+        log.symlink_to(target)  # swapped in while the server runs
+        assert client.get("/api/search?q=a+red+square").status_code == 500
+        assert target.read_text() == "untouched\n"
+    finally:
+        log.unlink(missing_ok=True)
+
+
+# ---- 11. resuming a fine-tune never unpickles code --------------------------------------------------------
+
+class _Planted:
+    """A pickle that runs code when loaded: it creates the file ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_fine_tune_resume_state_cannot_run_code(tmp_path):
+    import torch
+
+    from clipeval.train.finetune import _restore
+
+    marker = tmp_path / "ran"
+    state = tmp_path / "state.pt"
+    torch.save({"step": 3, "model": _Planted(marker)}, state)
+    with pytest.raises(Exception, match=r"(?i)weights"):
+        _restore(state, None, None, None, None, {})
+    assert not marker.exists()
