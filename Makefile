@@ -14,7 +14,7 @@ REHEARSAL_HUB := data/rehearsal-hub/hf/clipeval_mirror.json
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env data model reproduce notebooks report rehearsal-hub rehearse gpu-check measured lint test test-slow test-network bench bench-finder bench-rehearsal bench-train clear-cache lab clean
+.PHONY: help env data model reproduce notebooks report rehearsal-hub rehearse gpu-check measured lint chromium test test-slow test-network bench bench-finder bench-rehearsal bench-train clear-cache lab clean
 
 help: ## list the targets with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,9 +79,26 @@ lint: env ## ruff (style, imports, bugs) and import-linter (the package layers)
 	$(VENV)/bin/ruff check src tests bench notebooks
 	$(VENV)/bin/lint-imports
 
-test: env lint ## lint, then run the test suite (fails if no test ran)
+test: env lint chromium ## lint, then run the test suite (fails if no test ran); installs Chromium first when missing
 	$(PYTHON) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
+
+# The finder's browser tests and notebook 10's page photo drive Debian's Chromium and chromedriver (found as the
+# package finds them: CLIPEVAL_CHROMIUM / CLIPEVAL_CHROMEDRIVER, else the PATH). When missing they are installed
+# with apt-get (sudo when not root); where that cannot be done, make stops before any test, saying how in one line.
+CHROMIUM_FOUND := $(PYTHON) -c "from clipeval.finder.browser import find_chromium; find_chromium()" 2>/dev/null
+
+chromium: env
+	@$(CHROMIUM_FOUND) || { \
+	  if command -v apt-get >/dev/null; then \
+	    sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	    echo "make test: installing Debian's chromium and chromium-driver (the browser tests drive them)"; \
+	    $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null; \
+	  fi; \
+	  $(CHROMIUM_FOUND) || { echo "make test: Chromium and chromedriver are missing and could not be installed here:" \
+	    "install them (Debian: sudo apt-get install -y chromium chromium-driver) or set CLIPEVAL_CHROMIUM and" \
+	    "CLIPEVAL_CHROMEDRIVER to their paths" >&2; exit 1; }; }
 
 test-slow: env ## run only the slow tests (real-size training and data; about 10 min)
 	$(PYTHON) -m pytest -m slow; status=$$?; \
