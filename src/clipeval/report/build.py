@@ -1,45 +1,15 @@
-"""The run report: one self-contained HTML page per run folder, ``<run_dir>/report/index.html``.
+"""The run report: one self-contained HTML page per run folder, ``<run_dir>/report/index.html`` (docs/report.md).
 
-The page shows what the run found, generated from the run folder's own files: the manifest, row
-statuses, the score summary, retrieval metrics with chance levels, the dual encoder's benchmark,
-time and memory, the pseudo-label study, curation, every figure, and a link to each executed
-notebook rendered to HTML. Everything it needs is inside ``report/``: figures are copied into
-``report/figures/``, notebooks rendered into ``report/notebooks/``, the CSS is inline, and no
-page loads anything from the network (the notebook pages are nbconvert's ``lab`` template with
-its require.js, MathJax, mermaid and widget scripts, all fetched from CDNs, left out).
-
-A file the run folder lacks leaves its section in place, saying what is missing and which
-notebook writes it (or that the profile does not run that notebook). A notebook holding an
-error output is still rendered, so its traceback can be read, but it is flagged: marked in the
-notebook list, named in a warning at the top of the page, and listed in :attr:`Report.failed_notebooks`
-(the CLI prints a warning and exits with 1).
-
-Captions and checkpoint names come from untrusted data, so nothing in the report is live HTML
-unless it is ours: ``index.html`` escapes every value it writes, and the notebook pages are
-sanitized (:func:`sanitize_notebook` keeps only output types that render as inert HTML and
-resets their metadata; every HTML fragment an output or a markdown cell turns into goes through
-:func:`sanitize_html`, bleach with an allowlist of tags, attributes, URL schemes and CSS). Every
-page also carries a Content-Security-Policy (``default-src 'none'``: no script, nothing from the
-network; only its inline styles and its own images), a second line of defence.
-
-The report is replaced in one step (:func:`swap_report`): ``<run_dir>/report`` is a symbolic
-link to a complete build in ``<run_dir>/report.versions/``; a rebuild writes a new version
-beside the old one, then points the link at it with one ``rename(2)`` of a temporary link
-(atomic on POSIX), then deletes the other versions. A crash or SIGKILL at any moment leaves the
-path users open holding the complete old report or the complete new one.
+This module assembles the page: the jobs' sections (:mod:`.sections`, from :mod:`clipeval.jobs.registry`),
+figures, executed notebooks rendered through the sanitiser (:mod:`.sanitize`), and publishes it in one
+step (:mod:`.publish`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import ctypes
-import errno
 import html
-import os
-import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,13 +23,10 @@ from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, using_mirror
 from clipeval.paths import PROJECT_ROOT
 from clipeval.profiles import load_profile
 from clipeval.report.kinds import PROFILE, RunKind, detect_kind, folder_kinds
+from clipeval.report.publish import locked, remove_leftovers, report_versions, swap_report
+from clipeval.report.sanitize import CSP_META, sanitize_html, sanitize_notebook
 from clipeval.report.sections import Section, collect_sections
 
-# a report page may run no script and reach no network: nothing is allowed but its own inline styles and its
-# images (figure files beside it, data: URLs in notebook pages); a second line of defence behind the sanitizing
-CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'; "
-       "object-src 'none'; base-uri 'none'; form-action 'none'")
-CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
 NOTEBOOK_TEMPLATE = """{%- extends "index.html.j2" -%}
 {%- block html_head_js -%}""" + CSP_META + """{%- endblock html_head_js -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
@@ -129,95 +96,6 @@ def notebook_errors(notebook) -> list[str]:
 # What a notebook page may show as HTML: the tags markdown, pandas tables (plain and Styler) and
 # pygments produce; attributes without script or network reach; no scheme but http(s), mailto and
 # inline images. Anything else is escaped to visible text by :func:`sanitize_html`.
-SAFE_TAGS = frozenset({
-    "a", "abbr", "acronym", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "del", "details",
-    "div", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li", "mark", "ol",
-    "p", "pre", "q", "s", "samp", "small", "span", "strong", "style", "sub", "summary", "sup", "table", "tbody",
-    "td", "tfoot", "th", "thead", "tr", "u", "ul", "var"})
-SAFE_PROTOCOLS = frozenset({"http", "https", "mailto", "data"})
-# the output types a page shows (nbconvert renders each inert: text escaped, HTML and markdown through
-# sanitize_html, images as data: URLs); others (javascript, widgets, mermaid...) are dropped
-SAFE_OUTPUT_TYPES = frozenset({"text/plain", "text/html", "text/markdown", "text/latex", "image/png", "image/jpeg",
-                               "image/svg+xml"})
-# the CSS functions a <style> element may call (colours and variables: nothing that loads a resource)
-SAFE_CSS_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla", "var", "calc", "not", "is", "nth-child",
-                                "nth-of-type", "nth-last-child"})
-
-
-def _safe_attribute(tag: str, name: str, value: str) -> bool:
-    if name == "style":
-        return _safe_style(value)
-    if name in {"class", "id", "title"}:
-        return True
-    if tag == "a":
-        return (name == "href" and not value.strip().lower().startswith("data:")) or name == "rel"
-    if tag == "img":
-        return ((name == "src" and value.strip().lower().startswith("data:image/"))
-                or name in {"alt", "width", "height"})
-    if tag in {"td", "th"}:
-        return name in {"colspan", "rowspan", "align", "scope"}
-    if tag in {"col", "colgroup"}:
-        return name == "span"
-    return tag == "ol" and name == "start"
-
-
-def _safe_style(style: str) -> bool:
-    """A ``style`` attribute is kept only with no backslash escape and no function beyond
-    :data:`SAFE_CSS_FUNCTIONS`: ``url(``, ``image-set(``... would load a resource (bleach keeps
-    ``cursor: url(...)``, a property it allows)."""
-    return "\\" not in style and {name.lower() for name in re.findall(r"([\w-]+)\s*\(", style)} <= SAFE_CSS_FUNCTIONS
-
-
-def _safe_css(css: str) -> bool:
-    """CSS of a ``<style>`` element is kept only when it can do no more than colour and lay out:
-    no at-rules, quotes, backslash escapes or slashes, and no function beyond :data:`SAFE_CSS_FUNCTIONS`."""
-    if not re.fullmatch(r"[\w\s#.,:;{}()%!*>+~=\[\]-]*", css):
-        return False
-    return {name.lower() for name in re.findall(r"([\w-]+)\s*\(", css)} <= SAFE_CSS_FUNCTIONS
-
-
-def sanitize_html(fragment) -> str:
-    """An HTML fragment with no script, event handler, remote resource or unknown tag left live.
-
-    bleach parses it like a browser and keeps only :data:`SAFE_TAGS` with safe attributes and
-    URL schemes (``style`` attributes are filtered to bleach's CSS property allowlist, and dropped
-    whole when they call a function that could load a resource, ``url(`` above all); any other
-    markup, ``<script>`` included, is escaped into visible text and comments are removed. A
-    ``<style>`` element survives only when its CSS passes a strict check (colours, selectors).
-    """
-    bleach = require("bleach", "notebooks", "the report's notebook pages")
-    css_sanitizer = require("bleach.css_sanitizer", "notebooks", "the report's notebook pages")
-    fragment = fragment.decode() if isinstance(fragment, bytes) else str(fragment)
-    cleaned = bleach.clean(fragment, tags=SAFE_TAGS, attributes=_safe_attribute, protocols=SAFE_PROTOCOLS,
-                           strip=False, strip_comments=True,
-                           css_sanitizer=css_sanitizer.CSSSanitizer(
-                               allowed_css_properties=css_sanitizer.ALLOWED_CSS_PROPERTIES))
-    return re.sub(r"<style\b[^>]*>(.*?)</style>", lambda m: m.group(0) if _safe_css(html.unescape(m.group(1))) else "",
-                  cleaned, flags=re.IGNORECASE | re.DOTALL)
-
-
-def sanitize_notebook(notebook):
-    """A copy of an executed notebook (nbformat node) safe to render: outputs keep only the types of
-    :data:`SAFE_OUTPUT_TYPES`, output metadata keeps only numeric image sizes, widget state is dropped.
-
-    The HTML of ``text/html`` and ``text/markdown`` outputs and of markdown and raw cells is cleaned
-    when the page is rendered (:func:`sanitize_html`, the exporter's ``clean_html`` filter).
-    """
-    notebook = copy.deepcopy(notebook)
-    notebook.metadata.pop("widgets", None)
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            if "data" in output:
-                output["data"] = {kind: value for kind, value in output["data"].items() if kind in SAFE_OUTPUT_TYPES}
-            if "metadata" in output:
-                output["metadata"] = {kind: {key: value for key, value in meta.items()
-                                             if key in {"width", "height"} and isinstance(value, int | float)
-                                             and not isinstance(value, bool)}
-                                      for kind, meta in output["metadata"].items()
-                                      if kind in SAFE_OUTPUT_TYPES and isinstance(meta, dict)}
-    return notebook
-
-
 def _notebook_exporter():
     jinja2 = require("jinja2", "notebooks", "the report's notebook pages")
     nbconvert = require("nbconvert", "notebooks", "the report's notebook pages")
@@ -345,90 +223,6 @@ def render_index(title: str, run_dir: Path, sections: list[Section], figures: li
             "</body></html>\n")
 
 
-VERSIONS = ".versions"  # <run_dir>/report.versions/ holds the builds <run_dir>/report links to
-
-
-def report_versions(link: Path) -> Path:
-    """The folder holding the report's builds (``report.versions`` beside the ``report`` link)."""
-    return link.with_name(link.name + VERSIONS)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path):
-    """Hold an exclusive lock on ``folder`` (flock) so two rebuilds never delete each other's build."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): rebuilds of one run folder must not overlap
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # libc's, from the process
-    if renameat2 is None:  # glibc < 2.28, musl
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}:  # kernel or file system without it
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def swap_report(link: Path, version: Path) -> None:
-    """Point ``link`` at the complete build ``version`` in one step.
-
-    A temporary symbolic link is made beside ``link`` and renamed over it (``os.replace``: one
-    ``rename(2)``, atomic on POSIX), so a reader or a crash at any moment finds the old target or
-    the new one. A real folder at ``link`` (a report written before the versioned layout) is
-    exchanged with the new link by ``renameat2(RENAME_EXCHANGE)`` on Linux; where the system has
-    no exchange the folder is moved aside first, and only that one migration has a moment without
-    a report. Either way the old folder is left beside the link as ``.report.*``, for
-    :func:`_remove_leftovers` to delete: nothing after the swap can fail it.
-    """
-    temp = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}.link")
-    os.symlink(os.path.relpath(version, link.parent), temp)
-    try:
-        try:
-            os.replace(temp, link)
-        except IsADirectoryError:
-            if link.is_symlink() or not link.is_dir():
-                raise
-            if not _exchange(temp, link):  # exchanged, temp names the old folder
-                old = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}.old")
-                os.rename(link, old)
-                try:
-                    os.replace(temp, link)
-                except BaseException:
-                    os.rename(old, link)
-                    raise
-    finally:
-        if temp.is_symlink():
-            os.unlink(temp)
-
-
-def _remove_leftovers(link: Path, keep: Path) -> None:
-    """Delete every build but ``keep`` and what an interrupted rebuild left (``.report.*`` beside the link)."""
-    stale = [old for old in report_versions(link).iterdir() if old.name != keep.name]
-    for path in [*stale, *link.parent.glob(f".{link.name}.*")]:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
 def build_report(run_dir: str | Path, title: str | None = None, profile_notebooks: list[str] | None = None,
                  extra_sections: list[Section] | None = None, kind: RunKind | None = None) -> Report:
     """Write ``<run_dir>/report/`` (``index.html``, ``figures/``, ``notebooks/``), replacing the old one in one step.
@@ -462,7 +256,7 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
     folder = layout.report
     versions = report_versions(folder)
     versions.mkdir(parents=True, exist_ok=True)
-    with _locked(versions):
+    with locked(versions):
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         version = Path(tempfile.mkdtemp(dir=versions, prefix=f"{stamp}-"))
         try:
@@ -476,7 +270,7 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
             if not (folder.is_symlink() and folder.resolve() == version.resolve()):
                 shutil.rmtree(version, ignore_errors=True)
             raise
-        _remove_leftovers(folder, version)
+        remove_leftovers(folder, version)
     return Report(folder, sections, figures, pages, kind)
 
 
