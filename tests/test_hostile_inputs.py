@@ -423,7 +423,7 @@ def test_an_api_reply_over_the_byte_cap_is_refused_unread(drip_server, tmp_path,
 # ---- 9. the report: nothing from the network, url( never survives sanitising -------------------------------
 
 def test_report_pages_default_to_no_network_reach():
-    from clipeval.report.build import CSP
+    from clipeval.report.sanitize import CSP
 
     directives = dict(part.strip().split(" ", 1) for part in CSP.split(";") if part.strip())
     assert directives["default-src"] == "'none'"
@@ -438,7 +438,7 @@ def test_report_pages_default_to_no_network_reach():
                                    "cursor: u\\72 l(https://evil.example/e.png), auto",
                                    "background: image-set('https://evil.example/i.png' 1x)"])
 def test_css_that_loads_a_resource_never_survives_sanitising(style):
-    from clipeval.report.build import sanitize_html
+    from clipeval.report.sanitize import sanitize_html
 
     cleaned = sanitize_html(f'<span style="{style}">x</span><p style="color: red">kept</p>')
     assert "evil.example" not in cleaned and "url(" not in cleaned.lower()
