@@ -536,3 +536,88 @@ def test_a_fine_tune_resume_state_cannot_run_code(tmp_path):
     with pytest.raises(Exception, match=r"(?i)weights"):
         _restore(state, None, None, None, None, {})
     assert not marker.exists()
+
+
+# ---- the whole family from the command line: small files, bounded cost --------------------------------------
+
+def _hostile_folder(folder: Path) -> dict[str, str]:
+    """One good tar and the audit's hostile shards, each a few KB to a few MB on disk; what each should give."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    _write(folder / "good.tar", _tar_bytes(_good_members(), _member_bytes("blue.png", _png((20, 30, 200))),
+                                           _member_bytes("blue.txt", b"a blue square")))
+    _write(folder / "pax.tar", _tar_bytes(_member_bytes("././@PaxHeader", b"1" * 200_000, tarfile.XHDTYPE),
+                                          _good_members()))
+    _write(folder / "longname.tar", lzma.compress(_tar_bytes(
+        _member_bytes("././@LongLink", b"a" * (32 * MiB) + b".jpg", tarfile.GNUTYPE_LONGNAME), _good_members())))
+    _write(folder / "many.tar", lzma.compress(_tar_bytes(
+        *[_member_bytes(f"{number:03d}.jpg", bytes(MiB - 1024)) for number in range(150)], _good_members())))
+    captions = b'{"captions": [' + b",".join([b'"x"'] * 200_000) + b"]}"
+    _write(folder / "captions.tar", lzma.compress(_tar_bytes(_member_bytes("many.png", _png()),
+                                                             _member_bytes("many.json", captions))))
+    legacy = bytearray(lzma.compress(_tar_bytes(_good_members()), format=lzma.FORMAT_ALONE))
+    legacy[1:5] = struct.pack("<I", 3 * 2**30)
+    _write(folder / "legacy.tar", bytes(legacy))
+    for name, size in (("cells", 100 * MiB), ("cell", 8 * MiB)):
+        with pq.ParquetWriter(folder / f"{name}.parquet", pa.schema([("image", pa.binary()), ("caption", pa.string())]),
+                              compression="zstd") as writer:
+            writer.write_table(pa.table({"image": [bytes(size)], "caption": ["zeros"]}))
+            writer.write_table(pa.table({"image": [_png()], "caption": ["a red square"]}))
+    os.mkfifo(folder / "fifo.png")
+    (folder / "escape.png").symlink_to("/etc/hostname")
+    pd.DataFrame({"image": ["/dev/zero", "fifo.png", "../../../../../../etc/hostname", "escape.png"],
+                  "caption": ["zeros", "a pipe", "a file elsewhere", "a link out"]}).to_csv(folder / "paths.csv",
+                                                                                            index=False)
+    return {"pax": "failed", "longname": "failed", "many": "failed", "legacy": "failed",
+            "captions": "too_many_captions", "cells": "failed", "cell": "member_too_large,ok",
+            "paths": "outside_root,not_a_file,outside_root,outside_root"}
+
+
+@pytest.mark.slow
+def test_score_over_a_folder_of_hostile_shards_is_bounded(tmp_path, tiny_specs):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    expected = _hostile_folder(tmp_path / "shards")
+    (tmp_path / "honest").mkdir()
+    (tmp_path / "honest" / "good.tar").write_bytes((tmp_path / "shards" / "good.tar").read_bytes())
+    on_disk = sum(path.stat().st_size for path in (tmp_path / "shards").iterdir() if path.is_file())
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
+    out = tmp_path / "out"
+
+    def score(shards: Path, out: Path) -> tuple[float, float, str]:
+        """Seconds, peak RSS (MB) and stderr of ``clipeval score`` in its own process."""
+        measure = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+        command = [sys.executable, "-c", measure, sys.executable, "-m", "clipeval", "score", "--shards", str(shards),
+                   "--checkpoint", tiny_specs["hf-clip"], "--out", str(out), "--device", "cpu", "--no-progress",
+                   "--max-member-mb", "1", "--max-shard-mb", "64"]  # as the audit ran it
+        started = time.monotonic()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return time.monotonic() - started, int(done.stdout.strip().splitlines()[-1]) / 1024, done.stderr
+
+    honest_seconds, honest_mb, _ = score(tmp_path / "honest", tmp_path / "honest-out")
+    seconds, peak_mb, stderr = score(tmp_path / "shards", out)
+    print(f"{on_disk / MiB:.1f} MB of hostile shards and a good one: {seconds:.1f} s, peak RSS {peak_mb:.0f} MB; "
+          f"the good shard alone: {honest_seconds:.1f} s, {honest_mb:.0f} MB")
+    # bounded: the hostile shards cost little beyond the run itself (whose baseline is torch and the model)
+    assert seconds < honest_seconds + 60 and peak_mb < honest_mb + 150, stderr[-3000:]
+    shards = out / "shards"
+    good = pd.read_parquet(shards / "good.parquet")
+    assert good["status"].tolist() == ["ok", "ok"] and good["caption"].tolist() == ["a red square", "a blue square"]
+    for name, outcome in expected.items():
+        if outcome == "failed":
+            failed = json.loads((shards / f"{name}.failed.json").read_text())
+            assert failed["error"], name
+        else:
+            assert pd.read_parquet(shards / f"{name}.parquet")["status"].tolist() == outcome.split(","), name
+    after = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")
+             if not path.is_relative_to(out) and not path.is_relative_to(tmp_path / "honest-out")}
+    assert after == before  # nothing written outside --out, the inputs untouched
