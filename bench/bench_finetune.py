@@ -37,7 +37,7 @@ from clipeval.embed.stats import StageTimer
 from clipeval.models.dual import DualEncoderConfig, build_dual_encoder, save_dual
 from clipeval.paths import OUTPUTS_DIR, PROJECT_ROOT
 from clipeval.train.finetune import finetune
-from clipeval.train.finetune_options import MODES, FinetuneConfig
+from clipeval.train.options import MODES, FinetuneConfig
 
 TRAINED_DUAL = OUTPUTS_DIR / "offline" / "models" / "dual"
 

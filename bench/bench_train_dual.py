@@ -32,7 +32,8 @@ from clipeval.models.dual import read_history
 from clipeval.models.registry import load_encoder
 from clipeval.paths import project_relative
 from clipeval.runs.manifest import git_commit
-from clipeval.train.dual import TrainConfig, train_dual
+from clipeval.train.dual import train_dual
+from clipeval.train.options import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

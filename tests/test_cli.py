@@ -8,7 +8,7 @@ import pytest
 
 from clipeval.models.registry import load_encoder
 from clipeval.runs.cli import main
-from clipeval.train.dual import TrainConfig
+from clipeval.train.options import TrainConfig
 from fresh_process import HEAVY, imports_after
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -17,7 +17,7 @@ from clipeval.models.registry import CHECKPOINT_FAMILIES, checkpoint_family, loa
 from clipeval.rehearsal.mirror import build_mirror
 from clipeval.runs.cli import main
 from clipeval.train.finetune import finetune
-from clipeval.train.finetune_options import FinetuneConfig
+from clipeval.train.options import FinetuneConfig
 from toy_family import REPO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

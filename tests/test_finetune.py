@@ -21,7 +21,7 @@ from clipeval.train import finetune as finetune_module
 from clipeval.train.adapters import add_adapters, attention_weights, merge_adapters
 from clipeval.train.common import sigmoid_loss
 from clipeval.train.finetune import finetune, split_pairs, training_pairs
-from clipeval.train.finetune_options import FinetuneConfig
+from clipeval.train.options import FinetuneConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,8 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.eval.scenes_benchmark import evaluate_scenes
 from clipeval.models.registry import load_encoder
 from clipeval.paths import PROJECT_ROOT
-from clipeval.train.dual import TrainConfig, train_dual
+from clipeval.train.dual import train_dual
+from clipeval.train.options import TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,10 @@ from clipeval.eval.options import RetrievalOptions
 from clipeval.eval.retrieval import evaluate_retrieval
 from clipeval.labels.base import LabelRun, image_table, run_stats
 from clipeval.labels.classifier import Classifier, labels_from_probabilities, readable_names
-from clipeval.labels.evalset import FILES, complete, evalset_tables, write_evalset
+from clipeval.labels.evalset import complete, evalset_tables, write_evalset
 from clipeval.labels.quality import judged_set, label_precision_recall, metric_bias, precision_recall_by_threshold
 from clipeval.labels.zero_shot import ZeroShot
+from clipeval.layout import EvalsetLayout
 from clipeval.models.tiny import build_tiny_classifier
 
 CPU = EmbedOptions(device="cpu", progress=False)
@@ -94,7 +95,7 @@ def test_an_eval_set_round_trips_into_the_retrieval_evaluation(tiny_specs, tmp_p
     run = _run([(refs[0], "red", 0.9), (refs[1], "red", 0.9), (refs[2], "blue", 0.8)], refs, "classifier")
     out = write_evalset(run, tmp_path / "evalset", base_dir=tmp_path)
     assert complete(out)
-    (out / FILES[0]).unlink()
+    EvalsetLayout(out).queries.unlink()
     assert not complete(out)
     write_evalset(run, out, base_dir=tmp_path)
     dataset = read_retrieval_tables(out / "queries.csv", out / "images.csv", out / "relevance.csv")
@@ -132,7 +133,8 @@ def test_label_precision_recall_and_metric_bias_on_a_hand_made_case():
 
 def test_a_scene_classifier_trains_saves_and_labels_scenes_judged_by_their_contents(tmp_path):
     from clipeval.data.scenes import SCENE_CLASSES, generate_scenes, scene_class_judge, scene_classes, scene_from_row
-    from clipeval.train.scene_classifier import ClassifierConfig, train_scene_classifier
+    from clipeval.train.options import ClassifierConfig
+    from clipeval.train.scene_classifier import train_scene_classifier
 
     root = tmp_path / "scenes"
     generate_scenes(root, n_train=24, n_val=8, n_test=8, image_size=32)

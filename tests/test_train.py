@@ -13,7 +13,8 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.eval.scenes_benchmark import evaluate_scenes, hard_negative_accuracy, summarize_match_scores
 from clipeval.models.dual import DualEncoderConfig, build_dual_encoder, read_history
 from clipeval.models.registry import load_encoder
-from clipeval.train.dual import TrainConfig, contrastive_loss, train_dual, train_step
+from clipeval.train.dual import contrastive_loss, train_dual, train_step
+from clipeval.train.options import TrainConfig
 
 TINY = DualEncoderConfig(embed_dim=16, image_size=32, text_dim=32, text_layers=2, text_heads=2, text_hidden_dim=37,
                          pool_heads=4)

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from clipeval.extras import require
+from clipeval.layout import IndexLayout
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_UPLOAD_BYTES = 20 * 2**20  # an uploaded query image; larger requests get 413
@@ -60,7 +61,6 @@ MAX_K = 100
 DEFAULT_K = 10
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-QUERY_LOG = "queries.jsonl"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # the routes that run a model or write the query log: refused to cross-site requests (any other page could drive them)
 MODEL_ROUTES = frozenset({"search_text", "search_image", "similar"})
@@ -425,7 +425,7 @@ def serve(index_dir, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_que
     if warning:
         print(warning, file=sys.stderr)
     served = make_server(index_dir, host, port, log_queries)
-    where = f" (queries logged to {Path(index_dir) / QUERY_LOG})" if log_queries else " (queries not logged)"
+    where = f" (queries logged to {IndexLayout(index_dir).queries})" if log_queries else " (queries not logged)"
     print(f"serving {index_dir} at {served.url}{where}; Ctrl-C stops", flush=True)
     try:
         served.server.serve_forever()

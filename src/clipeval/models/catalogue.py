@@ -129,13 +129,13 @@ CATALOGUE: dict[str, CheckpointInfo] = {info.spec: info for info in (
                    source="this repository (docs/dual-encoder.md)",
                    matched_cosine=(0.83, 0.97),
                    matched_cosine_source="measured: 5th-95th percentile of matched scenes test pairs "
-                                         "(outputs/offline/score_summary.csv)"),
+                                         "(score_summary.csv of the offline run)"),
     CheckpointInfo("baseline:bert-resnet50-random", "baseline",
                    "BERT-base + ResNet-50 with random weights and an untrained projection: a floor, not a model",
                    random_init=True, source="this repository (clipeval.models.baseline)",
                    matched_cosine=(0.031, 0.056),
                    matched_cosine_source="measured: 5th-95th percentile of matched scenes test pairs "
-                                         "(outputs/offline/score_summary.csv)"),
+                                         "(score_summary.csv of the offline run)"),
     CheckpointInfo("baseline:bert-resnet50", "baseline",
                    "pretrained bert-base-uncased + torchvision ResNet-50 IMAGENET1K_V1, joined by an "
                    "untrained fixed projection (no learned image-text alignment)",

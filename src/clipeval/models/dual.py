@@ -36,7 +36,7 @@ import json
 import math
 import string
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, PreTr
 
 from clipeval.atomic import atomic_folder
 from clipeval.models.constants import IMAGENET_MEAN, IMAGENET_STD
+from clipeval.models.dual_config import DualEncoderConfig
 from clipeval.models.encoder import Encoder
 from clipeval.models.family import CheckpointFamily
 from clipeval.models.registry import CheckpointError, CheckpointSpec, offline_error
@@ -62,50 +63,6 @@ PRETRAINED_IMAGE_WEIGHTS = "IMAGENET1K_V1"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
 EFFICIENTNET_STRIDES = 5  # EfficientNet-B0's trunk halves the resolution five times (stride 32)
-
-
-@dataclass
-class DualEncoderConfig:
-    """Sizes of a dual encoder.
-
-    Attributes:
-        embed_dim: dimension of the shared embedding space.
-        image_size: side of the square input image in pixels.
-        text_dim: DistilBERT hidden size (ignored with ``pretrained``).
-        text_layers: DistilBERT layers (ignored with ``pretrained``).
-        text_heads: DistilBERT attention heads (ignored with ``pretrained``).
-        text_hidden_dim: DistilBERT feed-forward size (ignored with ``pretrained``).
-        text_dropout: DistilBERT dropout and attention dropout (ignored with ``pretrained``).
-        text_init_std: std of DistilBERT's random weight init (its ``initializer_range``; 0.02
-            in BERT). A small text tower needs larger weights at init: with 0.02 the
-            end-of-text token barely depends on the other words, captions that differ in one
-            word get near-identical embeddings, and training collapses to constant embeddings.
-        context_length: the most tokens a caption keeps, ``[CLS]`` and ``[SEP]`` included.
-        vocab_size: the most WordPiece tokens in the offline tokenizer's vocabulary.
-        pool_heads: attention-pooling heads (must divide EfficientNet-B0's 1280 channels).
-        stochastic_depth: EfficientNet-B0 stochastic-depth probability.
-        pretrained: start from ``distilbert-base-uncased`` and ImageNet EfficientNet-B0.
-    """
-
-    embed_dim: int = 128
-    image_size: int = 48
-    text_dim: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    text_hidden_dim: int = 512
-    text_dropout: float = 0.0
-    text_init_std: float = 0.1
-    context_length: int = 32
-    vocab_size: int = 1000
-    pool_heads: int = 8
-    stochastic_depth: float = 0.0
-    pretrained: bool = False
-
-    @classmethod
-    def from_dict(cls, values: dict) -> DualEncoderConfig:
-        """Build from a dict, ignoring keys that are not fields (e.g. ``text_config``)."""
-        names = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
 
 
 def spatial_size(image_size: int) -> int:

@@ -29,7 +29,7 @@ from clipeval.pipeline.options import ExecutionOptions, ShardOptions
 from clipeval.runs.cli_help import HelpfulParser, add_epilogs, top_level_epilog
 from clipeval.runs.errors import EXPECTED_ERRORS
 from clipeval.runs.options import add_options, options_from
-from clipeval.train.finetune_options import FinetuneConfig, FinetuneData
+from clipeval.train.options import ClassifierConfig, FinetuneConfig, FinetuneData, TrainConfig
 
 
 def _embed(args: argparse.Namespace, **defaults) -> EmbedOptions:
@@ -161,14 +161,9 @@ def _scenes(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from clipeval.models.dual import DualEncoderConfig
-    from clipeval.train.dual import TrainConfig, train_dual
+    from clipeval.train.dual import train_dual
 
-    model = DualEncoderConfig(**_set(image_size=args.image_size), pretrained=args.pretrained)
-    config = TrainConfig(**_set(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                device=args.device, hard_negatives=args.hard_negatives),
-                         progress=not args.no_progress, model=model)
-    folder = train_dual(**_set(scenes_dir=args.scenes, output_dir=args.out), config=config)
+    folder = train_dual(**_set(scenes_dir=args.scenes, output_dir=args.out), config=options_from(args, TrainConfig))
     print(f"saved dual encoder -> dual:{folder}")
 
 
@@ -227,10 +222,10 @@ def _build_evalset(args: argparse.Namespace) -> None:
 
 
 def _train_scene_classifier(args: argparse.Namespace) -> None:
-    from clipeval.train.scene_classifier import ClassifierConfig, train_scene_classifier
+    from clipeval.train.scene_classifier import train_scene_classifier
 
-    config = ClassifierConfig(**_set(epochs=args.epochs, seed=args.seed, device=args.device))
-    folder = train_scene_classifier(**_set(scenes_dir=args.scenes, out_dir=args.out), config=config,
+    folder = train_scene_classifier(**_set(scenes_dir=args.scenes, out_dir=args.out),
+                                    config=options_from(args, ClassifierConfig),
                                     progress=not args.no_progress)
     print(f"saved scene classifier -> {folder}")
 
@@ -385,22 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--seed", type=int)
     scenes.set_defaults(handler=_scenes)
 
-    train = commands.add_parser("train", help="train the dual encoder on the scenes; saves a dual: folder "
-                                              "(unset options keep clipeval.train.dual.TrainConfig's defaults)")
+    train = commands.add_parser("train", help="train the dual encoder on the scenes; saves a dual: folder")
     train.add_argument("--scenes", help="folder written by `clipeval make-scenes` (default data/generated/scenes)")
     train.add_argument("--out", help="model folder (default outputs/offline/models/dual)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--image-size", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--device")
-    train.add_argument("--hard-negatives", action="store_true", default=None,
-                       help="NegCLIP: add each image's hard-negative captions to the loss (better composition, "
-                            "worse retrieval here; see docs/dual-encoder.md)")
-    train.add_argument("--pretrained", action="store_true",
-                       help="start from distilbert-base-uncased and ImageNet EfficientNet-B0 (needs network)")
-    train.add_argument("--no-progress", action="store_true")
+    add_options(train, TrainConfig)
     train.set_defaults(handler=_train)
 
     tune = commands.add_parser("finetune", help="fine-tune an hf:, open_clip: or dual: checkpoint on pairs (full, "
@@ -464,9 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="train the small timm classifier of the scenes (a labeller for notebook 07)")
     classifier.add_argument("--scenes", help="default data/generated/scenes")
     classifier.add_argument("--out", help="default outputs/offline/models/scene-classifier")
-    classifier.add_argument("--epochs", type=int)
-    classifier.add_argument("--seed", type=int)
-    classifier.add_argument("--device")
+    add_options(classifier, ClassifierConfig)
     classifier.add_argument("--no-progress", action="store_true")
     classifier.set_defaults(handler=_train_scene_classifier)
 

@@ -40,7 +40,7 @@ from clipeval.layout import EvalsetLayout, FinetuneLayout, claim
 from clipeval.models.registry import weights_identity
 from clipeval.runs.manifest import update_manifest
 from clipeval.train.finetune import FinetuneResult, finetune, split_pairs
-from clipeval.train.finetune_options import FinetuneConfig, FinetuneData
+from clipeval.train.options import FinetuneConfig, FinetuneData
 
 
 def read_evalset_folder(folder: str | Path) -> RetrievalSet:

@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # torch, scipy and the model libraries are imported by the st
     from clipeval.studies.finetune_modes import FinetuneStudy
     from clipeval.studies.labels import LabelStudy
     from clipeval.studies.sharded import ShardedStudy
-    from clipeval.train.finetune_options import FinetuneConfig
+    from clipeval.train.options import FinetuneConfig
 
 
 def _settings(**options) -> dict:

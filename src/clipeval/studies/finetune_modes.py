@@ -31,7 +31,7 @@ from clipeval.layout import RunLayout
 from clipeval.metrics.bootstrap import paired_bootstrap
 from clipeval.models.registry import load_encoder
 from clipeval.train.finetune import finetune
-from clipeval.train.finetune_options import FinetuneConfig
+from clipeval.train.options import FinetuneConfig
 
 RELATION_PATTERN = re.compile(r"\b(" + "|".join(sorted({word for words in RELATION_WORDS.values()
                                                         for word in words}, key=len, reverse=True)) + r")\b")

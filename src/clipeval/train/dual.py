@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,6 @@ from clipeval.embed.engine import embed_texts, encode_pixels, prepare_pixels
 from clipeval.eval.scenes_benchmark import KS, summarize_retrieval
 from clipeval.models.dual import (
     DualEncoder,
-    DualEncoderConfig,
     DualEncoderModel,
     build_dual_encoder,
     image_transform,
@@ -40,41 +39,9 @@ from clipeval.models.encoder import resolve_device
 from clipeval.paths import OUTPUTS_DIR
 from clipeval.progress import progress_bar
 from clipeval.train.common import build_optimizer, contrastive_loss, deterministic
+from clipeval.train.options import TrainConfig
 
 DEFAULT_MODEL_DIR = OUTPUTS_DIR / "offline" / "models" / "dual"
-
-
-@dataclass
-class TrainConfig:
-    """A training run.
-
-    Attributes:
-        epochs: passes over the training scenes.
-        batch_size: pairs per batch (the contrastive matrix is batch_size x batch_size).
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases, norms, embeddings' gains, temperature).
-        warmup_fraction: fraction of the steps with a linear learning-rate warm-up.
-        hard_negatives: add one hard-negative caption per image to the image-to-text side of
-            the loss (see :func:`clipeval.train.common.contrastive_loss`); every training
-            scene must then have at least one.
-        seed: seeds the model init, the batch order and the caption choice.
-        device: ``auto``, ``cpu``, ``cuda``...
-        eval_batch_size: batch size when encoding the validation split.
-        progress: show a tqdm progress bar.
-        model: the model sizes and the ``pretrained`` flag.
-    """
-
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.05
-    hard_negatives: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    eval_batch_size: int = 256
-    progress: bool = True
-    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
 
 
 @torch.inference_mode()

@@ -8,7 +8,7 @@ hard-negative caption per image (NegCLIP); AdamW with linear warm-up and cosine 
 (:mod:`clipeval.train.common`). The model is run through
 :meth:`~clipeval.models.encoder.Encoder.trainable_features`, the hooks its encoder scores with.
 
-Modes (:data:`clipeval.train.finetune_options.MODES`):
+Modes (:data:`clipeval.train.options.MODES`):
 
 * ``full``: every parameter trains;
 * ``lit``: the image tower is locked (frozen and kept in eval mode, so its BatchNorm statistics
@@ -61,7 +61,7 @@ from clipeval.models.registry import (
 from clipeval.progress import progress_bar
 from clipeval.train.adapters import add_adapters, merge_adapters
 from clipeval.train.common import build_optimizer, contrastive_loss, deterministic, sigmoid_loss
-from clipeval.train.finetune_options import FinetuneConfig
+from clipeval.train.options import FinetuneConfig
 
 VALIDATION_KS = (1, 5, 10)
 STATE_FILE = "state.pt"

@@ -12,7 +12,7 @@ The folder is timm's Hugging Face layout (``config.json`` with ``architecture``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -24,30 +24,9 @@ from clipeval.embed.engine import prepare_pixels
 from clipeval.models.encoder import resolve_device
 from clipeval.paths import OUTPUTS_DIR
 from clipeval.progress import progress_bar
+from clipeval.train.options import ClassifierConfig
 
 DEFAULT_OUT = OUTPUTS_DIR / "offline" / "models" / "scene-classifier"
-
-
-@dataclass
-class ClassifierConfig:
-    """Training settings.
-
-    Attributes:
-        architecture: a timm architecture, trained from scratch.
-        image_size: input side in pixels (the scenes are 64).
-        epochs, batch_size, lr, weight_decay: the optimisation (AdamW).
-        seed: weight init and batch order.
-        device: ``auto``, ``cpu``, ``cuda``...
-    """
-
-    architecture: str = "resnet10t"
-    image_size: int = 64
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
 
 
 def _targets(table: pd.DataFrame) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""Fine-tuning's options: the run's settings and where its data come from (no torch import: they build CLI flags)."""
+"""Training's options: training the dual encoder, the scenes' classifier, fine-tuning and its data (no torch
+import: they build the commands' flags)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from clipeval.models.dual_config import DualEncoderConfig
 
 MODES = ("full", "lit", "lora")
 
@@ -91,3 +94,39 @@ class FinetuneData:
     forget_set: str | None = field(default=None, metadata={
         "help": "a second set the fine-tuning never sees (what it forgot): an eval-set folder"})
     forget_pairs: str | None = field(default=None, metadata={"help": "the same, as a pairs source"})
+
+
+@dataclass
+class TrainConfig:
+    """Training the dual encoder from scratch (the ``train`` command's flags are these fields and the model's).
+
+    ``hard_negatives`` adds one hard-negative caption per image to the image-to-text side of the loss
+    (:func:`clipeval.train.common.contrastive_loss`); every training scene must then have one.
+    """
+
+    epochs: int = field(default=20, metadata={"help": "passes over the training scenes"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per batch"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    warmup_fraction: float = field(default=0.05, metadata={"help": "share of the steps warming up"})
+    hard_negatives: bool = field(default=False, metadata={
+        "help": "add one hard-negative caption per image to the loss"})
+    seed: int = field(default=0, metadata={"help": "seed of the init, the batch order and the captions"})
+    device: str = field(default="cpu", metadata={"help": "auto, cpu, cuda, cuda:1..."})
+    eval_batch_size: int = field(default=256, metadata={"help": "batch size when encoding the validation split"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+
+
+@dataclass
+class ClassifierConfig:
+    """Training the scenes' classifier (the ``train-scene-classifier`` command's flags are these fields)."""
+
+    architecture: str = field(default="resnet10t", metadata={"help": "a timm architecture, trained from scratch"})
+    image_size: int = field(default=64, metadata={"help": "input side in pixels"})
+    epochs: int = field(default=4, metadata={"help": "passes over the training scenes"})
+    batch_size: int = field(default=64, metadata={"help": "images per batch"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    seed: int = field(default=0, metadata={"help": "weight init and batch order"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1..."})
