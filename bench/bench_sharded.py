@@ -26,6 +26,14 @@ Per run the end-to-end wall time from the shell is split with the run's own reco
 
 The ratios Ray ÷ local (each Ray variant) are taken per model on the fastest run of each. Writes the JSON atomically
 with paths relative to the project, and prints a table.
+
+``--faults`` measures instead what a fault costs (``bench/results/sharded_faults.json``): the dual encoder on the
+same shards, two one-CPU actors on a simulated cluster (``ray.cluster_utils.Cluster``: a driver-only head and
+three one-CPU worker nodes, a fresh one per run, under a private ``RAY_TMPDIR``), scored by ``score_shards`` (what
+``score --shards`` calls) in this process, with no fault, with one actor SIGKILLed, and with the worker node of
+one busy actor removed, each fault when a shard's first chunk part is written (mid-shard); the variants
+alternate ``--repeats`` times. The overhead is the executor's wall time (``sharded_stats.json``) minus the
+no-fault median.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,6 +133,107 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+FAULTS = ("none", "actor", "node")
+
+
+def _busy_actor(ray_dir: str):
+    """A scorer actor of the Ray under ``ray_dir`` busy with a shard (its title says so; its environment whose)."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if ("ray::_ShardActor.score" in " ".join(process.info["cmdline"] or [])
+                    and process.environ().get("RAY_TMPDIR") == ray_dir):
+                return process
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return None
+
+
+def _plant(fault: str, cluster, out: Path, ray_dir: str, planted: dict) -> None:
+    """Wait for a shard's first chunk part, then kill a busy actor or remove its node; note when."""
+    from ray._private import ray_constants
+
+    started = time.perf_counter()
+    while not list((out / "shards").glob("*.parts/chunk-000000.parquet")):
+        if time.perf_counter() - started > 900:
+            return
+        time.sleep(0.05)
+    actor = _busy_actor(ray_dir)
+    if fault == "actor":
+        actor.kill()
+    else:
+        raylet = actor.parent().pid
+        [node] = [node for node in cluster.worker_nodes
+                  if node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid == raylet]
+        cluster.remove_node(node)
+    planted.update(at_s=time.perf_counter() - started, pid=actor.pid)
+
+
+def score_with_fault(fault: str, spec: str, shards: list[Path], out: Path, batch_size: int) -> dict:
+    """One run on a fresh simulated cluster, with ``fault`` planted mid-shard; its executor wall and fault record."""
+    import threading
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from clipeval.embed.options import EmbedOptions
+    from clipeval.pipeline.options import ExecutionOptions
+    from clipeval.runs.steps import score_shards
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(3):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level="WARNING")
+    planted: dict = {}
+    planter = threading.Thread(target=_plant, args=(fault, cluster, out, os.environ["RAY_TMPDIR"], planted))
+    try:
+        if fault != "none":
+            planter.start()
+        run = score_shards(out, [str(shard) for shard in shards], [spec],
+                           embed=EmbedOptions(device="cpu", progress=False, embedding_cache=False,
+                                              batch_size=batch_size),
+                           execution=ExecutionOptions("ray", ray_actors=RAY_ACTORS))
+    finally:
+        if planter.is_alive():
+            planter.join()
+        ray.shutdown()
+        cluster.shutdown()
+    stats, table = run.execution, run.shards
+    assert (table["state"] == "done").all(), table
+    assert fault == "none" or (planted and stats["shards_retried"] == 1), (planted, stats["faults"])
+    resumed = [json.loads(path.read_text()).get("chunks_resumed", 0) for path in (out / "shards").glob("*.done.json")]
+    return {"fault": fault, "wall_s": stats["wall_s"], "startup_s": stats["startup_s"],
+            "fault_at_s": planted.get("at_s"), "shards_retried": stats["shards_retried"],
+            "faults": stats["faults"], "chunks_resumed": sum(resumed), "rows": int(table["rows"].sum())}
+
+
+def fault_overhead(spec: str, shards: list[Path], out: Path, batch_size: int, repeats: int) -> dict:
+    """Every fault variant in turn, ``repeats`` rounds; medians and the overhead against no fault."""
+    ray_dir = tempfile.mkdtemp(prefix="raybench", dir="/tmp")
+    os.environ.update(RAY_TMPDIR=ray_dir, HF_HUB_OFFLINE="1")  # the cluster's nodes take this environment
+    runs = {fault: [] for fault in FAULTS}
+    for attempt in range(repeats):
+        for fault in FAULTS:
+            runs[fault].append(score_with_fault(fault, spec, shards, out / f"{fault}-{attempt}", batch_size))
+    median = {fault: statistics.median(run["wall_s"] for run in found) for fault, found in runs.items()}
+    return {"runs": runs, "median_wall_s": median,
+            "overhead_s": {fault: median[fault] - median["none"] for fault in FAULTS[1:]},
+            "overhead_fraction": {fault: median[fault] / median["none"] - 1 for fault in FAULTS[1:]}}
+
+
+def fault_table(report: dict) -> str:
+    result = report["faults"]
+    lines = [f"{'fault':>6} {'median wall s':>13} {'overhead s':>10} {'overhead':>8}  runs (wall s)"]
+    for fault in FAULTS:
+        walls = " ".join(f"{run['wall_s']:.1f}" for run in result["runs"][fault])
+        overhead = result["overhead_s"].get(fault, 0.0)
+        fraction = result["overhead_fraction"].get(fault, 0.0)
+        lines.append(f"{fault:>6} {result['median_wall_s'][fault]:>13.1f} {overhead:>+10.1f} {fraction:>+8.1%}  "
+                     f"{walls}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=4)
@@ -131,8 +241,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="runs per executor and model; the fastest is kept")
     parser.add_argument("--models", default="dual,vit_b32", help="comma-separated: dual, vit_b32")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "sharded.json")
+    parser.add_argument("--faults", action="store_true",
+                        help="measure the cost of one actor loss and one node loss instead (the dual encoder)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: bench/results/sharded.json, or sharded_faults.json with --faults")
     args = parser.parse_args(argv)
+    args.out = args.out or PROJECT_ROOT / "bench" / "results" / ("sharded_faults.json" if args.faults
+                                                                 else "sharded.json")
     report = {"config": {**vars(args), "ray_actors": RAY_ACTORS, "cpus_per_actor": 1,
                          "images": "distinct 640x480 JPEGs, one caption each", "models": "real size, random init",
                          "measured": "fresh `python -m clipeval score --shards` processes from the shell"},
@@ -144,6 +259,12 @@ def main(argv: list[str] | None = None) -> dict:
         pairs.attrs["base_dir"] = "/"
         shards = write_shards(pairs, temp / "shards", args.shards, "tar")
         builders = {"dual": build_dual, "vit_b32": build_hf_vit_b32}
+        if args.faults:
+            report["config"].update(models="dual", cluster="driver-only head and 3 worker nodes of 1 CPU",
+                                    measured="score_shards in this process on a simulated cluster, fault mid-shard")
+            report["faults"] = fault_overhead(build_dual(temp / "dual"), shards, temp / "runs-faults",
+                                              args.batch_size, args.repeats)
+            return save_report(report, args.out, started, fault_table)
         for model in args.models.split(","):
             spec = builders[model](temp / model)
             report["models"][model] = compare(spec, shards, temp / f"runs-{model}", args.batch_size, args.repeats)

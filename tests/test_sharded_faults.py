@@ -170,7 +170,8 @@ def test_an_actor_killed_mid_shard_costs_a_retry(cluster, shards, local_run, tin
     _assert_same_as_local(tmp_path / "run", local_run)
     assert run.execution["shards_retried"] == 1 and run.execution["shards_failed"] == 0
     [fault] = run.execution["faults"]
-    assert fault["name"] == "shard-00001" and "ActorDiedError" in fault["reason"] and "node" in fault["reason"]
+    assert fault["name"] == "shard-00001" and fault["try"] == 1
+    assert fault["reason"].startswith("try 1 on node ") and "ActorDiedError" in fault["reason"]
     assert run.shards.set_index("name")["attempts"].to_dict() == {
         "shard-00000": 1, "shard-00001": 2, "shard-00002": 1, "shard-00003": 1}
     marker = json.loads((tmp_path / "run" / "shards" / "shard-00001.done.json").read_text())
@@ -191,7 +192,8 @@ def test_a_poison_shard_is_marked_failed_after_its_retries_and_the_run_goes_on(c
     assert "faults: 3 of 4 shards done, 1 retried, 1 failed" in err and "shard-00002" in err
     failed = json.loads((out / "shards" / "shard-00002.failed.json").read_text())
     assert failed["state"] == "failed" and failed["error"].startswith("2 attempts failed")
-    assert failed["error"].count("ActorDiedError") == 2 and "node " in failed["error"]
+    assert failed["error"].count("ActorDiedError") == 2
+    assert "try 1 on node " in failed["error"] and "try 2 on node " in failed["error"]
     table = pd.read_csv(out / "shards.csv").set_index("name")
     assert table["state"].to_dict() == {"shard-00000": "done", "shard-00001": "done", "shard-00002": "failed",
                                         "shard-00003": "done"}

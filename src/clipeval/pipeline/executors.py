@@ -138,7 +138,7 @@ def run_ray(shards: list[ShardInput], task: ShardTask, options: ExecutionOptions
             ) -> Iterator[dict]:
     """Score the shard files on a Ray actor pool that survives faults (see the module docstring).
 
-    Besides the start-up, ``timings`` gets ``faults`` (every failed attempt: shard, attempt, reason) and
+    Besides the start-up, ``timings`` gets ``faults`` (every failed attempt: shard, which try, reason) and
     ``speculative_copies`` / ``speculative_wins``.
 
     Raises:
@@ -184,10 +184,12 @@ SPECULATION_CHECK_S = 0.5  # how often the driver looks for stragglers while it 
 
 @dataclass
 class _Attempt:
-    """One copy of a shard running on an actor (its number names its files)."""
+    """One copy of a shard running on an actor: ``number`` names its files (unique in the run), ``ordinal`` is
+    which try of its shard it is."""
 
     shard: str
     number: str
+    ordinal: int
     actor: object
     started: float
     speculative: bool = False
@@ -314,10 +316,10 @@ class _ActorPool:
         """Record a failed attempt; retry its shard, or mark it failed when its retries are spent."""
         shard, name = attempt.shard, input_name(attempt.shard)
         where = self.where.get(attempt.actor, {})
-        reason = (f"attempt {attempt.number} on node {str(where.get('node', 'unknown'))[:12]} "
+        reason = (f"try {attempt.ordinal} on node {str(where.get('node', 'unknown'))[:12]} "
                   f"({where.get('host', '?')}, pid {where.get('pid', '?')}): {_one_line(error)}")
         self.reasons[shard].append(reason)
-        self.timings["faults"].append({"name": name, "attempt": attempt.number, "reason": reason})
+        self.timings["faults"].append({"name": name, "try": attempt.ordinal, "reason": reason})
         if shard not in self.unfinished or self._copies(shard):  # another copy finished it, or still may
             return
         files = self.layout.shard(name)
@@ -363,8 +365,8 @@ class _ActorPool:
     def _start(self, actor, shard: str, speculative: bool = False) -> None:
         self.attempts[shard] += 1
         number = str(next(self.numbers))
-        self.running[actor.score.remote(shard, number)] = _Attempt(shard, number, actor, time.perf_counter(),
-                                                                   speculative)
+        self.running[actor.score.remote(shard, number)] = _Attempt(shard, number, self.attempts[shard], actor,
+                                                                   time.perf_counter(), speculative)
 
 
 def _one_line(error: BaseException, limit: int = 400) -> str:
