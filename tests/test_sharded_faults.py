@@ -163,6 +163,16 @@ def test_an_attempt_commits_only_when_no_copy_committed_first(tmp_path):
     assert not commit_attempt(layout, "t", "4", done=False) and not layout.shard("t").failed.exists()
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    (ExecutionOptions("ray", shard_retries=-1), "--shard-retries must be 0 or more, got -1"),
+    (ExecutionOptions("ray", speculative_after=0.5), "--speculative-after is a multiple of the median shard's time"),
+])
+def test_fault_options_out_of_range_are_refused_before_ray_starts(options, message, tmp_path):
+    task = executors.ShardTask(["hf:tiny"], str(tmp_path), CHUNKS, EMBED)
+    with pytest.raises(ValueError, match=message):
+        list(executors.run_ray([str(tmp_path / "s.tar")], task, options))
+
+
 def test_an_actor_killed_mid_shard_costs_a_retry(cluster, shards, local_run, tiny_specs, tmp_path, monkeypatch):
     _faulty_actor(monkeypatch, tmp_path / "marks", kill_once="shard-00001")
     run = score_shards(tmp_path / "run", shards, [tiny_specs["hf-clip"]], CHUNKS, EMBED,
