@@ -55,13 +55,13 @@ def _write(path: Path, data: bytes) -> Path:
 # ---- 1. pax headers: CPython's quadratic parsing (CVE-2024-6232) never runs on a hostile one -----------
 
 def test_a_pax_header_of_digits_fails_the_shard_at_once(tmp_path):
-    payload = b"1" * 40_000  # 1.3 s at 32,000 digits in CPython 3.11.7's parser, four times as long per doubling
+    payload = b"1" * 64_000  # 1.3 s at 32,000 digits in CPython 3.11.7's parser, four times as long per doubling
     shard = _write(tmp_path / "pax.tar", _tar_bytes(_member_bytes("././@PaxHeader", payload, tarfile.XHDTYPE),
                                                     _good_members()))
     started = time.perf_counter()
     with pytest.raises(ShardReadError, match="pax header"):
         read_shard(shard)
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 1.0  # the old parser: about 5 s
 
 
 def test_a_pax_header_over_the_header_cap_is_refused_before_it_is_read(tmp_path):
@@ -209,7 +209,7 @@ def test_a_compressed_bomb_of_zeros_is_bounded_by_the_shard_cap(tmp_path, compre
     started = time.perf_counter()
     with pytest.raises(ShardReadError, match="--max-shard-mb"):
         read_shard(shard, max_member_bytes=MiB, limits=ShardLimits(shard_bytes=4 * MiB))
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 5.0
 
 
 # ---- 6. local image paths from the data: confined, regular files only, read up to the byte cap -------------
@@ -377,7 +377,7 @@ def test_the_fetch_timeout_bounds_the_whole_response(drip_server, mode, requests
     options = FetchOptions(timeout=0.5, retries=3, backoff=0.01, allow_private_urls=True, image_cache_dir=None)
     started = time.monotonic()
     fetched = fetch_url(f"http://127.0.0.1:{drip_server.server_address[1]}/slow.jpg", options)
-    assert time.monotonic() - started < 0.5 * requests + 0.6  # each attempt whole within the timeout
+    assert time.monotonic() - started < 0.5 * requests + 1.5  # each attempt whole within the timeout (old: 20 s each)
     # a response begun but too slow to finish is not asked for again; one not yet begun is (a busy server)
     assert drip_server.requests == requests
     assert fetched.status == "timeout"
@@ -399,7 +399,7 @@ def test_the_api_timeout_bounds_the_whole_reply(drip_server, tmp_path, monkeypat
     with pytest.warns(UserWarning, match="api_timeout"):
         run = _api(drip_server).label(["a.png"], tmp_path)
     assert run.images["status"].tolist() == ["api_timeout"]
-    assert time.monotonic() - started < 1.8 and drip_server.requests == 1
+    assert time.monotonic() - started < 3.0 and drip_server.requests == 1
 
 
 def test_an_api_reply_over_the_byte_cap_is_refused_unread(drip_server, tmp_path, monkeypatch):

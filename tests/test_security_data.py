@@ -214,14 +214,14 @@ def test_a_compressed_tar_named_tar_is_read_under_the_cap(tmp_path, compression)
     assert read_image_bytes(table["image"][1]).status == "ok"
 
 
-def test_an_xz_tar_asking_for_too_much_memory_is_refused(tmp_path, monkeypatch):
-    from clipeval.data import shards
+def test_an_xz_tar_asking_for_too_much_memory_is_refused(tmp_path):
+    from clipeval.data.options import ShardLimits
+    from clipeval.data.shards import ShardReadError
 
     shard = _write_tar(tmp_path / "s.tar", [("fine.png", _png()), ("fine.txt", b"a red square")], "w:xz")
     assert len(read_shard(shard)) == 1
-    monkeypatch.setattr(shards, "XZ_MEMORY_LIMIT", MiB)  # below the 8 MiB dictionary of xz's default preset
-    with pytest.raises(shards.ShardReadError, match="memory"):
-        read_shard(shard)
+    with pytest.raises(ShardReadError, match="--max-xz-memory-mb"):  # below the 8 MiB dictionary of xz's preset
+        read_shard(shard, limits=ShardLimits(xz_memory=MiB))
 
 
 def test_benchmark_tars_refuse_an_over_cap_member_as_a_read_error(tmp_path):

@@ -87,9 +87,6 @@ CAPTIONS_FIELD = "captions"
 CAPTION_NUMBER = "__caption__"
 # what write_shards adds to every row: its position in the pairs table and its image as the table gives it
 SOURCE_COLUMNS = ("source_row", "source_image")
-# the most memory an xz tar may ask for to decompress (its dictionary: `xz -9` needs 65 MiB); more is refused, since
-# skipping a member fills the dictionary however large the stream declares it (gzip and bz2 windows are small)
-XZ_MEMORY_LIMIT = 128 * 2**20
 _GZIP_MAGIC = b"\x1f\x8b"
 _BZ2_MAGIC = b"BZh"
 _LONG_DIGITS = re.compile(rb"[0-9]{64}")
@@ -362,14 +359,14 @@ def _open_tar(path: str | Path, limits: ShardLimits = ShardLimits()) -> Iterator
     The container is told from its first bytes, never by tarfile's own ``r:*`` (which opens a
     legacy ``.lzma`` stream without a memory limit): gzip and bz2 (small fixed windows), a plain
     tar (its first block a valid header), anything else as xz or legacy LZMA under
-    :data:`XZ_MEMORY_LIMIT`. Every byte decompressed (or read from a plain tar) counts against
+    ``limits.xz_memory``. Every byte decompressed (or read from a plain tar) counts against
     ``limits.shard_bytes``, and pax headers and GNU long names are checked before they are read
     (:class:`_CheckedTarInfo`).
     """
     with open(path, "rb") as handle:
         first_block = handle.read(tarfile.BLOCKSIZE)
         handle.seek(0)
-        inner, compressed = _decompressed(handle, first_block)
+        inner, compressed = _decompressed(handle, first_block, limits.xz_memory)
         stream = _BoundedStream(inner, compressed, limits.shard_bytes)
         checked = type("_CheckedTarInfo", (_CheckedTarInfo,), {"header_bytes": limits.header_bytes})
         try:
@@ -380,11 +377,11 @@ def _open_tar(path: str | Path, limits: ShardLimits = ShardLimits()) -> Iterator
         except lzma.LZMAError as error:
             if "memory" not in str(error).lower():
                 raise ShardReadError(f"{path}: not a tar, nor a gzip, bz2, xz or lzma one ({error})") from error
-            raise ShardReadError(f"{path}: the xz/lzma stream needs more than {XZ_MEMORY_LIMIT:,} bytes of memory to "
-                                 f"decompress (clipeval.data.shards.XZ_MEMORY_LIMIT); not read") from error
+            raise ShardReadError(f"{path}: the xz/lzma stream needs more than {limits.xz_memory:,} bytes of memory to "
+                                 "decompress (--max-xz-memory-mb); not read") from error
 
 
-def _decompressed(handle, first_block: bytes):
+def _decompressed(handle, first_block: bytes, xz_memory: int):
     """``(stream, compressed)``: ``handle``'s tar bytes, through the decompressor its first bytes name."""
     if first_block.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=handle, mode="rb"), True
@@ -393,8 +390,9 @@ def _decompressed(handle, first_block: bytes):
     if _is_tar_header(first_block):
         return handle, False
     # xz, legacy LZMA_alone (which has no magic bytes) or neither: liblzma's auto decoder decides, under the limit
+    # (skipping a member fills the dictionary however large the stream declares it; gzip and bz2 windows are small)
     return io.BufferedReader(DecompressReader(handle, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
-                                              memlimit=XZ_MEMORY_LIMIT)), True
+                                              memlimit=xz_memory)), True
 
 
 def _is_tar_header(block: bytes) -> bool:
