@@ -10,6 +10,7 @@ from clipeval.data.options import (
     MAX_SHARD_BYTES,
     MAX_SHARD_ROWS,
     MAX_TAR_HEADER_BYTES,
+    MAX_XZ_MEMORY_BYTES,
     ShardLimits,
 )
 from clipeval.embed.options import EmbedOptions
@@ -28,7 +29,7 @@ class ShardOptions:
         chunk_size: rows scored and kept together inside a shard (the unit of resuming).
         max_member_mb: the largest tar member (or parquet image cell) read, in MiB; a larger
             one is refused from its header and its sample gets ``member_too_large``.
-        max_shard_mb, max_shard_rows, max_captions, max_tar_header_kb: the caps of a whole shard
+        max_shard_mb, max_shard_rows, max_captions, max_tar_header_kb, max_xz_memory_mb: the caps of a whole shard
             (:class:`~clipeval.data.options.ShardLimits`, docs/security.md).
     """
 
@@ -45,6 +46,8 @@ class ShardOptions:
         "help": "most captions one shard sample may list; more gives it the status too_many_captions"})
     max_tar_header_kb: float = field(default=MAX_TAR_HEADER_BYTES / 2**10, metadata={
         "help": "largest tar pax header or long name read, in KiB; a larger one fails the shard"})
+    max_xz_memory_mb: float = field(default=MAX_XZ_MEMORY_BYTES / 2**20, metadata={
+        "help": "most MiB an xz or lzma tar may ask for to decompress; more fails the shard"})
 
     @property
     def max_member_bytes(self) -> int:
@@ -55,7 +58,7 @@ class ShardOptions:
     def limits(self) -> ShardLimits:
         """The caps of a whole shard, in the reader's units."""
         return ShardLimits(int(self.max_shard_mb * 2**20), self.max_shard_rows, self.max_captions,
-                           int(self.max_tar_header_kb * 2**10))
+                           int(self.max_tar_header_kb * 2**10), int(self.max_xz_memory_mb * 2**20))
 
 
 @dataclass(frozen=True)
