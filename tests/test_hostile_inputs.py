@@ -621,3 +621,37 @@ def test_score_over_a_folder_of_hostile_shards_is_bounded(tmp_path, tiny_specs):
     after = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")
              if not path.is_relative_to(out) and not path.is_relative_to(tmp_path / "honest-out")}
     assert after == before  # nothing written outside --out, the inputs untouched
+
+
+@pytest.mark.parametrize("kind", ["table", "folder", "coco", "hf"])
+def test_every_source_kind_confines_its_paths(tmp_path, kind):
+    import json
+
+    from clipeval.data.images import read_many_bytes
+    from clipeval.data.sources import read_pairs
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "fine.png").write_bytes(_png())
+    (tmp_path / "outside.png").write_bytes(_png())
+    refs = ["fine.png", "../outside.png", str(tmp_path / "outside.png")]
+    if kind == "table":
+        path = source / "pairs.csv"
+        pd.DataFrame({"image": refs, "caption": ["a", "b", "c"]}).to_csv(path, index=False)
+    elif kind == "folder":
+        path = source
+        (source / "link.png").symlink_to(tmp_path / "outside.png")
+    elif kind == "coco":
+        path = source / "captions_val.json"
+        path.write_text(json.dumps({"images": [{"id": i, "file_name": ref} for i, ref in enumerate(refs)],
+                                    "annotations": [{"image_id": i, "id": i, "caption": "c"} for i in range(3)]}))
+    else:
+        import datasets
+
+        path = source / "saved"
+        datasets.Dataset.from_dict({"image": refs, "caption": ["a", "b", "c"]}).save_to_disk(str(path))
+        (path / "fine.png").write_bytes(_png())
+    table = read_pairs(path, cache_dir=tmp_path / "cache")
+    statuses = [raw.status for raw in read_many_bytes(table["image"].tolist(), Path(table.attrs["base_dir"]))]
+    expected = {"folder": ["ok", "outside_root"]}.get(kind, ["ok", "outside_root", "outside_root"])
+    assert statuses == expected
