@@ -3,10 +3,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from clipeval.layout import RunLayout
 from clipeval.paths import NOTEBOOKS_DIR
 from clipeval.profiles import RUN_KEYS, load_profile
 from clipeval.runs.notebooks import notebook_parameters, run_notebooks
@@ -180,3 +182,83 @@ def test_the_image_finder_notebook_indexes_searches_and_photographs_the_page(tin
     table = next(output["data"]["text/plain"] for cell in cells for output in cell.get("outputs", [])
                  if "recall@10 against exact" in "".join(output.get("data", {}).get("text/plain", "")))
     assert "approximate" in "".join(table)
+
+
+TINY_DUAL = {"embed_dim": 16, "image_size": 32, "text_dim": 32, "text_layers": 2, "text_heads": 2,
+             "text_hidden_dim": 37, "pool_heads": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny_scenes(tmp_path_factory) -> Path:
+    """Captioned scenes at a notebook-test size (the offline profile's are 5000/400/600 at 64 px)."""
+    from clipeval.data.scenes import generate_scenes
+
+    return generate_scenes(tmp_path_factory.mktemp("scenes"), n_train=24, n_val=8, n_test=12, image_size=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dual(tiny_scenes, tmp_path_factory) -> Path:
+    """A tiny random dual encoder over the scenes' vocabulary, saved as training saves it."""
+    import torch
+
+    from clipeval.data.sources import read_pairs
+    from clipeval.models.dual import DualEncoderConfig, build_dual_encoder, save_dual
+
+    torch.manual_seed(0)
+    model, tokenizer = build_dual_encoder(DualEncoderConfig(**TINY_DUAL),
+                                          read_pairs(tiny_scenes / "pairs_train.csv")["caption"].tolist())
+    return Path(save_dual(model, tokenizer, tmp_path_factory.mktemp("dual") / "dual"))
+
+
+def _run_profile(tmp_path: Path, name: str, params: dict) -> Path:
+    """Run one notebook through ``run_notebooks`` with ``params`` as its profile; returns the run folder."""
+    profile = tmp_path / f"{name}.yaml"
+    profile.write_text(yaml.safe_dump({"run_dir": f"outputs/{name}", "device": "cpu", "notebooks": [name], **params}))
+    run_notebooks(profile, cwd=tmp_path)
+    return tmp_path / "outputs" / name
+
+
+def _assert_finite(table: pd.DataFrame, columns) -> None:
+    values = table[list(columns)].to_numpy(float)
+    assert np.isfinite(values).all(), table[list(columns)]
+
+
+def test_fine_tune_notebook_writes_its_tables_per_mode(tiny_scenes, tiny_dual, tmp_path):
+    modes = {"full": 1e-3, "lit": 1e-3, "lora": 1e-2}
+    run_dir = _run_profile(tmp_path, "11_fine_tune", {
+        "model_dir": str(tiny_dual), "scenes_dir": str(tiny_scenes), "n_resamples": 20, "finetune_steps": 2,
+        "finetune_batch_size": 8, "finetune_lrs": modes})
+    layout = RunLayout(run_dir)
+    hard, retrieval = pd.read_csv(layout.finetune_hard_negatives), pd.read_csv(layout.finetune_retrieval)
+    history, costs = pd.read_csv(layout.finetune_history), pd.read_csv(layout.finetune_costs)
+    for table in (hard, retrieval, history, costs):
+        assert list(table["mode"].unique()) == list(modes)
+    difference = ["before", "after", "difference", "ci_low", "ci_high"]
+    assert list(hard.columns) == ["mode", "negative_kind", "n", *difference]
+    per_mode = hard.groupby("mode")["negative_kind"]
+    assert all(sorted(kinds) == ["all", "colour", "count", "relation"] for _, kinds in per_mode)
+    _assert_finite(hard, difference)
+    np.testing.assert_allclose(hard["difference"], hard["after"] - hard["before"], atol=1e-12)
+    kinds = hard[hard["negative_kind"] != "all"].groupby("mode")["n"].sum()
+    assert (hard[hard["negative_kind"] == "all"].set_index("mode")["n"] == kinds).all()
+    assert {"mode", "queries", "direction", "metric", *difference, "n_queries"} <= set(retrieval.columns)
+    assert set(retrieval["queries"]) == {"all", "relation", "no relation"}
+    assert set(retrieval["direction"]) == {"text_to_image", "image_to_text"}
+    assert retrieval.groupby("mode").size().nunique() == 1
+    _assert_finite(retrieval, difference)
+    assert (retrieval["ci_low"] <= retrieval["ci_high"]).all()
+    assert {"epoch", "train_loss", "val_mrr"} <= set(history.columns)
+    _assert_finite(history, ["train_loss", "val_mrr"])
+    assert costs.set_index("mode")["lr"].to_dict() == modes
+    assert (costs["total_steps"] == 2).all() and (costs["n_train_hard_negatives"] > 0).all()
+    assert (costs["trainable_parameters"] <= costs["total_parameters"]).all()
+    lit = costs.set_index("mode").loc[["lit", "lora"]]
+    assert (lit["trainable_parameters"] < lit["total_parameters"]).all()
+    for mode in modes:
+        assert (run_dir / "models" / "finetune" / mode / "checkpoint").is_dir(), mode
+    manifest = json.loads(layout.manifest.read_text())["steps"]["finetune_study"]
+    assert manifest["params"]["modes"] == modes
+    assert [entry["spec"] for entry in manifest["checkpoints"]] == [f"dual:{tiny_dual}"]
+    for figure in ("11_finetune_history.png", "11_finetune_differences.png"):
+        assert (run_dir / "figures" / figure).stat().st_size > 10_000, figure
+
