@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from clipeval.layout import RunLayout
+from clipeval.layout import CurationLayout, RunLayout
 from clipeval.paths import NOTEBOOKS_DIR
 from clipeval.profiles import RUN_KEYS, load_profile
 from clipeval.runs.notebooks import notebook_parameters, run_notebooks
@@ -262,3 +262,37 @@ def test_fine_tune_notebook_writes_its_tables_per_mode(tiny_scenes, tiny_dual, t
     for figure in ("11_finetune_history.png", "11_finetune_differences.png"):
         assert (run_dir / "figures" / figure).stat().st_size > 10_000, figure
 
+
+def test_curation_notebook_writes_rule_quality_and_curates_the_challenge_set(tiny_scenes, tiny_dual, tiny_specs,
+                                                                             challenge_csv, score_table, tmp_path):
+    from clipeval.data.sources import read_pairs
+
+    specs = [f"dual:{tiny_dual}", tiny_specs["hf-clip"]]
+    pairs_path = tiny_scenes / "pairs_test.csv"
+    run_dir = tmp_path / "outputs" / "08_curation"  # notebook 02's run: the scenes' pairs, whose match is known
+    score_table(read_pairs(pairs_path), specs, run_dir=run_dir)
+    _run_profile(tmp_path, "08_curation", {"pairs_path": str(pairs_path), "curation_challenge_path": str(challenge_csv),
+                                           "checkpoints": specs, "curation_fraction": 0.3, "batch_size": 16})
+    layout = RunLayout(run_dir)
+    rules = pd.read_csv(layout.curation_rules)
+    assert list(rules.columns) == ["checkpoint", "rule", "fraction", "kept", "kept_fraction", "precision", "recall"]
+    assert list(rules["checkpoint"].unique()) == specs
+    per_checkpoint = rules.groupby("checkpoint")["rule"]
+    assert all(list(names) == ["laion400m", "laion2b", "datacomp-l14-30pct"] for _, names in per_checkpoint)
+    n_pairs = len(pd.read_csv(pairs_path))
+    np.testing.assert_allclose(rules["kept_fraction"], rules["kept"] / n_pairs)
+    assert ((rules["kept_fraction"] - rules["fraction"]).abs() <= 1 / n_pairs + 1e-9).all()
+    _assert_finite(rules, ["precision", "recall"])
+    assert rules[["precision", "recall"]].stack().between(0, 1).all()
+    pr = pd.read_csv(layout.curation_precision_recall)
+    assert list(pr["checkpoint"].unique()) == specs and (pr.groupby("checkpoint").size() == 20).all()
+    assert (pr.groupby("checkpoint")["recall"].apply(lambda recall: recall.is_monotonic_increasing)).all()
+    summary = pd.read_csv(CurationLayout(layout.challenge_run.root / "curated").summary)
+    assert summary["rows_in"].iloc[0] == len(pd.read_csv(challenge_csv))
+    assert (summary["rows_in"] == summary["kept"] + summary["dropped"]).all()
+    assert (summary["rows_in"].iloc[1:].to_numpy() == summary["kept"].iloc[:-1].to_numpy()).all()
+    manifest = json.loads(layout.manifest.read_text())["steps"]["curation_study"]
+    assert [entry["spec"] for entry in manifest["checkpoints"]] == specs
+    for figure in ("08_kept_fraction.png", "08_examples_around_cut.png", "08_precision_recall.png",
+                   "08_kept_overlap.png"):
+        assert (run_dir / "figures" / figure).stat().st_size > 10_000, figure
