@@ -655,3 +655,22 @@ def test_every_source_kind_confines_its_paths(tmp_path, kind):
     statuses = [raw.status for raw in read_many_bytes(table["image"].tolist(), Path(table.attrs["base_dir"]))]
     expected = {"folder": ["ok", "outside_root"]}.get(kind, ["ok", "outside_root", "outside_root"])
     assert statuses == expected
+
+
+def test_a_json_member_over_its_cap_is_never_parsed(tmp_path):
+    import tracemalloc
+
+    nested = b'{"captions": [], "x": [' + b",".join([b"[]"] * (MiB // 3)) + b"]}"  # about 1 MiB: 20 MB parsed
+    shard = _write(tmp_path / "json.tar", lzma.compress(_tar_bytes(
+        _member_bytes("big.png", _png()), _member_bytes("big.json", nested), _good_members())))
+    read_shard(_write(tmp_path / "warm.tar", _tar_bytes(_good_members())))  # imports done before measuring
+    tracemalloc.start()
+    try:
+        table = read_shard(shard, limits=ShardLimits(json_bytes=512 * 1024))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * MiB  # xz's own dictionary is 8 MiB; the json (20 MB once parsed) was never read
+    refused = read_image_bytes(table["image"][0])
+    assert refused.status == "member_too_large" and "--max-json-kb" in refused.error
+    assert read_image_bytes(table["image"][1]).status == "ok"

@@ -214,7 +214,7 @@ class Deadline:
     """
 
     def __init__(self, seconds: float):
-        self.seconds, self.expired = seconds, False
+        self.seconds, self.expired, self.answered = seconds, False, False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -228,6 +228,11 @@ class Deadline:
     def __exit__(self, *exc_info) -> None:
         self._timer.cancel()
         _ATTEMPT.deadline = None
+
+    def answer(self) -> None:
+        """Note that the response's headers have come: :attr:`answered` when in time (headers cut off by the
+        deadline end early, and look complete)."""
+        self.answered = not self.expired
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -394,25 +399,24 @@ def _fetch_once(url: str, options: FetchOptions) -> tuple[Fetched, bool]:
     had come (a server that slow would hold a reading thread for every retry); a server that has
     not answered at all is retried, as a busy one may answer next time.
     """
-    answered: list[bool] = []
     with Deadline(options.timeout) as deadline:
-        fetched, transient = _request(url, options, answered)
+        fetched, transient = _request(url, options, deadline)
     if deadline.expired:  # a body cut off at the deadline can look complete (no Content-Length: read to the close)
-        if not any(answered):  # no response yet, as from a busy server: worth another try
+        if not deadline.answered:  # no response yet, as from a busy server: worth another try
             return Fetched(None, "timeout", f"no response within {options.timeout:g} s"), True
         return Fetched(None, "timeout", f"the whole response took longer than {options.timeout:g} s "
                                         "(--fetch-timeout); not retried"), False
     return fetched, transient
 
 
-def _request(url: str, options: FetchOptions, answered: list[bool]) -> tuple[Fetched, bool]:
-    """One request and its reading; the outcome and whether a retry might succeed (``answered`` gets whether the
-    response's headers came within the timeout: headers cut off by the deadline end early, and look complete)."""
+def _request(url: str, options: FetchOptions, deadline: Deadline) -> tuple[Fetched, bool]:
+    """One request and its reading under ``deadline`` (told when the headers come); the outcome and whether a
+    retry might succeed."""
     started = time.monotonic()
     opener = _ANY_ADDRESS_OPENER if options.allow_private_urls else _OPENER
     try:
         with opener.open(Request(url), timeout=options.timeout) as response:
-            answered.append(time.monotonic() - started < options.timeout)
+            deadline.answer()
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > options.max_bytes:
                 return _too_large(options, f"Content-Length is {int(declared):,} bytes"), False

@@ -15,6 +15,7 @@ MAX_SHARD_BYTES = 2**30  # decompressed bytes of a compressed tar, bytes held fr
 MAX_SHARD_ROWS = 1_000_000
 MAX_SAMPLE_CAPTIONS = 1_000
 MAX_TAR_HEADER_BYTES = 2**20  # one pax header or GNU long name/link (an honest one holds a path: a few KiB)
+MAX_JSON_BYTES = 2**20  # a tar sample's json (parsed, it may take 20 times its size; an honest one is a few KiB)
 MAX_XZ_MEMORY_BYTES = 128 * 2**20  # what an xz/lzma tar may ask for to decompress (`xz -9` needs 65 MiB)
 SOURCE_KINDS = ("table", "folder", "coco", "hf")
 
@@ -38,6 +39,8 @@ class ShardLimits:
             it (or a malformed pax header) the shard fails.
         xz_memory: the memory an xz or legacy lzma tar may ask for to decompress (its dictionary,
             declared in its header); more fails the shard before it is read.
+        json_bytes: the size of a tar sample's ``json`` member, checked before it is read and parsed;
+            over it the sample gets ``member_too_large``.
     """
 
     shard_bytes: int = MAX_SHARD_BYTES
@@ -45,6 +48,7 @@ class ShardLimits:
     captions: int = MAX_SAMPLE_CAPTIONS
     header_bytes: int = MAX_TAR_HEADER_BYTES
     xz_memory: int = MAX_XZ_MEMORY_BYTES
+    json_bytes: int = MAX_JSON_BYTES
 
 
 @dataclass(frozen=True)

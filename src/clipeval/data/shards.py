@@ -331,9 +331,9 @@ def _tar_samples(path: str | Path, cap: int, limits: ShardLimits = ShardLimits()
                  ) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
     """A tar's samples: ``(key, {extension: content}, [reason per member over the cap])``.
 
-    A member's size is read from its header: one over ``cap`` is skipped without reading a byte
-    of it, and no read asks for more than ``cap + 1`` bytes, so a compressed tar cannot inflate
-    one member in memory.
+    A member's size is read from its header: one over ``cap`` (a ``json`` over ``limits.json_bytes``)
+    is skipped without reading a byte of it, and no read asks for more than ``cap + 1`` bytes, so a
+    compressed tar cannot inflate one member in memory.
     """
     with _open_tar(path, limits) as archive:
         number, key, files, over = None, None, {}, []
@@ -342,7 +342,12 @@ def _tar_samples(path: str | Path, cap: int, limits: ShardLimits = ShardLimits()
                 yield key, files, over
                 files, over = {}, []
             number, key = member_number, member_key
-            data = archive.extractfile(member).read(cap + 1) if member.size <= cap else b""
+            if extension == "json" and member.size > limits.json_bytes:  # parsed, it could take 20 times its size
+                over.append(f"member {member.name!r} is {member.size:,} bytes, over the {limits.json_bytes:,}-byte "
+                            "json cap (--max-json-kb); not read")
+                continue
+            # read(n) allocates n bytes up front: ask for the member's own size (tarfile never gives more)
+            data = archive.extractfile(member).read(member.size + 1) if member.size <= cap else b""
             if member.size > cap or len(data) > cap:
                 over.append(f"member {member.name!r} is {max(member.size, len(data)):,} bytes, over the "
                             f"{cap:,}-byte member cap; not read")

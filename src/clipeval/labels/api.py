@@ -262,20 +262,18 @@ class ApiCaptioner:
 
     def _post(self, request: Request) -> tuple[_Outcome, bool]:
         """One attempt; returns the outcome (its texts not yet redacted) and whether a retry might succeed."""
-        answered: list[bool] = []
         with Deadline(self.timeout) as deadline:
-            outcome = self._reply(request, answered)
+            outcome = self._reply(request, deadline)
         if deadline.expired:  # retried only when nothing had come: a reply begun but too slow is not asked again
-            return _timeout(self.timeout), not any(answered)
+            return _timeout(self.timeout), not deadline.answered
         return outcome
 
-    def _reply(self, request: Request, answered: list[bool]) -> tuple[_Outcome, bool]:
-        """:meth:`_post`'s request and reading, the reply read up to :attr:`max_reply_bytes` (``answered`` gets
-        whether its headers came within the timeout)."""
-        started = time.monotonic()
+    def _reply(self, request: Request, deadline: Deadline) -> tuple[_Outcome, bool]:
+        """:meth:`_post`'s request and reading under ``deadline`` (told when the headers come), the reply read up
+        to :attr:`max_reply_bytes`."""
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                answered.append(time.monotonic() - started < self.timeout)
+                deadline.answer()
                 body = response.read(self.max_reply_bytes + 1)
             if len(body) > self.max_reply_bytes:
                 return _Outcome("api_bad_response", f"the reply is larger than the {self.max_reply_bytes:,}-byte cap "
