@@ -9,6 +9,7 @@ from clipeval.data.options import (
     MAX_SAMPLE_CAPTIONS,
     MAX_SHARD_BYTES,
     MAX_SHARD_ROWS,
+    MAX_JSON_BYTES,
     MAX_TAR_HEADER_BYTES,
     MAX_XZ_MEMORY_BYTES,
     ShardLimits,
@@ -29,7 +30,8 @@ class ShardOptions:
         chunk_size: rows scored and kept together inside a shard (the unit of resuming).
         max_member_mb: the largest tar member (or parquet image cell) read, in MiB; a larger
             one is refused from its header and its sample gets ``member_too_large``.
-        max_shard_mb, max_shard_rows, max_captions, max_tar_header_kb, max_xz_memory_mb: the caps of a whole shard
+        max_shard_mb, max_shard_rows, max_captions, max_tar_header_kb, max_xz_memory_mb, max_json_kb: the caps of
+            a whole shard
             (:class:`~clipeval.data.options.ShardLimits`, docs/security.md).
     """
 
@@ -48,6 +50,8 @@ class ShardOptions:
         "help": "largest tar pax header or long name read, in KiB; a larger one fails the shard"})
     max_xz_memory_mb: float = field(default=MAX_XZ_MEMORY_BYTES / 2**20, metadata={
         "help": "most MiB an xz or lzma tar may ask for to decompress; more fails the shard"})
+    max_json_kb: float = field(default=MAX_JSON_BYTES / 2**10, metadata={
+        "help": "largest json member of a tar sample read, in KiB; a larger one gives member_too_large"})
 
     @property
     def max_member_bytes(self) -> int:
@@ -58,7 +62,8 @@ class ShardOptions:
     def limits(self) -> ShardLimits:
         """The caps of a whole shard, in the reader's units."""
         return ShardLimits(int(self.max_shard_mb * 2**20), self.max_shard_rows, self.max_captions,
-                           int(self.max_tar_header_kb * 2**10), int(self.max_xz_memory_mb * 2**20))
+                           int(self.max_tar_header_kb * 2**10), int(self.max_xz_memory_mb * 2**20),
+                           int(self.max_json_kb * 2**10))
 
 
 @dataclass(frozen=True)
