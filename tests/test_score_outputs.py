@@ -1,6 +1,7 @@
 """What a command-line run leaves for its user: the score summary and figures, and a report that fits its kind."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,11 +22,16 @@ def own_pairs(challenge_csv, tmp_path):
     return path
 
 
+def _images_root(pairs: Path) -> list[str]:
+    """``--image-root`` for a table naming its images by absolute path outside its own folder."""
+    return ["--image-root", str(Path(pd.read_csv(pairs)["image"][0]).parent.parent)]
+
+
 def test_score_writes_the_summary_and_the_figures_for_pairs_without_match(tiny_specs, own_pairs, tmp_path, capsys):
     specs = [tiny_specs["hf-clip"], tiny_specs["open_clip"]]
     out = tmp_path / "run"
     assert main(["score", "--pairs", str(own_pairs), "--checkpoint", specs[0], "--checkpoint", specs[1],
-                 "--out", str(out), *CPU]) == 0
+                 "--out", str(out), *CPU, *_images_root(own_pairs)]) == 0
     printed = capsys.readouterr().out
     summary = pd.read_csv(out / "score_summary.csv")
     assert summary["checkpoint"].tolist() == specs
@@ -51,7 +57,7 @@ def test_report_on_a_cli_score_run_names_its_kind_and_never_asks_for_notebooks(t
                                                                                capsys):
     out = tmp_path / "run"
     assert main(["score", "--pairs", str(own_pairs), "--checkpoint", tiny_specs["hf-clip"], "--out", str(out),
-                 *CPU]) == 0
+                 *CPU, *_images_root(own_pairs)]) == 0
     assert detect_kind(out).name == "score"
     capsys.readouterr()
     assert main(["report", "--run-dir", str(out)]) == 0

@@ -127,7 +127,8 @@ def test_a_zero_shot_eval_set_outside_the_labellers_vocabulary_warns_and_so_does
     assert manifest["steps"]["build-evalset"]["warnings"] == stats["warnings"]
     assert main(build) == 0 and "2 of its 3 vocabulary entries" in capsys.readouterr().err  # reused: said again
     tables = [f"--{name}={tmp_path / 'set' / name}.csv" for name in ("queries", "images", "relevance")]
-    retrieve = ["retrieve", *tables, "--bootstrap", "10", "--device", "cpu", "--no-progress", "--no-embedding-cache"]
+    retrieve = ["retrieve", *tables, "--bootstrap", "10", "--device", "cpu", "--no-progress", "--no-embedding-cache",
+                "--image-root", str(tmp_path / "photos")]  # the eval set names its images from outside its folder
     assert main([*retrieve, "--checkpoint", tiny_dual, "--out", str(tmp_path / "own")]) == 0
     assert f"warning: {tiny_dual} is evaluated on queries, whose labels it produced" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "own" / "manifest.json").read_text())
