@@ -332,7 +332,7 @@ def _items(table: pd.DataFrame, reading: SourceOptions, options: IndexOptions) -
         "rows": pd.Series([list(rows) for rows in members], dtype=object),
         "image": [ref if isinstance(ref, str) else ("" if ref is None or _isnan(ref) else f"<{type(ref).__name__}>")
                   for ref in refs],
-        "caption": [texts_[0] if texts_ else "" for texts_ in captions],
+        "caption": [texts_of_image[0] if texts_of_image else "" for texts_of_image in captions],
         "captions": pd.Series(captions, dtype=object),
         "status": "", "error": "", "width": pd.array([None] * n, dtype="Int64"),
         "height": pd.array([None] * n, dtype="Int64"), "sha256": ""})
