@@ -296,3 +296,37 @@ def test_curation_notebook_writes_rule_quality_and_curates_the_challenge_set(tin
     for figure in ("08_kept_fraction.png", "08_examples_around_cut.png", "08_precision_recall.png",
                    "08_kept_overlap.png"):
         assert (run_dir / "figures" / figure).stat().st_size > 10_000, figure
+
+
+
+@pytest.mark.parametrize("executors", [["local"], pytest.param(["local", "ray"], marks=pytest.mark.slow)],
+                         ids=["local", "local-and-ray"])  # Ray's cluster and actors start in about a minute here
+def test_sharded_runs_notebook_scores_every_row_as_the_whole_table_does(tiny_scenes, tiny_dual, score_table,
+                                                                         tmp_path, executors):
+    from clipeval.data.sources import read_pairs
+
+    pairs_path, spec, n_shards = tiny_scenes / "pairs_test.csv", f"dual:{tiny_dual}", 4
+    run_dir = _run_profile(tmp_path, "09_sharded_runs", {
+        "pairs_path": str(pairs_path), "checkpoints": [spec], "sharded_shards": n_shards,
+        "sharded_executors": executors, "sharded_ray_actors": 2, "sharded_rule": "top:0.3[{spec}]",
+        "batch_size": 16})
+    layout = RunLayout(run_dir)
+    summary = pd.read_csv(layout.sharded_executors)
+    assert list(summary.columns) == ["executor", "shards", "rows_this_run", "wall_s", "rows_per_s", "processes",
+                                     "max_cosine_difference", "curation_same_as_one_table"]
+    assert summary["executor"].tolist() == executors
+    pairs = read_pairs(pairs_path)
+    assert (summary["shards"] == n_shards).all() and (summary["rows_this_run"] == len(pairs)).all()
+    assert (summary["max_cosine_difference"] <= 1e-6).all()  # each executor encoded for itself: no cache
+    assert summary["curation_same_as_one_table"].all()
+    column = f"cosine[{spec}]"
+    whole = np.sort(score_table(pairs, [spec]).results["similarity"].to_numpy())
+    for executor in executors:  # the same scores as the table scored whole, by any executor
+        scored = pd.concat(map(pd.read_parquet, RunLayout(layout.sharded_study / executor).scored_shards()))
+        assert scored["uid"].is_unique
+        np.testing.assert_allclose(np.sort(scored[column].to_numpy()), whole, atol=1e-6, rtol=0)
+    resumed = pd.read_csv(RunLayout(layout.sharded_study / "local").shard_table)
+    assert len(resumed) == n_shards and resumed["this_run"].sum() == 2  # the two "interrupted" shards only
+    manifest = json.loads(layout.manifest.read_text())["steps"]["sharded_study"]
+    assert manifest["params"]["executors"] == executors
+    assert (run_dir / "figures" / "09_shard_throughput.png").stat().st_size > 10_000
