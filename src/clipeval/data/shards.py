@@ -32,6 +32,12 @@ Shards are web data and may be hostile, so:
   compression (gzip, bz2 and xz tars are read whatever their name). The sample keeps its row,
   with the status ``member_too_large``; an image cell of a parquet shard over the cap gets the
   same status;
+* **whole-shard limits** (:class:`~clipeval.data.options.ShardLimits`, the command line's
+  ``--max-shard-mb``, ``--max-shard-rows``, ``--max-captions``, ``--max-json-kb``,
+  ``--max-tar-header-kb``, ``--max-xz-memory-mb``): bytes decompressed or held, rows, tar headers
+  checked before they are read, any compressed container under a memory limit, a parquet file
+  checked from its footer; over one the shard fails (a sample with too many captions, or too
+  large a ``json``, keeps its row with a status);
 * **safe uids** (:func:`safe_uid`): no ``..`` part, no leading ``/``, no backslash or control
   character, whatever the member names or the ``uid`` column hold;
 * **unique uids**: a uid an earlier row of the shard already has (a tar whose files are not
