@@ -198,16 +198,14 @@ def tiny_scenes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_dual(tiny_scenes, tmp_path_factory) -> Path:
-    """A tiny random dual encoder over the scenes' vocabulary, saved as training saves it."""
-    import torch
+    """A tiny dual encoder trained one epoch on the scenes (a history for notebook 06, a checkpoint for the rest)."""
+    from clipeval.models.dual import DualEncoderConfig
+    from clipeval.train.dual import train_dual
+    from clipeval.train.options import TrainConfig
 
-    from clipeval.data.sources import read_pairs
-    from clipeval.models.dual import DualEncoderConfig, build_dual_encoder, save_dual
-
-    torch.manual_seed(0)
-    model, tokenizer = build_dual_encoder(DualEncoderConfig(**TINY_DUAL),
-                                          read_pairs(tiny_scenes / "pairs_train.csv")["caption"].tolist())
-    return Path(save_dual(model, tokenizer, tmp_path_factory.mktemp("dual") / "dual"))
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, device="cpu", progress=False,
+                         model=DualEncoderConfig(**TINY_DUAL))
+    return Path(train_dual(tiny_scenes, tmp_path_factory.mktemp("dual") / "dual", config))
 
 
 def _run_profile(tmp_path: Path, name: str, params: dict) -> Path:
@@ -330,3 +328,30 @@ def test_sharded_runs_notebook_scores_every_row_as_the_whole_table_does(tiny_sce
     manifest = json.loads(layout.manifest.read_text())["steps"]["sharded_study"]
     assert manifest["params"]["executors"] == executors
     assert (run_dir / "figures" / "09_shard_throughput.png").stat().st_size > 10_000
+
+
+def test_dual_encoder_notebook_benchmarks_the_trained_model(tiny_scenes, tiny_dual, tmp_path):
+    run_dir = _run_profile(tmp_path, "06_train_dual_encoder", {
+        "model_dir": str(tiny_dual), "scenes_dir": str(tiny_scenes), "batch_size": 64, "n_samples": 6})
+    result = json.loads(RunLayout(run_dir).dual_encoder_eval.read_text())
+    assert result["checkpoint"] == f"dual:{tiny_dual}" and result["split"] == "test"
+    retrieval = pd.DataFrame(result["retrieval"]).T
+    assert list(retrieval.index) == ["all", "seen", "unseen"]
+    n_captions = (pd.read_csv(tiny_scenes / "pairs_test.csv")["match"]).sum()
+    assert retrieval.loc["all", "n_queries"] == n_captions == retrieval.loc[["seen", "unseen"], "n_queries"].sum()
+    hit_rates = retrieval[["hit_rate@1", "hit_rate@5", "hit_rate@10"]].to_numpy()
+    assert ((hit_rates >= 0) & (hit_rates <= 1)).all() and (np.diff(hit_rates, axis=1) >= 0).all()
+    assert retrieval["mrr"].between(0, 1).all()
+    match = result["match_scores"]
+    assert match["gap"] == pytest.approx(match["matched_mean"] - match["mismatched_mean"])
+    assert 0 <= match["auc"] <= 1
+    hard = pd.DataFrame(result["hard_negatives"]).set_index(["negative_kind", "subset"])
+    assert set(hard.index) == {(kind, subset) for kind in ("all", "colour", "count", "relation")
+                               for subset in ("all", "seen", "unseen")}
+    for kind in ("all", "colour", "count", "relation"):
+        assert hard.loc[(kind, "all"), "n"] == hard.loc[(kind, "seen"), "n"] + hard.loc[(kind, "unseen"), "n"]
+    assert hard["accuracy"].between(0, 1).all()
+    figures = {path.name: path.stat().st_size for path in (run_dir / "figures").glob("*.png")}
+    assert set(figures) == {"06_scene_samples.png", "06_training_curves.png", "06_similarity_heatmap.png",
+                            "06_retrieval_seen_unseen.png", "06_match_histogram.png", "06_hard_negatives.png"}
+    assert min(figures.values()) > 10_000, figures
