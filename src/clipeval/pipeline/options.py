@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from clipeval.data.options import (
+    MAX_JSON_BYTES,
     MAX_MEMBER_BYTES,
     MAX_SAMPLE_CAPTIONS,
     MAX_SHARD_BYTES,
     MAX_SHARD_ROWS,
-    MAX_JSON_BYTES,
     MAX_TAR_HEADER_BYTES,
     MAX_XZ_MEMORY_BYTES,
     ShardLimits,
