@@ -23,7 +23,7 @@ from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, using_mirror
 from clipeval.paths import PROJECT_ROOT
 from clipeval.profiles import load_profile
 from clipeval.report.kinds import PROFILE, RunKind, detect_kind, folder_kinds
-from clipeval.report.publish import locked, remove_leftovers, report_versions, swap_report
+from clipeval.report.publish import build_lock, remove_leftovers, report_versions, swap_report
 from clipeval.report.sanitize import CSP_META, sanitize_html, sanitize_notebook
 from clipeval.report.sections import Section, collect_sections
 
@@ -256,7 +256,7 @@ def build_report(run_dir: str | Path, title: str | None = None, profile_notebook
     folder = layout.report
     versions = report_versions(folder)
     versions.mkdir(parents=True, exist_ok=True)
-    with locked(versions):
+    with build_lock(versions):
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         version = Path(tempfile.mkdtemp(dir=versions, prefix=f"{stamp}-"))
         try:

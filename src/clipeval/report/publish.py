@@ -20,7 +20,7 @@ def report_versions(link: Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(folder: Path):
+def build_lock(folder: Path):
     """Hold an exclusive lock on ``folder`` (flock) so two rebuilds never delete each other's build."""
     try:
         import fcntl
