@@ -287,3 +287,22 @@ def test_no_progress_silences_every_bar_the_model_libraries_included(specs, scen
     printed = capfd.readouterr()
     for bar in ("Writing model shards", "Loading weights", "it/s]", "%|"):  # transformers' and tqdm's marks
         assert bar not in printed.err + printed.out, bar
+
+
+def test_finetune_measures_on_an_eval_set_whose_images_lie_under_image_root(specs, scenes, tmp_path, capsys):
+    """build-evalset's images.csv names its images from outside its own folder: --image-root lets them be read."""
+    from clipeval.models.tiny import build_tiny_classifier
+
+    classifier = build_tiny_classifier(tmp_path / "clf", ["a red circle", "a blue square"])
+    assert main(["build-evalset", "--images", str(scenes / "images" / "test"), "--labeller", "classifier",
+                 "--model", str(classifier), "--threshold", "0", "--out", str(tmp_path / "set"), "--device", "cpu",
+                 "--no-progress"]) == 0
+    command = ["finetune", "--checkpoint", specs["dual"], "--pairs", str(scenes / "pairs_train.csv"), "--eval-set",
+               str(tmp_path / "set"), "--steps", "1", "--batch-size", "8", "--device", "cpu", "--no-progress",
+               "--bootstrap", "20", "--out", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(command) == 2  # confined without it: every image of the set is outside_root, and it says so
+    assert "error: no image of set could be used (outside_root: " in capsys.readouterr().err
+    assert main([*command, "--image-root", str(scenes / "images" / "test"), "--overwrite"]) == 0
+    metrics = pd.read_csv(tmp_path / "run" / "before_after_metrics.csv")
+    assert (metrics["n_images"] == len(list((scenes / "images" / "test").glob("*.png")))).all()

@@ -152,7 +152,7 @@ def test_a_scene_classifier_trains_saves_and_labels_scenes_judged_by_their_conte
     assert run.labels.groupby("image").size().min() > 1  # independent classes: several labels per image at 0
 
 
-def test_build_evalset_writes_a_set_the_retrieve_command_reads_and_reuses_it(tmp_path, capsys):
+def test_build_evalset_writes_a_set_the_retrieve_command_reads_and_reuses_it(tmp_path, capsys, tiny_specs):
     from clipeval.runs.cli import main
 
     (tmp_path / "photos" / "sub").mkdir(parents=True)
@@ -163,7 +163,15 @@ def test_build_evalset_writes_a_set_the_retrieve_command_reads_and_reuses_it(tmp
     command = ["build-evalset", "--images", str(tmp_path / "photos"), "--labeller", "classifier", "--model",
                str(folder), "--threshold", "0", "--out", str(tmp_path / "set"), "--device", "cpu", "--no-progress"]
     assert main(command) == 0
-    assert capsys.readouterr().out.startswith(f"built {tmp_path / 'set'}: ")
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"built {tmp_path / 'set'}: ")
+    evaluate = printed.split("evaluate it: python -m clipeval ")[1].split()  # the command it prints, as written
+    evaluate = [tiny_specs["hf-clip"] if word == "SPEC" else str(tmp_path / "eval") if word == "DIR" else word
+                for word in evaluate]
+    assert main([*evaluate, "--device", "cpu", "--no-progress", "--bootstrap", "20"]) == 0
+    metrics = pd.read_csv(tmp_path / "eval" / "metrics.csv")
+    assert (metrics["n_images"] == 5).all() and set(metrics["direction"]) == {"text_to_image", "image_to_text"}
+    capsys.readouterr()
     images = pd.read_csv(tmp_path / "set" / "images.csv")
     assert sorted(images["image"]) == ["../photos/img0.png", "../photos/img1.png", "../photos/img2.png",
                                        "../photos/sub/img0.png", "../photos/sub/img1.png"]

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from clipeval.data.options import PairsTableError
 from clipeval.data.retrieval_sets import (
@@ -176,7 +177,7 @@ def test_no_model_is_loaded_when_the_images_are_not_found(tmp_path, monkeypatch,
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "found 0 of 3 images" in error
     assert f"looked in {tmp_path / 'val'} " in error and str(tmp_path / "val" / "a.jpg") in error
-    (tmp_path / "val" / "b.jpg").write_bytes(b"")  # 1 of 3 found: too few, unless asked to go on
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "b.jpg")  # 1 of 3 found: too few, unless asked to go on
     assert main([*base, "--images-dir", str(tmp_path / "val")]) == 2
     assert "found 1 of 3 images" in capsys.readouterr().err
     with pytest.raises(AssertionError, match="a model was loaded"):

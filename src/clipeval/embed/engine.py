@@ -36,7 +36,7 @@ import json
 import multiprocessing
 import os
 import signal
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -540,6 +540,11 @@ class EmbeddedSet:
     cache: dict | None = None
 
 
+def _status_counts(statuses: list[str]) -> str:
+    """``outside_root: 8, missing: 1``: how many images ended with each status, most first."""
+    return ", ".join(f"{status}: {count}" for status, count in Counter(statuses).most_common())
+
+
 def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: EmbedOptions | None = None,
               timer: StageTimer | None = None, block: int = 512) -> EmbeddedSet:
     """Embed every query and every usable image of a retrieval set.
@@ -557,6 +562,9 @@ def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: Em
 
     Returns:
         The :class:`EmbeddedSet`.
+
+    Raises:
+        ValueError: the set has images and none could be used (the message counts their statuses).
     """
     options = options or EmbedOptions()
     refs = dataset.images["image"].tolist()
@@ -575,6 +583,9 @@ def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: Em
             if len(usable):
                 vectors.append(embedded.of(usable))
                 positions += (part.start + usable).tolist()
+        if refs and not positions:
+            raise ValueError(f"no image of {dataset.name} could be used ({_status_counts(statuses)}); the first: "
+                             f"{errors[0]}")
         texts = embedder.texts(dataset.queries["text"].tolist())
         counts = embedder.cache_counts()
     images = torch.cat(vectors) if vectors else torch.empty((0, texts.vectors.shape[1]))

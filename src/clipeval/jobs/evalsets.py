@@ -31,9 +31,11 @@ def render_evalset_images(path: Path) -> str:
 
 
 def retrieve_command(evalset: EvalsetLayout) -> str:
-    """The command that evaluates checkpoints on the eval set."""
+    """The command that evaluates checkpoints on the eval set (with the images' folder as ``--image-root``: its
+    ``images.csv`` names them from outside its own folder)."""
+    root = read_json(evalset.summary).get("image_root") if evalset.summary.is_file() else None
     return (f"python -m clipeval retrieve --queries {evalset.queries} --images {evalset.images} --relevance "
-            f"{evalset.relevance} --checkpoint SPEC")
+            f"{evalset.relevance}" + (f" --image-root {root}" if root else "") + " --checkpoint SPEC")
 
 
 def _shows(run: RunLayout) -> tuple[Path, ...]:

@@ -93,7 +93,9 @@ def write_evalset(run: LabelRun, out_dir: str | Path, base_dir: str | Path | Non
     write_csv(layout.images, images)
     write_csv(layout.relevance, relevance)
     write_csv(layout.labels, run.labels)
-    write_json(layout.summary, {"stats": run.stats, "queries": len(queries), "relevant_pairs": len(relevance)})
+    # the images' folder: a reader of images.csv confines its paths to it (--image-root) as well as to out_dir
+    root = {"image_root": str(Path(base_dir).resolve())} if base_dir else {}
+    write_json(layout.summary, {"stats": run.stats, "queries": len(queries), "relevant_pairs": len(relevance), **root})
     return out_dir
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from clipeval.curate.options import EXACT_LIMIT
+from clipeval.data.fetch import FetchOptions
 from clipeval.data.options import RetrievalSource, SourceOptions
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
@@ -174,7 +175,8 @@ def _finetune(args: argparse.Namespace) -> None:
     pairs, held_out, forgetting = load_finetune_data(options_from(args, FinetuneData),
                                                      options_from(args, SourceOptions), config.seed)
     run = run_finetune(args.out, args.checkpoint, pairs, held_out, forgetting, config,
-                       options_from(args, RetrievalOptions), resume=args.resume, overwrite=args.overwrite)
+                       options_from(args, RetrievalOptions), resume=args.resume, overwrite=args.overwrite,
+                       fetch=options_from(args, FetchOptions))
     history = run.result.history
     print(f"fine-tuned {args.checkpoint} ({config.mode}, {history['total_steps']} steps on "
           f"{history['n_train_images']} images, {history['trainable_parameters']:,} of "
@@ -395,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(tune, FinetuneConfig)
     add_options(tune, SourceOptions)
     add_options(tune, RetrievalOptions)
+    add_options(tune, FetchOptions)
     tune.add_argument("--resume", action="store_true", help="continue from the last state saved in --out")
     tune.add_argument("--overwrite", action="store_true",
                       help="discard an earlier run of other settings or data in --out (refused without it)")

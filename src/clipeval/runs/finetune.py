@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from clipeval.atomic import write_csv, write_json
+from clipeval.data.fetch import FetchOptions
 from clipeval.data.options import SourceOptions
 from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables, retrieval_set_from_pairs
 from clipeval.data.sources import read_pairs
@@ -120,7 +121,8 @@ class FinetuneRun:
 def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_out: RetrievalSet,
                  forgetting: RetrievalSet | None = None, config: FinetuneConfig = FinetuneConfig(),
                  retrieval: RetrievalOptions = RetrievalOptions(), resume: bool = False,
-                 validation: RetrievalSet | None = None, overwrite: bool = False) -> FinetuneRun:
+                 validation: RetrievalSet | None = None, overwrite: bool = False,
+                 fetch: FetchOptions = FetchOptions()) -> FinetuneRun:
     """Fine-tune, then compare base and fine-tuned checkpoints on the held-out and forgetting sets.
 
     Args:
@@ -134,6 +136,7 @@ def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_
         resume: continue from the output folder's saved state (of this same run).
         validation: the set scored after each epoch (default: ``held_out``).
         overwrite: discard an earlier run of other settings or data in ``out_dir`` instead of refusing.
+        fetch: how images are read, for training and both comparisons (``image_root``, ``allow_any_path``...).
 
     Returns:
         A :class:`FinetuneRun`.
@@ -154,10 +157,11 @@ def run_finetune(out_dir: str | Path, base_spec: str, pairs: pd.DataFrame, held_
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    result = finetune(base_spec, pairs, out_dir, config, validation if validation is not None else held_out, resume)
+    result = finetune(base_spec, pairs, out_dir, config, validation if validation is not None else held_out, resume,
+                      fetch)
     write_csv(layout.train_pairs, result.rows)
     embed = EmbedOptions(batch_size=config.eval_batch_size, device=config.device, precision=config.precision,
-                         progress=config.progress)
+                         progress=config.progress, fetch=fetch)
     compared = [compare_before_after(held_out, base_spec, result.spec, "held-out", retrieval, embed)]
     if forgetting is not None:
         compared.append(compare_before_after(forgetting, base_spec, result.spec, "forgetting", retrieval, embed))

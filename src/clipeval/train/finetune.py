@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from clipeval.atomic import atomic_path
+from clipeval.data.fetch import FetchOptions
 from clipeval.data.images import decode_image, read_many_bytes
 from clipeval.data.retrieval_sets import RetrievalSet, relevance_matrix
 from clipeval.embed.engine import embed_set
@@ -88,7 +89,8 @@ class TrainingPairs:
 
 
 def training_pairs(pairs: pd.DataFrame, preprocess, negative_kinds: tuple[str, ...] = (),
-                   image_column: str = "image", caption_column: str = "caption") -> TrainingPairs:
+                   image_column: str = "image", caption_column: str = "caption",
+                   fetch: FetchOptions = FetchOptions()) -> TrainingPairs:
     """Read and preprocess a pairs table's images and group its captions per image.
 
     Rows with ``match`` false (when the column exists) are hard negatives of their image; with
@@ -112,7 +114,7 @@ def training_pairs(pairs: pd.DataFrame, preprocess, negative_kinds: tuple[str, .
     usable = rows[rows["role"] != "unused"]
     refs = list(dict.fromkeys(usable.loc[usable["role"] == "caption", "image"].astype(str)))
     base_dir = pairs.attrs.get("base_dir")
-    raws = read_many_bytes(refs, Path(base_dir) if base_dir else None)
+    raws = read_many_bytes(refs, Path(base_dir) if base_dir else None, fetch_options=fetch)
     pixels, kept, fingerprint, failed = [], [], hashlib.sha256(), {}
     for ref, raw in zip(refs, raws):
         loaded = decode_image(raw.data) if raw.status == "ok" else raw
@@ -183,7 +185,8 @@ class FinetuneResult:
     rows: pd.DataFrame
 
 
-def validate(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 64, ks=VALIDATION_KS) -> dict[str, float]:
+def validate(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 64, ks=VALIDATION_KS,
+             fetch: FetchOptions = FetchOptions()) -> dict[str, float]:
     """Text-to-image retrieval metrics of an in-memory model on a set, through the one embedding path.
 
     Unreadable images are left out of the collection (and their relevance with them); no cache is used.
@@ -191,7 +194,7 @@ def validate(encoder: Encoder, dataset: RetrievalSet, batch_size: int = 64, ks=V
     was_training = encoder.model.training
     encoder.model.eval()
     embedded = embed_set(encoder, dataset, EmbedOptions(batch_size=batch_size, embedding_cache=False,
-                                                        decode_processes=0, progress=False))
+                                                        decode_processes=0, progress=False, fetch=fetch))
     if was_training:
         encoder.model.train()
     scores = (embedded.texts @ embedded.images.T).numpy()
@@ -288,7 +291,8 @@ def optimizer_step(encoder: Encoder, batches: _Batches, step: int, accumulate: i
 
 
 def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: FinetuneConfig = FinetuneConfig(),
-             validation: RetrievalSet | None = None, resume: bool = False) -> FinetuneResult:
+             validation: RetrievalSet | None = None, resume: bool = False,
+             fetch: FetchOptions = FetchOptions()) -> FinetuneResult:
     """Fine-tune a checkpoint on a pairs table and save it to ``<out_dir>/checkpoint``.
 
     Args:
@@ -299,6 +303,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
             and ``state/`` (the last saved training state) are written there.
         config: the settings.
         validation: a retrieval set scored after every epoch (text-to-image), or None.
+        fetch: how images are read (``image_root``: where a table's images may lie besides its folder).
         resume: continue from the state saved in ``state/``. That it is this run's is the folder's claim:
             :func:`clipeval.runs.finetune.run_finetune` claims it (:func:`clipeval.layout.claim`).
 
@@ -320,7 +325,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
     with deterministic(config.seed, device):
         encoder = load_encoder(base_spec, str(device), "fp32", progress=config.progress)
         base_digest = encoder.weights_digest()
-        data = training_pairs(pairs, encoder.preprocess, config.negative_kinds)
+        data = training_pairs(pairs, encoder.preprocess, config.negative_kinds, fetch=fetch)
         n_negatives = sum(len(negatives) for negatives in data.negatives)
         if config.hard_negatives and not n_negatives:
             raise ValueError("--hard-negatives: the training pairs hold no usable hard negative (rows with "
@@ -345,7 +350,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
                    "machine": platform.machine(), "resumed_from_step": None, "epochs": []}
         start = _restore(out_dir / "state" / STATE_FILE, model, optimizer, scheduler, scaler, history) if resume else 0
         if validation is not None and start == 0:
-            history["validation_before"] = validate(encoder, validation, config.eval_batch_size)
+            history["validation_before"] = validate(encoder, validation, config.eval_batch_size, fetch=fetch)
         bar = progress_bar(total=total, initial=start, desc=f"finetune {config.mode}", unit="step",
                            disable=not config.progress)
         losses, step_seconds = [], []
@@ -368,7 +373,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
                          "seconds": time.perf_counter() - started}
                 if validation is not None:
                     entry.update({f"val_{key}": value for key, value in
-                                  validate(encoder, validation, config.eval_batch_size).items()})
+                                  validate(encoder, validation, config.eval_batch_size, fetch=fetch).items()})
                 history["epochs"].append(entry)
                 losses = []
             if step + 1 < total and (epoch_end or (config.save_every and (step + 1) % config.save_every == 0)):
