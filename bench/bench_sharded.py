@@ -1,6 +1,6 @@
 """Benchmark sharded scoring as a user runs it: ``clipeval score --shards`` from the shell, local vs Ray.
 
-    python bench/bench_sharded.py [--shards 4] [--pairs-per-shard 800] [--repeats 1] [--out bench/results/sharded.json]
+    python bench/bench_sharded.py [--shards 4] [--pairs-per-shard 800] [--repeats 1] [--faults] [--out PATH]
 
 Webdataset shards of distinct 640x480 photo-like JPEGs (one caption each; built in a temporary
 folder) are scored by a fresh ``python -m clipeval score --shards ...`` process with
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -210,12 +211,15 @@ def score_with_fault(fault: str, spec: str, shards: list[Path], out: Path, batch
 
 def fault_overhead(spec: str, shards: list[Path], out: Path, batch_size: int, repeats: int) -> dict:
     """Every fault variant in turn, ``repeats`` rounds; medians and the overhead against no fault."""
-    ray_dir = tempfile.mkdtemp(prefix="raybench", dir="/tmp")
+    ray_dir = tempfile.mkdtemp(prefix="raybench", dir="/tmp")  # short: Ray's socket paths are capped
     os.environ.update(RAY_TMPDIR=ray_dir, HF_HUB_OFFLINE="1")  # the cluster's nodes take this environment
     runs = {fault: [] for fault in FAULTS}
-    for attempt in range(repeats):
-        for fault in FAULTS:
-            runs[fault].append(score_with_fault(fault, spec, shards, out / f"{fault}-{attempt}", batch_size))
+    try:
+        for attempt in range(repeats):
+            for fault in FAULTS:
+                runs[fault].append(score_with_fault(fault, spec, shards, out / f"{fault}-{attempt}", batch_size))
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
     median = {fault: statistics.median(run["wall_s"] for run in found) for fault, found in runs.items()}
     return {"runs": runs, "median_wall_s": median,
             "overhead_s": {fault: median[fault] - median["none"] for fault in FAULTS[1:]},
