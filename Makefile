@@ -100,7 +100,7 @@ chromium: env
 	    "install them (Debian: sudo apt-get install -y chromium chromium-driver) or set CLIPEVAL_CHROMIUM and" \
 	    "CLIPEVAL_CHROMEDRIVER to their paths" >&2; exit 1; }; }
 
-test-slow: env ## run only the slow tests (real-size training and data; about 10 min)
+test-slow: env ## run only the slow tests (real-size training and data; about 20 min)
 	$(PYTHON) -m pytest -m slow; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no slow tests: failing"; exit 1; fi; exit $$status
 

@@ -139,20 +139,3 @@ def test_summarize_match_scores():
     summary = summarize_match_scores(scores, np.eye(2, dtype=bool))
     assert summary["matched_mean"] == pytest.approx(0.85) and summary["mismatched_mean"] == pytest.approx(0.15)
     assert summary["auc"] == 1.0
-
-
-@pytest.mark.slow  # keeps the default suite near 10 min; make test-slow and make reproduce run it
-def test_notebook_06_runs_under_papermill(scenes, trained, tmp_path):
-    import papermill
-
-    from clipeval.paths import NOTEBOOKS_DIR
-
-    run_dir = tmp_path / "run"
-    papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_train_dual_encoder.ipynb"), str(tmp_path / "06.ipynb"),
-                               parameters={"model_dir": str(trained), "scenes_dir": str(scenes),
-                                           "run_dir": str(run_dir), "device": "cpu", "n_samples": 6},
-                               kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
-    figures = {path.name for path in (run_dir / "figures").glob("*.png")}
-    assert figures == {"06_scene_samples.png", "06_training_curves.png", "06_similarity_heatmap.png",
-                       "06_retrieval_seen_unseen.png", "06_match_histogram.png", "06_hard_negatives.png"}
-    assert (run_dir / "dual_encoder_eval.json").is_file()
