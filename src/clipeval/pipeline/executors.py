@@ -22,7 +22,8 @@ each shard's failures itself.
 Both executors yield one record per shard as shards finish (done or failed), and the rows and scores
 they write are the same. Both put their start-up in ``timings``: ``startup_s`` (until every
 first scorer is ready: for Ray the actors' processes, imports and checkpoints, while the first ready
-already score) and ``checkpoint_load_s`` (the checkpoints alone); Ray's also ``cluster_start_s``
+already score; an actor still starting when the last shard finished is not waited for) and
+``checkpoint_load_s`` (the checkpoints alone); Ray's also ``cluster_start_s``
 (``ray.init``: a local cluster started, or a running one joined). On a cluster every node needs this
 package installed (with its ``ray`` extra) and the run folder on storage every node can write (NFS or
 similar). Ray is imported here only, and only when the ``ray`` executor runs; the scorer (torch, the
@@ -280,12 +281,12 @@ class _ActorPool:
                 raise error
             self.where[actor] = where
             self.idle.append(actor)
-        if actor in self.first_actors:  # start-up: until every first actor is ready (or gone)
+        if actor in self.first_actors:  # start-up: until the last first actor is ready (or gone), as far as the
+            # run waited: one that was still starting when the last shard finished is not counted
             self.first_actors.discard(actor)
             self.startup_seconds += [] if seconds is None else [seconds]
-            if not self.first_actors:
-                self.timings["startup_s"] = time.perf_counter() - self.booting
-                self.timings["checkpoint_load_s"] = max(self.startup_seconds, default=None)
+            self.timings["startup_s"] = time.perf_counter() - self.booting
+            self.timings["checkpoint_load_s"] = max(self.startup_seconds, default=None)
 
     def _returned(self, ref) -> Iterator[dict]:
         attempt = self.running.pop(ref)
