@@ -332,6 +332,26 @@ def render_bench_sharded(sources: Sources) -> str:
             f"{machine['loadavg_start'][0]:.1f} at the start.\n\n{_source_note('bench/results/sharded.json')}")
 
 
+def render_bench_sharded_faults(sources: Sources) -> str:
+    """``bench_sharded.py --faults``: the Ray executor's wall time with no fault, one actor killed, one node lost."""
+    result = sources.bench("sharded_faults")
+    faults, config = result["faults"], result["config"]
+    names = {"none": "no fault", "actor": "one actor SIGKILLed mid-shard", "node": "its worker node removed mid-shard"}
+    rows = [[names[fault], f"{faults['median_wall_s'][fault]:.1f}",
+             "-" if fault == "none" else _signed(faults["overhead_s"][fault], 1),
+             "-" if fault == "none" else f"{faults['overhead_fraction'][fault]:+.1%}",
+             " ".join(f"{run['wall_s']:.1f}" for run in faults["runs"][fault]),
+             str(sum(run["chunks_resumed"] for run in faults["runs"][fault]))] for fault in faults["runs"]]
+    table = _markdown_table(["run", "median wall (s)", "overhead (s)", "overhead", "runs (s)", "chunks reused"],
+                            rows)
+    machine = result["machine"]
+    return (f"{table}\n\n{config['shards']} shards of {config['pairs_per_shard']} pairs ({config['images']}), the "
+            f"dual encoder, {config['ray_actors']} actors of {config['cpus_per_actor']} CPU on "
+            f"{config['cluster']}; {config['repeats']} alternating round(s), the executor's own wall time. "
+            f"{machine['cpu_count']} cores, load average {machine['loadavg_start'][0]:.1f} at the start.\n\n"
+            f"{_source_note('bench/results/sharded_faults.json')}")
+
+
 def render_bench_speed(sources: Sources) -> str:
     """``bench/bench_speed.py``: start-up, re-run, decode candidates, the dual encoder's pipeline, the peer ratio."""
     result = sources.bench("speed")
@@ -489,6 +509,7 @@ RENDERERS: dict[str, Callable[[Sources], str]] = {
     "bench_pipeline": render_bench_pipeline,
     "bench_retrieval": render_bench_retrieval,
     "bench_sharded": render_bench_sharded,
+    "bench_sharded_faults": render_bench_sharded_faults,
     "bench_speed": render_bench_speed,
     "bench_shard_size": render_bench_shard_size,
     "bench_rehearsal": render_bench_rehearsal,
