@@ -225,15 +225,20 @@ def describe_checkpoint(spec: str) -> CheckpointInfo:
     return info
 
 
+def _info_values(spec: str) -> dict | None:
+    """What the spec's info file records, or ``None`` when it has none."""
+    info_file = _info_file(spec)
+    return None if info_file is None else {**json.loads(info_file.read_text()), "source": str(info_file)}
+
+
 def _described(spec: str) -> CheckpointInfo:
     if spec in CATALOGUE:
         return CATALOGUE[spec]
     family = checkpoint_family(spec.partition(":")[0]).description
-    info_file = _info_file(spec)
-    if info_file is not None:
-        values = json.loads(info_file.read_text())
+    values = _info_values(spec)
+    if values is not None:
         return CheckpointInfo(spec, family, values.get("description", ""), bool(values.get("random_init", False)),
-                              source=str(info_file), in_catalogue=False,
+                              source=values["source"], in_catalogue=False,
                               fine_tuned_from=values.get("fine_tuned_from", ""))
     return CheckpointInfo(spec, family, "", in_catalogue=False)
 
@@ -246,8 +251,7 @@ def is_random_init(spec: str) -> bool:
     if spec in CATALOGUE:
         random_init = CATALOGUE[spec].random_init
     else:
-        info_file = _info_file(spec)
-        random_init = info_file is not None and bool(json.loads(info_file.read_text()).get("random_init", False))
+        random_init = bool((_info_values(spec) or {}).get("random_init", False))
     return random_init or is_mirrored(spec)
 
 

@@ -318,7 +318,8 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
     out_dir, device = Path(out_dir), resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     prefix = parse_spec(base_spec).prefix
-    if not checkpoint_family(prefix).fine_tunable:
+    family = checkpoint_family(prefix)
+    if not family.fine_tunable:
         tunable = [name + ":" for name in CHECKPOINT_FAMILIES if checkpoint_family(name).fine_tunable]
         raise CheckpointError(f"{base_spec}: fine-tuning supports {', '.join(tunable)} checkpoints")
     started = time.perf_counter()
@@ -357,7 +358,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
         model.train()
         for step in range(start, total):
             if config.mode == "lit":
-                _image_tower_eval(model, checkpoint_family(prefix).image_tower)
+                _image_tower_eval(model, family.image_tower)
             step_started = time.perf_counter()
             losses.append(optimizer_step(encoder, batches, step, config.accumulate, optimizer, scaler, device,
                                          precision))
