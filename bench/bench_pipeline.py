@@ -289,7 +289,7 @@ def clip_benchmark_retrieval(spec: str, refs: list[str], per_image: int, batch_s
 
 def cache_cold_vs_warm(folder: Path, dual_spec: str, n_pairs: int) -> dict:
     from clipeval.data.options import RetrievalSource
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     scenes = DATA_DIR / "generated" / "scenes"
     subset = pd.read_csv(scenes / "pairs_test.csv").head(n_pairs)

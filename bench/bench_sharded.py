@@ -179,8 +179,8 @@ def score_with_fault(fault: str, spec: str, shards: list[Path], out: Path, batch
     from ray.cluster_utils import Cluster
 
     from clipeval.embed.options import EmbedOptions
+    from clipeval.jobs.steps import score_shards
     from clipeval.pipeline.options import ExecutionOptions
-    from clipeval.runs.steps import score_shards
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(3):

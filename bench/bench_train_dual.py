@@ -28,10 +28,10 @@ import torch
 from clipeval.atomic import write_json
 from clipeval.data.scenes import generate_scenes
 from clipeval.eval.scenes_benchmark import evaluate_scenes
+from clipeval.jobs.manifest import git_commit
 from clipeval.models.dual import read_history
 from clipeval.models.registry import load_encoder
 from clipeval.paths import project_relative
-from clipeval.runs.manifest import git_commit
 from clipeval.train.dual import train_dual
 from clipeval.train.options import TrainConfig
 

@@ -418,7 +418,7 @@ def test_retrieve_benchmarks_runs_the_retrieval_evaluation_on_a_benchmark(tmp_pa
     from clipeval.data.fetch import FetchOptions
     from clipeval.embed.options import EmbedOptions
     from clipeval.eval.options import RetrievalOptions
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     root = _wds(tmp_path / "wds", n_images=4)
     run_dir = tmp_path / "run"
@@ -441,7 +441,7 @@ def test_retrieve_benchmarks_runs_the_retrieval_evaluation_on_a_benchmark(tmp_pa
 
 
 def test_retrieve_benchmarks_without_benchmarks_says_why(tmp_path):
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     run = steps.retrieve_benchmarks(tmp_path, ["dual:outputs/offline/models/dual"], {})
     assert run.comparison.empty and not run.sets and "names no standard benchmark" in run.reason
@@ -449,7 +449,7 @@ def test_retrieve_benchmarks_without_benchmarks_says_why(tmp_path):
 
 
 def test_retrieve_benchmarks_checks_every_set_before_loading_a_model(tmp_path):
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     coco = _karpathy_coco(tmp_path)
     with pytest.raises(ImagesNotFoundError, match="found 0 of 2 images"):

@@ -45,9 +45,9 @@ def test_retrieve_accepts_several_cut_offs_after_one_flag():
 
 def test_old_flag_spellings_still_work_and_say_what_replaced_them(capsys):
     from clipeval.embed.options import EmbedOptions
+    from clipeval.jobs.flags import options_from
     from clipeval.pipeline.options import ExecutionOptions
     from clipeval.runs.cli import build_parser
-    from clipeval.runs.options import options_from
 
     old = ["score-shards", "--shards", "s.tar", "--checkpoint", "hf:x", "--out", "o", "--decode-workers", "1",
            "--num-workers", "3", "--gpus-per-worker", "0.5", "--workers", "4", "--cache-dir", "images"]

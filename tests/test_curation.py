@@ -145,8 +145,8 @@ def test_the_summary_says_a_later_global_rule_is_over_the_rows_kept_before_it():
 
 def test_curate_reads_a_scored_run_and_writes_every_output(tiny_specs, challenge_csv, tmp_path):
     from clipeval.data.sources import read_pairs
-    from clipeval.runs.steps import curate as curate_step
-    from clipeval.runs.steps import score
+    from clipeval.jobs.steps import curate as curate_step
+    from clipeval.jobs.steps import score
 
     pairs = read_pairs(challenge_csv)
     score(tmp_path / "run", str(challenge_csv), [tiny_specs["hf-clip"]], embed=CPU)
@@ -169,8 +169,8 @@ def test_curate_reads_a_scored_run_and_writes_every_output(tiny_specs, challenge
 
 def test_the_curate_command_prints_the_steps_and_refuses_unknown_checkpoints(tiny_specs, challenge_csv, tmp_path,
                                                                              capsys):
+    from clipeval.jobs.steps import score
     from clipeval.runs.cli import main
-    from clipeval.runs.steps import score
 
     spec = tiny_specs["hf-clip"]
     score(tmp_path / "run", str(challenge_csv), [spec], embed=CPU)

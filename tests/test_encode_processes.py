@@ -120,8 +120,8 @@ def test_ray_actors_keep_encode_processes_and_size_decode_processes_to_their_cpu
 
 
 def test_the_flag_reaches_the_options():
+    from clipeval.jobs.flags import options_from
     from clipeval.runs.cli import build_parser
-    from clipeval.runs.options import options_from
 
     args = build_parser().parse_args(["score", "--pairs", "p.csv", "--checkpoint", "hf:x", "--out", "o",
                                       "--encode-processes", "2"])

@@ -153,7 +153,7 @@ def test_resume_continues_from_the_saved_step_with_the_same_batches(specs, pairs
 
 def test_a_finetune_folder_holding_another_run_is_refused_and_overwrite_clears_it_first(specs, scenes, tmp_path,
                                                                                       capsys, monkeypatch):
-    from clipeval.runs import finetune as runs_finetune
+    from clipeval.jobs import finetune_run as runs_finetune
 
     out = tmp_path / "run"
     base = ["finetune", "--checkpoint", specs["dual"], "--pairs", str(scenes / "pairs_train.csv"), "--holdout", "0.25",

@@ -158,7 +158,7 @@ def test_pairs_and_images_dir_errors_name_the_absolute_path(tmp_path, monkeypatc
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

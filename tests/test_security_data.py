@@ -130,8 +130,8 @@ def test_a_bomb_does_not_stop_notebook_01(tmp_path):
 
     matplotlib.use("Agg")
     from clipeval.data.options import SourceOptions
+    from clipeval.jobs import steps
     from clipeval.plots.data import plot_image_sizes, plot_sample_grid
-    from clipeval.runs import steps
 
     (tmp_path / "bomb.png").write_bytes(_png_header(100_000, 100_000))
     (tmp_path / "eps.jpg").write_bytes(EPS)
@@ -234,8 +234,8 @@ def test_benchmark_tars_refuse_an_over_cap_member_as_a_read_error(tmp_path):
 
 def test_the_cap_is_a_shard_option_and_reaches_a_scored_row(tmp_path, tiny_specs):
     from clipeval.embed.options import EmbedOptions
+    from clipeval.jobs.steps import score_shards
     from clipeval.pipeline.options import ShardOptions
-    from clipeval.runs.steps import score_shards
 
     shard = _sparse_tar(tmp_path / "s.tar", "big.jpg", 8 * MiB,
                         after=[("big.txt", b"a huge image"), ("fine.png", _png()), ("fine.txt", b"a red square"),

@@ -221,7 +221,7 @@ def test_the_address_policy_knows_the_private_ranges():
 
 
 def test_allow_private_urls_is_an_off_by_default_command_line_flag():
-    from clipeval.runs.options import add_options, options_from
+    from clipeval.jobs.flags import add_options, options_from
 
     parser = argparse.ArgumentParser()
     add_options(parser, FetchOptions)

@@ -27,10 +27,10 @@ from PIL import Image
 
 from clipeval.data.sources import read_pairs
 from clipeval.embed.options import EmbedOptions
+from clipeval.jobs.steps import curate, score, score_shards
 from clipeval.layout import RunLayout, score_column
 from clipeval.paths import PROJECT_ROOT
 from clipeval.pipeline.scorer import ShardScorer
-from clipeval.runs.steps import curate, score, score_shards
 
 CPU = EmbedOptions(device="cpu", progress=False, embedding_cache=False)
 
@@ -160,7 +160,7 @@ def test_an_overwrite_run_that_crashes_leaves_the_folder_marked_incomplete(tiny_
 
 _UPDATER = textwrap.dedent("""
     import sys
-    from clipeval.runs.manifest import update_manifest
+    from clipeval.jobs.manifest import update_manifest
 
     path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     for number in range(count):

@@ -17,8 +17,8 @@ from clipeval.curate.rules import parse_rule
 from clipeval.data.shards import IMAGE_EXTENSIONS, read_shard, write_filtered_shard, write_shards
 from clipeval.data.sources import read_pairs
 from clipeval.embed.options import EmbedOptions
+from clipeval.jobs.steps import score, score_shards
 from clipeval.layout import CurationLayout, RunLayout, score_column
-from clipeval.runs.steps import score, score_shards
 
 CPU = EmbedOptions(device="cpu", progress=False, embedding_cache=False)
 # three images, their captions interleaved (not consecutive), one image named two ways, a caption with a line break

@@ -24,12 +24,12 @@ from clipeval.data.shards import (
 )
 from clipeval.data.sources import read_pairs
 from clipeval.embed.options import EmbedOptions
+from clipeval.jobs.steps import score, score_shards
 from clipeval.layout import CurationLayout, RunFolderMismatch, RunLayout, score_column
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
 from clipeval.pipeline.scorer import ShardScorer
 from clipeval.pipeline.views import results_view, scores_view
 from clipeval.runs.cli import main
-from clipeval.runs.steps import score, score_shards
 from fresh_process import MODEL_LIBRARIES, imports_after
 
 SPEC = "hf:tiny"  # the checkpoint name of the hand-made scored shards

@@ -26,12 +26,12 @@ import pytest
 from clipeval.data.shards import write_shards
 from clipeval.data.sources import read_pairs
 from clipeval.embed.options import EmbedOptions
+from clipeval.jobs.steps import score_shards
 from clipeval.layout import RunLayout
 from clipeval.pipeline import executors
 from clipeval.pipeline.executors import commit_attempt
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
 from clipeval.runs.cli import main
-from clipeval.runs.steps import score_shards
 
 ray = pytest.importorskip("ray")
 

@@ -4,7 +4,7 @@ import pytest
 
 from clipeval.atomic import write_text
 from clipeval.embed.stats import StageTimer, format_stats_log
-from clipeval.runs.manifest import update_manifest
+from clipeval.jobs.manifest import update_manifest
 
 
 def test_stage_timer_accumulates_calls():

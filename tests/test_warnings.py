@@ -22,11 +22,11 @@ from clipeval.eval.caveats import (
 )
 from clipeval.eval.options import RetrievalOptions
 from clipeval.eval.retrieval import evaluate_retrieval
+from clipeval.jobs import steps
 from clipeval.labels.zero_shot import ZeroShot
 from clipeval.models.dual import DualEncoderConfig, build_dual_encoder, save_dual
 from clipeval.models.encoder import _unknown
 from clipeval.models.registry import load_encoder
-from clipeval.runs import steps
 from clipeval.runs.cli import main
 from clipeval.warn import RunWarning, warn
 

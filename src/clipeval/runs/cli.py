@@ -22,6 +22,7 @@ from clipeval.data.options import RetrievalSource, SourceOptions
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
 from clipeval.finder.options import IndexOptions
+from clipeval.jobs.flags import add_options, options_from
 from clipeval.labels.registry import LabelOptions
 from clipeval.layout import EvalsetLayout, RunLayout
 from clipeval.models.hub_mirror import MIRROR_FILE
@@ -29,7 +30,6 @@ from clipeval.models.registry import quiet_model_loads
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
 from clipeval.runs.cli_help import HelpfulParser, add_epilogs, top_level_epilog
 from clipeval.runs.errors import EXPECTED_ERRORS
-from clipeval.runs.options import add_options, options_from
 from clipeval.train.options import ClassifierConfig, FinetuneConfig, FinetuneData, TrainConfig
 
 
@@ -38,7 +38,7 @@ def _embed(args: argparse.Namespace, **defaults) -> EmbedOptions:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     if bool(args.pairs) == bool(args.shards):
         raise ValueError("give --pairs (a pairs table: one shard) or --shards (shard files), not both")
@@ -100,7 +100,7 @@ def _score_shards(args: argparse.Namespace) -> int:
 
 
 def _retrieve(args: argparse.Namespace) -> None:
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     source = options_from(args, RetrievalSource, name=Path(args.pairs or args.queries or "retrieval").stem)
     run = steps.retrieve(args.out, args.checkpoint, source, options_from(args, SourceOptions),
@@ -169,7 +169,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from clipeval.runs.finetune import format_differences, load_finetune_data, run_finetune
+    from clipeval.jobs.finetune_run import format_differences, load_finetune_data, run_finetune
 
     config = options_from(args, FinetuneConfig)
     pairs, held_out, forgetting = load_finetune_data(options_from(args, FinetuneData),
@@ -187,7 +187,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _curate(args: argparse.Namespace) -> None:
     from clipeval.curate.engine import ORDER_NOTE
-    from clipeval.runs import steps
+    from clipeval.jobs import steps
 
     result = steps.curate(args.scores, args.rule, args.out, args.exact_limit, args.write_filtered,
                           progress=not args.no_progress)
@@ -209,8 +209,8 @@ def _curate_shards(args: argparse.Namespace) -> None:
 
 
 def _build_evalset(args: argparse.Namespace) -> None:
+    from clipeval.jobs.evalset_build import build_evalset
     from clipeval.jobs.evalsets import retrieve_command
-    from clipeval.runs.evalsets import build_evalset
 
     vocabulary = [line.strip() for line in Path(args.vocabulary).read_text().splitlines() if line.strip()] \
         if args.vocabulary else []

@@ -3,7 +3,7 @@
 For each label source, labels at every confidence, the threshold's precision / recall / coverage
 trade-off, and each checkpoint's retrieval metrics on the pseudo-labelled set beside the same
 metrics on its true twin. Only the notebook calls this; building an eval set from any folder is
-:func:`clipeval.runs.evalsets.build_evalset`.
+:func:`clipeval.jobs.evalset_build.build_evalset`.
 """
 
 from __future__ import annotations

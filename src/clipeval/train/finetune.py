@@ -305,7 +305,7 @@ def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: F
         validation: a retrieval set scored after every epoch (text-to-image), or None.
         fetch: how images are read (``image_root``: where a table's images may lie besides its folder).
         resume: continue from the state saved in ``state/``. That it is this run's is the folder's claim:
-            :func:`clipeval.runs.finetune.run_finetune` claims it (:func:`clipeval.layout.claim`).
+            :func:`clipeval.jobs.finetune_run.run_finetune` claims it (:func:`clipeval.layout.claim`).
 
     Returns:
         A :class:`FinetuneResult`.

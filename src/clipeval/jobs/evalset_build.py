@@ -15,10 +15,10 @@ import pandas as pd
 
 from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables
 from clipeval.data.sources import IMAGE_EXTENSIONS, image_files
+from clipeval.jobs.manifest import update_manifest
 from clipeval.labels.evalset import complete, write_evalset
 from clipeval.labels.registry import LabelOptions, build_labeller
 from clipeval.layout import EvalsetLayout, claim
-from clipeval.runs.manifest import update_manifest
 from clipeval.warn import RunWarning, warn
 
 

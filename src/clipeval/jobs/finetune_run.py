@@ -36,10 +36,10 @@ from clipeval.embed.options import EmbedOptions
 from clipeval.eval.before_after import compare_before_after
 from clipeval.eval.options import RetrievalOptions
 from clipeval.file_identity import stat_fingerprint
+from clipeval.jobs.manifest import update_manifest
 from clipeval.labels.evalset import complete
 from clipeval.layout import EvalsetLayout, FinetuneLayout, claim
 from clipeval.models.registry import weights_identity
-from clipeval.runs.manifest import update_manifest
 from clipeval.train.finetune import FinetuneResult, finetune, split_pairs
 from clipeval.train.options import FinetuneConfig, FinetuneData
 

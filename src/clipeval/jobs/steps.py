@@ -38,13 +38,13 @@ from clipeval.embed.options import EmbedOptions
 from clipeval.embed.stats import format_stats_log
 from clipeval.eval.options import RetrievalOptions
 from clipeval.finder.options import IndexOptions
+from clipeval.jobs.manifest import update_manifest
 from clipeval.layout import CurationLayout, RunLayout
 from clipeval.metrics.published import DEFAULT_TOLERANCE, compare_with_published, nothing_to_compare
 from clipeval.models.catalogue import published_retrieval
 from clipeval.models.registry import load_encoder
 from clipeval.pipeline.options import ExecutionOptions, ShardOptions
 from clipeval.pipeline.run import ScoringRun, score_pairs_table, score_run
-from clipeval.runs.manifest import update_manifest
 from clipeval.studies.curation import CurationStudy, compute_curation_study
 from clipeval.warn import warn
 
