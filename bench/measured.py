@@ -4,11 +4,12 @@ The README and the pages of ``docs/`` hold blocks between markers, ``<!-- measur
 ``<!-- /measured -->``, each NAME in one document only:
 a table on its own lines (the opening marker ends its line) or a phrase inside a sentence (both
 markers on one line, never at the start of a line, where Markdown would take the comment for
-an HTML block and show the phrase unformatted). Each NAME (lower case) has a renderer here that
-reads only committed files, so a fresh clone can check them (``tests/test_measured.py``):
+an HTML block and show the phrase unformatted). Each NAME (lower case) has a renderer, the
+tables' here and the phrases' in :mod:`measured_prose`, that reads only committed files
+(:class:`~measured_sources.Sources`), so a fresh clone can check them (``tests/test_measured.py``):
 
 * ``bench/results/*.json``: the benchmarks (``make bench``, ``make bench-train``);
-* ``bench/results/offline/``: a snapshot of the offline run's small tables (:data:`SNAPSHOT_FILES`),
+* ``bench/results/offline/``: a snapshot of the offline run's small tables (``SNAPSHOT_FILES``),
   copied from ``outputs/offline/`` by ``make measured`` (``outputs/`` is not committed).
 
 ``make measured`` (``python bench/measured.py --from-run outputs/offline``) refreshes the snapshot
@@ -19,12 +20,10 @@ and rewrites the blocks; without ``--from-run`` it re-renders from the committed
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -32,28 +31,10 @@ import pandas as pd
 from clipeval.atomic import atomic_path, write_text
 from clipeval.models.catalogue import is_random_init
 from clipeval.paths import PROJECT_ROOT
+from measured_prose import PROSE_RENDERERS
+from measured_sources import SNAPSHOT_FILES, Sources, exponent, num, signed
 
-BENCH_RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
-# The offline run's files the docs quote; small enough to commit.
-SNAPSHOT_FILES = ("score_summary.csv", "metrics.csv", "label_quality.csv", "label_metric_bias.csv")
 BLOCK = re.compile(r"<!-- measured:(?P<name>[a-z][a-z0-9_]*) -->(?P<body>.*?)<!-- /measured -->", flags=re.DOTALL)
-MINUS = "\u2212"
-
-
-@dataclass(frozen=True)
-class Sources:
-    """Where the renderers read: the benchmark results and the run snapshot."""
-
-    bench_dir: Path = BENCH_RESULTS_DIR
-    snapshot_dir: Path = BENCH_RESULTS_DIR / "offline"
-
-    def bench(self, name: str) -> dict:
-        """``bench/results/<name>.json``."""
-        return json.loads((self.bench_dir / f"{name}.json").read_text())
-
-    def table(self, name: str) -> pd.DataFrame:
-        """A CSV of the run snapshot."""
-        return pd.read_csv(self.snapshot_dir / name)
 
 
 def snapshot_run(run_dir: str | Path, snapshot_dir: str | Path) -> list[Path]:
@@ -85,27 +66,6 @@ def snapshot_differences(run_dir: str | Path, snapshot_dir: str | Path) -> list[
     return different
 
 
-def _num(value: float) -> str:
-    """Three decimals, or two significant digits below 0.01 (chance levels, tiny gaps)."""
-    if value != 0 and abs(value) < 0.01:
-        return f"{value:.2g}".replace("-", MINUS)
-    return f"{value:.3f}".replace("-", MINUS)
-
-
-def _signed(value: float, digits: int = 2) -> str:
-    """``+0.32``, ``−0.20``, ``0.00``."""
-    text = f"{abs(value):.{digits}f}"
-    if float(text) == 0:
-        return text
-    return ("+" if value > 0 else MINUS) + text
-
-
-def _exponent(value: float) -> str:
-    """``2.2e-7`` (no zero padding of the exponent)."""
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -123,8 +83,8 @@ def _source_note(*files: str) -> str:
 def render_score_summary(sources: Sources) -> str:
     """Notebook 03's matched vs mismatched cosine per checkpoint (``score_summary.csv``)."""
     summary = sources.table("score_summary.csv")
-    rows = [[_checkpoint_label(row.checkpoint), _num(row.matched_mean), _num(row.mismatched_mean), _num(row.auc),
-             _num(row.gap)] for row in summary.itertuples()]
+    rows = [[_checkpoint_label(row.checkpoint), num(row.matched_mean), num(row.mismatched_mean), num(row.auc),
+             num(row.gap)] for row in summary.itertuples()]
     table = _markdown_table(["checkpoint", "matched mean", "mismatched mean", "AUC", "gap"], rows)
     return f"{table}\n\n{_source_note('bench/results/offline/score_summary.csv')}"
 
@@ -136,9 +96,9 @@ def render_retrieval_metrics(sources: Sources) -> str:
     for (spec, dataset, direction), group in metrics.groupby(["checkpoint", "dataset", "direction"], sort=False):
         by_k = group.set_index("k")
         first = by_k.iloc[0]
-        hit_rates = [f"{_num(by_k.loc[k, 'hit_rate'])} ({_num(by_k.loc[k, 'hit_rate_chance'])})" for k in by_k.index]
+        hit_rates = [f"{num(by_k.loc[k, 'hit_rate'])} ({num(by_k.loc[k, 'hit_rate_chance'])})" for k in by_k.index]
         rows.append([_checkpoint_label(spec), dataset, direction.replace("_", " "), f"{int(first.n_queries):,}",
-                     *hit_rates, f"{_num(first.mrr)} ({_num(first.mrr_chance)})",
+                     *hit_rates, f"{num(first.mrr)} ({num(first.mrr_chance)})",
                      f"{first.median_rank:g} ({first.median_rank_chance:g})"])
     ks = metrics["k"].drop_duplicates().tolist()
     header = ["checkpoint", "dataset", "direction", "queries", *[f"HitRate@{k} (chance)" for k in ks],
@@ -156,7 +116,7 @@ def render_label_quality(sources: Sources) -> str:
         rows = bias[(bias["source"] == source) & (bias["checkpoint"] == primary) & (bias["direction"] == direction)
                     & (bias["metric"] == metric)]
         row = (rows[rows["k"] == k] if k is not None else rows).iloc[0]
-        return f"{row.pseudo:.2f} vs {row.true:.2f} ({_signed(row.bias)})"
+        return f"{row.pseudo:.2f} vs {row.true:.2f} ({signed(row.bias)})"
 
     rows = [[row.source, f"{row.threshold:g}", f"{row.coverage:.2f}", f"{int(row.queries_with_a_true_image)}",
              f"{row.precision:.2f}", f"{row.recall:.2f}",
@@ -189,8 +149,8 @@ def render_dual_test_retrieval(sources: Sources) -> str:
         values = retrieval[subset]
         bold = (lambda text: f"**{text}**") if subset == "all" else (lambda text: text)
         name = label if subset == "all" else f"{label} ({values['n_queries']:,})"
-        rows.append([name, _num(values["hit_rate@1"]), bold(_num(values["hit_rate@5"])),
-                     _num(values["hit_rate@10"]), _num(values["recall@5"]), bold(_num(values["mrr"])),
+        rows.append([name, num(values["hit_rate@1"]), bold(num(values["hit_rate@5"])),
+                     num(values["hit_rate@10"]), num(values["recall@5"]), bold(num(values["mrr"])),
                      f"{values['median_rank']:g}"])
     header = ["queries", "HitRate@1", "HitRate@5", "HitRate@10", "Recall@5", "MRR", "median rank"]
     return f"{_markdown_table(header, rows)}\n\n{_source_note('bench/results/train_dual.json')}"
@@ -207,7 +167,7 @@ def render_dual_validation(sources: Sources) -> str:
 def render_dual_match(sources: Sources) -> str:
     """Matched vs mismatched cosine over the test caption × image matrix (a phrase)."""
     scores = _train_dual(sources)["evaluate"]["match_scores"]
-    return f"means {_num(scores['matched_mean'])} vs {_num(scores['mismatched_mean'])}, AUC {_num(scores['auc'])}"
+    return f"means {num(scores['matched_mean'])} vs {num(scores['mismatched_mean'])}, AUC {num(scores['auc'])}"
 
 
 def render_dual_hard_negatives(sources: Sources) -> str:
@@ -217,7 +177,7 @@ def render_dual_hard_negatives(sources: Sources) -> str:
     rows = []
     for kind, group in table.groupby("negative_kind", sort=False):
         by_subset = group.set_index("subset")
-        rows.append([kind, *[f"{_num(by_subset.loc[s, 'accuracy'])} ({int(by_subset.loc[s, 'n']):,})"
+        rows.append([kind, *[f"{num(by_subset.loc[s, 'accuracy'])} ({int(by_subset.loc[s, 'n']):,})"
                              for s in subsets]])
     header = ["negative kind", *[f"{subset} scenes (pairs)" for subset in subsets]]
     return f"{_markdown_table(header, rows)}\n\n{_source_note('bench/results/train_dual.json')}"
@@ -254,7 +214,7 @@ def render_bench_pipeline(sources: Sources) -> str:
     rows.append([f"scoring ÷ torchmetrics `CLIPScore`, same transformers ViT-B/32 and {metrics['pairs']} pairs",
                  f"{metrics['speedup_pipeline_over_torchmetrics']:.1f}× ({metrics['pipeline_pairs_per_s']:.1f} vs "
                  f"{metrics['torchmetrics_pairs_per_s']:.1f} pairs/s); per-sample scores {agree} to "
-                 f"{_exponent(metrics['max_abs_difference_100cos'])} (100·cos)", PIPELINE_TARGETS["torchmetrics"]])
+                 f"{exponent(metrics['max_abs_difference_100cos'])} (100·cos)", PIPELINE_TARGETS["torchmetrics"]])
     bench = result["clip_benchmark"]
     agree = "agree to 1e-6" if bench["metrics_agree_1e-6"] else "DISAGREE beyond 1e-6"
     rows.append([f"retrieval ÷ CLIP_benchmark `zeroshot_retrieval`, same open_clip ViT-B/32, {bench['images']} "
@@ -316,7 +276,7 @@ def render_bench_sharded(sources: Sources) -> str:
             rows.append([names.get(model, model), executors.get(executor, executor), f"{run['e2e_s']:.1f}",
                          f"{run['rows_per_s_e2e']:.1f}", f"{run['process_s']:.1f}", f"{run['cluster_start_s']:.1f}",
                          f"{run['startup_s']:.1f}", f"{run['rows_per_s_scoring']:.1f}",
-                         _signed(run["overhead_per_shard_s"])])
+                         signed(run["overhead_per_shard_s"])])
         ratios.append(f"{names.get(model, model)} **{entry['ray_over_local_e2e']:.2f}** end to end "
                       f"({entry['ray_over_local_scoring']:.2f} while scoring), joining a running cluster "
                       f"**{entry['ray_running_cluster_over_local_e2e']:.2f}** "
@@ -338,7 +298,7 @@ def render_bench_sharded_faults(sources: Sources) -> str:
     faults, config = result["faults"], result["config"]
     names = {"none": "no fault", "actor": "one actor SIGKILLed mid-shard", "node": "its worker node removed mid-shard"}
     rows = [[names[fault], f"{faults['median_wall_s'][fault]:.1f}",
-             "-" if fault == "none" else _signed(faults["overhead_s"][fault], 1),
+             "-" if fault == "none" else signed(faults["overhead_s"][fault], 1),
              "-" if fault == "none" else f"{faults['overhead_fraction'][fault]:+.1%}",
              " ".join(f"{run['wall_s']:.1f}" for run in faults["runs"][fault]),
              str(sum(run["chunks_resumed"] for run in faults["runs"][fault]))] for fault in faults["runs"]]
@@ -515,6 +475,7 @@ RENDERERS: dict[str, Callable[[Sources], str]] = {
     "bench_rehearsal": render_bench_rehearsal,
     "bench_finder": render_bench_finder,
     "bench_finder_float16": render_bench_finder_float16,
+    **PROSE_RENDERERS,
 }
 
 

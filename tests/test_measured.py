@@ -8,11 +8,8 @@ import pytest
 
 from clipeval.paths import PROJECT_ROOT
 from measured import (
-    BENCH_RESULTS_DIR,
     BLOCK,
     RENDERERS,
-    SNAPSHOT_FILES,
-    Sources,
     blocks_in,
     documents,
     main,
@@ -24,6 +21,7 @@ from measured import (
     stale_blocks,
     update_documents,
 )
+from measured_sources import BENCH_RESULTS_DIR, SNAPSHOT_FILES, Sources
 
 
 def test_the_measured_blocks_agree_with_the_committed_files():
@@ -67,6 +65,21 @@ def test_a_changed_number_in_a_file_makes_its_block_stale(tmp_path):
     blocks = render_blocks(sources)
     assert "0.123" in blocks["score_summary"]
     assert stale_blocks(paths, blocks) == ["score_summary"]
+
+
+def test_a_bias_that_changes_sign_changes_its_verb(tmp_path):
+    """A phrase whose words follow a result's direction (drops / rises) is rendered whole, not only its number."""
+    sources, paths = _copy(tmp_path)
+    committed = render_blocks()
+    bias = pd.read_csv(sources.snapshot_dir / "label_metric_bias.csv")
+    bias["bias"] = -bias["bias"]
+    bias.to_csv(sources.snapshot_dir / "label_metric_bias.csv", index=False)
+    flipped = render_blocks(sources)
+    swap = {"drops": "rises", "rises": "drops"}
+    for name in ("self_label_hit_rate_bias", "self_label_mrr_bias"):
+        verb, rest = committed[name].split(" ", 1)
+        assert flipped[name] == f"{swap[verb]} {rest}"
+    assert {"self_label_hit_rate_bias", "self_label_mrr_bias"} <= set(stale_blocks(paths, flipped))
 
 
 @pytest.mark.parametrize("name", sorted(RENDERERS))
