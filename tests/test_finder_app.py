@@ -316,12 +316,14 @@ def test_the_server_binds_loopback_by_default(index_dir):
     import inspect
 
     from clipeval.finder import app as finder_app
+    from clipeval.jobs.finder import ServeInputs
+    from clipeval.jobs.flags import options_from
     from clipeval.runs.cli import build_parser
 
     assert DEFAULT_HOST == "127.0.0.1"
     assert inspect.signature(finder_app.serve).parameters["host"].default == DEFAULT_HOST
-    args = build_parser().parse_args(["serve", str(index_dir)])
-    assert (args.host, args.port, args.log_queries) == ("127.0.0.1", 8765, False)
+    served_as = options_from(build_parser().parse_args(["serve", str(index_dir)]), ServeInputs)
+    assert (served_as.host, served_as.port, served_as.log_queries) == ("127.0.0.1", 8765, False)
     served = start_server(index_dir)
     try:
         assert served.server.server_address[0] == "127.0.0.1" and served.url.startswith("http://127.0.0.1:")

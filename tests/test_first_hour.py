@@ -21,8 +21,7 @@ from clipeval.embed.cache import CACHE_ENV, default_cache_dir
 from clipeval.layout import RunFolderMismatch
 from clipeval.models.registry import CheckpointError, load_encoder
 from clipeval.paths import PROJECT_ROOT
-from clipeval.runs.cli import build_parser, main
-from clipeval.runs.cli_help import EXAMPLES
+from clipeval.runs.cli import all_commands, build_parser, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -231,8 +230,10 @@ def test_help_teaches_defaults_the_spec_grammar_and_an_example_per_command(capsy
     assert "(default: tar)" in _help(["make-shards"], capsys)
     assert "run_dir" in _help(["run-notebooks"], capsys) and "extends: NAME" in _help(["report"], capsys)
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == set(EXAMPLES)  # a new command gets its example
-    for name, example in EXAMPLES.items():
+    examples = {command.name: command.example for command in all_commands()}
+    assert all(examples.values())  # a new command gets its example
+    assert set(commands) == set(examples) | {old for command in all_commands() for old, _ in command.deprecated}
+    for name, example in examples.items():
         assert f"example:\n  {example}" in commands[name].format_help(), name
         words = shlex.split(example)
         assert words[:3] == ["python", "-m", "clipeval"]

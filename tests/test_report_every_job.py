@@ -7,13 +7,13 @@ import pytest
 from PIL import Image
 
 from clipeval.data.scenes import generate_scenes
-from clipeval.jobs.job import CommandFolder, Job, Part, ReportSection
+from clipeval.jobs.job import Command, Job
 from clipeval.jobs.registry import JOBS, register_job
-from clipeval.jobs.tables import html_table
 from clipeval.layout import RunLayout
 from clipeval.models.tiny import build_tiny_classifier
 from clipeval.report.kinds import detect_kind
 from clipeval.runs.cli import main
+from toy_job import TOY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = ["--device", "cpu", "--no-progress"]
@@ -67,23 +67,32 @@ def test_every_command_folder_gets_a_report_of_its_kind(tmp_path, tiny_specs, sc
         assert "is missing" not in page and "could not be read" not in page, kind
 
 
-TOY = ReportSection("toy", "Toy counts", 110, command_only=True)
-
-
-def _count_rows(path) -> str:
-    return html_table(pd.DataFrame({"rows": [len(pd.read_csv(path))]}))
-
-
-def test_a_job_added_from_outside_the_package_gets_its_report_section(tmp_path, capsys):
-    toy = Job("toy", (), (Part(TOY, lambda run: run.root / "toy.csv", _count_rows),),
-              CommandFolder("toy", "python toy.py", lambda folder, steps: (folder / "toy.csv").is_file(),
-                            lambda run: (run.root / "toy.csv",), "rerun toy.py"))
-    register_job(toy)  # the one line
+def test_a_job_added_from_outside_the_package_gets_its_command_and_report_section(tmp_path, capsys):
+    register_job(TOY)  # the one line
     try:
-        pd.DataFrame({"x": range(7)}).to_csv(tmp_path / "toy.csv", index=False)
-        assert JOBS["toy"] is toy and detect_kind(tmp_path).name == "toy"
+        assert JOBS["toy"] is TOY
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        assert "write a toy table (a job from the tests)" in capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            main(["toy", "--help"])
+        shown = capsys.readouterr().out
+        assert "--rows ROWS" in shown and "rows to write (default: 3)" in shown
+        assert "python -m clipeval toy --out outputs/toy --rows 7" in shown
+        assert main(["toy", "--out", str(tmp_path), "--rows", "7"]) == 0
+        assert len(pd.read_csv(tmp_path / "toy.csv")) == 7
+        assert detect_kind(tmp_path).name == "toy"
         page = _report(tmp_path, capsys)
         assert ">Toy counts</h2>" in page and '<td class="num">7</td>' in page
         assert RunLayout(tmp_path).report.is_symlink()
     finally:
         JOBS.pop("toy")
+    with pytest.raises(SystemExit):  # gone with its job
+        main(["toy", "--out", str(tmp_path)])
+
+
+def test_a_job_whose_command_is_taken_is_refused():
+    clash = Job("another-score", commands=(Command("score", "a second score", (), lambda args: 0),))
+    with pytest.raises(ValueError, match="the command 'score' is another job's"):
+        register_job(clash)
+    assert "another-score" not in JOBS

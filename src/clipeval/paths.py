@@ -32,6 +32,9 @@ NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 TINY_CHECKPOINTS_DIR = DATA_DIR / "checkpoints" / "tiny-random"
 REHEARSAL_HUB_DIR = DATA_DIR / "rehearsal-hub"
 CHALLENGE_DIR = DATA_DIR / "generated" / "challenge"
+SCENES_DIR = DATA_DIR / "generated" / "scenes"
+DUAL_MODEL_DIR = OUTPUTS_DIR / "offline" / "models" / "dual"
+SCENE_CLASSIFIER_DIR = OUTPUTS_DIR / "offline" / "models" / "scene-classifier"
 
 
 def where(path: str | Path) -> str:

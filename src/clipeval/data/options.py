@@ -20,6 +20,17 @@ MAX_XZ_MEMORY_BYTES = 128 * 2**20  # what an xz/lzma tar may ask for to decompre
 SOURCE_KINDS = ("table", "folder", "coco", "hf")
 
 
+@dataclass(frozen=True)
+class SceneSizes:
+    """How many synthetic scenes ``make-scenes`` draws, their size and seed (``generate_scenes``' defaults)."""
+
+    n_train: int = field(default=5000, metadata={"flag": "--train", "help": "training scenes"})
+    n_val: int = field(default=400, metadata={"flag": "--val", "help": "validation scenes"})
+    n_test: int = field(default=600, metadata={"flag": "--test", "help": "test scenes"})
+    image_size: int = field(default=64, metadata={"help": "image side in pixels"})
+    seed: int = 0
+
+
 class PairsTableError(ValueError):
     """The pairs table cannot be used; the message says what is wrong and how to fix it."""
 

@@ -55,10 +55,10 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from clipeval.atomic import atomic_path, write_csv, write_text
+from clipeval.data.options import SceneSizes
 from clipeval.data.retrieval_sets import RetrievalSet, read_retrieval_tables
-from clipeval.paths import DATA_DIR
+from clipeval.paths import SCENES_DIR
 
-DEFAULT_ROOT = DATA_DIR / "generated" / "scenes"
 SPLITS = ("train", "val", "test")
 RETRIEVAL_SPLITS = ("val", "test")
 
@@ -490,8 +490,10 @@ def retrieval_tables(captions: dict[str, Facts], scenes: list[Scene], images: li
     return queries, image_table, relevance
 
 
-def generate_scenes(root: str | Path = DEFAULT_ROOT, n_train: int = 5000, n_val: int = 400, n_test: int = 600,
-                    image_size: int = 64, seed: int = 0, captions_per_image: int = 4) -> Path:
+def generate_scenes(root: str | Path = SCENES_DIR, n_train: int = SceneSizes.n_train,
+                    n_val: int = SceneSizes.n_val, n_test: int = SceneSizes.n_test,
+                    image_size: int = SceneSizes.image_size, seed: int = SceneSizes.seed,
+                    captions_per_image: int = 4) -> Path:
     """Generate the captioned-scenes dataset (images, pairs tables, relevance tables).
 
     Args:
@@ -576,7 +578,7 @@ def scene_classes(scene: Scene) -> set[str]:
     return {class_name(obj.colour, obj.shape) for obj in scene.objects}
 
 
-def scene_class_judge(root: str | Path = DEFAULT_ROOT):
+def scene_class_judge(root: str | Path = SCENES_DIR):
     """The truth for class queries: ``judge(text, image)`` is whether that scene holds that class.
 
     ``image`` is a reference as ``scenes.csv`` writes it (``images/<split>/<id>.png``), absolute or

@@ -15,13 +15,14 @@ import pandas as pd
 import torch
 
 from clipeval.data.retrieval_sets import RetrievalSet, relevance_matrix, retrieval_set_from_pairs
-from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
+from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.data.sources import read_pairs
 from clipeval.embed.engine import embed_set
 from clipeval.embed.options import EmbedOptions
 from clipeval.metrics.compare import roc_auc
 from clipeval.metrics.retrieval import summarize
 from clipeval.models.encoder import Encoder
+from clipeval.paths import SCENES_DIR
 
 KS = (1, 5, 10)
 
@@ -120,7 +121,7 @@ def hard_negative_accuracy(scored: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluate_scenes(encoder: Encoder, scenes_dir: str | Path = DEFAULT_ROOT, split: str = "test",
+def evaluate_scenes(encoder: Encoder, scenes_dir: str | Path = SCENES_DIR, split: str = "test",
                     batch_size: int = 256) -> dict:
     """Everything the scenes benchmark reports for one encoder on one split.
 

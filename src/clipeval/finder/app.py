@@ -53,14 +53,13 @@ from pathlib import Path
 import numpy as np
 
 from clipeval.extras import require
+from clipeval.finder.options import DEFAULT_HOST, DEFAULT_PORT
 from clipeval.layout import IndexLayout
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_UPLOAD_BYTES = 20 * 2**20  # an uploaded query image; larger requests get 413
 MAX_K = 100
 DEFAULT_K = 10
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # the routes that run a model or write the query log: refused to cross-site requests (any other page could drive them)
 MODEL_ROUTES = frozenset({"search_text", "search_image", "similar"})

@@ -32,3 +32,7 @@ class IndexOptions:
         "help": "memory budget (MiB) the approximate index is chosen for"})
     thumbnail_side: int = field(default=THUMBNAIL_SIDE, metadata={"cli": False})
     block: int = field(default=512, metadata={"cli": False})
+
+
+DEFAULT_HOST = "127.0.0.1"  # the finder's page: this machine only
+DEFAULT_PORT = 8765

@@ -1,19 +1,14 @@
 """Command-line flags built from the option dataclasses, so that an option is written once, where it is used.
 
-In the spirit of transformers' ``HfArgumentParser``: every field of an options dataclass
-(:class:`~clipeval.data.fetch.FetchOptions`, :class:`~clipeval.embed.engine.EmbedOptions`,
-:class:`~clipeval.data.sources.SourceOptions`, :class:`~clipeval.pipeline.scorer.ShardOptions`,
-:class:`~clipeval.pipeline.executors.ExecutionOptions`, :class:`~clipeval.eval.retrieval.RetrievalOptions`)
-becomes a flag, ``--field-name`` unless its metadata names one (``"flag"``), with the metadata's
-``help`` (ending with the field's default) and ``choices``; a nested dataclass field
-(``EmbedOptions.fetch``) adds its own fields' flags. A field with ``"cli": False`` in its
-metadata is not a flag. Booleans that default to true get ``--name``/``--no-name``. Every flag
-defaults to "not given", so an unset option keeps the dataclass's default (or the command's,
-:func:`options_from`'s ``defaults``). A renamed option keeps
-its old spellings (metadata ``"old_flags"``) for one release: they still work and print a
-deprecation warning naming the new flag. Two concerns may share a field (the image and caption
-columns of reading a source and of scoring its shards): it is one flag, read by both. Notebooks
-build the same dataclasses from their parameters (``EmbedOptions(batch_size=batch_size)``).
+In the spirit of transformers' ``HfArgumentParser``: every field of an options dataclass becomes
+``--field-name``, with its metadata's ``help`` (ended by the default), ``choices``, ``metavar`` and
+``nargs``; ``"flag"`` names another spelling, ``"old_flags"`` keep deprecated ones working for a release,
+``"required"`` makes the flag required, ``"positional"`` makes it an argument named by place,
+``"repeat"`` takes a tuple one value a flag (``--rule A --rule B``), ``"retired"`` (why) keeps a flag no
+longer needed working for a release, with a warning, and ``"cli": False`` leaves the field out.
+A nested dataclass adds its fields' flags; booleans that default to true get ``--name``/``--no-name``;
+two dataclasses sharing a field share its flag. Every flag defaults to "not given", so an unset option
+keeps the dataclass's default (or the command's, :func:`options_from`'s ``defaults``).
 """
 
 from __future__ import annotations
@@ -37,6 +32,13 @@ def _base_type(hint) -> type:
     return typing.get_origin(hint) or hint
 
 
+def _element_type(hint) -> type:
+    """``tuple[int, ...]`` or ``tuple[int, ...] | None`` -> ``int``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.get_args(hint)[0]
+
+
 def _fields(cls) -> list[tuple[dataclasses.Field, object]]:
     hints = typing.get_type_hints(cls)
     return [(field, hints[field.name]) for field in dataclasses.fields(cls) if field.metadata.get("cli", True)]
@@ -55,6 +57,18 @@ class _Deprecated(argparse.Action):
         self.inner(parser, namespace, values, option_string)
 
 
+class _Retired(argparse.Action):
+    """A flag whose value the command now reads elsewhere: accepted for one release, with a warning."""
+
+    def __init__(self, option_strings, dest, reason: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is no longer needed ({self.reason}) and will be removed in the next release",
+              file=sys.stderr)
+
+
 def add_options(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] = ()) -> None:
     """Add a flag for every field of the dataclass ``cls`` (and of its nested dataclasses) to ``parser``."""
     for field, hint in _fields(cls):
@@ -66,16 +80,29 @@ def add_options(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] =
             continue
         if _flag(field) in parser._option_string_actions:  # two concerns share a field (the columns): one flag
             continue
-        kwargs: dict = {"dest": field.name, "default": None, "help": _with_default(field)}
+        kwargs: dict = {"default": None, "help": _with_default(field)}
         if base is bool:
             default = field.default
             kwargs["action"] = argparse.BooleanOptionalAction if default is True else "store_true"
+        elif base is tuple and field.metadata.get("repeat"):  # --rule A --rule B: one value a flag
+            kwargs.update(type=_element_type(hint), action="append")
         elif base is tuple:  # tuple[int, ...]: --k 1 5 10, or --k 1 --k 5
-            kwargs.update(type=typing.get_args(hint)[0], nargs="+", action="extend")
+            kwargs.update(type=_element_type(hint), nargs="+", action="extend")
         else:
             kwargs["type"] = Path if base is Path else base
             if "choices" in field.metadata:
                 kwargs["choices"] = list(field.metadata["choices"])
+        for key in ("metavar", "nargs"):
+            if key in field.metadata:
+                kwargs[key] = field.metadata[key]
+        if "retired" in field.metadata:  # a flag no longer needed: accepted for a release, with a warning
+            parser.add_argument(_flag(field), dest=field.name, default=None, help=argparse.SUPPRESS, action=_Retired,
+                                reason=field.metadata["retired"])
+            continue
+        if field.metadata.get("positional"):  # `clipeval search INDEX TEXT`: named by place, not by a flag
+            action = parser.add_argument(field.name, **kwargs)
+            continue
+        kwargs.update(dest=field.name, required=field.metadata.get("required", False))
         action = parser.add_argument(_flag(field), **kwargs)
         for old in field.metadata.get("old_flags", ()):
             parser.add_argument(old, dest=field.name, default=None, help=argparse.SUPPRESS, action=_Deprecated,

@@ -1,9 +1,10 @@
-"""A job's declaration: the files it writes and how the report recognises, describes and shows them."""
+"""A job's declaration: its command, the files it writes and how the report recognises, describes and shows them."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipeval.layout import RunLayout
@@ -61,6 +62,41 @@ class CommandFolder:
 
 
 @dataclass(frozen=True)
+class RunTarget:
+    """The checkpoints a command runs and the folder it writes."""
+
+    checkpoint: tuple[str, ...] = field(metadata={
+        "required": True, "repeat": True, "help": "checkpoint spec (repeat for several; the first is primary)"})
+    out: Path = field(metadata={"required": True, "help": "the run folder"})
+
+
+@dataclass(frozen=True)
+class Command:
+    """A job's command line, ``clipeval NAME``.
+
+    Attributes:
+        name: the command.
+        help: one line for ``clipeval --help``.
+        options: the option dataclasses whose fields are its flags and arguments (:mod:`clipeval.jobs.flags`).
+        run: parsed flags -> exit status (``None``: 0); it imports what it needs when it runs, so that
+            ``--help`` stays fast.
+        example: one use, as a user types it (shown in its ``--help``; the tests parse it).
+        takes_spec: its ``--checkpoint`` takes a spec (its ``--help`` explains the grammar).
+        on_interrupt: what a rerun after Ctrl-C keeps (empty: it starts again).
+        deprecated: old command names that still run it, each with the spelling that replaced it.
+    """
+
+    name: str
+    help: str
+    options: tuple[type, ...]
+    run: Callable[[argparse.Namespace], int | None]
+    example: str = ""
+    takes_spec: bool = False
+    on_interrupt: str = ""
+    deprecated: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Job:
     """One job (a step of a notebook or a command): its manifest entry's name, who runs it, what it shows.
 
@@ -69,9 +105,11 @@ class Job:
         notebooks: the notebooks that run it (checked against their code by the tests).
         parts: the files it writes that the report shows.
         folder: for a command, how the report knows and describes its ``--out`` folder.
+        commands: its command lines.
     """
 
     name: str
     notebooks: tuple[str, ...] = ()
     parts: tuple[Part, ...] = ()
     folder: CommandFolder | None = None
+    commands: tuple[Command, ...] = ()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import pandas as pd
-
 from clipeval.jobs.job import Job, Part, ReportSection
 from clipeval.jobs.tables import checkpoint_label, html_table, read_json, render_table
 from clipeval.layout import CurationLayout
@@ -20,6 +18,7 @@ SHARDED = ReportSection("sharded", "Sharded runs", 80)
 
 def render_dual_encoder(path: Path) -> str:
     """The dual encoder's scenes benchmark: retrieval by subset, match scores, hard negatives."""
+    import pandas as pd
     summary = read_json(path)
     retrieval = pd.DataFrame(summary["retrieval"]).T.rename_axis("queries").reset_index()
     hard = pd.DataFrame(summary["hard_negatives"]).pivot(index="negative_kind", columns="subset", values="accuracy")
@@ -34,6 +33,7 @@ def render_dual_encoder(path: Path) -> str:
 
 def render_label_bias(path: Path) -> str:
     """Each checkpoint's metrics on the pseudo-labelled set beside its true twin (@k metrics at k = 5)."""
+    import pandas as pd
     bias = pd.read_csv(path)
     at_k = bias["metric"].isin(["hit_rate", "recall"])
     bias = bias[at_k & (bias["k"] == 5) | ~at_k & (bias["k"] == bias["k"].min())]
@@ -43,12 +43,14 @@ def render_label_bias(path: Path) -> str:
 
 def render_curation_rules(path: Path) -> str:
     """Each preset's share carried to every checkpoint: precision and recall of keeping matched pairs."""
+    import pandas as pd
     rules = pd.read_csv(path)
     return html_table(rules.assign(checkpoint=rules["checkpoint"].map(checkpoint_label)))
 
 
 def render_curation_summary(path: Path) -> str:
     """The challenge set's curation: rows in, kept and dropped per rule."""
+    import pandas as pd
     return html_table(pd.read_csv(path, keep_default_na=False))
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from clipeval.models.catalogue import is_random_init
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def format_value(value) -> str:
@@ -32,6 +32,7 @@ def format_value(value) -> str:
 
 def html_table(frame: pd.DataFrame) -> str:
     """An escaped HTML table of ``frame`` (no index); text columns left-aligned, numbers right-aligned."""
+    import pandas as pd
     frame = frame.reset_index(drop=True)
     text = {column for column in frame.columns if not pd.api.types.is_numeric_dtype(frame[column])}
     head = "".join(f'<th class="{"text" if c in text else "num"}">{html.escape(str(c).replace("_", " "))}</th>'
@@ -52,6 +53,8 @@ def python_scalar(value):
 
 def checkpoint_label(spec: str) -> str:
     """A checkpoint as the report names it: random-init ones say so."""
+    from clipeval.models.catalogue import is_random_init
+
     return f"{spec} (RANDOM INIT)" if is_random_init(spec) else spec
 
 
@@ -62,4 +65,5 @@ def read_json(path: Path) -> dict:
 
 def render_table(path: Path) -> str:
     """A CSV file as it is."""
+    import pandas as pd
     return html_table(pd.read_csv(path))

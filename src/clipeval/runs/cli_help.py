@@ -1,9 +1,7 @@
 """What ``--help`` teaches beyond the flags: defaults, the checkpoint-spec grammar, profiles, one example a command.
 
-:class:`HelpfulParser` is the command line's parser class (its subcommands inherit it): every
-flag's help ends with its default. :func:`add_epilogs` gives each subcommand an example command
-(:data:`EXAMPLES`; a test parses every one), and the commands that load checkpoints the spec
-grammar (:data:`SPEC_GRAMMAR`). Nothing here imports a model library: ``--help`` stays fast.
+:class:`HelpfulParser` is the command line's parser class (its subcommands inherit it): every flag's help
+ends with its default. Nothing here imports a model library: ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from clipeval.jobs.job import Command
 from clipeval.paths import PARAMS_DIR
 
 SPEC_GRAMMAR = """\
@@ -25,48 +24,6 @@ checkpoint specs: --checkpoint PREFIX:TARGET (repeat the flag for several; the f
   dual:FOLDER                   a dual encoder trained here: dual:outputs/offline/models/dual
   Relative paths are resolved against the current folder. `clipeval checkpoints` lists the
   catalogue; docs/checkpoints.md has the details."""
-
-# one example a subcommand, as a user would type it (tests parse each with the real parser)
-EXAMPLES = {
-    "score": "python -m clipeval score --pairs data/generated/scenes/pairs_test.csv "
-             "--checkpoint dual:outputs/offline/models/dual --checkpoint baseline:bert-resnet50-random "
-             "--out outputs/my-run",
-    "score-shards": "python -m clipeval score --shards 'outputs/shards/shard-{00000..00007}.tar' "
-                    "--checkpoint dual:outputs/offline/models/dual --out outputs/my-sharded-run",
-    "retrieve": "python -m clipeval retrieve --pairs annotations/captions_val2017.json --images-dir val2017 "
-                "--checkpoint hf:openai/clip-vit-base-patch32 --out outputs/coco-retrieval",
-    "make-scenes": "python -m clipeval make-scenes --out data/generated/scenes --seed 0",
-    "train": "python -m clipeval train --scenes data/generated/scenes --out outputs/offline/models/dual --epochs 3",
-    "finetune": "python -m clipeval finetune --checkpoint dual:outputs/offline/models/dual "
-                "--pairs data/generated/scenes/pairs_train.csv --holdout 0.2 --mode lora --steps 100 "
-                "--hard-negatives --negative-kind relation --out outputs/finetune/lora",
-    "curate": "python -m clipeval curate --scores outputs/my-run "
-              "--rule 'cosine[dual:outputs/offline/models/dual]>=0.3' --out outputs/my-run/curated",
-    "curate-shards": "python -m clipeval curate --scores outputs/my-sharded-run --rule basic "
-                     "--out outputs/my-sharded-run/curated",
-    "make-shards": "python -m clipeval make-shards --pairs data/generated/scenes/pairs_test.csv "
-                   "--out outputs/shards --shards 8 --format tar",
-    "build-evalset": "python -m clipeval build-evalset --images my-photos --labeller zero-shot "
-                     "--model dual:outputs/offline/models/dual --vocabulary classes.txt --out outputs/evalsets/photos",
-    "train-scene-classifier": "python -m clipeval train-scene-classifier --scenes data/generated/scenes --epochs 2",
-    "checkpoints": "python -m clipeval checkpoints hf:openai/clip-vit-base-patch32",
-    "tiny-checkpoints": "python -m clipeval tiny-checkpoints --out data/checkpoints/tiny-random",
-    "rehearsal-hub": "python -m clipeval rehearsal-hub --only openai/clip-vit-base-patch32",
-    "challenge-set": "python -m clipeval challenge-set --out data/generated/challenge",
-    "run-notebooks": "python -m clipeval run-notebooks --profile offline "
-                     "--checkpoints 'dual:outputs/offline/models/dual baseline:bert-resnet50-random'",
-    "report": "python -m clipeval report --profile offline",
-    "index": "python -m clipeval index data/generated/scenes/images --checkpoint dual:outputs/offline/models/dual "
-             "--out outputs/finder",
-    "search": "python -m clipeval search outputs/finder 'a red circle' --k 5",
-    "serve": "python -m clipeval serve outputs/finder --port 8765",
-}
-
-# the commands whose --checkpoint takes a spec
-SPEC_COMMANDS = ("score", "score-shards", "retrieve", "index", "finetune")
-# the commands that read a profile
-PROFILE_COMMANDS = ("run-notebooks", "report")
-
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Epilogs as written; each flag's help ends with ``(default: ...)`` unless it has no default worth
@@ -110,20 +67,19 @@ def profile_help() -> str:
     return textwrap.fill(text, 100, subsequent_indent="  ")
 
 
-def top_level_epilog() -> str:
-    """The epilog of ``clipeval --help``: the spec grammar and where to look next."""
+def top_level_epilog(example: str) -> str:
+    """The epilog of ``clipeval --help``: the spec grammar, ``example`` and where to look next."""
     where_next = ("`clipeval COMMAND --help` shows a command's flags, their defaults and an example. Embeddings are "
                   "cached in ~/.cache/clipeval/embeddings ($XDG_CACHE_HOME/clipeval/embeddings when set; "
                   "$CLIPEVAL_EMBEDDING_CACHE moves it; docs/speed.md).")
-    return f"{SPEC_GRAMMAR}\n\nexample:\n  {EXAMPLES['score']}\n\n{textwrap.fill(where_next, 100)}"
+    return f"{SPEC_GRAMMAR}\n\nexample:\n  {example}\n\n{textwrap.fill(where_next, 100)}"
 
 
-def add_epilogs(commands: argparse._SubParsersAction) -> None:
-    """Give each subcommand its example, and the spec grammar or the profile keys where it takes them."""
-    for name, command in commands.choices.items():
-        parts = [f"example:\n  {EXAMPLES[name]}"] if name in EXAMPLES else []
-        if name in SPEC_COMMANDS:
-            parts.append(SPEC_GRAMMAR)
-        if name in PROFILE_COMMANDS:
-            parts.append(profile_help())
-        command.epilog = "\n\n".join(parts) or None
+def command_epilog(command: Command, reads_profile: bool) -> str | None:
+    """A command's epilog: its example, and the spec grammar or the profile keys where it takes them."""
+    parts = [f"example:\n  {command.example}"] if command.example else []
+    if command.takes_spec:
+        parts.append(SPEC_GRAMMAR)
+    if reads_profile:
+        parts.append(profile_help())
+    return "\n\n".join(parts) or None

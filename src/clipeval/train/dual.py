@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from clipeval.data.retrieval_sets import RetrievalSet
-from clipeval.data.scenes import DEFAULT_ROOT, read_scenes_retrieval
+from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.embed.engine import embed_texts, encode_pixels, prepare_pixels
 from clipeval.eval.scenes_benchmark import KS, summarize_retrieval
 from clipeval.models.dual import (
@@ -36,12 +36,10 @@ from clipeval.models.dual import (
     save_dual,
 )
 from clipeval.models.encoder import resolve_device
-from clipeval.paths import OUTPUTS_DIR
+from clipeval.paths import DUAL_MODEL_DIR, SCENES_DIR
 from clipeval.progress import progress_bar
 from clipeval.train.common import build_optimizer, contrastive_loss, deterministic
 from clipeval.train.options import TrainConfig
-
-DEFAULT_MODEL_DIR = OUTPUTS_DIR / "offline" / "models" / "dual"
 
 
 @torch.inference_mode()
@@ -115,7 +113,7 @@ def train_step(model: DualEncoderModel, optimizer: torch.optim.Optimizer, pixels
     return loss.item()
 
 
-def train_dual(scenes_dir: str | Path = DEFAULT_ROOT, output_dir: str | Path = DEFAULT_MODEL_DIR,
+def train_dual(scenes_dir: str | Path = SCENES_DIR, output_dir: str | Path = DUAL_MODEL_DIR,
                config: TrainConfig | None = None) -> Path:
     """Train a dual encoder on the scenes' training split and save it as a ``dual:`` folder.
 

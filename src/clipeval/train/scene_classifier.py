@@ -19,14 +19,12 @@ import pandas as pd
 import torch
 
 from clipeval.atomic import atomic_folder, write_json
-from clipeval.data.scenes import DEFAULT_ROOT, SCENE_CLASSES, scene_classes, scene_from_row
+from clipeval.data.scenes import SCENE_CLASSES, scene_classes, scene_from_row
 from clipeval.embed.engine import prepare_pixels
 from clipeval.models.encoder import resolve_device
-from clipeval.paths import OUTPUTS_DIR
+from clipeval.paths import SCENE_CLASSIFIER_DIR, SCENES_DIR
 from clipeval.progress import progress_bar
 from clipeval.train.options import ClassifierConfig
-
-DEFAULT_OUT = OUTPUTS_DIR / "offline" / "models" / "scene-classifier"
 
 
 def _targets(table: pd.DataFrame) -> torch.Tensor:
@@ -38,7 +36,7 @@ def _targets(table: pd.DataFrame) -> torch.Tensor:
     return targets
 
 
-def train_scene_classifier(scenes_dir: str | Path = DEFAULT_ROOT, out_dir: str | Path = DEFAULT_OUT,
+def train_scene_classifier(scenes_dir: str | Path = SCENES_DIR, out_dir: str | Path = SCENE_CLASSIFIER_DIR,
                            config: ClassifierConfig | None = None, progress: bool = True) -> Path:
     """Train on the train split, report exact-set accuracy on val each epoch, save to ``out_dir``.
 
