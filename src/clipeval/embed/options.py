@@ -7,6 +7,24 @@ from dataclasses import dataclass, field
 from clipeval.data.fetch import FetchOptions
 from clipeval.data.options import MAX_PIXELS
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def device_option(default: str = "auto", what: str = ""):
+    """The ``--device`` field of every options dataclass that runs a model (``what``: which model, for its help)."""
+    return field(default=default, metadata={"help": f"{what}auto, cpu, cuda, cuda:1..."})
+
+
+def precision_option():
+    """The ``--precision`` field of every options dataclass that runs a model."""
+    return field(default="auto", metadata={"choices": PRECISIONS, "help": "fp16/bf16 autocast on CUDA only"})
+
+
+def progress_option():
+    """The ``--progress/--no-progress`` field of every options dataclass whose job shows progress bars."""
+    return field(default=True, metadata={"help": "show progress bars (the model libraries' too)"})
+
+
 # bump when a change in the embedding path (clipeval.embed.engine) alters the vectors, so old cache entries stop
 # matching; run fingerprints and cache keys record it
 EMBEDDING_VERSION = 1
@@ -41,9 +59,8 @@ class EmbedOptions:
     """
 
     batch_size: int = field(default=32, metadata={"help": "images / captions per forward pass"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1..."})
-    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "fp16", "bf16"),
-                                                     "help": "fp16/bf16 autocast on CUDA only"})
+    device: str = device_option()
+    precision: str = precision_option()
     decode_processes: int | None = field(default=None, metadata={
         "help": "processes decoding images while the model encodes (default: 0 on the CPU, spare cores up to 8 "
                 "on CUDA; a Ray actor: its CPUs but one)", "old_flags": ("--decode-workers",)})
@@ -60,7 +77,7 @@ class EmbedOptions:
                 "$XDG_CACHE_HOME/clipeval/embeddings, or the folder $CLIPEVAL_EMBEDDING_CACHE names; "
                 "score --shards: off unless given)"})
     embedding_cache_dir: str | None = field(default=None, metadata={"cli": False})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    progress: bool = progress_option()
     fetch: FetchOptions = field(default_factory=FetchOptions)
     max_pixels: int = field(default=MAX_PIXELS, metadata={"cli": False})
 

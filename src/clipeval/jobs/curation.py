@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipeval.curate.options import EXACT_LIMIT
+from clipeval.embed.options import progress_option
 from clipeval.jobs.flags import options_from
 from clipeval.jobs.job import Command, CommandFolder, Job, Part, ReportSection
 from clipeval.jobs.scoring import RUN, render_manifest
@@ -65,7 +66,7 @@ class CurateInputs:
         "help": "most rows for exact top-fraction/percentile cuts; above it a histogram sketch with its error bound"})
     write_filtered: bool = field(default=False, metadata={
         "help": "also write each input shard filtered to its kept samples, same format"})
-    progress: bool = field(default=True, metadata={"help": "progress bars"})
+    progress: bool = progress_option()
     caption_column: str | None = field(default=None, metadata={"retired": _COLUMNS_RECORDED})
     image_column: str | None = field(default=None, metadata={"retired": _COLUMNS_RECORDED})
 

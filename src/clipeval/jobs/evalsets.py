@@ -7,6 +7,7 @@ import html
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from clipeval.embed.options import device_option, progress_option
 from clipeval.jobs.flags import options_from
 from clipeval.jobs.job import Command, CommandFolder, Job, Part, ReportSection
 from clipeval.jobs.scoring import RUN, render_manifest
@@ -54,9 +55,9 @@ class EvalsetInputs:
     out: Path = field(metadata={"required": True,
                                 "help": "eval-set folder (queries.csv, images.csv, relevance.csv...)"})
     vocabulary: Path | None = field(default=None, metadata={"help": "text file, one zero-shot class per line"})
-    device: str = field(default="auto", metadata={"help": "where the labeller runs: auto, cpu, cuda, cuda:1..."})
+    device: str = device_option(what="where the labeller runs: ")
     rebuild: bool = field(default=False, metadata={"help": "label again even if --out holds the same build"})
-    progress: bool = field(default=True, metadata={"help": "progress bars"})
+    progress: bool = progress_option()
 
 
 def _build_evalset(args: argparse.Namespace) -> None:

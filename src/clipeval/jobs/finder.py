@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipeval.data.options import SourceOptions
-from clipeval.embed.options import EmbedOptions
+from clipeval.embed.options import EmbedOptions, device_option
 from clipeval.finder.options import DEFAULT_HOST, DEFAULT_PORT, IndexOptions
 from clipeval.jobs.flags import options_from
 from clipeval.jobs.job import Command, CommandFolder, Job, Part, ReportSection, RunTarget
@@ -78,7 +78,7 @@ class SearchInputs:
     approximate: bool = field(default=False, metadata={
         "help": "search the approximate (faiss) index (the index must hold one)"})
     json: bool = field(default=False, metadata={"help": "print the results as JSON"})
-    device: str = field(default="auto", metadata={"help": "where the query encoder runs (auto, cpu, cuda...)"})
+    device: str = device_option(what="where the query encoder runs: ")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clipeval.data.options import SceneSizes, SourceOptions
+from clipeval.embed.options import progress_option
 from clipeval.jobs.flags import options_from
 from clipeval.jobs.job import Command, Job
 from clipeval.paths import (
@@ -19,8 +20,6 @@ from clipeval.paths import (
     TINY_CHECKPOINTS_DIR,
 )
 from clipeval.train.options import ClassifierConfig, TrainConfig
-
-_PROGRESS = {"help": "progress bars"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class ClassifierFolders:
 
     scenes: Path = field(default=SCENES_DIR, metadata={"help": "folder written by `clipeval make-scenes`"})
     out: Path = field(default=SCENE_CLASSIFIER_DIR, metadata={"help": "model folder"})
-    progress: bool = field(default=True, metadata=_PROGRESS)
+    progress: bool = progress_option()
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class MirrorBuild:
     out: Path = field(default=REHEARSAL_HUB_DIR, metadata={"help": "mirror folder (hf/ and torch/ inside)"})
     only: tuple[str, ...] | None = field(default=None, metadata={
         "repeat": True, "help": "build only this repository or torch file (repeatable; default: all)"})
-    progress: bool = field(default=True, metadata=_PROGRESS)
+    progress: bool = progress_option()
 
 
 @dataclass(frozen=True)

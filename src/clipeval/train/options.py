@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipeval.embed.options import device_option, precision_option, progress_option
 from clipeval.models.dual_config import DualEncoderConfig
 
 MODES = ("full", "lit", "lora")
@@ -51,13 +52,12 @@ class FinetuneConfig:
     lora_rank: int = field(default=8, metadata={"help": "adapter rank with --mode lora"})
     lora_alpha: float = field(default=16.0, metadata={"help": "adapter scale numerator"})
     seed: int = field(default=0, metadata={"help": "seed of the batches, captions and adapter init"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1..."})
-    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "fp16", "bf16"),
-                                                     "help": "fp16/bf16 autocast on CUDA only"})
+    device: str = device_option()
+    precision: str = precision_option()
     eval_batch_size: int = field(default=64, metadata={"help": "batch size when scoring evaluation sets"})
     save_every: int = field(default=0, metadata={
         "help": "steps between saved states for --resume (0: at each epoch's end)"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    progress: bool = progress_option()
 
     def check(self) -> None:
         """Raise ``ValueError`` on settings that cannot run."""
@@ -112,9 +112,9 @@ class TrainConfig:
     hard_negatives: bool = field(default=False, metadata={
         "help": "add one hard-negative caption per image to the loss"})
     seed: int = field(default=0, metadata={"help": "seed of the init, the batch order and the captions"})
-    device: str = field(default="cpu", metadata={"help": "auto, cpu, cuda, cuda:1..."})
+    device: str = device_option("cpu")
     eval_batch_size: int = field(default=256, metadata={"help": "batch size when encoding the validation split"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = progress_option()
     model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
 
 
@@ -129,4 +129,4 @@ class ClassifierConfig:
     lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     seed: int = field(default=0, metadata={"help": "weight init and batch order"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1..."})
+    device: str = device_option()
