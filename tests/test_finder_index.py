@@ -206,8 +206,12 @@ def test_a_table_source_is_one_item_per_image_with_its_rows_captions_and_columns
     astronaut = items[items["image"] == "images/astronaut.png"].iloc[0]
     rows = pairs.index[pairs["image"] == "images/astronaut.png"].tolist()
     assert astronaut["id"] == "images~astronaut.png" and astronaut["rows"].tolist() == rows
-    assert astronaut["captions"].tolist() == pairs.loc[rows, "caption"].drop_duplicates().tolist()
-    assert astronaut["caption"] == pairs.loc[rows[0], "caption"]
+    matched = [row for row in rows if pairs.loc[row, "match"]]
+    assert len(matched) < len(rows)  # the challenge set gives the astronaut a mismatched caption too
+    assert astronaut["captions"].tolist() == pairs.loc[matched, "caption"].drop_duplicates().tolist()
+    assert astronaut["caption"] == pairs.loc[matched[0], "caption"]  # a hard negative is never its caption
+    manifest = json.loads(build.layout.manifest.read_text())
+    assert manifest["mismatched_rows"] == int((~pairs["match"]).sum()) > 0
     assert json.loads(astronaut["match"]) == pairs.loc[rows, "match"].tolist()  # differs between its rows: a list
     assert astronaut["image_name"] == "astronaut.png"  # the same on all its rows: one value
     named = build_index(challenge_csv, specs[:1], tmp_path / "named", embed=EMBED,
@@ -216,6 +220,16 @@ def test_a_table_source_is_one_item_per_image_with_its_rows_captions_and_columns
     assert ids.is_unique and ids.iloc[0] == "astronaut.png"
     with pytest.raises(ValueError, match="no id column 'nope'"):
         build_index(challenge_csv, specs[:1], tmp_path / "nope", embed=EMBED, options=IndexOptions(id_column="nope"))
+
+
+def test_a_match_column_that_is_not_true_or_false_is_refused(tmp_path, challenge_csv, specs):
+    pairs = pd.read_csv(challenge_csv).astype({"match": object})
+    pairs.loc[3, "match"] = "maybe"
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    for image in pairs["image"].unique():
+        (tmp_path / image).parent.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(ValueError, match="`match` column must be True/False in every row; row 3 holds 'maybe'"):
+        build_index(tmp_path / "pairs.csv", specs[:1], tmp_path / "index", embed=EMBED)
 
 
 def test_item_ids_are_flat_safe_and_unique():

@@ -3,7 +3,8 @@
 :func:`build_index` reads any pairs source (:func:`clipeval.data.sources.read_pairs`: an image
 folder, a table, a COCO file, a Hugging Face dataset), groups its rows by image (one item per
 distinct image, with every caption of its rows: a COCO file's five captions of a photo are one
-item), gives every item a safe unique id, reads every image once for its status, size and
+item; a table with a ``match`` column gives an image only its matched rows' captions, never a hard
+negative's), gives every item a safe unique id, reads every image once for its status, size and
 thumbnail, then embeds the collection with each checkpoint through the one embedding path
 (:class:`clipeval.embed.engine.Embedder`, with its cache) into the folder
 :class:`clipeval.layout.IndexLayout` describes (docs/finder.md):
@@ -138,7 +139,8 @@ def build_index(source: str | Path, checkpoints: list[str], out_dir: str | Path,
             print(f"{spec}: dropped from the index (built for other items)", file=sys.stderr)
     manifest = {"kind": IndexLayout.KIND, "version": IndexLayout.VERSION, "source": described,
                 "created_utc": manifest.get("created_utc") or _now(), "updated_utc": _now(), "rows": n_rows,
-                "images": len(items), "complete": False, "checkpoints": entries}
+                "mismatched_rows": n_rows - sum(matched_rows(table)), "images": len(items), "complete": False,
+                "checkpoints": entries}
     write_json(layout.manifest, manifest)
     items.attrs.clear()  # the source's attrs (its base folder) are no part of the items
     with atomic_path(layout.items) as temp:
@@ -304,6 +306,23 @@ def _remove_checkpoint_files(layout: IndexLayout, spec: str) -> None:
         file.unlink(missing_ok=True)
 
 
+def matched_rows(table: pd.DataFrame) -> list[bool]:
+    """Whether each row's caption describes its image: its ``match`` cell (True/False, 1/0, yes/no), or every row
+    when the table has no ``match`` column.
+
+    Raises:
+        ValueError: a ``match`` cell that is none of those.
+    """
+    if "match" not in table.columns:
+        return [True] * len(table)
+    spelled = table["match"].astype(str).str.strip().str.lower()
+    known = spelled.isin(("true", "1", "1.0", "yes", "false", "0", "0.0", "no"))
+    if not known.all():
+        raise ValueError(f"the source's `match` column must be True/False in every row; row {int((~known).argmax())} "
+                         f"holds {table['match'].iloc[int((~known).argmax())]!r}")
+    return spelled.isin(("true", "1", "1.0", "yes")).tolist()
+
+
 def _items(table: pd.DataFrame, reading: SourceOptions, options: IndexOptions) -> tuple[pd.DataFrame, list]:
     """One row per distinct image: id, its first input row and all its rows, image, its first caption and all its
     distinct captions, then the source's other columns (a column whose value differs between the rows of one image
@@ -322,7 +341,9 @@ def _items(table: pd.DataFrame, reading: SourceOptions, options: IndexOptions) -
     firsts = [rows[0] for rows in members]
     texts = table[caption_column].tolist() if caption_column in table.columns else [None] * len(table)
     texts = ["" if text is None or _isnan(text) else str(text) for text in texts]
-    captions = [list(dict.fromkeys(texts[row] for row in rows if texts[row].strip())) for rows in members]
+    describes = matched_rows(table)  # a hard negative's caption is no caption of its image
+    captions = [list(dict.fromkeys(texts[row] for row in rows if describes[row] and texts[row].strip()))
+                for rows in members]
     refs = [cells[row] for row in firsts]
     named = table[options.id_column].tolist() if options.id_column else cells
     n = len(members)

@@ -24,8 +24,10 @@ def render_index_manifest(path: Path) -> str:
     import pandas as pd
     manifest = read_json(path)
     source = manifest.get("source", {})
+    mismatched = manifest.get("mismatched_rows", 0)
     head = (f'<p class="meta">{manifest.get("images", 0):,} images from {manifest.get("rows", 0):,} rows of '
             f'<code>{html.escape(str(source.get("path", "")))}</code>'
+            + (f" ({mismatched:,} mismatched rows: their captions are not shown as the images')" if mismatched else "")
             + ("" if manifest.get("complete") else "; <strong>unfinished</strong>: rerun the same command") + "</p>")
     rows = [{"checkpoint": checkpoint_label(spec), "vectors": entry.get("vectors"), "dim": entry.get("dim"),
              "dtype": entry.get("dtype"), "search": "approximate (faiss)" if entry.get("ann") else "exact"}
