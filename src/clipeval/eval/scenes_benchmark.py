@@ -19,6 +19,7 @@ from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.data.sources import read_pairs
 from clipeval.embed.engine import embed_set
 from clipeval.embed.options import EmbedOptions
+from clipeval.eval.hard_negatives import negative_accuracy_table, negative_outcomes
 from clipeval.metrics.compare import roc_auc
 from clipeval.metrics.retrieval import summarize
 from clipeval.models.encoder import Encoder
@@ -92,33 +93,27 @@ def score_scene_pairs(encoder: Encoder, scenes_dir: str | Path, split: str, batc
 
 def hard_negative_outcomes(scored: pd.DataFrame) -> pd.DataFrame:
     """The hard-negative rows of a scored pairs table, in order, with ``correct``: their true twin
-    caption scores strictly higher on the same image."""
-    positives = scored[scored["match"]].set_index(["scene_id", "caption"])["cosine"]
-    negatives = scored[~scored["match"]].copy()
-    twins = pd.MultiIndex.from_arrays([negatives["scene_id"], negatives["twin_caption"]])
-    negatives["correct"] = positives.reindex(twins).to_numpy() > negatives["cosine"].to_numpy()
-    return negatives
+    caption scores strictly higher on the same scene (:func:`clipeval.eval.hard_negatives.negative_outcomes`)."""
+    return negative_outcomes(scored, image_column="scene_id")
 
 
-def hard_negative_accuracy(scored: pd.DataFrame) -> pd.DataFrame:
-    """How often the true caption beats its swapped twin on the same image.
+def hard_negative_accuracy(scored: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """How often the true caption beats its swapped twin on the same image, the table every hard-negative set gets
+    (:func:`clipeval.eval.hard_negatives.negative_accuracy_table`), for all, seen and unseen combinations.
 
     Args:
         scored: a pairs table with ``cosine`` (see :func:`score_scene_pairs`).
+        n_resamples, seed: the bootstrap of the CIs.
 
     Returns:
         One row per negative kind and ``all``, for all rows and for seen / unseen combinations,
-        columns ``negative_kind``, ``subset``, ``n``, ``accuracy`` (strictly greater cosine).
+        columns ``negative_kind``, ``subset``, ``n``, ``accuracy`` (strictly greater cosine) with its
+        ``ci_low`` and ``ci_high``, ``chance`` (0.5) and ``n_unscored``.
     """
-    negatives = hard_negative_outcomes(scored)
-    rows = []
-    for kind, group in [("all", negatives), *negatives.groupby("negative_kind", sort=True)]:
-        for subset, part in (("all", group), ("seen", group[group["seen_combination"]]),
-                             ("unseen", group[~group["seen_combination"]])):
-            if len(part):
-                rows.append({"negative_kind": kind, "subset": subset, "n": len(part),
-                             "accuracy": float(part["correct"].mean())})
-    return pd.DataFrame(rows)
+    outcomes = hard_negative_outcomes(scored)
+    seen = outcomes["seen_combination"].astype(bool)
+    return negative_accuracy_table(outcomes, {"all": seen | ~seen, "seen": seen, "unseen": ~seen},
+                                   mean_of_kinds=False, n_resamples=n_resamples, seed=seed)
 
 
 def evaluate_scenes(encoder: Encoder, scenes_dir: str | Path = SCENES_DIR, split: str = "test",
