@@ -131,6 +131,21 @@ def test_retrieval_notebook_compares_with_published_numbers_or_says_why_not(tiny
     assert (run_dir / "metrics.csv").is_file()
 
 
+def test_retrieval_appendix_notebook_searches_with_the_finder(tiny_specs, challenge_csv, tmp_path):
+    profile = tmp_path / "nb05.yaml"
+    profile.write_text(yaml.safe_dump({
+        "run_dir": "outputs/nb05", "search_pairs_path": str(challenge_csv), "search_dataset": "challenge",
+        "search_queries": ["a cat", "qwzx flurb"], "checkpoints": [tiny_specs["hf-clip"], tiny_specs["open_clip"]],
+        "top": 3, "batch_size": 16, "device": "cpu", "notebooks": ["05_retrieval_appendix"]}))
+    run_notebooks(profile, cwd=tmp_path)
+    run_dir = tmp_path / "outputs" / "nb05"
+    assert sorted(path.name for path in (run_dir / "figures").iterdir()) == ["05_search_0.png", "05_search_1.png"]
+    index = json.loads((run_dir / "finder" / "challenge" / "manifest.json").read_text())
+    assert index["images"] == pd.read_csv(challenge_csv)["image"].nunique()  # one item per image
+    assert list(index["checkpoints"]) == [tiny_specs["hf-clip"], tiny_specs["open_clip"]]
+    assert "search" in json.loads((run_dir / "manifest.json").read_text())["steps"]
+
+
 def test_a_profile_extends_another_with_only_what_differs(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"a": 1, "m": {"x": {"k": 1, "j": 2}, "y": 3}, "l": [1, 2]}))
     (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "a": 2, "m": {"x": {"k": 5}},

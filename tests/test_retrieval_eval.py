@@ -10,16 +10,17 @@ from PIL import Image
 
 from clipeval.data.options import PairsTableError
 from clipeval.data.retrieval_sets import (
+    RetrievalSet,
     RetrievalSource,
     load_retrieval_set,
     read_retrieval_tables,
     retrieval_set_from_pairs,
 )
 from clipeval.data.sources import read_pairs
-from clipeval.embed.engine import embed_set
+from clipeval.embed.engine import LazyEncoder, embed_set
 from clipeval.embed.options import EmbedOptions
 from clipeval.eval.options import RetrievalOptions
-from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, hub_items, search_images
+from clipeval.eval.retrieval import compare_checkpoints, evaluate_retrieval, hub_items
 from clipeval.metrics.retrieval import summarize
 from clipeval.runs.cli import main
 
@@ -119,11 +120,27 @@ def test_evaluation_matches_dense_metrics_and_reports_unreadable_images(tiny_spe
     assert stats["stages"]["image_read"]["items"] == 17 and stats["images_unreadable"] == 1
 
 
-def test_search_returns_top_images_per_query(tiny_specs, challenge_csv):
+def test_notebook_05_searches_with_the_finder_one_image_each_as_brute_force_ranks_them(tiny_specs, challenge_csv,
+                                                                                        tmp_path):
+    from clipeval.jobs import steps
+
+    spec, texts = tiny_specs["hf-clip"], ["a cat", "zzkq !!"]
+    embed = EmbedOptions(device="cpu", progress=False, embedding_cache=False)
+    found = steps.search(tmp_path, str(challenge_csv), texts, [spec], "challenge", top=3, embed=embed)
+    assert len(found.results) == 2 and all(len(set(items)) == 3 for items in found.results["top_items"])
+    assert found.index.items["image"].is_unique  # one result per image, never once per caption
+    assert "search" in json.loads((tmp_path / "manifest.json").read_text())["steps"]
+    # the reference: every image and query through the embedding path, ranked by cosine in float32
     dataset = retrieval_set_from_pairs(read_pairs(challenge_csv), "challenge")
-    results = search_images(dataset, [tiny_specs["hf-clip"]], ["a cat", "zzkq !!"], 3, EmbedOptions(progress=False))
-    assert len(results) == 2 and all(len(items) == 3 for items in results["top_items"])
-    assert all(np.all(np.diff(scores) <= 0) for scores in results["top_scores"])
+    reference = embed_set(LazyEncoder(spec, embed), RetrievalSet("q", pd.DataFrame({"text": texts}), dataset.images,
+                                                                  np.empty((0, 2), np.int64), dataset.base_dir), embed)
+    scores = np.asarray(reference.texts @ reference.images.T, dtype=np.float32)
+    names = dataset.images["image"].to_numpy()[reference.image_positions]
+    for row in found.results.itertuples():
+        best = np.argsort(-scores[row.query], kind="stable")[:3]
+        assert found.index.items["image"].iloc[row.top_items].tolist() == names[best].tolist()
+        np.testing.assert_allclose(row.top_scores, scores[row.query][best], atol=2e-3)  # float16 vectors
+        assert all(np.diff(row.top_scores) <= 0)
 
 
 def test_cli_retrieve_writes_metrics(tiny_specs, challenge_csv, tmp_path):

@@ -28,7 +28,7 @@ from clipeval.embed.stats import StageTimer, package_versions
 from clipeval.eval.caveats import circular_warnings, hub_warnings, trivial_metric_warnings, truncation_warnings
 from clipeval.eval.options import RetrievalOptions
 from clipeval.metrics.bootstrap import bootstrap_summary, paired_bootstrap
-from clipeval.metrics.ranking import rank_queries, retrieve_both_directions
+from clipeval.metrics.ranking import retrieve_both_directions
 from clipeval.metrics.retrieval import chance_levels, per_query_metrics
 from clipeval.models.encoder import resolve_device
 from clipeval.warn import RunWarning
@@ -300,27 +300,6 @@ def paired_differences(per_query: pd.DataFrame, checkpoints: Sequence[str], metr
                      "p_not_positive": difference.fraction_not_positive, "n_queries": difference.n})
     return pd.DataFrame(rows, columns=["checkpoint_a", "checkpoint_b", "metric", "direction", "difference",
                                        "ci_low", "ci_high", "p_not_positive", "n_queries"])
-
-
-def search_images(dataset: RetrievalSet, checkpoints: Sequence[str], texts: Sequence[str], top: int = 5,
-                  embed: EmbedOptions = EmbedOptions()) -> pd.DataFrame:
-    """Free-text search: the ``top`` images of ``dataset`` for each of ``texts``, per checkpoint.
-
-    Returns:
-        One row per checkpoint x text: ``checkpoint``, ``query`` (position in ``texts``),
-        ``top_items`` (positions in ``dataset.images``) and ``top_scores`` (cosine).
-    """
-    rows = []
-    for spec in checkpoints:
-        encoder = LazyEncoder(spec, embed)
-        embedded = embed_set(encoder, RetrievalSet(dataset.name, pd.DataFrame({"text": list(texts)}),
-                                                   dataset.images, np.empty((0, 2), np.int64), dataset.base_dir),
-                             embed)
-        result = rank_queries(embedded.texts, embedded.images, np.empty((0, 2), np.int64), k=top)
-        positions = embedded.image_positions
-        rows += [{"checkpoint": spec, "query": q, "top_items": positions[result.topk_indices[q]].tolist(),
-                  "top_scores": result.topk_scores[q].tolist()} for q in range(len(texts))]
-    return pd.DataFrame(rows)
 
 
 def pick_queries(per_query: pd.DataFrame, checkpoint: str, n: int = 3,

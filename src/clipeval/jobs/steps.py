@@ -28,7 +28,6 @@ from clipeval.data.retrieval_sets import (
     RetrievalSource,
     check_images_found,
     load_retrieval_set,
-    retrieval_set_from_pairs,
 )
 from clipeval.data.scenes import read_scenes_retrieval
 from clipeval.data.shards import list_shards
@@ -52,6 +51,7 @@ if TYPE_CHECKING:  # torch, scipy and the model libraries are imported by the st
     # re-run of a finished score step answers without them
     from clipeval.eval.retrieval import RetrievalReport
     from clipeval.finder.index import IndexBuild
+    from clipeval.finder.search import FinderIndex
     from clipeval.models.encoder import Encoder
     from clipeval.studies.finetune_modes import FinetuneStudy
     from clipeval.studies.labels import LabelStudy
@@ -338,26 +338,48 @@ def _evaluated(name: str, source: Mapping, dataset: RetrievalSet) -> str:
 
 @dataclass
 class Search:
-    """Free-text search results: the collection, the queries, the top items, each image's caption."""
+    """Free-text search results from the finder's index of a collection.
 
-    dataset: RetrievalSet
+    Attributes:
+        index: the index (one item per image, with its matched captions).
+        queries: the queries (``text``).
+        results: one row per checkpoint x query: ``checkpoint``, ``query`` (its position), ``top_items``
+            (positions in ``index.items``) and ``top_scores`` (cosine), best first.
+        images: the items' thumbnails (``image``: absolute paths), by item position.
+        captions: each item's first caption, by item position.
+    """
+
+    index: FinderIndex
     queries: pd.DataFrame
     results: pd.DataFrame
+    images: pd.DataFrame
     captions: pd.Series
 
 
-def search(pairs_path: str, queries: Sequence[str], checkpoints: Sequence[str], dataset_name: str = "search",
-           reading: SourceOptions = SourceOptions(), top: int = 5, embed: EmbedOptions = EmbedOptions()) -> Search:
-    """The ``top`` images of a pairs source's collection for each free-text query, per checkpoint."""
-    from clipeval.eval.retrieval import search_images
+def search(run_dir: str | Path, pairs_path: str, queries: Sequence[str], checkpoints: Sequence[str],
+           dataset_name: str = "search", reading: SourceOptions = SourceOptions(), top: int = 5,
+           embed: EmbedOptions = EmbedOptions()) -> Search:
+    """Notebook 05: the ``top`` images of a pairs source's collection for each free-text query, per checkpoint,
+    searched exactly by the finder (the collection indexed into the run's ``finder/<dataset_name>/``)."""
+    from clipeval.finder.index import build_index
+    from clipeval.finder.search import FinderIndex
 
-    pairs = read_pairs(pairs_path, **asdict(reading), cache_dir=embed.fetch.image_cache_dir)
-    dataset = retrieval_set_from_pairs(pairs, dataset_name, reading.image_column, reading.caption_column)
-    matched = pairs[pairs["match"].astype(bool)] if "match" in pairs else pairs
-    caption_of = matched.drop_duplicates(reading.image_column).set_index(reading.image_column)[reading.caption_column]
-    captions = dataset.images["image"].map(caption_of)
-    results = search_images(dataset, list(checkpoints), list(queries), top=top, embed=embed)
-    return Search(dataset, pd.DataFrame({"text": list(queries)}), results, captions)
+    folder = RunLayout(run_dir).finder_index(dataset_name)
+    build_index(pairs_path, list(checkpoints), folder, reading, embed)
+    index = FinderIndex.open(folder, embed)
+    position = {item_id: n for n, item_id in enumerate(index.items["id"])}
+    rows = []
+    for spec in checkpoints:
+        for query, text in enumerate(queries):
+            hits = index.search_text(text, spec, top, exact=True)
+            rows.append({"checkpoint": spec, "query": query, "top_items": [position[hit.id] for hit in hits],
+                         "top_scores": [hit.score for hit in hits]})
+    update_manifest(RunLayout(run_dir).manifest, "search",
+                    _settings(pairs_path=pairs_path, queries=list(queries), reading=reading, top=top, embed=embed),
+                    list(checkpoints), [pairs_path])
+    thumbnails = pd.DataFrame({"image": [str(index.layout.thumbnails / f"{item_id}.jpg") for item_id in position]})
+    return Search(index, pd.DataFrame({"text": list(queries)}), pd.DataFrame(rows), thumbnails,
+                  index.items["caption"])
 
 
 @dataclass
