@@ -410,3 +410,44 @@ def test_classification_metrics_against_scikit_learn():
         index=range(8), columns=range(8)).fillna(0).to_numpy(int).tolist() == square.tolist()
     assert 3 not in worst_classes(table, 8)["label"].tolist()
     assert (top_k_chance(1000, 5), top_k_chance(4, 5), top_k_chance(10, 1)) == (0.005, 1.0, 0.1)
+
+
+# --- published numbers ----------------------------------------------------------------------------------------
+
+# open_clip's docs/openclip_results.csv header at the recorded commit, spelled out apart from the copy
+UPSTREAM_ZERO_SHOT_HEADER = (
+    "name,pretrained,params (M),FLOPs (B),Average perf. on 38 datasets,ImageNet 1k,Caltech-101,CIFAR-10,CIFAR-100,"
+    "CLEVR Counts,CLEVR Distance,Country211,Describable Textures,EuroSAT,FGVC Aircraft,Food-101,GTSRB,"
+    "ImageNet Sketch,ImageNet v2,ImageNet-A,ImageNet-O,ImageNet-R,KITTI Vehicle Distance,MNIST,ObjectNet,"
+    "Oxford Flowers-102,Oxford-IIIT Pet,Pascal VOC 2007,PatchCamelyon,Rendered SST2,RESISC45,Stanford Cars,STL-10,"
+    "SUN397,SVHN,Flickr,MSCOCO,WinoGAViL,iWildCam,Camelyon17,FMoW,Dollar Street,GeoDE")
+ZERO_SHOT_COLUMN = {"imagenet1k": 5, "cifar10": 7, "cifar100": 8}  # positions in that header
+
+
+def test_the_published_zero_shot_table_names_its_source_and_keeps_its_header_and_averages():
+    from clipeval.models.catalogue import OPEN_CLIP_ZERO_SHOT_RESULTS, read_published_table
+
+    rows, origin = read_published_table(OPEN_CLIP_ZERO_SHOT_RESULTS)
+    assert (origin["repository"], origin["file"]) == ("mlfoundations/open_clip", "docs/openclip_results.csv")
+    assert re.fullmatch(r"[0-9a-f]{40}", origin["commit"]) and origin["commit"] in origin["url"]
+    lines = OPEN_CLIP_ZERO_SHOT_RESULTS.read_text().splitlines()
+    assert lines[0] == UPSTREAM_ZERO_SHOT_HEADER
+    scores = UPSTREAM_ZERO_SHOT_HEADER.split(",")[5:]
+    assert len(scores) == 38 and len(rows) == len(lines) - 1 == 7
+    for name, row in rows.items():  # the average of 38 four-decimal scores, itself printed to four decimals
+        mean = np.mean([float(row[column]) for column in scores])
+        assert abs(mean - float(row["Average perf. on 38 datasets"])) <= 1e-4, name
+
+
+def test_every_published_zero_shot_value_is_its_rows_cell():
+    from clipeval.models.catalogue import OPEN_CLIP_ZERO_SHOT_RESULTS, published_retrieval, published_zero_shot
+
+    cells = {line.split(",")[0] + "," + line.split(",")[1]: line.split(",")
+             for line in OPEN_CLIP_ZERO_SHOT_RESULTS.read_text().splitlines()[1:]}
+    published = published_zero_shot()
+    assert set(published["checkpoint"]) == set(published_retrieval()["checkpoint"])  # every real checkpoint
+    assert (published.groupby("checkpoint").size() == 3).all() and (published["metric"] == "top1_accuracy").all()
+    for entry in published.itertuples():
+        row = re.search(r", row ([^;,]+,[^;,]+?)(?:;|$)", entry.source).group(1)
+        assert entry.published == pytest.approx(100 * float(cells[row][ZERO_SHOT_COLUMN[entry.dataset]]), abs=1e-9)
+    assert published_zero_shot(["dual:outputs/offline/models/dual"]).empty

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -84,6 +85,13 @@ def _open_clip_row(row: str, note: str = "") -> tuple[PublishedRetrieval, ...]:
                                     tuple(round(float(rows[row][f"{column} R@{k}"]) * 100, 2) for k in PUBLISHED_KS),
                                     source)
                  for (benchmark, direction), column in OPEN_CLIP_COLUMNS.items())
+
+
+# open_clip's zero-shot classification table (CLIP_benchmark): the same checkpoints' rows, copied verbatim; its
+# ImageNet 1k, CIFAR-10 and CIFAR-100 columns are top-1 accuracy, fractions there, percent here
+OPEN_CLIP_ZERO_SHOT_RESULTS = Path(__file__).parent / "published_tables" / "openclip_results.csv"
+OPEN_CLIP_ZERO_SHOT_COLUMNS = {"imagenet1k": "ImageNet 1k", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+_CITED_ROW = re.compile(r", row ([^;,]+,[^;,]+?)(?:;|$)")  # the open_clip row a PublishedRetrieval's source cites
 
 
 SAME_WEIGHTS = "; the transformers checkpoint holds the same OpenAI weights"
@@ -273,3 +281,27 @@ def published_retrieval(specs: list[str] | None = None) -> pd.DataFrame:
             for spec in specs for entry in describe_checkpoint(spec).published
             for k, value in zip(PUBLISHED_KS, entry.hit_rate, strict=True)]
     return pd.DataFrame(rows, columns=["checkpoint", "dataset", "direction", "k", "published", "source"])
+
+
+def published_zero_shot(specs: list[str] | None = None) -> pd.DataFrame:
+    """The catalogue's published zero-shot top-1 accuracy on ImageNet-1k, CIFAR-10 and CIFAR-100, as a long table.
+
+    A checkpoint's numbers are read from the row of open_clip's results table that its published retrieval
+    numbers cite (the same weights evaluated by CLIP_benchmark); a checkpoint without one has none.
+
+    Returns:
+        One row per checkpoint x dataset: ``checkpoint``, ``dataset`` (``imagenet1k``, ``cifar10``,
+        ``cifar100``), ``metric`` (``top1_accuracy``), ``published`` (percent) and ``source``.
+    """
+    table, origin = read_published_table(OPEN_CLIP_ZERO_SHOT_RESULTS)
+    rows = []
+    for spec in list(CATALOGUE) if specs is None else specs:
+        cited = {match.group(1): entry.source[match.end(1):] for entry in describe_checkpoint(spec).published
+                 for match in [_CITED_ROW.search(entry.source)] if match}  # row -> the citation's note
+        for row in sorted(cited.keys() & table.keys()):
+            source = (f"open_clip {origin['file']} (github.com/{origin['repository']}, commit {origin['commit']}; "
+                      f"CLIP_benchmark zero-shot classification), row {row}{cited[row]}")
+            rows += [{"checkpoint": spec, "dataset": dataset, "metric": "top1_accuracy",
+                      "published": round(float(table[row][column]) * 100, 2), "source": source}
+                     for dataset, column in OPEN_CLIP_ZERO_SHOT_COLUMNS.items()]
+    return pd.DataFrame(rows, columns=["checkpoint", "dataset", "metric", "published", "source"])
