@@ -1,53 +1,7 @@
-"""The run-folder contract: every file a run folder may hold, named once, and the one fingerprint rule.
+"""Every file a job's folder may hold, named once, and the one claim rule for a folder holding an earlier run.
 
-Steps write through :class:`RunLayout`; the report, curation and the studies read through it, so a
-file name is typed in one place. A run folder (``outputs/<profile>/``, or a command's ``--out``)
-holds the files of whichever steps ran in it:
-
-=========================  ============================================================  ===============
-file                       what                                                          written by
-=========================  ============================================================  ===============
-``manifest.json``          code, parameters, data and checkpoints of every step          every step
-``manifest.json.lock``     the lock steps take to update the manifest                    every step
-``run.json``               the scoring run's fingerprint (:func:`claim`)                 score
-``incomplete.json``        there while a scoring run is unfinished (:func:`claim_run`)   score
-``shards/``                ``<shard>.parquet`` and ``<shard>.done.json`` per input shard  score
-``shards/<s>.attempts/``   a Ray run's attempts of a shard, until one commits             score (ray)
-``shards.csv``             every input shard's state, rows and timing                    score
-``results.csv``            the input rows with the primary checkpoint's scores           score (one shard)
-``scores.csv``             one row per pair x checkpoint                                 score (one shard)
-``stats.json``/``.log``    time and memory per checkpoint and stage                      score
-``score_summary.csv``      matched vs mismatched cosine per checkpoint                   compare
-``metrics.csv``            retrieval metrics                                             retrieve
-``retrieval_ranks.csv``    per query ranks                                               retrieve
-``retrieval_worst.csv``    the worst queries (``retrieve --worst N``)                    retrieve
-``retrieval_stats.*``      retrieval's time and memory                                   retrieve
-``benchmarks/<name>/``     a retrieval folder per standard benchmark                     retrieve_benchmarks
-``benchmark_metrics.csv``  every benchmark's metrics                                     retrieve_benchmarks
-``published_comparison``   measured beside published numbers                             retrieve_benchmarks
-``dual_encoder_eval.json`` the dual encoder's scenes benchmark                           scenes_benchmark
-``evalsets/<source>/``     pseudo-labelled eval sets                                     label_study
-``label_*.csv``            label quality, threshold sweep, metric bias                   label_study
-``curation_*.csv``         rules' precision and recall                                   curation_study
-``curation/challenge/``    the challenge set's scored run and its curation               curation_study
-``sharded/``               the sharded study's runs, curation and ``executors.csv``      sharded_study
-``figures/``               every figure                                                  the notebooks
-``notebooks/``             executed notebooks                                            run-notebooks
-``report/``                the run report                                                report
-=========================  ============================================================  ===============
-
-A scoring run writes ``incomplete.json`` before anything else and removes it when every shard is
-done and its tables are written: a folder holding it (:attr:`RunLayout.is_complete` false) holds an
-unfinished run, killed, crashed, or with shards that failed, whatever other files are there. A
-replaced run's tables are deleted before the new run starts, so none of them outlives it.
-
-A curation folder (:class:`CurationLayout`) holds ``summary.csv``, ``kept_uids.parquet`` and
-``decisions/<shard>.parquet`` (every row kept or dropped with its step and reason), for a one-shard
-run also ``kept.csv``, ``dropped.csv`` and ``curated.csv``, and on request ``filtered/``.
-
-An image-finder index folder (:class:`IndexLayout`, written by ``clipeval index``) holds
-``run.json``, ``manifest.json``, ``items.parquet``, ``failed.csv``, ``vectors/``, ``ann/``,
-``thumbnails/`` and, when the web page logs them, ``queries.jsonl``.
+docs/report.md ("What a run folder holds") lists the run folder's files and the step writing each; the
+other folders are described on their job's page (curation, eval-sets, fine-tuning, finder).
 """
 
 from __future__ import annotations
@@ -119,7 +73,7 @@ class _Folder:
 
 @dataclass(frozen=True)
 class RunLayout(_Folder):
-    """The files of a run folder (see the module docstring)."""
+    """The files of a run folder (docs/report.md)."""
 
     fingerprint = _File("run.json")
     shards = _File("shards")
@@ -183,7 +137,7 @@ class RunLayout(_Folder):
             raise RunIncomplete(reason)
 
     def mark_incomplete(self, reason: str) -> None:
-        """Write ``incomplete.json`` (see the module docstring)."""
+        """Write ``incomplete.json``: until :meth:`mark_complete`, the folder's tables are not its results."""
         write_json(self.incomplete, {"reason": reason, "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
                                      "pid": os.getpid()})
 
@@ -260,7 +214,7 @@ class RunLayout(_Folder):
 
 @dataclass(frozen=True)
 class CurationLayout(_Folder):
-    """The files of a curation folder (see the module docstring)."""
+    """The files of a curation folder (docs/curation.md)."""
 
     summary = _File("summary.csv")
     kept_uids = _File("kept_uids.parquet")
@@ -280,8 +234,7 @@ class CurationLayout(_Folder):
 def checkpoint_slug(spec: str) -> str:
     """A checkpoint spec as a safe file name, unique per spec: its readable tail and 8 hex digits of its SHA-256.
 
-    ``hf:openai/clip-vit-base-patch32`` gives ``hf-openai-clip-vit-base-patch32-<8 hex>``; only ASCII
-    letters, digits, ``-``, ``_`` and ``.`` remain, never a leading dot, at most 57 characters.
+    Only ASCII letters, digits, ``-``, ``_`` and ``.``, never a leading dot, at most 57 characters.
     """
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-.")[-48:].lstrip("-.") or "checkpoint"
     return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
@@ -289,25 +242,7 @@ def checkpoint_slug(spec: str) -> str:
 
 @dataclass(frozen=True)
 class IndexLayout(_Folder):
-    """The files of an image-finder index folder (``clipeval index``; docs/finder.md).
-
-    =============================  ================================================================
-    file                           what
-    =============================  ================================================================
-    ``run.json``                   the layout version and the source (:func:`claim`)
-    ``manifest.json``              kind, version, source, rows, images, and per checkpoint its spec,
-                                   model key, weights identity, preprocessing, dim, vectors, dtype, ANN
-    ``items.parquet``              one row per distinct image: id, its input rows, image, its
-                                   captions, status, error, width, height and the source's other
-                                   columns
-    ``failed.csv``                 every (image, checkpoint) without a vector: id, checkpoint,
-                                   status, error
-    ``vectors/<name>.npy``         float16 ``(n_ok, dim)`` L2-normalised, ok rows in items order
-    ``vectors/<name>.ids.npy``     int64 positions in ``items.parquet`` of those rows
-    ``ann/<name>.faiss``/``.json`` the approximate index and its parameters (large collections only)
-    ``thumbnails/<id>.jpg``        long side at most 256 px
-    ``queries.jsonl``              the queries, only with ``serve --log-queries``
-    =============================  ================================================================
+    """The files of an image-finder index folder (``clipeval index``; docs/finder.md, "Index layout").
 
     ``<name>`` is :func:`checkpoint_slug` of the spec. Version 1 held one item per input row.
     """
@@ -384,20 +319,15 @@ def claim(path: str | Path, fingerprint: dict, overwrite: bool = False, holds_re
           overwrite_flag: str = "--overwrite") -> str:
     """The one rule for a folder that may hold an earlier run: same fingerprint resumes, another is refused.
 
-    Scoring runs (``run.json``) and eval sets (their ``run.json``) use it. An earlier run that
-    left no result (``holds_results`` false: it failed before writing any) never blocks the next
-    one: it is replaced as with ``overwrite``.
+    An earlier run that left no result (``holds_results`` false: it failed before writing any) never
+    blocks the next one: it is replaced as with ``overwrite``.
 
     Args:
         path: the JSON file holding the folder's fingerprint (written here when claimed).
-        fingerprint: what identifies this run: its inputs, checkpoints and the settings that change its files.
-        overwrite: discard an earlier run with another fingerprint instead of refusing.
-        holds_results: whether the folder holds results of the earlier run (refusing protects them).
         overwrite_flag: the option that discards an earlier run, as the refusal names it.
 
     Returns:
-        ``new`` (no earlier run), ``same`` (an earlier run with this fingerprint: resume or reuse it)
-        or ``replaced`` (another one, discarded: the caller deletes its files).
+        ``new``, ``same`` (resume or reuse the earlier run) or ``replaced`` (the caller deletes its files).
 
     Raises:
         RunFolderMismatch: another fingerprint, results and not ``overwrite``; the message names what
@@ -427,17 +357,12 @@ def _judge(path: Path, fingerprint: dict, overwrite: bool, overwrite_flag: str =
 
 
 def claim_run(layout: RunLayout, fingerprint: dict, overwrite: bool = False) -> str:
-    """:func:`claim` for a scoring run folder, which it marks incomplete until the run finishes.
+    """:func:`claim` for a scoring run folder, which it marks incomplete until the caller's
+    :meth:`RunLayout.mark_complete`.
 
-    In this order: the fingerprint is judged (a mismatch without ``overwrite`` raises, nothing
-    written, unless the earlier run scored nothing: :attr:`RunLayout.holds_scores`); ``incomplete.json``
-    is written; a replaced run's shards and tables (:attr:`RunLayout.SCORING_TABLES`) are deleted; the
-    new fingerprint is written. A crash at any point after the judgement leaves the folder marked
-    incomplete and no table of the earlier run. The caller removes the mark
-    (:meth:`RunLayout.mark_complete`) when the run has finished.
-
-    Returns:
-        As :func:`claim`.
+    The order is the point: judge (nothing written on a mismatch), mark incomplete, delete a replaced
+    run's shards and tables, write the fingerprint; so a crash after the judgement leaves the folder
+    marked incomplete and no table of the earlier run.
     """
     state = _judge(layout.fingerprint, fingerprint, overwrite or not layout.holds_scores)
     layout.root.mkdir(parents=True, exist_ok=True)
