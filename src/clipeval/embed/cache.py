@@ -1,36 +1,6 @@
-"""An on-disk embedding cache shared by every run: re-running a notebook encodes nothing new.
-
-One SQLite database (``embeddings.sqlite`` in the cache folder, by default the user's cache folder:
-``~/.cache/clipeval/embeddings``, see :func:`default_cache_dir`) holds every vector, keyed by
-
-* the **model key**: a hash of the checkpoint spec, the digest of its loaded weights, the
-  image preprocessing (the transform's description and the decode mode), the precision and
-  the device type (see :func:`clipeval.embed.engine.model_key`);
-* the **kind** (``image`` or ``text``);
-* the **content key**: the SHA-256 of the image file's bytes, or of the caption's UTF-8 text.
-
-So the same photo under two names is encoded once, a re-encoded copy of it is a new entry,
-and a retrained model (new weights) or another preprocessing never reads stale vectors.
-
-Why SQLite: one file holds millions of vectors (not one file per vector), each write is a
-transaction (an interrupted run leaves the database as it was before the unfinished write,
-never a corrupt entry), and several processes can read and write it at once (write-ahead
-log; a writer waits up to ``timeout`` seconds for another's lock, and ``INSERT OR IGNORE``
-makes a vector written by two runs at once land once). It needs a local disk: SQLite's
-locking is not reliable on network file systems.
-
-A caption's entry also records whether the model truncated it, and images that failed to
-decode or preprocess are remembered with their status, so a warm run need not decode them. A ``loads`` table remembers
-which model key a checkpoint had, by its weights identity
-(:func:`clipeval.models.registry.weights_identity`), so a run whose inputs are all cached never
-loads the model. A local checkpoint is known twice: by its files' stat fingerprints (size,
-modification and change times, inode, device: nothing read, the warm path) and by their SHA-256
-(the fallback when a fingerprint is new: a checkpoint copied or touched is hashed, not loaded; one
-replaced in place, even with its modification time kept by ``cp -p`` or ``rsync -t``, hashes
-differently and is loaded under a new key). A seeded random init is known by its code. Hub
-checkpoints have no such identity and are always loaded (and their weights hashed).
-
-Per-model hit and miss counts of this process are kept in :attr:`EmbeddingCache.counts`.
+"""The on-disk embedding cache shared by every run, so a re-run encodes nothing new: one SQLite database of
+vectors by (model key, kind, content key), the model key a checkpoint had by its weights identity (so a warm run
+loads no model), and the images that failed. docs/speed.md describes the keys, the identities and why SQLite.
 """
 
 from __future__ import annotations
@@ -104,18 +74,8 @@ def _announce(path: Path) -> None:
 
 
 class EmbeddingCache:
-    """Vectors on disk by (model key, kind, content key).
-
-    Args:
-        folder: where ``embeddings.sqlite`` lives (created if missing).
-        timeout: seconds a write waits for another process's lock before failing.
-
-    Example:
-        >>> cache = EmbeddingCache(tmp_folder)                        # doctest: +SKIP
-        >>> cache.put("m", "text", {"k": np.ones(4, np.float32)})     # doctest: +SKIP
-        >>> cache.get("m", "text", ["k", "other"])                    # doctest: +SKIP
-        {'k': array([1., 1., 1., 1.], dtype=float32)}
-    """
+    """Vectors on disk by (model key, kind, content key); ``timeout``: seconds a write waits for another
+    process's lock. Per-model hit and miss counts of this process are in :attr:`counts`."""
 
     def __init__(self, folder: str | Path, timeout: float = 120.0):
         self.folder = Path(folder)
@@ -260,14 +220,11 @@ class ClearedCache:
 
 
 def clear_cache(folder: str | Path | None = None) -> ClearedCache:
-    """Delete the embedding cache's own files (:data:`CACHE_FILES`) and nothing else.
+    """Delete the embedding cache's own files (:data:`CACHE_FILES`) and nothing else; ``folder`` defaults to
+    :func:`default_cache_dir`.
 
-    The folder may be one a user named in ``$CLIPEVAL_EMBEDDING_CACHE`` that holds other files:
-    those stay (and are listed as kept); the folder itself is removed only when it is left empty.
-    Run it when no scoring run is using the cache.
-
-    Args:
-        folder: the cache folder; default :func:`default_cache_dir` (``None`` when the cache is off).
+    The folder may be one a user named in ``$CLIPEVAL_EMBEDDING_CACHE`` that holds other files: those stay
+    (listed as kept), and the folder goes only when it is left empty. Run it when no run is using the cache.
     """
     folder = default_cache_dir() if folder is None else Path(folder).expanduser()
     cleared = ClearedCache(folder)

@@ -1,15 +1,7 @@
-"""The torchvision decoder: JPEGs decoded by ``torchvision.io.decode_jpeg`` and preprocessed on the model's device.
-
-On CUDA a batch of JPEGs is decoded in one nvJPEG call and resized, cropped and normalised on the
-GPU (:meth:`~clipeval.models.encoder.Encoder.preprocess_tensors`), so no CPU process decodes. On
-the CPU the same code runs with libjpeg-turbo, one image after another.
-
-Only plain JPEGs take this path: RGB or greyscale, no EXIF rotation, within the pixel cap, ending
-with their end-of-image marker. Every other input (another format, CMYK, a rotated photo, a
-truncated or corrupt file, a file torchvision rejects) goes through Pillow's exact path
-(:func:`~clipeval.data.images.decode_image` and the model's ``preprocess``) one at a time, with
-its statuses, so a run's rows and statuses do not depend on the decoder. The pixels can: the
-tensor resize is not Pillow's (docs/speed.md gives the measured differences).
+"""The torchvision decoder: plain JPEGs decoded by ``torchvision.io.decode_jpeg`` and preprocessed on the
+model's device (one nvJPEG call per batch on CUDA), every other file through Pillow's exact path so that a run's
+rows and statuses do not depend on the decoder. docs/speed.md ("Decoding on the model's device") says which
+JPEGs qualify and how far the pixels move.
 """
 
 from __future__ import annotations
@@ -61,12 +53,8 @@ def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor
 
 def decode_on_device(datas: Sequence[bytes], encoder: Encoder,
                      max_pixels: int) -> tuple[torch.Tensor | None, list[tuple[str, str]]]:
-    """Decode and preprocess a batch on ``encoder.device``.
-
-    Returns:
-        ``(pixels, outcomes)``: the stacked inputs of the ok images (``None`` when none is ok),
-        on the encoder's device, and ``(status, error)`` per input.
-    """
+    """Decode and preprocess a batch on ``encoder.device``: (the ok images' stacked pixels or ``None``,
+    ``(status, error)`` per input)."""
     plain = [position for position, data in enumerate(datas) if is_plain_jpeg(data, max_pixels)]
     decoded = dict(zip(plain, _decode_jpegs([datas[position] for position in plain], encoder.device) if plain else []))
     on_device = [position for position in plain if decoded[position] is not None]
@@ -89,11 +77,8 @@ def decode_on_device(datas: Sequence[bytes], encoder: Encoder,
 
 def pillow_pixels(data: bytes, preprocess, max_pixels: int,
                   min_side: int | None = None) -> tuple[torch.Tensor | None, tuple[str, str]]:
-    """Pillow's exact path for one image: :func:`decode_image`, then the model's ``preprocess``.
-
-    Returns:
-        ``(pixels or None, (status, error))``; ``preprocess_error`` when the transform rejects the image.
-    """
+    """Pillow's exact path for one image: :func:`decode_image`, then the model's ``preprocess`` (whose
+    rejection is ``preprocess_error``, never an exception)."""
     loaded = decode_image(data, max_pixels, min_side)
     if loaded.status != "ok":
         return None, (loaded.status, loaded.error)

@@ -1,31 +1,8 @@
 """The one read → decode → preprocess → encode path: every embedding the project computes comes from here.
 
-Scoring, retrieval, the scenes benchmark and the dual encoder's validation all call this
-module, so a preprocessing failure, a duplicate input, the cache and the stage timings are
-handled the same way everywhere:
-
-* each distinct image (by the SHA-256 of its bytes) and each distinct caption is decoded,
-  preprocessed and encoded once, however many inputs share it;
-* with an :class:`~clipeval.embed.cache.EmbeddingCache`, vectors already computed for the same
-  model key (:func:`model_key`) are read from disk instead: a re-run encodes nothing, and a
-  new checkpoint encodes only for itself;
-* an image that cannot be decoded keeps :func:`~clipeval.data.images.decode_image`'s status
-  and one the model's transform rejects gets ``preprocess_error``, never an exception;
-* decoding and preprocessing run in ``decode_processes`` single-threaded worker processes
-  (forked, so the model's transform needs no pickling) while the main process encodes; a
-  bounded queue (two batches per worker) keeps memory flat. On the CPU the encoder's thread
-  count is set to the cores the decode processes leave; on CUDA pixel batches are pinned and copied
-  without blocking; with the ``torchvision`` decoder, plain JPEGs are instead decoded and
-  preprocessed on the model's device in this process (:mod:`clipeval.embed.device_decode`);
-* on the CPU, ``encode_processes`` single-threaded worker processes each decode, preprocess *and*
-  encode whole batches of images and captions instead (the model shared with them by the fork), so
-  no core waits for another: the fastest layout measured on a 2-core CPU (docs/speed.md);
-* with a :class:`~clipeval.embed.stats.StageTimer`, stages are timed with their item counts:
-  ``image_decode`` (the encoder's wait for decoded batches, ≈0 when the decode processes keep up),
-  ``image_encode``, ``text_encode`` (with encode processes: this process's wait for their vectors,
-  decoding included) and ``cache`` (look-ups and writes);
-* misses are encoded in batches of ``batch_size`` in order of first appearance, so the same
-  inputs always form the same batches (batch composition can move the last bit of a float).
+Scoring, retrieval, the scenes benchmark and training's validation all embed through it, so duplicate inputs,
+the cache, images that fail and the stage timings are handled one way everywhere. docs/speed.md describes the
+pipeline, its process layouts (decode processes, encode processes, the device decoder) and the cache.
 """
 
 from __future__ import annotations
@@ -63,12 +40,10 @@ class Embeddings:
     """Embeddings of a list of inputs, each distinct usable input encoded once.
 
     Attributes:
-        vectors: ``(U, D)`` float32 L2-normalised rows, one per distinct usable input
-            (``(0, 0)`` when none was usable).
-        rows: ``(N,)`` int64: for each input, its row in ``vectors``; -1 when the input was
-            skipped (``None``) or failed.
-        errors: input position -> (status, reason), for inputs that failed to decode or preprocess.
-        truncated: captions only: for each input, whether the model truncated it.
+        vectors: ``(U, D)`` float32 L2-normalised, one row per distinct usable input (``(0, 0)`` when none).
+        rows: ``(N,)`` int64: each input's row in ``vectors``; -1 when it was skipped (``None``) or failed.
+        errors: input position -> (status, reason) of the inputs that failed to decode or preprocess.
+        truncated: captions only: whether the model truncated each input.
     """
 
     vectors: torch.Tensor
@@ -127,12 +102,7 @@ def decode_mode(options: EmbedOptions) -> str:
 
 
 def model_key(encoder: Encoder, decode: str = "exact") -> tuple[str, dict]:
-    """The cache's model key and what it stands for.
-
-    The key changes when the spec, the loaded weights, the image preprocessing, the decode
-    mode, the precision, the device type, the text context length or this module's
-    :data:`EMBEDDING_VERSION` change.
-    """
+    """The cache's model key: a hash of everything the vectors depend on (the description, also returned)."""
     description = {"spec": encoder.spec, "weights_sha256": encoder.weights_digest(),
                    "preprocess": encoder.preprocess_id(),
                    "decode": f"draft>={FAST_DECODE_FACTOR}x{encoder.input_side()}" if decode == "fast" else decode,
@@ -157,14 +127,7 @@ def load_identity(spec: str, device: torch.device, precision: str, decode: str,
 
 
 class LazyEncoder:
-    """A checkpoint that is loaded only when something has to be encoded.
-
-    Attributes:
-        spec: the checkpoint spec.
-        device: the resolved device.
-        precision: the resolved precision.
-        encoder: the loaded :class:`Encoder`, or ``None`` while not loaded.
-    """
+    """A checkpoint that is loaded only when something has to be encoded (a warm cache loads nothing)."""
 
     def __init__(self, spec: str, options: EmbedOptions | None = None, timer: StageTimer | None = None):
         options = options or EmbedOptions()
@@ -278,22 +241,11 @@ class _Workers:
 
 
 class Embedder:
-    """One checkpoint's embedding pipeline: cache look-ups, decode processes, batched encoding.
+    """One checkpoint's embedding pipeline: cache look-ups, decode or encode processes, batched encoding.
 
-    Use it as a context manager (it owns worker processes and sets the encoder's thread count
-    for its lifetime)::
-
-        with Embedder(LazyEncoder(spec), EmbedOptions(), timer) as embedder:
-            images = embedder.images(read_many_bytes(refs))
-            texts = embedder.texts(captions)
-
-    Given a :class:`LazyEncoder`, the model is loaded only when an input is not in the cache
-    (or when its model key is not yet known: a hub checkpoint, or a first run).
-
-    Attributes:
-        cache: the open cache (``None`` when disabled).
-        decode_processes: decode processes (resolved from the options and the device).
-        encode_processes: processes that decode and encode whole batches (CPU only; 0: this process encodes).
+    A context manager, because it owns worker processes and sets torch's thread count while it lives. Given a
+    :class:`LazyEncoder`, the model is loaded only when an input is not cached (or its model key is not yet
+    known: a hub checkpoint, or a first run).
     """
 
     def __init__(self, encoder: Encoder | LazyEncoder, options: EmbedOptions | None = None,
@@ -399,12 +351,9 @@ class Embedder:
     def images(self, raws: Sequence[RawImage | None]) -> Embeddings:
         """Embed images from their bytes; equal bytes (equal digests) share one embedding.
 
-        Args:
-            raws: one per input; ``None`` or a non-ok :class:`RawImage` is skipped (its
-                status is the caller's).
-
-        Returns:
-            The :class:`Embeddings`; inputs that fail to decode or preprocess are in ``errors``.
+        ``None`` or a non-ok :class:`RawImage` is skipped (its status is the caller's); inputs that fail to decode
+        or preprocess are in the result's ``errors``. Misses are encoded in order of first appearance, so the
+        same inputs always form the same batches.
         """
         usable = [raw if raw is not None and raw.status == "ok" else None for raw in raws]
         first: dict[str, bytes] = {}
@@ -481,16 +430,8 @@ def _assemble(keys: list[str | None], found: dict[str, np.ndarray], failed: dict
 
 def encode_pixels(encoder: Encoder, pixels: torch.Tensor | Sequence[torch.Tensor],
                   batch_size: int = 32) -> torch.Tensor:
-    """Encode already preprocessed images in batches (a training set's tensors).
-
-    Args:
-        encoder: the model.
-        pixels: ``(N, C, H, W)`` tensor, or a sequence of ``(C, H, W)`` tensors.
-        batch_size: images per forward pass.
-
-    Returns:
-        ``(N, D)`` float32 L2-normalised embeddings (``(0, 0)`` when N is 0).
-    """
+    """Encode already preprocessed images (``(N, C, H, W)`` or a sequence of ``(C, H, W)``) in batches: a
+    training set's tensors. ``(0, 0)`` when there are none."""
     if not len(pixels):
         return torch.empty((0, 0))
     stack = isinstance(pixels, torch.Tensor)
@@ -522,12 +463,11 @@ class EmbeddedSet:
     """A retrieval set's embeddings under one checkpoint.
 
     Attributes:
-        texts: ``(Q, D)`` query embeddings, in the order of the set's queries.
-        images: ``(M, D)`` embeddings of the usable images, in collection order.
+        texts: ``(Q, D)``, in the order of the set's queries.
+        images: ``(M, D)``, the usable images in collection order.
         image_positions: positions in ``RetrievalSet.images`` of those M images.
         image_status: per collection image: ``ok``, a read or decode failure code or ``preprocess_error``.
         image_error: per collection image: the reason (empty when ok).
-        queries_truncated: how many queries the model truncated.
         cache: cache hits and misses (``None`` without a cache).
     """
 
@@ -549,19 +489,8 @@ def embed_set(encoder: Encoder | LazyEncoder, dataset: RetrievalSet, options: Em
               timer: StageTimer | None = None, block: int = 512) -> EmbeddedSet:
     """Embed every query and every usable image of a retrieval set.
 
-    Images are read ``block`` at a time (memory holds one block of image bytes, never the
-    whole collection); unreadable ones and ones that fail to decode or preprocess are left
-    out and given a status.
-
-    Args:
-        encoder: the model, or a :class:`LazyEncoder` (loaded only if something is not cached).
-        dataset: queries, images and relevance.
-        options: batching, decoding, cache and fetch options (``progress``: a bar over the images).
-        timer: optional stage timer.
-        block: images read per step.
-
-    Returns:
-        The :class:`EmbeddedSet`.
+    Images are read ``block`` at a time, so memory holds one block of image bytes, never the whole collection;
+    those that cannot be read, decoded or preprocessed are left out with their status.
 
     Raises:
         ValueError: the set has images and none could be used (the message counts their statuses).

@@ -35,27 +35,8 @@ DECODERS = ("pillow", "torchvision")
 class EmbedOptions:
     """How checkpoints run, images are decoded, inputs batched and vectors cached (the one set of these options).
 
-    Attributes:
-        batch_size: images / captions per forward pass.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (reduced precision via autocast on CUDA only).
-        decode_processes: processes that decode and preprocess images while the model encodes;
-            0 does it in this process; ``None`` picks by device: on CUDA one per spare core (at
-            most 8), on the CPU 0 (measured fastest on a 2-core machine; see docs/speed.md).
-        encode_processes: on the CPU, processes that each decode, preprocess and encode whole
-            batches (one thread each, the model shared by the fork) instead of this process
-            encoding; 0 (the default) encodes here. The fastest layout measured on a 2-core CPU
-            (docs/speed.md); not with ``decode_processes`` or the ``torchvision`` decoder.
-        fast_decode: decode large JPEGs at reduced scale (``draft``) before the exact resize.
-        decoder: ``pillow`` (Pillow and the model's own transform, in ``decode_processes``) or
-            ``torchvision`` (plain JPEGs decoded and preprocessed on the model's device, in this
-            process: nvJPEG on CUDA; other files through Pillow; see
-            :mod:`clipeval.embed.device_decode`). Its vectors are cached apart from Pillow's.
-        embedding_cache: read and write the embedding cache.
-        embedding_cache_dir: its folder; ``None`` = :func:`clipeval.embed.cache.default_cache_dir`.
-        progress: show progress bars (the model libraries' loading bars too).
-        fetch: how image files are read and URLs fetched.
-        max_pixels: pixel cap of a decoded image.
+    The fields' help says what each does, docs/speed.md when each layout is fastest. ``embedding_cache_dir``
+    ``None`` is :func:`clipeval.embed.cache.default_cache_dir`; ``max_pixels`` caps a decoded image.
     """
 
     batch_size: int = field(default=32, metadata={"help": "images / captions per forward pass"})

@@ -1,10 +1,7 @@
-"""Time and memory of every stage, per checkpoint: ``stats.json`` and a readable ``stats.log``.
+"""Time and memory of every stage, per checkpoint: ``stats.json`` and ``stats.log`` (docs/scoring.md, "Stats").
 
-Each stage records wall seconds (``time.perf_counter``), CPU seconds (``time.process_time``,
-all threads of this process), the number of items it handled, peak RSS in MiB sampled (psutil)
-every ``interval`` seconds while the stage runs, and peak GPU memory in MiB
-(``torch.cuda.max_memory_allocated``; ``None`` on the CPU). Repeated calls for the same stage
-(one per chunk) add up; peaks take the maximum.
+Repeated calls of a stage (one per chunk) add up; peaks take the maximum. CPU seconds count every thread of
+this process.
 """
 
 from __future__ import annotations
@@ -64,13 +61,7 @@ class _PeakRSS(threading.Thread):
 
 
 class StageTimer:
-    """Accumulates per-stage timings for one checkpoint (or for the shared stages).
-
-    Example:
-        >>> timer = StageTimer()
-        >>> with timer.stage("image_encode", items=32):
-        ...     pass
-    """
+    """Accumulates per-stage timings for one checkpoint (or for the shared stages)."""
 
     def __init__(self, device: torch.device | None = None, interval: float = 0.05):
         self.device = device
