@@ -1,34 +1,9 @@
-"""Executors: the same :class:`~clipeval.pipeline.scorer.ShardScorer` in this process or on Ray.
+"""Executors: the same :class:`~clipeval.pipeline.scorer.ShardScorer` in this process (``local``) or on a Ray
+actor pool that survives faults (``ray``). docs/sharded-runs.md describes both, the faults a Ray run survives
+and the start-up timings.
 
-* ``local``: this process scores the shards one after another, each checkpoint loaded once;
-* ``ray``: a pool of ``ray_actors`` Ray actors (Ray Core), each building one scorer (its checkpoints
-  loaded once) and scoring whole shards; an actor takes a shard as soon as it is ready and its next one
-  when it answers, so neither a slow checkpoint load nor a slow shard holds the others back. ``address``
-  joins a running cluster (``ray.init(address=...)``; ``auto`` finds the local one); without it a local
-  Ray is started for the run and stopped after it.
-
-**Faults on Ray cost a retry, not the run.** An attempt fails when its actor dies (a crash, a kill,
-out of memory, its node lost) or its scorer raises. A dead actor is replaced while shards remain for
-it, and the shard goes back to the front of the queue; after ``shard_retries`` failed attempts it is
-marked failed (``shards/NAME.failed.json``: every attempt's reason, node, host and process) and the
-run goes on. With ``speculative_after``, once no shard waits, a shard running that many times the
-median finished shard's time gets a second copy on a free actor. Every attempt writes its own files
-(:meth:`~clipeval.layout.RunLayout.shard_attempt`) and :func:`commit_attempt` makes them the shard's
-only if no copy did first: the done-marker stays the commit point, so no copy overwrites or mixes with
-another's output; the chunk parts are shared (each whole, from the same input), so a retry resumes
-what the dead attempt finished. Ray's own actor restarts and task retries are off: the pool counts
-each shard's failures itself.
-
-Both executors yield one record per shard as shards finish (done or failed), and the rows and scores
-they write are the same. Both put their start-up in ``timings``: ``startup_s`` (until every
-first scorer is ready: for Ray the actors' processes, imports and checkpoints, while the first ready
-already score; an actor still starting when the last shard finished is not waited for) and
-``checkpoint_load_s`` (the checkpoints alone); Ray's also ``cluster_start_s``
-(``ray.init``: a local cluster started, or a running one joined). On a cluster every node needs this
-package installed (with its ``ray`` extra) and the run folder on storage every node can write (NFS or
-similar). Ray is imported here only, and only when the ``ray`` executor runs; the scorer (torch, the
-model libraries) only where it runs, so Ray's driver never imports torch (2 s of a 2-core machine's
-start-up before ``ray.init``).
+Ray is imported here only, and only when the ``ray`` executor runs; the scorer (torch, the model libraries)
+only where it runs, so Ray's driver never imports torch (2 s of a 2-core machine's start-up before ``ray.init``).
 """
 
 from __future__ import annotations
@@ -137,7 +112,7 @@ _RAY_NOTICES = ("ray._private.authentication.authentication_token_setup",)
 
 def run_ray(shards: list[ShardInput], task: ShardTask, options: ExecutionOptions, timings: dict | None = None
             ) -> Iterator[dict]:
-    """Score the shard files on a Ray actor pool that survives faults (see the module docstring).
+    """Score the shard files on a Ray actor pool that survives faults (docs/sharded-runs.md, "Faults").
 
     Besides the start-up, ``timings`` gets ``faults`` (every failed attempt: shard, which try, reason) and
     ``speculative_copies`` / ``speculative_wins``.
@@ -197,11 +172,7 @@ class _Attempt:
 
 
 class _ActorPool:
-    """The Ray executor's driver: starts actors, hands out shards, retries failed attempts, copies stragglers.
-
-    Every actor is started at once and takes a shard as soon as it is ready; an actor that dies is replaced
-    (while shards remain for it) and its shard goes back to the front of the queue.
-    """
+    """The Ray executor's driver: starts actors, hands out shards, retries failed attempts, copies stragglers."""
 
     def __init__(self, ray, task: ShardTask, options: ExecutionOptions, shards: list[str], timings: dict):
         self.ray, self.task, self.options, self.timings = ray, task, options, timings

@@ -21,18 +21,10 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class ShardOptions:
-    """What a scoring run reads from each shard and how it cuts it into resumable chunks.
+    """What a scoring run reads from each shard and how it cuts it into resumable chunks (the fields' help).
 
-    Attributes:
-        image_column: the image column (paths relative to the shard's folder, URLs or bytes).
-        caption_column: the caption column.
-        uid_column: the shards' unique-id column, when they have one (else ``<shard>/<row>``).
-        chunk_size: rows scored and kept together inside a shard (the unit of resuming).
-        max_member_mb: the largest tar member (or parquet image cell) read, in MiB; a larger
-            one is refused from its header and its sample gets ``member_too_large``.
-        max_shard_mb, max_shard_rows, max_captions, max_tar_header_kb, max_xz_memory_mb, max_json_kb: the caps of
-            a whole shard
-            (:class:`~clipeval.data.options.ShardLimits`, docs/security.md).
+    ``max_member_mb`` caps one member, the other ``max_*`` fields a whole shard
+    (:class:`~clipeval.data.options.ShardLimits`, docs/security.md).
     """
 
     image_column: str = field(default="image", metadata={"help": "the image column: path, URL or bytes"})
@@ -68,21 +60,7 @@ class ShardOptions:
 
 @dataclass(frozen=True)
 class ExecutionOptions:
-    """Where a scoring run's shards are scored.
-
-    Attributes:
-        executor: ``local`` (this process) or ``ray`` (an actor pool).
-        ray_actors: Ray actors in the pool (each loads the checkpoints once).
-        cpus_per_actor: CPUs Ray reserves per actor (its torch threads follow).
-        gpus_per_actor: GPUs per actor (0 on a CPU machine; 1 per GPU on a GPU box; a fraction
-            packs several actors on one GPU).
-        address: a Ray cluster to join (``auto``, ``ray://host:10001``...); None starts a local Ray.
-        shard_retries: times a shard is tried again after its attempt failed (its actor or node died,
-            or the scorer raised) before it is marked failed, so a shard that kills every actor
-            (a poison shard) costs this many actors, not the run.
-        speculative_after: once no shard waits, a shard running this many times the median finished
-            shard's time gets a second copy on a free actor; the first copy to commit wins (None: off).
-    """
+    """Where a scoring run's shards are scored (the fields' help; docs/sharded-runs.md for the Ray options)."""
 
     executor: str = field(default="local", metadata={"choices": EXECUTORS,
                                                      "help": "local: this process; ray: an actor pool"})

@@ -1,15 +1,8 @@
 """The resume rule and input identity of a scoring run, importable without torch (a re-run of a finished run
 answers without loading any model library).
 
-**A unit is done exactly when its file exists**: a shard when its done-marker ``shards/NAME.done.json``
-exists and records this input, a chunk of a shard when its part exists (see
-:mod:`clipeval.pipeline.scorer`). **A marker is for the input it was made from**: the done-marker records
-the input's identity (``input``: for a file its stat fingerprint and SHA-256,
-:func:`clipeval.file_identity.file_identity`; for a table the hash of its rows, :func:`table_identity`),
-and so does ``NAME.parts/input.json`` for the chunks. A shard file changed since (same name; even with its
-modification time restored) is scored again; one whose stat fingerprint changed but whose bytes hash the
-same (copied, touched) is not, and its marker is refreshed. A marker without ``input`` (an older
-version's) counts as not done. :func:`run_fingerprint` is what makes two runs' rows the same.
+The rule (docs/sharded-runs.md, "The resume rule"): a unit is done exactly when its file exists and records the
+input it was made from; a shard changed under the same name is scored again, one only copied or touched is not.
 """
 
 from __future__ import annotations
@@ -79,7 +72,7 @@ def _same_input(recorded: dict | None, shard: ShardInput) -> dict | None:
 
 
 def is_done(layout: RunLayout, shard: ShardInput) -> bool:
-    """The resume rule: a shard is done when its done-marker exists and records this input (module docstring).
+    """The resume rule: a shard is done when its done-marker exists and records this input.
 
     A marker whose input is the same file with a new stat fingerprint (copied, touched) is
     refreshed with it, so the next check is a stat again.

@@ -1,23 +1,8 @@
 """A scoring run: claim the run folder, score every pending shard with an executor, write the run's tables.
 
-The one pipeline at every scale. ``score --pairs`` is a run of one :class:`~clipeval.pipeline.scorer.TableShard`
-on the local executor, whose ``results.csv`` and ``scores.csv`` are views of its scored shard;
-``score --shards`` scores shard files, locally or on Ray. The rules are the same for both:
-
-* **refusal**: the folder's ``run.json`` fingerprint (:func:`~clipeval.pipeline.scorer.run_fingerprint`)
-  must match, or the run is refused unless ``overwrite`` (:func:`clipeval.layout.claim`);
-* **resume**: a shard is done exactly when its done-marker exists and records this input (its
-  size, stat fingerprint and content hash: a shard changed under the same name is scored again,
-  :func:`~clipeval.pipeline.scorer.is_done`), a chunk of a shard when its part exists (for the
-  same input); a rerun skips what is done and says so;
-* **completeness**: the folder holds ``incomplete.json`` from the claim until every shard is done
-  and the tables are written (:func:`clipeval.layout.claim_run`); a replaced run's tables are
-  deleted first, so a crashed ``--overwrite`` run never leaves the earlier run's tables looking
-  finished;
-* **outputs**: ``shards/``, ``shards.csv`` (every input shard's state), ``sharded_stats.json`` (the
-  executor's wall time and throughput), ``stats.json``/``stats.log`` (time and memory per
-  checkpoint and stage, and the run's ``warnings``, printed too: a checkpoint that truncated too
-  many captions) and, for a run of one table, ``results.csv`` and ``scores.csv``.
+The one pipeline at every scale: ``score --pairs`` is a run of one :class:`~clipeval.pipeline.resume.TableShard`
+on the local executor, ``score --shards`` of shard files, locally or on Ray; the refusal, resume and
+completeness rules are the same for both (docs/scoring.md, docs/sharded-runs.md).
 """
 
 from __future__ import annotations
@@ -59,9 +44,8 @@ class ScoringRun:
         shards: one row per input shard, input order: ``name``, ``shard``, ``state`` (``done``,
             ``failed``, ``not run``), ``this_run`` (scored by this call, not skipped), rows, seconds...
         execution: the executor's totals (``sharded_stats.json``).
-        stats: time and memory per checkpoint and stage (``stats.json``; empty when nothing was scored).
-        results: a one-table run's ``results.csv`` (else None).
-        scores: a one-table run's ``scores.csv`` (else None).
+        stats: ``stats.json`` (empty when nothing was scored).
+        results, scores: a one-table run's ``results.csv`` and ``scores.csv`` (else None).
     """
 
     shards: pd.DataFrame
@@ -78,16 +62,10 @@ class ScoringRun:
 def score_run(run_dir: str | Path, shards: list[ShardInput], checkpoints: list[str], shard_options: ShardOptions,
               embed: EmbedOptions, execution: ExecutionOptions = ExecutionOptions(),
               overwrite: bool = False) -> ScoringRun:
-    """Score every pending shard into ``run_dir`` and write the run's tables (see the module docstring).
+    """Score every pending shard into ``run_dir`` and write the run's tables.
 
-    Args:
-        run_dir: the run folder.
-        shards: shard files and tables (:class:`~clipeval.pipeline.scorer.TableShard`).
-        checkpoints: checkpoint specs; the first is the primary one of ``results.csv``.
-        shard_options: columns and chunk size.
-        embed: the embedding pipeline (``progress``: a bar over rows, or over shards).
-        execution: the executor.
-        overwrite: discard an earlier run in ``run_dir`` with another fingerprint.
+    ``checkpoints``' first is the primary one of ``results.csv``; ``embed.progress`` shows a bar over rows (a
+    table) or over shards.
 
     Raises:
         ValueError: an unknown executor, no shard, or two shards with the same output name.
@@ -219,9 +197,7 @@ def score_pairs_table(run_dir: str | Path, pairs: pd.DataFrame, checkpoints: lis
                       embed: EmbedOptions, overwrite: bool = False) -> ScoringRun:
     """Score a pairs table as one shard on the local executor; its ``results.csv`` and ``scores.csv`` are written.
 
-    Args:
-        pairs: the table (``attrs["base_dir"]``: the folder of its relative image paths).
-        The others: as for :func:`score_run`.
+    ``pairs.attrs["base_dir"]`` is the folder of its relative image paths; the others as for :func:`score_run`.
 
     Raises:
         ValueError: the table has an output column's name, or lacks the image or caption column.

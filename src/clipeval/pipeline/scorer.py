@@ -1,27 +1,9 @@
 """Score one shard whole into one output parquet and a done-marker: the unit of work of every scoring run.
 
-A shard is an input file (webdataset ``.tar``, ``.parquet``, ``.csv``/``.tsv``) or, for ``score
---pairs``, a pairs table read from any source (:class:`TableShard`): a pairs table is one shard.
-For a shard named ``NAME`` a run folder (:class:`~clipeval.layout.RunLayout`) gets
-``shards/NAME.parquet`` (the scores) and then ``shards/NAME.done.json`` (its record). Inside a
-shard, rows are scored in chunks of ``chunk_size`` and each finished chunk is kept under
-``shards/NAME.parts/`` until the shard is done, so a run killed at any point resumes where it
-stopped. **The resume rule, for chunks and shards alike: a unit is done exactly when its file
-exists** (each written atomically: a part, then the shard's parquet, then its marker). A shard
-that cannot be read gets ``shards/NAME.failed.json`` instead and is retried by the next run; a
-sample that fails (a corrupt image, an empty caption) keeps its row with a status and reason.
-
-The resume rule and the markers' input identity are :mod:`clipeval.pipeline.resume`'s.
-
-Output columns, one row per row :func:`~clipeval.data.shards.read_shard` gives (a sample, or each
-caption of a sample with several) in shard order: ``uid``, ``row`` (its position in the shard as
-read), every input column except image bytes (an input column named like an output one is kept
-as ``input:<name>``), ``image_width``/``image_height`` (from the header), the row's
-``status``/``error`` (``ok`` when ok under every checkpoint, else the first failure), and per
-checkpoint ``cosine[SPEC]``, ``clip_score_100[SPEC]``, ``caption_truncated[SPEC]``,
-``status[SPEC]``, ``error[SPEC]``, ``model_key[SPEC]`` (the embedding cache's model key: spec,
-weights, preprocessing, precision...) and ``preprocess[SPEC]`` (a short hash of the transform's
-description, which the done-marker holds in full).
+Inside a shard, rows are scored in chunks kept under ``shards/NAME.parts/`` until the shard is done, so a run
+killed at any point resumes where it stopped: a unit is done exactly when its file exists, each written
+atomically (a part, then the shard's parquet, then its marker; :mod:`clipeval.pipeline.resume`).
+docs/sharded-runs.md ("Outputs") gives the output columns and the markers.
 """
 
 from __future__ import annotations
@@ -71,16 +53,10 @@ def _arrow_safe(table: pd.DataFrame) -> pd.DataFrame:
 
 
 class ShardScorer:
-    """Loads the checkpoints once and scores whole shards into a run folder.
+    """Loads the checkpoints once and scores whole shards into a run folder that
+    :func:`clipeval.pipeline.run.score_run` claimed; the local executor uses one, the Ray executor one per actor.
 
-    Every executor uses it: the local one in-process, the Ray one builds one per actor. Use as a
-    context manager, or call :meth:`close`.
-
-    Args:
-        checkpoints: checkpoint specs.
-        run_dir: the run folder (claimed by the run: :func:`clipeval.pipeline.run.score_run`).
-        shards: what to read from each shard and the chunk size.
-        embed: the embedding pipeline (``progress`` is off: a chunk is the unit of progress).
+    A context manager, or call :meth:`close`. The run passes ``embed.progress`` off: a chunk is the unit of progress.
     """
 
     def __init__(self, checkpoints: list[str], run_dir: str | Path, shards: ShardOptions, embed: EmbedOptions):
@@ -122,7 +98,6 @@ class ShardScorer:
         """Score one shard (resuming its finished chunks); write its parquet and done-marker, or its failed-marker.
 
         Args:
-            shard: a shard file or a :class:`TableShard`.
             progress: called with each chunk's row count as it is scored (a progress bar's ``update``).
             files: where to write (default: the run folder's files of the shard; the Ray executor gives each
                 attempt its own, :meth:`~clipeval.layout.RunLayout.shard_attempt`, and commits one).
@@ -186,7 +161,7 @@ class ShardScorer:
         return scores, len(slices), resumed
 
     def score_rows(self, table: pd.DataFrame, uids: pd.Series, first_row: int) -> pd.DataFrame:
-        """The output rows of consecutive samples of a shard (see the module docstring for the columns)."""
+        """The output rows of consecutive samples of a shard (docs/sharded-runs.md, "Outputs")."""
         checkpoints = self.scorer.checkpoints
         index = range(len(table))
         long = (self.scorer.score_chunk(table.reset_index(drop=True)) if len(table)

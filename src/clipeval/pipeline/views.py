@@ -1,9 +1,6 @@
-"""The tables of a scored run, written from its scored shards: ``results.csv``, ``scores.csv``, ``stats.json``/``.log``.
-
-``results.csv`` and ``scores.csv`` are views of a one-shard run (``score --pairs``: the pairs table is
-the shard): every input row in input order with every input column and the primary checkpoint's
-scores, and the long table, one row per pair x checkpoint. ``stats.json`` merges the scoring stats of
-every process that scored this run's shards (:func:`clipeval.embed.stats.merge_stats`).
+"""The tables of a scored run, written from its scored shards: ``results.csv``, ``scores.csv`` (a one-shard run's
+views) and ``stats.json``/``.log`` (every scoring process's stats merged). docs/scoring.md ("Outputs") gives
+their columns.
 """
 
 from __future__ import annotations
