@@ -1,22 +1,7 @@
 """The one curation engine: rules applied in order over scored shards; a table in memory is one shard.
 
-A run's scored shards (or a wide table in memory, :func:`curate_table`) are read shard by shard.
-Row-wise rules need one streaming pass. A top fraction or a percentile needs the distribution of
-the rows it judges, over all shards: one more pass gathers it (:func:`plan`) and the rule
-resolves into a row-wise cut:
-
-* **exact** when the run has at most ``exact_limit`` rows: the scores are gathered and the cut is
-  computed on them, ties at a top-fraction cut broken by input order (shard order, then row order);
-* **sketch** above that: a mergeable fixed-width histogram over the score's range
-  (:class:`~clipeval.curate.sketch.ScoreHistogram`). The cut is a bin edge; the error bound is one
-  bin width in score, and at most the cut bin's rows in count (both in the step's note).
-
-A final pass decides every row (kept, or the step and reason that dropped it). Before any rule
-(step 0), whatever the rules: a row whose image or caption could not be read (its ``status``, or
-its ``status[SPEC]`` under any checkpoint, is not ``ok``) is dropped with ``status:<code>``, and a
-row whose ``uid`` an earlier row of the run already has (shard order, then row order; across
-shards too) is dropped with ``duplicate_uid``, so a curated set never holds an unreadable row and
-its kept uids are unique. No torch is imported here or below (an import contract).
+docs/curation.md describes the passes, the exact and sketched cuts and step 0 (unreadable rows and repeated
+uids dropped before any rule). No torch is imported here or below (an import contract).
 """
 
 from __future__ import annotations
@@ -145,12 +130,10 @@ class Plan:
     """Rules with their global cuts resolved over every source.
 
     Attributes:
-        rules: the rules as given.
         resolved: each rule with its top fractions and percentiles replaced by row-wise cuts.
         notes: per rule, what its cuts were (empty for row-wise rules).
         checkpoints: every checkpoint the rules use (their rows must be ok).
         exact: whether every global cut is exact.
-        rows: rows over all sources.
         repeated: the hashes of uids more than one row has (the candidates for ``duplicate_uid``).
         duplicates: rows dropped as ``duplicate_uid`` in the pass so far.
     """
@@ -317,17 +300,8 @@ def curate_table(table: pd.DataFrame, rules: list[Rule]) -> Curation:
 
 @dataclass
 class RunCuration:
-    """The outcome of :func:`curate_run`.
-
-    Attributes:
-        summary: one row per step (:meth:`Plan.summary`).
-        kept: rows kept.
-        rows: rows judged.
-        exact: whether every global cut was exact.
-        out: the curation folder.
-        dropped: for a one-table run, every dropped row: ``row_id``, ``step``, ``reason``, ``score``, ``cut``
-            (else None).
-    """
+    """The outcome of :func:`curate_run`: the summary (:meth:`Plan.summary`), rows kept and judged, whether every
+    global cut was exact, the curation folder and, for a one-table run, its dropped rows (else None)."""
 
     summary: pd.DataFrame
     kept: int
@@ -339,12 +313,8 @@ class RunCuration:
 
 def curate_run(run: RunLayout, rules: list[Rule], out: CurationLayout, exact_limit: int = EXACT_LIMIT,
                write_filtered: bool = False, progress: bool = True) -> RunCuration:
-    """Apply ``rules`` in order over a run's scored shards; kept + dropped = every row.
-
-    Writes ``decisions/<shard>.parquet`` (every row: ``uid``, ``row``, ``kept``, ``step``, ``reason``, ``score``,
-    ``cut``),
-    ``kept_uids.parquet`` (``uid``, ``row``, ``shard``), ``summary.csv`` and, with
-    ``write_filtered``, each input shard filtered to its kept samples in its own format.
+    """Apply ``rules`` in order over a run's scored shards into the curation folder ``out`` (docs/curation.md);
+    kept + dropped = every row.
 
     Raises:
         ValueError: no scored shard, or a rule names a checkpoint the run has no scores for.

@@ -1,29 +1,9 @@
-"""Curation rules and presets: what to keep of a scored run, the same at any scale.
+"""Curation rules and presets: what to keep of a scored run, the same at any scale (docs/curation.md).
 
-Rules read a *wide* table, one row per pair with ``cosine[<spec>]``, ``status[<spec>]``... per
-checkpoint (:func:`clipeval.layout.score_column`), the caption and the image's header size: the
-scored shards of a run are such tables. They are applied in order by the one engine
-(:mod:`clipeval.curate.engine`); each step keeps some rows and drops the rest with a reason, so
-kept + dropped is always every row:
-
-* rows whose status is not ``ok`` under a checkpoint a rule uses are never kept: they are
-  dropped first, counted by status (``status:<code>``);
-* :class:`Threshold`: an absolute cut on a checkpoint's score (``>=`` or ``>``);
-* :class:`TopFraction`: the top ⌈f·n⌉ rows by a checkpoint's score, over the rows still kept
-  (ties at the cut broken by input order: shard order, then row order);
-* :class:`Percentile`: rows at or above the checkpoint's own p-th percentile (ties all kept):
-  the form of a threshold that transfers across model families;
-* :class:`AnyOf` / :class:`AllOf`: several rules, e.g. the same rule on several checkpoints;
-* :class:`BasicFilter`: DataComp's basic filter (caption of more than 2 words and more than 5
-  characters, image short side at least 200 px, aspect ratio at most 3).
-
-Row-wise rules (thresholds, the basic filter) judge each row alone. A top fraction or a
-percentile needs the distribution of the scores it judges: the engine gathers it and the rule
-*resolves* into a row-wise cut, exactly (:meth:`TopFraction.resolve_exact`: the scores in
-memory) or from a mergeable histogram (:meth:`TopFraction.resolve_sketch`: past memory, with its
-error bound). :data:`PRESETS` are the published rules with their sources; a threshold means
-something only for the model it was set on, so applying one to another checkpoint warns and
-suggests the percentile form.
+Rules read a *wide* table, one row per pair with ``cosine[<spec>]``, ``status[<spec>]``... per checkpoint
+(:func:`clipeval.layout.score_column`): the scored shards of a run are such tables. A top fraction or a
+percentile needs the distribution of the scores it judges, so it *resolves* into a row-wise cut, exactly
+(:meth:`TopFraction.resolve_exact`) or from a mergeable histogram past memory (:meth:`TopFraction.resolve_sketch`).
 """
 
 from __future__ import annotations
@@ -360,15 +340,11 @@ RULE_SCORES = ("cosine", "clip_score_100", "clip_score_2_5")
 
 
 def parse_rule(text: str, checkpoint: str | None = None) -> Rule:
-    """A rule from its command-line form (:data:`RULE_GRAMMAR`).
-
-    ``cosine[SPEC]>=0.3`` (or ``>``), ``top:0.3[SPEC]`` (or ``top:30%[SPEC]``), ``percentile:70[SPEC]``,
-    ``basic``, ``preset:NAME[SPEC]`` (``preset:datacomp-basic``), and alternatives joined by `` | ``
-    (kept when any keeps the row). A rule written without ``[SPEC]`` cuts ``checkpoint`` (the
+    """A rule from its command-line form (:data:`RULE_GRAMMAR`); one without ``[SPEC]`` cuts ``checkpoint`` (the
     run's primary one, given by the caller).
 
     Raises:
-        ValueError: a form not in this list, a value that is not a number, or no checkpoint; the
+        ValueError: a form not in the grammar, a value that is not a number, or no checkpoint; the
             message quotes the rule and shows the grammar.
     """
     if " | " in text:
