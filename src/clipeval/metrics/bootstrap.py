@@ -1,9 +1,8 @@
 """Bootstrap confidence intervals over queries (percentile method), plain and paired.
 
-Each resample draws n queries with replacement from the n evaluated queries (a seeded
-``numpy.random.Generator``, so a seed reproduces the interval exactly) and recomputes the
-statistic; the interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles
-of the resampled statistics. NaN values (queries without a relevant item) are left out first.
+Each resample draws n queries with replacement from the n evaluated queries with a seeded
+``numpy.random.Generator``, so a seed reproduces the interval exactly. NaN values (queries without a relevant
+item) are left out first.
 """
 
 from __future__ import annotations
@@ -21,16 +20,8 @@ _RESAMPLE_CHUNK_ELEMENTS = 2_000_000  # resamples x queries drawn at once
 
 @dataclass(frozen=True)
 class BootstrapInterval:
-    """A statistic over queries with its bootstrap confidence interval.
-
-    Attributes:
-        estimate: the statistic on all evaluated queries.
-        low: lower bound of the interval.
-        high: upper bound of the interval.
-        n: queries used (NaN values left out).
-        n_resamples: bootstrap resamples drawn.
-        confidence: the interval's nominal coverage, e.g. 0.95.
-    """
+    """A statistic over queries (``estimate``), its interval ``[low, high]`` at ``confidence``, the queries used
+    (``n``, NaN values left out) and the resamples drawn."""
 
     estimate: float
     low: float
@@ -44,16 +35,8 @@ class BootstrapInterval:
 class PairedDifference:
     """The difference ``statistic(a) - statistic(b)`` over the same queries, bootstrapped in pairs.
 
-    Attributes:
-        difference: the difference on all queries evaluated under both (for the mean: the mean
-            per-query difference).
-        low: lower bound of the interval for the difference.
-        high: upper bound of the interval for the difference.
-        fraction_not_positive: share of resamples where the difference is <= 0, a one-sided
-            p-value-like measure of the evidence that ``a`` is better than ``b``.
-        n: queries used (queries with NaN under either left out).
-        n_resamples: bootstrap resamples drawn.
-        confidence: the interval's nominal coverage.
+    ``fraction_not_positive`` is the share of resamples where the difference is <= 0: a one-sided p-value-like
+    measure of the evidence that ``a`` is better than ``b``. ``n`` leaves out queries NaN under either.
     """
 
     difference: float
@@ -67,18 +50,8 @@ class PairedDifference:
 
 def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable = np.mean, n_resamples: int = 1000,
                  confidence: float = 0.95, seed: int = 0) -> BootstrapInterval:
-    """Bootstrap confidence interval of a per-query metric's statistic.
-
-    Args:
-        values: one value per query (e.g. reciprocal ranks); NaN values are left out.
-        statistic: reduces an array along ``axis=1`` (``np.mean``, ``np.median``).
-        n_resamples: number of bootstrap resamples.
-        confidence: nominal coverage of the interval, in (0, 1).
-        seed: seed of the ``numpy.random.Generator`` drawing the resamples.
-
-    Returns:
-        The estimate and interval; all NaN when no value is left.
-    """
+    """Bootstrap confidence interval of ``statistic`` (reducing along ``axis=1``: ``np.mean``, ``np.median``) over
+    one value per query; NaN values are left out, and the result is all NaN when none is left."""
     _check_options(n_resamples, confidence)
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
@@ -93,21 +66,9 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable = np.
 def paired_bootstrap(values_a: Sequence[float] | np.ndarray, values_b: Sequence[float] | np.ndarray,
                      statistic: Callable = np.mean, n_resamples: int = 1000, confidence: float = 0.95,
                      seed: int = 0) -> PairedDifference:
-    """Paired bootstrap of ``statistic(a) - statistic(b)`` for two checkpoints on the same queries.
-
-    Every resample draws the same queries for both, so per-query difficulty cancels out.
-
-    Args:
-        values_a: per-query metric under checkpoint a.
-        values_b: the same metric, same queries in the same order, under checkpoint b.
-        statistic: reduces an array along ``axis=1`` (``np.mean``, ``np.median``).
-        n_resamples: number of bootstrap resamples.
-        confidence: nominal coverage of the interval, in (0, 1).
-        seed: seed of the ``numpy.random.Generator`` drawing the resamples.
-
-    Returns:
-        The difference, its interval and the share of resamples with difference <= 0; all NaN
-        when no query is evaluated under both.
+    """Paired bootstrap of ``statistic(a) - statistic(b)`` for two checkpoints on the same queries, in the same
+    order: every resample draws the same queries for both, so per-query difficulty cancels out. All NaN when no
+    query is evaluated under both.
 
     Raises:
         ValueError: the two arrays differ in length.
@@ -131,20 +92,10 @@ def paired_bootstrap(values_a: Sequence[float] | np.ndarray, values_b: Sequence[
 
 def bootstrap_summary(table: pd.DataFrame, ks: Sequence[int] = (1, 5, 10), n_resamples: int = 1000,
                       confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Bootstrap intervals for every summary metric of a per-query table.
+    """Bootstrap intervals for every summary metric of a :func:`~clipeval.metrics.retrieval.per_query_metrics`
+    table, one row per metric in ``summarize_ranks``' order (whose estimates these equal).
 
-    Args:
-        table: the output of :func:`clipeval.metrics.retrieval.per_query_metrics`.
-        ks: the cut-offs (columns ``hit_rate@k``/``recall@k`` must exist for each).
-        n_resamples: number of bootstrap resamples.
-        confidence: nominal coverage of the intervals.
-        seed: seed of the resamples (the same for every metric, so the metrics of one
-            resample come from the same queries).
-
-    Returns:
-        One row per metric, in the order of ``summarize_ranks``: ``metric``, ``estimate``,
-        ``ci_low``, ``ci_high``, ``n_queries``, ``n_resamples``, ``confidence``. The
-        estimates equal :func:`clipeval.metrics.retrieval.summarize_ranks`.
+    One seed serves every metric, so the metrics of one resample come from the same queries.
     """
     rows = []
     for metric, (column, statistic) in summary_statistics(ks).items():

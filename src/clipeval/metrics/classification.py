@@ -29,13 +29,8 @@ def top_k_chance(n_classes: int, k: int) -> float:
 
 
 def top_k_hits(top_classes: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Whether each item's label is among its first ``k`` ranked classes.
-
-    Args:
-        top_classes: ``(N, K)`` class ids, best first (``K >= k``).
-        labels: ``(N,)`` true class ids.
-        k: the cut-off.
-    """
+    """Whether each item's label is among its first ``k`` ranked classes (``top_classes``: ``(N, K)``, best
+    first, ``K >= k``)."""
     top_classes = np.asarray(top_classes)
     if top_classes.ndim != 2 or top_classes.shape[1] < k:
         raise ValueError(f"need (N, K >= {k}) ranked classes, got shape {top_classes.shape}")

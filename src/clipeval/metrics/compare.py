@@ -1,8 +1,7 @@
-"""Compare checkpoints on the same pairs: separation of matched vs mismatched, scales, agreement.
+"""Compare checkpoints on the same pairs: separation of matched vs mismatched, scales, agreement (docs/scoring.md,
+"Comparing checkpoints").
 
-Pure functions over the tidy long score table (``scores.csv``: one row per pair x checkpoint,
-columns ``row_id``, ``checkpoint``, ``cosine``, ``clip_score_100``, ``clip_score_2_5``,
-``status``, ``error``) joined with the ``match`` column of ``results.csv``. Rows whose
+Pure functions over the long score table (``scores.csv``) joined with ``results.csv``'s ``match``. Rows whose
 ``status`` is not ``ok`` carry no score; every statistic leaves them out and reports how many.
 """
 
@@ -21,14 +20,7 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def attach_match(scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
-    """Add ``results.csv``'s boolean ``match`` column to the long score table by row position.
-
-    Args:
-        scores: long table; ``row_id`` is the 0-based position of the pair in ``results``.
-        results: the per-pair table, one row per input pair in input order, with ``match``.
-
-    Returns:
-        A copy of ``scores`` with a boolean ``match`` column.
+    """A copy of the long score table with ``results.csv``'s boolean ``match``, by row position (``row_id``).
 
     Raises:
         ValueError: ``results`` has no usable ``match`` column or a ``row_id`` is out of range.
@@ -47,12 +39,8 @@ def attach_match(scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_run_scores(run: RunLayout, match_required: bool = True) -> pd.DataFrame:
-    """A scored run's ``scores.csv`` with ``match`` attached from its ``results.csv``.
-
-    Args:
-        run: the run folder.
-        match_required: raise when ``results.csv`` has no ``match`` column; with False such a
-            table is returned without ``match`` (every pair in one group, :func:`summarize_scores`).
+    """A scored run's ``scores.csv`` with ``match`` attached from its ``results.csv``; without ``match_required``
+    a table without ``match`` comes back as it is (one group, :func:`summarize_scores`).
 
     Raises:
         RunIncomplete: the run did not finish (its tables may be an earlier run's or missing).
@@ -71,18 +59,8 @@ def select_ok(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def roc_auc(matched: ArrayLike, mismatched: ArrayLike) -> float:
-    """Matched-vs-mismatched ROC AUC: P(score of a matched pair > score of a mismatched one).
-
-    Ties count one half (the Mann-Whitney U statistic over average ranks), which equals
-    ``sklearn.metrics.roc_auc_score`` with matched as the positive class.
-
-    Args:
-        matched: scores of true pairs.
-        mismatched: scores of mismatched pairs.
-
-    Returns:
-        The AUC in [0, 1]; NaN when either group is empty.
-    """
+    """Matched-vs-mismatched ROC AUC: P(score of a matched pair > score of a mismatched one); NaN when either
+    group is empty. Ties count one half (Mann-Whitney U over average ranks), as ``sklearn``'s ``roc_auc_score``."""
     matched, mismatched = np.asarray(matched, float), np.asarray(mismatched, float)
     if not len(matched) or not len(mismatched):
         return float("nan")
@@ -93,21 +71,9 @@ def roc_auc(matched: ArrayLike, mismatched: ArrayLike) -> float:
 
 def summarize_scores(table: pd.DataFrame, score: str = "cosine",
                      quantiles: Sequence[float] = QUANTILES) -> pd.DataFrame:
-    """Per-checkpoint summary statistics of matched and mismatched scores.
-
-    Args:
-        table: long score table with ``match`` (see :func:`attach_match`), or without it for pairs
-            not marked matched or mismatched (a user's own table).
-        score: the score column to summarise (``cosine``, ``clip_score_100``, ``percentile``...).
-        quantiles: quantiles to report for each group.
-
-    Returns:
-        One row per checkpoint (in order of first appearance), columns ``n_ok``,
-        ``n_excluded`` (rows with status != ok, left out), then for ``matched`` and
-        ``mismatched``: ``count``, ``mean``, ``std`` and ``q05``... quantiles, then ``auc`` and
-        ``gap`` (mean matched - mean mismatched). Without ``match``, one group ``all`` (``all_count``,
-        ``all_mean``...) and no ``auc`` or ``gap``.
-    """
+    """Per-checkpoint summary statistics of matched and mismatched scores (``score_summary.csv``'s columns:
+    docs/scoring.md), checkpoints in order of first appearance. A table without ``match`` (a user's own pairs)
+    is one group, ``all``, with no ``auc`` or ``gap``."""
     rows = {}
     for checkpoint, group in table.groupby("checkpoint", sort=False):
         ok = select_ok(group)
@@ -128,19 +94,11 @@ def summarize_scores(table: pd.DataFrame, score: str = "cosine",
 
 
 def add_percentiles(table: pd.DataFrame, score: str = "cosine") -> pd.DataFrame:
-    """Add ``percentile``: each ok score's rank within its checkpoint, scaled to 0-100.
+    """A copy with ``percentile``: each ok score's rank within its checkpoint, scaled to 0-100 (NaN when not ok).
 
-    ``percentile = 100 * (rank - 1) / (n - 1)`` over the checkpoint's ``n`` ok scores, with
-    average ranks for ties: the lowest score is 0 and the highest 100 (50 when ``n == 1``).
-    Being monotone within a checkpoint it keeps each checkpoint's AUC, but puts model families
-    with different cosine ranges (SigLIP vs CLIP) on one axis. Rows not ok get NaN.
-
-    Args:
-        table: long score table.
-        score: the column to rank.
-
-    Returns:
-        A copy of ``table`` with a float ``percentile`` column.
+    ``100 * (rank - 1) / (n - 1)`` with average ranks for ties (50 when ``n == 1``). Monotone within a
+    checkpoint, so it keeps each AUC, but it puts families with different cosine ranges (SigLIP vs CLIP) on
+    one axis.
     """
     ok = select_ok(table)
     ranks = ok.groupby("checkpoint", sort=False)[score].rank(method="average")
@@ -161,13 +119,5 @@ def pivot_scores(table: pd.DataFrame, score: str = "cosine") -> pd.DataFrame:
 
 
 def spearman_matrix(table: pd.DataFrame, score: str = "cosine") -> pd.DataFrame:
-    """Spearman rank correlation of pair scores between every two checkpoints.
-
-    Args:
-        table: long score table.
-        score: the score column to correlate.
-
-    Returns:
-        Square checkpoint x checkpoint matrix over the pairs of :func:`pivot_scores`.
-    """
+    """Spearman rank correlation of pair scores between every two checkpoints, over :func:`pivot_scores`' pairs."""
     return pivot_scores(table, score).corr(method="spearman")

@@ -1,20 +1,9 @@
 """Measured retrieval metrics against published numbers: does the harness reproduce what is known?
 
-Harness bugs are common and silent: wrong image preprocessing or text padding moves retrieval by
-10-20 points (open_clip #1074: SigLIP2 Flickr R@1 64.6 measured vs 85.5 reported), so does
-caption multiplicity (CLIP_benchmark #7: R@5 of 50% vs 90%) or the wrong split (CLIP_benchmark
-#48). :func:`compare_with_published` puts every measured HitRate@k of ``metrics.csv`` beside the
-catalogue's published value (:func:`clipeval.models.catalogue.published_retrieval`) and flags a
-deviation by :data:`DEVIATION_RULE`.
-
-The rule, with ``m`` the measured HitRate@k, ``[lo, hi]`` its 95% bootstrap CI and ``p`` the
-published value (all in percent) and ``t`` the tolerance (default :data:`DEFAULT_TOLERANCE` = 2
-points): a row **deviates** when ``|m - p| > t`` **and** ``p`` lies outside ``[lo - t, hi + t]``.
-The CI absorbs the sampling noise of the queries (by the binomial approximation about ±0.6 points
-at COCO 5k text->image R@1, 25,000 queries, and ±2.5 at Flickr 1k image->text R@1, 1,000 queries);
-the tolerance absorbs what may legitimately differ between two harnesses measuring the same
-weights (the resize implementation, fp16 vs fp32). The bugs this is for move numbers by 10 points
-and more, far beyond both. Without a CI (NaN) only the first condition is used.
+Harness bugs are common and silent (a wrong preprocessing, text padding or split moves retrieval by 10-20
+points), so every measured HitRate@k is put beside the catalogue's published value and flagged by
+:data:`DEVIATION_RULE`. docs/retrieval.md ("Published numbers and the deviation flag") gives the rule, its
+tolerance and the bugs it is for. Without a CI (NaN) only the rule's first condition is used.
 """
 
 from __future__ import annotations
@@ -39,21 +28,13 @@ COMPARISON_COLUMNS = ["checkpoint", "dataset", "direction", "k", "measured", "ci
 
 def compare_with_published(metrics: pd.DataFrame, published: pd.DataFrame,
                            tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
-    """Measured HitRate@k beside the published values, each flagged by :data:`DEVIATION_RULE`.
-
-    Args:
-        metrics: rows of ``metrics.csv`` (:attr:`clipeval.eval.retrieval.RetrievalReport.metrics`):
-            ``checkpoint``, ``dataset``, ``direction``, ``k``, ``hit_rate``, ``hit_rate_ci_low``,
-            ``hit_rate_ci_high`` (fractions in [0, 1]).
-        published: ``checkpoint``, ``dataset``, ``direction``, ``k``, ``published`` (percent)
-            and ``source`` (:func:`clipeval.models.catalogue.published_retrieval`).
-        tolerance: points (of percent) allowed beyond the CI.
+    """Measured HitRate@k (``metrics.csv``'s rows, fractions) beside the published values (percent,
+    :func:`clipeval.models.catalogue.published_retrieval`), each flagged by :data:`DEVIATION_RULE`.
 
     Returns:
-        One row per metrics row (:data:`COMPARISON_COLUMNS`), in percent: ``measured``, its CI,
-        ``published`` (NaN when nothing is published), ``difference`` (measured - published),
-        ``flagged``, ``status`` (``within tolerance``, ``DEVIATES`` or ``no published number``)
-        and, for flagged rows, a ``hint`` at the usual causes.
+        One row per metrics row (:data:`COMPARISON_COLUMNS`), in percent, with ``status`` (``within
+        tolerance``, ``DEVIATES`` or ``no published number``) and, for flagged rows, a ``hint`` at the usual
+        causes.
 
     Raises:
         ValueError: a negative tolerance, or ``metrics`` lacking a column.
@@ -92,13 +73,7 @@ def deviates(measured, ci_low, ci_high, published, tolerance: float = DEFAULT_TO
 
 
 def nothing_to_compare(checkpoints: Sequence[str], benchmarks: Sequence[str], published: pd.DataFrame) -> str | None:
-    """Why a run has no measured-vs-published comparison, or None when it has one.
-
-    Args:
-        checkpoints: the run's checkpoint specs.
-        benchmarks: the benchmarks the profile names.
-        published: the catalogue's published numbers (:func:`clipeval.models.catalogue.published_retrieval`).
-    """
+    """Why a run (its checkpoints, the profile's benchmarks) has no measured-vs-published comparison, or None."""
     if not benchmarks:
         return ("this profile names no standard benchmark (its `benchmarks` parameter is empty): its checkpoints "
                 f"({', '.join(checkpoints)}) are trained here or untrained, and no published retrieval numbers "

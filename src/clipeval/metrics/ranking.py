@@ -1,25 +1,13 @@
-"""Retrieval at size: block-wise scores with a running top-k and exact ranks of relevant items.
+"""Retrieval at size: block-wise scores with a running top-k and exact ranks of relevant items, on the CPU; the
+(queries, items) matrix is never held whole, so memory is bounded by the block sizes (docs/retrieval.md, "At
+size"). Ranks and the top-k order follow :mod:`clipeval.metrics.retrieval`'s tie rule exactly, so a relevant
+item at position p of a top-k list has rank p + 1.
 
-The (queries x items) score matrix is never held whole. Queries are taken ``query_block`` at a
-time and items ``item_block`` at a time; each block of cosine scores (a matrix product of
-L2-normalised embeddings) updates a running top-k per query and the rank counts of the
-query's relevant items, then is dropped. Memory is bounded by the block sizes, not by
-queries x items.
-
-Ranks follow the tie rule of :mod:`clipeval.metrics.retrieval` exactly::
-
-    rank(q, i) = 1 + #{j : score(q, j) > score(q, i)} + #{j < i : score(q, j) == score(q, i)}
-
-and the top-k lists are ordered the same way (higher score first, lower index first among
-equal scores), so a relevant item shown at position p of a top-k list has rank p + 1.
-Everything runs on the CPU: matrix products and top-k in torch, rank counts in numpy.
-
-Floating point: a relevant item's score is computed in the same matrix product as the block
-of scores it is compared with (its embedding is appended to the item block), so every
-comparison is between two numbers produced by one BLAS call. Different calls may round the
-same dot product differently in the last bit (~1e-7 for unit vectors), so ranks can differ from
-a sort of one full ``queries @ items.T`` only between items whose scores differ by less than
-that; exact ties (e.g. duplicate embeddings, quantised scores) are resolved by index.
+Floating point: a relevant item's score is computed in the same matrix product as the block of scores it is
+compared with (its embedding is appended to the item block), so every comparison is between two numbers from
+one BLAS call. Different calls may round the same dot product differently in the last bit (~1e-7 for unit
+vectors), so ranks can differ from a sort of one full ``queries @ items.T`` only between items whose scores
+differ by less than that; exact ties (duplicate embeddings, quantised scores) are resolved by index.
 """
 
 from __future__ import annotations
@@ -39,14 +27,8 @@ ITEM_BLOCK = 32768
 
 @dataclass(frozen=True)
 class RetrievalResult:
-    """The outcome of :func:`retrieve`.
-
-    Attributes:
-        topk_indices: (queries, k) int64 item indices, best first.
-        topk_scores: (queries, k) float32 scores of those items.
-        ranks: per query, the sorted 1-based ranks of its relevant items (empty when it has
-            none); feed to :func:`clipeval.metrics.retrieval.summarize_ranks`.
-    """
+    """The outcome of :func:`rank_queries`: (queries, k) top-k item indices and scores, best first, and per query
+    the sorted ranks of its relevant items (for :func:`clipeval.metrics.retrieval.summarize_ranks`)."""
 
     topk_indices: np.ndarray
     topk_scores: np.ndarray
@@ -59,22 +41,15 @@ def rank_queries(queries: torch.Tensor, items: torch.Tensor, relevant_pairs: np.
     """Rank all items for every query, block by block, on the CPU.
 
     Args:
-        queries: (Q, D) float32 L2-normalised embeddings (moved to the CPU if elsewhere).
-        items: (N, D) float32 L2-normalised embeddings, N >= 1.
-        relevant_pairs: (P, 2) integer ``(query_index, item_index)`` pairs marking the relevant
-            items; duplicates are ignored, queries absent from it have no relevant item.
-        k: length of the top-k lists (capped at N).
-        query_block: queries per block (a block also holds at most ``item_block`` relevant
-            pairs, so queries with very many relevant items get smaller blocks).
-        item_block: items per block. Working memory, besides the inputs and outputs, is
-            about ``4 * W * (query_block + D) + query_block * item_block`` bytes with
-            ``W = item_block + relevant pairs in the block`` (~250 MB for the defaults, D = 512
-            and one relevant item per query), plus one more ``4 * query_block * item_block`` when
-            queries have several relevant items.
-        progress: show a tqdm progress bar over queries.
-
-    Returns:
-        The top-k lists and the relevant items' ranks.
+        queries: (Q, D) L2-normalised (moved to the CPU if elsewhere).
+        relevant_pairs: (P, 2) ``(query_index, item_index)``; duplicates are ignored, a query absent from it
+            has no relevant item.
+        query_block: queries per block (a block also holds at most ``item_block`` relevant pairs, so queries
+            with very many relevant items get smaller blocks).
+        item_block: items per block. Working memory is about ``4 * W * (query_block + D) + query_block *
+            item_block`` bytes with ``W = item_block + relevant pairs in the block`` (~250 MB for the defaults,
+            D = 512 and one relevant item per query), plus ``4 * query_block * item_block`` more when queries
+            have several relevant items.
 
     Raises:
         ValueError: bad shapes, non-finite embeddings, pairs out of range, or k/blocks < 1.
@@ -109,20 +84,8 @@ def retrieve_both_directions(texts: torch.Tensor, images: torch.Tensor,
                              pairs: np.ndarray | Sequence[tuple[int, int]], k: int = 10,
                              query_block: int = QUERY_BLOCK, item_block: int = ITEM_BLOCK,
                              progress: bool = False) -> dict[str, RetrievalResult]:
-    """Text-to-image and image-to-text retrieval from caption and image embeddings.
-
-    Args:
-        texts: (C, D) caption embeddings.
-        images: (I, D) image embeddings.
-        pairs: (P, 2) ``(caption_index, image_index)`` pairs where the caption describes the image.
-        k: length of the top-k lists.
-        query_block: as in :func:`retrieve`.
-        item_block: as in :func:`retrieve`.
-        progress: show progress bars.
-
-    Returns:
-        ``{"text_to_image": result over captions, "image_to_text": result over images}``.
-    """
+    """Text-to-image and image-to-text :func:`rank_queries` from caption and image embeddings; ``pairs``:
+    ``(caption_index, image_index)`` where the caption describes the image."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     options = dict(k=k, query_block=query_block, item_block=item_block, progress=progress)
     return {
@@ -133,24 +96,12 @@ def retrieve_both_directions(texts: torch.Tensor, images: torch.Tensor,
 
 def top_k(queries: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, k: int = 10,
           query_block: int = QUERY_BLOCK, item_block: int = ITEM_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """The k highest-scoring items of every query, block by block (the top-k lists of :func:`retrieve`).
+    """The k highest-scoring items of every query, block by block: :func:`rank_queries`' top-k without relevant
+    items. Returns ``(scores, indices)``, (Q, min(k, N)) float32 and int64, best first.
 
-    Same tie rule (higher score first, lower index first among equal scores) and the same
-    per-block top-k and merge as :func:`retrieve`, without relevant items. ``items`` may be any
-    float array, a memory-mapped float16 file included: it is read ``item_block`` rows at a time
-    and converted to float32 one block at a time (float32 C-contiguous numpy or CPU torch items
-    are used in place), so the whole collection is never copied.
-
-    Args:
-        queries: (Q, D) float32 L2-normalised query embeddings (Q may be 0).
-        items: (N, D) L2-normalised item embeddings, N >= 1.
-        k: length of the lists (capped at N).
-        query_block: queries per block.
-        item_block: items per block; working memory is about ``4 * query_block * item_block`` bytes
-            plus one float32 item block when ``items`` is not float32.
-
-    Returns:
-        ``(scores, indices)``: (Q, min(k, N)) float32 and int64, best first.
+    ``items`` may be any float array, a memory-mapped float16 file included: it is read ``item_block`` rows at a
+    time and converted to float32 a block at a time (float32 C-contiguous numpy or CPU torch items are used in
+    place), so the collection is never copied. Working memory is about ``4 * query_block * item_block`` bytes.
 
     Raises:
         ValueError: bad shapes, non-finite embeddings, or k/blocks < 1.

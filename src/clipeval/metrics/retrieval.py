@@ -1,32 +1,14 @@
-"""Retrieval metrics as pure functions of a score matrix and a boolean relevance matrix.
+"""Retrieval metrics as pure functions of a (queries, items) score matrix and a boolean relevance matrix of the
+same shape; a query may have several relevant items, or none. docs/retrieval.md ("Metrics") defines each metric
+and its chance level.
 
-``scores`` is a float matrix of shape (queries, items); ``relevance`` is a boolean matrix of
-the same shape, ``relevance[q, i]`` True when item ``i`` is a correct answer to query ``q``.
-A query may have several relevant items (COCO's five captions per image, a class label shared
-by many images) or none.
+Everything is computed from one representation, each query's sorted 1-based ranks of its relevant items
+(:func:`relevant_ranks`), under one deterministic tie rule: among equal scores the lower item index ranks first::
 
-Everything is computed from one representation: the 1-based **ranks** of each query's relevant
-items, sorted ascending (:func:`relevant_ranks`).
+    rank(q, i) = 1 + #{j : scores[q, j] > scores[q, i]} + #{j < i : scores[q, j] == scores[q, i]}
 
-Tie-breaking (deterministic): among equal scores the item with the lower index ranks first, so
-the rank of item ``i`` for query ``q`` is::
-
-    rank(q, i) = 1 + #{j : scores[q, j] > scores[q, i]}
-                   + #{j < i : scores[q, j] == scores[q, i]}
-
-Per-query metrics, for a query whose relevant items have ranks ``r_1 < r_2 < ... < r_m``:
-
-- ``first_rank = r_1``: the rank of the first (best-ranked) relevant item.
-- ``reciprocal_rank = 1 / r_1``; its mean over queries is ``mrr``.
-- ``hit_rate@k = 1 if r_1 <= k else 0``: at least one relevant item is in the top k.
-- ``recall@k = #{r_j <= k} / m``: the fraction of the relevant items found in the top k.
-
-Queries with no relevant item (``m == 0``) get NaN for every metric, are left out of every
-mean, and are counted in ``n_queries_without_relevant``; they never raise.
-
-Directions: with a (captions x images) score matrix, text-to-image retrieval ranks images for
-each caption (the matrix as is) and image-to-text ranks captions for each image (the
-transpose); see :func:`summarize_both_directions`.
+A query with no relevant item gets NaN for every metric, is left out of every mean and counted in
+``n_queries_without_relevant``; it never raises.
 """
 
 from __future__ import annotations
@@ -42,15 +24,7 @@ _PAIR_CHUNK_ELEMENTS = 4_000_000  # relevant pairs x items compared at once in r
 
 
 def relevant_ranks(scores: np.ndarray, relevance: np.ndarray) -> list[np.ndarray]:
-    """Rank every relevant item of every query, with the module's tie rule.
-
-    Args:
-        scores: (queries, items) finite floats; higher means more similar.
-        relevance: (queries, items) booleans; True marks a relevant item.
-
-    Returns:
-        One int64 array per query: the sorted 1-based ranks of its relevant items (empty when
-        the query has none).
+    """Each query's sorted 1-based ranks of its relevant items (empty when it has none), with the module's tie rule.
 
     Raises:
         ValueError: shapes differ, the arrays are not 2-D, or a score is not finite.
@@ -86,20 +60,15 @@ def reciprocal_rank(ranks: np.ndarray) -> float:
 
 
 def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
-    """1.0 if at least one relevant item is in the top ``k`` (``first_rank <= k``), else 0.0.
+    """1.0 if at least one relevant item is in the top ``k`` (``first_rank <= k``), else 0.0; NaN with none.
 
-    This is what the CLIP paper and CLIP_benchmark call "recall@k": CLIP_benchmark takes the
-    top-k item indices of each query and scores 1 if ``positive_pairs[query, topk].any()``.
-    NaN when the query has no relevant item.
+    This is what the CLIP paper and CLIP_benchmark call "recall@k" (``positive_pairs[query, topk].any()``).
     """
     return float(np.any(ranks <= k)) if len(ranks) else float("nan")
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
-    """The fraction of the query's relevant items ranked in the top ``k``.
-
-    ``#{rank <= k} / #relevant``; NaN when the query has no relevant item.
-    """
+    """The fraction of the query's relevant items ranked in the top ``k``; NaN with none."""
     # HitRate@k vs Recall@k: they agree when a query has exactly one relevant item. With m
     # relevant items HitRate@k is 1 as soon as one of them is in the top k, while Recall@k
     # is only 1 when all m are (and can never exceed k / m).
@@ -107,17 +76,8 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
 
 
 def per_query_metrics(ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> pd.DataFrame:
-    """One row per query with every per-query metric, for best/worst-query views and bootstrap.
-
-    Args:
-        ranks: per query, the 1-based ranks of its relevant items (see :func:`relevant_ranks`).
-        ks: the cut-offs for ``hit_rate@k`` and ``recall@k``.
-
-    Returns:
-        A DataFrame indexed by query position (``query``) with columns ``n_relevant``,
-        ``first_rank``, ``reciprocal_rank`` and ``hit_rate@{k}``, ``recall@{k}`` for each k;
-        metrics are NaN for queries without a relevant item.
-    """
+    """One row per query (``query``): ``n_relevant``, ``first_rank``, ``reciprocal_rank``, ``hit_rate@{k}`` and
+    ``recall@{k}``, for best/worst-query views and the bootstrap."""
     ks = _check_ks(ks)
     table = {
         "n_relevant": [len(r) for r in ranks],
@@ -132,18 +92,8 @@ def per_query_metrics(ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10
 
 
 def summary_statistics(ks: Sequence[int] = (1, 5, 10)) -> dict[str, tuple[str, Callable]]:
-    """How each summary metric is computed from the per-query table.
-
-    Args:
-        ks: the cut-offs.
-
-    Returns:
-        ``{summary key: (per-query column, statistic)}`` where the statistic (``np.mean`` or
-        ``np.median``) is applied over the queries that have a relevant item:
-        ``hit_rate@k`` and ``recall@k`` are means of their columns, ``mrr`` the mean of
-        ``reciprocal_rank``, ``median_rank`` and ``mean_rank`` the median and mean of
-        ``first_rank``.
-    """
+    """How each summary metric comes from the per-query table: ``{summary key: (per-query column, np.mean or
+    np.median)}``, applied over the queries that have a relevant item."""
     ks = _check_ks(ks)
     stats: dict[str, tuple[str, Callable]] = {f"hit_rate@{k}": (f"hit_rate@{k}", np.mean) for k in ks}
     stats.update({f"recall@{k}": (f"recall@{k}", np.mean) for k in ks})
@@ -154,17 +104,10 @@ def summary_statistics(ks: Sequence[int] = (1, 5, 10)) -> dict[str, tuple[str, C
 
 
 def summarize_ranks(ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Average the per-query metrics over the queries that have a relevant item.
+    """Average the per-query metrics over the queries that have a relevant item (:func:`summary_statistics`).
 
-    Args:
-        ranks: per query, the 1-based ranks of its relevant items.
-        ks: the cut-offs.
-
-    Returns:
-        ``hit_rate@{k}`` and ``recall@{k}`` for each k, ``mrr``, ``median_rank``,
-        ``mean_rank`` (see :func:`summary_statistics`), ``n_queries`` (queries with at least
-        one relevant item: the ones averaged) and ``n_queries_without_relevant`` (queries left
-        out). Metrics are NaN when no query has a relevant item.
+    ``n_queries`` counts the queries averaged, ``n_queries_without_relevant`` those left out; the metrics are
+    NaN when no query has a relevant item.
     """
     table = per_query_metrics(ranks, ks)
     evaluated = table[table["n_relevant"] > 0]
@@ -178,47 +121,19 @@ def summarize_ranks(ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10))
 
 
 def summarize(scores: np.ndarray, relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Rank, then summarize: ``summarize_ranks(relevant_ranks(scores, relevance), ks)``.
-
-    Args:
-        scores: (queries, items) finite floats.
-        relevance: (queries, items) booleans.
-        ks: the cut-offs.
-
-    Returns:
-        The dictionary of :func:`summarize_ranks`.
-    """
+    """Rank, then summarize: ``summarize_ranks(relevant_ranks(scores, relevance), ks)``."""
     return summarize_ranks(relevant_ranks(scores, relevance), ks)
 
 
 def chance_levels(n_relevant: Sequence[int] | np.ndarray, n_items: int,
                   ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """The exact value of each summary metric under a uniformly random ranking.
+    """The exact value of each summary metric under a uniformly random ranking of ``n_items`` items with the same
+    relevance (the formulas: docs/retrieval.md, "Chance level").
 
-    What a model with no signal gets on average, given the relevance structure: a query with
-    ``r`` of ``N`` items relevant, its items in a uniformly random order, has its first
-    relevant item at rank ``j`` with probability ``P(j) = S(j-1) - S(j)``, where
-    ``S(j) = C(N-r, j) / C(N, j)`` is the chance that none of the top ``j`` is relevant. Then
-
-    - ``hit_rate@k = 1 - S(k) = 1 - C(N-r, k) / C(N, k)``;
-    - ``recall@k = min(k, N) / N`` (each relevant item lands in the top k with that chance);
-    - ``mrr = sum_j P(j) / j``;
-    - ``mean_rank = sum_j j P(j) = (N + 1) / (r + 1)``;
-
-    each the expectation per query, averaged over the queries (as the metrics are).
-    ``median_rank`` is the median of the first rank pooled over the queries (the smallest
-    ``m`` with ``mean over queries of (1 - S(m)) >= 1/2``): what the median of a large random
-    run approaches.
-
-    Args:
-        n_relevant: per query, its number of relevant items; queries with none are left out,
-            as in :func:`summarize_ranks`.
-        n_items: N, the number of items ranked.
-        ks: the cut-offs.
-
-    Returns:
-        The keys of :func:`summarize_ranks`' metrics (``hit_rate@{k}``, ``recall@{k}``, ``mrr``,
-        ``median_rank``, ``mean_rank``); NaN when no query has a relevant item.
+    ``S(j) = C(N-r, j) / C(N, j)`` is the chance that none of a query's top ``j`` is relevant, and its first
+    relevant rank is ``j`` with probability ``S(j-1) - S(j)``. Each metric is the expectation per query,
+    averaged over the queries with a relevant item (as the metrics are); ``median_rank`` is the smallest ``m``
+    with ``mean(1 - S(m)) >= 1/2``, what the median of a large random run approaches.
 
     Raises:
         ValueError: a query has more relevant items than there are items.
@@ -247,15 +162,8 @@ def chance_levels(n_relevant: Sequence[int] | np.ndarray, n_items: int,
 
 
 def rank_both_directions(scores: np.ndarray, relevance: np.ndarray) -> dict[str, list[np.ndarray]]:
-    """Relevant ranks for text-to-image and image-to-text from one (captions x images) matrix.
-
-    Args:
-        scores: (captions, images) finite floats.
-        relevance: (captions, images) booleans; True when the caption describes the image.
-
-    Returns:
-        ``{"text_to_image": ranks per caption, "image_to_text": ranks per image}``.
-    """
+    """Relevant ranks for ``text_to_image`` (per caption) and ``image_to_text`` (per image, the transpose) from
+    one (captions, images) matrix."""
     scores, relevance = _check_matrices(scores, relevance)
     return {
         "text_to_image": relevant_ranks(scores, relevance),
@@ -265,16 +173,7 @@ def rank_both_directions(scores: np.ndarray, relevance: np.ndarray) -> dict[str,
 
 def summarize_both_directions(scores: np.ndarray, relevance: np.ndarray,
                               ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
-    """:func:`summarize_ranks` for both directions of one (captions x images) score matrix.
-
-    Args:
-        scores: (captions, images) finite floats.
-        relevance: (captions, images) booleans.
-        ks: the cut-offs.
-
-    Returns:
-        ``{"text_to_image": summary, "image_to_text": summary}``.
-    """
+    """:func:`summarize_ranks` for both directions of one (captions, images) score matrix."""
     return {direction: summarize_ranks(ranks, ks)
             for direction, ranks in rank_both_directions(scores, relevance).items()}
 
