@@ -225,16 +225,10 @@ def render_index(title: str, run_dir: Path, sections: list[Section], figures: li
 
 def build_report(run_dir: str | Path, title: str | None = None, profile_notebooks: list[str] | None = None,
                  extra_sections: list[Section] | None = None, kind: RunKind | None = None) -> Report:
-    """Write ``<run_dir>/report/`` (``index.html``, ``figures/``, ``notebooks/``), replacing the old one in one step.
-
-    ``<run_dir>/report`` is a symbolic link to a build in ``<run_dir>/report.versions/``: the new
-    build is written there in full, the link is swapped to it (:func:`swap_report`) and the older
-    builds are deleted. Killed at any moment, a rebuild leaves the complete old report or the
-    complete new one at ``<run_dir>/report``.
+    """Write ``<run_dir>/report/`` (``index.html``, ``figures/``, ``notebooks/``), replacing the old one in one
+    step (:mod:`.publish`): killed at any moment, a rebuild leaves the complete old report or the new one.
 
     Args:
-        run_dir: the run folder (``outputs/<profile>``).
-        title: the page title (default: the run folder's name).
         profile_notebooks: the notebooks the run's profile runs; a missing file written by
             another notebook is reported as not part of this run rather than missing.
         extra_sections: sections to show after the tables (e.g. the docs' agreement).

@@ -53,15 +53,12 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def swap_report(link: Path, version: Path) -> None:
-    """Point ``link`` at the complete build ``version`` in one step.
+    """Point ``link`` at the complete build ``version`` in one step (docs/report.md, "Layout and atomic rebuilds").
 
-    A temporary symbolic link is made beside ``link`` and renamed over it (``os.replace``: one
-    ``rename(2)``, atomic on POSIX), so a reader or a crash at any moment finds the old target or
-    the new one. A real folder at ``link`` (a report written before the versioned layout) is
-    exchanged with the new link by ``renameat2(RENAME_EXCHANGE)`` on Linux; where the system has
-    no exchange the folder is moved aside first, and only that one migration has a moment without
-    a report. Either way the old folder is left beside the link as ``.report.*``, for
-    :func:`_remove_leftovers` to delete: nothing after the swap can fail it.
+    A temporary link renamed over ``link`` (one ``rename(2)``), so a reader or a crash finds the old target or
+    the new one. A real folder at ``link`` (a report from before the versioned layout) is exchanged with the
+    new link, or moved aside first where the system cannot exchange; either way it is left beside the link as
+    ``.report.*`` for :func:`remove_leftovers`, so nothing after the swap can fail it.
     """
     temp = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}.link")
     os.symlink(os.path.relpath(version, link.parent), temp)
