@@ -84,3 +84,51 @@ def test_a_measurement_far_from_the_published_top1_is_flagged(estimate, low, hig
     assert merged["published"].iloc[0] == pytest.approx(63.32) and np.isnan(merged["published"].iloc[1])
     assert merged["deviates"].tolist() == [flagged, False]
     assert "openclip_results.csv" in merged["published_source"].iloc[0]
+
+
+def sugarcrepe_files(root, images):
+    """SugarCrepe's layout in small: two categories' JSON files naming images of a COCO-like folder."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    (data / "replace_att.json").write_text(json.dumps({
+        "0": {"filename": "red.png", "caption": "a red thing", "negative_caption": "a blue thing"},
+        "1": {"filename": "blue.png", "caption": "a blue thing", "negative_caption": "a red thing"}}))
+    (data / "swap_obj.json").write_text(json.dumps({
+        "0": {"filename": "green.png", "caption": "a green dog on a cat", "negative_caption": "a green cat on a dog"},
+        "1": {"filename": "gone.png", "caption": "a missing photo", "negative_caption": "a photo missing"}}))
+    for name, colour in COLOURS.items():
+        Image.fromarray(np.full((24, 24, 3), colour, np.uint8)).save(images / f"{name}.png")
+    return data
+
+
+def test_hard_negatives_on_sugarcrepe_files_counts_each_category_and_the_missing_image(tmp_path, tiny_specs,
+                                                                                      capsys):
+    images = tmp_path / "val2017"
+    images.mkdir()
+    data = sugarcrepe_files(tmp_path, images)
+    out = tmp_path / "run"
+    spec = tiny_specs["hf-clip"]
+    assert main(["hard-negatives", "--sugarcrepe", str(data), "--coco-images", str(images), "--checkpoint", spec,
+                 "--out", str(out), "--category", "replace_att", "--category", "swap_obj", *CPU]) == 0
+    assert "accuracy (chance 0.5)" in capsys.readouterr().out
+    run = RunLayout(out)
+    accuracy = pd.read_csv(run.hard_negative_accuracy).set_index("negative_kind")
+    assert accuracy.loc["replace-attribute", "n"] == 2 and accuracy.loc["swap-object", "n"] == 1
+    assert accuracy.loc["swap-object", "n_unscored"] == 1  # the missing image: counted apart, never dropped
+    assert (accuracy["chance"] == 0.5).all() and set(accuracy["dataset"]) == {"sugarcrepe"}
+    outcomes = pd.read_csv(run.hard_negative_outcomes)
+    compared = outcomes[outcomes["outcome"] == "ok"]
+    assert (compared["correct"] == (compared["true_score"] > compared["negative_score"])).all()
+    assert accuracy.loc["all", "accuracy"] == pytest.approx(compared["correct"].mean())
+    assert "hard_negatives" in json.loads(run.manifest.read_text())["steps"]
+    assert detect_kind(out).name == "hard-negative accuracy"
+    assert main(["report", "--run-dir", str(out)]) == 0
+    assert ">Compositional hard negatives</h2>" in (out / "report" / "index.html").read_text()
+
+
+def test_hard_negatives_needs_match_and_negative_kind(tmp_path, tiny_specs, challenge_csv, capsys):
+    pairs = pd.read_csv(challenge_csv).drop(columns=["negative_kind"], errors="ignore")
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    assert main(["hard-negatives", "--pairs", str(tmp_path / "pairs.csv"), "--checkpoint", tiny_specs["hf-clip"],
+                 "--out", str(tmp_path / "run"), *CPU, "--image-root", str(challenge_csv.parent)]) == 2
+    assert "no negative_kind column" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from clipeval.jobs.curation import CURATE
 from clipeval.jobs.evalsets import BUILD_EVALSET
 from clipeval.jobs.finder import INDEX
 from clipeval.jobs.finetune import FINETUNE, FINETUNE_STUDY
+from clipeval.jobs.hard_negatives import HARD_NEGATIVE_JOB
 from clipeval.jobs.job import Command, Job
 from clipeval.jobs.retrieval import RETRIEVE, RETRIEVE_BENCHMARKS, SEARCH
 from clipeval.jobs.scoring import COMPARE, SCORE, SCORE_SHARDS
@@ -16,7 +17,8 @@ from clipeval.jobs.zero_shot import CLASSIFY
 
 JOBS: dict[str, Job] = {job.name: job for job in (
     EXPLORE, SCORE, SCORE_SHARDS, COMPARE, RETRIEVE, RETRIEVE_BENCHMARKS, SEARCH, SCENES_BENCHMARK, LABEL_STUDY,
-    CURATION_STUDY, SHARDED_STUDY, FINETUNE_STUDY, CURATE, BUILD_EVALSET, FINETUNE, INDEX, CLASSIFY, UTILITIES)}
+    CURATION_STUDY, SHARDED_STUDY, FINETUNE_STUDY, CURATE, BUILD_EVALSET, FINETUNE, INDEX, CLASSIFY, HARD_NEGATIVE_JOB,
+    UTILITIES)}
 
 
 def job_commands() -> list[Command]:
