@@ -1,39 +1,13 @@
 """Caption images with an OpenAI-compatible chat API (a vision-language model), each caption becoming a query.
 
-Off by default. It is configured by environment variables, read when an :class:`ApiCaptioner`
-is made (constructor arguments override them):
+Off without ``CLIPEVAL_LABEL_API_BASE`` and ``CLIPEVAL_LABEL_API_KEY`` (``CLIPEVAL_LABEL_API_MODEL``: the model).
+docs/eval-sets.md ("The labellers in detail") describes the requests, retries, statuses and the reply cache.
 
-- ``CLIPEVAL_LABEL_API_BASE``: the API root, e.g. ``https://api.openai.com/v1``; requests go to
-  ``<base>/chat/completions``. It must be ``https``; plain ``http`` only to a loopback host
-  (``127.0.0.0/8``, ``::1``, ``localhost``), e.g. a model served on this machine.
-- ``CLIPEVAL_LABEL_API_MODEL``: the model name (default ``gpt-4o-mini``).
-- ``CLIPEVAL_LABEL_API_KEY``: the key, sent as ``Authorization: Bearer <key>``; never written to
-  stats, logs or the cache.
-
-The key is sent only to the configured host, never in clear text across a network: when a key
-is set, a base that is neither ``https`` nor plain ``http`` on loopback raises :class:`ValueError`
-as the captioner is made, before anything is sent. Redirects are never followed (urllib would
-copy the key to the new host): a redirect is an ``api_error`` naming its target. A loopback
-``http`` base bypasses any proxy from the environment. Whatever the server says back (error
-messages, malformed replies, even captions) is stored and shown only with the key (and
-``Bearer <key>``) replaced by ``***``.
-
-Without a base or a key nothing is sent: every readable image gets the status ``api_off``,
-``stats["api_off"]`` is true and one warning says how to turn it on. Images given as URLs are
-then not fetched either, so an ``api_off`` run makes no network request at all.
-
-Each image is sent as it is stored (base64 in a ``data:`` URL; JPEG, PNG, WebP and GIF as they
-are, any other format re-encoded to PNG) with one instruction, and the reply's
-``choices[0].message.content`` (whitespace collapsed) is the caption. A per-image failure is a
-status of :data:`API_STATUSES` (or the image's read status of
-:data:`clipeval.data.images.STATUSES`), never an exception. HTTP 408, 429 and 5xx, timeouts and
-dropped connections are retried with exponential backoff. At most ``concurrency`` requests are
-in flight. Only the standard library (:mod:`urllib`) speaks HTTP.
-
-Successful replies are cached on disk, one JSON file per (image SHA-256, model, prompt,
-max_tokens) under ``<cache_dir>/<k[:2]>/<k>.json`` with ``k`` the SHA-256 of that key; a cached
-image makes no request. Failures and empty captions are not cached, so a re-run asks again.
-Delete the folder to caption everything afresh.
+The key's invariants: it is sent only to the configured host and never in clear text across a network (a base
+that is neither ``https`` nor plain ``http`` on loopback raises :class:`ValueError` before anything is sent);
+redirects are never followed (urllib would copy the key to the new host); whatever is stored or shown, the
+server's words included, has the key replaced by ``***``. A per-image failure is a status of
+:data:`API_STATUSES`, never an exception.
 """
 
 from __future__ import annotations
@@ -110,27 +84,20 @@ class _Outcome:
 
 
 class ApiCaptioner:
-    """An OpenAI-compatible chat API as a labeller: one caption per image (see the module docstring).
+    """An OpenAI-compatible chat API as a labeller: one caption per image.
 
     Args:
-        base: the API root (``<base>/chat/completions`` is called); default ``$CLIPEVAL_LABEL_API_BASE``;
-            ``https``, or plain ``http`` on a loopback host.
-        model: the API model; default ``$CLIPEVAL_LABEL_API_MODEL``, else ``gpt-4o-mini``.
-        key: the API key; default ``$CLIPEVAL_LABEL_API_KEY``.
-        prompt: the instruction sent with every image.
-        max_tokens: the longest reply allowed.
+        base, model, key: default ``$CLIPEVAL_LABEL_API_BASE``, ``$CLIPEVAL_LABEL_API_MODEL`` (else
+            ``gpt-4o-mini``), ``$CLIPEVAL_LABEL_API_KEY``.
         timeout: seconds allowed for each request's whole reply (connect, headers, body).
         retries: extra attempts after HTTP 408/429/5xx, a timeout or a dropped connection.
         backoff: seconds before the first retry; doubled before each further one.
-        concurrency: the most requests in flight at once.
         cache_dir: where replies are cached; ``None`` disables the cache.
-        progress: show a progress bar.
-        max_reply_kb: the largest reply read (KiB; default ``$CLIPEVAL_LABEL_API_MAX_REPLY_KB``, else
+        max_reply_kb: the largest reply read (default ``$CLIPEVAL_LABEL_API_MAX_REPLY_KB``, else
             :data:`MAX_REPLY_KB`); a larger one is ``api_bad_response``, never read whole.
 
     Raises:
-        ValueError: a key is set and the base is not ``https`` (nor ``http`` on a loopback host), so
-            the key would travel in clear text or to an unexpected scheme.
+        ValueError: a key is set and the base is not ``https`` (nor ``http`` on a loopback host).
     """
 
     name = "api"
@@ -160,14 +127,8 @@ class ApiCaptioner:
     def label(self, refs: list[str], base_dir: Path | None = None) -> LabelRun:
         """Caption each readable image; an empty caption leaves the image without a label.
 
-        Args:
-            refs: image paths (absolute, or relative to ``base_dir``) or URLs.
-            base_dir: the folder relative paths are resolved against.
-
-        Returns:
-            A :class:`~clipeval.labels.base.LabelRun`: at most one label per distinct image,
-            ``confidence`` and ``threshold`` NaN; image statuses from :data:`API_STATUSES` or
-            the read statuses; stats add ``api_off``, ``requests_made`` and ``cache_hits``.
+        At most one label per distinct image, ``confidence`` and ``threshold`` NaN; stats add ``api_off``,
+        ``requests_made`` and ``cache_hits``.
         """
         started = time.perf_counter()
         refs = list(refs)

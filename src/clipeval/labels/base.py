@@ -1,10 +1,7 @@
 """What every labeller returns, so eval-set building and label-quality checks need not know which one ran.
 
-A labeller looks at images and proposes query texts for them: a classifier's confident class
-names, a captioning model's caption, a vision-language API's caption. Each proposal is one
-row of :data:`LABEL_COLUMNS`, with its provenance (labeller, model, threshold) and its
-confidence. Every input image is accounted for in :attr:`LabelRun.images`: read or not, how
-many labels it kept, and why it has none, so no image silently disappears.
+Every input image is accounted for in :attr:`LabelRun.images` (read or not, its labels kept, why it has none),
+so no image silently disappears.
 """
 
 from __future__ import annotations
@@ -24,15 +21,11 @@ class LabelRun:
     """The output of one labeller over a list of images.
 
     Attributes:
-        labels: one row per kept (image, text) label, columns :data:`LABEL_COLUMNS`; ``image``
-            is the reference as given, ``confidence`` in [0, 1] (NaN when the labeller has
-            none, e.g. an API caption), ``threshold`` the cut it passed (NaN when none applies).
-        images: one row per input image, in input order, columns :data:`IMAGE_COLUMNS`:
-            ``status`` is ``ok`` or a read / decode failure code of
-            :data:`clipeval.data.images.STATUSES` or a labeller's own (``no_label``,
-            ``api_error``...), ``error`` the reason, ``n_labels`` the labels kept.
-        stats: counts and settings (``images``, ``images_labelled``, ``labels``,
-            ``unique_texts``, the labeller's parameters...).
+        labels: one row per kept (image, text) label, :data:`LABEL_COLUMNS`; ``confidence`` in [0, 1] and
+            ``threshold`` NaN where the labeller has none (an API caption).
+        images: one row per input image, in input order, :data:`IMAGE_COLUMNS`; ``status`` is ``ok``, a read or
+            decode failure or a labeller's own (``no_label``, ``api_error``...).
+        stats: counts and the labeller's settings.
     """
 
     labels: pd.DataFrame
@@ -41,13 +34,8 @@ class LabelRun:
 
 
 class Labeller(Protocol):
-    """Anything that turns images into labelled queries.
-
-    Attributes:
-        name: the labeller kind written in the ``labeller`` column (``classifier``,
-            ``captioner``, ``api``, ``zero-shot``).
-        model: the model it uses (a timm name, a hub name or folder, an API model).
-    """
+    """Anything that turns images into labelled queries; ``name`` is written in the ``labeller`` column
+    (``classifier``, ``captioner``, ``api``, ``zero-shot``), ``model`` is the model it uses."""
 
     name: str
     model: str

@@ -1,16 +1,6 @@
 """Label images with an image-captioning model's captions (transformers), each caption becoming a query.
 
-Any checkpoint ``AutoModelForImageTextToText`` loads works, by hub name or ``save_pretrained``
-folder: ViT-GPT2 style ``VisionEncoderDecoderModel`` checkpoints (the default,
-``nlpconnect/vit-gpt2-image-captioning``), BLIP, Florence-2 (pass its task prompt,
-``prompt="<CAPTION>"``)... Models with a processor class get images (and the prompt) through it;
-the others through their image processor, with their tokenizer decoding.
-
-Images are captioned in batches with ``model.generate``; the generation settings
-(``max_new_tokens``, ``num_beams``, ``num_return_sequences``...) are a parameter. A caption's
-confidence is the geometric-mean probability the model gives its generated tokens (up to and
-including the end token), from the raw logits, so it does not depend on the decoding strategy's
-logit processors; captions below ``min_confidence``, and empty ones, are dropped.
+docs/eval-sets.md ("The labellers in detail") says which models load and how a caption's confidence is made.
 """
 
 from __future__ import annotations
@@ -34,15 +24,10 @@ DEFAULT_GENERATE_KWARGS = {"max_new_tokens": 30, "num_beams": 1}
 
 
 def sequence_confidence(log_probs: torch.Tensor, tokens: torch.Tensor, end_ids: torch.Tensor) -> torch.Tensor:
-    """The geometric-mean token probability of each generated sequence.
+    """The geometric-mean token probability of each generated sequence, ``(sequences,)`` in [0, 1].
 
-    Args:
-        log_probs: ``(sequences, steps)`` log-probabilities of the generated tokens.
-        tokens: ``(sequences, steps)`` the generated tokens.
-        end_ids: the end-of-sequence token ids; tokens after a sequence's first one (padding) do not count.
-
-    Returns:
-        ``(sequences,)`` confidences in [0, 1]: ``exp`` of the mean log-probability of the counted tokens.
+    ``log_probs`` and ``tokens`` are ``(sequences, steps)``; tokens after a sequence's first end id (padding) do
+    not count.
     """
     ended = torch.isin(tokens, end_ids).long()
     counted = (ended.cumsum(dim=1) - ended) == 0
@@ -55,19 +40,14 @@ def _first_line(error: BaseException) -> str:
 
 
 class Captioner:
-    """An image-captioning model as a labeller (see the module docstring).
+    """An image-captioning model as a labeller.
 
     Args:
-        model: a hub name or a local ``save_pretrained`` folder of an image-to-text model.
-        device: ``auto``, ``cpu``, ``cuda``...
-        batch_size: images per ``generate`` call.
-        generate_kwargs: settings passed to ``model.generate``; default
-            :data:`DEFAULT_GENERATE_KWARGS` (greedy, at most 30 new tokens).
+        generate_kwargs: settings passed to ``model.generate``; default :data:`DEFAULT_GENERATE_KWARGS`
+            (greedy, at most 30 new tokens).
         min_confidence: the smallest caption confidence kept (0 keeps every non-empty caption).
-        prompt: a text prompt given with every image, for models that take one (Florence-2's
-            ``<CAPTION>``, BLIP's conditional captioning); needs a model with a processor class.
-            The caption is what the model generates after it, without the prompt.
-        progress: show progress bars (captioning, and transformers' weight loading).
+        prompt: a text prompt given with every image (Florence-2's ``<CAPTION>``, BLIP's conditional
+            captioning); needs a model with a processor class. The caption is what it generates after it.
     """
 
     name = "captioner"
@@ -121,12 +101,8 @@ class Captioner:
         return self._processor(images=images, text=[self.prompt] * len(images), return_tensors="pt").to(self.device)
 
     def caption(self, images: list[Image.Image]) -> list[list[tuple[str, float]]]:
-        """Caption decoded RGB images in one ``generate`` call.
-
-        Returns:
-            For each image, its ``(caption, confidence)`` pairs (one per returned sequence,
-            ``num_return_sequences`` of them), captions stripped, not yet filtered.
-        """
+        """Caption decoded RGB images in one ``generate`` call: per image its ``(caption, confidence)`` pairs, one
+        per returned sequence, stripped, not yet filtered."""
         if self._network is None:
             self._load()
         with torch.inference_mode():

@@ -1,18 +1,8 @@
 """Label images with an image classifier's confident classes (timm), class names becoming queries.
 
-The original pseudo-labelling recipe: run an ImageNet classifier (the study used the NoisyStudent
-EfficientNet-B4, which timm names ``tf_efficientnet_b4.ns_jft_in1k``: ``efficientnet_b4.ns_jft_in1k``
-is no timm model) over every image and keep a label only when the classifier
-is confident (probability >= ``threshold``, e.g. 0.85); each kept class name is a query whose
-relevant images are all the images with that label. ImageNet class descriptions list synonyms
-(``"tabby, tabby cat"``): the first one is the query, and classes whose first synonyms
-coincide (two ImageNet classes are both "crane") become one query.
-
-Any timm model name works (``pretrained=True`` downloads it), and so does a local folder in
-timm's Hugging Face layout (``config.json`` with ``architecture``, ``num_classes`` and
-``label_names``, plus weights), loaded as ``local-dir:<folder>``. A folder whose
-``config.json`` says ``"multi_label": true`` holds a multi-label classifier (sigmoid per
-class, several labels per image); otherwise classes are exclusive (softmax, ``top_k`` best).
+The original pseudo-labelling recipe: an ImageNet classifier over every image, a label kept only when the
+classifier is confident; each kept class name is a query relevant to every image with that label.
+docs/eval-sets.md ("The labellers in detail") says which models load and how multi-label folders work.
 """
 
 from __future__ import annotations
@@ -45,17 +35,9 @@ def labels_from_probabilities(refs: list[str], probabilities: np.ndarray, names:
                               top_k: int = 1, multi_label: bool = False) -> pd.DataFrame:
     """Keep each image's confident classes; one row per (image, query text).
 
-    Args:
-        refs: the images, one per row of ``probabilities``.
-        probabilities: ``(images, classes)`` class probabilities.
-        names: the query text of each class (equal texts are one query: synonyms are merged).
-        threshold: the smallest probability kept.
-        top_k: exclusive classes: look at the ``top_k`` most probable classes only.
-        multi_label: independent classes: every class at or above ``threshold`` is kept.
-
-    Returns:
-        Columns ``image``, ``text``, ``confidence`` (for merged synonyms: the largest of
-        their probabilities), ordered by image then decreasing confidence.
+    Equal ``names`` are one query (merged synonyms, whose confidence is the largest of their probabilities).
+    Exclusive classes look at the ``top_k`` most probable only; with ``multi_label`` every class at or above
+    ``threshold`` is kept. Rows are ordered by image, then decreasing confidence.
     """
     rows = []
     for ref, row in zip(refs, probabilities):
@@ -71,17 +53,8 @@ def labels_from_probabilities(refs: list[str], probabilities: np.ndarray, names:
 
 
 class Classifier:
-    """A timm classifier as a labeller (see the module docstring).
-
-    Args:
-        model: a timm model name (weights downloaded with ``pretrained=True``) or a local
-            folder in timm's Hugging Face layout.
-        threshold: the smallest class probability kept as a label.
-        top_k: exclusive classes: how many of the most probable classes may become labels.
-        device: ``auto``, ``cpu``, ``cuda``...
-        batch_size: images per forward pass.
-        progress: show a progress bar.
-    """
+    """A timm classifier as a labeller: a timm model name or a local folder in timm's Hugging Face layout;
+    ``top_k``: how many of an exclusive classifier's most probable classes may become labels."""
 
     name = "classifier"
 

@@ -1,24 +1,7 @@
-"""Eval-set files from pseudo-labels, in the three-table format the retrieval evaluation reads.
+"""Eval-set files from pseudo-labels, in the three-table format the retrieval evaluation reads (docs/eval-sets.md
+gives the folder's files and their columns).
 
-A folder written by :func:`write_evalset` holds:
-
-* ``queries.csv``: ``query_id``, ``caption`` (the query text), the provenance ``labeller``,
-  ``model``, ``threshold``, and ``confidence`` (mean over the query's labels), ``n_relevant``;
-* ``images.csv``: ``image_id``, ``image`` (relative to the folder when possible), and the
-  labelling ``status`` / ``error`` / ``n_labels`` of every input image: images with no label
-  stay in the collection (they are what a real search would also have to rank);
-* ``relevance.csv``: ``query_id``, ``image_id``, ``confidence``: one row per pseudo-relevant pair;
-* ``labels.csv``: every label the labeller kept (:data:`clipeval.labels.base.LABEL_COLUMNS`);
-* ``evalset.json``: the labeller's stats and settings;
-* ``run.json``: the build's fingerprint (images and settings), so that a later build with the same
-  ones reuses the folder and one with others is refused (:func:`clipeval.layout.claim`).
-
-``python -m clipeval retrieve --queries .../queries.csv --images .../images.csv --relevance
-.../relevance.csv`` evaluates checkpoints on it.
-
-Classifier labels (a class name for many images) become one query per distinct text,
-relevant to every image labelled with it; caption labels become one query per label, relevant
-to its own image (the COCO protocol: two images with the same caption are two queries).
+Images with no label stay in the collection: they are what a real search would also have to rank.
 """
 
 from __future__ import annotations
@@ -47,10 +30,8 @@ def evalset_tables(run: LabelRun, distinct_texts: bool | None = None
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The queries, images and relevance tables of a labelling run (paths as given).
 
-    Args:
-        run: the labeller's output.
-        distinct_texts: one query per distinct text (``True``) or per label (``False``);
-            default: by labeller (classifier and zero-shot labels share texts, captions do not).
+    ``distinct_texts``: one query per distinct text, or per label; default by labeller (classifier and
+    zero-shot labels share texts, captions do not: the COCO protocol).
     """
     labels = run.labels.reset_index(drop=True)
     labeller = labels["labeller"].iloc[0] if len(labels) else ""
@@ -72,17 +53,8 @@ def evalset_tables(run: LabelRun, distinct_texts: bool | None = None
 
 def write_evalset(run: LabelRun, out_dir: str | Path, base_dir: str | Path | None = None,
                   distinct_texts: bool | None = None) -> Path:
-    """Write the eval-set folder (see the module docstring); every file atomically.
-
-    Args:
-        run: the labeller's output.
-        out_dir: the folder.
-        base_dir: the folder the run's relative image references are relative to.
-        distinct_texts: see :func:`evalset_tables`.
-
-    Returns:
-        ``out_dir``.
-    """
+    """Write the eval-set folder, every file atomically; ``base_dir``: the folder the run's relative image
+    references are relative to. Returns ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     queries, images, relevance = evalset_tables(run, distinct_texts)

@@ -1,17 +1,5 @@
-"""How good are the pseudo-labels, where the truth is known, and how much do they bias a metric.
-
-A retrieval metric computed on a pseudo-labelled set is only as good as its labels (ECCV
-Caption, Chun et al. 2022, found COCO class-label relevance to have ~70% recall and ~10%
-precision against human judgement). Where the truth can be decided for any (query, image)
-pair (offline: the scenes, whose contents are known), this module measures
-
-* **label precision**: the share of pseudo-relevant (query, image) pairs that are truly relevant;
-* **label recall**: the share of truly relevant pairs, over the same queries and all images,
-  that the labels found;
-* **coverage**: the share of images with at least one label;
-* the **metric bias**: each retrieval metric on the pseudo set minus the same metric on the
-  *true* set (same queries, same images, relevance decided by the truth): the error a user of
-  the pseudo set would not see.
+"""How good are the pseudo-labels, where the truth is known, and how much do they bias a metric: precision,
+recall, coverage and the metric bias against the true twin (docs/eval-sets.md, "What the labels are worth").
 
 The truth is a ``judge(text, image) -> bool`` callable.
 """
@@ -65,16 +53,9 @@ def precision_recall_by_threshold(labels: pd.DataFrame, judge: Judge, images: Se
                                   thresholds: Sequence[float]) -> pd.DataFrame:
     """The confidence threshold's trade-off: labels kept at each threshold, and their quality.
 
-    Args:
-        labels: labels kept at the lowest threshold of interest (``image``, ``text``, ``confidence``).
-        judge: the truth.
-        images: every image of the collection (recall counts true pairs over all of them).
-        thresholds: the cuts to evaluate.
-
-    Returns:
-        One row per threshold: ``threshold``, ``labels``, ``queries``, ``coverage`` (share of
-        images labelled), ``precision``, ``recall`` (over the texts the labeller emitted at the
-        lowest threshold, so that every row has the same denominator).
+    ``labels`` are those kept at the lowest threshold of interest; ``images`` is the whole collection (recall
+    counts true pairs over all of them). Recall is over the texts emitted at the lowest threshold, so that
+    every row has the same denominator.
     """
     texts = list(dict.fromkeys(labels["text"].astype(str)))
     truth = judged_relevance(texts, list(images), judge)
@@ -92,16 +73,8 @@ def precision_recall_by_threshold(labels: pd.DataFrame, judge: Judge, images: Se
 
 def metric_bias(pseudo_metrics: pd.DataFrame, true_metrics: pd.DataFrame,
                 metrics: Sequence[str] = ("hit_rate", "recall", "mrr")) -> pd.DataFrame:
-    """Each metric on the pseudo set, on the true set, and their difference (pseudo - true).
-
-    Args:
-        pseudo_metrics, true_metrics: ``metrics.csv`` tables of the same checkpoints on the
-            pseudo set and on its judged twin.
-        metrics: the metric columns to compare.
-
-    Returns:
-        One row per checkpoint x direction x k x metric: ``pseudo``, ``true``, ``bias``.
-    """
+    """Each metric on the pseudo set, on the true set, and their difference (pseudo - true): one row per
+    checkpoint x direction x k x metric, from the ``metrics.csv`` tables of the pseudo set and its judged twin."""
     keys = ["checkpoint", "direction", "k"]
     joined = pseudo_metrics.merge(true_metrics, on=keys, suffixes=("_pseudo", "_true"))
     rows = [{**{key: row[key] for key in keys}, "metric": metric, "pseudo": row[f"{metric}_pseudo"],

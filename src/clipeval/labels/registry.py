@@ -15,17 +15,8 @@ LABELLERS = ("classifier", "zero-shot", "captioner", "api")
 
 @dataclass(frozen=True)
 class LabelOptions:
-    """Which labeller labels the images, and how (the ``build-evalset`` flags are these fields).
-
-    Attributes:
-        labeller: ``classifier`` (timm), ``zero-shot`` (a checkpoint over ``vocabulary``),
-            ``captioner`` (transformers image-to-text) or ``api`` (an OpenAI-compatible chat API).
-        model: the labeller's model (default: the labeller's own; ``zero-shot`` needs a checkpoint spec).
-        threshold: the smallest confidence kept (default: the labeller's own; the captioner's ``min_confidence``).
-        top_k: the most probable classes an image may get.
-        vocabulary: the zero-shot labeller's classes.
-        batch_size: images per forward pass.
-    """
+    """Which labeller labels the images, and how: the ``build-evalset`` flags are these fields (their help and
+    docs/eval-sets.md say what each does); ``vocabulary`` is the zero-shot labeller's classes."""
 
     labeller: str = field(default="classifier", metadata={
         "choices": LABELLERS, "help": "classifier (timm), zero-shot (a checkpoint over --vocabulary), captioner "

@@ -1,15 +1,8 @@
-"""Label images with a dual encoder used as a zero-shot classifier over a fixed vocabulary.
+"""Label images with a dual encoder used as a zero-shot classifier over a fixed vocabulary: CLIP's
+``softmax(logit_scale * cos(image, text))``, the most probable ``top_k`` texts at or above ``threshold`` kept.
 
-Each image's probability over the vocabulary is CLIP's zero-shot softmax,
-``softmax(logit_scale * cos(image, text))``; the most probable ``top_k`` texts at or above
-``threshold`` become its labels. Any checkpoint spec works (offline: the dual encoder trained
-here, over the scenes' object classes); images and texts go through the one embedding path,
-so they are cached like every other embedding.
-
-A vocabulary the checkpoint's tokenizer cannot read gives labels that are guesses: every entry
-with a word the tokenizer does not know (:meth:`clipeval.models.encoder.Encoder.unknown_words`)
-is listed in the stats (``vocabulary_unknown``), with a warning above
-:data:`clipeval.eval.caveats.UNKNOWN_VOCABULARY_SHARE` of the entries (``warnings``).
+Images and texts go through the one embedding path, so they are cached like every other embedding. A
+vocabulary the tokenizer cannot read is listed and warned about (docs/eval-sets.md).
 """
 
 from __future__ import annotations
@@ -47,15 +40,7 @@ def unknown_vocabulary(encoder: Encoder, vocabulary: Sequence[str]) -> dict[str,
 
 
 class ZeroShot:
-    """A checkpoint's zero-shot classification as a labeller.
-
-    Args:
-        checkpoint: the checkpoint spec.
-        vocabulary: the texts an image may be labelled with (they are the queries).
-        threshold: the smallest probability kept.
-        top_k: how many of the most probable texts may become labels.
-        options: the embedding pipeline (device, batching, cache, reading).
-    """
+    """A checkpoint's zero-shot classification as a labeller; the ``vocabulary`` texts are the queries."""
 
     name = "zero-shot"
 
