@@ -1,22 +1,11 @@
-"""Low-rank adapters (LoRA, Hu et al. 2021) on the attention projections of any checkpoint family.
+"""Low-rank adapters (LoRA, Hu et al. 2021) on the attention projections of any checkpoint family (docs/fine-tuning.md,
+"Modes").
 
-An adapter is a ``torch.nn.utils.parametrize`` parametrization of a weight matrix: the frozen
-weight ``W`` is read as ``W + (alpha / rank) * B @ A`` with ``A`` ``(rank, in)`` initialised like
-a linear layer and ``B`` ``(out, rank)`` at zero, so training starts from the base model exactly.
-A parametrization works on any weight the model reads by attribute, which covers both forms
-attention projections take in the three families:
-
-* ``nn.Linear`` query/key/value/output projections: transformers CLIP and SigLIP
-  (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``), the dual encoder's DistilBERT
-  (``q_lin``, ``k_lin``, ``v_lin``, ``out_lin``) and its attention pooling (``q_proj``,
-  ``k_proj``, ``v_proj``, ``c_proj``);
-* ``nn.MultiheadAttention`` (open_clip's towers): its fused ``in_proj_weight`` (query, key
-  and value stacked, one adapter over the stack) and its ``out_proj``.
-
-peft's LoRA targets ``nn.Linear`` modules and handles ``nn.MultiheadAttention`` only
-experimentally, and it is not a dependency here; this module is the ~80 lines the three
-families need. :func:`merge_adapters` folds every adapter into its weight, so a saved
-checkpoint is a plain model of its family and loads with its usual spec.
+An adapter is a ``torch.nn.utils.parametrize`` parametrization ``W + (alpha / rank) * B @ A``, ``B`` at zero so
+training starts from the base exactly. A parametrization works on any weight the model reads by attribute, so
+it covers ``nn.Linear`` projections and ``nn.MultiheadAttention``'s fused ``in_proj_weight`` (open_clip), which
+peft handles only experimentally. :func:`merge_adapters` folds them in, so a saved checkpoint is a plain model of
+its family.
 """
 
 from __future__ import annotations
@@ -31,14 +20,7 @@ LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "c_proj", "q_lin", "
 
 
 class LowRankDelta(nn.Module):
-    """The parametrization ``W -> W + scale * up @ down`` of one weight matrix.
-
-    Args:
-        out_features: rows of the weight.
-        in_features: columns of the weight.
-        rank: the adapter's rank.
-        alpha: the scale numerator (``scale = alpha / rank``).
-    """
+    """The parametrization ``W -> W + (alpha / rank) * up @ down`` of one ``(out_features, in_features)`` weight."""
 
     def __init__(self, out_features: int, in_features: int, rank: int, alpha: float):
         super().__init__()
@@ -74,15 +56,8 @@ def attention_weights(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
 
 
 def add_adapters(model: nn.Module, rank: int = 8, alpha: float = 16.0) -> list[str]:
-    """Freeze every parameter of ``model`` and add a trainable adapter to each attention projection.
-
-    Args:
-        model: the model (changed in place).
-        rank: adapter rank.
-        alpha: adapter scale numerator.
-
-    Returns:
-        The qualified names of the adapted weights.
+    """Freeze every parameter of ``model`` and add a trainable adapter to each attention projection, in place;
+    returns the adapted weights' qualified names.
 
     Raises:
         ValueError: the model has no attention projection this module knows.

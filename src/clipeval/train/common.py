@@ -28,21 +28,11 @@ def deterministic(seed: int, device: torch.device):
 
 def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor,
                      negatives: torch.Tensor | None = None) -> torch.Tensor:
-    """CLIP's symmetric cross-entropy over the batch's N x N similarity matrix.
+    """CLIP's symmetric cross-entropy over the batch's N x N similarity matrix (row i of ``images`` pairs with
+    ``texts[i]``; all L2-normalised; ``logit_scale`` exponentiated).
 
-    With ``negatives`` (NegCLIP, Yuksekgonul et al. 2023), the image->text direction also
-    competes against M extra captions that match no image of the batch, so each image sees
-    N + M candidate captions; the text->image direction is unchanged.
-
-    Args:
-        images: ``(N, D)`` L2-normalised image embeddings; row i pairs with ``texts[i]``.
-        texts: ``(N, D)`` L2-normalised text embeddings.
-        logit_scale: the (exponentiated) temperature.
-        negatives: optional ``(M, D)`` L2-normalised embeddings of captions that describe none
-            of the images (hard negatives).
-
-    Returns:
-        The mean of the image->text and text->image cross-entropies (a scalar).
+    With ``negatives`` (NegCLIP, Yuksekgonul et al. 2023): ``(M, D)`` captions that describe none of the images,
+    so each image sees N + M candidate captions; the text->image direction is unchanged.
     """
     logits = logit_scale * images @ texts.T
     labels = torch.arange(len(images), device=images.device)
@@ -52,19 +42,8 @@ def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: tor
 
 def sigmoid_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
                  negatives: torch.Tensor | None = None) -> torch.Tensor:
-    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): each (image, caption) pair is a binary match.
-
-    Args:
-        images: ``(N, D)`` L2-normalised image embeddings; row i pairs with ``texts[i]``.
-        texts: ``(N, D)`` L2-normalised text embeddings.
-        logit_scale: the (exponentiated) temperature.
-        logit_bias: the learned bias.
-        negatives: optional ``(M, D)`` captions that match no image (hard negatives): M more
-            negative columns.
-
-    Returns:
-        The summed log-sigmoid loss over all pairs, divided by N (as in the paper).
-    """
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): each (image, caption) pair is a binary match; the
+    ``(M, D)`` ``negatives`` are M more negative columns. Summed over all pairs and divided by N, as in the paper."""
     candidates = texts if negatives is None else torch.cat([texts, negatives])
     logits = logit_scale * images @ candidates.T + logit_bias
     labels = -torch.ones_like(logits)
@@ -79,14 +58,8 @@ def decays(name: str, parameter: torch.Tensor) -> bool:
 
 def build_optimizer(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
                     warmup_fraction: float, total_steps: int):
-    """AdamW over the given parameters and its schedule: linear warm-up, then cosine decay to 0.
-
-    Args:
-        named_parameters: ``(name, parameter)`` pairs to optimise (frozen ones left out by the caller).
-        lr: the peak learning rate.
-        weight_decay: AdamW's decay, for the parameters :func:`decays` picks.
-        warmup_fraction: share of ``total_steps`` spent warming up (at least one step).
-        total_steps: optimizer steps in the run.
+    """AdamW over ``named_parameters`` (frozen ones left out by the caller) and its schedule: linear warm-up over
+    ``warmup_fraction`` of ``total_steps`` (at least one step), then cosine decay to 0.
 
     Returns:
         ``(optimizer, scheduler)``; call ``scheduler.step()`` after each ``optimizer.step()``.

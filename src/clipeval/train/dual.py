@@ -1,16 +1,8 @@
-"""Train the dual encoder on the captioned scenes (the training loop only).
+"""Train the dual encoder on the captioned scenes (the training loop only; docs/dual-encoder.md, "Training").
 
-Training (:func:`train_dual`) follows CLIP: batches of (image, caption) pairs, one caption per
-image drawn at random from its true captions each epoch, the symmetric contrastive loss over
-the batch's N x N similarity matrix (:func:`contrastive_loss`), AdamW with linear warm-up and
-cosine decay. Optionally (``hard_negatives``) it follows NegCLIP: each image of a batch brings
-one of its hard-negative captions (a true caption with a colour, relation or count swapped, from
-``pairs_train.csv``) as an extra candidate in the image-to-text direction. It is seeded and
-deterministic on the CPU (``torch.use_deterministic_algorithms``; same seed, same thread count,
-same weights). After every epoch the validation split is scored as text-to-image retrieval (a
-caption's relevant images are all scenes it truly describes) through the same embedding path
-as any evaluation (:mod:`clipeval.embed.engine`) and logged. The benchmark of a trained model is
-:func:`clipeval.eval.scenes_benchmark.evaluate_scenes`.
+CLIP's recipe, optionally NegCLIP's hard negatives, seeded and deterministic on the CPU. Validation goes
+through the same embedding path as any evaluation (:mod:`clipeval.embed.engine`); the benchmark of a trained
+model is :func:`clipeval.eval.scenes_benchmark.evaluate_scenes`.
 """
 
 from __future__ import annotations
@@ -91,18 +83,10 @@ def _pick(offsets: torch.Tensor, counts: torch.Tensor, generator: torch.Generato
 
 def train_step(model: DualEncoderModel, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
                input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
-    """One optimisation step on a batch of matching (image, caption) pairs.
+    """One optimisation step on a batch of matching (image, caption) pairs; returns the loss before the step.
 
-    Args:
-        model: the model, in train mode.
-        optimizer: its optimizer.
-        pixels: ``(N, 3, S, S)`` preprocessed images.
-        input_ids: ``(N + M, L)`` token ids (right-padded): the N captions of the images, then
-            M >= 0 hard negatives that describe none of them.
-        attention_mask: ``(N + M, L)`` 1 for tokens, 0 for padding.
-
-    Returns:
-        The batch's contrastive loss before the step.
+    ``input_ids`` and ``attention_mask`` are ``(N + M, L)``, right-padded: the N captions of the images, then
+    M >= 0 hard negatives that describe none of them.
     """
     images, texts, logit_scale = model(pixels, input_ids, attention_mask)
     n = len(images)
@@ -115,16 +99,8 @@ def train_step(model: DualEncoderModel, optimizer: torch.optim.Optimizer, pixels
 
 def train_dual(scenes_dir: str | Path = SCENES_DIR, output_dir: str | Path = DUAL_MODEL_DIR,
                config: TrainConfig | None = None) -> Path:
-    """Train a dual encoder on the scenes' training split and save it as a ``dual:`` folder.
-
-    Args:
-        scenes_dir: dataset folder from :func:`clipeval.data.scenes.generate_scenes`.
-        output_dir: model folder to write (replaced atomically at the end).
-        config: the run; defaults to :class:`TrainConfig`.
-
-    Returns:
-        ``output_dir``; load it with ``load_encoder(f"dual:{output_dir}")``.
-    """
+    """Train a dual encoder on the scenes' training split and save it as a ``dual:`` folder, replaced atomically
+    at the end; returns ``output_dir``."""
     config = config or TrainConfig()
     scenes_dir, device = Path(scenes_dir), resolve_device(config.device)
     started = time.perf_counter()

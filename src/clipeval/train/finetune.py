@@ -1,28 +1,9 @@
-"""Contrastive fine-tuning of any ``hf:``, ``open_clip:`` or ``dual:`` checkpoint on image-caption pairs.
+"""Contrastive fine-tuning of any ``hf:``, ``open_clip:`` or ``dual:`` checkpoint on image-caption pairs
+(docs/fine-tuning.md: the modes, the training, resuming).
 
-The loop is the dual encoder's (:mod:`clipeval.train.dual`) generalised to a loaded
-:class:`~clipeval.models.encoder.Encoder`: each epoch visits every distinct training image once,
-in a seeded order, with one of its captions drawn at random; the loss is CLIP's symmetric
-cross-entropy (or SigLIP's sigmoid loss for a model with a logit bias), optionally with one
-hard-negative caption per image (NegCLIP); AdamW with linear warm-up and cosine decay
-(:mod:`clipeval.train.common`). The model is run through
-:meth:`~clipeval.models.encoder.Encoder.trainable_features`, the hooks its encoder scores with.
-
-Modes (:data:`clipeval.train.options.MODES`):
-
-* ``full``: every parameter trains;
-* ``lit``: the image tower is locked (frozen and kept in eval mode, so its BatchNorm statistics
-  do not move either; Zhai et al. 2022, "LiT"): only the text tower and the temperature train;
-* ``lora``: every weight is frozen and low-rank adapters on the attention projections train
-  (:mod:`clipeval.train.adapters`); they are merged into the weights before saving.
-
-Micro-batches of ``batch_size`` pairs are accumulated ``accumulate`` times per optimizer step
-(each micro-batch is its own contrastive problem: its negatives are its own captions). On CUDA
-the forward pass runs under autocast (``fp16`` with a gradient scaler, or ``bf16``). After every
-epoch the validation set is scored as text-to-image retrieval through the one embedding path
-(:func:`clipeval.embed.engine.embed_set`) and logged. Every ``save_every`` steps (and at each
-epoch's end) the state (weights, optimizer, schedule, RNG) is written, so ``resume`` continues
-from the last saved step with the same batches. The result is saved in the base's own format
+The loop is the dual encoder's generalised to a loaded :class:`~clipeval.models.encoder.Encoder`, run through
+:meth:`~clipeval.models.encoder.Encoder.trainable_features` (the hooks its encoder scores with), with the losses
+and schedule of :mod:`clipeval.train.common`. The result is saved in the base's own format
 (:func:`clipeval.models.registry.save_encoder`) with an info file naming the base.
 """
 
@@ -74,7 +55,6 @@ class TrainingPairs:
 
     Attributes:
         pixels: ``(U, C, H, W)`` preprocessed images.
-        captions: each image's true captions.
         negatives: each image's hard-negative captions (may be empty).
         rows: one row per input pair: ``row_id``, ``image``, ``caption``, ``role`` (``caption``,
             ``negative`` or ``unused``), ``status`` and ``error`` (why a row is not used).
@@ -143,12 +123,8 @@ def training_pairs(pairs: pd.DataFrame, preprocess, negative_kinds: tuple[str, .
 
 def split_pairs(pairs: pd.DataFrame, fraction: float, seed: int = 0,
                 image_column: str = "image") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a pairs table by image: a ``fraction`` of the distinct images (and all their rows) held out.
-
-    No image is on both sides, so held-out retrieval never ranks an image the model trained on.
-
-    Returns:
-        ``(train, held_out)``, each keeping the table's columns and ``attrs``.
+    """Split a pairs table by image into ``(train, held_out)``: a ``fraction`` of the distinct images (and all
+    their rows) held out, so held-out retrieval never ranks an image the model trained on.
 
     Raises:
         ValueError: ``fraction`` outside (0, 1), or a side would be empty.
@@ -168,15 +144,8 @@ def split_pairs(pairs: pd.DataFrame, fraction: float, seed: int = 0,
 
 @dataclass
 class FinetuneResult:
-    """What :func:`finetune` returns.
-
-    Attributes:
-        spec: the spec that loads the saved checkpoint.
-        encoder: the fine-tuned model in memory (adapters merged, eval mode).
-        history: settings, data counts, per-epoch loss and validation metrics, timings.
-        provenance: what the checkpoint's info file records (base, hashes, data fingerprint, settings).
-        rows: :attr:`TrainingPairs.rows`: every training row's role, status and reason.
-    """
+    """What :func:`finetune` returns: the spec loading the saved checkpoint, the model in memory (adapters merged,
+    eval mode), the history, what the checkpoint's info file records, and :attr:`TrainingPairs.rows`."""
 
     spec: str
     encoder: Encoder
@@ -293,22 +262,16 @@ def optimizer_step(encoder: Encoder, batches: _Batches, step: int, accumulate: i
 def finetune(base_spec: str, pairs: pd.DataFrame, out_dir: str | Path, config: FinetuneConfig = FinetuneConfig(),
              validation: RetrievalSet | None = None, resume: bool = False,
              fetch: FetchOptions = FetchOptions()) -> FinetuneResult:
-    """Fine-tune a checkpoint on a pairs table and save it to ``<out_dir>/checkpoint``.
+    """Fine-tune a checkpoint on a pairs table and save it to ``<out_dir>/checkpoint`` (and its state to
+    ``<out_dir>/state``).
 
     Args:
-        base_spec: an ``hf:``, ``open_clip:`` or ``dual:`` checkpoint spec.
-        pairs: the training pairs (``read_pairs``): ``image``, ``caption`` and optionally ``match``
-            (false rows are hard negatives) and ``negative_kind``.
-        out_dir: the run folder: ``checkpoint/`` (the model and its ``clipeval_checkpoint.json``)
-            and ``state/`` (the last saved training state) are written there.
-        config: the settings.
+        pairs: ``image``, ``caption`` and optionally ``match`` (false rows are hard negatives) and
+            ``negative_kind``.
         validation: a retrieval set scored after every epoch (text-to-image), or None.
         fetch: how images are read (``image_root``: where a table's images may lie besides its folder).
         resume: continue from the state saved in ``state/``. That it is this run's is the folder's claim:
             :func:`clipeval.jobs.finetune_run.run_finetune` claims it (:func:`clipeval.layout.claim`).
-
-    Returns:
-        A :class:`FinetuneResult`.
 
     Raises:
         CheckpointError: the base cannot be loaded or is not fine-tunable (``baseline:``).

@@ -13,28 +13,8 @@ MODES = ("full", "lit", "lora")
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """A fine-tuning run (the command line's flags are these fields).
-
-    Attributes:
-        mode: ``full``, ``lit`` (locked image tower) or ``lora`` (adapters on the attention projections).
-        epochs: passes over the training images (when ``steps`` is not given).
-        steps: optimizer steps; overrides ``epochs``.
-        batch_size: pairs per micro-batch (the contrastive matrix is batch_size x batch_size).
-        accumulate: micro-batches per optimizer step (gradient accumulation).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay (not on biases, norms, embeddings' gains, temperature).
-        warmup_fraction: share of the steps with a linear learning-rate warm-up.
-        hard_negatives: add one hard-negative caption per image (rows with ``match`` false).
-        negative_kinds: keep only hard negatives of these ``negative_kind`` values (empty: all).
-        lora_rank: adapter rank (``lora``).
-        lora_alpha: adapter scale numerator (``lora``; scale = alpha / rank).
-        seed: seeds the batch order, caption choice and adapter init.
-        device: ``auto``, ``cpu``, ``cuda``...
-        precision: ``auto`` (bf16 or fp16 autocast on CUDA, fp32 on the CPU), ``fp32``, ``fp16``, ``bf16``.
-        eval_batch_size: batch size when scoring the validation set.
-        save_every: optimizer steps between saved states (0: at each epoch's end only).
-        progress: show a progress bar.
-    """
+    """A fine-tuning run: the command line's flags are these fields, their help says what each does
+    (docs/fine-tuning.md, "Training")."""
 
     mode: str = field(default="full", metadata={"choices": MODES, "help": "full fine-tuning, lit (locked image "
                                                                           "tower) or lora (attention adapters)"})
@@ -72,16 +52,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class FinetuneData:
-    """Where the training pairs and the evaluation sets come from (the command line's flags are these fields).
-
-    Attributes:
-        pairs: the training pairs source.
-        eval_set: an eval-set folder (``build-evalset``) as the held-out set.
-        eval_pairs: a pairs source as the held-out set.
-        holdout: with neither, hold out this share of the training images (no image on both sides).
-        forget_set: an eval-set folder the fine-tuning never sees (what it forgot).
-        forget_pairs: a pairs source for the same.
-    """
+    """Where the training pairs and the evaluation sets come from (the command line's flags are these fields)."""
 
     pairs: str | None = field(default=None, metadata={
         "help": "training pairs (required): any pairs source (table, folder, COCO, HF dataset); rows with "

@@ -1,13 +1,9 @@
 """Train a small timm classifier on the scenes: which object classes (colour + shape) each scene holds.
 
-It is the offline stand-in for the ImageNet classifier of the pseudo-labelling recipe: a real
-model, trained here in about a minute, whose confident predictions label unlabelled images
-(:class:`clipeval.labels.classifier.Classifier` loads the folder it saves). Multi-label: one
-sigmoid per class of :data:`clipeval.data.scenes.SCENE_CLASSES`, binary cross-entropy.
-
-The folder is timm's Hugging Face layout (``config.json`` with ``architecture``,
-``num_classes``, ``label_names``, ``"multi_label": true``, plus weights), plus
-``history.json`` with the per-epoch loss and validation accuracy.
+The offline stand-in for the pseudo-labelling recipe's ImageNet classifier (docs/eval-sets.md): multi-label,
+one sigmoid per class of :data:`clipeval.data.scenes.SCENE_CLASSES`, saved in timm's Hugging Face layout (with
+``"multi_label": true``) so :class:`clipeval.labels.classifier.Classifier` loads it, plus ``history.json`` (the
+per-epoch loss and validation accuracy).
 """
 
 from __future__ import annotations
@@ -38,11 +34,7 @@ def _targets(table: pd.DataFrame) -> torch.Tensor:
 
 def train_scene_classifier(scenes_dir: str | Path = SCENES_DIR, out_dir: str | Path = SCENE_CLASSIFIER_DIR,
                            config: ClassifierConfig | None = None, progress: bool = True) -> Path:
-    """Train on the train split, report exact-set accuracy on val each epoch, save to ``out_dir``.
-
-    Returns:
-        ``out_dir`` (load it with ``Classifier(str(out_dir))``).
-    """
+    """Train on the train split, report exact-set accuracy on val each epoch, save to ``out_dir`` (returned)."""
     import timm
     from timm.data import create_transform, resolve_data_config
     from timm.models import save_for_hf
