@@ -370,3 +370,30 @@ def test_dual_encoder_notebook_benchmarks_the_trained_model(tiny_scenes, tiny_du
     assert set(figures) == {"06_scene_samples.png", "06_training_curves.png", "06_similarity_heatmap.png",
                             "06_retrieval_seen_unseen.png", "06_match_histogram.png", "06_hard_negatives.png"}
     assert min(figures.values()) > 10_000, figures
+
+
+def test_benchmarks_notebook_classifies_the_scenes_and_compares_their_hard_negatives(tiny_scenes, tiny_dual,
+                                                                                      tiny_specs, tmp_path):
+    specs = [f"dual:{tiny_dual}", tiny_specs["open_clip"]]
+    run_dir = _run_profile(tmp_path, "12_benchmarks", {
+        "scenes_dir": str(tiny_scenes), "pairs_path": str(tiny_scenes / "pairs_test.csv"), "checkpoints": specs,
+        "batch_size": 32, "n_resamples": 50})
+    run = RunLayout(run_dir)
+    metrics = pd.read_csv(run.zero_shot_metrics)
+    assert set(metrics["dataset"]) == {"scenes-shape", "scenes-colour"} and set(metrics["checkpoint"]) == set(specs)
+    top1 = metrics[metrics["metric"] == "top1_accuracy"].set_index(["checkpoint", "dataset"])
+    from clipeval.data.classification_sets import read_scene_classes
+
+    for name, attribute in (("scenes-shape", "shape"), ("scenes-colour", "colour")):
+        truth = read_scene_classes(tiny_scenes, "test", attribute)
+        assert (top1.xs(name, level="dataset")["n_images"] == len(truth.images)).all()
+        assert top1.xs(name, level="dataset")["chance"].tolist() == pytest.approx([1 / len(truth.classnames)] * 2)
+    hard = pd.read_csv(run.hard_negative_accuracy)
+    n_negatives = (~pd.read_csv(tiny_scenes / "pairs_test.csv")["match"]).sum()
+    assert (hard[hard["negative_kind"] == "all"]["n"] + hard[hard["negative_kind"] == "all"]["n_unscored"]
+            == n_negatives).all()
+    assert {"colour", "count", "relation", "all", "mean"} <= set(hard["negative_kind"])
+    steps = json.loads(run.manifest.read_text())["steps"]
+    assert {"classify", "hard_negatives"} <= set(steps)
+    figures = {path.name for path in (run_dir / "figures").glob("12_*.png")}
+    assert figures == {"12_zero_shot.png", "12_hard_negatives.png"}

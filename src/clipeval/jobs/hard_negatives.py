@@ -161,7 +161,7 @@ def _holds(folder: Path, steps: set[str]) -> bool:
     return "hard_negatives" in steps or RunLayout(folder).hard_negative_accuracy.is_file()
 
 
-HARD_NEGATIVE_JOB = Job("hard_negatives", (), (
+HARD_NEGATIVE_JOB = Job("hard_negatives", ("12_benchmarks",), (
     Part(RUN, lambda run: run.manifest, render_manifest),
     Part(HARD_NEGATIVES, lambda run: run.hard_negative_accuracy, render_hard_negative_accuracy)),
     CommandFolder("hard-negative accuracy", "python -m clipeval hard-negatives", _holds,

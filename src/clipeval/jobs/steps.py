@@ -1,5 +1,8 @@
 """One step per job: read the inputs, compute, write the run folder's files and the step's manifest entry.
 
+The notebooks' one entry: a job whose run lives in its own slice (``classify``, ``hard_negatives``) is
+imported here, so every notebook calls ``steps.<job>``.
+
 The notebooks and the command line call the same steps, so a run folder is the same whichever started
 it. A step takes its inputs and the options of each concern (:class:`~clipeval.data.sources.SourceOptions`,
 :class:`~clipeval.embed.engine.EmbedOptions`, :class:`~clipeval.eval.retrieval.RetrievalOptions`...),
@@ -37,7 +40,9 @@ from clipeval.embed.options import EmbedOptions
 from clipeval.embed.stats import format_stats_log
 from clipeval.eval.options import RetrievalOptions
 from clipeval.finder.options import IndexOptions
+from clipeval.jobs.hard_negatives import hard_negatives  # noqa: F401 (notebooks call steps.hard_negatives)
 from clipeval.jobs.manifest import update_manifest
+from clipeval.jobs.zero_shot import classify  # noqa: F401 (notebooks call steps.classify)
 from clipeval.layout import CurationLayout, RunLayout
 from clipeval.metrics.published import DEFAULT_TOLERANCE, compare_with_published, nothing_to_compare
 from clipeval.models.catalogue import published_retrieval

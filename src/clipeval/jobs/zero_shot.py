@@ -262,7 +262,7 @@ def _holds(folder: Path, steps: set[str]) -> bool:
     return "classify" in steps or RunLayout(folder).zero_shot_metrics.is_file()
 
 
-CLASSIFY = Job("classify", (), (
+CLASSIFY = Job("classify", ("12_benchmarks",), (
     Part(RUN, lambda run: run.manifest, render_manifest),
     Part(ZERO_SHOT, lambda run: run.zero_shot_metrics, render_zero_shot_metrics),
     Part(ZERO_SHOT, lambda run: run.zero_shot_per_class, render_worst_classes)),
