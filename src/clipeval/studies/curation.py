@@ -1,10 +1,8 @@
-"""Notebook 08's study: what curation rules keep of a scored run, how well, and how the checkpoints agree.
+"""Notebook 08's study: what curation rules keep of a scored run, how well, and how the checkpoints agree
+(docs/curation.md). Only the notebook calls this; the rules and the engine are :mod:`clipeval.curate`.
 
-The scored pairs (notebook 02's run: every true caption and hard negative of the test scenes) carry
-a ``match`` column, so the precision and recall of keeping matched pairs can be measured for each
-published rule carried to each checkpoint as the share of pairs it kept (:data:`PRESET_FRACTIONS`);
-the embedded challenge set is scored and curated with DataComp's basic filter and a top fraction.
-Only the notebook calls this; the rules and the engine are :mod:`clipeval.curate`.
+The published rules are carried to each checkpoint as the share of pairs they kept (:data:`PRESET_FRACTIONS`),
+because a threshold means something only for the model it was set on.
 """
 
 from __future__ import annotations
@@ -121,13 +119,9 @@ class CurationStudy:
     """Notebook 08: what curation rules keep on a scored run, and how well they keep matched pairs.
 
     Attributes:
-        table: the run's :func:`scored_table`.
-        curve: kept fraction against the cosine threshold, per checkpoint.
-        rules: per checkpoint x rule (the presets carried over as the share of pairs they kept,
-            :data:`PRESET_FRACTIONS`): kept, precision, recall.
+        rules: per checkpoint x rule (:data:`PRESET_FRACTIONS`): kept, precision, recall.
         pr: precision and recall of matched pairs against the kept fraction, per checkpoint.
-        overlap: Jaccard overlap of the checkpoints' top-``fraction`` kept sets.
-        agreement: share of pairs on which two checkpoints' top-``fraction`` decisions agree.
+        overlap, agreement: Jaccard overlap and same-decision share of the checkpoints' top-``fraction`` sets.
         cut: the first checkpoint's cosine at the top-``fraction`` cut (for the examples).
         challenge: the challenge set's curation with the basic filter and a top-``fraction`` rule.
     """

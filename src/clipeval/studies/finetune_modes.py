@@ -1,15 +1,6 @@
-"""Notebook 11's study: fine-tune the dual encoder with relation-swapped hard negatives, three ways, same budget.
-
-The dual encoder trained from scratch learns colours and counts but not spatial relations (its
-relation hard-negative accuracy is about a coin toss). Here it is fine-tuned on the training
-scenes only, with each image's relation-swapped captions as NegCLIP hard negatives, in each mode
-of :mod:`clipeval.train.finetune` (full, LiT, adapters) with the same steps and batch size, and
-every run is measured on the test split against the base with paired bootstrap CIs:
-
-* hard-negative accuracy per kind (relation: the target; colour and count: what could be lost),
-  each negative's "true caption beats its twin" before vs after, bootstrapped in pairs;
-* text->image and image->text retrieval (:func:`clipeval.eval.before_after.compare_before_after`),
-  for all queries and split into queries that state a relation and queries that do not.
+"""Notebook 11's study: fine-tune the dual encoder with relation-swapped hard negatives, three ways, same budget,
+each measured on the test split against the base with paired bootstrap CIs (docs/fine-tuning.md, "The
+relations study").
 """
 
 from __future__ import annotations
@@ -106,16 +97,9 @@ def compute_finetune_study(base_spec: str, scenes_dir: str | Path, out_dir: str 
     """Fine-tune ``base_spec`` once per mode and compare each result with the base on the test split.
 
     Args:
-        base_spec: the checkpoint (the offline profile's dual encoder).
-        scenes_dir: the captioned scenes (training pairs, validation and test splits).
         out_dir: where each mode's run folder (``<out_dir>/<mode>/checkpoint``...) goes.
         run_dir: where the study's tables go (``RunLayout.finetune_hard_negatives``...).
-        modes: mode -> its peak learning rate; every other setting is ``config``'s (same budget).
-        config: steps, batch size, hard negatives and their kinds, seed, device.
-        n_resamples: bootstrap resamples of every CI.
-
-    Returns:
-        A :class:`FinetuneStudy`.
+        modes: mode -> its peak learning rate; every other setting is ``config``'s (the same budget).
     """
     scenes_dir, out_dir = Path(scenes_dir), Path(out_dir)
     pairs = read_pairs(scenes_dir / "pairs_train.csv")

@@ -1,9 +1,6 @@
-"""Notebook 07's study: pseudo-labels on the scenes, whose truth is known, measured against it.
-
-For each label source, labels at every confidence, the threshold's precision / recall / coverage
-trade-off, and each checkpoint's retrieval metrics on the pseudo-labelled set beside the same
-metrics on its true twin. Only the notebook calls this; building an eval set from any folder is
-:func:`clipeval.jobs.evalset_build.build_evalset`.
+"""Notebook 07's study: pseudo-labels on the scenes, whose truth is known, measured against it
+(docs/eval-sets.md, "What the labels are worth"). Only the notebook calls this; building an eval set from any
+folder is :func:`clipeval.jobs.evalset_build.build_evalset`.
 """
 
 from __future__ import annotations
@@ -33,16 +30,10 @@ class LabelStudy:
     """One labeller studied on the scenes (notebook 07).
 
     Attributes:
-        name: the source's name in the tables.
         run: its labels at every confidence (threshold 0), with every image accounted for.
         threshold: the cut the eval set uses.
-        pseudo: the eval set built from the labels at ``threshold``.
-        truth: the same queries and images with the true relevance.
-        quality: :func:`~clipeval.labels.quality.label_precision_recall` at ``threshold``.
-        sweep: :func:`~clipeval.labels.quality.precision_recall_by_threshold`.
-        metrics: retrieval metrics per checkpoint on the pseudo set (``set = pseudo``) and the
-            true set (``set = true``).
-        bias: :func:`~clipeval.labels.quality.metric_bias`.
+        pseudo, truth: the eval set built at ``threshold``, and its twin with the true relevance.
+        metrics: retrieval metrics per checkpoint on both sets (``set``: ``pseudo`` or ``true``).
         per_query: the pseudo set's per-query table, with ``judgement`` for each query.
     """
 
@@ -115,18 +106,13 @@ def compute_label_study(run_dir: str | Path, scenes_dir: str | Path, sources: di
                         checkpoints: Sequence[str], split: str = "test",
                         retrieval: RetrievalOptions = RetrievalOptions(), embed: EmbedOptions = EmbedOptions(),
                         thresholds: Sequence[float] = tuple(np.round(np.arange(0, 1.0, 0.05), 2))) -> list[LabelStudy]:
-    """Notebook 07: label the scenes' ``split`` images with each source, and measure the labels.
+    """Notebook 07: label the scenes' ``split`` images with each source, and measure the labels; writes the eval
+    sets and the ``label_*`` tables into ``run_dir``.
 
     Args:
-        run_dir: the profile's run folder; writes ``evalsets/<source>/`` (the eval-set files),
-            ``label_quality.csv``, ``label_threshold_sweep.csv`` and ``label_metric_bias.csv``.
-        scenes_dir: the scenes folder (its ``scenes.csv`` is the truth).
-        sources: name -> the labeller's ``kind`` and its other :class:`~clipeval.labels.registry.LabelOptions`
-            (``model``, ``threshold``...); the labellers run at threshold 0 and their ``threshold`` cuts the eval set.
-        checkpoints: the checkpoints evaluated on every set.
-        split: the scenes split whose images are labelled.
+        sources: name -> the labeller's ``kind`` and its other :class:`~clipeval.labels.registry.LabelOptions`;
+            the labellers run at threshold 0 and their ``threshold`` cuts the eval set.
         retrieval, embed: as for retrieval (``embed.device`` and ``embed.progress`` for the labellers too).
-        thresholds: the sweep's cuts.
     """
     layout, scenes_dir = RunLayout(run_dir), Path(scenes_dir)
     scenes = pd.read_csv(scenes_dir / "scenes.csv", keep_default_na=False)
