@@ -17,12 +17,8 @@ def plot_hits(results: dict[str, list], index_dir: str | Path, title: str, path:
               ) -> plt.Figure:
     """One row per query (its text or image id as the row's title), then its hits' thumbnails with scores.
 
-    Args:
-        results: query label -> its hits (objects with ``id``, ``score``, ``caption`` and ``thumbnail``, the
-            thumbnail's path relative to ``index_dir``), in rank order.
-        index_dir: the index folder.
-        title: the figure's title.
-        path: save the PNG there.
+    ``results``: query label -> its hits in rank order (objects with ``id``, ``score``, ``caption`` and
+    ``thumbnail``, the thumbnail's path relative to ``index_dir``).
     """
     columns = max((len(hits) for hits in results.values()), default=1) or 1
     labels = {query: [_label(hit) for hit in hits] for query, hits in results.items()}

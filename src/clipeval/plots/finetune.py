@@ -1,8 +1,5 @@
-"""Figures of the fine-tuning study (notebook 11): paired differences with their CIs, and the training curves.
-
-The numbers come from :mod:`clipeval.studies.finetune_modes`; every ``plot_`` function returns the
-``Figure`` and, given ``path``, saves it as a PNG (:func:`clipeval.plots.save.save_figure`).
-"""
+"""Figures of the fine-tuning study (notebook 11): paired differences with their CIs, and the training curves;
+the numbers come from :mod:`clipeval.studies.finetune_modes`."""
 
 from __future__ import annotations
 
@@ -35,14 +32,8 @@ def _forest(axis, table: pd.DataFrame, label: str, title: str) -> None:
 
 def plot_finetune_differences(hard_negatives: pd.DataFrame, retrieval: pd.DataFrame, metric: str = "reciprocal_rank",
                               path: str | Path | None = None) -> Figure:
-    """Hard-negative accuracy and text->image retrieval changes per mode, each with its paired CI.
-
-    Args:
-        hard_negatives: :attr:`clipeval.studies.finetune_modes.FinetuneStudy.hard_negatives`.
-        retrieval: :attr:`clipeval.studies.finetune_modes.FinetuneStudy.retrieval`.
-        metric: the retrieval metric shown (per query subset).
-        path: if given, save the figure there as a PNG.
-    """
+    """Hard-negative accuracy and text->image retrieval (``metric``, per query subset) changes per mode, each with
+    its paired CI, from :class:`clipeval.studies.finetune_modes.FinetuneStudy`'s tables."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     _forest(left, hard_negatives, "negative_kind", "hard-negative accuracy (test)")
     shown = retrieval[(retrieval["direction"] == "text_to_image") & (retrieval["metric"] == metric)]

@@ -80,14 +80,8 @@ def plot_query_results(rows: pd.DataFrame, queries: pd.DataFrame, images: pd.Dat
 
     Args:
         rows: per-query rows (``query``, ``top_items``, ``top_scores``, optionally ``first_rank``).
-        queries: the set's queries (``text``).
-        images: the set's images (``image``).
         relevant: (P, 2) relevant (query, image) pairs, or an empty array when unknown.
-        base_dir: folder for relative image paths.
-        title: figure title.
-        top: images shown per query.
         captions: optional caption per image position, shown under each image.
-        path: save the PNG there.
     """
     relevant_set = {tuple(pair) for pair in np.asarray(relevant).reshape(-1, 2).tolist()}
     shown = {item for items in rows["top_items"] for item in items[:top]}
@@ -124,17 +118,9 @@ FLAG_STYLE = "background-color: #f8d0d0; color: #a00000; font-weight: bold"
 
 
 def published_side_by_side(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Measured vs published HitRate@k, one row per benchmark x checkpoint x direction.
-
-    Args:
-        comparison: :func:`clipeval.metrics.published.compare_with_published`.
-
-    Returns:
-        Rows indexed by ``benchmark`` (its title: the split and captions per image), ``checkpoint``
-        and ``direction``; for each k the columns ``R@k measured``, ``R@k 95% CI``,
-        ``R@k published`` (percent) and ``R@k flagged``, then ``status`` (the deviating ks, ``ok``
-        or ``no published number``).
-    """
+    """Measured vs published HitRate@k (from :func:`clipeval.metrics.published.compare_with_published`), one row
+    per benchmark x checkpoint x direction: for each k ``R@k measured``, ``R@k 95% CI``, ``R@k published``
+    (percent) and ``R@k flagged``, then ``status`` (the deviating ks, ``ok`` or ``no published number``)."""
     if comparison.empty:
         return pd.DataFrame()
     table = comparison.assign(

@@ -1,10 +1,6 @@
-"""Figures for the dual-encoder notebook: scene samples, training curves, similarity heatmap,
-retrieval by seen/unseen combinations, matched vs mismatched cosine, hard-negative accuracy
-(the numbers come from :mod:`clipeval.eval.scenes_benchmark`).
-
-Every ``plot_`` function returns the matplotlib ``Figure`` and, given ``path``, also saves it
-as a PNG atomically (:func:`clipeval.plots.save.save_figure`).
-"""
+"""Figures for the dual-encoder notebook (06): scene samples, training curves, similarity heatmap, retrieval by
+seen/unseen combinations, matched vs mismatched cosine, hard-negative accuracy; the numbers come from
+:mod:`clipeval.eval.scenes_benchmark`."""
 
 from __future__ import annotations
 
@@ -25,15 +21,7 @@ from clipeval.plots.text import plain
 
 def plot_scene_samples(scenes_dir: str | Path, split: str = "val", n: int = 8, seed: int = 0,
                        path: str | Path | None = None) -> Figure:
-    """A grid of random scenes, each with one true caption (green) and one hard negative (red).
-
-    Args:
-        scenes_dir: dataset folder.
-        split: which split to sample.
-        n: number of scenes.
-        seed: sampling seed.
-        path: if given, save the figure there as a PNG.
-    """
+    """A grid of ``n`` random scenes of ``split``, each with one true caption (green) and one hard negative (red)."""
     scenes_dir = Path(scenes_dir)
     pairs = pd.read_csv(scenes_dir / f"pairs_{split}.csv", keep_default_na=False)
     chosen = pd.Series(pairs["scene_id"].unique()).sample(n, random_state=seed)
@@ -64,12 +52,7 @@ def plot_scene_samples(scenes_dir: str | Path, split: str = "val", n: int = 8, s
 
 
 def plot_training_history(history: dict, path: str | Path | None = None) -> Figure:
-    """Training loss and validation retrieval per epoch.
-
-    Args:
-        history: a model folder's ``history.json`` (:func:`clipeval.models.dual.read_history`).
-        path: if given, save the figure there as a PNG.
-    """
+    """Training loss and validation retrieval per epoch, from a model folder's ``history.json``."""
     epochs = pd.DataFrame(history["epochs"])
     figure, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     loss_ax.plot(epochs["epoch"], epochs["train_loss"], marker="o", label="train (mean over the epoch)")
@@ -91,15 +74,8 @@ def plot_training_history(history: dict, path: str | Path | None = None) -> Figu
 
 def plot_similarity_heatmap(scores: np.ndarray, captions: list[str], images: list[Path],
                             relevant: np.ndarray | None = None, path: str | Path | None = None) -> Figure:
-    """Cosine heatmap of captions (rows) x images (columns), with the images as column labels.
-
-    Args:
-        scores: ``(captions, images)`` cosines.
-        captions: row labels.
-        images: image files shown under the columns.
-        relevant: optional boolean matrix; relevant cells are outlined.
-        path: if given, save the figure there as a PNG.
-    """
+    """Cosine heatmap of captions (rows) x images (columns), with the images as column labels; ``relevant`` cells
+    (an optional boolean matrix) are outlined."""
     n_rows, n_columns = scores.shape
     figure, ax = plt.subplots(figsize=(1.1 * n_columns + 5, 0.55 * n_rows + 2.2))
     sns.heatmap(scores, ax=ax, cmap="viridis", annot=True, fmt=".2f", annot_kws={"size": 7},
@@ -121,12 +97,8 @@ def plot_similarity_heatmap(scores: np.ndarray, captions: list[str], images: lis
 
 
 def plot_retrieval_subsets(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Bars of text->image HitRate@k and MRR for all, seen and unseen-combination queries.
-
-    Args:
-        table: :func:`clipeval.eval.scenes_benchmark.summarize_retrieval` output.
-        path: if given, save the figure there as a PNG.
-    """
+    """Bars of text->image HitRate@k and MRR for all, seen and unseen-combination queries
+    (:func:`clipeval.eval.scenes_benchmark.summarize_retrieval`'s table)."""
     metrics = [column for column in table.columns if column.startswith("hit_rate@")] + ["mrr"]
     long = table[metrics].reset_index().melt(id_vars="queries", var_name="metric", value_name="value")
     labels = {name: f"{name} (n={int(table.loc[name, 'n_queries'])})" for name in table.index}
@@ -142,13 +114,7 @@ def plot_retrieval_subsets(table: pd.DataFrame, path: str | Path | None = None) 
 
 
 def plot_match_histogram(scores: np.ndarray, relevance: np.ndarray, path: str | Path | None = None) -> Figure:
-    """Cosine distribution of matched (caption describes image) vs mismatched caption-image pairs.
-
-    Args:
-        scores: ``(captions, images)`` cosines.
-        relevance: boolean matrix of the same shape.
-        path: if given, save the figure there as a PNG.
-    """
+    """Cosine distribution of matched (caption describes image) vs mismatched caption-image pairs."""
     figure, ax = plt.subplots(figsize=(7, 3.8))
     bins = np.histogram_bin_edges(scores, 40)
     ax.hist(scores[~relevance], bins=bins, density=True, alpha=0.6, color="tab:orange",
@@ -162,12 +128,8 @@ def plot_match_histogram(scores: np.ndarray, relevance: np.ndarray, path: str | 
 
 
 def plot_hard_negative_accuracy(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Bars of hard-negative accuracy per negative kind, seen vs unseen combinations.
-
-    Args:
-        table: :func:`clipeval.eval.scenes_benchmark.hard_negative_accuracy` output.
-        path: if given, save the figure there as a PNG.
-    """
+    """Bars of hard-negative accuracy per negative kind, seen vs unseen combinations
+    (:func:`clipeval.eval.scenes_benchmark.hard_negative_accuracy`'s table)."""
     figure, ax = plt.subplots(figsize=(8, 3.8))
     sns.barplot(table, x="negative_kind", y="accuracy", hue="subset", ax=ax)
     for container in ax.containers:  # opaque labels: a value near 0.5 stays legible over the chance line

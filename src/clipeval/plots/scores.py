@@ -1,9 +1,6 @@
-"""Figures comparing checkpoints: score histograms (matched vs mismatched) and agreement heatmaps.
-
-Every function takes the long score table, with ``match`` or without
-(:func:`clipeval.metrics.compare.load_run_scores`), returns the matplotlib ``Figure`` and, given
-``path``, also saves it as a PNG atomically (:func:`clipeval.plots.save.save_figure`).
-Random-init checkpoints are labelled as such in every figure.
+"""Figures comparing checkpoints: score histograms (matched vs mismatched) and agreement heatmaps, from the long
+score table with ``match`` or without (:func:`clipeval.metrics.compare.load_run_scores`). Random-init checkpoints
+are labelled as such in every figure.
 """
 
 from __future__ import annotations
@@ -48,21 +45,10 @@ def _facet_title(checkpoint: str, group: pd.DataFrame) -> str:
 
 def plot_score_histograms(table: pd.DataFrame, score: str = "cosine", bins: int = 30,
                           path: str | Path | None = None) -> Figure:
-    """Histogram + KDE of matched vs mismatched scores, one facet per checkpoint, shared bins.
+    """Histogram + KDE of ``score`` (matched vs mismatched), one facet per checkpoint, ``bins`` shared by all.
 
-    Each group (matched, mismatched) is normalised to unit area within its facet, so groups of
-    different sizes compare by shape. Rows with status != ok are left out; each facet title
-    says how many. A table without ``match`` (pairs not marked matched or mismatched) is drawn
-    as one group, ``all pairs``.
-
-    Args:
-        table: long score table with ``match`` or without (and ``percentile`` to plot percentiles).
-        score: column on the x axis: ``cosine``, ``percentile``, ``clip_score_100``...
-        bins: number of bins, shared by every facet (edges from all checkpoints' ok scores).
-        path: if given, save the figure there as a PNG.
-
-    Returns:
-        The figure (one axes per checkpoint).
+    Each group is normalised to unit area within its facet, so groups of different sizes compare by shape.
+    Rows not ok are left out and counted in each facet's title; a table without ``match`` is one group.
 
     Raises:
         ValueError: no row has status ok.
@@ -94,17 +80,8 @@ def plot_score_histograms(table: pd.DataFrame, score: str = "cosine", bins: int 
 
 def plot_spearman_heatmap(matrix: pd.DataFrame, n_pairs: int, score: str = "cosine",
                           path: str | Path | None = None) -> Figure:
-    """Heatmap of the Spearman correlation of pair scores between checkpoints.
-
-    Args:
-        matrix: checkpoint x checkpoint correlations (:func:`clipeval.metrics.compare.spearman_matrix`).
-        n_pairs: pairs the correlations are over (those ok under every checkpoint), shown in the title.
-        score: the score column that was correlated.
-        path: if given, save the figure there as a PNG.
-
-    Returns:
-        The figure.
-    """
+    """Heatmap of the Spearman correlation of pair scores between checkpoints, over ``n_pairs`` (those ok under
+    every checkpoint, shown in the title)."""
     labels = [plain("\n".join(textwrap.wrap(label_checkpoint(name), 28, break_on_hyphens=False)))
               for name in matrix.columns]
     size = 2.5 + 1.3 * len(labels)

@@ -13,12 +13,8 @@ from clipeval.plots.text import plain
 
 
 def plot_shard_throughput(shards: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
-    """Rows per second of each shard (its own read, decode, encode and write time), one bar per executor.
-
-    Args:
-        shards: ``shards.csv`` rows with ``executor``, ``name`` and ``rows_per_s``.
-        path: where to save the PNG, or None.
-    """
+    """Rows per second of each shard (its own read, decode, encode and write time), one bar per executor, from
+    ``shards.csv`` rows with ``executor``."""
     done = shards.dropna(subset=["rows_per_s"]).assign(rows_per_s=lambda t: t["rows_per_s"].astype(float),
                                                        name=lambda t: t["name"].map(plain),
                                                        executor=lambda t: t["executor"].map(plain))
