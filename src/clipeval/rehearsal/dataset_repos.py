@@ -1,15 +1,7 @@
-"""Dataset repositories of the mirror, at their real sizes, in the layouts their loaders read.
+"""Dataset repositories of the mirror, at their real sizes, in the layouts their loaders read (docs/gpu-box.md).
 
-* CLIP_benchmark's retrieval webdatasets (``clip-benchmark/wds_mscoco_captions``: 5,000 test
-  images x 5 captions; ``clip-benchmark/wds_flickr30k``: 1,000 x 5): ``dataset_type.txt``
-  (``retrieval``), ``test/nshards.txt`` and ``test/0.tar``..., each sample a ``.jpg`` and a
-  ``.txt`` holding its captions one per line;
-* the Pokémon BLIP captions (833 rows, one ``train`` split): one Parquet file under ``data/``
-  with an ``image`` column of ``{bytes, path}`` records and a ``text`` column, and a dataset card
-  whose ``dataset_info`` declares the features and the split.
-
-The images are small synthetic JPEGs: the captioned scenes' drawings (:mod:`clipeval.data.scenes`),
-each with its own true captions, so a query has a right answer even though no model here knows it.
+The images are the captioned scenes' drawings (:mod:`clipeval.data.scenes`), each with its own true captions, so
+a query has a right answer even though no model here knows it.
 """
 
 from __future__ import annotations
@@ -91,11 +83,8 @@ Random stand-in for the real dataset: {rows} synthetic images, each with one cap
 
 
 def pokemon_captions(folder: Path, n_rows: int = 833, seed: int = 1) -> None:
-    """The Pokémon BLIP captions layout: ``data/train-00000-of-00001.parquet`` (image, text) and its card.
-
-    The Parquet file is written by ``datasets`` (``Dataset.to_parquet``), so its schema carries
-    the ``Image`` feature as the hub's files do.
-    """
+    """The Pokémon BLIP captions layout: ``data/train-00000-of-00001.parquet`` (image, text) and its card, written
+    by ``datasets`` so that its schema carries the ``Image`` feature as the hub's files do."""
     import datasets
 
     images, texts = [], []

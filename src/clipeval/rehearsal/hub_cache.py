@@ -1,20 +1,10 @@
-"""Write repositories into a Hugging Face cache in huggingface_hub's own layout.
+"""Write repositories into a Hugging Face cache in huggingface_hub's own layout (docs/gpu-box.md), as a real
+download would have left them, so that ``HF_HUB_OFFLINE=1`` reads them through the unchanged loading code.
 
-huggingface_hub keeps a downloaded repository as::
-
-    <hub>/models--<org>--<name>/refs/main                      the commit ``main`` points at
-    <hub>/models--<org>--<name>/snapshots/<commit>/<path>      a relative link into blobs/
-    <hub>/models--<org>--<name>/blobs/<etag>                   the file's bytes
-
-(``datasets--`` for dataset repositories). The etag of a Git LFS file is the SHA-256 of its
-bytes, that of a plain Git file its Git blob SHA-1. A file a library asked for and the hub did
-not have is remembered as an empty ``.no_exist/<commit>/<path>``, so that offline it is known
-to be absent rather than not yet downloaded (transformers 5's ``AutoTokenizer`` asks every
-repository for ``config.json``; offline, a repository without one and without that record fails).
-With ``HF_HUB_OFFLINE=1``, ``hf_hub_download`` and ``snapshot_download`` resolve ``main``
-through ``refs/main`` and read the snapshot, which is how the real libraries find files a
-machine downloaded before. :func:`add_repo` turns a folder that a library's save function wrote
-into such a repository, as a real download would have left it.
+Two details the libraries depend on: a blob's name is its etag (the SHA-256 of a Git LFS file, the Git blob
+SHA-1 of a plain one); and a file a library asked for that the repository lacks is recorded as an empty
+``.no_exist/<commit>/<path>``, so offline it is known absent rather than not yet downloaded (transformers 5's
+``AutoTokenizer`` asks every repository for ``config.json`` and fails offline without one or that record).
 """
 
 from __future__ import annotations
@@ -55,20 +45,11 @@ def etag(path: Path) -> str:
 
 def add_repo(hub: str | Path, repo_id: str, source: str | Path, repo_type: str = "model",
              absent: tuple[str, ...] = ("config.json",)) -> Path:
-    """Move every file under ``source`` into the cache as the ``main`` snapshot of ``repo_id``.
+    """Move every file under ``source`` (a folder a save function wrote; emptied) into the cache as the ``main``
+    snapshot of ``repo_id``, replacing a repository already there; returns the snapshot folder.
 
-    The commit hash is derived from the files (paths and etags), so the same files give the same
-    snapshot. A repository already in the cache is replaced.
-
-    Args:
-        hub: the hub cache (``$HF_HOME/hub``).
-        repo_id: ``org/name`` (or a bare ``name`` such as ``bert-base-uncased``).
-        source: a folder a save function wrote; emptied by the move.
-        repo_type: ``model`` or ``dataset``.
-        absent: files the libraries ask for, recorded as absent when ``source`` lacks them.
-
-    Returns:
-        The snapshot folder.
+    The commit hash is derived from the files (paths and etags), so the same files give the same snapshot.
+    ``absent``: files the libraries ask for, recorded as absent when ``source`` lacks them.
     """
     source = Path(source)
     files = sorted(path for path in source.rglob("*") if path.is_file())

@@ -70,16 +70,8 @@ def mirror_contents() -> dict[str, list[str]]:
 
 def build_mirror(out: str | Path, only: list[str] | None = None, dataset_rows: int | None = None,
                  progress: bool = True) -> Path:
-    """Write the mirror into ``out`` (added to what a mirror there already holds).
-
-    Args:
-        out: the mirror folder (``hf/`` and ``torch/`` are made inside).
-        only: build just these repositories or torch files (default: all of :func:`mirror_contents`).
-        dataset_rows: build each dataset with this many images instead of its real size (tests).
-        progress: show a progress bar over the repositories.
-
-    Returns:
-        ``out`` as a path.
+    """Write the mirror into ``out`` (``hf/`` and ``torch/``), added to what a mirror there already holds;
+    ``only`` builds just those repositories or torch files, ``dataset_rows`` shrinks each dataset (tests).
 
     Raises:
         ValueError: ``only`` names something the mirror does not hold.

@@ -1,9 +1,5 @@
-"""A reduced rehearsal: the rehearsal profile extended again, on a small mirror with small data.
-
-What ``make test`` runs (``tests/test_rehearsal.py``) and ``make gpu-check`` runs on CUDA: the same
-mechanism as ``make rehearse`` (``params/rehearsal.yaml``, ``run_notebooks`` on its ``hub_mirror``)
-with a few checkpoints, the benchmarks at a few images each (their size check off), the challenge
-set and a few test scenes, all built in one folder.
+"""A reduced rehearsal: the rehearsal profile extended again, on a small mirror with small data, for ``make test``
+and ``make gpu-check`` (docs/gpu-box.md).
 """
 
 from __future__ import annotations
@@ -31,11 +27,10 @@ def reduced_repos(checkpoints: list[str], extra: tuple[str, ...] = ()) -> list[s
 
 def reduced_rehearsal(root: str | Path, checkpoints: list[str], rows: int = 12, extra_repos: tuple[str, ...] = (),
                       **params) -> Path:
-    """Build a reduced rehearsal's mirror and data under ``root`` and write its profile; return the profile's path.
+    """Build a reduced rehearsal's mirror and data under the empty folder ``root`` and write its profile; return
+    the profile's path.
 
     Args:
-        root: an empty folder (``mirror/``, ``challenge/``, ``scenes/``, ``run/`` and the profile go in it).
-        checkpoints: the checkpoints to rehearse (hub specs the mirror can hold).
         rows: images per benchmark and test scenes.
         extra_repos: more repositories for the mirror (the labellers, for ``build-evalset``).
         **params: profile values over the reduced ones (``device``, ``precision``, ``notebooks``...).
