@@ -1,10 +1,7 @@
-"""The optional parts of clipeval and the one error a missing one gives.
+"""The optional stacks of clipeval, imported only where used, and the one error a missing one gives.
 
-The package's own dependencies are what it imports everywhere; these stacks are extras, imported
-only where they are used: ``notebooks`` (papermill, nbformat, nbconvert, Jupyter: ``run-notebooks``
-and the run report), ``ray`` (the Ray executor) and ``finder`` (faiss: the image finder's
-approximate search). ``make env`` installs every extra (and ``dev``:
-the test, lint and benchmark tools).
+``notebooks`` (papermill, nbformat, nbconvert, Jupyter: ``run-notebooks`` and the report), ``ray`` (the Ray
+executor) and ``finder`` (faiss: the finder's approximate search); ``make env`` installs every extra and ``dev``.
 """
 
 from __future__ import annotations

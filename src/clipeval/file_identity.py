@@ -1,20 +1,11 @@
 """File identity: is a file still the one a record was made from, without trusting its modification time?
 
-A done-marker or a cache entry made from a file records the file's **identity**
-(:func:`file_identity`): its stat fingerprint and the SHA-256 of its bytes. Later the file is
-checked against it (:func:`matches`):
-
-* **fast path**: the stat fingerprint (size, ``mtime_ns``, ``ctime_ns``, inode, device) is
-  unchanged: the same file, nothing read. ``cp -p``, ``rsync -t`` or ``os.utime`` can restore a
-  modification time but not the change time (``ctime``, set by the kernel on every write,
-  rename or chmod), nor keep the inode of a file replaced by a rename;
-* **slow path**: the fingerprint differs but the size is the same: the bytes are hashed again.
-  The same content (a file restored, copied or touched) is the same file, and the caller may
-  refresh its record with the new fingerprint; other content is another file;
-* another size, or a missing file: another file.
-
-So a changed input is never taken for the one recorded, and an identical copy is re-hashed once,
-not reprocessed.
+A record holds the file's stat fingerprint and SHA-256 (:func:`file_identity`); :func:`matches` trusts an
+unchanged fingerprint (nothing read) and otherwise, at the same size, hashes the bytes again. The fingerprint
+includes ``ctime`` and the inode because ``cp -p``, ``rsync -t`` or ``os.utime`` can restore a modification
+time but not the change time, nor keep the inode of a file replaced by a rename. So a changed input is never
+taken for the one recorded, and an identical copy is re-hashed once, not reprocessed (docs/sharded-runs.md,
+"The resume rule").
 """
 
 from __future__ import annotations
@@ -61,16 +52,13 @@ def file_identity(path: str | Path) -> dict:
 
 
 def matches(recorded: dict | None, path: str | Path) -> dict | None:
-    """The file's identity now if it is the file ``recorded`` describes, else ``None`` (see the module docstring).
-
-    Args:
-        recorded: an earlier :func:`file_identity` (``None`` or one without ``sha256``: never a match).
-        path: the file.
+    """The file's identity now if it is the file ``recorded`` describes (an earlier :func:`file_identity`), else
+    ``None``.
 
     Returns:
-        ``recorded`` itself when the stat fingerprint is unchanged; a refreshed identity (new
-        fingerprint, same ``sha256``) when only the fingerprint changed and the bytes hash the
-        same; ``None`` when the file is missing or its content differs.
+        ``recorded`` itself when the stat fingerprint is unchanged; a refreshed identity (new fingerprint, same
+        ``sha256``) when only the fingerprint moved; ``None`` when the file is missing, its content differs or
+        ``recorded`` is ``None`` or has no ``sha256``.
     """
     if not recorded or "sha256" not in recorded:
         return None

@@ -1,9 +1,8 @@
 """Project paths, all derived from the project root (cookiecutter-data-science style).
 
-The project root is ``$CLIPEVAL_ROOT`` when set; else the working directory, or the nearest folder
-above it holding ``params/`` and ``notebooks/`` (a checkout, when a notebook runs in ``notebooks/``).
-It never depends on where the package is installed: a clone, an editable install and a wheel in a
-virtual environment resolve it the same way.
+The root is ``$CLIPEVAL_ROOT``, else the working directory or the nearest folder above it holding ``params/``
+and ``notebooks/``; never where the package is installed, so a clone, an editable install and a wheel resolve
+it alike (docs/architecture.md, "Library and application").
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from pathlib import Path
 
 
 def project_root() -> Path:
-    """The project root (see the module docstring)."""
+    """The project root (the module docstring says how it is found)."""
     setting = os.environ.get("CLIPEVAL_ROOT")
     if setting:
         return Path(setting).expanduser().resolve()
@@ -38,12 +37,9 @@ SCENE_CLASSIFIER_DIR = OUTPUTS_DIR / "offline" / "models" / "scene-classifier"
 
 
 def where(path: str | Path) -> str:
-    """Where a path points, for a message saying something is missing there: the absolute path tried and,
-    for a relative path, the folder it was resolved against (the working folder, not the project root).
-
-    ``where("val2017")`` run in ``/home/me`` gives
-    ``/home/me/val2017 (relative to the current folder /home/me)``.
-    """
+    """Where a path points, for a message saying something is missing there: the absolute path and, for a
+    relative one, the folder it was resolved against (the working folder, not the project root):
+    ``/home/me/val2017 (relative to the current folder /home/me)``."""
     given = Path(path).expanduser()
     if given.is_absolute():
         return str(given)
@@ -51,11 +47,8 @@ def where(path: str | Path) -> str:
 
 
 def project_relative(value):
-    """``value`` with every path string under the project root made relative to it (recursively).
-
-    For files that are committed or shared (benchmark results): they must not name this
-    machine's checkout. Dicts, lists and tuples are walked; other values are returned as they are.
-    """
+    """``value`` (dicts, lists and tuples walked) with every path string under the project root made relative
+    to it: committed or shared files (benchmark results) must not name this machine's checkout."""
     if isinstance(value, dict):
         return {key: project_relative(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

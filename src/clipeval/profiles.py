@@ -1,13 +1,5 @@
-"""Profiles: one YAML of notebook parameters per way of running the project (``params/<profile>.yaml``).
-
-A profile may extend another (``extends: paper``): it then holds only what differs (see
-:func:`load_profile`), the way the rehearsal (``params/rehearsal.yaml``) is the paper profile
-on the hub mirror with smaller data.
-
-Its keys are the parameters the notebooks' tagged ``parameters`` cells declare, plus
-:data:`RUN_KEYS` for the run itself; :func:`check_profile` refuses an unknown key (with the
-nearest known one), a value of another type than the notebooks' default, and a missing
-required key (docs/notebooks.md lists every key).
+"""Profiles: one YAML of notebook parameters per way of running the project (``params/<profile>.yaml``), which
+may extend another and hold only what differs; docs/notebooks.md ("Profile keys") lists every key and the checks.
 """
 
 from __future__ import annotations
@@ -31,9 +23,8 @@ REQUIRED_KEYS = {"run_dir": "the run folder, e.g. outputs/my-run",
 def load_profile(profile: str | Path, checkpoints: list[str] | None = None) -> dict:
     """Read a profile's YAML (a name in ``params/`` or a path); ``checkpoints`` overrides its list.
 
-    A profile may extend another (``extends: paper``, a name or a path relative to the file): it
-    then holds only what differs, merged over the other's values (mappings key by key, other
-    values replaced), so an override can never drift from what it extends.
+    ``extends`` (a name, or a path relative to the file) is merged under it (:func:`merge_profiles`), so an
+    override can never drift from what it extends.
 
     Raises:
         FileNotFoundError: no such profile (or profile it extends).
@@ -90,11 +81,7 @@ def notebook_defaults(notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, dict[str
 
 
 def profile_keys(defaults: dict[str, dict[str, object]] | None = None) -> dict[str, tuple[object, str]]:
-    """Every key a profile may hold: its default and where it is declared (``the run`` or ``notebook NN_name``).
-
-    Args:
-        defaults: :func:`notebook_defaults` (read from the notebooks when None).
-    """
+    """Every key a profile may hold: its default and where it is declared (``the run`` or ``notebook NN_name``)."""
     known: dict[str, tuple[object, str]] = {key: (value, "the run") for key, value in RUN_KEYS.items()}
     for notebook, parameters in (notebook_defaults() if defaults is None else defaults).items():
         for key, value in parameters.items():

@@ -1,12 +1,6 @@
-"""Progress bars that read well in a terminal and in a log file.
-
-Every bar in the project comes from :func:`progress_bar` (``tqdm`` underneath). In a terminal it
-redraws as usual. When its stream is not a terminal (``make reproduce > run.log``, a CI log, an
-executed notebook's output), a bar that redraws every batch would write thousands of lines, so
-it redraws at most once every :data:`LOG_INTERVAL_S` seconds, plus its final state; there a
-``set_postfix`` (the loss of a training step...) waits for the next redraw instead of forcing one.
-The text bar is used in notebooks too: ``tqdm.auto``'s widget needs ipywidgets, and without them
-it prints a warning into every executed notebook.
+"""Progress bars that read well in a terminal and in a log file (docs/notebooks.md): every bar comes from
+:func:`progress_bar`. Outside a terminal a bar that redrew every batch would write thousands of lines, so it
+redraws at most every :data:`LOG_INTERVAL_S` seconds, and a ``set_postfix`` waits for that redraw.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The one way a run warns: a ``warning: ...`` line on stderr, and the same warning as a record.
 
-Checks return :class:`RunWarning` values (the retrieval evaluation's, the scoring run's, the
-zero-shot labeller's: :mod:`clipeval.eval.caveats`); the step that ran them passes them to
-:func:`warn`, which prints each once and returns the records the step keeps in its stats file
-and its manifest entry, so notebooks and the run report can show them too.
+Checks (:mod:`clipeval.eval.caveats`) return :class:`RunWarning` values; the step that ran them passes them to
+:func:`warn`, which prints each once and returns the records the step keeps in its stats and manifest entry, so
+notebooks and the run report can show them too.
 """
 
 from __future__ import annotations
@@ -16,14 +15,9 @@ from typing import TextIO
 
 @dataclass(frozen=True)
 class RunWarning:
-    """One warning about a run's results.
-
-    Attributes:
-        kind: what it is about (``truncation``, ``unknown_vocabulary``, ``circular_evaluation``,
-            ``trivial_metric``, ``hub``).
-        message: the sentence printed after ``warning:``.
-        checkpoint: the checkpoint it concerns, if one.
-    """
+    """One warning about a run's results: its ``kind`` (``truncation``, ``unknown_vocabulary``,
+    ``circular_evaluation``, ``trivial_metric``, ``hub``...), the sentence printed after ``warning:``, and the
+    checkpoint it concerns, if one."""
 
     kind: str
     message: str
