@@ -28,9 +28,9 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.data.sources import read_pairs
 from clipeval.data.summary import caption_lengths, describe_images
 from clipeval.metrics.compare import spearman_matrix
-from clipeval.plots import curation, data, finder, labels, retrieval, scenes, scores, sharded
+from clipeval.plots import benchmarks, curation, data, finder, labels, retrieval, scenes, scores, sharded
 
-PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation, sharded, finder)
+PLOT_MODULES = (data, scores, retrieval, scenes, labels, curation, sharded, finder, benchmarks)
 matplotlib.rcParams["figure.max_open_warning"] = 60  # every plot function renders at once
 TOLERANCE_PX = 1.0  # extents may touch (a label set on a bar's top) but not overlap by more than a pixel
 CHECKPOINTS = ("dual:outputs/offline/models/dual", "baseline:bert-resnet50-random")
@@ -138,7 +138,15 @@ def render_all(fixtures):
                                     thumbnail=str(path.relative_to(scenes_dir)))
                     for rank, path in enumerate(scene_files[:5])]
             for query in (longest[0], "a red circle left of a blue square")}
+    accuracies = pd.DataFrame([{"checkpoint": spec, "negative_kind": kind, "accuracy": value,
+                                "ci_low": max(0.0, value - 0.2), "ci_high": min(1.0, value + 0.2), "chance": 0.5}
+                               for spec, shift in zip(specs, (0.0, 0.3))
+                               for kind, value in (("all", 0.45 + shift), ("colour", 0.2 + shift),
+                                                   ("count", 0.5), ("relation", 0.48 + shift / 2))])
     return {
+        "plot_accuracy_by_category": benchmarks.plot_accuracy_by_category(
+            accuracies, "negative_kind", "accuracy", "Hard negatives: does the true caption beat the changed one?",
+            "accuracy (true caption scores higher)"),
         "plot_hits": finder.plot_hits(hits, scenes_dir, "dual: text queries"),
         "plot_shard_throughput": sharded.plot_shard_throughput(shards),
         "plot_kept_fraction": curation.plot_kept_fraction(curve),

@@ -32,7 +32,8 @@ def plot_accuracy_by_category(table: pd.DataFrame, category: str, value: str, ti
         errors = np.vstack([rows[value] - rows["ci_low"], rows["ci_high"] - rows[value]]).clip(min=0)
         ax.bar(x, rows[value], width, yerr=errors, capsize=3, label=plain(label_checkpoint(spec)), zorder=2)
         for left, estimate, top in zip(x, rows[value], rows["ci_high"]):  # above the CI: never under its bar
-            ax.text(left, top + 0.02, f"{estimate:.2f}", ha="center", va="bottom", fontsize=7, zorder=4)
+            ax.text(left, top + 0.02, f"{estimate:.2f}", ha="center", va="bottom", fontsize=7, zorder=4,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})  # legible over the chance line
     chance = table.groupby(category, sort=False)["chance"].first().reindex(categories)
     for position, level in enumerate(chance):
         ax.hlines(level, position - 0.45, position + 0.45, colors="gray", linestyles="--", zorder=3,
