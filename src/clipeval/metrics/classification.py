@@ -1,14 +1,10 @@
-"""Classification metrics as pure functions of true labels and ranked predictions.
+"""Classification metrics as pure functions of true labels and ranked predictions (docs/benchmarks.md): top-k
+accuracy, mean per-class recall (CLIP_benchmark's ``mean_per_class_recall``, scikit-learn's
+``balanced_accuracy_score``: a large class weighs no more than a small one) and their chance levels.
 
-Top-k accuracy counts an image correct when its class is among its ``k`` best-scored classes; mean per-class
-recall (CLIP_benchmark's ``mean_per_class_recall``, scikit-learn's ``balanced_accuracy_score``) is the top-1
-recall of each class that has images, averaged over those classes, so a large class weighs no more than a
-small one. Their chance levels are what a uniformly random ranking of the ``C`` classes gets on average:
-``min(k, C) / C`` for top-k accuracy and ``1 / C`` for mean per-class recall.
-
-The same mean of per-group rates is SugarCrepe's mean over its categories (each category's accuracy, averaged),
-so :func:`bootstrap_mean_per_group` serves both: its interval resamples items (images, hard negatives) with
-replacement, as every CI here does (:mod:`clipeval.metrics.bootstrap`), and recomputes the mean over groups.
+The same mean of per-group rates is SugarCrepe's mean over its categories, so :func:`bootstrap_mean_per_group`
+serves both: its interval resamples items (images, hard negatives), as every CI here does, and recomputes the
+mean over groups.
 """
 
 from __future__ import annotations
@@ -59,15 +55,11 @@ def _group_mean_of_codes(codes: np.ndarray, axis: int = 1) -> np.ndarray:
 
 def bootstrap_mean_per_group(groups: Sequence[int] | np.ndarray, hits: Sequence[bool] | np.ndarray,
                              n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> BootstrapInterval:
-    """:func:`mean_per_group_rate` with its bootstrap interval over items.
+    """:func:`mean_per_group_rate` (``groups``: an integer id >= 0 per item) with its bootstrap interval over
+    items; ``n_resamples``, ``confidence``, ``seed`` as :func:`clipeval.metrics.bootstrap.bootstrap_ci`.
 
-    Each resample draws the items with replacement (a group may lose all its items, and then drops out of
-    that resample's mean, as it would from a dataset without it) and recomputes the mean over groups.
-
-    Args:
-        groups: per item, its group id (a class, a category), an integer >= 0.
-        hits: per item, whether it counts as a hit (top-1 correct, hard negative beaten).
-        n_resamples, confidence, seed: as :func:`clipeval.metrics.bootstrap.bootstrap_ci`.
+    A group that loses all its items in a resample drops out of that resample's mean, as it would from a
+    dataset without it.
     """
     groups, hits = np.asarray(groups, dtype=np.int64), np.asarray(hits, dtype=bool)
     if groups.shape != hits.shape or (groups < 0).any():
