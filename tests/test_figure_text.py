@@ -294,3 +294,55 @@ def test_the_check_sees_an_overlap():
     found = overlaps(figure)
     assert any("overlaps text" in line for line in found) and any("overlaps image" in line for line in found)
     assert any("'on the line' covers line" in line for line in found)
+
+
+# what each figure must show, from the fixture inputs: its panels (axes, a colour bar included) and texts it
+# must carry (titles, axis labels, legends, tick labels); "RANDOM INIT" wherever the random-init checkpoint is drawn
+SHOWN = {
+    "plot_accuracy_by_category": (1, ["Hard negatives", "chance", "colour", "relation", "RANDOM INIT"]),
+    "plot_hits": (10, ["dual: text queries", "a red circle left of a blue square", "0.900 · test-00000"]),
+    "plot_shard_throughput": (1, ["rows per second", "local", "ray"]),
+    "plot_kept_fraction": (1, ["cosine threshold (keep >=)", "share of pairs kept"]),
+    "plot_curation_examples": (12, ["decile 1", "decile 3"]),
+    "plot_drop_reasons": (1, ["rows dropped", "status:missing"]),
+    "plot_kept_overlap": (2, ["Jaccard"]),
+    "plot_precision_recall": (1, ["recall of matched pairs", "laion400m", "laion2b"]),
+    "plot_confidence_histograms": (2, ["zero-shot dual encoder", "scene classifier (timm)", "label confidence"]),
+    "plot_threshold_tradeoff": (2, ["zero-shot dual encoder", "scene classifier (timm)", "confidence threshold"]),
+    "plot_labelled_examples": (8, ["truth:"]),
+    "plot_pseudo_vs_true": (2, ["text → image", "image → text", "hit rate@5"]),
+    "plot_image_sizes": (2, ["Image sizes (pixels)", "Image modes", "width (px)"]),
+    "plot_caption_lengths": (2, ["Caption length (words)", "Caption length (characters)"]),
+    "plot_sample_grid": (12, ["Sample pairs", "[match]", "[mismatch]"]),
+    "plot_score_histograms": (2, ["Matched vs mismatched", "dual:outputs/offline/models/dual", "RANDOM INIT"]),
+    "plot_spearman_heatmap": (2, ["Spearman", "RANDOM INIT"]),
+    "plot_metrics_with_ci": (3, ["Retrieval on scenes-test", "HitRate@5", "Recall@5", "MRR", "RANDOM INIT"]),
+    "plot_hit_rate_curve": (2, ["HitRate@k as a function of k", "text → image", "image → text"]),
+    "plot_query_results": (15, ["best queries", "✓ relevant"]),
+    "plot_scene_samples": (8, ["Captioned scenes (test split)", "✓", "✗ (colour)"]),
+    "plot_training_history": (2, ["Training loss", "Validation text→image retrieval", "epoch"]),
+    "plot_similarity_heatmap": (2, ["Caption x image cosine similarity", "cosine similarity"]),
+    "plot_retrieval_subsets": (1, ["seen", "unseen"]),
+    "plot_match_histogram": (1, ["every caption against every"]),
+    "plot_hard_negative_accuracy": (1, ["Hard negatives", "chance (0.5)", "what the negative changes"]),
+}
+
+
+def shown_texts(figure) -> str:
+    """Every text the figure draws, joined, its line breaks as spaces: titles, labels, tick labels, legends."""
+    figure.canvas.draw()
+    return "\n".join(" ".join(text.get_text().split()) for text in drawn_texts(figure))
+
+
+def test_every_figure_shows_its_panels_and_says_what_it_shows(fixtures):
+    figures = render_all(fixtures)
+    assert set(SHOWN) == set(figures)  # a new plot function gets its expectations
+    problems = []
+    for name, figure in figures.items():
+        panels, texts = SHOWN[name]
+        visible = [ax for ax in figure.axes if ax.get_visible()]
+        if len(visible) != panels:
+            problems.append(f"{name}: {len(visible)} panels, expected {panels}")
+        drawn = shown_texts(figure)
+        problems += [f"{name}: no {text!r}" for text in texts if text not in drawn]
+    assert not problems, "\n".join(problems)
