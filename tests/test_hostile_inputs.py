@@ -17,8 +17,10 @@ import pytest
 from PIL import Image
 
 from clipeval.data.images import STATUSES, read_image_bytes
-from clipeval.data.options import ShardLimits
+from clipeval.data.options import PairsTableError, ShardLimits
 from clipeval.data.shards import ShardReadError, read_shard
+from clipeval.data.sources import read_pairs
+from clipeval.layout import RunFolderMismatch
 
 MiB = 2**20
 
@@ -536,6 +538,225 @@ def test_a_fine_tune_resume_state_cannot_run_code(tmp_path):
     with pytest.raises(Exception, match=r"(?i)weights"):
         _restore(state, None, None, None, None, {})
     assert not marker.exists()
+
+
+# ---- pairs tables (--pairs): bounded in bytes and rows like a shard, judged before they are read ---------------
+
+def _six_pairs() -> pd.DataFrame:
+    return pd.DataFrame({"image": [f"{row}.png" for row in range(6)],
+                         "caption": [f"caption {row}" for row in range(6)]})
+
+
+def _write_pairs_source(folder: Path, kind: str, table: pd.DataFrame) -> Path:
+    """``table`` written as a source of ``kind`` (a table format's suffix, ``coco``, ``folder`` or ``hf``)."""
+    import json
+
+    folder.mkdir(exist_ok=True)
+    if kind == "coco":
+        path = folder / "captions_val.json"
+        images = [{"id": row, "file_name": image} for row, image in enumerate(table["image"])]
+        notes = [{"image_id": row, "id": row, "caption": caption} for row, caption in enumerate(table["caption"])]
+        path.write_text(json.dumps({"images": images, "annotations": notes}))
+    elif kind == "folder":
+        path = folder / "images"
+        path.mkdir()
+        for image, caption in zip(table["image"], table["caption"]):
+            (path / image).write_bytes(_png())
+            (path / image).with_suffix(".txt").write_text(caption)
+    elif kind == "hf":
+        import datasets
+
+        path = folder / "saved"
+        datasets.Dataset.from_pandas(table).save_to_disk(str(path))
+    else:
+        path = folder / f"pairs{kind}"
+        {".csv": lambda: table.to_csv(path, index=False), ".tsv": lambda: table.to_csv(path, sep="\t", index=False),
+         ".parquet": lambda: table.to_parquet(path), ".json": lambda: table.to_json(path, orient="records"),
+         ".jsonl": lambda: table.to_json(path, orient="records", lines=True)}[kind]()
+    return path
+
+
+@pytest.mark.parametrize("kind", [".csv", ".tsv", ".jsonl", ".json", ".parquet", "coco", "folder", "hf"])
+def test_pairs_source_rows_are_capped(tmp_path, kind):
+
+    path = _write_pairs_source(tmp_path / "source", kind, _six_pairs())
+    assert len(read_pairs(path, max_table_rows=6, cache_dir=tmp_path / "cache")) == 6
+    with pytest.raises(PairsTableError, match="--max-table-rows") as raised:
+        read_pairs(path, max_table_rows=5, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(raised.value) and "5" in str(raised.value)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_list_captions_count_against_the_row_cap(tmp_path, suffix):
+
+    table = pd.DataFrame({"image": ["a.png", "b.png"], "caption": [[f"x {number}" for number in range(50)], ["y"]]})
+    path = _write_pairs_source(tmp_path, suffix, table)
+    assert len(read_pairs(path, max_table_rows=51)) == 51
+    with pytest.raises(PairsTableError, match="--max-table-rows"):
+        read_pairs(path, max_table_rows=50)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_long_table_is_read_no_further_than_the_row_cap(tmp_path, suffix):
+
+    rows = 200_000
+    path = _write_pairs_source(tmp_path, suffix, pd.DataFrame({"image": [f"{row}.png" for row in range(rows)],
+                                                               "caption": [str(row) for row in range(rows)]}))
+    read_pairs(_write_pairs_source(tmp_path / "warm", suffix, _six_pairs()))  # imports done before measuring
+    raised, peak = _peak_while(lambda: read_pairs(path, max_table_rows=10))
+    assert raised is not None and "--max-table-rows" in str(raised), raised
+    assert peak < 2 * MiB  # read whole, its 400,000 strings would take over 20 MB
+
+
+def _peak_while(call) -> tuple[Exception | None, int]:
+    """The :class:`PairsTableError` ``call()`` raised (or None) and the peak bytes Python allocated meanwhile."""
+    import tracemalloc
+
+
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except PairsTableError as error:
+        raised = error
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+@pytest.mark.parametrize("kind", [".csv", ".jsonl", ".json", "coco"])
+def test_a_pairs_source_over_the_byte_cap_is_refused_unread(tmp_path, kind):
+
+    many = pd.DataFrame({"image": [f"{row}.png" for row in range(80_000)], "caption": ["a caption"] * 80_000})
+    path = _write_pairs_source(tmp_path, kind, many)
+    assert 1.2 * MiB < path.stat().st_size < 8 * MiB
+    read_pairs(path)  # honest under the default cap (and pandas' imports done before measuring)
+    raised, peak = _peak_while(lambda: read_pairs(path, max_table_mb=1))
+    assert raised is not None and "--max-table-mb" in str(raised), raised
+    assert peak < MiB  # judged from its size: the file was never parsed (pandas: tens of MB)
+
+
+def test_a_folders_caption_files_are_bounded_and_only_regular_files_are_read(tmp_path):
+    import os
+    import threading
+
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.png").write_bytes(_png())
+    (folder / "a.txt").write_bytes(b"a" * (2 * MiB))
+    os.mkfifo(folder / "b.txt")  # read as a caption, it would block the run
+    with pytest.raises(PairsTableError, match=r"caption files.*--max-table-mb"):
+        read_pairs(folder, max_table_mb=1)
+    (folder / "a.txt").write_text("a red square")
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(read_pairs(folder)), daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert outcome, "reading the folder did not finish in 5 s"
+    assert outcome[0]["caption"].tolist()[0] == "a red square" and pd.isna(outcome[0]["caption"][1])
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz", "zip"])
+def test_a_compressed_pairs_table_is_bounded_by_what_it_decompresses_to(tmp_path, compression):
+    import bz2
+    import gzip
+    import zipfile
+
+
+    def compressed(name: str, text: bytes) -> Path:
+        path = tmp_path / f"{name}.csv.{compression}"
+        if compression == "zip":
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr(f"{name}.csv", text)
+        else:
+            path.write_bytes({"gz": gzip, "bz2": bz2, "xz": lzma}[compression].compress(text))
+        return path
+
+    honest = compressed("honest", b"image,caption\na.png,a red square\n")
+    assert read_pairs(honest)["caption"].tolist() == ["a red square"]
+    bomb = compressed("bomb", b"image,caption\n" + b"a.png," + b"a" * (64 * MiB) + b"\n")
+    assert bomb.stat().st_size < 256 * 1024
+    started = time.perf_counter()
+    raised, peak = _peak_while(lambda: read_pairs(bomb, max_table_mb=1))
+    assert raised is not None and "--max-table-mb" in str(raised), raised
+    # xz's own dictionary (8 MiB at its default preset) counts here; the 64 MiB cell (twice that in pandas) never
+    assert peak < 12 * MiB and time.perf_counter() - started < 5.0
+
+
+def test_an_xz_pairs_table_declaring_a_huge_dictionary_is_refused(tmp_path):
+
+    stream = bytearray(lzma.compress(b"image,caption\na.png,a red square\n", format=lzma.FORMAT_ALONE))
+    honest = _write(tmp_path / "honest.csv.xz", bytes(stream))
+    assert read_pairs(honest)["caption"].tolist() == ["a red square"]
+    stream[1:5] = struct.pack("<I", 3 * 2**30)  # LZMA_alone: a 3 GiB dictionary, allocated before a byte is read
+    with pytest.raises(PairsTableError, match="memory"):
+        read_pairs(_write(tmp_path / "legacy.csv.xz", bytes(stream)))
+
+
+def test_a_parquet_pairs_table_is_judged_from_its_footer(tmp_path):
+
+    path = tmp_path / "big.parquet"
+    pd.DataFrame({"image": [f"{row}.png" for row in range(6)], "caption": ["c"] * 6,
+                  "blob": [bytes([row]) + bytes(MiB // 2) for row in range(6)]}).to_parquet(path, compression="gzip")
+    assert path.stat().st_size < MiB // 4
+    read_pairs(path)  # honest under the default caps (imports done before measuring)
+    for options, flag in (({"max_table_mb": 2}, "--max-table-mb"), ({"max_table_rows": 5}, "--max-table-rows")):
+        raised, peak = _peak_while(lambda options=options: read_pairs(path, **options))
+        assert raised is not None and flag in str(raised), raised
+        assert peak < MiB  # the 3 MiB of cells were never read
+
+
+def test_the_table_caps_are_flags_of_every_command_that_reads_a_pairs_table(tmp_path):
+    import subprocess
+    import sys
+
+    for command in ("score", "retrieve", "index", "finetune", "make-shards"):
+        shown = subprocess.run([sys.executable, "-m", "clipeval", command, "--help"], capture_output=True, text=True,
+                               check=True).stdout
+        assert "--max-table-mb" in shown and "--max-table-rows" in shown, command
+    _write_pairs_source(tmp_path, ".csv", _six_pairs())
+    done = subprocess.run([sys.executable, "-m", "clipeval", "score", "--pairs", str(tmp_path / "pairs.csv"),
+                           "--checkpoint", "hf:/no/such/checkpoint", "--out", str(tmp_path / "out"),
+                           "--max-table-rows", "5"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error:") and "--max-table-rows" in line and "pairs.csv" in line
+
+
+def test_the_caps_are_not_what_a_source_is():
+    from clipeval.data.options import SourceOptions
+
+    assert SourceOptions(max_table_mb=1, max_table_rows=1).what_is_read() == SourceOptions().what_is_read()
+    assert SourceOptions(caption_column="text").what_is_read() != SourceOptions().what_is_read()
+
+
+@pytest.mark.xfail(strict=True, raises=RunFolderMismatch, reason="clipeval.finder.index.describe_source records "
+                   "asdict(reading), caps included: it needs reading.what_is_read() (a change outside this issue's "
+                   "files, asked for); this test fails as soon as it is made, so the mark goes")
+def test_an_index_built_before_the_table_caps_still_resumes(tmp_path, tiny_specs):
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from clipeval.embed.options import EmbedOptions
+    from clipeval.finder.index import build_index
+    from clipeval.layout import IndexLayout
+    from finder_collection import build_small_index
+
+    spec = tiny_specs["hf-clip"]
+    layout = IndexLayout(build_small_index(tmp_path, [spec]))
+    for file in (layout.fingerprint, layout.manifest):  # as an index built before the caps records its source
+        recorded = json.loads(file.read_text())
+        source = recorded.get("source", recorded)
+        for cap in ("max_table_mb", "max_table_rows"):
+            source.pop(cap, None)
+        file.write_text(json.dumps(recorded))
+    again = build_index(str(tmp_path / "collection" / "pairs.csv"), [spec], layout.root,
+                        embed=EmbedOptions(device="cpu", progress=False))
+    assert again.skipped == [spec]
 
 
 # ---- the whole family from the command line: small files, bounded cost --------------------------------------

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit, made explicit
 # the largest shard member read (bytes), as FetchOptions.max_download_mb for a download: the default of
@@ -17,6 +17,10 @@ MAX_SAMPLE_CAPTIONS = 1_000
 MAX_TAR_HEADER_BYTES = 2**20  # one pax header or GNU long name/link (an honest one holds a path: a few KiB)
 MAX_JSON_BYTES = 2**20  # a tar sample's json (parsed, it may take 20 times its size; an honest one is a few KiB)
 MAX_XZ_MEMORY_BYTES = 128 * 2**20  # what an xz/lzma tar may ask for to decompress (`xz -9` needs 65 MiB)
+# the limits of a pairs table (SourceOptions' defaults): a whole data set in one file, so above the shard caps (CC3M's
+# TSV is 3.3 million rows), far below what a small hostile file could cost (compressed, or many rows of a few bytes)
+MAX_TABLE_BYTES = 2 * 2**30  # on disk, decompressed, or held once read (a parquet file's footer)
+MAX_TABLE_ROWS = 10_000_000  # rows given, each caption of a list counted
 SOURCE_KINDS = ("table", "folder", "coco", "hf")
 
 
@@ -76,6 +80,11 @@ class SourceOptions:
             ``semicolon`` and ``pipe`` are accepted as names.
         images_dir: the folder of a COCO source's images.
         split: the split of a Hugging Face dataset with several.
+        max_table_mb: the MiB a pairs source may hold: a file's size on disk, the bytes a compressed one
+            decompresses to, a parquet file's uncompressed size (from its footer), a Hugging Face dataset's
+            arrow data, a folder's caption files; over it the source is refused unread (docs/security.md).
+        max_table_rows: the rows a pairs source may give, each caption of a list counted; over it the
+            source is refused (a parquet file, a COCO file, a folder or a dataset before its rows are read).
     """
 
     image_column: str = field(default="image", metadata={"help": "the column with image paths or URLs"})
@@ -86,6 +95,15 @@ class SourceOptions:
         "help": "field separator of delimited text: ',', ';', tab, '|'"})
     images_dir: str | None = field(default=None, metadata={"help": "folder of a COCO file's images"})
     split: str | None = field(default=None, metadata={"help": "split of a Hugging Face dataset"})
+    max_table_mb: float = field(default=MAX_TABLE_BYTES / 2**20, metadata={
+        "help": "most MiB a pairs source may hold (on disk, decompressed, or once read); a larger one is refused"})
+    max_table_rows: int = field(default=MAX_TABLE_ROWS, metadata={
+        "help": "most rows a pairs source may give (each caption of a list counted); more is refused"})
+
+    def what_is_read(self) -> dict:
+        """The fields that say what the source gives: all but the caps, which only refuse a source (what an index
+        records of how its source was read, so that a cap raised, or added by a later release, is the same source)."""
+        return {name: value for name, value in asdict(self).items() if name not in ("max_table_mb", "max_table_rows")}
 
 
 @dataclass(frozen=True)

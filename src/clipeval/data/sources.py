@@ -21,15 +21,33 @@ resolved against. A caption cell holding a list gives one row per caption, with 
 ``caption_index`` column. Missing captions and unreadable images are per-row statuses later
 (see :data:`clipeval.data.images.STATUSES`); only an unusable table raises
 :class:`PairsTableError`, whose message is one line saying what is wrong and how to fix it.
+
+A source is read whole, so it is bounded as a whole, as a shard is (docs/security.md): its bytes
+(``max_table_mb``: a file's size before it is read, what a compressed one decompresses to, counted as
+it is read, a parquet file's uncompressed size from its footer, a dataset's arrow data, a folder's
+caption files) and its rows (``max_table_rows``, each caption of a list counted: a parquet file's
+footer, a COCO file's annotations, a folder's images and a dataset's rows before a row is read; CSV and
+JSON Lines read no further than the cap). An xz table may ask for at most
+:data:`~clipeval.data.options.MAX_XZ_MEMORY_BYTES` to decompress. Over a cap the source is refused with
+one line naming the flag that raises it.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
 import json
+import lzma
 import os
 import re
 import warnings
+import zipfile
+
+# the stdlib's reader behind gzip.GzipFile, bz2.BZ2File and lzma.LZMAFile, the one that takes a memory limit
+# (requires-python pins 3.11; Python 3.14 moves it to compression._common._streams)
+from _compression import DecompressReader
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +56,7 @@ import pandas as pd
 
 from clipeval.atomic import atomic_path
 from clipeval.data.fetch import DEFAULT_CACHE_DIR
-from clipeval.data.options import PairsTableError, SourceOptions
+from clipeval.data.options import MAX_XZ_MEMORY_BYTES, PairsTableError, SourceOptions
 from clipeval.paths import where
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp",
@@ -54,12 +72,15 @@ _COCO_FILE = re.compile(r"captions_(.+)\.json$")
 
 def read_pairs(source: str | Path, image_column: str = "image", caption_column: str = "caption", *,
                kind: str = "auto", delimiter: str | None = None, images_dir: str | Path | None = None,
-               split: str | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> pd.DataFrame:
+               split: str | None = None, max_table_mb: float = SourceOptions.max_table_mb,
+               max_table_rows: int = SourceOptions.max_table_rows,
+               cache_dir: str | Path = DEFAULT_CACHE_DIR) -> pd.DataFrame:
     """Read a pairs table from a file, a folder of images, a COCO file or a Hugging Face dataset.
 
     Args:
         source: the path (or ``hf:owner/name`` for a hub dataset).
-        image_column, caption_column, kind, delimiter, images_dir, split: see :class:`SourceOptions`.
+        image_column, caption_column, kind, delimiter, images_dir, split, max_table_mb, max_table_rows: see
+            :class:`SourceOptions`.
         cache_dir: the image cache root, where images stored in Hugging Face datasets are written.
 
     Returns:
@@ -71,7 +92,7 @@ def read_pairs(source: str | Path, image_column: str = "image", caption_column: 
             missing column.
     """
     options = SourceOptions(image_column, caption_column, kind, DELIMITER_NAMES.get(delimiter, delimiter),
-                            images_dir, split)
+                            images_dir, split, max_table_mb, max_table_rows)
     kind = detect_source_kind(source) if kind == "auto" else kind
     if kind not in SOURCE_READERS:
         raise PairsTableError(f"unknown source kind {kind!r}; use auto or one of {', '.join(SOURCE_READERS)}")
@@ -100,16 +121,24 @@ def load_table(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CA
                               + f" {where(path)} (a Hugging Face hub dataset is written hf:owner/name)")
     suffix = _format_suffix(path)
     delimiter = options.delimiter or DELIMITERS.get(suffix)
+    check_table_bytes(path, path.stat().st_size, options)
     try:
         if delimiter is not None:
-            table = read_delimited(path, delimiter, options.image_column, options.caption_column)
+            with open_table_bytes(path, options) as stream:
+                table = read_delimited(path, delimiter, options.image_column, options.caption_column,
+                                       max_rows=options.max_table_rows + 1, stream=stream)
         elif suffix in (".parquet", ".pq"):
+            _check_parquet_footer(path, options)
             table = pd.read_parquet(path)
         elif suffix in (".jsonl", ".ndjson", ".json"):
-            table = pd.read_json(path, lines=suffix != ".json", dtype=False)
+            lines = suffix != ".json"  # a JSON list has no row limit: its bytes are bounded, its rows counted after
+            with open_table_bytes(path, options) as stream:
+                table = pd.read_json(stream, lines=lines, dtype=False,
+                                     nrows=options.max_table_rows + 1 if lines else None)
         else:
             raise PairsTableError(f"{path}: unsupported table format {suffix!r}; use .csv, .tsv, .parquet, .jsonl "
                                   f"or .json, or pass --delimiter to read it as delimited text")
+        check_table_rows(path, len(table), options)
     except PairsTableError:
         raise
     except UnicodeDecodeError as error:
@@ -141,11 +170,17 @@ def load_folder(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_C
     root = Path(source)
     if not root.is_dir():
         raise PairsTableError(f"{root}: no such folder {where(root)}")
+    files = image_files(root)
+    check_table_rows(root, len(files), options)
+    captions = [file.with_suffix(".txt") for file in files]
+    captions = [caption if caption.is_file() else None for caption in captions]  # a FIFO or device is no caption
+    check_table_bytes(root, sum(caption.stat().st_size for caption in captions if caption), options,
+                      "bytes of caption files")
     rows = []
-    for file in image_files(root):
+    for file, caption in zip(files, captions):
         label = file.parent.relative_to(root).as_posix()
         rows.append({options.image_column: file.relative_to(root).as_posix(),
-                     options.caption_column: _read_caption_file(file.with_suffix(".txt")),
+                     options.caption_column: _read_caption_file(caption) if caption else None,
                      LABEL_COLUMN: "" if label == "." else label})
     if not rows:
         raise PairsTableError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -161,7 +196,9 @@ def load_coco(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CAC
     """
     path = Path(source)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        check_table_bytes(path, path.stat().st_size, options)
+        with open_table_bytes(path, options) as stream:
+            data = json.load(io.TextIOWrapper(stream, encoding="utf-8-sig"))
     except FileNotFoundError as error:
         raise PairsTableError(f"{path}: no such file {where(path)}") from error
     except (OSError, ValueError) as error:
@@ -169,6 +206,7 @@ def load_coco(source: str, options: SourceOptions, cache_dir: Path = DEFAULT_CAC
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
         raise PairsTableError(f"{path}: not a COCO captions file (needs top-level 'images' and 'annotations'); "
                               f"for a JSON table use JSON Lines or a list of records with --source-kind table")
+    check_table_rows(path, len(data["annotations"]) if isinstance(data["annotations"], list) else 0, options)
     try:
         files = {image["id"]: image["file_name"] for image in data["images"]}
         rows = [{"image_id": note["image_id"], "annotation_id": note.get("id"),
@@ -215,6 +253,8 @@ def load_hf_dataset(source: str, options: SourceOptions,
         raise PairsTableError(f"{local}: no such folder or file {where(local)} (a Hugging Face hub dataset is "
                               "written hf:owner/name)")
     dataset = _pick_split(loaded, options.split, name)
+    check_table_rows(name, dataset.num_rows, options)
+    check_table_bytes(name, dataset.data.nbytes, options, "bytes of arrow data")  # memory-mapped: not read yet
     _check_columns(dataset.column_names, name, options)
     if isinstance(dataset.features[options.image_column], datasets.Image):
         dataset = dataset.cast_column(options.image_column, datasets.Image(decode=False))
@@ -265,7 +305,9 @@ def _finish(table: pd.DataFrame, base_dir: Path, source: str, options: SourceOpt
         raise PairsTableError(f"{source}: the table has no rows; a pairs table needs at least one image-caption pair")
     _check_columns([str(column) for column in table.columns], source, options)
     captions = table[options.caption_column]
-    if captions.map(lambda value: isinstance(value, (list, tuple, np.ndarray))).any():
+    is_list = captions.map(lambda value: isinstance(value, (list, tuple, np.ndarray)))
+    if is_list.any():
+        check_table_rows(source, int(captions[is_list].map(len).sum() + (~is_list).sum()), options)
         table = table.explode(options.caption_column)
         table.insert(table.columns.get_loc(options.caption_column) + 1, "caption_index",
                      table.groupby(level=0).cumcount())
@@ -288,23 +330,133 @@ def _check_columns(found: list[str], source: str, options: SourceOptions) -> Non
 
 
 def read_delimited(path: Path, delimiter: str, image_column: str = "image", caption_column: str = "caption",
-                   max_rows: int | None = None) -> pd.DataFrame:
+                   max_rows: int | None = None, stream: io.BufferedIOBase | None = None) -> pd.DataFrame:
     """Read delimited text (a pairs table, or a CSV/TSV shard); image and caption cells stay strings, only empty
-    cells are NaN, the other columns are typed as pandas reads them. ``max_rows``: read no more rows than that.
+    cells are NaN, the other columns are typed as pandas reads them. ``max_rows``: read no more rows than that;
+    ``stream``: the file's bytes, already opened (:func:`open_table_bytes`), else ``path`` is read.
 
     A row with more fields than the header is an error, never silently cut (pandas only warns).
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, sep=delimiter, index_col=False, keep_default_na=False, na_values=[""],
-                               dtype={image_column: str, caption_column: str}, nrows=max_rows)
+            return pd.read_csv(path if stream is None else stream, sep=delimiter, index_col=False,
+                               keep_default_na=False, na_values=[""], dtype={image_column: str, caption_column: str},
+                               nrows=max_rows)
     except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
         guess = _guess_delimiter(_first_line(path), delimiter)
         hint = (f"the header looks {_delimiter_label(guess)}-separated; pass --delimiter {_delimiter_flag(guess)}"
                 if guess else "quote fields that contain the delimiter")
         raise PairsTableError(f"{path}: some rows have more fields than the header ({error_reason(error)}); {hint}") \
             from error
+
+
+def check_table_bytes(source: str | Path, size: int, options: SourceOptions, what: str = "bytes") -> None:
+    """Raise :class:`PairsTableError` when a pairs source would hold more than ``options.max_table_mb``."""
+    cap = int(options.max_table_mb * 2**20)
+    if size > cap:
+        raise PairsTableError(f"{source}: {size:,} {what}, over the pairs-table cap of {cap:,} bytes (--max-table-mb "
+                              f"{options.max_table_mb:g}); not read. Pass a larger --max-table-mb to read it")
+
+
+def check_table_rows(source: str | Path, rows: int, options: SourceOptions) -> None:
+    """Raise :class:`PairsTableError` when a pairs source gives more than ``options.max_table_rows`` rows."""
+    if rows > options.max_table_rows:
+        raise PairsTableError(f"{source}: more than {options.max_table_rows:,} rows, over the pairs-table row cap "
+                              f"(--max-table-rows {options.max_table_rows}); not read. Pass a larger "
+                              "--max-table-rows to read it")
+
+
+def open_table_bytes(path: Path, options: SourceOptions) -> io.BufferedReader:
+    """A pairs file's bytes, decompressed as its suffix says, failing once more than ``options.max_table_mb`` is read.
+
+    An ``.xz`` (or legacy ``.lzma`` stream under that name) is decompressed under a memory limit
+    (:data:`MAX_XZ_MEMORY_BYTES`), which pandas' own reader lacks; a ``.zip`` must hold one file.
+
+    Raises:
+        PairsTableError: over the cap (while reading), an xz stream asking for more memory, a zip of
+            several files, or a ``.zst`` table without the ``zstandard`` package.
+    """
+    handle = open(path, "rb")  # noqa: SIM115 -- closed with the returned reader
+    try:
+        inner = _decompressing(path, handle)
+    except BaseException:
+        handle.close()
+        raise
+    return io.BufferedReader(_CappedReader(inner, handle, path, options))
+
+
+def _decompressing(path: Path, handle):
+    """``handle``'s bytes through the decompressor ``path``'s suffix names (none: ``handle`` itself)."""
+    compression = path.suffix.lower()
+    if compression == ".gz":
+        return gzip.GzipFile(fileobj=handle, mode="rb")
+    if compression == ".bz2":
+        return bz2.BZ2File(handle)
+    if compression == ".xz":
+        return io.BufferedReader(DecompressReader(handle, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                  memlimit=MAX_XZ_MEMORY_BYTES))
+    if compression == ".zip":
+        archive = zipfile.ZipFile(handle)
+        names = [name for name in archive.namelist() if not name.endswith("/")]
+        if len(names) != 1:
+            raise PairsTableError(f"{path}: a zipped table must hold one file; it holds {len(names)}")
+        return archive.open(names[0])
+    if compression == ".zst":
+        try:
+            import zstandard
+        except ImportError as error:
+            raise PairsTableError(f"{path}: reading a .zst table needs the zstandard package "
+                                  "(pip install zstandard), or decompress it first") from error
+        return zstandard.ZstdDecompressor().stream_reader(handle)  # windows over 128 MiB refused by zstd itself
+    return handle
+
+
+class _CappedReader(io.RawIOBase):
+    """A pairs file's (decompressed) bytes as pandas or json reads them, counted against the byte cap."""
+
+    def __init__(self, inner, handle, path: Path, options: SourceOptions):
+        self._inner, self._handle, self._path, self._options = inner, handle, path, options
+        self._left = int(options.max_table_mb * 2**20)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._inner.read(min(len(buffer), self._left + 1))
+        except lzma.LZMAError as error:
+            if "memory" not in str(error).lower():
+                raise
+            raise PairsTableError(f"{self._path}: the xz stream needs more than {MAX_XZ_MEMORY_BYTES:,} bytes of "
+                                  "memory to decompress; not read (decompress it, or recompress it with xz -9 or "
+                                  "less)") from error
+        self._left -= len(data)
+        if self._left < 0:
+            cap = int(self._options.max_table_mb * 2**20)
+            raise PairsTableError(f"{self._path}: more than {cap:,} bytes once decompressed, over the pairs-table cap "
+                                  f"(--max-table-mb {self._options.max_table_mb:g}); not read further. Pass a larger "
+                                  "--max-table-mb to read it")
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            if self._inner is not self._handle:
+                self._inner.close()
+        finally:
+            self._handle.close()
+            super().close()
+
+
+def _check_parquet_footer(path: Path, options: SourceOptions) -> None:
+    """Refuse a parquet table from its footer: its rows, and the bytes its row groups take once read."""
+    import pyarrow.parquet as pq  # pandas' parquet engine
+
+    metadata = pq.read_metadata(path)
+    check_table_rows(path, metadata.num_rows, options)
+    check_table_bytes(path, sum(metadata.row_group(group).total_byte_size for group in range(metadata.num_row_groups)),
+                      options, "bytes once read (from its footer)")
 
 
 def _guess_delimiter(header: str, used: str) -> str | None:
