@@ -127,11 +127,14 @@ def load_identity(spec: str, device: torch.device, precision: str, decode: str,
 
 
 class LazyEncoder:
-    """A checkpoint that is loaded only when something has to be encoded (a warm cache loads nothing)."""
+    """A checkpoint that is loaded only when something has to be encoded (a warm cache loads nothing); with
+    ``text_only``, by its family's lighter load for encoding texts only, where it has one."""
 
-    def __init__(self, spec: str, options: EmbedOptions | None = None, timer: StageTimer | None = None):
+    def __init__(self, spec: str, options: EmbedOptions | None = None, timer: StageTimer | None = None,
+                 text_only: bool = False):
         options = options or EmbedOptions()
         self.spec = spec
+        self.text_only = text_only
         self.device = resolve_device(options.device)
         self.precision = resolve_precision(options.precision, self.device)
         self.timer = timer
@@ -142,7 +145,8 @@ class LazyEncoder:
         """The model, loaded (and its ``model_load`` stage timed) on the first call."""
         if self.encoder is None:
             with _stage(self.timer, "model_load", 0):
-                self.encoder = load_encoder(self.spec, str(self.device), self.precision, progress=self.progress)
+                self.encoder = load_encoder(self.spec, str(self.device), self.precision, progress=self.progress,
+                                            text_only=self.text_only)
         return self.encoder
 
 

@@ -8,6 +8,12 @@ and the statuses hold for queries too), by an encoder loaded on the first query 
 checkpoint and kept; its weights must be those the index was built with. Queries are never
 written to the embedding cache.
 
+A command-line search is a fresh process, so it loads only what its query needs: a text query the
+checkpoint for texts only (the family's ``load_text``; the whole model where the family has none,
+or where the weights must be hashed), an image query the whole model, a similar-item query no
+model (its vector is in the index). The embedding engine and the model libraries are imported on
+a query's first use of them (docs/finder.md gives the measured stages).
+
 The search is exact (inner product over every vector, block-wise) up to
 :data:`clipeval.finder.ann.EXACT_UP_TO` vectors, and approximate above when the index holds an
 approximate index for the checkpoint; ``exact=True`` or ``exact=False`` overrides the rule.
@@ -21,16 +27,18 @@ import math
 import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from clipeval.data.images import read_image_bytes
-from clipeval.embed.engine import Embedder, LazyEncoder
 from clipeval.embed.options import EmbedOptions
 from clipeval.finder import ann
 from clipeval.layout import IndexLayout, checkpoint_slug
 from clipeval.models.registry import weights_identity
+
+if TYPE_CHECKING:  # the embedding engine imports torch: a similar-item query needs neither
+    from clipeval.embed.engine import Embedder
 
 
 def weights_files(spec: str) -> str | None:
@@ -81,11 +89,13 @@ class Hit:
 
 @dataclass
 class _Checkpoint:
-    """One checkpoint's vectors (memory-mapped), their items, and its query embedder once loaded."""
+    """One checkpoint's vectors (memory-mapped), their items, and its query embedders once loaded: the whole
+    model's, or until an image query needs that one, the text tower's."""
 
     vectors: np.ndarray
     positions: np.ndarray
     embedder: Embedder | None = None
+    text_embedder: Embedder | None = None
     ann_index: object | None = None
 
 
@@ -211,32 +221,44 @@ class FinderIndex:
 
     # --- queries ----------------------------------------------------------------------------------------------
 
-    def _embedder(self, spec: str) -> Embedder:
-        """The checkpoint's query embedder, loaded once; its weights are checked against the index's."""
+    def _embedder(self, spec: str, text_only: bool = False) -> Embedder:
+        """The checkpoint's query embedder, loaded once; its weights are checked against the index's.
+
+        With ``text_only`` (a text query), the whole model's embedder if it is loaded, else one for texts only,
+        unless the check must hash the weights (the checkpoint's files changed since the build, or a hub name),
+        which takes the whole model.
+        """
+        from clipeval.embed.engine import Embedder, LazyEncoder
+
         loaded = self._vectors(spec)
         with self._lock:
-            if loaded.embedder is None:
-                entry = self.manifest["checkpoints"][spec]
-                options = replace(self.embed, embedding_cache=False, decode_processes=0, encode_processes=0,
-                                  progress=False, fast_decode=bool(entry.get("fast_decode", False)),
-                                  decoder=entry.get("decoder", "pillow"), batch_size=1,
-                                  fetch=replace(self.embed.fetch, image_cache_dir=None))
-                lazy = LazyEncoder(spec, options)
-                if lazy.device.type == entry.get("device"):
-                    lazy.precision = entry.get("precision") or lazy.precision
-                embedder = Embedder(lazy, options)
-                unchanged = entry.get("weights_files") is not None and weights_files(spec) == entry["weights_files"]
-                if not unchanged and entry.get("weights") and embedder.encoder.weights_digest() != entry["weights"]:
-                    raise ValueError(f"checkpoint {spec} now loads other weights than the index was built with; "
-                                     f"rebuild the index: clipeval index ... --checkpoint {spec} --overwrite")
-                loaded.embedder = embedder
-            return loaded.embedder
+            if loaded.embedder is not None or (text_only and loaded.text_embedder is not None):
+                return loaded.embedder or loaded.text_embedder
+            entry = self.manifest["checkpoints"][spec]
+            unchanged = entry.get("weights_files") is not None and weights_files(spec) == entry["weights_files"]
+            hashed = not unchanged and bool(entry.get("weights"))
+            options = replace(self.embed, embedding_cache=False, decode_processes=0, encode_processes=0,
+                              progress=False, fast_decode=bool(entry.get("fast_decode", False)),
+                              decoder=entry.get("decoder", "pillow"), batch_size=1,
+                              fetch=replace(self.embed.fetch, image_cache_dir=None))
+            lazy = LazyEncoder(spec, options, text_only=text_only and not hashed)
+            if lazy.device.type == entry.get("device"):
+                lazy.precision = entry.get("precision") or lazy.precision
+            embedder = Embedder(lazy, options)
+            if hashed and embedder.encoder.weights_digest() != entry["weights"]:
+                raise ValueError(f"checkpoint {spec} now loads other weights than the index was built with; "
+                                 f"rebuild the index: clipeval index ... --checkpoint {spec} --overwrite")
+            if embedder.encoder.text_only:  # a family without a text-only load gave the whole model
+                loaded.text_embedder = embedder
+            else:
+                loaded.embedder, loaded.text_embedder = embedder, None
+            return embedder
 
     def embed_text(self, text: str, checkpoint: str | None = None) -> np.ndarray:
         """A text query's unit vector ``(dim,)`` float32 under a checkpoint."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("the text query is empty")
-        embedder = self._embedder(self.checkpoint(checkpoint))
+        embedder = self._embedder(self.checkpoint(checkpoint), text_only=True)
         with self._lock:
             return embedder.texts([text]).vectors[0].numpy().astype(np.float32)
 
@@ -249,6 +271,8 @@ class FinderIndex:
         Raises:
             QueryImageError: the image cannot be read, is not an accepted format, or cannot be decoded.
         """
+        from clipeval.data.images import read_image_bytes
+
         spec = self.checkpoint(checkpoint)
         options = self.embed
         name = "the uploaded image" if isinstance(image, (bytes, bytearray)) else str(image)

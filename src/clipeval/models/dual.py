@@ -63,6 +63,7 @@ PRETRAINED_IMAGE_WEIGHTS = "IMAGENET1K_V1"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
 EFFICIENTNET_STRIDES = 5  # EfficientNet-B0's trunk halves the resolution five times (stride 32)
+IMAGE_TOWER = ("image_trunk", "image_pool")  # the submodules a text-only model leaves out (and LiT locks)
 
 
 def spatial_size(image_size: int) -> int:
@@ -125,21 +126,28 @@ class DualEncoderModel(nn.Module):
         text_config: the DistilBERT config (vocabulary size and special ids set).
         text_model: an already loaded DistilBERT (pretrained); built from ``text_config`` if None.
         image_weights: torchvision weights name for EfficientNet-B0, or None for random init.
+        with_image_tower: False builds the text tower and the temperature only (:data:`IMAGE_TOWER` left out),
+            for encoding texts.
     """
 
     def __init__(self, config: DualEncoderConfig, text_config: DistilBertConfig,
-                 text_model: DistilBertModel | None = None, image_weights: str | None = None):
+                 text_model: DistilBertModel | None = None, image_weights: str | None = None,
+                 with_image_tower: bool = True):
         super().__init__()
         self.config = config
+        self.with_image_tower = with_image_tower
         self.text_model = text_model if text_model is not None else DistilBertModel(text_config)
         self.text_norm = nn.LayerNorm(text_config.dim)
         self.text_projection = nn.Linear(text_config.dim, config.embed_dim, bias=False)
-        trunk = torchvision.models.efficientnet_b0(weights=image_weights, stochastic_depth_prob=config.stochastic_depth)
-        if image_weights is None:
-            zero_init_residual_blocks(trunk)
-        self.image_trunk = trunk.features.to(memory_format=torch.channels_last)  # faster convolutions on CPU
-        width = trunk.classifier[-1].in_features
-        self.image_pool = AttentionPool2d(spatial_size(config.image_size), width, config.pool_heads, config.embed_dim)
+        if with_image_tower:
+            trunk = torchvision.models.efficientnet_b0(weights=image_weights,
+                                                       stochastic_depth_prob=config.stochastic_depth)
+            if image_weights is None:
+                zero_init_residual_blocks(trunk)
+            self.image_trunk = trunk.features.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+            width = trunk.classifier[-1].in_features
+            self.image_pool = AttentionPool2d(spatial_size(config.image_size), width, config.pool_heads,
+                                              config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -255,7 +263,7 @@ class DualEncoder(Encoder):
 
     def __init__(self, model: DualEncoderModel, tokenizer, spec: str, device: torch.device, precision: str = "fp32"):
         super().__init__(spec, device, precision, logit_scale=model.temperature().detach().item(),
-                         context_length=model.config.context_length)
+                         context_length=model.config.context_length, text_only=not model.with_image_tower)
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.transform = image_transform(model.config.image_size)
@@ -318,11 +326,12 @@ def read_history(folder: str | Path) -> dict:
     return json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
-def load_dual_model(folder: str | Path) -> tuple[DualEncoderModel, PreTrainedTokenizerFast]:
+def load_dual_model(folder: str | Path, text_only: bool = False) -> tuple[DualEncoderModel, PreTrainedTokenizerFast]:
     """Rebuild a saved model (no network) and its tokenizer, on the CPU.
 
     Args:
         folder: a folder written by :func:`save_dual`.
+        text_only: build and load the text tower and the temperature only (no EfficientNet is built).
 
     Returns:
         ``(model, tokenizer)``.
@@ -338,8 +347,10 @@ def load_dual_model(folder: str | Path) -> tuple[DualEncoderModel, PreTrainedTok
                               f"(`python -m clipeval train --out {folder}`)")
     values = json.loads((folder / CONFIG_FILE).read_text())
     config = DualEncoderConfig.from_dict(values)
-    model = DualEncoderModel(config, DistilBertConfig.from_dict(values["text_config"]))
-    model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    model = DualEncoderModel(config, DistilBertConfig.from_dict(values["text_config"]), with_image_tower=not text_only)
+    weights = load_file(folder / WEIGHTS_FILE)
+    model.load_state_dict({name: tensor for name, tensor in weights.items()
+                           if not text_only or name.split(".")[0] not in IMAGE_TOWER})
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.eval(), tokenizer
 
@@ -356,6 +367,12 @@ def load_dual(spec: CheckpointSpec, device: torch.device, precision: str) -> Dua
         The encoder.
     """
     model, tokenizer = load_dual_model(spec.target)
+    return DualEncoder(model, tokenizer, str(spec), device, precision)
+
+
+def load_dual_text(spec: CheckpointSpec, device: torch.device, precision: str) -> DualEncoder:
+    """Registry loader for ``dual:<folder>`` when only texts are encoded: no EfficientNet is built or read."""
+    model, tokenizer = load_dual_model(spec.target, text_only=True)
     return DualEncoder(model, tokenizer, str(spec), device, precision)
 
 
@@ -382,4 +399,5 @@ def build_tiny_dual(folder: Path, seed: int) -> str:
 
 
 FAMILY = CheckpointFamily(prefix="dual", description="dual encoder trained here", load=load_dual,
-                          save=save_dual_encoder, image_tower=("image_trunk", "image_pool"), build_tiny=build_tiny_dual)
+                          load_text=load_dual_text, save=save_dual_encoder, image_tower=IMAGE_TOWER,
+                          build_tiny=build_tiny_dual)

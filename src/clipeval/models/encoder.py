@@ -54,19 +54,27 @@ class Encoder(ABC):
         context_length: the most text tokens the model reads; longer captions are truncated.
         description: one sentence on what the model is (weights, untrained parts), shown in
             ``stats.json``; empty when the spec says it all.
+        text_only: loaded without its image tower (``load_encoder(..., text_only=True)``): it encodes texts
+            only, and its weights cannot stand for the checkpoint's.
     """
 
     description: str = ""
 
     def __init__(self, spec: str, device: torch.device, precision: str = "fp32",
                  logit_scale: float | None = None, logit_bias: float | None = None,
-                 context_length: int = 77):
+                 context_length: int = 77, text_only: bool = False):
         self.spec = spec
         self.device = device
         self.precision = precision
         self.logit_scale = logit_scale
         self.logit_bias = logit_bias
         self.context_length = context_length
+        self.text_only = text_only
+
+    def _whole_model(self, needed_for: str) -> None:
+        if self.text_only:
+            raise RuntimeError(f"{self.spec} was loaded for texts only; {needed_for} needs the whole model "
+                               "(load_encoder without text_only)")
 
     @property
     def name(self) -> str:
@@ -138,6 +146,7 @@ class Encoder(ABC):
         Identifies the weights whatever their source (a hub name, a local file, a seeded random
         init), so a retrained model or a changed file never matches an older cache entry.
         """
+        self._whole_model("the weights' digest")
         digest = hashlib.sha256()
         for name, tensor in sorted(self.model.state_dict().items()):
             flat = tensor.detach().to("cpu").contiguous().reshape(-1)
@@ -176,6 +185,7 @@ class Encoder(ABC):
         Returns:
             ``(image features, text features)`` on ``device``.
         """
+        self._whole_model("fine-tuning")
         return self._image_features(pixels.to(self.device, non_blocking=True)), self._text_features(list(texts))
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -187,6 +197,7 @@ class Encoder(ABC):
         Returns:
             ``(N, D)`` float32 CPU tensor, each row of unit L2 norm.
         """
+        self._whole_model("encoding images")
         with torch.inference_mode(), self._autocast():
             features = self._image_features(pixels.to(self.device, non_blocking=True))
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()

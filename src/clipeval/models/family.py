@@ -32,6 +32,9 @@ class CheckpointFamily:
         prefix: the spec prefix (``hf`` in ``hf:openai/clip-vit-base-patch32``).
         description: the catalogue's name for the family (shown for specs the catalogue does not list).
         load: ``(spec, device, precision) -> Encoder``.
+        load_text: the same for an encoder of texts only (its ``text_only`` set), lighter where the family can leave
+            the image tower unbuilt (a one-query text search needs no image tower); ``None``: :meth:`loader` falls
+            back on ``load``.
         save: ``(encoder, folder) -> spec`` writing a (fine-tuned) model in the format ``load`` reads;
             ``None`` when the family cannot be saved, and so not fine-tuned. A fine-tunable encoder's
             ``model`` holds a learnable ``logit_scale`` (the log temperature, as CLIP's) and, for a sigmoid
@@ -46,11 +49,16 @@ class CheckpointFamily:
     prefix: str
     description: str
     load: Callable[[CheckpointSpec, torch.device, str], Encoder]
+    load_text: Callable[[CheckpointSpec, torch.device, str], Encoder] | None = None
     save: Callable[[Encoder, Path], str] | None = None
     image_tower: tuple[str, ...] = ()
     build_tiny: Callable[[Path, int], str] | None = None
     hub_repos: Callable[[str], list[str]] = _no_repos
     mirror_builders: Callable[[], dict[str, Callable[[Path], None]]] = field(default=dict)
+
+    def loader(self, text_only: bool = False) -> Callable[[CheckpointSpec, torch.device, str], Encoder]:
+        """``load_text`` when only texts will be encoded and the family has one, else ``load``."""
+        return self.load_text if text_only and self.load_text is not None else self.load
 
     @property
     def fine_tunable(self) -> bool:

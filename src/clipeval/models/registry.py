@@ -188,7 +188,8 @@ def quiet_progress_bars():
             logging.enable_progress_bar()
 
 
-def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progress: bool = True) -> Encoder:
+def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progress: bool = True,
+                 text_only: bool = False) -> Encoder:
     """Load any registered checkpoint behind the common :class:`Encoder` interface.
 
     Args:
@@ -196,6 +197,8 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progr
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (reduced precision only on CUDA).
         progress: show the model libraries' loading progress bars.
+        text_only: only texts will be encoded: the family's ``load_text`` where it has one
+            (:meth:`~clipeval.models.family.CheckpointFamily.loader`); the same text vectors, sooner.
 
     Returns:
         The loaded encoder, in eval mode on ``device``.
@@ -209,7 +212,7 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto", progr
 
     torch_device = resolve_device(device)
     with load_progress(progress):
-        return family.load(parsed, torch_device, resolve_precision(precision, torch_device))
+        return family.loader(text_only)(parsed, torch_device, resolve_precision(precision, torch_device))
 
 
 def register_family(family: str) -> None:
