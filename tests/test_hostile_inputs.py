@@ -646,17 +646,17 @@ def test_a_folders_caption_files_are_bounded_and_only_regular_files_are_read(tmp
     folder.mkdir()
     for name in ("a", "b"):
         (folder / f"{name}.png").write_bytes(_png())
-    (folder / "a.txt").write_bytes(b"a" * (2 * MiB))
-    os.mkfifo(folder / "b.txt")  # read as a caption, it would block the run
-    with pytest.raises(PairsTableError, match=r"caption files.*--max-table-mb"):
-        read_pairs(folder, max_table_mb=1)
     (folder / "a.txt").write_text("a red square")
+    os.mkfifo(folder / "b.txt")  # read as a caption, it would block the run
     outcome = []
     thread = threading.Thread(target=lambda: outcome.append(read_pairs(folder)), daemon=True)
     thread.start()
     thread.join(timeout=5)
     assert outcome, "reading the folder did not finish in 5 s"
     assert outcome[0]["caption"].tolist()[0] == "a red square" and pd.isna(outcome[0]["caption"][1])
+    (folder / "a.txt").write_bytes(b"a" * (2 * MiB))
+    with pytest.raises(PairsTableError, match=r"caption files.*--max-table-mb"):
+        read_pairs(folder, max_table_mb=1)
 
 
 @pytest.mark.parametrize("compression", ["gz", "bz2", "xz", "zip"])
