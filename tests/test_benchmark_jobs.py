@@ -37,7 +37,7 @@ def test_classify_writes_its_tables_manifest_and_report_section(tmp_path, tiny_s
     assert main(["classify", "--images", str(images), "--templates", str(tmp_path / "templates.txt"),
                  *[arg for spec in specs for arg in ("--checkpoint", spec)], "--out", str(out), *CPU]) == 0
     printed = capsys.readouterr().out
-    assert "9 images, 3 classes, 2 templates" in printed and "worst 3 classes (recall)" in printed
+    assert "9 images, 3 classes, 2 template(s)" in printed and "worst 3 classes (recall)" in printed
     run = RunLayout(out)
     metrics = pd.read_csv(run.zero_shot_metrics)
     assert sorted(set(metrics["checkpoint"])) == sorted(specs) and set(metrics["dataset"]) == {"val"}
