@@ -51,7 +51,7 @@ from clipeval.metrics.classification import (
     top_k_chance,
     top_k_hits,
 )
-from clipeval.models.encoder import Encoder
+from clipeval.models.encoder import Encoder, resolve_device
 
 CLASS_KEY_PREFIX = "zero-shot-class:"
 TOP_K = 5
@@ -97,7 +97,7 @@ class ZeroShotReport:
         confusion: the non-zero cells of the confusion matrix
             (:func:`~clipeval.metrics.classification.confusion_table`).
         stats: counts (images, statuses, class vectors cached and computed, prompts), the embedding cache's hits,
-            whether the model was loaded, and the stage timings when a timer was given.
+            whether the model was loaded, and every stage's timing (``timing``).
     """
 
     metrics: pd.DataFrame
@@ -183,7 +183,8 @@ def zero_shot_classify(checkpoint: str | Encoder | LazyEncoder, dataset: Classif
         dataset: the images, their labels and the class names.
         templates: the prompt templates (:mod:`clipeval.data.zero_shot_prompts`).
         options: the embedding pipeline's options (device, batch size, cache, reading).
-        timer: times every stage (``model_load``, ``text_encode``, ``image_read``, ``image_decode``...).
+        timer: times every stage (``model_load``, ``text_encode``, ``image_read``, ``image_decode``...); by
+            default a new one, so that ``stats`` always says where the time went.
         n_resamples, confidence, seed: the bootstrap of every CI.
 
     Raises:
@@ -191,6 +192,7 @@ def zero_shot_classify(checkpoint: str | Encoder | LazyEncoder, dataset: Classif
         ValueError: no image of the set could be used (the message counts their statuses).
     """
     options = options or EmbedOptions()
+    timer = timer if timer is not None else StageTimer(resolve_device(options.device))
     templates = check_templates(list(templates))
     encoder = LazyEncoder(checkpoint, options, timer) if isinstance(checkpoint, str) else checkpoint
     with Embedder(encoder, options, timer) as embedder:
@@ -214,7 +216,7 @@ def zero_shot_classify(checkpoint: str | Encoder | LazyEncoder, dataset: Classif
              "class_vectors_computed": classes.computed, "classes_with_truncated_prompts": classes.truncated,
              "cache": {"classes": class_cache, "images": embedded.cache},
              "model_loaded": (encoder.encoder is not None) if isinstance(encoder, LazyEncoder) else True,
-             **({"timing": timer.summary()} if timer is not None else {})}
+             "timing": timer.summary()}
     return ZeroShotReport(metrics, _predictions(dataset, embedded, top_classes, top_scores), per_class,
                           confusion_table(used, top_classes[:, 0], dataset.classnames), stats)
 
