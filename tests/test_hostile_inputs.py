@@ -14,52 +14,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from clipeval.data.images import STATUSES, read_image_bytes
 from clipeval.data.options import PairsTableError, ShardLimits
 from clipeval.data.shards import ShardReadError, read_shard
 from clipeval.data.sources import read_pairs
 from clipeval.layout import RunFolderMismatch
-
-MiB = 2**20
-
-
-def _png(color=(200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def _block(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 512)
-
-
-def _member_bytes(name: str, content: bytes, kind: bytes = tarfile.REGTYPE) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.type = len(content), kind
-    return info.tobuf(tarfile.USTAR_FORMAT) + _block(content)
-
-
-def _good_members() -> bytes:
-    return _member_bytes("fine.png", _png()) + _member_bytes("fine.txt", b"a red square")
-
-
-def _tar_bytes(*members: bytes) -> bytes:
-    return b"".join(members) + b"\0" * 1024
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
+from hostile_shards import MiB, good_members, hostile_folder, member_bytes, png, tar_bytes, write
 
 # ---- 1. pax headers: CPython's quadratic parsing (CVE-2024-6232) never runs on a hostile one -----------
 
 def test_a_pax_header_of_digits_fails_the_shard_at_once(tmp_path):
     payload = b"1" * 64_000  # 1.3 s at 32,000 digits in CPython 3.11.7's parser, four times as long per doubling
-    shard = _write(tmp_path / "pax.tar", _tar_bytes(_member_bytes("././@PaxHeader", payload, tarfile.XHDTYPE),
-                                                    _good_members()))
+    shard = write(tmp_path / "pax.tar", tar_bytes(member_bytes("././@PaxHeader", payload, tarfile.XHDTYPE),
+                                                  good_members()))
     started = time.perf_counter()
     with pytest.raises(ShardReadError, match="pax header"):
         read_shard(shard)
@@ -69,8 +37,8 @@ def test_a_pax_header_of_digits_fails_the_shard_at_once(tmp_path):
 def test_a_pax_header_over_the_header_cap_is_refused_before_it_is_read(tmp_path):
     record = b"path=" + b"a" * (2 * MiB)
     record = str(len(record) + 9).encode() + b" " + record + b"\n"
-    shard = _write(tmp_path / "pax.tar", _tar_bytes(_member_bytes("././@PaxHeader", record, tarfile.XHDTYPE),
-                                                    _good_members()))
+    shard = write(tmp_path / "pax.tar", tar_bytes(member_bytes("././@PaxHeader", record, tarfile.XHDTYPE),
+                                                  good_members()))
     with pytest.raises(ShardReadError, match="header cap"):
         read_shard(shard)
 
@@ -78,7 +46,7 @@ def test_a_pax_header_over_the_header_cap_is_refused_before_it_is_read(tmp_path)
 def test_honest_pax_headers_still_read(tmp_path):
     shard = tmp_path / "honest.tar"
     with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as archive:
-        for name, content in (("é" * 150 + ".png", _png()), ("é" * 150 + ".txt", "ünïcode".encode())):
+        for name, content in (("é" * 150 + ".png", png()), ("é" * 150 + ".txt", "ünïcode".encode())):
             info = tarfile.TarInfo(name)
             info.size = len(content)
             archive.addfile(info, io.BytesIO(content))
@@ -90,9 +58,9 @@ def test_honest_pax_headers_still_read(tmp_path):
 # ---- 2. a GNU long name is capped before it is read ------------------------------------------------------------
 
 def test_a_gnu_long_name_over_the_header_cap_fails_the_shard_unread(tmp_path):
-    raw = _tar_bytes(_member_bytes("././@LongLink", b"a" * (2 * MiB) + b".jpg", tarfile.GNUTYPE_LONGNAME),
-                     _member_bytes("short.jpg", _png()), _good_members())
-    shard = _write(tmp_path / "long.tar", lzma.compress(raw))
+    raw = tar_bytes(member_bytes("././@LongLink", b"a" * (2 * MiB) + b".jpg", tarfile.GNUTYPE_LONGNAME),
+                    member_bytes("short.jpg", png()), good_members())
+    shard = write(tmp_path / "long.tar", lzma.compress(raw))
     assert shard.stat().st_size < 64 * 1024
     with pytest.raises(ShardReadError, match="header cap"):
         read_shard(shard)
@@ -101,15 +69,15 @@ def test_a_gnu_long_name_over_the_header_cap_fails_the_shard_unread(tmp_path):
 # ---- 3. bytes per shard, rows per shard, captions per sample ----------------------------------------------------
 
 def test_many_members_under_the_member_cap_trip_the_shard_cap(tmp_path):
-    members = [_member_bytes(f"{number:03d}.jpg", bytes(MiB - 1024)) for number in range(12)]
-    shard = _write(tmp_path / "many.tar", lzma.compress(_tar_bytes(*members, _good_members())))
+    members = [member_bytes(f"{number:03d}.jpg", bytes(MiB - 1024)) for number in range(12)]
+    shard = write(tmp_path / "many.tar", lzma.compress(tar_bytes(*members, good_members())))
     with pytest.raises(ShardReadError, match="--max-shard-mb"):
         read_shard(shard, max_member_bytes=MiB, limits=ShardLimits(shard_bytes=8 * MiB))
 
 
 def test_rows_per_shard_are_capped(tmp_path):
-    members = [_member_bytes(f"{number:03d}.txt", b"caption") for number in range(5)]
-    shard = _write(tmp_path / "rows.tar", _tar_bytes(*members))
+    members = [member_bytes(f"{number:03d}.txt", b"caption") for number in range(5)]
+    shard = write(tmp_path / "rows.tar", tar_bytes(*members))
     assert len(read_shard(shard, limits=ShardLimits(rows=5))) == 5
     with pytest.raises(ShardReadError, match="--max-shard-rows"):
         read_shard(shard, limits=ShardLimits(rows=4))
@@ -117,8 +85,8 @@ def test_rows_per_shard_are_capped(tmp_path):
 
 def test_a_sample_listing_too_many_captions_is_one_row_with_a_status(tmp_path):
     captions = b'{"captions": [' + b",".join([b'"x"'] * 5_000) + b"]}"
-    shard = _write(tmp_path / "captions.tar", _tar_bytes(_member_bytes("many.png", _png()),
-                                                         _member_bytes("many.json", captions), _good_members()))
+    shard = write(tmp_path / "captions.tar", tar_bytes(member_bytes("many.png", png()),
+                                                       member_bytes("many.json", captions), good_members()))
     table = read_shard(shard, limits=ShardLimits(captions=1000))
     assert table["uid"].tolist() == ["captions/many", "captions/fine"]
     refused = read_image_bytes(table["image"][0])
@@ -152,7 +120,7 @@ def test_a_parquet_cell_over_the_member_cap_is_refused_from_the_metadata(tmp_pat
     shard = tmp_path / "cells.parquet"
     with pq.ParquetWriter(shard, pa.schema([("image", pa.binary()), ("caption", pa.string())])) as writer:
         writer.write_table(pa.table({"image": [bytes(8 * MiB)], "caption": ["zeros"]}))  # one row group, one row
-        writer.write_table(pa.table({"image": [_png()], "caption": ["a red square"]}))
+        writer.write_table(pa.table({"image": [png()], "caption": ["a red square"]}))
     tracemalloc.start()
     try:
         table = read_shard(shard, max_member_bytes=MiB)
@@ -179,7 +147,7 @@ def test_a_parquet_shard_over_the_shard_cap_fails_before_it_is_read(tmp_path):
 
 def test_a_parquet_row_listing_too_many_captions_is_one_row(tmp_path):
     shard = tmp_path / "lists.parquet"
-    pd.DataFrame({"image": [_png(), _png()], "caption": [["x"] * 50, ["a", "b"]]}).to_parquet(shard)
+    pd.DataFrame({"image": [png(), png()], "caption": [["x"] * 50, ["a", "b"]]}).to_parquet(shard)
     table = read_shard(shard, limits=ShardLimits(captions=10))
     assert pd.isna(table["caption"][0]) and table["caption"].tolist()[1:] == ["a", "b"]
     assert read_image_bytes(table["image"][0]).status == "too_many_captions"
@@ -188,15 +156,15 @@ def test_a_parquet_row_listing_too_many_captions_is_one_row(tmp_path):
 # ---- 4. every compressed container under a memory limit, whatever its magic bytes ---------------------------
 
 def test_a_legacy_lzma_tar_declaring_a_huge_dictionary_is_refused(tmp_path):
-    stream = bytearray(lzma.compress(_tar_bytes(_good_members()), format=lzma.FORMAT_ALONE))
+    stream = bytearray(lzma.compress(tar_bytes(good_members()), format=lzma.FORMAT_ALONE))
     stream[1:5] = struct.pack("<I", 3 * 2**30)  # LZMA_alone's header: properties byte, then the dictionary size
-    shard = _write(tmp_path / "legacy.tar", bytes(stream))
+    shard = write(tmp_path / "legacy.tar", bytes(stream))
     with pytest.raises(ShardReadError, match="memory"):
         read_shard(shard)
 
 
 def test_a_legacy_lzma_tar_of_honest_size_is_read(tmp_path):
-    shard = _write(tmp_path / "legacy.tar", lzma.compress(_tar_bytes(_good_members()), format=lzma.FORMAT_ALONE))
+    shard = write(tmp_path / "legacy.tar", lzma.compress(tar_bytes(good_members()), format=lzma.FORMAT_ALONE))
     assert read_shard(shard)["caption"].tolist() == ["a red square"]
 
 
@@ -206,8 +174,8 @@ def test_a_compressed_bomb_of_zeros_is_bounded_by_the_shard_cap(tmp_path, compre
     import gzip
 
     module = {"gzip": gzip, "bz2": bz2, "xz": lzma}[compress]
-    raw = _tar_bytes(_member_bytes("zeros.jpg", bytes(16 * MiB)), _good_members())
-    shard = _write(tmp_path / "bomb.tar", module.compress(raw))
+    raw = tar_bytes(member_bytes("zeros.jpg", bytes(16 * MiB)), good_members())
+    shard = write(tmp_path / "bomb.tar", module.compress(raw))
     started = time.perf_counter()
     with pytest.raises(ShardReadError, match="--max-shard-mb"):
         read_shard(shard, max_member_bytes=MiB, limits=ShardLimits(shard_bytes=4 * MiB))
@@ -232,8 +200,8 @@ def _read_in_thread(*args, **kwargs):
 def table_dir(tmp_path) -> Path:
     folder = tmp_path / "table"
     (folder / "images").mkdir(parents=True)
-    (folder / "images" / "fine.png").write_bytes(_png())
-    (tmp_path / "outside.png").write_bytes(_png())
+    (folder / "images" / "fine.png").write_bytes(png())
+    (tmp_path / "outside.png").write_bytes(png())
     return folder
 
 
@@ -275,7 +243,7 @@ def test_devices_and_fifos_are_row_statuses_not_hangs_or_memory_errors(table_dir
 def test_a_local_file_is_read_only_up_to_the_byte_cap(table_dir):
     from clipeval.data.fetch import FetchOptions
 
-    (table_dir / "images" / "big.png").write_bytes(_png() + bytes(64 * 1024))
+    (table_dir / "images" / "big.png").write_bytes(png() + bytes(64 * 1024))
     raw = read_image_bytes("images/big.png", table_dir, fetch_options=FetchOptions(max_download_mb=1 / 32))
     assert raw.status == "too_large" and f"{2**15:,}" in raw.error
 
@@ -285,7 +253,7 @@ def test_images_stored_from_a_dataset_in_the_cache_stay_readable(tmp_path, table
 
     cache = tmp_path / "cache"
     (cache / "hf").mkdir(parents=True)
-    (cache / "hf" / "stored.png").write_bytes(_png())
+    (cache / "hf" / "stored.png").write_bytes(png())
     options = FetchOptions(image_cache_dir=cache)
     assert read_image_bytes(str(cache / "hf" / "stored.png"), table_dir, fetch_options=options).status == "ok"
 
@@ -396,7 +364,7 @@ def _api(server, **options):
 
 def test_the_api_timeout_bounds_the_whole_reply(drip_server, tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.png").write_bytes(png())
     started = time.monotonic()
     with pytest.warns(UserWarning, match="api_timeout"):
         run = _api(drip_server).label(["a.png"], tmp_path)
@@ -409,7 +377,7 @@ def test_an_api_reply_over_the_byte_cap_is_refused_unread(drip_server, tmp_path,
 
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     drip_server.mode = "huge"
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.png").write_bytes(png())
     tracemalloc.start()
     try:
         with pytest.warns(UserWarning, match="api_bad_response"):
@@ -474,10 +442,10 @@ def test_the_finder_refuses_cross_site_requests_that_run_a_model(finder, headers
     log.unlink(missing_ok=True)
     client = create_app(index, log_queries=True).test_client()
     item = index.items["id"].astype(str).iloc[0]
-    png = io.BytesIO(_png())
+    upload = io.BytesIO(png())
     answers = [client.get("/api/search?q=a+red+square", headers=headers),
                client.get(f"/api/similar/{item}", headers=headers),
-               client.post("/api/search-image", data={"image": (png, "q.png")}, headers=headers,
+               client.post("/api/search-image", data={"image": (upload, "q.png")}, headers=headers,
                            content_type="multipart/form-data")]
     assert [answer.status_code for answer in answers] == [403, 403, 403]
     assert "cross-site" in answers[0].get_json()["error"]
@@ -561,7 +529,7 @@ def _write_pairs_source(folder: Path, kind: str, table: pd.DataFrame) -> Path:
         path = folder / "images"
         path.mkdir()
         for image, caption in zip(table["image"], table["caption"]):
-            (path / image).write_bytes(_png())
+            (path / image).write_bytes(png())
             (path / image).with_suffix(".txt").write_text(caption)
     elif kind == "hf":
         import datasets
@@ -645,7 +613,7 @@ def test_a_folders_caption_files_are_bounded_and_only_regular_files_are_read(tmp
     folder = tmp_path / "images"
     folder.mkdir()
     for name in ("a", "b"):
-        (folder / f"{name}.png").write_bytes(_png())
+        (folder / f"{name}.png").write_bytes(png())
     (folder / "a.txt").write_text("a red square")
     os.mkfifo(folder / "b.txt")  # read as a caption, it would block the run
     outcome = []
@@ -689,11 +657,11 @@ def test_a_compressed_pairs_table_is_bounded_by_what_it_decompresses_to(tmp_path
 def test_an_xz_pairs_table_declaring_a_huge_dictionary_is_refused(tmp_path):
 
     stream = bytearray(lzma.compress(b"image,caption\na.png,a red square\n", format=lzma.FORMAT_ALONE))
-    honest = _write(tmp_path / "honest.csv.xz", bytes(stream))
+    honest = write(tmp_path / "honest.csv.xz", bytes(stream))
     assert read_pairs(honest)["caption"].tolist() == ["a red square"]
     stream[1:5] = struct.pack("<I", 3 * 2**30)  # LZMA_alone: a 3 GiB dictionary, allocated before a byte is read
     with pytest.raises(PairsTableError, match="memory"):
-        read_pairs(_write(tmp_path / "legacy.csv.xz", bytes(stream)))
+        read_pairs(write(tmp_path / "legacy.csv.xz", bytes(stream)))
 
 
 def test_a_parquet_pairs_table_is_judged_from_its_footer(tmp_path):
@@ -761,43 +729,6 @@ def test_an_index_built_before_the_table_caps_still_resumes(tmp_path, tiny_specs
 
 # ---- the whole family from the command line: small files, bounded cost --------------------------------------
 
-def _hostile_folder(folder: Path) -> dict[str, str]:
-    """One good tar and the audit's hostile shards, each a few KB to a few MB on disk; what each should give."""
-    import os
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir()
-    _write(folder / "good.tar", _tar_bytes(_good_members(), _member_bytes("blue.png", _png((20, 30, 200))),
-                                           _member_bytes("blue.txt", b"a blue square")))
-    _write(folder / "pax.tar", _tar_bytes(_member_bytes("././@PaxHeader", b"1" * 200_000, tarfile.XHDTYPE),
-                                          _good_members()))
-    _write(folder / "longname.tar", lzma.compress(_tar_bytes(
-        _member_bytes("././@LongLink", b"a" * (32 * MiB) + b".jpg", tarfile.GNUTYPE_LONGNAME), _good_members())))
-    _write(folder / "many.tar", lzma.compress(_tar_bytes(
-        *[_member_bytes(f"{number:03d}.jpg", bytes(MiB - 1024)) for number in range(150)], _good_members())))
-    captions = b'{"captions": [' + b",".join([b'"x"'] * 200_000) + b"]}"
-    _write(folder / "captions.tar", lzma.compress(_tar_bytes(_member_bytes("many.png", _png()),
-                                                             _member_bytes("many.json", captions))))
-    legacy = bytearray(lzma.compress(_tar_bytes(_good_members()), format=lzma.FORMAT_ALONE))
-    legacy[1:5] = struct.pack("<I", 3 * 2**30)
-    _write(folder / "legacy.tar", bytes(legacy))
-    for name, size in (("cells", 100 * MiB), ("cell", 8 * MiB)):
-        with pq.ParquetWriter(folder / f"{name}.parquet", pa.schema([("image", pa.binary()), ("caption", pa.string())]),
-                              compression="zstd") as writer:
-            writer.write_table(pa.table({"image": [bytes(size)], "caption": ["zeros"]}))
-            writer.write_table(pa.table({"image": [_png()], "caption": ["a red square"]}))
-    os.mkfifo(folder / "fifo.png")
-    (folder / "escape.png").symlink_to("/etc/hostname")
-    pd.DataFrame({"image": ["/dev/zero", "fifo.png", "../../../../../../etc/hostname", "escape.png"],
-                  "caption": ["zeros", "a pipe", "a file elsewhere", "a link out"]}).to_csv(folder / "paths.csv",
-                                                                                            index=False)
-    return {"pax": "failed", "longname": "failed", "many": "failed", "legacy": "failed",
-            "captions": "too_many_captions", "cells": "failed", "cell": "member_too_large,ok",
-            "paths": "outside_root,not_a_file,outside_root,outside_root"}
-
-
 @pytest.mark.slow
 def test_score_over_a_folder_of_hostile_shards_is_bounded(tmp_path, tiny_specs):
     import json
@@ -805,7 +736,7 @@ def test_score_over_a_folder_of_hostile_shards_is_bounded(tmp_path, tiny_specs):
     import subprocess
     import sys
 
-    expected = _hostile_folder(tmp_path / "shards")
+    expected = hostile_folder(tmp_path / "shards")
     (tmp_path / "honest").mkdir()
     (tmp_path / "honest" / "good.tar").write_bytes((tmp_path / "shards" / "good.tar").read_bytes())
     on_disk = sum(path.stat().st_size for path in (tmp_path / "shards").iterdir() if path.is_file())
@@ -853,8 +784,8 @@ def test_every_source_kind_confines_its_paths(tmp_path, kind):
 
     source = tmp_path / "source"
     source.mkdir()
-    (source / "fine.png").write_bytes(_png())
-    (tmp_path / "outside.png").write_bytes(_png())
+    (source / "fine.png").write_bytes(png())
+    (tmp_path / "outside.png").write_bytes(png())
     refs = ["fine.png", "../outside.png", str(tmp_path / "outside.png")]
     if kind == "table":
         path = source / "pairs.csv"
@@ -871,7 +802,7 @@ def test_every_source_kind_confines_its_paths(tmp_path, kind):
 
         path = source / "saved"
         datasets.Dataset.from_dict({"image": refs, "caption": ["a", "b", "c"]}).save_to_disk(str(path))
-        (path / "fine.png").write_bytes(_png())
+        (path / "fine.png").write_bytes(png())
     table = read_pairs(path, cache_dir=tmp_path / "cache")
     statuses = [raw.status for raw in read_many_bytes(table["image"].tolist(), Path(table.attrs["base_dir"]))]
     expected = {"folder": ["ok", "outside_root"]}.get(kind, ["ok", "outside_root", "outside_root"])
@@ -882,9 +813,9 @@ def test_a_json_member_over_its_cap_is_never_parsed(tmp_path):
     import tracemalloc
 
     nested = b'{"captions": [], "x": [' + b",".join([b"[]"] * (MiB // 3)) + b"]}"  # about 1 MiB: 20 MB parsed
-    shard = _write(tmp_path / "json.tar", lzma.compress(_tar_bytes(
-        _member_bytes("big.png", _png()), _member_bytes("big.json", nested), _good_members())))
-    read_shard(_write(tmp_path / "warm.tar", _tar_bytes(_good_members())))  # imports done before measuring
+    shard = write(tmp_path / "json.tar", lzma.compress(tar_bytes(
+        member_bytes("big.png", png()), member_bytes("big.json", nested), good_members())))
+    read_shard(write(tmp_path / "warm.tar", tar_bytes(good_members())))  # imports done before measuring
     tracemalloc.start()
     try:
         table = read_shard(shard, limits=ShardLimits(json_bytes=512 * 1024))
