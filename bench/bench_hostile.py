@@ -20,8 +20,8 @@ thread, the embedding cache in the temporary folder; the hostile folder and the 
 The floors are measured the same way, each a fresh process: ``import torch`` (this machine's build) and the same
 with ``os._exit`` after it (what its exit alone adds), and the libraries a run imports before it
 reads a shard (torch, pandas, pyarrow, transformers' CLIP model, tokenizer and image processor). Each input's
-outcome (its failed marker's reason, or its rows' statuses) is checked against what it should give, and the inputs
-and the checkpoint must be untouched. Writes the JSON atomically and prints a table.
+outcome (its failed marker's reason, or its rows' statuses) is set beside what it should give, and whether the
+inputs and the checkpoint were left untouched is recorded. Writes the JSON atomically and prints a table.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from clipeval.paths import PROJECT_ROOT  # light: a --measure process imports no torch, numpy or pandas
+
 AUDIT_FLAGS = ("--max-member-mb", "1", "--max-shard-mb", "64")
 SAMPLE_S = 0.01
 FLOORS = {
