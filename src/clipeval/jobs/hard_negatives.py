@@ -6,7 +6,7 @@ section and its command."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,12 +54,12 @@ class HardNegativeOptions:
 
 @dataclass
 class HardNegativeRun:
-    """A ``hard-negatives`` run's tables, every checkpoint in each.
+    """A ``hard-negatives`` run's tables, every checkpoint and set in each.
 
     Attributes:
-        accuracy: per checkpoint and category (``all`` pooled, each kind, ``mean`` of the kinds) the negatives
-            compared and not, the accuracy with its bootstrap CI, and chance (0.5).
-        outcomes: per checkpoint every hard negative with its true caption, both scores, ``outcome`` (``ok`` or
+        accuracy: per checkpoint, set (``dataset``) and category (``all`` pooled, each kind, ``mean`` of the kinds)
+            the negatives compared and not, the accuracy with its bootstrap CI, and chance (0.5).
+        outcomes: per checkpoint and set every hard negative with its true caption, both scores, ``outcome`` (``ok`` or
             why it could not be compared) and ``correct``.
     """
 
@@ -88,14 +88,18 @@ def read_hard_negative_source(source: HardNegativeSource, reading: SourceOptions
     return source.name or Path(source.pairs).stem, read_pairs(source.pairs, **asdict(reading))
 
 
-def hard_negatives(run_dir: str | Path, checkpoints: Sequence[str], pairs: pd.DataFrame, name: str,
+def hard_negatives(run_dir: str | Path, checkpoints: Sequence[str], sets: Mapping[str, pd.DataFrame],
                    embed: EmbedOptions = EmbedOptions(), options: HardNegativeOptions = HardNegativeOptions(),
                    reading: SourceOptions = SourceOptions()) -> HardNegativeRun:
-    """Score ``pairs`` under every checkpoint and write ``hard_negative_accuracy.csv``, ``hard_negative_outcomes.csv``
-    and the ``hard_negatives`` manifest entry.
+    """Score every set's pairs under every checkpoint and write ``hard_negative_accuracy.csv``,
+    ``hard_negative_outcomes.csv`` (both with a ``dataset`` column: the set's name) and the ``hard_negatives``
+    manifest entry.
+
+    Args:
+        sets: name -> pairs table (the scenes' negatives and SugarCrepe's, say, side by side in one table).
 
     Raises:
-        ValueError: the table has no ``match`` or ``negative_kind`` column, or no hard negative.
+        ValueError: a table has no ``match`` or ``negative_kind`` column, or no hard negative.
     """
     import pandas as pd
 
@@ -103,28 +107,30 @@ def hard_negatives(run_dir: str | Path, checkpoints: Sequence[str], pairs: pd.Da
     from clipeval.eval.hard_negatives import negative_accuracy_table, negative_outcomes, score_hard_negative_pairs
     from clipeval.jobs.manifest import update_manifest
 
-    missing = [column for column in ("match", "negative_kind") if column not in pairs]
-    if missing:
-        raise ValueError(f"the pairs have no {' or '.join(missing)} column: a hard-negative table marks true "
-                         "captions (match True) and each hard negative's category (negative_kind)")
+    for name, pairs in sets.items():
+        missing = [column for column in ("match", "negative_kind") if column not in pairs]
+        if missing:
+            raise ValueError(f"{name}: the pairs have no {' or '.join(missing)} column: a hard-negative table marks "
+                             "true captions (match True) and each hard negative's category (negative_kind)")
     run = RunLayout(run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     accuracy, outcomes = [], []
-    for spec in checkpoints:
-        scored = score_hard_negative_pairs(spec, pairs, embed, reading.image_column, reading.caption_column)
-        compared = negative_outcomes(scored, image_column=reading.image_column,
-                                     caption_column=reading.caption_column)
-        if compared.empty:
-            raise ValueError(f"{name} holds no hard negative (no row with match False and a negative_kind)")
-        table = negative_accuracy_table(compared, n_resamples=options.n_resamples, seed=options.seed)
-        accuracy.append(table.assign(checkpoint=spec, dataset=name)[["checkpoint", "dataset", *table.columns]])
-        outcomes.append(compared.assign(checkpoint=spec))
+    for name, pairs in sets.items():
+        for spec in checkpoints:
+            scored = score_hard_negative_pairs(spec, pairs, embed, reading.image_column, reading.caption_column)
+            compared = negative_outcomes(scored, image_column=reading.image_column,
+                                         caption_column=reading.caption_column)
+            if compared.empty:
+                raise ValueError(f"{name} holds no hard negative (no row with match False and a negative_kind)")
+            table = negative_accuracy_table(compared, n_resamples=options.n_resamples, seed=options.seed)
+            accuracy.append(table.assign(checkpoint=spec, dataset=name)[["checkpoint", "dataset", *table.columns]])
+            outcomes.append(compared.assign(checkpoint=spec, dataset=name))
     result = HardNegativeRun(pd.concat(accuracy, ignore_index=True), pd.concat(outcomes, ignore_index=True))
     write_csv(run.hard_negative_accuracy, result.accuracy)
     write_csv(run.hard_negative_outcomes, result.outcomes)
     update_manifest(run.manifest, "hard_negatives",
-                    {"dataset": name, "rows": len(pairs), "embed": asdict(embed), "options": asdict(options),
-                     "reading": asdict(reading)}, list(checkpoints), [])
+                    {"datasets": {name: len(pairs) for name, pairs in sets.items()}, "embed": asdict(embed),
+                     "options": asdict(options), "reading": asdict(reading)}, list(checkpoints), [])
     return result
 
 
@@ -147,7 +153,7 @@ def render_hard_negative_accuracy(path: Path) -> str:
 def _hard_negatives(args: argparse.Namespace) -> None:
     source, reading = options_from(args, HardNegativeSource), options_from(args, SourceOptions)
     name, pairs = read_hard_negative_source(source, reading)
-    result = hard_negatives(args.out, args.checkpoint, pairs, name, options_from(args, EmbedOptions),
+    result = hard_negatives(args.out, args.checkpoint, {name: pairs}, options_from(args, EmbedOptions),
                             options_from(args, HardNegativeOptions), reading)
     for spec, rows in result.accuracy.groupby("checkpoint", sort=False):
         print(f"checkpoint {spec}: accuracy (chance 0.5) with its 95% CI")
