@@ -40,7 +40,10 @@ class ClassificationSource:
     shards: tuple[str, ...] | None = field(default=None, metadata={
         "repeat": True, "help": "shards with a class column: webdataset tars (the class in each sample's json), "
                                 "parquet or CSV; a folder, glob or brace pattern (repeat for several)"})
-    label_column: str = field(default="label", metadata={"help": "the class column (a dataset or shards)"})
+    image_column: str = field(default="image", metadata={
+        "help": "the image column (a dataset or shards; CIFAR's on the hub is img)"})
+    label_column: str = field(default="label", metadata={
+        "help": "the class column (a dataset or shards; CIFAR-100's on the hub is fine_label)"})
     split: str | None = field(default=None, metadata={"help": "the dataset's split, when it has several"})
     prompts: str | None = field(default=None, metadata={
         "choices": tuple(PROMPT_FILES), "help": "packaged class names and templates (docs/benchmarks.md); "
@@ -53,6 +56,12 @@ class ClassificationSource:
     name: str | None = field(default=None, metadata={
         "help": "the set's name in the tables (default: --prompts, else the source's); imagenet1k, cifar10 or "
                 "cifar100 are compared with published numbers"})
+    max_images: int | None = field(default=None, metadata={
+        "metavar": "N", "help": "classify only the set's first N images (a smoke run: not comparable with published "
+                                "numbers; the whole set is still read)"})
+    max_templates: int | None = field(default=None, metadata={
+        "metavar": "N", "help": "average only the first N templates per class (a smoke run: not comparable with "
+                                "published numbers)"})
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ def read_classification_source(source: ClassificationSource) -> tuple[Classifica
     """The labelled set and its templates a :class:`ClassificationSource` names.
 
     Raises:
-        ValueError: not exactly one kind of images, or no templates.
+        ValueError: not exactly one kind of images, no templates, or a cap below 1.
         PairsTableError: the images, class names or templates cannot be used (one line says why).
     """
     from clipeval.data.classification_sets import (
@@ -108,6 +117,9 @@ def read_classification_source(source: ClassificationSource) -> tuple[Classifica
 
     if sum(given is not None for given in (source.images, source.hf_dataset, source.shards)) != 1:
         raise ValueError("give one labelled image set: --images FOLDER, --hf-dataset SOURCE or --shards SHARDS")
+    for cap, what in ((source.max_images, "max_images"), (source.max_templates, "max_templates")):
+        if cap is not None and cap < 1:
+            raise ValueError(f"{what} must be at least 1, not {cap}")
     packaged = packaged_prompts(source.prompts) if source.prompts else None
     if source.templates is not None:
         templates = read_templates(source.templates)
@@ -125,11 +137,14 @@ def read_classification_source(source: ClassificationSource) -> tuple[Classifica
         names = read_classnames(source.classnames) if source.classnames else \
             packaged.classnames if packaged is not None else None
         if source.hf_dataset is not None:
-            dataset = read_hf_classification(source.hf_dataset, label_column=source.label_column, split=source.split,
-                                             classnames=names, name=name)
+            dataset = read_hf_classification(source.hf_dataset, source.image_column, source.label_column,
+                                             split=source.split, classnames=names, name=name)
         else:
-            dataset = read_shard_classes(list(source.shards), source.label_column, classnames=names, name=name)
-    return dataset, tuple(templates)
+            dataset = read_shard_classes(list(source.shards), source.label_column, source.image_column,
+                                         classnames=names, name=name)
+    if source.max_images is not None:
+        dataset = replace(dataset, images=dataset.images.iloc[:source.max_images].reset_index(drop=True))
+    return dataset, tuple(templates)[:source.max_templates]
 
 
 def classify(run_dir: str | Path, checkpoints: Sequence[str],
