@@ -4,8 +4,10 @@ The reduced rehearsal is ``make rehearse`` through the same mechanism (``params/
 again, ``run_notebooks`` on its ``hub_mirror``) on a mirror with a few repositories and small datasets:
 one ``hf:`` CLIP and open_clip's SigLIP (its hub tokenizer) through every paper notebook, the three
 benchmarks with the size check off, k = 1 only, where random weights are far from every published
-number even on 12 images; the pretrained baseline (torchvision's weight file) and the two labellers
-through the command line.
+number even on 12 images; notebook 12 classifies CIFAR-10's stand-in and compares the scenes' and
+SugarCrepe's hard negatives (ImageNet-1k's 1,000 and CIFAR-100's 100 class prompts would keep SigLIP's
+full-size text tower busy for minutes: their stand-ins are read as the paper profile reads them, without a
+model); the pretrained baseline (torchvision's weight file) and the two labellers through the command line.
 """
 
 import json
@@ -19,17 +21,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from clipeval.data.benchmarks import BENCHMARKS, POKEMON_REPO
+from clipeval.data.sugarcrepe import SUGARCREPE_CATEGORIES
+from clipeval.data.zero_shot_prompts import packaged_prompts
 from clipeval.labels.captioner import DEFAULT_MODEL as CAPTIONER
 from clipeval.labels.classifier import DEFAULT_MODEL as CLASSIFIER
+from clipeval.layout import RunLayout
 from clipeval.models.baseline import resnet_weights_file
 from clipeval.models.catalogue import CATALOGUE
 from clipeval.models.hub_mirror import MIRROR_FILE, MIRROR_NOTE, mirror_env, spec_repos
 from clipeval.paths import PARAMS_DIR, PROJECT_ROOT
 from clipeval.profiles import load_profile
 from clipeval.rehearsal.hub_cache import add_repo, etag, repo_folder
-from clipeval.rehearsal.mirror import COCO_WDS, build_mirror, mirror_contents
+from clipeval.rehearsal.mirror import (
+    CIFAR10_REPO,
+    CIFAR100_REPO,
+    COCO_WDS,
+    IMAGENET_REPO,
+    SUGARCREPE,
+    build_mirror,
+    mirror_contents,
+)
 from clipeval.rehearsal.model_repos import timm_repo
 from clipeval.rehearsal.reduced import reduced_rehearsal
 from clipeval.report.build import build_profile_report
@@ -44,7 +58,8 @@ def rehearsal(tmp_path_factory):
     """The reduced rehearsal (:func:`clipeval.rehearsal.reduced.reduced_rehearsal`), run once: its profile and run."""
     root = tmp_path_factory.mktemp("rehearsal")
     extra = (timm_repo(CLASSIFIER), CAPTIONER, *spec_repos("baseline:bert-resnet50"))
-    profile = reduced_rehearsal(root, CHECKPOINTS, rows=ROWS, extra_repos=extra)
+    profile = reduced_rehearsal(root, CHECKPOINTS, rows=ROWS, extra_repos=extra, zero_shot_sets={},
+                                zero_shot_benchmarks={"imagenet1k": None, "cifar100": None})
     return profile, root / "run", run_notebooks(profile, cwd=PROJECT_ROOT)
 
 
@@ -97,8 +112,11 @@ def test_the_mirror_holds_every_repository_the_paper_profile_catalogue_and_docs_
     needed = {repo for spec in specs for repo in spec_repos(spec)}
     needed |= {str(source["path"]).removeprefix("hf:") for source in paper["benchmarks"].values()
                if str(source["path"]).startswith("hf:")}
-    needed |= {timm_repo(CLASSIFIER), CAPTIONER}
-    assert {"timm/ViT-B-16-SigLIP", "bert-base-uncased", resnet_weights_file(), POKEMON_REPO} <= needed
+    needed |= {str(source.get("hf_dataset")).removeprefix("hf:") for source in paper["zero_shot_benchmarks"].values()
+               if str(source.get("hf_dataset")).startswith("hf:")}
+    needed |= {timm_repo(CLASSIFIER), CAPTIONER, SUGARCREPE}
+    assert {"timm/ViT-B-16-SigLIP", "bert-base-uncased", resnet_weights_file(), POKEMON_REPO, IMAGENET_REPO,
+            CIFAR10_REPO, CIFAR100_REPO} <= needed
     assert needed <= held, sorted(needed - held)
 
 
@@ -117,6 +135,18 @@ def test_the_mirror_has_the_files_real_downloads_have(mirror):
     assert (coco / "dataset_type.txt").read_text().strip() == "retrieval"
     assert (coco / "test" / "nshards.txt").read_text().strip() == "1" and (coco / "test" / "0.tar").is_file()
     assert (_snapshot(mirror, POKEMON_REPO, "dataset") / "data" / "train-00000-of-00001.parquet").is_file()
+    cifar100 = _snapshot(mirror, CIFAR100_REPO, "dataset")
+    assert {path.relative_to(cifar100).as_posix() for path in cifar100.rglob("*.parquet")} == {
+        "cifar100/train-00000-of-00001.parquet", "cifar100/test-00000-of-00001.parquet"}
+    card = yaml.safe_load((cifar100 / "README.md").read_text().split("---")[1])
+    assert [feature["name"] for feature in card["dataset_info"]["features"]] == ["img", "fine_label", "coarse_label"]
+    assert len(card["dataset_info"]["features"][1]["dtype"]["class_label"]["names"]) == 100
+    imagenet = _snapshot(mirror, IMAGENET_REPO, "dataset")
+    assert {path.name for path in (imagenet / "data").iterdir()} == {
+        f"{split}-00000-of-00001.parquet" for split in ("train", "validation", "test")}
+    for stem in SUGARCREPE_CATEGORIES:
+        items = json.loads((mirror / "sugarcrepe" / "data" / f"{stem}.json").read_text())
+        assert items and all((mirror / "coco" / "val2017" / item["filename"]).is_file() for item in items.values())
     held = json.loads((mirror / "hf" / MIRROR_FILE).read_text())
     assert held["note"] == MIRROR_NOTE and resnet_weights_file() in held["torch_files"]
 
@@ -159,7 +189,52 @@ def test_every_published_number_deviates_and_the_report_says_rehearsal(rehearsal
     page = report.index.read_text()
     assert MIRROR_NOTE in page and f"{len(compared)} deviate" in page
     assert "hf:openai/clip-vit-base-patch32 (RANDOM INIT)" in page
+    assert '<span class="badge">2 deviate</span> from the published number' in page  # zero-shot: CIFAR-10's two
     assert not report.failed_notebooks
+
+
+def test_every_zero_shot_published_number_deviates_and_sugarcrepe_sits_beside_the_scenes(rehearsal):
+    _, run_dir, executed = rehearsal
+    run = RunLayout(run_dir)
+    metrics = pd.read_csv(run.zero_shot_metrics)
+    assert set(metrics["dataset"]) == {"cifar10"} and (metrics["n_images"] == ROWS).all()
+    compared = metrics[metrics["published"].notna()]
+    assert sorted(compared["checkpoint"]) == sorted(CHECKPOINTS) and (compared["metric"] == "top1_accuracy").all()
+    assert compared["deviates"].all()  # random weights cannot reach a published number
+    cells = json.loads(next(path for path in executed if path.stem == "12_benchmarks").read_text())["cells"]
+    printed = "".join(text for cell in cells for output in cell.get("outputs", [])
+                      for text in output.get("text", []))
+    assert "2 of 2 published numbers deviate" in printed and printed.count("DEVIATES: ") == 2
+    accuracy = pd.read_csv(run.hard_negative_accuracy, keep_default_na=False)
+    assert set(accuracy["dataset"]) == {"pairs_test", "sugarcrepe"} and set(accuracy["checkpoint"]) == set(CHECKPOINTS)
+    sugarcrepe = accuracy[accuracy["dataset"] == "sugarcrepe"]
+    assert set(sugarcrepe["negative_kind"]) == {*SUGARCREPE_CATEGORIES.values(), "all", "mean"}
+    assert (sugarcrepe["n_unscored"] == 0).all()  # every item's image is in the mirror's COCO folder
+
+
+def test_the_paper_profile_reads_every_classification_stand_in(mirror):
+    """What notebook 12 reads for each zero-shot benchmark, read here without a model: the rehearsal's specs (the
+    paper profile's, capped) on the mirror, with the class names and templates the paper profile uses."""
+    script = ("import json\n"
+              "from clipeval.jobs.zero_shot import ClassificationSource, read_classification_source\n"
+              "from clipeval.profiles import load_profile\n"
+              "for name, spec in load_profile('rehearsal')['zero_shot_benchmarks'].items():\n"
+              "    dataset, templates = read_classification_source(ClassificationSource(**spec, name=name))\n"
+              "    first = read_classification_source(ClassificationSource(**{**spec, 'max_images': 5}))[0]\n"
+              "    print(json.dumps({'name': name, 'classes': list(dataset.classnames), 'templates': templates,\n"
+              "                      'labels': dataset.images['label'].tolist(), 'first': len(first.images),\n"
+              "                      'columns': sorted(dataset.images.columns)}))\n")
+    run = subprocess.run([sys.executable, "-c", script], env={**os.environ, **mirror_env(mirror)}, cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    read = {entry["name"]: entry for entry in map(json.loads, run.stdout.splitlines())}
+    assert set(read) == {"imagenet1k", "cifar10", "cifar100"}
+    for name, entry in read.items():
+        packaged = packaged_prompts(name)
+        assert entry["classes"] == list(packaged.classnames) and entry["templates"] == list(packaged.templates[:1])
+        assert entry["labels"] == [index % len(packaged.classnames) for index in range(ROWS)]  # the validation/test
+        assert entry["first"] == 5  # max_images: the first 5 of the split
+    assert read["cifar100"]["columns"] == ["coarse_label", "image", "label"]  # fine_label is the class
 
 
 @pytest.mark.parametrize(("labeller", "model"), [("classifier", CLASSIFIER), ("captioner", CAPTIONER)])

@@ -14,14 +14,15 @@ from clipeval.data.scenes import generate_scenes
 from clipeval.models.hub_mirror import spec_repos
 from clipeval.paths import PARAMS_DIR
 from clipeval.profiles import load_profile
-from clipeval.rehearsal.mirror import build_mirror, dataset_builders
+from clipeval.rehearsal.mirror import build_mirror, dataset_builders, folder_builders
 
 
 def reduced_repos(checkpoints: list[str], extra: tuple[str, ...] = ()) -> list[str]:
-    """What a reduced rehearsal's mirror holds: the checkpoints', the label study's and the benchmarks' repositories."""
+    """What a reduced rehearsal's mirror holds: the checkpoints', the label study's and the benchmarks' repositories,
+    and the plain folders (SugarCrepe's)."""
     rehearsal = load_profile("rehearsal")
     specs = [*checkpoints, *(source["model"] for source in rehearsal["label_sources"].values())]
-    repos = [repo for spec in specs for repo in spec_repos(spec)] + list(dataset_builders()) + list(extra)
+    repos = [repo for spec in specs for repo in spec_repos(spec)] + [*dataset_builders(), *folder_builders(), *extra]
     return list(dict.fromkeys(repos))
 
 
@@ -45,5 +46,9 @@ def reduced_rehearsal(root: str | Path, checkpoints: list[str], rows: int = 12, 
         "extends": str(PARAMS_DIR / "rehearsal.yaml"), "run_dir": str(root / "run"), "hub_mirror": str(mirror),
         "checkpoints": list(checkpoints), "pairs_path": challenge, "retrieval_pairs_path": challenge,
         "search_pairs_path": challenge, "scenes_dir": scenes, "batch_size": 16, "ks": [1], "n_resamples": 50,
-        "benchmarks": {name: {"check_size": False} for name in BENCHMARKS}, **params}))
+        "benchmarks": {name: {"check_size": False} for name in BENCHMARKS},
+        "hard_negative_pairs_path": str(Path(scenes) / "pairs_test.csv"),
+        "sugarcrepe": {"data_dir": str(mirror / "sugarcrepe" / "data"),
+                       "coco_images": str(mirror / "coco" / "val2017")},
+        **params}))
     return profile
