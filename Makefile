@@ -114,9 +114,10 @@ $(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
 	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
 	touch $@
 
-bench: env data $(BENCH_PEERS) ## pipeline, speed, retrieval, sharded-run, shard-size and finder benchmarks (about 40 min); JSON in bench/results/, a table printed
+bench: env data $(BENCH_PEERS) ## pipeline, speed, zero-shot, retrieval, sharded-run, shard-size and finder benchmarks (about 50 min); JSON in bench/results/, a table printed
 	$(PYTHON) bench/bench_pipeline.py
 	$(PYTHON) bench/bench_speed.py
+	$(PYTHON) bench/bench_zero_shot.py
 	$(PYTHON) bench/bench_retrieval.py
 	$(PYTHON) bench/bench_sharded.py
 	$(PYTHON) bench/bench_shard_size.py
