@@ -294,6 +294,24 @@ def render_ray_join(sources: Sources) -> str:
     return _span([run["cluster_start_s"] for run in _ray_runs(sources, "ray_running_cluster")], _seconds, " s")
 
 
+def render_zero_shot_model_limit(sources: Sources) -> str:
+    """``classify``'s image stage over the model-only limit, and its one-off class embeddings (a phrase)."""
+    result = sources.bench("zero_shot")
+    summary, threads = result["summary"], result["config"]["threads"]
+    loads = _span(summary["loadavg_1min_at_round_start"], lambda value: f"{value:.1f}")
+    decode = pd.Series([entry["job"]["stages"]["image_decode"]["wall_s"] / entry["job"]["image_stage_s"]
+                        for entry in result["rounds"]]).median()
+    return (f"{summary['ratio_median']:.2f} of the model-only limit (the median of {len(result['rounds'])} "
+            f"alternating rounds, lowest {summary['ratio_min']:.2f}: {summary['job_images_per_s_median']:.1f} vs "
+            f"{summary['model_only_images_per_s_median']:.1f} images/s on {threads} torch "
+            f"thread{'' if threads == 1 else 's'}, load average {loads} on {result['machine']['cpu_count']} "
+            f"shared cores; {summary['ratio_cpu_median']:.2f} in CPU seconds), decoding {_percent(decode)} of "
+            f"it; the class embeddings of "
+            f"{result['classes']} classes × {result['templates']} templates took "
+            f"{_seconds(summary['class_embeddings_s_median'])} s once and the whole job "
+            f"{_seconds(summary['job_wall_s_median'])} s")
+
+
 PROSE_RENDERERS: dict[str, Callable[[Sources], str]] = {
     "self_label_hit_rate_bias": render_self_label_hit_rate_bias,
     "self_label_mrr_bias": render_self_label_mrr_bias,
@@ -321,4 +339,5 @@ PROSE_RENDERERS: dict[str, Callable[[Sources], str]] = {
     "finder_ivf_million": render_finder_ivf_million,
     "ray_start": render_ray_start,
     "ray_join": render_ray_join,
+    "zero_shot_model_limit": render_zero_shot_model_limit,
 }
