@@ -312,6 +312,28 @@ def render_zero_shot_model_limit(sources: Sources) -> str:
             f"{_seconds(summary['job_wall_s_median'])} s")
 
 
+def render_hostile_run(sources: Sources) -> str:
+    """``bench_hostile.py``: the hostile run beside the good shard alone, and the libraries' floor (a phrase)."""
+    result = sources.bench("hostile")
+    hostile, honest, floors = result["hostile"], result["honest"]["median"], result["floors"]
+    wrong = [name for name, found in hostile["inputs"].items() if not found["as_expected"]]
+    torch, skipped, libraries = floors["import_torch"], floors["import_torch_exit_skipped"], floors["model_libraries"]
+    run, machine = hostile["median"], result["machine"]
+    return (f"{run['wall_s']:.1f} s and a peak RSS of {run['peak_rss_mb']:,.0f} MB ({run['peak_anon_mb']:,.0f} MB "
+            f"of it anonymous) over the {len(hostile['inputs']) - 1} hostile shards and the good one, against "
+            f"{honest['wall_s']:.1f} s and {honest['peak_rss_mb']:,.0f} MB ({honest['peak_anon_mb']:,.0f} MB) for "
+            f"the good shard alone (medians of {result['config']['repeats']} alternating runs, load average "
+            f"{machine['loadavg_start'][0]:.1f} on {machine['cpu_count']} cores); "
+            + ("every input gave what it should" if not wrong else f"not as expected: {', '.join(wrong)}")
+            + (" and none was changed" if hostile["inputs_untouched"] else ", and the inputs were changed")
+            + f". Under both lies the libraries' floor: `import torch` alone (torch {machine['torch']}) peaks at "
+            f"{torch['peak_rss_mb']:,.0f} MB ({torch['peak_anon_mb']:,.0f} MB anonymous), "
+            f"{torch['peak_rss_mb'] - skipped['peak_rss_mb']:,.0f} MB of it library pages touched only as the "
+            f"interpreter exits, and importing what a run needs before it reads a shard (torch, pandas, pyarrow, "
+            f"transformers' CLIP) {libraries['peak_rss_mb']:,.0f} MB ({libraries['peak_anon_mb']:,.0f} MB anonymous), "
+            f"{'above' if libraries['peak_rss_mb'] > 1024 else 'under'} 1 GB before a shard is read")
+
+
 PROSE_RENDERERS: dict[str, Callable[[Sources], str]] = {
     "self_label_hit_rate_bias": render_self_label_hit_rate_bias,
     "self_label_mrr_bias": render_self_label_mrr_bias,
@@ -339,5 +361,6 @@ PROSE_RENDERERS: dict[str, Callable[[Sources], str]] = {
     "finder_ivf_million": render_finder_ivf_million,
     "ray_start": render_ray_start,
     "ray_join": render_ray_join,
+    "hostile_run": render_hostile_run,
     "zero_shot_model_limit": render_zero_shot_model_limit,
 }
