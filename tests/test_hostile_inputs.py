@@ -19,7 +19,6 @@ from clipeval.data.images import STATUSES, read_image_bytes
 from clipeval.data.options import PairsTableError, ShardLimits
 from clipeval.data.shards import ShardReadError, read_shard
 from clipeval.data.sources import read_pairs
-from clipeval.layout import RunFolderMismatch
 from hostile_shards import MiB, good_members, hostile_folder, member_bytes, png, tar_bytes, write
 
 # ---- 1. pax headers: CPython's quadratic parsing (CVE-2024-6232) never runs on a hostile one -----------
@@ -701,9 +700,6 @@ def test_the_caps_are_not_what_a_source_is():
     assert SourceOptions(caption_column="text").what_is_read() != SourceOptions().what_is_read()
 
 
-@pytest.mark.xfail(strict=True, raises=RunFolderMismatch, reason="clipeval.finder.index.describe_source records "
-                   "asdict(reading), caps included: it needs reading.what_is_read() (a change outside this issue's "
-                   "files, asked for); this test fails as soon as it is made, so the mark goes")
 def test_an_index_built_before_the_table_caps_still_resumes(tmp_path, tiny_specs):
     import json
     import sys

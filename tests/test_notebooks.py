@@ -162,13 +162,16 @@ def test_profiles_extending_each_other_in_a_loop_are_an_error(tmp_path):
 
 def test_the_rehearsal_is_the_paper_profile_on_the_mirror_with_fewer_images_and_no_label_threshold():
     paper, rehearsal = load_profile("paper"), load_profile("rehearsal")
-    assert {key for key in rehearsal if rehearsal[key] != paper.get(key)} == {"run_dir", "hub_mirror", "benchmarks",
-                                                                               "label_sources"}
+    assert {key for key in rehearsal if rehearsal[key] != paper.get(key)} == {
+        "run_dir", "hub_mirror", "benchmarks", "label_sources", "zero_shot_benchmarks", "sugarcrepe"}
     assert rehearsal["run_dir"] == "outputs/rehearsal"
     for name, source in paper["benchmarks"].items():
         assert rehearsal["benchmarks"][name] == {**source, "max_images": 100}
     for name, source in paper["label_sources"].items():
         assert rehearsal["label_sources"][name] == {**source, "threshold": 0.0}
+    for name, spec in paper["zero_shot_benchmarks"].items():  # the same sets, fewer images and one template
+        assert rehearsal["zero_shot_benchmarks"][name] == {**spec, "max_images": 100, "max_templates": 1}
+    assert set(rehearsal["sugarcrepe"]) == set(paper["sugarcrepe"])  # the mirror's folders, in the same keys
 
 
 def test_a_profile_on_a_mirror_that_is_not_built_says_how_to_build_it(tmp_path):

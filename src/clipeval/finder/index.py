@@ -212,7 +212,7 @@ def describe_source(source: str | Path, reading: SourceOptions, options: IndexOp
     text = str(source)
     path = text if text.startswith("hf:") else str(Path(text).expanduser().resolve())
     kind = detect_source_kind(source) if reading.kind == "auto" else reading.kind
-    return {"path": path, **asdict(reading), "kind": kind, "id_column": options.id_column}
+    return {"path": path, **reading.what_is_read(), "kind": kind, "id_column": options.id_column}
 
 
 def items_digest(items: pd.DataFrame) -> str:
