@@ -79,7 +79,14 @@ lint: env ## ruff (style, imports, bugs) and import-linter (the package layers)
 	$(VENV)/bin/ruff check src tests bench notebooks
 	$(VENV)/bin/lint-imports
 
-test: env lint chromium ## lint, then run the test suite (fails if no test ran); installs Chromium first when missing
+BENCH_PEERS := $(VENV)/.bench-peers-installed
+
+$(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
+	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
+	touch $@
+
+# the peers a test runs beside clipeval (clip-benchmark's own zero-shot functions) are the benchmarks' peers
+test: env lint chromium $(BENCH_PEERS) ## lint, then run the test suite (fails if no test ran); installs Chromium and the peer packages first when missing
 	$(PYTHON) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
 
@@ -108,11 +115,6 @@ test-network: env ## run only the network tests (real checkpoints vs published n
 	$(PYTHON) -m pytest -m network; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no network tests: failing"; exit 1; fi; exit $$status
 
-BENCH_PEERS := $(VENV)/.bench-peers-installed
-
-$(BENCH_PEERS): bench/requirements.txt $(ENV_STAMP)
-	$(PYTHON) -m pip install --quiet --no-deps -r bench/requirements.txt
-	touch $@
 
 bench: env data $(BENCH_PEERS) ## pipeline, speed, zero-shot, retrieval, sharded-run, shard-size and finder benchmarks (about 50 min); JSON in bench/results/, a table printed
 	$(PYTHON) bench/bench_pipeline.py
