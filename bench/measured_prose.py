@@ -15,6 +15,7 @@ import pandas as pd
 
 from clipeval.models.catalogue import is_random_init
 from clipeval.profiles import load_profile
+from measured_search_cli import SEARCH_CLI_RENDERERS
 from measured_sources import Sources, exponent, num
 
 
@@ -363,4 +364,5 @@ PROSE_RENDERERS: dict[str, Callable[[Sources], str]] = {
     "ray_join": render_ray_join,
     "hostile_run": render_hostile_run,
     "zero_shot_model_limit": render_zero_shot_model_limit,
+    **SEARCH_CLI_RENDERERS,
 }
