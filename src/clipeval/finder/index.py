@@ -122,7 +122,8 @@ def build_index(source: str | Path, checkpoints: list[str], out_dir: str | Path,
     earlier = _claim(layout, described, overwrite)
     table = read_collection(source, reading, embed)
     base_dir = Path(table.attrs.get("base_dir", "."))
-    items, refs = _items(table, reading, options)
+    describes = matched_rows(table)  # a hard negative's caption is no caption of its image
+    items, refs = _items(table, reading, options, describes)
     n_rows = len(table)
     previous = _read_previous_items(layout) if earlier is not None else None
     _read_images(items, refs, base_dir, layout, embed, options, previous)
@@ -139,7 +140,7 @@ def build_index(source: str | Path, checkpoints: list[str], out_dir: str | Path,
             print(f"{spec}: dropped from the index (built for other items)", file=sys.stderr)
     manifest = {"kind": IndexLayout.KIND, "version": IndexLayout.VERSION, "source": described,
                 "created_utc": manifest.get("created_utc") or _now(), "updated_utc": _now(), "rows": n_rows,
-                "mismatched_rows": n_rows - sum(matched_rows(table)), "images": len(items), "complete": False,
+                "mismatched_rows": describes.count(False), "images": len(items), "complete": False,
                 "checkpoints": entries}
     write_json(layout.manifest, manifest)
     items.attrs.clear()  # the source's attrs (its base folder) are no part of the items
@@ -323,7 +324,8 @@ def matched_rows(table: pd.DataFrame) -> list[bool]:
     return spelled.isin(("true", "1", "1.0", "yes")).tolist()
 
 
-def _items(table: pd.DataFrame, reading: SourceOptions, options: IndexOptions) -> tuple[pd.DataFrame, list]:
+def _items(table: pd.DataFrame, reading: SourceOptions, options: IndexOptions, describes: list[bool]
+           ) -> tuple[pd.DataFrame, list]:
     """One row per distinct image: id, its first input row and all its rows, image, its first caption and all its
     distinct captions, then the source's other columns (a column whose value differs between the rows of one image
     holds the list of its rows' values); and each item's image cell as read (a reference, bytes or a failed cell)."""
@@ -341,7 +343,6 @@ def _items(table: pd.DataFrame, reading: SourceOptions, options: IndexOptions) -
     firsts = [rows[0] for rows in members]
     texts = table[caption_column].tolist() if caption_column in table.columns else [None] * len(table)
     texts = ["" if text is None or _isnan(text) else str(text) for text in texts]
-    describes = matched_rows(table)  # a hard negative's caption is no caption of its image
     captions = [list(dict.fromkeys(texts[row] for row in rows if describes[row] and texts[row].strip()))
                 for rows in members]
     refs = [cells[row] for row in firsts]

@@ -25,18 +25,22 @@ def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
 
 
+def _given(hint):
+    """``X | None`` -> ``X``; any other hint as it is."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
 def _base_type(hint) -> type:
     """``int | None`` -> ``int``; ``tuple[int, ...]`` -> ``tuple``."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    hint = _given(hint)
     return typing.get_origin(hint) or hint
 
 
 def _element_type(hint) -> type:
     """``tuple[int, ...]`` or ``tuple[int, ...] | None`` -> ``int``."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return typing.get_args(hint)[0]
+    return typing.get_args(_given(hint))[0]
 
 
 def _fields(cls) -> list[tuple[dataclasses.Field, object]]:
